@@ -1,0 +1,30 @@
+"""nn_from_scratch: a deep learning framework written from scratch in NumPy.
+
+Every layer has a hand-written ``forward``/``backward``; the same code runs on
+CuPy arrays on a GPU (``nn_from_scratch.backend``); ``nn_from_scratch.crosscheck``
+proves the numbers against TensorFlow/Keras.
+"""
+from . import backend, initializers
+from .activations import Flatten, ReLU, Reshape, Sigmoid, Softmax, Tanh, Vectorization
+from .initializers import set_seed
+from .interfaces import Neuron, Node, Optimizer, ShapeError
+from .losses import MSELoss, SoftMaxLoss
+from .network import DataError, History, NeuralNetwork, TrainingWarning
+from .neurons import Conv1D, Conv2D, Conv3D, Convolution, Dense, Linear
+from .optimizers import SGD, Adam, GradientDescent, RMSProp, RMSprop
+from .pooling import (AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D,
+                      MaxPool3D)
+from .serialization import ModelFileError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "backend", "initializers", "set_seed",
+    "Node", "Neuron", "Optimizer", "ShapeError", "DataError", "ModelFileError", "TrainingWarning",
+    "ReLU", "Sigmoid", "Tanh", "Softmax", "Vectorization", "Flatten", "Reshape",
+    "SoftMaxLoss", "MSELoss",
+    "Linear", "Dense", "Convolution", "Conv1D", "Conv2D", "Conv3D",
+    "MaxPool", "AvgPool", "MaxPool1D", "MaxPool2D", "MaxPool3D", "AvgPool1D", "AvgPool2D", "AvgPool3D",
+    "GradientDescent", "SGD", "Adam", "RMSProp", "RMSprop",
+    "NeuralNetwork", "History",
+]

@@ -1,0 +1,26 @@
+"""Command line: ``python -m nn_from_scratch <command> [options]``.
+
+Commands:
+    train        train the seed lab's CNN on MNIST (the main job)
+    crosscheck   compare the seed lab's CNN with Keras, layer by layer and over training
+"""
+import importlib
+import sys
+
+COMMANDS = {
+    "train": "nn_from_scratch.train",
+    "crosscheck": "nn_from_scratch.crosscheck",
+}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(COMMANDS[argv[0]])
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

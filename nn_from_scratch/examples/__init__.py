@@ -1,0 +1,1 @@
+"""Example networks and the course labs' import paths."""

@@ -1,0 +1,210 @@
+"""Gradient checks: hand-written backward passes against float64 finite differences.
+
+For a layer ``y = f(x; W)`` and a random upstream gradient ``r`` (same shape as
+``y``) the scalar ``phi = <f(x; W), r>`` has gradients ``dphi/dx = backward(r)``
+and ``dphi/dW = W_grad``.  Each checked coordinate ``u`` (of ``x`` or of a
+parameter) is compared with the centred difference::
+
+    num_u = <f(u + eps) - f(u - eps), r> / (2 eps)
+
+and the relative error ``|ana - num| / max(|ana| + |num|, floor)`` (``floor``
+keeps coordinates whose gradient is exactly 0 from dividing by 0).
+
+Kinks (ReLU at 0, a max-pool changing its argmax) make the centred difference
+meaningless; a coordinate is skipped when its one-sided differences disagree::
+
+    |(f(u + eps) - f(u)) - (f(u) - f(u - eps))| / eps > kink_tol * max(1, |num|)
+
+(for a smooth function the left side is about ``eps * f''``, tiny in float64).
+
+A random upstream gradient (not all ones) is essential: with ``r = 1`` a
+backward pass that, e.g., sums where it should weight, or transposes a square
+matrix, can still pass.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backend import to_device, to_numpy
+from .interfaces import Neuron
+
+__all__ = ["GradCheckResult", "check_layer", "check_loss", "check_network", "numerical_gradient"]
+
+
+@dataclass
+class GradCheckResult:
+    """Outcome of a gradient check.
+
+    ``max_rel_error`` is the worst relative error over all checked coordinates,
+    ``worst`` is ``(array name, index, analytic, numeric)`` for that coordinate
+    (array name ``"x"`` for the input or a parameter name); ``per_array`` has the worst error of each
+    array; ``checked``/``skipped`` count coordinates (skipped = at a kink).
+    """
+
+    max_rel_error: float = 0.0
+    worst: tuple = None
+    per_array: dict = field(default_factory=dict)
+    checked: int = 0
+    skipped: int = 0
+
+    def passed(self, tol):
+        return self.checked > 0 and self.max_rel_error <= tol
+
+    def __str__(self):
+        where = "-" if self.worst is None else f"{self.worst[0]}{list(self.worst[1])}"
+        return (f"max relative error {self.max_rel_error:.3e} at {where} "
+                f"({self.checked} coordinates checked, {self.skipped} skipped at kinks)")
+
+
+def _pick(size, n_coords, rng):
+    if n_coords is None or n_coords >= size:
+        return np.arange(size)
+    return rng.choice(size, size=n_coords, replace=False)
+
+
+def _merge(result, name, arr_shape, flat_idx, ana, num, rel, skipped):
+    result.skipped += int(skipped.sum())
+    ok = ~skipped
+    result.checked += int(ok.sum())
+    if not ok.any():
+        result.per_array[name] = 0.0
+        return
+    r = np.where(ok, rel, -1.0)
+    j = int(np.argmax(r))
+    result.per_array[name] = float(r[j])
+    if r[j] >= result.max_rel_error:
+        result.max_rel_error = float(r[j])
+        where = tuple(int(i) for i in np.unravel_index(int(flat_idx[j]), arr_shape))
+        result.worst = (name, where, float(ana[j]), float(num[j]))
+
+
+def _compare(outputs, array, analytic, weights, flat_idx, eps, kink_tol, floor):
+    """Centred differences at flat indices of ``array``.
+
+    ``outputs()`` recomputes the output (reading ``array``); the difference of
+    two outputs is taken element-wise *before* weighting with ``weights`` (the
+    upstream gradient), so entries the coordinate does not touch cancel exactly.
+    """
+    flat = array.reshape(-1)
+    ana = to_numpy(analytic).reshape(-1)[flat_idx]
+    num = np.empty(len(flat_idx))
+    rel = np.empty(len(flat_idx))
+    skipped = np.zeros(len(flat_idx), dtype=bool)
+    base = to_numpy(outputs()).copy() if kink_tol is not None else None
+    w = to_numpy(weights)
+    for j, i in enumerate(flat_idx):
+        old = flat[i].item()
+        flat[i] = old + eps
+        yp = to_numpy(outputs()).copy()
+        flat[i] = old - eps
+        ym = to_numpy(outputs()).copy()
+        flat[i] = old
+        num[j] = float(((yp - ym) * w).sum()) / (2 * eps)
+        if kink_tol is not None:
+            second = float((((yp - base) - (base - ym)) * w).sum()) / eps
+            if abs(second) > kink_tol * max(1.0, abs(num[j])):
+                skipped[j] = True
+        rel[j] = abs(ana[j] - num[j]) / max(abs(ana[j]) + abs(num[j]), floor)
+    return ana, num, rel, skipped
+
+
+def _require_float64(layer):
+    if isinstance(layer, Neuron) and layer.dtype != np.float64:
+        raise ValueError(f"gradient checks need float64: call {layer.name}.astype(np.float64) first "
+                         f"(the layer computes in {layer.dtype})")
+
+
+def check_layer(layer, x, n_coords=None, eps=1e-5, kink_tol=1e-3, seed=0, upstream=None,
+                params=True, floor=1e-12):
+    """Check ``layer.backward`` (dL/dx and every parameter gradient) at input ``x``.
+
+    ``n_coords``: how many random coordinates per array (None: all).
+    ``kink_tol``: None disables kink skipping (for smooth layers).
+    Returns a ``GradCheckResult``.
+    """
+    _require_float64(layer)
+    rng = np.random.default_rng(seed)
+    x = to_device(np.array(to_numpy(x), dtype=np.float64), like=x)
+    y = layer.forward(x)
+    r = upstream if upstream is not None else to_device(rng.standard_normal(y.shape), like=y)
+    x_before, r_before = to_numpy(x).copy(), to_numpy(r).copy()
+    dx = layer.backward(r)
+    grads = {k: v.copy() for k, v in layer.grads.items()}
+    if not np.array_equal(to_numpy(x), x_before) or not np.array_equal(to_numpy(r), r_before):
+        raise AssertionError(f"{layer.name}: forward/backward modified its input or upstream gradient")
+
+    xw = x.copy()
+
+    def outputs():
+        return layer.forward(xw)
+
+    result = GradCheckResult()
+    idx = _pick(xw.size, n_coords, rng)
+    _merge(result, "x", xw.shape, idx, *_compare(outputs, xw, dx, r, idx, eps, kink_tol, floor))
+    if params:
+        for name, p in layer.params.items():
+            idx = _pick(p.size, n_coords, rng)
+            _merge(result, name, p.shape, idx, *_compare(outputs, p, grads[name], r, idx, eps, kink_tol, floor))
+    layer.forward(x)  # leave the caches as for x
+    return result
+
+
+def check_loss(loss, prediction, target, eps=1e-5, seed=0, floor=1e-12, n_coords=None):
+    """Check ``loss.backward(upstream)`` against differences of ``upstream * loss``."""
+    rng = np.random.default_rng(seed)
+    z = np.array(to_numpy(prediction), dtype=np.float64)
+    up = float(rng.uniform(0.5, 2.0))
+    loss.forward(z, target)
+    dz = loss.backward(up)
+    zw = z.copy()
+
+    def outputs():
+        return np.asarray(float(loss.forward(zw, target)))
+
+    result = GradCheckResult()
+    idx = _pick(zw.size, n_coords, rng)
+    _merge(result, "prediction", zw.shape, idx, *_compare(outputs, zw, dz, up, idx, eps, None, floor))
+    return result
+
+
+def check_network(network, x, y, n_coords=None, eps=1e-5, kink_tol=1e-3, seed=0, floor=1e-12):
+    """Check the whole chain: d(mean loss)/d(input) and every parameter gradient."""
+    for layer in network.trainable_layers:
+        _require_float64(layer)
+    rng = np.random.default_rng(seed)
+    x = np.array(to_numpy(x), dtype=np.float64)
+    out = network.forward(x)
+    network.loss_fn.forward(out, y)
+    dx = network.backward(network.loss_fn.backward())
+    grads = {(layer.name, k): v.copy() for layer in network.trainable_layers for k, v in layer.grads.items()}
+    xw = x.copy()
+
+    def outputs():
+        return np.asarray(float(network.loss_fn.forward(network.forward(xw), y)))
+
+    result = GradCheckResult()
+    idx = _pick(xw.size, n_coords, rng)
+    _merge(result, "x", xw.shape, idx, *_compare(outputs, xw, dx, 1.0, idx, eps, kink_tol, floor))
+    for layer in network.trainable_layers:
+        for name, p in layer.params.items():
+            idx = _pick(p.size, n_coords, rng)
+            key = f"{layer.name}.{name}"
+            _merge(result, key, p.shape, idx,
+                   *_compare(outputs, p, grads[(layer.name, name)], 1.0, idx, eps, kink_tol, floor))
+    return result
+
+
+def numerical_gradient(f, x, eps=1e-5):
+    """Centred-difference gradient of a scalar function ``f`` at ``x`` (float64, all coordinates)."""
+    x = np.array(x, dtype=np.float64)
+    g = np.empty_like(x)
+    flat, gf = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f(x)
+        flat[i] = old - eps
+        fm = f(x)
+        flat[i] = old
+        gf[i] = (fp - fm) / (2 * eps)
+    return g

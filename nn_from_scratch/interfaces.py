@@ -1,0 +1,308 @@
+"""The three interfaces of the framework: ``Node``, ``Neuron`` and ``Optimizer``.
+
+* A ``Node`` is a differentiable map ``y = f(x)`` without trainable parameters
+  (activations, reshapes, pooling, losses).  ``forward(x)`` computes ``y`` and
+  keeps what the backward pass needs in named caches; ``backward(dy)`` takes the
+  upstream gradient ``dL/dy`` and returns ``dL/dx``.
+* A ``Neuron`` is a ``Node`` with trainable parameters (``Linear``,
+  ``Convolution``).  Its ``backward`` also stores ``dL/dparam`` for every
+  parameter in ``grads`` (and under the public names ``W_grad``/``b_grad``).
+* An ``Optimizer`` turns the gradients stored in neurons into parameter updates.
+
+Shapes given to constructors include the batch dimension, as in
+``ReLU((batch, 4, 26, 26))``; the batch entry never binds (any batch size works,
+``None`` is allowed).  Only the per-sample part is checked.
+
+Contracts every layer keeps:
+* ``forward`` and ``backward`` never modify their arguments;
+* float inputs keep their dtype in parameter-free nodes; neurons compute in
+  the dtype of their parameters (float32 by default, float64 for checks);
+* bad input raises ``ShapeError``/``ValueError`` naming the layer, what was
+  expected and what was received.
+"""
+import itertools
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from .backend import get_array_module
+from .serialization import register_layer
+
+__all__ = ["Node", "Neuron", "Optimizer", "ShapeError", "NotReadyError", "format_shape"]
+
+_counters = {}
+
+
+class ShapeError(ValueError):
+    """An array reached a layer with a shape that layer cannot take."""
+
+
+class NotReadyError(RuntimeError):
+    """``backward`` was called before ``forward`` (nothing is cached)."""
+
+
+def format_shape(shape):
+    """``(None, 1, 28, 28)``-style text; ``None`` stands for 'any batch size'."""
+    return "(" + ", ".join("N" if s is None else str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def _auto_name(cls_name):
+    base = cls_name.lower()
+    n = _counters.setdefault(base, itertools.count(1))
+    return f"{base}_{next(n)}"
+
+
+def sample_shape(shape):
+    """Drop the batch entry of a constructor shape: ``(50, 4, 26, 26) -> (4, 26, 26)``.
+
+    ``None`` (shape not known yet) stays ``None``; an int ``n`` means ``(n,)``.
+    """
+    if shape is None:
+        return None
+    if isinstance(shape, (int, np.integer)):
+        return (int(shape),)
+    shape = tuple(shape)
+    if len(shape) < 1:
+        raise ShapeError(f"a layer shape needs a batch entry first, got {shape}")
+    return tuple(None if s is None else int(s) for s in shape[1:])
+
+
+class Node(ABC):
+    """A differentiable map without trainable parameters.
+
+    Subclasses implement ``_forward(x)`` and ``_backward(dy)`` and, when their
+    output shape differs from the input shape, ``compute_output_shape``.
+    ``input_shape`` is the per-sample shape (no batch entry) or ``None``.
+    """
+
+    #: Neurons override; used by optimizers and summaries.
+    trainable = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        register_layer(cls)  # so saved models can name the class
+
+    def __init__(self, shape=None, name=None):
+        self.input_shape = sample_shape(shape)
+        self.name = name or _auto_name(type(self).__name__)
+        self._cache = {}
+        self._out_shape = None
+
+    # -- shapes -----------------------------------------------------------------
+    def compute_output_shape(self, input_shape):
+        """Per-sample output shape for a per-sample input shape (default: same)."""
+        return input_shape
+
+    @property
+    def output_shape(self):
+        """Per-sample output shape, or None while the input shape is unknown."""
+        if self.input_shape is None:
+            return None
+        return self.compute_output_shape(self.input_shape)
+
+    def _describe(self):
+        return f"{type(self).__name__} layer '{self.name}'"
+
+    def check_input(self, x):
+        """Raise ShapeError unless ``x`` is a batch this layer can take."""
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise TypeError(
+                f"{self._describe()} expects an array (NumPy or CuPy), received {type(x).__name__}"
+            )
+        expected = self.input_shape
+        if expected is None:
+            return
+        got = tuple(x.shape[1:])
+        if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
+            raise ShapeError(
+                f"{self._describe()} expects input of shape {format_shape((None,) + expected)} "
+                f"(N = any batch size), received {format_shape(tuple(x.shape))}"
+            )
+
+    # -- forward / backward -----------------------------------------------------
+    def forward(self, x):
+        """Compute the layer's output for a batch ``x`` (cached for ``backward``)."""
+        self.check_input(x)
+        x = self._as_float(x)
+        y = self._forward(x)
+        self._out_shape = y.shape
+        return y
+
+    def backward(self, upstream, need_input_grad=True):
+        """Given ``dL/dy`` (same shape as the last output), return ``dL/dx``.
+
+        ``need_input_grad=False`` (used for a network's first layer) skips
+        ``dL/dx`` and returns None; neurons still compute their parameter grads.
+        """
+        if self._out_shape is None:
+            raise NotReadyError(f"{self._describe()}: backward() called before forward()")
+        if tuple(upstream.shape) != tuple(self._out_shape):
+            raise ShapeError(
+                f"{self._describe()}: the upstream gradient must have the shape of the last "
+                f"output {format_shape(tuple(self._out_shape))}, received {format_shape(tuple(upstream.shape))}"
+            )
+        if self.trainable:
+            return self._backward(upstream, need_input_grad)
+        return self._backward(upstream) if need_input_grad else None
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    @abstractmethod
+    def _forward(self, x):
+        """The layer's formula; ``x`` has been checked."""
+
+    @abstractmethod
+    def _backward(self, dy):
+        """dL/dx from dL/dy, using the caches of the last forward."""
+
+    # -- helpers ----------------------------------------------------------------
+    def _as_float(self, x):
+        """Integer/bool input becomes float32; float input keeps its dtype."""
+        if x.dtype.kind in "fc":
+            return x
+        return x.astype(np.float32)
+
+    # parameters (none for a plain node) -----------------------------------------
+    @property
+    def params(self):
+        """Trainable parameters by name (empty for a Node)."""
+        return {}
+
+    @property
+    def grads(self):
+        """Gradients of the last backward pass by parameter name (empty for a Node)."""
+        return {}
+
+    # configuration (for saving and summaries) ----------------------------------
+    def get_config(self):
+        """Constructor arguments (JSON-able) that rebuild this layer."""
+        shape = None if self.input_shape is None else [None] + list(self.input_shape)
+        return {"shape": shape, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def count_params(self):
+        return int(sum(int(np.prod(p.shape)) for p in self.params.values()))
+
+    def clear_cache(self):
+        """Drop the arrays kept for backward (frees memory after inference)."""
+        self._cache = {}
+        self._out_shape = None
+
+    def __repr__(self):
+        shape = "?" if self.input_shape is None else format_shape((None,) + self.input_shape)
+        return f"{type(self).__name__}(name={self.name!r}, input_shape={shape})"
+
+
+class Neuron(Node):
+    """A Node with trainable parameters.
+
+    Subclasses keep parameters in ``self._params`` (name -> array) and write
+    gradients to ``self._grads`` in ``_backward``.  The dtype of the parameters
+    is the dtype the layer computes in; inputs are cast to it.
+    """
+
+    trainable = True
+
+    def __init__(self, shape=None, name=None, dtype=np.float32):
+        super().__init__(shape, name)
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind != "f":
+            raise TypeError(f"{self._describe()}: dtype must be a float type, received {self.dtype}")
+        self._params = {}
+        self._grads = {}
+
+    @property
+    def params(self):
+        return self._params
+
+    @property
+    def grads(self):
+        return self._grads
+
+    def _as_float(self, x):
+        if x.dtype != self.dtype:
+            return x.astype(self.dtype)
+        return x
+
+    def astype(self, dtype):
+        """Convert parameters (and later computation) to ``dtype``; returns self."""
+        self.dtype = np.dtype(dtype)
+        for k, v in self._params.items():
+            self._params[k] = v.astype(self.dtype)
+        self._grads = {}
+        self.clear_cache()
+        return self
+
+    def set_params(self, **values):
+        """Replace parameters by arrays of the same shapes (cast to the layer dtype)."""
+        for k, v in values.items():
+            if k not in self._params:
+                raise KeyError(f"{self._describe()} has no parameter {k!r}; it has {sorted(self._params)}")
+            old = self._params[k]
+            if tuple(v.shape) != tuple(old.shape):
+                raise ShapeError(
+                    f"{self._describe()}: parameter {k!r} must have shape {tuple(old.shape)}, "
+                    f"received {tuple(v.shape)}"
+                )
+            xp = get_array_module(old)
+            self._params[k] = xp.asarray(v, dtype=self.dtype).copy()
+        return self
+
+
+class Optimizer(ABC):
+    """Updates the parameters of neurons from their stored gradients.
+
+    ``step(layers)`` applies one update to every trainable layer in ``layers``
+    using ``layer.grads``; per-parameter state (momenta, moving averages) is
+    kept by the optimizer, keyed by layer and parameter name.
+    """
+
+    def __init__(self, lr):
+        if not lr > 0:
+            raise ValueError(f"{type(self).__name__}: learning rate must be > 0, received {lr!r}")
+        self.lr = float(lr)
+        self.iterations = 0
+        self._state = {}
+
+    def step(self, layers):
+        """One update of every parameter of every trainable layer."""
+        self.iterations += 1
+        for layer in layers:
+            if not getattr(layer, "trainable", False):
+                continue
+            for name, param in layer.params.items():
+                grad = layer.grads.get(name)
+                if grad is None:
+                    raise RuntimeError(
+                        f"{layer._describe()}: no gradient for parameter {name!r}; call backward() before step()"
+                    )
+                key = (id(layer), name)
+                self._update(param, grad, key)
+
+    @abstractmethod
+    def _update(self, param, grad, key):
+        """Update ``param`` in place from ``grad``; ``key`` indexes the state."""
+
+    def state(self, key, like, slot):
+        """Zero-initialised per-parameter state array ``slot`` for ``key``."""
+        s = self._state.setdefault(key, {})
+        if slot not in s:
+            xp = get_array_module(like)
+            s[slot] = xp.zeros_like(like)
+        return s[slot]
+
+    def reset(self):
+        """Forget momenta and the step count."""
+        self.iterations = 0
+        self._state = {}
+
+    def get_config(self):
+        return {"lr": self.lr}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,163 @@
+"""Loss nodes: ``loss = forward(prediction, target)``, then ``backward()``.
+
+A loss maps a batch to a scalar (the mean over the batch).  ``backward(upstream=1)``
+returns ``dL/dprediction`` with the prediction's shape.
+"""
+import numpy as np
+
+from .backend import get_array_module, to_device
+from .interfaces import Node, NotReadyError, ShapeError, format_shape
+
+__all__ = ["Loss", "SoftMaxLoss", "MSELoss", "labels_to_indices"]
+
+
+def labels_to_indices(labels, n_classes, where="labels"):
+    """Integer class indices ``(N,)`` from integer labels or one-hot rows.
+
+    Checks the range and that float labels are whole numbers; returns the
+    array on the labels' backend.  (Helper shared by losses and the trainer.)
+    """
+    xp = get_array_module(labels)
+    if labels.ndim == 2:
+        return labels.argmax(axis=1)
+    if labels.ndim != 1:
+        raise ShapeError(f"{where}: expected shape (N,) or (N, {n_classes}), received {format_shape(labels.shape)}")
+    if labels.dtype.kind == "f":
+        if not bool(xp.all(labels == xp.round(labels))):
+            raise ValueError(f"{where}: class labels must be whole numbers, received non-integer values")
+        labels = labels.astype(np.int64)
+    return labels
+
+
+class Loss(Node):
+    """Base class of losses: ``forward(prediction, target) -> scalar``."""
+
+    def forward(self, prediction, target, validate=True):
+        """Mean loss over the batch (a 0-d array on the prediction's backend).
+
+        ``validate=False`` skips the label checks (range, whole numbers) that
+        need a device->host read; the trainer validates all labels once.
+        """
+        self.check_input(prediction)
+        prediction = self._as_float(prediction)
+        target = to_device(target, like=prediction)
+        target = self._prepare_target(prediction, target, validate)
+        loss = self._forward_pair(prediction, target)
+        self._out_shape = ()
+        self._pred_shape = prediction.shape
+        return loss
+
+    def backward(self, upstream=1.0):
+        """``dL/dprediction``, scaled by ``upstream`` (a scalar, default 1)."""
+        if self._out_shape is None:
+            raise NotReadyError(f"{self._describe()}: backward() called before forward()")
+        if hasattr(upstream, "shape") and tuple(upstream.shape) not in ((), (1,)):
+            raise ShapeError(
+                f"{self._describe()}: the upstream gradient of a loss is a scalar, received shape "
+                f"{format_shape(tuple(upstream.shape))}"
+            )
+        return self._backward(upstream)
+
+    def __call__(self, prediction, target):
+        return self.forward(prediction, target)
+
+    def _forward(self, x):  # pragma: no cover - losses use _forward_pair
+        raise TypeError("a loss takes (prediction, target)")
+
+    def _prepare_target(self, prediction, target, validate):
+        return target
+
+
+class SoftMaxLoss(Loss):
+    """Mean softmax cross-entropy computed from logits.
+
+    ``z: (N, K)`` logits, ``t``: one-hot/probability rows ``(N, K)`` or integer
+    labels ``(N,)`` in ``[0, K)``::
+
+        log p = z - max(z) - log sum_k exp(z_k - max(z))     (stable for |z| ~ 1e4)
+        L     = -1/N sum_n sum_k t_nk log p_nk
+        dL/dz = (softmax(z) - t) / N
+
+    Cache: ``p = softmax(z)`` and the targets.
+    """
+
+    def _prepare_target(self, z, t, validate):
+        n, k = z.shape
+        if t.ndim == 1 or (t.ndim == 2 and t.shape[1] == 1 and k != 1):
+            t = t.reshape(-1)
+            if t.shape[0] != n:
+                raise ShapeError(
+                    f"{self._describe()}: {t.shape[0]} labels for {n} predictions"
+                )
+            if not validate:
+                return ("index", t if t.dtype.kind in "iu" else t.astype(np.int64))
+            idx = labels_to_indices(t, k, where=self._describe())
+            if idx.dtype.kind not in "iu":
+                raise ValueError(f"{self._describe()}: labels must be integers, received dtype {t.dtype}")
+            if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= k):
+                raise ValueError(
+                    f"{self._describe()}: labels must be in [0, {k}), received values in "
+                    f"[{int(idx.min())}, {int(idx.max())}]"
+                )
+            return ("index", idx)
+        if tuple(t.shape) != tuple(z.shape):
+            raise ShapeError(
+                f"{self._describe()}: targets must be integer labels (N,) = ({n},) or one-hot rows "
+                f"{format_shape(tuple(z.shape))}, received {format_shape(tuple(t.shape))}"
+            )
+        return ("dense", t.astype(z.dtype, copy=False))
+
+    def _forward_pair(self, z, target):
+        xp = get_array_module(z)
+        n = z.shape[0]
+        shifted = z - z.max(axis=1, keepdims=True)
+        e = xp.exp(shifted)
+        s = e.sum(axis=1, keepdims=True)
+        log_p = shifted - xp.log(s)
+        self._cache["p"] = e / s
+        self._cache["target"] = target
+        kind, t = target
+        if kind == "index":
+            picked = log_p[xp.arange(n), t]
+            return -picked.sum() / n
+        return -(t * log_p).sum() / n
+
+    def _backward(self, upstream):
+        p = self._cache["p"]
+        kind, t = self._cache["target"]
+        xp = get_array_module(p)
+        n = p.shape[0]
+        grad = p.copy()
+        if kind == "index":
+            grad[xp.arange(n), t] -= 1
+        else:
+            grad -= t
+        grad *= upstream / n
+        return grad
+
+
+class MSELoss(Loss):
+    """Mean squared error averaged over every entry (as Keras's ``MeanSquaredError``).
+
+    ``y, t: (N, *S)``;  ``L = 1/(N*D) sum (y - t)^2`` with ``D = prod(S)``;
+    ``dL/dy = 2 (y - t) / (N*D)``.  Cache: ``y - t``.
+    """
+
+    def _prepare_target(self, y, t, validate):
+        if tuple(t.shape) != tuple(y.shape):
+            raise ShapeError(
+                f"{self._describe()}: targets must have the prediction's shape "
+                f"{format_shape(tuple(y.shape))}, received {format_shape(tuple(t.shape))}"
+            )
+        return t.astype(y.dtype, copy=False)
+
+    def _forward_pair(self, y, t):
+        diff = y - t
+        self._cache["diff"] = diff
+        return (diff * diff).mean()
+
+    def _backward(self, upstream):
+        diff = self._cache["diff"]
+        grad = diff * (2.0 / diff.size)
+        grad *= upstream
+        return grad

@@ -1,0 +1,670 @@
+"""``NeuralNetwork``: a sequence of layers, a loss and an optimizer, with a trainer.
+
+Training loop (one step per batch)::
+
+    logits = layers[-1](... layers[0](x))        forward, every layer caches
+    loss   = loss_fn.forward(logits, y)
+    g      = loss_fn.backward()                  dL/dlogits
+    for layer in reversed(layers):               backward, neurons store grads
+        g = layer.backward(g)
+    optimizer.step(layers)                       update in place
+
+Data may be given as whole arrays ``fit(X, y, epochs=, batch_size=)`` (integer or
+one-hot labels) or, as in the seed lab, already cut into batches
+``fit(X_batches, Y_batches, n_epochs=)`` with ``X_batches: (n_batches, batch, *S)``.
+
+Host <-> device traffic during ``fit`` (CuPy backend): the data set goes to the
+device once when it fits in a quarter of the free device memory (otherwise each
+batch goes in as it is used); the only device -> host reads are the progress
+figures, at the progress bar's refresh rate, and the epoch totals.
+"""
+import functools
+import json
+import math
+import time
+import warnings
+
+import numpy as np
+
+from . import backend
+from .backend import get_array_module, to_device, to_numpy
+from .interfaces import Neuron, Node, ShapeError, format_shape
+from .losses import Loss, SoftMaxLoss, labels_to_indices
+from .optimizers import GradientDescent
+from .optimizers import get as get_optimizer
+from .serialization import (FORMAT, ModelFileError, build_layer, layer_config, read_model_file,
+                            write_npz_atomic)
+
+__all__ = ["NeuralNetwork", "History", "TrainingWarning", "DataError"]
+
+
+class TrainingWarning(RuntimeWarning):
+    """Training is going wrong: the loss is rising or became NaN/Inf."""
+
+
+class DataError(ValueError):
+    """Training/evaluation data that the network cannot use (shape, length, labels, NaN)."""
+
+
+class History:
+    """Per-epoch figures of ``fit``: ``history.history["loss"]`` etc. (as in Keras).
+
+    ``batch_loss`` holds every batch's loss; ``stopped`` says why training
+    ended early (``None`` when it ran all epochs).
+    """
+
+    def __init__(self):
+        self.history = {}
+        self.epoch = []
+        self.batch_loss = []
+        self.stopped = None
+
+    def _log(self, epoch, **values):
+        self.epoch.append(epoch)
+        for k, v in values.items():
+            self.history.setdefault(k, []).append(v)
+
+    def __getitem__(self, key):
+        return self.history[key]
+
+    def __repr__(self):
+        last = {k: v[-1] for k, v in self.history.items() if v}
+        return f"History(epochs={len(self.epoch)}, last={last}, stopped={self.stopped!r})"
+
+
+class _hybridmethod:
+    """Instance method on instances, class method on the class (for ``load``)."""
+
+    def __init__(self, finstance, fclass):
+        self.finstance, self.fclass = finstance, fclass
+        functools.update_wrapper(self, finstance)
+
+    def __get__(self, obj, cls):
+        if obj is None:
+            return functools.partial(self.fclass, cls)
+        return functools.partial(self.finstance, obj)
+
+
+def _shape_matches(got, expected):
+    return len(got) == len(expected) and all(e is None or e == g for g, e in zip(got, expected))
+
+
+class NeuralNetwork:
+    """A feed-forward network: ``layers`` applied in order, then ``loss_fn``.
+
+    Parameters (all keywords work as in the seed lab)::
+
+        NeuralNetwork(n_input=784, n_output=10, batch_size=50, optimizer=GradientDescent(0.05),
+                      layers=[...], loss_fn=SoftMaxLoss((50, 10)))
+
+    ``n_input``/``n_output`` are checked against the layers when given;
+    ``batch_size`` is the default for ``fit``/``predict``.  ``input_shape``
+    (per sample, e.g. ``(1, 28, 28)``) is needed only when the first layer does
+    not know its input size.
+    """
+
+    def __init__(self, layers, loss_fn=None, optimizer=None, n_input=None, n_output=None,
+                 batch_size=32, input_shape=None, name="network"):
+        layers = list(layers)
+        if not layers:
+            raise ValueError("NeuralNetwork needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Node) or isinstance(layer, Loss):
+                raise TypeError(f"layers[{i}] is {type(layer).__name__}, not a layer (Node/Neuron); "
+                                "pass the loss as loss_fn=")
+        names = [layer.name for layer in layers]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"layer names must be unique, repeated: {dup}")
+        self.layers = layers
+        self.loss_fn = loss_fn if loss_fn is not None else SoftMaxLoss()
+        if not isinstance(self.loss_fn, Loss):
+            raise TypeError(f"loss_fn must be a Loss (e.g. SoftMaxLoss), received {type(self.loss_fn).__name__}")
+        self.optimizer = get_optimizer(optimizer) if optimizer is not None else GradientDescent(lr=0.01)
+        self.batch_size = int(batch_size)
+        self.name = name
+        self.history = History()
+        self.input_shape = tuple(input_shape) if input_shape is not None else layers[0].input_shape
+        self._shapes = self._infer_shapes()
+        if n_input is not None and self.input_shape is not None and None not in self.input_shape:
+            if int(np.prod(self.input_shape)) != int(n_input):
+                raise ShapeError(f"n_input={n_input} but the first layer takes samples of shape "
+                                 f"{self.input_shape} ({int(np.prod(self.input_shape))} values)")
+        out = self._shapes[-1] if self._shapes else None
+        if n_output is not None and out is not None and None not in out:
+            if int(np.prod(out)) != int(n_output):
+                raise ShapeError(f"n_output={n_output} but the last layer gives samples of shape {out}")
+        self.n_input, self.n_output = n_input, n_output
+
+    # ------------------------------------------------------------------ shapes
+    def _infer_shapes(self):
+        """Per-sample output shape of each layer; checks neighbours fit together."""
+        shapes = []
+        shape = self.input_shape
+        for i, layer in enumerate(self.layers):
+            if layer.input_shape is not None and shape is not None:
+                if not _shape_matches(shape, layer.input_shape) and not _shape_matches(layer.input_shape, shape):
+                    prev = f"layer {i - 1} ({self.layers[i - 1].name}) outputs" if i else "the network input is"
+                    raise ShapeError(
+                        f"layer {i} ({layer._describe()}) expects samples of shape "
+                        f"{format_shape(layer.input_shape)} but {prev} {format_shape(shape)}"
+                    )
+            known = layer.input_shape if layer.input_shape is not None else shape
+            if known is None:
+                shape = None
+            elif layer.input_shape is None:
+                shape = layer.compute_output_shape(known)
+            else:
+                merged = tuple(a if a is not None else b for a, b in zip(layer.input_shape, shape or layer.input_shape))
+                shape = layer.compute_output_shape(merged)
+            shapes.append(shape)
+        return shapes
+
+    @property
+    def output_shape(self):
+        return self._shapes[-1]
+
+    @property
+    def trainable_layers(self):
+        return [layer for layer in self.layers if isinstance(layer, Neuron)]
+
+    def count_params(self):
+        return sum(layer.count_params() for layer in self.layers)
+
+    @property
+    def dtype(self):
+        ts = self.trainable_layers
+        return ts[0].dtype if ts else np.dtype(np.float32)
+
+    def astype(self, dtype):
+        """Convert every parameter to ``dtype`` (e.g. float64 for gradient checks)."""
+        for layer in self.trainable_layers:
+            layer.astype(dtype)
+        self.optimizer.reset()
+        return self
+
+    # ------------------------------------------------------------ input checks
+    def _adapt(self, X, batched, where):
+        """Return X with the sample shape the first layer takes (adds a missing channel axis)."""
+        lead = 2 if batched else 1
+        expected = self.input_shape
+        if expected is None:
+            return X
+        got = tuple(X.shape[lead:])
+        if _shape_matches(got, expected):
+            return X
+        if len(expected) == len(got) + 1 and expected[0] == 1 and _shape_matches(got, expected[1:]):
+            return X.reshape(X.shape[:lead] + (1,) + got)
+        what = "batches of samples" if batched else "samples"
+        raise DataError(
+            f"{where}: the first layer ({self.layers[0]._describe()}) takes {what} of shape "
+            f"{format_shape(expected)}, received data of shape {format_shape(tuple(X.shape))}"
+        )
+
+    def _is_batched(self, X):
+        """True for the seed's pre-batched layout (n_batches, batch, *sample)."""
+        expected = self.input_shape
+        if expected is None:
+            first = self.layers[0]
+            nd = getattr(first, "ndim", None)
+            return nd is not None and X.ndim == nd + 3
+        if _shape_matches(tuple(X.shape[1:]), expected):
+            return False
+        if _shape_matches(tuple(X.shape[2:]), expected):
+            return True
+        if expected[0] == 1 and len(expected) > 1:
+            if _shape_matches(tuple(X.shape[1:]), expected[1:]):
+                return False
+            if _shape_matches(tuple(X.shape[2:]), expected[1:]):
+                return True
+        return False
+
+    @staticmethod
+    def _check_finite(X, where):
+        xp = get_array_module(X)
+        if X.dtype.kind in "fc" and not bool(xp.isfinite(X).all()):
+            bad = int((~xp.isfinite(X)).sum())
+            raise DataError(f"{where}: the input contains {bad} NaN/Inf value(s); clean the data first")
+
+    def _prepare_xy(self, X, y, where):
+        """Validate and normalise (X, y) to flat (N, *S) data and labels."""
+        if not hasattr(X, "shape"):
+            X = np.asarray(X)
+        if y is not None and not hasattr(y, "shape"):
+            y = np.asarray(y)
+        batched = self._is_batched(X)
+        X = self._adapt(X, batched, where)
+        if batched:
+            if y is not None and y.shape[0] != X.shape[0]:
+                raise DataError(
+                    f"{where}: X holds {X.shape[0]} batches but y holds {y.shape[0]} batches "
+                    f"(X shape {format_shape(tuple(X.shape))}, y shape {format_shape(tuple(y.shape))}); "
+                    "they must have the same number of batches"
+                )
+            if y is not None and (y.ndim < 2 or y.shape[1] != X.shape[1]):
+                raise DataError(f"{where}: X has batches of {X.shape[1]} samples but y has shape "
+                                f"{format_shape(tuple(y.shape))}")
+            batch = X.shape[1]
+            X = X.reshape((-1,) + tuple(X.shape[2:]))
+            if y is not None:
+                y = y.reshape((-1,) + tuple(y.shape[2:]))
+        else:
+            batch = None
+            if y is not None and y.shape[0] != X.shape[0]:
+                raise DataError(f"{where}: X has {X.shape[0]} samples but y has {y.shape[0]} labels; "
+                                "they must be the same number")
+        if X.shape[0] == 0:
+            raise DataError(f"{where}: no samples")
+        self._check_finite(X, where)
+        if y is not None:
+            y = self._check_labels(y, X.shape[0], where)
+        return X, y, batch
+
+    def _check_labels(self, y, n, where):
+        out = self.output_shape
+        if isinstance(self.loss_fn, SoftMaxLoss):
+            k = out[0] if out is not None else None
+            if y.ndim == 2 and (k is None or y.shape[1] == k):
+                self._check_finite(y, where + " (labels)")
+                return y
+            if y.ndim == 2 and y.shape[1] == 1:
+                y = y.reshape(-1)
+            if y.ndim != 1:
+                raise DataError(f"{where}: labels must be integers (N,) or one-hot rows (N, {k}), "
+                                f"received shape {format_shape(tuple(y.shape))}")
+            try:
+                idx = labels_to_indices(y, k, where=f"{where} (labels)")
+            except ValueError as exc:
+                raise DataError(str(exc)) from None
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or (k is not None and hi >= k):
+                raise DataError(f"{where}: labels must be in [0, {k}) for {k} outputs, received values in "
+                                f"[{lo}, {hi}]")
+            return idx
+        if out is not None and not _shape_matches(tuple(y.shape[1:]), out):
+            raise DataError(f"{where}: targets must have shape {format_shape((None,) + tuple(out))}, "
+                            f"received {format_shape(tuple(y.shape))}")
+        self._check_finite(y, where + " (targets)")
+        return y
+
+    # ------------------------------------------------------- forward/backward
+    def forward(self, x, return_all=False):
+        """Output of the last layer for a batch (or all layer outputs, in order)."""
+        outs = []
+        for layer in self.layers:
+            x = layer.forward(x)
+            if return_all:
+                outs.append(x)
+        return outs if return_all else x
+
+    def backward(self, upstream, need_input_grad=True):
+        """Backpropagate ``dL/doutput`` through every layer; returns ``dL/dinput``.
+
+        Every neuron's ``grads`` hold the parameter gradients afterwards.
+        """
+        g = upstream
+        last = len(self.layers) - 1
+        for i in range(last, -1, -1):
+            g = self.layers[i].backward(g, need_input_grad=(i > 0 or need_input_grad))
+        return g
+
+    def _to_batch(self, X):
+        return to_device(X, like=self._param_like(), dtype=self.dtype)
+
+    def _param_like(self):
+        ts = self.trainable_layers
+        return next(iter(ts[0].params.values())) if ts else None
+
+    def train_step(self, xb, yb):
+        """One forward/backward/update on a batch already on the right device; returns the loss."""
+        out = self.forward(xb)
+        loss = self.loss_fn.forward(out, yb, validate=False)
+        self.backward(self.loss_fn.backward(), need_input_grad=False)
+        self.optimizer.step(self.layers)
+        return loss, out
+
+    # --------------------------------------------------------- analysis hooks
+    def layer_outputs(self, x, to_host=True):
+        """``{layer name: output}`` for a batch ``x`` (NumPy arrays unless to_host=False)."""
+        x, _, _ = self._prepare_xy(x, None, "layer_outputs")
+        outs = self.forward(self._to_batch(x), return_all=True)
+        conv = to_numpy if to_host else (lambda a: a)
+        return {layer.name: conv(o) for layer, o in zip(self.layers, outs)}
+
+    def input_gradient(self, x, y=None, output_index=None, upstream=None, to_host=True):
+        """Gradient with respect to the input batch ``x`` of
+
+        * the mean loss against labels ``y`` (when ``y`` is given), or
+        * ``sum_n output[n, output_index]`` (one output unit; since samples are
+          independent this is each sample's own gradient), or
+        * ``<output, upstream>`` for an explicit upstream gradient.
+
+        Returns an array shaped like ``x`` (after channel adaptation).
+        """
+        chosen = [a is not None for a in (y, output_index, upstream)]
+        if sum(chosen) != 1:
+            raise ValueError("input_gradient: give exactly one of y=, output_index=, upstream=")
+        x, y, _ = self._prepare_xy(x, y, "input_gradient")
+        xb = self._to_batch(x)
+        out = self.forward(xb)
+        xp = get_array_module(out)
+        if y is not None:
+            self.loss_fn.forward(out, to_device(y, like=out), validate=False)
+            g = self.loss_fn.backward()
+        elif output_index is not None:
+            g = xp.zeros_like(out)
+            g[(slice(None),) + (tuple(output_index) if isinstance(output_index, tuple) else (output_index,))] = 1
+        else:
+            g = to_device(upstream, like=out, dtype=out.dtype)
+            if tuple(g.shape) != tuple(out.shape):
+                raise ShapeError(f"input_gradient: upstream must have the output's shape "
+                                 f"{format_shape(tuple(out.shape))}, received {format_shape(tuple(g.shape))}")
+        dx = self.backward(g)
+        return to_numpy(dx) if to_host else dx
+
+    def gradients(self, x, y):
+        """``{(layer name, param name): dL/dparam}`` (NumPy) for one batch, no update."""
+        x, y, _ = self._prepare_xy(x, y, "gradients")
+        xb = self._to_batch(x)
+        out = self.forward(xb)
+        self.loss_fn.forward(out, to_device(y, like=out), validate=False)
+        self.backward(self.loss_fn.backward(), need_input_grad=False)
+        return {(layer.name, k): to_numpy(v) for layer in self.trainable_layers for k, v in layer.grads.items()}
+
+    # ---------------------------------------------------------------- training
+    def fit(self, X, y, epochs=None, batch_size=None, shuffle=None, validation_data=None, seed=None,
+            verbose=1, n_epochs=None, stop_on_nonfinite=True):
+        """Train; returns (and stores as ``self.history``) a ``History``.
+
+        ``X``: ``(N, *S)`` with integer labels ``(N,)`` or one-hot ``(N, K)``; or the
+        seed's pre-batched ``(n_batches, batch, *S)`` with labels per batch, in
+        which case the given batches are used as they are (no shuffling unless
+        ``shuffle=True``).  ``n_epochs`` is the seed's name for ``epochs``.
+        ``seed`` fixes the shuffling order.
+        """
+        if epochs is not None and n_epochs is not None and epochs != n_epochs:
+            raise ValueError(f"fit: epochs={epochs} and n_epochs={n_epochs} disagree")
+        epochs = int(epochs if epochs is not None else (n_epochs if n_epochs is not None else 1))
+        if epochs < 1:
+            raise ValueError(f"fit: epochs must be >= 1, received {epochs}")
+        X, y, given_batch = self._prepare_xy(X, y, "fit")
+        batch_size = int(batch_size or given_batch or self.batch_size)
+        if batch_size < 1:
+            raise ValueError(f"fit: batch_size must be >= 1, received {batch_size}")
+        if shuffle is None:
+            shuffle = given_batch is None
+        val = None
+        if validation_data is not None:
+            if len(validation_data) != 2:
+                raise ValueError("fit: validation_data must be a pair (X_val, y_val)")
+            vx, vy, _ = self._prepare_xy(validation_data[0], validation_data[1], "fit (validation_data)")
+            val = (vx, vy)
+        return _Trainer(self, X, y, batch_size, shuffle, seed, verbose, stop_on_nonfinite).run(epochs, val)
+
+    def _batches(self, X, batch_size):
+        for start in range(0, X.shape[0], batch_size):
+            yield start, min(start + batch_size, X.shape[0])
+
+    def predict(self, X, batch_size=None, to_host=True):
+        """Outputs of the last layer for ``X`` (``(N, *S)``, or one batch as in the seed lab).
+
+        Returns a NumPy array unless ``to_host=False``.
+        """
+        X, _, given_batch = self._prepare_xy(X, None, "predict")
+        bs = int(batch_size or given_batch or max(self.batch_size, 256))
+        outs = [self.forward(self._to_batch(X[a:b])) for a, b in self._batches(X, bs)]
+        xp = get_array_module(outs[0])
+        out = xp.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
+        for layer in self.layers:
+            layer.clear_cache()
+        return to_numpy(out) if to_host else out
+
+    def evaluate(self, X, y, batch_size=None):
+        """``(mean loss, accuracy)``; accuracy is None unless the loss is SoftMaxLoss."""
+        X, y, given_batch = self._prepare_xy(X, y, "evaluate")
+        return self._evaluate_prepared(X, y, int(batch_size or given_batch or max(self.batch_size, 256)))
+
+    def _evaluate_prepared(self, X, y, bs):
+        total_loss, correct, n = 0.0, 0, X.shape[0]
+        classify = isinstance(self.loss_fn, SoftMaxLoss)
+        for a, b in self._batches(X, bs):
+            out = self.forward(self._to_batch(X[a:b]))
+            yb = to_device(y[a:b], like=out)
+            total_loss = total_loss + self.loss_fn.forward(out, yb, validate=False) * (b - a)
+            if classify:
+                labels = yb.argmax(axis=1) if yb.ndim == 2 else yb
+                correct = correct + (out.argmax(axis=1) == labels).sum()
+        for layer in self.layers:
+            layer.clear_cache()
+        loss = float(total_loss) / n
+        return loss, (float(correct) / n if classify else None)
+
+    # ----------------------------------------------------------------- summary
+    def summary(self, print_fn=print):
+        """A table of layers, output shapes and parameter counts (also returned)."""
+        rows = [("Layer (type)", "Output shape", "Param #")]
+        for layer, shape in zip(self.layers, self._shapes):
+            shape_txt = "?" if shape is None else format_shape((None,) + tuple(shape))
+            rows.append((f"{layer.name} ({type(layer).__name__})", shape_txt, f"{layer.count_params():,}"))
+        w = [max(len(r[i]) for r in rows) + 2 for i in range(3)]
+        line = "=" * sum(w)
+        out = [f'Model: "{self.name}"', line]
+        for j, r in enumerate(rows):
+            out.append(r[0].ljust(w[0]) + r[1].ljust(w[1]) + r[2].rjust(w[2]))
+            out.append(line if j == 0 else "-" * sum(w))
+        total = self.count_params()
+        trainable = sum(layer.count_params() for layer in self.trainable_layers)
+        out.append(f"Total params: {total:,}")
+        out.append(f"Trainable params: {trainable:,}")
+        out.append(f"Non-trainable params: {total - trainable:,}")
+        out.append(f"Loss: {type(self.loss_fn).__name__}   Optimizer: {self.optimizer!r}")
+        text = "\n".join(out)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    # ------------------------------------------------------------ save / load
+    def get_config(self):
+        return {
+            "name": self.name,
+            "batch_size": self.batch_size,
+            "input_shape": None if self.input_shape is None else list(self.input_shape),
+            "layers": [layer_config(layer) for layer in self.layers],
+            "loss": layer_config(self.loss_fn),
+            "optimizer": {"class": type(self.optimizer).__name__, "config": self.optimizer.get_config()},
+        }
+
+    def _param_arrays(self):
+        return {f"layer{i}/{k}": v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
+
+    def save(self, path):
+        """Write architecture and weights to ``path`` (.npz), atomically."""
+        arrays = {"__format__": np.array(FORMAT), "__config__": np.array(json.dumps(self.get_config()))}
+        arrays.update(self._param_arrays())
+        write_npz_atomic(path, arrays)
+        return path
+
+    def _load_into(self, path):
+        config, arrays = read_model_file(path)
+        mine = self._param_arrays()
+        theirs = [c["class"] for c in config.get("layers", [])]
+        ours = [type(layer).__name__ for layer in self.layers]
+        if theirs != ours:
+            raise ModelFileError(f"{path!r} holds a model of another architecture: its layers are {theirs}, "
+                                 f"this network's are {ours}")
+        if set(arrays) != set(mine):
+            raise ModelFileError(f"{path!r} holds parameters {sorted(arrays)}, this network has {sorted(mine)}")
+        for key, cur in mine.items():
+            if tuple(arrays[key].shape) != tuple(cur.shape):
+                raise ModelFileError(f"{path!r}: parameter {key} has shape {tuple(arrays[key].shape)} in the file "
+                                     f"but {tuple(cur.shape)} in this network (another architecture)")
+        for i, layer in enumerate(self.layers):
+            for k in list(layer.params):
+                a = arrays[f"layer{i}/{k}"]
+                layer.dtype = np.dtype(a.dtype)
+                layer.params[k] = to_device(a, like=layer.params[k])
+        self.optimizer.reset()
+        return self
+
+    @classmethod
+    def _load_new(cls, path):
+        config, arrays = read_model_file(path)
+        try:
+            layers = [build_layer(entry) for entry in config["layers"]]
+            loss = build_layer(config["loss"])
+            opt = get_optimizer(config["optimizer"]["class"].lower().replace("gradientdescent", "sgd"),
+                                **config["optimizer"]["config"])
+        except (KeyError, TypeError) as exc:
+            raise ModelFileError(f"{path!r}: the architecture record is damaged ({exc})") from None
+        net = cls(layers, loss_fn=loss, optimizer=opt, batch_size=config.get("batch_size", 32),
+                  input_shape=config.get("input_shape"), name=config.get("name", "network"))
+        return net._load_into(path)
+
+    load = _hybridmethod(_load_into, _load_new)
+    load.__doc__ = """Load a model file.
+
+    ``network.load(path)`` loads the weights into this network (the file must
+    hold the same architecture); ``NeuralNetwork.load(path)`` builds a new
+    network from the file.  A missing, truncated or corrupt file, or one for
+    another architecture, raises ``ModelFileError``.
+    """
+
+    def __repr__(self):
+        return f"NeuralNetwork({len(self.layers)} layers, {self.count_params():,} params, loss={type(self.loss_fn).__name__})"
+
+
+class _Trainer:
+    """The loop behind ``NeuralNetwork.fit`` (kept apart so fit reads simply)."""
+
+    RISE_FACTOR = 1.5  # warn when the loss exceeds its starting value by this factor
+
+    def __init__(self, net, X, y, batch_size, shuffle, seed, verbose, stop_on_nonfinite):
+        self.net, self.batch_size, self.shuffle = net, batch_size, shuffle
+        self.verbose, self.stop_on_nonfinite = verbose, stop_on_nonfinite
+        self.rng = np.random.default_rng(seed)
+        like = net._param_like()
+        self.xp = get_array_module(like)
+        self.on_device = self.xp is not np
+        dtype = net.dtype
+        if self.on_device and self._fits_on_device(X):
+            X = to_device(X, like=like, dtype=dtype)   # the data set goes in once
+            y = to_device(y, like=like)
+        elif not self.on_device and X.dtype != dtype:
+            X = X.astype(dtype)
+        self.X, self.y = X, y
+        self.classify = isinstance(net.loss_fn, SoftMaxLoss)
+        self.first_loss = None
+        self.warned_rise = False
+
+    def _fits_on_device(self, X):
+        try:
+            free, _ = self.xp.cuda.runtime.memGetInfo()
+        except Exception:  # pragma: no cover - depends on the device
+            return False
+        return X.size * self.net.dtype.itemsize < free / 4
+
+    def _warn(self, msg, pbar=None):
+        warnings.warn(msg, TrainingWarning, stacklevel=4)
+        if self.verbose and pbar is not None:
+            pbar.write("WARNING: " + msg)
+
+    def run(self, epochs, val):
+        net = self.net
+        hist = History()
+        net.history = hist
+        n = self.X.shape[0]
+        n_batches = math.ceil(n / self.batch_size)
+        for epoch in range(1, epochs + 1):
+            order = self.rng.permutation(n) if self.shuffle else None
+            if order is not None and self.on_device and get_array_module(self.X) is not np:
+                order = self.xp.asarray(order)
+            pbar = self._progress(epoch, epochs, n_batches)
+            sum_loss, sum_correct, seen = 0.0, 0, 0
+            last_refresh = time.monotonic()
+            stopped = None
+            for b in range(n_batches):
+                a, z = b * self.batch_size, min((b + 1) * self.batch_size, n)
+                sel = order[a:z] if order is not None else slice(a, z)
+                xb = net._to_batch(self.X[sel])
+                yb = to_device(self.y[sel], like=xb)
+                out = net.forward(xb)
+                loss = net.loss_fn.forward(out, yb, validate=False)
+                if not self.on_device:
+                    lv = float(loss)
+                    if not math.isfinite(lv) and self.stop_on_nonfinite:
+                        stopped = self._nonfinite(epoch, b, lv, pbar)
+                        break
+                    hist.batch_loss.append(lv)
+                net.backward(net.loss_fn.backward(), need_input_grad=False)
+                net.optimizer.step(net.layers)
+                m = z - a
+                sum_loss = sum_loss + loss * m
+                seen += m
+                if self.classify:
+                    labels = yb.argmax(axis=1) if yb.ndim == 2 else yb
+                    sum_correct = sum_correct + (out.argmax(axis=1) == labels).sum()
+                now = time.monotonic()
+                if pbar is not None:
+                    pbar.update(1)
+                if now - last_refresh >= 0.1 or b == n_batches - 1:
+                    last_refresh = now
+                    cur = float(sum_loss) / seen        # the one device->host read
+                    if not math.isfinite(cur) and self.stop_on_nonfinite:
+                        stopped = self._nonfinite(epoch, b, cur, pbar)
+                        break
+                    self._check_rise(cur, pbar)
+                    if pbar is not None:
+                        post = {"loss": f"{cur:.4f}"}
+                        if self.classify:
+                            post["acc"] = f"{float(sum_correct) / seen:.4f}"
+                        pbar.set_postfix(post, refresh=False)
+            if pbar is not None:
+                pbar.close()
+            if stopped is not None:
+                hist.stopped = stopped
+                break
+            logs = {"loss": float(sum_loss) / seen}
+            if self.classify:
+                logs["accuracy"] = float(sum_correct) / seen
+            if val is not None:
+                vl, va = net._evaluate_prepared(val[0], val[1], max(self.batch_size, 256))
+                logs["val_loss"] = vl
+                if self.classify:
+                    logs["val_accuracy"] = va
+            hist._log(epoch, **logs)
+            if self.verbose:
+                print(f"Epoch {epoch}/{epochs}, " + ", ".join(f"{k}: {v:.4f}" for k, v in logs.items()),
+                      flush=True)
+            if len(hist.history["loss"]) > 1 and logs["loss"] > hist.history["loss"][-2] * self.RISE_FACTOR:
+                self._warn_rise(hist.history["loss"][-2], logs["loss"], pbar=None)
+        for layer in net.layers:
+            layer.clear_cache()
+        return hist
+
+    def _progress(self, epoch, epochs, n_batches):
+        if not self.verbose:
+            return None
+        from tqdm.auto import tqdm  # noqa: PLC0415 - optional at import time
+        return tqdm(total=n_batches, desc=f"Epoch {epoch}/{epochs}", unit="batch", leave=True)
+
+    def _nonfinite(self, epoch, batch, value, pbar):
+        kept = ("the weights are those before the failing step" if not self.on_device else
+                "the weights may already hold NaN/Inf (on the GPU the loss is read only at progress updates)")
+        msg = (f"training stopped: the loss became {value} at epoch {epoch}, batch {batch + 1}. "
+               f"The learning rate ({self.net.optimizer.lr}) is probably too high for this network; {kept}")
+        self._warn(msg, pbar)
+        return msg
+
+    def _check_rise(self, cur, pbar):
+        if self.first_loss is None:
+            self.first_loss = cur
+            return
+        if not self.warned_rise and cur > self.first_loss * self.RISE_FACTOR:
+            self._warn_rise(self.first_loss, cur, pbar)
+
+    def _warn_rise(self, before, after, pbar):
+        if self.warned_rise:
+            return
+        self.warned_rise = True
+        self._warn(f"the training loss is rising ({before:.4g} -> {after:.4g}); the learning rate "
+                   f"({self.net.optimizer.lr}) may be too high", pbar)

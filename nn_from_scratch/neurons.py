@@ -1,0 +1,293 @@
+"""Layers with trainable parameters: ``Linear`` and ``Convolution``.
+
+Both store gradients of the last backward pass in ``grads`` and under public
+names (``W_grad``, ``b_grad``; ``_W_pd`` is kept for the seed lab's code).
+"""
+import numpy as np
+
+from . import initializers
+from .backend import get_array_module
+from .interfaces import Neuron, ShapeError, format_shape, sample_shape
+from .patches import as_tuple, col2im, conv_output_shape, im2col, padding_to_json, resolve_padding
+
+__all__ = ["Linear", "Convolution", "Dense", "Conv1D", "Conv2D", "Conv3D"]
+
+
+def _init_spec(initializer, W_init_range):
+    if W_init_range is not None:
+        return ("uniform", W_init_range)
+    return initializer
+
+
+class _GradNames:
+    """Public accessors shared by the neurons."""
+
+    @property
+    def W(self):
+        return self._params["W"]
+
+    @W.setter
+    def W(self, value):
+        self.set_params(W=value)
+
+    @property
+    def W_grad(self):
+        """dL/dW of the last backward pass (same shape as ``W``)."""
+        return self._grads.get("W")
+
+    #: the seed lab's name for ``W_grad``
+    _W_pd = W_grad
+
+
+class Linear(_GradNames, Neuron):
+    """Fully connected layer with the seed's *augmented* weight matrix.
+
+    ``x: (N, D) -> y: (N, M)``.  ``W: (D + 1, M)`` holds the bias in row 0 and
+    the weights in rows ``1..D``, i.e. ``y = [1, x] @ W = x @ W[1:] + W[0]``.
+
+    Backward, for ``g = dL/dy: (N, M)``::
+
+        dL/dx    = g @ W[1:].T          (N, D)
+        dL/dW[1:] = x.T @ g             (D, M)
+        dL/dW[0]  = sum_n g[n]          (M,)     (zero when use_bias=False)
+
+    ``Linear((batch, 800), (batch, 10))`` (the seed's form) and ``Linear(800, 10)``
+    are the same layer.  Cache: ``x``.
+    """
+
+    def __init__(self, input_shape, output_shape=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 W_init_range=None, seed=None, dtype=np.float32, name=None):
+        in_shape = sample_shape(input_shape)
+        out_shape = sample_shape(output_shape) if output_shape is not None else None
+        if out_shape is None:
+            raise ValueError("Linear needs an output size, e.g. Linear(800, 10) or Linear((N, 800), (N, 10))")
+        if len(in_shape) != 1 or len(out_shape) != 1 or None in in_shape + out_shape:
+            raise ShapeError(
+                f"Linear maps vectors to vectors: input/output shapes must be (N, D) and (N, M), "
+                f"received {input_shape!r} and {output_shape!r} (flatten images with Vectorization first)"
+            )
+        super().__init__((None,) + in_shape, name=name, dtype=dtype)
+        self.in_features, self.out_features = in_shape[0], out_shape[0]
+        self.use_bias = bool(use_bias)
+        rng = initializers.default_rng(seed)
+        d, m = self.in_features, self.out_features
+        kernel = initializers.get(_init_spec(kernel_initializer, W_init_range))((d, m), rng)
+        bias = initializers.get(bias_initializer)((m,), rng) if self.use_bias else np.zeros(m)
+        W = np.concatenate([np.asarray(bias, dtype=np.float64)[None, :], kernel], axis=0)
+        self._params["W"] = initializers.backend.to_device(W.astype(self.dtype))
+
+    def compute_output_shape(self, input_shape):
+        return (self.out_features,)
+
+    def get_config(self):
+        return {"input_shape": [None, self.in_features], "output_shape": [None, self.out_features],
+                "use_bias": self.use_bias, "dtype": self.dtype.name, "name": self.name}
+
+    @property
+    def weight(self):
+        """``W[1:]``: the (D, M) weight matrix (a view)."""
+        return self._params["W"][1:]
+
+    @property
+    def bias(self):
+        """``W[0]``: the (M,) bias (a view)."""
+        return self._params["W"][0]
+
+    def _forward(self, x):
+        self._cache["x"] = x
+        W = self._params["W"]
+        y = x @ W[1:]
+        if self.use_bias:
+            y += W[0]
+        return y
+
+    def _backward(self, dy, need_input_grad=True):
+        x = self._cache["x"]
+        W = self._params["W"]
+        xp = get_array_module(dy)
+        dy = dy.astype(self.dtype, copy=False)
+        dW = xp.empty_like(W)
+        xp.matmul(x.T, dy, out=dW[1:])
+        if self.use_bias:
+            dy.sum(axis=0, out=dW[0])
+        else:
+            dW[0] = 0
+        self._grads["W"] = dW
+        return dy @ W[1:].T if need_input_grad else None
+
+    def __repr__(self):
+        return f"Linear({self.in_features} -> {self.out_features}, use_bias={self.use_bias}, name={self.name!r})"
+
+
+class Convolution(_GradNames, Neuron):
+    """N-d convolution (cross-correlation, as in Keras/PyTorch) for 1-3 spatial dims.
+
+    ``x: (N, C, *S) -> y: (N, F, *O)`` with kernel ``W: (F, C, *k)`` and bias ``b: (F,)``::
+
+        y[n, f, o] = b[f] + sum_{c, i} W[f, c, i] * x_pad[n, c, o*s + i*d]
+        O = floor((S + pad_lo + pad_hi - d*(k - 1) - 1) / s) + 1
+
+    (``s`` stride, ``d`` dilation; all per axis).  It is computed as a matrix
+    product with the patch matrix ``cols = im2col(x): (N, C*K, P)``::
+
+        y = W.reshape(F, C*K) @ cols                 (N, F, P)
+        dL/dW = sum_n g[n] @ cols[n].T               (F, C*K)
+        dL/db = sum over n and p of g                (F,)
+        dL/dx = col2im(W.reshape(F, C*K).T @ g)      (N, C, *S)
+
+    with ``g = dL/dy`` reshaped to ``(N, F, P)``.  Cache: ``cols``.
+
+    Constructor: the seed's form ``Convolution((batch, C, H, W), kernel_size=3,
+    output_layers=4, use_bias=False)``; or ``in_channels=C`` instead of the input
+    shape (spatial size then free), and ``out_channels`` for ``output_layers``.
+    ``kernel_size``, ``stride``, ``dilation`` take an int or a per-axis tuple;
+    ``padding`` an int, per-axis ints or (lo, hi) pairs, ``"valid"`` or ``"same"``.
+    """
+
+    def __init__(self, input_shape=None, kernel_size=3, output_layers=None, use_bias=True,
+                 stride=1, padding=0, dilation=1, *, in_channels=None, out_channels=None,
+                 ndim=None, kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 W_init_range=None, seed=None, dtype=np.float32, name=None):
+        if output_layers is None:
+            output_layers = out_channels
+        elif out_channels is not None and out_channels != output_layers:
+            raise ValueError(f"Convolution: output_layers={output_layers} and out_channels={out_channels} disagree")
+        if output_layers is None or int(output_layers) < 1:
+            raise ValueError(f"Convolution needs output_layers (number of filters) >= 1, received {output_layers!r}")
+        if input_shape is not None:
+            shp = sample_shape(input_shape)
+            if len(shp) < 2 or len(shp) > 4:
+                raise ShapeError(
+                    f"Convolution input shape must be (N, C, L), (N, C, H, W) or (N, C, D, H, W), "
+                    f"received {input_shape!r}"
+                )
+            if in_channels is not None and in_channels != shp[0]:
+                raise ValueError(f"Convolution: in_channels={in_channels} but input shape has {shp[0]} channels")
+            in_channels = shp[0]
+            nd = len(shp) - 1
+        else:
+            if in_channels is None:
+                raise ValueError("Convolution needs an input shape (N, C, *S) or in_channels=")
+            if ndim is None:
+                ndim = len(kernel_size) if not isinstance(kernel_size, (int, np.integer)) else 2
+            nd = int(ndim)
+            shp = (int(in_channels),) + (None,) * nd
+        if ndim is not None and int(ndim) != nd:
+            raise ValueError(f"Convolution: ndim={ndim} but the input shape has {nd} spatial axes")
+        super().__init__((None,) + shp, name=name, dtype=dtype)
+        self.ndim = nd
+        self.in_channels = int(in_channels)
+        self.out_channels = int(output_layers)
+        self.kernel_size = as_tuple(kernel_size, nd, "kernel_size")
+        self.stride = as_tuple(stride, nd, "stride")
+        self.dilation = as_tuple(dilation, nd, "dilation")
+        self.padding = padding
+        resolve_padding(padding, (1,) * nd, self.kernel_size, self.stride, self.dilation)  # validate spec
+        self.use_bias = bool(use_bias)
+        if None not in shp:
+            self.compute_output_shape(shp)  # raises early if the kernel does not fit
+        rng = initializers.default_rng(seed)
+        wshape = (self.out_channels, self.in_channels) + self.kernel_size
+        W = initializers.get(_init_spec(kernel_initializer, W_init_range))(wshape, rng)
+        self._params["W"] = initializers.backend.to_device(np.asarray(W, dtype=self.dtype))
+        if self.use_bias:
+            b = initializers.get(bias_initializer)((self.out_channels,), rng)
+            self._params["b"] = initializers.backend.to_device(np.asarray(b, dtype=self.dtype))
+
+    def get_config(self):
+        return {"input_shape": [None] + list(self.input_shape), "kernel_size": list(self.kernel_size),
+                "output_layers": self.out_channels, "use_bias": self.use_bias, "stride": list(self.stride),
+                "padding": padding_to_json(self.padding), "dilation": list(self.dilation),
+                "dtype": self.dtype.name, "name": self.name}
+
+    # -- shapes -------------------------------------------------------------------
+    def _pads(self, spatial):
+        return resolve_padding(self.padding, spatial, self.kernel_size, self.stride, self.dilation)
+
+    def compute_output_shape(self, input_shape):
+        spatial = input_shape[1:]
+        if None in spatial:
+            return (self.out_channels,) + (None,) * self.ndim
+        try:
+            out = conv_output_shape(spatial, self.kernel_size, self.stride, self._pads(spatial), self.dilation)
+        except ShapeError as exc:
+            raise ShapeError(f"{self._describe()}: {exc}") from None
+        return (self.out_channels,) + out
+
+    def check_input(self, x):
+        if hasattr(x, "ndim") and x.ndim != self.ndim + 2:
+            raise ShapeError(
+                f"{self._describe()} expects {self.ndim + 2}-d input (N, C, {', '.join('S' * self.ndim)})"
+                f" with C = {self.in_channels}, received {format_shape(tuple(x.shape))}"
+            )
+        if hasattr(x, "shape") and x.shape[1] != self.in_channels:
+            raise ShapeError(
+                f"{self._describe()} expects {self.in_channels} input channel(s), received "
+                f"{x.shape[1]} (input shape {format_shape(tuple(x.shape))})"
+            )
+        super().check_input(x)
+        self.compute_output_shape(tuple(x.shape[1:]))
+
+    @property
+    def b(self):
+        return self._params.get("b")
+
+    @property
+    def b_grad(self):
+        """dL/db of the last backward pass (``None`` without bias)."""
+        return self._grads.get("b")
+
+    _b_pd = b_grad
+
+    # -- computation --------------------------------------------------------------
+    def _forward(self, x):
+        cols = im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)
+        n, ck, p = cols.shape
+        W2 = self._params["W"].reshape(self.out_channels, ck)
+        y = W2 @ cols
+        if self.use_bias:
+            y += self._params["b"][:, None]
+        self._cache["cols"] = cols
+        self._cache["x_shape"] = x.shape
+        out = self.compute_output_shape(tuple(x.shape[1:]))
+        return y.reshape((n,) + out)
+
+    def _backward(self, dy, need_input_grad=True):
+        cols = self._cache["cols"]
+        n, ck, p = cols.shape
+        dy = dy.astype(self.dtype, copy=False)
+        g = dy.reshape(n, self.out_channels, p)
+        W = self._params["W"]
+        W2 = W.reshape(self.out_channels, ck)
+        self._grads["W"] = (g @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(W.shape)
+        if self.use_bias:
+            self._grads["b"] = g.sum(axis=(0, 2))
+        if not need_input_grad:
+            return None
+        dcols = W2.T @ g
+        return col2im(dcols, self._cache["x_shape"], self.kernel_size, self.stride, self.padding, self.dilation)
+
+    def __repr__(self):
+        return (f"Convolution({self.in_channels} -> {self.out_channels}, kernel={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding!r}, dilation={self.dilation}, "
+                f"use_bias={self.use_bias}, name={self.name!r})")
+
+
+# Keras-flavoured aliases -----------------------------------------------------------
+Dense = Linear
+
+
+def Conv1D(in_channels, out_channels, kernel_size, **kw):
+    """1-D convolution ``(N, C, L) -> (N, F, L')``; see ``Convolution``."""
+    return Convolution(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size, ndim=1, **kw)
+
+
+def Conv2D(in_channels, out_channels, kernel_size, **kw):
+    """2-D convolution ``(N, C, H, W) -> (N, F, H', W')``; see ``Convolution``."""
+    return Convolution(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size, ndim=2, **kw)
+
+
+def Conv3D(in_channels, out_channels, kernel_size, **kw):
+    """3-D convolution ``(N, C, D, H, W) -> (N, F, D', H', W')``; see ``Convolution``."""
+    return Convolution(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size, ndim=3, **kw)

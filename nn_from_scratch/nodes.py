@@ -1,0 +1,16 @@
+"""Parameter-free layers (``Node`` subclasses): activations, reshapes, pooling, losses.
+
+This module is the import path the course labs use
+(``from nn_from_scratch.nodes import ReLU, SoftMaxLoss, Vectorization``);
+each class lives in the module of its kind.
+"""
+from .activations import Flatten, ReLU, Reshape, Sigmoid, Softmax, Tanh, Vectorization
+from .losses import Loss, MSELoss, SoftMaxLoss
+from .pooling import (AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D,
+                      MaxPool3D)
+
+__all__ = [
+    "ReLU", "Sigmoid", "Tanh", "Softmax", "Vectorization", "Flatten", "Reshape",
+    "Loss", "SoftMaxLoss", "MSELoss",
+    "MaxPool", "AvgPool", "MaxPool1D", "MaxPool2D", "MaxPool3D", "AvgPool1D", "AvgPool2D", "AvgPool3D",
+]

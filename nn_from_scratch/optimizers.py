@@ -1,0 +1,164 @@
+"""Optimizers with the update rules of Keras's same-named optimizers.
+
+For a parameter ``w`` with gradient ``g`` at step ``t`` (``lr`` the learning rate):
+
+GradientDescent (Keras ``SGD``)::
+
+    w <- w - lr * wd * w                       (only if weight_decay > 0, decoupled)
+    momentum == 0:  w <- w - lr * g
+    otherwise:      v <- m * v - lr * g
+                    w <- w + v                  (classic)
+                    w <- w + m * v - lr * g     (nesterov=True)
+
+Adam (Keras ``Adam``)::
+
+    m <- m + (1 - b1) * (g - m);   v <- v + (1 - b2) * (g^2 - v)
+    w <- w - lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
+
+RMSProp (Keras ``RMSprop``)::
+
+    v <- rho * v + (1 - rho) * g^2
+    w <- w - lr * g / sqrt(v + eps)                       (momentum 0)
+    u <- momentum * u + lr * g / sqrt(v + eps); w <- w - u   (momentum > 0)
+
+All updates happen in place on the parameter arrays, on their own backend.
+"""
+import math
+
+from .backend import get_array_module
+from .interfaces import Optimizer
+
+__all__ = ["GradientDescent", "SGD", "Adam", "RMSProp", "RMSprop", "get"]
+
+
+def _check_range(owner, name, value, lo, hi, lo_open=False, hi_open=False):
+    ok_lo = value > lo if lo_open else value >= lo
+    ok_hi = value < hi if hi_open else value <= hi
+    if not (ok_lo and ok_hi):
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        raise ValueError(f"{owner}: {name} must be in {lb}{lo}, {hi}{rb}, received {value!r}")
+
+
+class _Decay(Optimizer):
+    def __init__(self, lr, weight_decay=0.0):
+        super().__init__(lr)
+        _check_range(type(self).__name__, "weight_decay", weight_decay, 0, math.inf)
+        self.weight_decay = float(weight_decay)
+
+    def _decay(self, param):
+        if self.weight_decay:
+            param -= param * (self.lr * self.weight_decay)
+
+
+class GradientDescent(_Decay):
+    """Stochastic gradient descent, optionally with (Nesterov) momentum."""
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
+        _check_range("GradientDescent", "momentum", momentum, 0, 1, hi_open=True)
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+
+    def _update(self, param, grad, key):
+        self._decay(param)
+        if self.momentum == 0:
+            param -= self.lr * grad
+            return
+        v = self.state(key, param, "velocity")
+        v *= self.momentum
+        v -= self.lr * grad
+        if self.nesterov:
+            param += self.momentum * v - self.lr * grad
+        else:
+            param += v
+
+    def get_config(self):
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
+                "weight_decay": self.weight_decay}
+
+
+SGD = GradientDescent
+
+
+class Adam(_Decay):
+    """Adam (Kingma & Ba) with Keras's epsilon placement and defaults."""
+
+    def __init__(self, lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
+        _check_range("Adam", "beta_1", beta_1, 0, 1, hi_open=True)
+        _check_range("Adam", "beta_2", beta_2, 0, 1, hi_open=True)
+        _check_range("Adam", "epsilon", epsilon, 0, math.inf, lo_open=True)
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.amsgrad = bool(amsgrad)
+
+    def _update(self, param, grad, key):
+        self._decay(param)
+        t = self.iterations
+        m = self.state(key, param, "m")
+        v = self.state(key, param, "v")
+        m += (grad - m) * (1 - self.beta_1)
+        v += (grad * grad - v) * (1 - self.beta_2)
+        if self.amsgrad:
+            v_hat = self.state(key, param, "v_hat")
+            get_array_module(v).maximum(v_hat, v, out=v_hat)
+            v = v_hat
+        alpha = self.lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
+        param -= (m * alpha) / (v ** 0.5 + self.epsilon)
+
+    def get_config(self):
+        return {"lr": self.lr, "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon,
+                "amsgrad": self.amsgrad, "weight_decay": self.weight_decay}
+
+
+class RMSProp(_Decay):
+    """RMSProp with Keras's defaults (rho=0.9, epsilon inside the square root)."""
+
+    def __init__(self, lr=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False, weight_decay=0.0):
+        super().__init__(lr, weight_decay)
+        _check_range("RMSProp", "rho", rho, 0, 1, hi_open=True)
+        _check_range("RMSProp", "momentum", momentum, 0, 1, hi_open=True)
+        _check_range("RMSProp", "epsilon", epsilon, 0, math.inf, lo_open=True)
+        self.rho, self.momentum, self.epsilon = float(rho), float(momentum), float(epsilon)
+        self.centered = bool(centered)
+
+    def _update(self, param, grad, key):
+        self._decay(param)
+        v = self.state(key, param, "velocity")
+        v *= self.rho
+        v += (1 - self.rho) * (grad * grad)
+        if self.centered:
+            a = self.state(key, param, "average_grad")
+            a *= self.rho
+            a += (1 - self.rho) * grad
+            denom = v - a * a + self.epsilon
+        else:
+            denom = v + self.epsilon
+        increment = (self.lr * grad) / denom ** 0.5
+        if self.momentum > 0:
+            u = self.state(key, param, "momentum")
+            u *= self.momentum
+            u += increment
+            param -= u
+        else:
+            param -= increment
+
+    def get_config(self):
+        return {"lr": self.lr, "rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon,
+                "centered": self.centered, "weight_decay": self.weight_decay}
+
+
+RMSprop = RMSProp
+
+_BY_NAME = {"sgd": GradientDescent, "gradientdescent": GradientDescent, "adam": Adam,
+            "rmsprop": RMSProp}
+
+
+def get(spec, **kwargs):
+    """An optimizer from an instance or a name (``"sgd"``, ``"adam"``, ``"rmsprop"``)."""
+    if isinstance(spec, Optimizer):
+        return spec
+    try:
+        return _BY_NAME[str(spec).lower()](**kwargs)
+    except KeyError:
+        raise ValueError(f"unknown optimizer {spec!r}; expected one of {sorted(_BY_NAME)}") from None
