@@ -8,7 +8,7 @@ import numpy as np
 from . import initializers
 from .backend import get_array_module
 from .interfaces import Neuron, ShapeError, format_shape, sample_shape
-from .patches import as_tuple, col2im, conv_output_shape, im2col, padding_to_json, resolve_padding
+from .patches import as_tuple, conv_output_shape, make_gatherer, padding_to_json, resolve_padding
 
 __all__ = ["Linear", "Convolution", "Dense", "Conv1D", "Conv2D", "Conv3D"]
 
@@ -136,7 +136,12 @@ class Convolution(_GradNames, Neuron):
         dL/db = sum over n and p of g                (F,)
         dL/dx = col2im(W.reshape(F, C*K).T @ g)      (N, C, *S)
 
-    with ``g = dL/dy`` reshaped to ``(N, F, P)``.  Cache: ``cols``.
+    with ``g = dL/dy`` reshaped to ``(N, F, P)``.  With stride 1 the patch matrix
+    is built in the flat-shift layout (``patches.FlatShift``: contiguous copies,
+    a few extra columns that are cropped); otherwise by ``patches.StridedPatches``.
+    The batch is processed in chunks whose patch matrix fits in the CPU cache
+    (``chunk_bytes``); backward rebuilds each chunk's patches instead of keeping
+    the whole patch matrix.  Cache: the padded (flattened) input.
 
     Constructor: the seed's form ``Convolution((batch, C, H, W), kernel_size=3,
     output_layers=4, use_bias=False)``; or ``in_channels=C`` instead of the input
@@ -241,32 +246,55 @@ class Convolution(_GradNames, Neuron):
     _b_pd = b_grad
 
     # -- computation --------------------------------------------------------------
+    #: bytes of patch matrix per chunk of samples: the patches of a chunk are built,
+    #: used and dropped while they are still in the CPU cache (and memory stays small)
+    chunk_bytes = 4 << 20
+
+    def _chunks(self, n, bytes_per_sample):
+        step = max(1, int(self.chunk_bytes // max(1, bytes_per_sample)))
+        for a in range(0, n, step):
+            yield a, min(a + step, n)
+
     def _forward(self, x):
-        cols = im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)
-        n, ck, p = cols.shape
-        W2 = self._params["W"].reshape(self.out_channels, ck)
-        y = W2 @ cols
+        xp = get_array_module(x)
+        n = x.shape[0]
+        pads = self._pads(x.shape[2:])
+        gat = make_gatherer(x.shape, self.kernel_size, self.stride, pads, self.dilation)
+        W = self._params["W"]
+        F = self.out_channels
+        W2 = W.reshape(F, -1)
+        src = gat.flatten(x)
+        y = xp.empty((n, F) + gat.out, dtype=self.dtype)
+        per_sample = W2.shape[1] * gat.n_pos * self.dtype.itemsize
+        for a, b in self._chunks(n, per_sample):
+            y[a:b] = gat.crop(W2 @ gat.patches(src[a:b]))
         if self.use_bias:
-            y += self._params["b"][:, None]
-        self._cache["cols"] = cols
-        self._cache["x_shape"] = x.shape
-        out = self.compute_output_shape(tuple(x.shape[1:]))
-        return y.reshape((n,) + out)
+            y += self._params["b"].reshape((F,) + (1,) * self.ndim)
+        self._cache["src"] = src
+        self._cache["gatherer"] = gat
+        return y
 
     def _backward(self, dy, need_input_grad=True):
-        cols = self._cache["cols"]
-        n, ck, p = cols.shape
+        xp = get_array_module(dy)
+        src, gat = self._cache["src"], self._cache["gatherer"]
         dy = dy.astype(self.dtype, copy=False)
-        g = dy.reshape(n, self.out_channels, p)
+        n = dy.shape[0]
         W = self._params["W"]
-        W2 = W.reshape(self.out_channels, ck)
-        self._grads["W"] = (g @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(W.shape)
+        F = self.out_channels
+        W2 = W.reshape(F, -1)
+        dW2 = xp.zeros_like(W2)
+        dsrc = gat.zeros_source(dy) if need_input_grad else None
+        per_sample = W2.shape[1] * gat.n_pos * self.dtype.itemsize
+        for a, b in self._chunks(n, per_sample):
+            cols = gat.patches(src[a:b])                       # (m, C*K, P)
+            g = gat.expand(dy[a:b])                            # (m, F, P)
+            dW2 += (g @ cols.transpose(0, 2, 1)).sum(axis=0)   # sum_n g[n] @ cols[n].T
+            if need_input_grad:
+                gat.scatter_add(dsrc[a:b], W2.T @ g)           # col2im(W2.T @ g)
+        self._grads["W"] = dW2.reshape(W.shape)
         if self.use_bias:
-            self._grads["b"] = g.sum(axis=(0, 2))
-        if not need_input_grad:
-            return None
-        dcols = W2.T @ g
-        return col2im(dcols, self._cache["x_shape"], self.kernel_size, self.stride, self.padding, self.dilation)
+            self._grads["b"] = dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
+        return gat.unflatten(dsrc) if need_input_grad else None
 
     def __repr__(self):
         return (f"Convolution({self.in_channels} -> {self.out_channels}, kernel={self.kernel_size}, "

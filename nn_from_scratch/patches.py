@@ -37,6 +37,24 @@ turns into the patch matrix; ``col2im`` adds the patch matrix back with one
 strided slice-add per kernel offset (or per output position when there are
 fewer of those).  ``im2col_reference``/``col2im_reference`` are plain loops over
 every index, kept beside them; the tests hold the two equal.
+
+Stride 1: the flat-shift layout (``FlatShift``)
+-----------------------------------------------
+With stride 1 a patch row is a *shifted copy* of the flattened input.  Flatten
+the padded sample to ``xf[n, c, q]`` (``q`` the row-major index in the padded
+grid ``Sp``, with strides ``st``) and let the output index run over the whole
+padded width instead of the valid one: ``q = o_1*st_1 + o_2*st_2 + ...`` for
+``o_1 < O_1`` and *every* value of the other coordinates.  Then::
+
+    cols_flat[n, (c, i), q] = xf[n, c, q + offset(i)],   offset(i) = sum_k i_k*d_k*st_k
+
+so each row of the patch matrix is one contiguous slice of ``xf`` (fast to copy,
+and ``col2im`` becomes one contiguous slice-add per kernel offset).  The extra
+columns (coordinates past the valid output size) compute numbers nobody reads:
+they are cropped from the output, and the upstream gradient is zero there, so
+they add nothing to ``dL/dW`` or ``dL/dx``.  The cost is a factor
+``prod(Sp[1:]) / prod(O[1:])`` more columns; the gain is long contiguous copies
+instead of many short strided ones.
 """
 import itertools
 
@@ -47,7 +65,8 @@ from .interfaces import ShapeError
 
 __all__ = [
     "as_tuple", "resolve_padding", "padding_to_json", "conv_output_shape", "pad_input", "im2col", "col2im",
-    "im2col_reference", "col2im_reference", "gathering_filter", "patch_view",
+    "im2col_reference", "col2im_reference", "gathering_filter", "patch_view", "FlatShift",
+    "StridedPatches", "make_gatherer",
 ]
 
 
@@ -152,12 +171,73 @@ def _geometry(x_shape, kernel, stride, padding, dilation):
     return kernel, stride, pads, dilation, out
 
 
+class StridedPatches:
+    """Patch gathering for any stride, in the standard layout (see module docstring).
+
+    Same interface as ``FlatShift``::
+
+        flatten(x)        -> x_pad: (N, C, *Sp)       zero-padded input
+        patches(x_pad[a:b]) -> (b-a, C*K, P)          the patch matrix (im2col)
+        crop(y)           (n, F, P) -> (n, F, *O)
+        expand(g)         (n, F, *O) -> (n, F, P)
+        scatter_add(dx_pad, dcols)                    adjoint of patches (in place)
+        unflatten(dx_pad) -> (N, C, *S)               drop padding
+    """
+
+    def __init__(self, x_shape, kernel, stride, pads, dilation):
+        self.x_shape = tuple(x_shape)
+        self.kernel, self.stride, self.pads, self.dilation = tuple(kernel), tuple(stride), tuple(pads), tuple(dilation)
+        self.out = conv_output_shape(x_shape[2:], kernel, stride, pads, dilation)
+        self.n_pos = int(np.prod(self.out))
+        self.K = int(np.prod(kernel))
+
+    def flatten(self, x):
+        return pad_input(x, self.pads)
+
+    def zeros_source(self, like):
+        """Zeros shaped like ``flatten(x)`` for the whole batch (module/dtype of ``like``)."""
+        xp = get_array_module(like)
+        padded = tuple(s + lo + hi for s, (lo, hi) in zip(self.x_shape[2:], self.pads))
+        return xp.zeros(self.x_shape[:2] + padded, dtype=like.dtype)
+
+    def patches(self, x_pad):
+        n, c = x_pad.shape[:2]
+        view = patch_view(x_pad, self.kernel, self.stride, self.dilation, self.out)
+        return view.reshape(n, c * self.K, self.n_pos)
+
+    def crop(self, y):
+        return y.reshape(y.shape[:2] + self.out)
+
+    def expand(self, g):
+        return g.reshape(g.shape[:2] + (self.n_pos,))
+
+    def scatter_add(self, dx_pad, dcols):
+        n, c = dx_pad.shape[:2]
+        v = dcols.reshape((n, c) + self.kernel + self.out)
+        nd = len(self.kernel)
+        if self.K <= self.n_pos:
+            # one strided slice-add per kernel offset i: positions o*s + i*d for all o
+            for idx in itertools.product(*(range(k) for k in self.kernel)):
+                sl = tuple(slice(i * d, i * d + s * (o - 1) + 1, s)
+                           for i, d, s, o in zip(idx, self.dilation, self.stride, self.out))
+                dx_pad[(slice(None), slice(None)) + sl] += v[(slice(None), slice(None)) + idx]
+        else:
+            # fewer output positions than kernel offsets: one slice-add per position
+            for pos in itertools.product(*(range(o) for o in self.out)):
+                sl = tuple(slice(p * s, p * s + d * (k - 1) + 1, d)
+                           for p, s, d, k in zip(pos, self.stride, self.dilation, self.kernel))
+                dx_pad[(slice(None), slice(None)) + sl] += v[(slice(None), slice(None)) + (slice(None),) * nd + pos]
+
+    def unflatten(self, dx_pad):
+        crop = tuple(slice(lo, lo + s) for s, (lo, _) in zip(self.x_shape[2:], self.pads))
+        return dx_pad[(slice(None), slice(None)) + crop]
+
+
 def im2col(x, kernel, stride=1, padding=0, dilation=1):
     """Patch matrix ``cols: (N, C*K, P)`` of ``x: (N, C, *S)`` (see module docstring)."""
-    kernel, stride, pads, dilation, out = _geometry(x.shape, kernel, stride, padding, dilation)
-    n, c = x.shape[:2]
-    view = patch_view(pad_input(x, pads), kernel, stride, dilation, out)
-    return view.reshape(n, c * int(np.prod(kernel)), int(np.prod(out)))
+    kernel, stride, pads, dilation, _ = _geometry(x.shape, kernel, stride, padding, dilation)
+    g = StridedPatches(x.shape, kernel, stride, pads, dilation)
+    return g.patches(g.flatten(x))
 
 
 def col2im(cols, x_shape, kernel, stride=1, padding=0, dilation=1):
@@ -166,27 +246,96 @@ def col2im(cols, x_shape, kernel, stride=1, padding=0, dilation=1):
     ``<im2col(x), cols> == <x, col2im(cols)>`` for every ``x`` and ``cols``.
     """
     x_shape = tuple(x_shape)
-    kernel, stride, pads, dilation, out = _geometry(x_shape, kernel, stride, padding, dilation)
-    xp = get_array_module(cols)
-    n, c = x_shape[:2]
-    padded_shape = (n, c) + tuple(s + lo + hi for s, (lo, hi) in zip(x_shape[2:], pads))
-    dx = xp.zeros(padded_shape, dtype=cols.dtype)
-    v = cols.reshape((n, c) + kernel + out)
-    nd = len(kernel)
-    if int(np.prod(kernel)) <= int(np.prod(out)):
-        # one strided slice-add per kernel offset i: positions o*s + i*d for all o
-        for idx in itertools.product(*(range(k) for k in kernel)):
-            sl = tuple(slice(i * d, i * d + s * (o - 1) + 1, s)
-                       for i, d, s, o in zip(idx, dilation, stride, out))
-            dx[(slice(None), slice(None)) + sl] += v[(slice(None), slice(None)) + idx]
-    else:
-        # fewer output positions than kernel offsets: one slice-add per position
-        for pos in itertools.product(*(range(o) for o in out)):
-            sl = tuple(slice(p * s, p * s + d * (k - 1) + 1, d)
-                       for p, s, d, k in zip(pos, stride, dilation, kernel))
-            dx[(slice(None), slice(None)) + sl] += v[(slice(None), slice(None)) + (slice(None),) * nd + pos]
-    crop = tuple(slice(lo, lo + s) for s, (lo, _) in zip(x_shape[2:], pads))
-    return dx[(slice(None), slice(None)) + crop]
+    kernel, stride, pads, dilation, _ = _geometry(x_shape, kernel, stride, padding, dilation)
+    g = StridedPatches(x_shape, kernel, stride, pads, dilation)
+    dx_pad = g.zeros_source(cols)
+    g.scatter_add(dx_pad, cols)
+    return g.unflatten(dx_pad)
+
+
+class FlatShift:
+    """Stride-1 patch gathering in the flat-shift layout (see module docstring).
+
+    ``x: (N, C, *S)`` with padding ``pads`` and dilation ``d`` (stride must be 1)::
+
+        flatten(x)        -> xf: (N, C, L)             zero-padded, flattened samples
+        patches(xf[a:b])  -> (b-a, C*K, Pf)           patch matrix over the flat grid
+        crop(yf)          (n, F, Pf) -> (n, F, *O)     keep the valid outputs
+        expand(g)         (n, F, *O) -> (n, F, Pf)     zeros at the extra columns
+        scatter_add(dxf, dcols)                       adjoint of patches (in place)
+        unflatten(dxf)    (N, C, L) -> (N, C, *S)      drop padding
+
+    with ``Pf = O_1 * prod(Sp[1:])`` and ``L = prod(Sp) + sum_{k>1} (k_k - 1)*d_k*st_k``
+    (the tail lets the last window's extra columns read zeros).
+    """
+
+    def __init__(self, x_shape, kernel, pads, dilation):
+        spatial = tuple(x_shape[2:])
+        self.x_shape = tuple(x_shape)
+        self.kernel, self.pads, self.dilation = tuple(kernel), tuple(pads), tuple(dilation)
+        self.padded = tuple(s + lo + hi for s, (lo, hi) in zip(spatial, pads))
+        self.out = conv_output_shape(spatial, kernel, (1,) * len(kernel), pads, dilation)
+        st = [1] * len(self.padded)
+        for k in range(len(self.padded) - 2, -1, -1):
+            st[k] = st[k + 1] * self.padded[k + 1]
+        self.steps = tuple(st)
+        self.offsets = [sum(i * d * s for i, d, s in zip(idx, dilation, st))
+                        for idx in itertools.product(*(range(k) for k in kernel))]
+        self.n_pos = self.out[0] * st[0]
+        self.length = int(np.prod(self.padded)) + sum((k - 1) * d * s for k, d, s in
+                                                      zip(kernel[1:], dilation[1:], st[1:]))
+
+    def zeros_source(self, like):
+        """Zeros shaped like ``flatten(x)`` for the whole batch (module/dtype of ``like``)."""
+        xp = get_array_module(like)
+        return xp.zeros(self.x_shape[:2] + (self.length,), dtype=like.dtype)
+
+    def flatten(self, x):
+        xf = self.zeros_source(x)
+        body = xf[:, :, :int(np.prod(self.padded))].reshape(x.shape[:2] + self.padded)
+        body[(slice(None), slice(None)) + tuple(slice(lo, lo + s) for (lo, _), s in
+                                                zip(self.pads, self.x_shape[2:]))] = x
+        return xf
+
+    def patches(self, xf):
+        xp = get_array_module(xf)
+        n, c = xf.shape[:2]
+        it = xf.itemsize
+        view = xp.lib.stride_tricks.as_strided(
+            xf, shape=(n, c) + self.kernel + (self.n_pos,),
+            strides=xf.strides[:2] + tuple(d * s * it for d, s in zip(self.dilation, self.steps)) + (it,))
+        return view.reshape(n, c * len(self.offsets), self.n_pos)
+
+    def crop(self, yf):
+        n, f = yf.shape[:2]
+        full = yf.reshape((n, f, self.out[0]) + self.padded[1:])
+        return full[(slice(None), slice(None), slice(None)) + tuple(slice(0, o) for o in self.out[1:])]
+
+    def expand(self, g):
+        xp = get_array_module(g)
+        n, f = g.shape[:2]
+        gf = xp.zeros((n, f, self.out[0]) + self.padded[1:], dtype=g.dtype)
+        gf[(slice(None), slice(None), slice(None)) + tuple(slice(0, o) for o in self.out[1:])] = g
+        return gf.reshape(n, f, self.n_pos)
+
+    def scatter_add(self, dxf, dcols):
+        n, c = dxf.shape[:2]
+        v = dcols.reshape(n, c, len(self.offsets), self.n_pos)
+        for ki, off in enumerate(self.offsets):
+            dxf[:, :, off:off + self.n_pos] += v[:, :, ki]
+
+    def unflatten(self, dxf):
+        n, c = dxf.shape[:2]
+        body = dxf[:, :, :int(np.prod(self.padded))].reshape((n, c) + self.padded)
+        return body[(slice(None), slice(None)) + tuple(slice(lo, lo + s) for (lo, _), s in
+                                                       zip(self.pads, self.x_shape[2:]))]
+
+
+def make_gatherer(x_shape, kernel, stride, pads, dilation):
+    """``FlatShift`` when every stride is 1 (faster), else ``StridedPatches``."""
+    if all(s == 1 for s in stride):
+        return FlatShift(x_shape, kernel, pads, dilation)
+    return StridedPatches(x_shape, kernel, stride, pads, dilation)
 
 
 def im2col_reference(x, kernel, stride=1, padding=0, dilation=1):
