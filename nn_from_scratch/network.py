@@ -520,7 +520,7 @@ class NeuralNetwork:
                   input_shape=config.get("input_shape"), name=config.get("name", "network"))
         return net._load_into(path)
 
-    load = _hybridmethod(_load_into, _load_new)
+    load = _hybridmethod(_load_into, _load_new.__func__)
     load.__doc__ = """Load a model file.
 
     ``network.load(path)`` loads the weights into this network (the file must
