@@ -350,3 +350,16 @@ def test_fit_bad_epochs_and_batch_size():
         _mlp().fit(np.zeros((5, 4)), np.zeros(5, dtype=int), epochs=0, verbose=0)
     with pytest.raises(ValueError, match=r"epochs=2 and n_epochs=3 disagree"):
         _mlp().fit(np.zeros((5, 4)), np.zeros(5, dtype=int), epochs=2, n_epochs=3, verbose=0)
+
+
+@pytest.mark.parametrize("cls", [nf.MaxPool, nf.AvgPool])
+def test_pool_padding_as_large_as_the_window(cls):
+    # padding >= pool_size leaves windows made only of padding (-inf or 0/0 outputs)
+    with pytest.raises(ValueError) as err:
+        cls(pool_size=2, padding=2, name="overpadded")
+    msg = str(err.value)
+    assert "'overpadded'" in msg and "(2, 2)" in msg and "padding=2" in msg
+    with pytest.raises(ValueError, match=r"padding=\(\(0, 3\), 0\)"):
+        cls(pool_size=3, padding=((0, 3), 0))
+    y = cls(pool_size=2, padding=1).forward(np.ones((1, 1, 4, 4)))  # the largest allowed padding works
+    assert y.shape == (1, 1, 3, 3) and np.all(np.isfinite(y))

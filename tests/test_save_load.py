@@ -205,3 +205,34 @@ def test_pathlike_accepted(tmp_path):
     net.save(path)
     assert os.path.getsize(path) > 0
     assert_same_params(net, nf.NeuralNetwork.load(path))
+
+
+def test_same_shapes_other_configuration_is_refused(tmp_path):
+    path = str(tmp_path / "m.npz")
+    nf.NeuralNetwork([nf.Linear(4, 3)]).save(path)
+    with pytest.raises(ModelFileError, match=r"layer 0 .*use_bias=True in the file but use_bias=False"):
+        nf.NeuralNetwork([nf.Linear(4, 3, use_bias=False)]).load(path)
+
+    def cnn(**pool):
+        return nf.NeuralNetwork([nf.Convolution((None, 1, 8, 8), kernel_size=3, output_layers=2, padding=1),
+                                 nf.MaxPool((None, 2, 8, 8), **pool), nf.Vectorization(), nf.Linear(32, 3)])
+
+    cnn(pool_size=2).save(path)
+    # pool 3 / stride 2 / padding 1 gives the same 4x4 output, so every parameter shape agrees
+    with pytest.raises(ModelFileError, match=r"layer 1 \(MaxPool.*padding='valid', pool_size=\[2, 2\] in the file"):
+        cnn(pool_size=3, stride=2, padding=1).load(path)
+
+
+def test_batch_size_and_declared_shapes_do_not_matter_for_loading(tmp_path, rng):
+    def seed_style(b):
+        return nf.NeuralNetwork([nf.Convolution((b, 1, 28, 28), kernel_size=3, output_layers=4, use_bias=False),
+                                 nf.ReLU((b, 4, 26, 26)), nf.Vectorization((b, 4, 26, 26)),
+                                 nf.Linear((b, 2704), (b, 10))])
+    path = str(tmp_path / "m.npz")
+    src = seed_style(50)
+    src.save(path)
+    a = seed_style(7).load(path)
+    b = nf.NeuralNetwork([nf.Convolution(in_channels=1, kernel_size=3, output_layers=4, use_bias=False), nf.ReLU(),
+                          nf.Vectorization(), nf.Linear(2704, 10)], input_shape=(1, 28, 28)).load(path)
+    x = rng.random((3, 28, 28))
+    assert src.predict(x).tobytes() == a.predict(x).tobytes() == b.predict(x).tobytes()
