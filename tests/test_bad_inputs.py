@@ -363,3 +363,18 @@ def test_pool_padding_as_large_as_the_window(cls):
         cls(pool_size=3, padding=((0, 3), 0))
     y = cls(pool_size=2, padding=1).forward(np.ones((1, 1, 4, 4)))  # the largest allowed padding works
     assert y.shape == (1, 1, 3, 3) and np.all(np.isfinite(y))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4), (2,)])
+def test_softmax_loss_needs_2d_logits(shape):
+    with pytest.raises(nf.ShapeError) as err:
+        nf.SoftMaxLoss(name="ce").forward(np.zeros(shape), np.array([0, 1]))
+    msg = str(err.value)
+    assert "'ce'" in msg and "(N, K)" in msg and str(shape) in msg
+
+
+def test_string_labels():
+    with pytest.raises(nf.DataError, match=r"fit \(labels\): class labels must be integers.*<U1"):
+        _mlp().fit(np.zeros((4, 4)), np.array(["a", "b", "a", "c"]), verbose=0)
+    with pytest.raises(ValueError, match=r"'ce'.*must be integers.*<U1"):
+        nf.SoftMaxLoss(name="ce").forward(np.zeros((2, 3)), np.array(["a", "b"]))

@@ -434,3 +434,31 @@ def test_convolution_weight_layout(rng):
     assert y[n, f, i, j] == pytest.approx(expect, rel=1e-13)
     layer.backward(rng.standard_normal(y.shape))
     assert layer._W_pd is layer.W_grad and layer.W_grad.shape == layer.W.shape
+
+
+def test_verbose_fit_reports_every_epoch(rng, capsys):
+    X, y = blobs(rng, n=60)
+    net = mlp(seed=1)
+    hist = net.fit(X, y, epochs=2, batch_size=20, validation_data=(X[:10], y[:10]), seed=0, verbose=1)
+    out = capsys.readouterr()
+    text = out.out + out.err
+    for epoch in (1, 2):
+        line = [ln for ln in text.splitlines() if ln.startswith(f"Epoch {epoch}/2, ")]
+        assert len(line) == 1, text
+        assert f"loss: {hist['loss'][epoch - 1]:.4f}" in line[0]
+        assert f"val_accuracy: {hist['val_accuracy'][epoch - 1]:.4f}" in line[0]
+
+
+def test_prebatched_integer_labels_equal_one_hot(rng):
+    X = rng.random((3, 5, 1, 28, 28))
+    labels = rng.integers(0, 10, (3, 5))
+    nets = []
+    for y in (labels, np.eye(10)[labels]):
+        nf.set_seed(4)
+        net = seed_lab_network(batch_size=5, lr=0.1)
+        net.fit(X, y, n_epochs=1, verbose=0)
+        nets.append(net)
+    for la, lb in zip(nets[0].trainable_layers, nets[1].trainable_layers):
+        np.testing.assert_array_equal(la.W, lb.W)
+    (la, aa), (lb, ab) = nets[0].evaluate(X, labels), nets[1].evaluate(X, np.eye(10)[labels])
+    assert la == pytest.approx(lb, rel=1e-6) and aa == ab
