@@ -210,3 +210,51 @@ def test_check_network_mse(rng):
     net = nf.NeuralNetwork(layers, loss_fn=nf.MSELoss())
     res = gc.check_network(net, rng.standard_normal((5, 3)), rng.standard_normal((5, 2)), kink_tol=None)
     assert res.checked > 0 and res.max_rel_error <= SMOOTH_TOL, res
+
+
+# ---------------------------------------------------------------- forward values
+# A gradient check proves backward is the derivative of forward, not that forward
+# is the right function (a min-pool passes a gradient check too), so each forward
+# is also compared with a plain formula or loop written here.
+def test_forward_values_of_elementwise_layers(rng):
+    x = 3 * rng.standard_normal((4, 5))
+    np.testing.assert_array_equal(nf.ReLU().forward(x), np.where(x > 0, x, 0.0))
+    np.testing.assert_allclose(nf.Sigmoid().forward(x), 1 / (1 + np.exp(-x)), rtol=1e-14)
+    np.testing.assert_allclose(nf.Tanh().forward(x), np.tanh(x), rtol=1e-15)
+    e = np.exp(x)
+    np.testing.assert_allclose(nf.Softmax().forward(x), e / e.sum(axis=1, keepdims=True), rtol=1e-14)
+
+
+def _pool_loop(x, k, s, reduce):
+    n, c, h, w = x.shape
+    oh, ow = (h - k) // s + 1, (w - k) // s + 1
+    out = np.empty((n, c, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            out[:, :, i, j] = reduce(x[:, :, i * s:i * s + k, j * s:j * s + k], axis=(2, 3))
+    return out
+
+
+@pytest.mark.parametrize("k,s", [(2, 2), (3, 2)])
+def test_forward_values_of_pooling(rng, k, s):
+    x = rng.standard_normal((2, 3, 7, 8))
+    np.testing.assert_array_equal(nf.MaxPool(pool_size=k, stride=s).forward(x), _pool_loop(x, k, s, np.max))
+    np.testing.assert_allclose(nf.AvgPool(pool_size=k, stride=s).forward(x), _pool_loop(x, k, s, np.mean),
+                               rtol=1e-14)
+
+
+def test_forward_values_of_convolution(rng):
+    layer = nf.Convolution((None, 2, 6, 7), kernel_size=(3, 2), output_layers=3, stride=(2, 1), padding=1,
+                           dtype=np.float64, seed=0)
+    layer.set_params(b=rng.standard_normal(3))
+    x = rng.standard_normal((2, 2, 6, 7))
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    y = layer.forward(x)
+    oh, ow = (6 + 2 - 3) // 2 + 1, (7 + 2 - 2) // 1 + 1
+    assert y.shape == (2, 3, oh, ow)
+    ref = np.empty_like(y)
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[:, :, 2 * i:2 * i + 3, j:j + 2]                       # (N, C, 3, 2)
+            ref[:, :, i, j] = np.einsum("ncuv,fcuv->nf", patch, layer.W) + layer.b
+    np.testing.assert_allclose(y, ref, rtol=1e-13, atol=1e-14)
