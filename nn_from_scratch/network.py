@@ -498,6 +498,17 @@ class NeuralNetwork:
             if tuple(arrays[key].shape) != tuple(cur.shape):
                 raise ModelFileError(f"{path!r}: parameter {key} has shape {tuple(arrays[key].shape)} in the file "
                                      f"but {tuple(cur.shape)} in this network (another architecture)")
+        for i, (entry, layer) in enumerate(zip(config["layers"], self.layers)):
+            # same classes and parameter shapes can still differ in stride, padding, use_bias, ...
+            skip = ("name", "dtype", "shape", "input_shape")
+            theirs_cfg = {k: v for k, v in entry.get("config", {}).items() if k not in skip}
+            ours_cfg = {k: v for k, v in json.loads(json.dumps(layer.get_config())).items() if k not in skip}
+            if theirs_cfg != ours_cfg:
+                keys = sorted(k for k in set(theirs_cfg) | set(ours_cfg) if theirs_cfg.get(k) != ours_cfg.get(k))
+                raise ModelFileError(
+                    f"{path!r} holds a model of another architecture: layer {i} ({layer._describe()}) has "
+                    + ", ".join(f"{k}={theirs_cfg.get(k)!r}" for k in keys) + " in the file but "
+                    + ", ".join(f"{k}={ours_cfg.get(k)!r}" for k in keys) + " in this network")
         for i, layer in enumerate(self.layers):
             for k in list(layer.params):
                 a = arrays[f"layer{i}/{k}"]
@@ -520,7 +531,7 @@ class NeuralNetwork:
                   input_shape=config.get("input_shape"), name=config.get("name", "network"))
         return net._load_into(path)
 
-    load = _hybridmethod(_load_into, _load_new)
+    load = _hybridmethod(_load_into, _load_new.__func__)
     load.__doc__ = """Load a model file.
 
     ``network.load(path)`` loads the weights into this network (the file must

@@ -44,7 +44,11 @@ class _Pool(Node):
         self.stride = as_tuple(stride if stride is not None else self.pool_size, nd, "stride")
         self.dilation = (1,) * nd
         self.padding = padding
-        resolve_padding(padding, (1,) * nd, self.pool_size, self.stride, self.dilation)
+        pads = resolve_padding(padding, (1,) * nd, self.pool_size, self.stride, self.dilation)
+        if any(lo >= k or hi >= k for (lo, hi), k in zip(pads, self.pool_size)):
+            # a window could then hold only padding: -inf (max) or 0/0 (average)
+            raise ValueError(f"{self._describe()}: padding must be smaller than pool_size {self.pool_size} "
+                             f"on every side, received padding={padding!r}")
         if self.input_shape is not None and None not in self.input_shape:
             self.compute_output_shape(self.input_shape)
 

@@ -1,0 +1,464 @@
+"""The NeuralNetwork API: fit/predict/evaluate/summary/history, analysis hooks,
+divergence handling, reproducibility, and the seed lab's constructor and
+attribute conventions.
+
+References: hand-computed parameter counts, a float64 log-sum-exp written
+here, float64 finite differences (``gradcheck.numerical_gradient``) and the
+seed lab's own manual forward/backward loop.
+"""
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+import nn_from_scratch as nf
+from nn_from_scratch import gradcheck as gc
+from nn_from_scratch.interfaces import Neuron
+
+
+def seed_lab_layers(batch_size=50, use_bias=False):
+    """The seed lab's CNN, constructed exactly as the lab constructs it."""
+    return [
+        nf.Convolution((batch_size, 1, 28, 28), kernel_size=3, output_layers=4, use_bias=use_bias),
+        nf.ReLU((batch_size, 4, 26, 26)),
+        nf.Convolution((batch_size, 4, 26, 26), kernel_size=7, output_layers=2, use_bias=use_bias),
+        nf.ReLU((batch_size, 2, 20, 20)),
+        nf.Vectorization((batch_size, 2, 20, 20)),
+        nf.Linear((batch_size, 800), (batch_size, 10)),
+    ]
+
+
+def seed_lab_network(batch_size=50, lr=0.5, use_bias=False):
+    layers = seed_lab_layers(batch_size, use_bias)
+    return nf.NeuralNetwork(n_input=28 ** 2, n_output=10, batch_size=batch_size,
+                            optimizer=nf.GradientDescent(lr=lr), layers=layers,
+                            loss_fn=nf.SoftMaxLoss((batch_size, 10)))
+
+
+def blobs(rng, n=240, d=10, k=3, spread=0.6):
+    """k well separated Gaussian clusters in d dimensions (a task an MLP learns in a few epochs)."""
+    centres = 2.0 * rng.standard_normal((k, d))
+    y = rng.integers(0, k, n)
+    X = centres[y] + spread * rng.standard_normal((n, d))
+    return X, y
+
+
+def mlp(seed=0, lr=0.1, d=10, k=3, dtype=np.float32):
+    return nf.NeuralNetwork([nf.Linear(d, 16, seed=seed, dtype=dtype), nf.ReLU(),
+                             nf.Linear(16, k, seed=seed + 1, dtype=dtype)],
+                            loss_fn=nf.SoftMaxLoss(), optimizer=nf.GradientDescent(lr))
+
+
+def logsumexp_loss(logits, labels):
+    """Mean softmax cross-entropy in float64 (reference written for the tests)."""
+    z = np.asarray(logits, dtype=np.float64)
+    m = z.max(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
+    return float(np.mean(lse - z[np.arange(len(labels)), labels]))
+
+
+# ---------------------------------------------------------------- fit
+def test_fit_integer_labels_learns(rng):
+    X, y = blobs(rng)
+    net = mlp()
+    loss0, acc0 = net.evaluate(X, y)
+    hist = net.fit(X, y, epochs=8, batch_size=20, seed=0, verbose=0)
+    loss1, acc1 = net.evaluate(X, y)
+    assert hist is net.history
+    assert hist.epoch == list(range(1, 9))
+    assert len(hist["loss"]) == len(hist["accuracy"]) == 8
+    assert hist["loss"][-1] < 0.5 * hist["loss"][0]
+    assert loss1 < 0.5 * loss0 and acc1 >= 0.9
+    assert len(hist.batch_loss) == 8 * 12
+    assert hist.stopped is None
+
+
+def test_fit_one_hot_labels_equals_integer_labels(rng):
+    X, y = blobs(rng)
+    a, b = mlp(seed=3), mlp(seed=3)
+    ha = a.fit(X, y, epochs=3, batch_size=16, seed=5, verbose=0)
+    hb = b.fit(X, np.eye(3)[y], epochs=3, batch_size=16, seed=5, verbose=0)
+    for la, lb in zip(a.trainable_layers, b.trainable_layers):
+        np.testing.assert_array_equal(la.W, lb.W)
+    np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-6)
+    assert ha["accuracy"] == hb["accuracy"]
+
+
+def test_fit_prebatched_equals_the_manual_seed_lab_loop(rng):
+    # the seed lab's form: X (n_batches, batch, C, H, W), Y one-hot (n_batches, batch, 10)
+    nb, b = 3, 6
+    X = rng.random((nb, b, 1, 28, 28))
+    Y = np.eye(10)[rng.integers(0, 10, (nb, b))]
+    nf.set_seed(11)
+    net = seed_lab_network(batch_size=b, lr=0.5)
+    nf.set_seed(11)
+    ref_layers = seed_lab_layers(b)
+    ref_loss = nf.SoftMaxLoss((b, 10))
+    for la, lb in zip(net.trainable_layers, [l for l in ref_layers if isinstance(l, Neuron)]):
+        np.testing.assert_array_equal(la.W, lb.W)
+
+    hist = net.fit(X, Y, n_epochs=2, verbose=0)
+
+    # the same training written out by hand, batch by batch in the given order
+    for _ in range(2):
+        for xb, yb in zip(X, Y):
+            state = xb.astype(np.float32)
+            for layer in ref_layers:
+                state = layer.forward(state)
+            ref_loss.forward(state, yb)
+            g = ref_loss.backward()
+            for layer in reversed(ref_layers):
+                g = layer.backward(g)
+            for layer in ref_layers:
+                if isinstance(layer, Neuron):
+                    layer.W -= 0.5 * layer.W_grad  # SGD by hand
+    for la, lb in zip(net.trainable_layers, [l for l in ref_layers if isinstance(l, Neuron)]):
+        np.testing.assert_allclose(la.W, lb.W, rtol=1e-5, atol=1e-6)
+    assert hist.epoch == [1, 2] and len(hist.batch_loss) == 2 * nb
+
+
+def test_batch_size_in_layer_shapes_never_binds(rng):
+    net = seed_lab_network(batch_size=50)
+    X = rng.random((7, 1, 28, 28))
+    out = net.predict(X)
+    assert out.shape == (7, 10)
+    hist = net.fit(X, rng.integers(0, 10, 7), epochs=1, batch_size=7, verbose=0)
+    assert len(hist.batch_loss) == 1
+    # a ragged last batch is fine too
+    hist = net.fit(rng.random((19, 1, 28, 28)), rng.integers(0, 10, 19), epochs=1, batch_size=7, verbose=0)
+    assert len(hist.batch_loss) == 3
+    y = net.layers[0].forward(X.astype(np.float32))
+    assert y.shape == (7, 4, 26, 26)
+
+
+def test_predict_without_channel_axis(rng):
+    # the seed lab calls predict on (batch, 28, 28) batches of a 1-channel network
+    net = seed_lab_network()
+    X = rng.random((50, 28, 28))
+    out = net.predict(X)
+    assert out.shape == (50, 10)
+    np.testing.assert_array_equal(out, net.predict(X[:, None]))
+    # and the result is the layers applied in order
+    state = X[:, None].astype(np.float32)
+    for layer in net.layers:
+        state = layer.forward(state)
+    np.testing.assert_allclose(out, state, rtol=1e-6, atol=1e-6)
+
+
+def test_predict_seed_lab_accuracy_loop_runs(rng):
+    net = seed_lab_network()
+    test_X = rng.random((3, 50, 28, 28))
+    test_y = rng.integers(0, 10, (3, 50))
+    correct = total = 0
+    for inputs, labels in zip(test_X, test_y):
+        pred = np.argmax(net.predict(inputs), axis=1)
+        correct += (pred == labels).sum()
+        total += len(labels)
+    assert total == 150
+    acc = net.evaluate(test_X.reshape(150, 1, 28, 28), test_y.reshape(150))[1]
+    assert acc == pytest.approx(correct / total, abs=1e-12)
+
+
+def test_evaluate_consistent_with_predict(rng):
+    X, y = blobs(rng, n=90)
+    net = mlp(seed=2)
+    net.fit(X, y, epochs=2, batch_size=10, seed=0, verbose=0)
+    logits = net.predict(X)
+    loss, acc = net.evaluate(X, y, batch_size=32)
+    assert loss == pytest.approx(logsumexp_loss(logits, y), rel=1e-5)
+    assert acc == pytest.approx(np.mean(logits.argmax(axis=1) == y), abs=1e-12)
+    loss_oh, acc_oh = net.evaluate(X, np.eye(3)[y])
+    assert loss_oh == pytest.approx(loss, rel=1e-5) and acc_oh == acc
+
+
+def test_evaluate_mse_has_no_accuracy(rng):
+    net = nf.NeuralNetwork([nf.Linear(3, 2, seed=0)], loss_fn=nf.MSELoss())
+    X, T = rng.standard_normal((10, 3)), rng.standard_normal((10, 2))
+    loss, acc = net.evaluate(X, T)
+    assert acc is None
+    assert loss == pytest.approx(np.mean((net.predict(X) - T) ** 2), rel=1e-5)
+
+
+def test_validation_data_and_history(rng):
+    X, y = blobs(rng, n=200)
+    Xv, yv = X[150:], y[150:]
+    net = mlp(seed=4)
+    hist = net.fit(X[:150], y[:150], epochs=3, batch_size=25, validation_data=(Xv, yv), seed=1, verbose=0)
+    assert set(hist.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(v) == 3 for v in hist.history.values())
+    vl, va = net.evaluate(Xv, yv)
+    assert hist["val_loss"][-1] == pytest.approx(vl, rel=1e-6)
+    assert hist["val_accuracy"][-1] == pytest.approx(va, abs=1e-12)
+    assert "epochs=3" in repr(hist)
+
+
+def test_summary_counts_by_hand():
+    net = nf.NeuralNetwork([
+        nf.Convolution((None, 3, 12, 12), kernel_size=3, output_layers=5, name="c1"),            # 5*3*3*3 + 5
+        nf.ReLU(name="r1"),
+        nf.MaxPool((None, 5, 10, 10), name="p1"),
+        nf.Convolution((None, 5, 5, 5), kernel_size=2, output_layers=4, use_bias=False, name="c2"),  # 4*5*2*2
+        nf.Vectorization(name="v1"),
+        nf.Linear(64, 7, name="d1"),                                                             # 64*7 + 7
+        nf.Tanh(name="t1"),
+        nf.Linear(7, 3, use_bias=False, name="d2"),                                              # 7*3
+    ], name="handcount")
+    expected = {"c1": 5 * 3 * 3 * 3 + 5, "r1": 0, "p1": 0, "c2": 4 * 5 * 2 * 2, "v1": 0,
+                "d1": 64 * 7 + 7, "t1": 0, "d2": 7 * 3}
+    shapes = {"c1": "(N, 5, 10, 10)", "p1": "(N, 5, 5, 5)", "c2": "(N, 4, 4, 4)", "v1": "(N, 64)",
+              "d1": "(N, 7)", "d2": "(N, 3)"}
+    printed = []
+    text = net.summary(print_fn=printed.append)
+    assert printed == [text]
+    assert 'Model: "handcount"' in text
+    for layer in net.layers:
+        row = [line for line in text.splitlines() if line.startswith(f"{layer.name} ({type(layer).__name__})")]
+        assert len(row) == 1, layer.name
+        assert row[0].rstrip().endswith(f"{expected[layer.name]:,}"), row[0]
+        if layer.name in shapes:
+            assert shapes[layer.name] in row[0]
+    total = sum(expected.values())
+    assert net.count_params() == total
+    assert f"Total params: {total:,}" in text and f"Trainable params: {total:,}" in text
+    assert "Non-trainable params: 0" in text
+
+
+def test_summary_of_the_seed_lab_network_matches_keras_count():
+    # the seed notebook's Keras summary of the same model: 36 + 392 + 8010 = 8438
+    text = seed_lab_network().summary(print_fn=None)
+    assert re.search(r"Total params: 8,438\b", text)
+    rows = [line for line in text.splitlines() if "(Convolution)" in line or "(Linear)" in line]
+    assert [r.split()[-1] for r in rows] == ["36", "392", "8,010"]
+
+
+def test_n_input_n_output_checked():
+    with pytest.raises(nf.ShapeError, match=r"n_input=11.*\(10,\)"):
+        nf.NeuralNetwork([nf.Linear(10, 3)], n_input=11)
+    with pytest.raises(nf.ShapeError, match=r"n_output=4.*\(3,\)"):
+        nf.NeuralNetwork([nf.Linear(10, 3)], n_output=4)
+
+
+# ---------------------------------------------------------------- analysis hooks
+def test_layer_outputs(rng):
+    net = seed_lab_network()
+    X = rng.random((4, 28, 28))
+    outs = net.layer_outputs(X)
+    assert list(outs) == [layer.name for layer in net.layers]
+    assert [o.shape for o in outs.values()] == [(4, 4, 26, 26), (4, 4, 26, 26), (4, 2, 20, 20), (4, 2, 20, 20),
+                                               (4, 800), (4, 10)]
+    np.testing.assert_array_equal(outs[net.layers[1].name], np.maximum(outs[net.layers[0].name], 0))
+    np.testing.assert_array_equal(outs[net.layers[-1].name], net.predict(X))
+
+
+def _f64_cnn():
+    nf.set_seed(21)
+    layers = [nf.Convolution((None, 1, 6, 6), kernel_size=3, output_layers=2, dtype=np.float64), nf.Tanh(),
+              nf.Vectorization(), nf.Linear(32, 3, dtype=np.float64)]
+    return nf.NeuralNetwork(layers, loss_fn=nf.SoftMaxLoss())
+
+
+def test_input_gradient_of_one_output_against_finite_differences(rng):
+    net = _f64_cnn()
+    x = rng.standard_normal((2, 6, 6))  # channel axis added by the network
+    k = 1
+    g = net.input_gradient(x, output_index=k)
+    assert g.shape == (2, 1, 6, 6)
+    num = gc.numerical_gradient(lambda v: float(net.predict(v)[:, k].sum()), x[:, None])
+    np.testing.assert_allclose(g, num, rtol=1e-7, atol=1e-10)
+
+
+def test_input_gradient_of_the_loss_against_finite_differences(rng):
+    net = _f64_cnn()
+    x = rng.standard_normal((3, 1, 6, 6))
+    y = rng.integers(0, 3, 3)
+    g = net.input_gradient(x, y=y)
+    num = gc.numerical_gradient(lambda v: net.evaluate(v, y)[0], x)
+    np.testing.assert_allclose(g, num, rtol=1e-7, atol=1e-10)
+    up = rng.standard_normal((3, 3))
+    g_up = net.input_gradient(x, upstream=up)
+    num_up = gc.numerical_gradient(lambda v: float((net.predict(v) * up).sum()), x)
+    np.testing.assert_allclose(g_up, num_up, rtol=1e-7, atol=1e-10)
+    with pytest.raises(ValueError, match="exactly one"):
+        net.input_gradient(x, y=y, output_index=0)
+
+
+def test_gradients_hook_matches_finite_differences(rng):
+    net = _f64_cnn()
+    x = rng.standard_normal((3, 1, 6, 6))
+    y = rng.integers(0, 3, 3)
+    grads = net.gradients(x, y)
+    lin = net.layers[-1]
+    W0 = lin.W.copy()
+
+    def loss_at(W):
+        lin.W = W
+        return net.evaluate(x, y)[0]
+
+    num = gc.numerical_gradient(loss_at, W0)
+    lin.W = W0
+    np.testing.assert_allclose(grads[(lin.name, "W")], num, rtol=1e-7, atol=1e-10)
+
+
+# ---------------------------------------------------------------- divergence
+def test_too_high_learning_rate_warns_and_stops(rng):
+    X, y = blobs(rng, n=200)
+    net = mlp(seed=0, lr=50.0)
+    with np.errstate(all="ignore"), pytest.warns(nf.TrainingWarning, match=r"learning rate \(50\.0\)") as rec:
+        hist = net.fit(X, y, epochs=20, batch_size=20, seed=0, verbose=0)
+    assert hist.stopped is not None
+    assert re.search(r"the loss became (nan|inf|-inf)", hist.stopped)
+    assert any("training stopped" in str(w.message) for w in rec)
+    assert len(hist.epoch) < 20  # it did stop early
+    assert len(hist.batch_loss) < 20 * 10
+    for layer in net.trainable_layers:  # on the CPU the failing step is not applied
+        assert np.all(np.isfinite(layer.W)), layer.name
+    assert all(np.isfinite(hist.batch_loss))
+
+
+def test_divergence_can_be_allowed(rng):
+    X, y = blobs(rng, n=100)
+    net = mlp(seed=0, lr=50.0)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hist = net.fit(X, y, epochs=8, batch_size=10, seed=0, verbose=0, stop_on_nonfinite=False)
+    assert hist.stopped is None
+
+
+# ---------------------------------------------------------------- reproducibility
+def _train(seed, fit_seed, rng_data):
+    nf.set_seed(seed)
+    net = nf.NeuralNetwork([nf.Convolution((None, 1, 8, 8), kernel_size=3, output_layers=3), nf.ReLU(),
+                            nf.MaxPool((None, 3, 6, 6)), nf.Vectorization(), nf.Linear(27, 3)],
+                           optimizer=nf.Adam(0.01))
+    X, y = rng_data
+    net.fit(X, y, epochs=2, batch_size=8, seed=fit_seed, verbose=0)
+    return [p.copy() for layer in net.trainable_layers for p in layer.params.values()]
+
+
+def test_same_seed_same_weights_bitwise(rng):
+    data = (rng.standard_normal((40, 1, 8, 8)), rng.integers(0, 3, 40))
+    a = _train(7, 1, data)
+    b = _train(7, 1, data)
+    for pa, pb in zip(a, b):
+        np.testing.assert_array_equal(pa, pb)
+    c = _train(8, 1, data)    # other initial weights
+    d = _train(7, 2, data)    # other shuffling order
+    for other in (c, d):
+        assert any(not np.array_equal(pa, po) for pa, po in zip(a, other))
+
+
+def test_per_layer_seed(rng):
+    l1 = nf.Linear(5, 4, seed=123)
+    nf.set_seed(999)  # the global generator does not affect seeded layers
+    l2 = nf.Linear(5, 4, seed=123)
+    np.testing.assert_array_equal(l1.W, l2.W)
+    assert not np.array_equal(l1.W, nf.Linear(5, 4, seed=124).W)
+    c1 = nf.Convolution((None, 2, 5, 5), kernel_size=3, output_layers=3, seed=5)
+    c2 = nf.Convolution((None, 2, 5, 5), kernel_size=3, output_layers=3, seed=5)
+    np.testing.assert_array_equal(c1.W, c2.W)
+
+
+# ---------------------------------------------------------------- seed lab compatibility
+def test_seed_lab_import_paths():
+    from nn_from_scratch.examples.simple_nn import NeuralNetwork
+    from nn_from_scratch.interfaces import Neuron as N2
+    from nn_from_scratch.neurons import Convolution, Linear
+    from nn_from_scratch.nodes import ReLU, SoftMaxLoss, Vectorization
+    from nn_from_scratch.optimizers import GradientDescent
+    assert NeuralNetwork is nf.NeuralNetwork and N2 is Neuron
+    assert (Convolution, Linear, ReLU, SoftMaxLoss, Vectorization, GradientDescent) == (
+        nf.Convolution, nf.Linear, nf.ReLU, nf.SoftMaxLoss, nf.Vectorization, nf.GradientDescent)
+
+
+def test_seed_lab_manual_loop_and_attributes(rng):
+    net = seed_lab_network()
+    layers, loss_fn = net.layers, net.loss_fn
+    example_pic = rng.random((50, 1, 28, 28))
+    example_label = np.eye(10)[rng.integers(0, 10, 50)]
+
+    # the seed lab's cell, as written
+    state = example_pic.copy()
+    for layer in layers:
+        state = layer.forward(state)
+    loss = loss_fn.forward(state, example_label)
+    dL_dy = loss_fn.backward()
+    partial_derivative = dL_dy
+    dL_dx, dL_dw = [], []
+    for layer in layers[::-1]:
+        partial_derivative = layer.backward(partial_derivative)
+        dL_dx.append(partial_derivative)
+        if isinstance(layer, Neuron):
+            dL_dw.append(layer._W_pd)
+
+    assert np.isfinite(float(loss))
+    assert dL_dx[-1].shape == example_pic.shape
+    assert [isinstance(layer, Neuron) for layer in layers] == [True, False, True, False, False, True]
+    # _W_pd is the seed's name for W_grad
+    for layer in net.trainable_layers:
+        assert layer._W_pd is layer.W_grad
+    assert [w.shape for w in dL_dw] == [(801, 10), (2, 4, 7, 7), (4, 1, 3, 3)]
+    # the same gradients through the network's own API
+    grads = net.gradients(example_pic, example_label)
+    for layer, w in zip(net.trainable_layers[::-1], dL_dw):
+        np.testing.assert_allclose(grads[(layer.name, "W")], w, rtol=1e-5, atol=1e-7)
+
+
+def test_linear_augmented_weight_layout(rng):
+    layer = nf.Linear((50, 6), (50, 4), seed=0, dtype=np.float64)
+    assert layer.W.shape == (7, 4)
+    W = rng.standard_normal((7, 4))
+    layer.W = W
+    x = rng.standard_normal((3, 6))
+    np.testing.assert_allclose(layer.forward(x), x @ W[1:] + W[0], rtol=1e-14, atol=1e-14)
+    np.testing.assert_array_equal(layer.weight, W[1:])
+    np.testing.assert_array_equal(layer.bias, W[0])
+    g = rng.standard_normal((3, 4))
+    dx = layer.backward(g)
+    np.testing.assert_allclose(dx, g @ W[1:].T, rtol=1e-14)
+    np.testing.assert_allclose(layer.W_grad[1:], x.T @ g, rtol=1e-14)
+    np.testing.assert_allclose(layer.W_grad[0], g.sum(axis=0), rtol=1e-14)
+
+
+def test_convolution_weight_layout(rng):
+    layer = nf.Convolution((50, 3, 9, 9), kernel_size=(3, 2), output_layers=5, dtype=np.float64)
+    assert layer.W.shape == (5, 3, 3, 2)
+    assert layer.b.shape == (5,)
+    assert isinstance(layer, Neuron) and isinstance(nf.Linear(3, 2), Neuron)
+    assert not isinstance(nf.ReLU(), Neuron)
+    # y[n, f, i, j] = b[f] + sum_{c, u, v} W[f, c, u, v] x[n, c, i + u, j + v]  (checked at one spot)
+    x = rng.standard_normal((2, 3, 9, 9))
+    y = layer.forward(x)
+    n, f, i, j = 1, 3, 4, 6
+    expect = layer.b[f] + np.sum(layer.W[f] * x[n, :, i:i + 3, j:j + 2])
+    assert y[n, f, i, j] == pytest.approx(expect, rel=1e-13)
+    layer.backward(rng.standard_normal(y.shape))
+    assert layer._W_pd is layer.W_grad and layer.W_grad.shape == layer.W.shape
+
+
+def test_verbose_fit_reports_every_epoch(rng, capsys):
+    X, y = blobs(rng, n=60)
+    net = mlp(seed=1)
+    hist = net.fit(X, y, epochs=2, batch_size=20, validation_data=(X[:10], y[:10]), seed=0, verbose=1)
+    out = capsys.readouterr()
+    text = out.out + out.err
+    for epoch in (1, 2):
+        line = [ln for ln in text.splitlines() if ln.startswith(f"Epoch {epoch}/2, ")]
+        assert len(line) == 1, text
+        assert f"loss: {hist['loss'][epoch - 1]:.4f}" in line[0]
+        assert f"val_accuracy: {hist['val_accuracy'][epoch - 1]:.4f}" in line[0]
+
+
+def test_prebatched_integer_labels_equal_one_hot(rng):
+    X = rng.random((3, 5, 1, 28, 28))
+    labels = rng.integers(0, 10, (3, 5))
+    nets = []
+    for y in (labels, np.eye(10)[labels]):
+        nf.set_seed(4)
+        net = seed_lab_network(batch_size=5, lr=0.1)
+        net.fit(X, y, n_epochs=1, verbose=0)
+        nets.append(net)
+    for la, lb in zip(nets[0].trainable_layers, nets[1].trainable_layers):
+        np.testing.assert_array_equal(la.W, lb.W)
+    (la, aa), (lb, ab) = nets[0].evaluate(X, labels), nets[1].evaluate(X, np.eye(10)[labels])
+    assert la == pytest.approx(lb, rel=1e-6) and aa == ab

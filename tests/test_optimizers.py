@@ -1,0 +1,336 @@
+"""Optimizers follow Keras's update rules.
+
+Our optimizer and the Keras optimizer with the same hyperparameters are applied
+to identical variables with identical gradients for several steps, and the
+variables are compared after every step.
+
+* float64 variables: Keras then evaluates its rule in float64 too, so any
+  difference is rounding only: rtol = 1e-12 proves the rules are the same.
+* float32 variables (what training uses): both sides evaluate the same formulas
+  in float32 in a slightly different order of operations (e.g. ``lr * wd``
+  folded first), so each step can differ by a few units in the last place
+  (float32 ulp = 1.2e-7 relative).  Over STEPS = 6 steps that stays within
+  rtol = 1e-6 (8.4 ulp of a value's own size) plus atol = 1e-7 for entries near
+  zero.  One known exception, derived below and added to the bound: Keras forms
+  Adam's bias correction ``sqrt(1 - beta_2^t) / (1 - beta_1^t)`` in float32 from
+  float32(beta_2) = 0.99900001287..., so ``1 - beta_2^t`` carries a relative error
+  of ~1.3e-5 at t = 1 (we form it in float64); the resulting update error is
+  bounded in ``keras_adam_slack``.  Without it Keras's float32 Adam is ~40 ulp
+  from the exact rule while ours is within ~3 ulp (measured).
+
+A wrong rule is far outside these bounds: the epsilon outside instead of inside
+the square root (RMSProp), a missing bias correction (Adam) or classic instead
+of Nesterov momentum are all detected (checked below by planting them).
+"""
+import numpy as np
+import pytest
+
+import nn_from_scratch as nf
+from nn_from_scratch.interfaces import Optimizer
+
+STEPS = 6
+RTOL, ATOL = 1e-6, 1e-7
+
+
+class ParamHolder:
+    """The minimal trainable object an Optimizer works on (params + grads by name)."""
+
+    trainable = True
+
+    def __init__(self, **params):
+        self.params = params
+        self.grads = {}
+        self.name = "holder"
+
+    def _describe(self):
+        return "ParamHolder 'holder'"
+
+
+@pytest.fixture(scope="module")
+def keras():
+    pytest.importorskip("tensorflow")
+    import keras as k
+    return k
+
+
+CASES = [
+    # (our optimizer, keras class name, keras kwargs)
+    (lambda: nf.GradientDescent(lr=0.05), "SGD", dict(learning_rate=0.05)),
+    (lambda: nf.GradientDescent(lr=0.05, momentum=0.9), "SGD", dict(learning_rate=0.05, momentum=0.9)),
+    (lambda: nf.GradientDescent(lr=0.05, momentum=0.8, nesterov=True), "SGD",
+     dict(learning_rate=0.05, momentum=0.8, nesterov=True)),
+    (lambda: nf.GradientDescent(lr=0.05, momentum=0.9, weight_decay=0.1), "SGD",
+     dict(learning_rate=0.05, momentum=0.9, weight_decay=0.1)),
+    (lambda: nf.GradientDescent(lr=0.1, weight_decay=0.3), "SGD", dict(learning_rate=0.1, weight_decay=0.3)),
+    (lambda: nf.Adam(), "Adam", dict()),
+    (lambda: nf.Adam(lr=0.01, beta_1=0.8, beta_2=0.95, epsilon=1e-4), "Adam",
+     dict(learning_rate=0.01, beta_1=0.8, beta_2=0.95, epsilon=1e-4)),
+    (lambda: nf.Adam(lr=0.01, amsgrad=True), "Adam", dict(learning_rate=0.01, amsgrad=True)),
+    (lambda: nf.Adam(lr=0.01, weight_decay=0.05), "Adam", dict(learning_rate=0.01, weight_decay=0.05)),
+    (lambda: nf.RMSProp(), "RMSprop", dict()),
+    (lambda: nf.RMSProp(lr=0.01, rho=0.8, epsilon=1e-5), "RMSprop",
+     dict(learning_rate=0.01, rho=0.8, epsilon=1e-5)),
+    (lambda: nf.RMSProp(lr=0.01, momentum=0.7), "RMSprop", dict(learning_rate=0.01, momentum=0.7)),
+    (lambda: nf.RMSProp(lr=0.01, centered=True), "RMSprop", dict(learning_rate=0.01, centered=True)),
+    (lambda: nf.RMSProp(lr=0.01, momentum=0.5, centered=True, weight_decay=0.02), "RMSprop",
+     dict(learning_rate=0.01, momentum=0.5, centered=True, weight_decay=0.02)),
+]
+IDS = ["sgd", "sgd_momentum", "sgd_nesterov", "sgd_momentum_wd", "sgd_wd", "adam", "adam_custom",
+       "adam_amsgrad", "adam_wd", "rmsprop", "rmsprop_custom", "rmsprop_momentum", "rmsprop_centered",
+       "rmsprop_all"]
+
+
+def _problem(seed=0, dtype=np.float32):
+    """Initial values and a gradient sequence with entries of very different sizes."""
+    rng = np.random.default_rng(seed)
+    shapes = {"W": (7, 5), "b": (5,)}
+    init = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    grads = []
+    for _ in range(STEPS):
+        step = {}
+        for k, s in shapes.items():
+            scale = 10.0 ** rng.uniform(-4, 1, s)  # 1e-4 .. 10: exercises epsilon and the moments
+            step[k] = (rng.standard_normal(s) * scale).astype(dtype)
+        grads.append(step)
+    return init, grads
+
+
+def _run_ours(opt, init, grads):
+    holder = ParamHolder(**{k: v.copy() for k, v in init.items()})
+    history = []
+    for g in grads:
+        holder.grads = {k: v.copy() for k, v in g.items()}
+        opt.step([holder])
+        history.append({k: v.copy() for k, v in holder.params.items()})
+        for k in g:
+            assert holder.params[k].dtype == init[k].dtype
+    return history
+
+
+def _run_keras(keras, opt, init, grads):
+    import tensorflow as tf
+    names = sorted(init)
+    dtype = init[names[0]].dtype.name
+    variables = [keras.Variable(init[k], dtype=dtype) for k in names]
+    history = []
+    for g in grads:
+        opt.apply_gradients([(tf.constant(g[k]), v) for k, v in zip(names, variables)])
+        history.append({k: np.array(v.numpy()) for k, v in zip(names, variables)})
+        assert history[-1][names[0]].dtype == np.dtype(dtype)
+    return history
+
+
+def keras_adam_slack(kkw, history, init):
+    """Bound on how far Keras's float32 Adam may drift from the exact rule, per element.
+
+    Keras computes ``1 - beta^t`` from float32(beta): with d = |float32(beta) - beta|,
+    ``1 - beta^t`` is off by about t beta^(t-1) d, a relative error
+    e(beta, t) = t beta^(t-1) d / (1 - beta^t).  The step size
+    ``sqrt(1 - beta_2^t) / (1 - beta_1^t)`` is then off by e(beta_2, t)/2 + e(beta_1, t)
+    relative, and so is that step's update |w_t - w_(t-1)|.  Summed over the steps and
+    doubled for safety (the remaining float32 roundings are covered by RTOL/ATOL).
+    """
+    b1, b2 = kkw.get("beta_1", 0.9), kkw.get("beta_2", 0.999)
+
+    def e(beta, t):
+        d = abs(float(np.float32(beta)) - beta)
+        return t * beta ** (t - 1) * d / (1 - beta ** t)
+
+    slack, prev = [], init
+    total = {k: np.zeros(v.shape) for k, v in init.items()}
+    for t, cur in enumerate(history, start=1):
+        rel = e(b2, t) / 2 + e(b1, t)
+        for k in total:
+            total[k] = total[k] + 2 * rel * np.abs(cur[k].astype(np.float64) - prev[k])
+        slack.append({k: v.copy() for k, v in total.items()})
+        prev = cur
+    return slack
+
+
+def _assert_close(ours, theirs, label, rtol=RTOL, atol=ATOL, slack=None):
+    for t, (a, b) in enumerate(zip(ours, theirs), start=1):
+        for k in a:
+            bound = atol + rtol * np.abs(b[k]) + (0 if slack is None else slack[t - 1][k])
+            diff = np.abs(a[k].astype(np.float64) - b[k])
+            bad = diff > bound
+            assert not bad.any(), (f"{label}: step {t}, {k}: {int(bad.sum())} entries differ, worst "
+                                   f"{diff[bad].max():.3e} against a bound of {bound[bad].min():.3e}")
+
+
+@pytest.mark.parametrize("make,kname,kkw", CASES, ids=IDS)
+def test_matches_keras_float32(keras, make, kname, kkw):
+    init, grads = _problem()
+    ours = _run_ours(make(), init, grads)
+    theirs = _run_keras(keras, getattr(keras.optimizers, kname)(**kkw), init, grads)
+    # the parameters really moved (a no-op optimizer would not pass by accident)
+    assert np.abs(ours[-1]["W"] - init["W"]).max() > 1e-3
+    slack = keras_adam_slack(kkw, ours, init) if kname == "Adam" else None
+    _assert_close(ours, theirs, kname, slack=slack)
+
+
+# For float64 weights Keras still turns Python-float hyperparameters into float32
+# tensors before casting them (tf.cast(0.9, float64) == 0.899999976, and the
+# learning rate lives in a float32 variable), so the rules themselves can only be
+# compared in float64 with hyperparameters that float32 holds exactly: dyadic ones.
+CASES64 = [
+    (lambda: nf.GradientDescent(lr=0.0625), "SGD", dict(learning_rate=0.0625)),
+    (lambda: nf.GradientDescent(lr=0.0625, momentum=0.875), "SGD", dict(learning_rate=0.0625, momentum=0.875)),
+    (lambda: nf.GradientDescent(lr=0.0625, momentum=0.75, nesterov=True), "SGD",
+     dict(learning_rate=0.0625, momentum=0.75, nesterov=True)),
+    (lambda: nf.GradientDescent(lr=0.0625, momentum=0.875, weight_decay=0.125), "SGD",
+     dict(learning_rate=0.0625, momentum=0.875, weight_decay=0.125)),
+    (lambda: nf.Adam(lr=2 ** -10, beta_1=0.875, beta_2=1 - 2 ** -10, epsilon=2 ** -23), "Adam",
+     dict(learning_rate=2 ** -10, beta_1=0.875, beta_2=1 - 2 ** -10, epsilon=2 ** -23)),
+    (lambda: nf.Adam(lr=2 ** -7, beta_1=0.75, beta_2=0.96875, epsilon=2 ** -14, amsgrad=True, weight_decay=0.0625),
+     "Adam", dict(learning_rate=2 ** -7, beta_1=0.75, beta_2=0.96875, epsilon=2 ** -14, amsgrad=True,
+                  weight_decay=0.0625)),
+    (lambda: nf.RMSProp(lr=2 ** -10, rho=0.875, epsilon=2 ** -23), "RMSprop",
+     dict(learning_rate=2 ** -10, rho=0.875, epsilon=2 ** -23)),
+    (lambda: nf.RMSProp(lr=2 ** -7, rho=0.75, momentum=0.5, epsilon=2 ** -17, centered=True, weight_decay=0.03125),
+     "RMSprop", dict(learning_rate=2 ** -7, rho=0.75, momentum=0.5, epsilon=2 ** -17, centered=True,
+                     weight_decay=0.03125)),
+]
+IDS64 = ["sgd", "sgd_momentum", "sgd_nesterov", "sgd_momentum_wd", "adam", "adam_amsgrad_wd", "rmsprop",
+         "rmsprop_momentum_centered_wd"]
+
+
+@pytest.mark.parametrize("make,kname,kkw", CASES64, ids=IDS64)
+def test_matches_keras_float64(keras, make, kname, kkw):
+    init, grads = _problem(seed=1, dtype=np.float64)
+    ours = _run_ours(make(), init, grads)
+    theirs = _run_keras(keras, getattr(keras.optimizers, kname)(**kkw), init, grads)
+    assert np.abs(ours[-1]["W"] - init["W"]).max() > 1e-3
+    _assert_close(ours, theirs, kname, rtol=1e-12, atol=1e-14)
+
+
+def test_adam_slack_is_needed_and_small(keras):
+    # the float32 difference to Keras's Adam is really there (the slack is not decoration),
+    # and the slack stays far below what a wrong rule would cost
+    kkw = dict(learning_rate=0.01)
+    init, grads = _problem()
+    ours = _run_ours(nf.Adam(lr=0.01), init, grads)
+    theirs = _run_keras(keras, keras.optimizers.Adam(**kkw), init, grads)
+    with pytest.raises(AssertionError):
+        _assert_close(ours, theirs, "Adam")
+    slack = keras_adam_slack(kkw, ours, init)
+    assert max(v.max() for v in slack[-1].values()) < 5e-6
+
+
+def test_defaults_match_keras(keras):
+    pairs = [(nf.Adam(), keras.optimizers.Adam()), (nf.RMSProp(), keras.optimizers.RMSprop()),
+             (nf.GradientDescent(), keras.optimizers.SGD())]
+    for ours, theirs in pairs:
+        cfg = theirs.get_config()
+        assert ours.lr == pytest.approx(cfg["learning_rate"])
+        for key in ("beta_1", "beta_2", "epsilon", "amsgrad", "rho", "momentum", "centered", "nesterov"):
+            if key in cfg and hasattr(ours, key):
+                assert getattr(ours, key) == pytest.approx(cfg[key]), (type(ours).__name__, key)
+
+
+# --- the comparison can fail: planted wrong rules are far outside the tolerance -------------
+class EpsilonOutsideRMSProp(nf.RMSProp):
+    """sqrt(v) + eps instead of sqrt(v + eps)."""
+
+    def _update(self, param, grad, key):
+        v = self.state(key, param, "velocity")
+        v *= self.rho
+        v += (1 - self.rho) * grad * grad
+        param -= self.lr * grad / (v ** 0.5 + self.epsilon)
+
+
+class NoBiasCorrectionAdam(nf.Adam):
+    def _update(self, param, grad, key):
+        m = self.state(key, param, "m")
+        v = self.state(key, param, "v")
+        m += (grad - m) * (1 - self.beta_1)
+        v += (grad * grad - v) * (1 - self.beta_2)
+        param -= self.lr * m / (v ** 0.5 + self.epsilon)
+
+
+@pytest.mark.parametrize("make,kname,kkw", [
+    (lambda: EpsilonOutsideRMSProp(lr=0.01, epsilon=1e-3), "RMSprop", dict(learning_rate=0.01, epsilon=1e-3)),
+    (lambda: NoBiasCorrectionAdam(lr=0.01), "Adam", dict(learning_rate=0.01)),
+    (lambda: nf.GradientDescent(lr=0.05, momentum=0.8), "SGD", dict(learning_rate=0.05, momentum=0.8, nesterov=True)),
+], ids=["rmsprop_eps_outside", "adam_no_bias_correction", "classic_vs_nesterov"])
+def test_wrong_rules_are_detected(keras, make, kname, kkw):
+    init, grads = _problem()
+    ours = _run_ours(make(), init, grads)
+    theirs = _run_keras(keras, getattr(keras.optimizers, kname)(**kkw), init, grads)
+    with pytest.raises(AssertionError):
+        _assert_close(ours, theirs, kname)
+
+
+# --- behaviour that needs no Keras ----------------------------------------------------------
+def test_plain_sgd_by_hand():
+    w0 = np.array([1.0, -2.0, 3.0])
+    g = np.array([0.5, 0.25, -1.0])
+    holder = ParamHolder(W=w0.copy())
+    holder.grads = {"W": g}
+    nf.GradientDescent(lr=0.1).step([holder])
+    np.testing.assert_allclose(holder.params["W"], w0 - 0.1 * g, rtol=1e-15)
+
+
+def test_state_is_kept_per_parameter_and_layer():
+    a = ParamHolder(W=np.zeros(3))
+    b = ParamHolder(W=np.zeros(3))
+    opt = nf.GradientDescent(lr=1.0, momentum=0.5)
+    a.grads = {"W": np.ones(3)}
+    b.grads = {"W": -np.ones(3)}
+    opt.step([a, b])
+    opt.step([a, b])
+    # v1 = -g, v2 = 0.5 v1 - g = -1.5 g; w = v1 + v2 = -2.5 g
+    np.testing.assert_allclose(a.params["W"], -2.5 * np.ones(3))
+    np.testing.assert_allclose(b.params["W"], 2.5 * np.ones(3))
+    assert opt.iterations == 2
+    opt.reset()
+    assert opt.iterations == 0
+
+
+def test_updates_are_in_place_and_keep_dtype():
+    W = np.ones((2, 2), dtype=np.float32)
+    holder = ParamHolder(W=W)
+    holder.grads = {"W": np.full((2, 2), 0.5, dtype=np.float32)}
+    for opt in (nf.GradientDescent(0.1, momentum=0.9), nf.Adam(0.1), nf.RMSProp(0.1, centered=True)):
+        opt.step([holder])
+        assert holder.params["W"] is W and W.dtype == np.float32
+
+
+def test_step_without_gradient_is_a_clear_error():
+    layer = nf.Linear(3, 2, name="fresh")
+    with pytest.raises(RuntimeError, match=r"'fresh'.*no gradient for parameter 'W'.*backward"):
+        nf.Adam().step([layer])
+
+
+def test_non_trainable_layers_are_skipped():
+    relu = nf.ReLU()
+    nf.GradientDescent(0.1).step([relu])  # no error, nothing to do
+
+
+@pytest.mark.parametrize("make,pattern", [
+    (lambda: nf.GradientDescent(lr=0), r"GradientDescent: learning rate must be > 0, received 0"),
+    (lambda: nf.GradientDescent(lr=-0.1), r"learning rate must be > 0, received -0.1"),
+    (lambda: nf.GradientDescent(lr=0.1, momentum=1.0), r"GradientDescent: momentum must be in \[0, 1\), received 1.0"),
+    (lambda: nf.GradientDescent(lr=0.1, momentum=-0.1), r"momentum must be in \[0, 1\), received -0.1"),
+    (lambda: nf.GradientDescent(lr=0.1, weight_decay=-1), r"weight_decay must be in \[0, inf\], received -1"),
+    (lambda: nf.Adam(beta_1=1.0), r"Adam: beta_1 must be in \[0, 1\), received 1.0"),
+    (lambda: nf.Adam(beta_2=1.5), r"Adam: beta_2 must be in \[0, 1\), received 1.5"),
+    (lambda: nf.Adam(epsilon=0), r"Adam: epsilon must be in \(0, inf\], received 0"),
+    (lambda: nf.Adam(lr=float("nan")), r"Adam: learning rate must be > 0, received nan"),
+    (lambda: nf.RMSProp(rho=1.0), r"RMSProp: rho must be in \[0, 1\), received 1.0"),
+    (lambda: nf.RMSProp(momentum=2), r"RMSProp: momentum must be in \[0, 1\), received 2"),
+    (lambda: nf.RMSProp(epsilon=-1e-7), r"RMSProp: epsilon must be in \(0, inf\], received -1e-07"),
+])
+def test_invalid_hyperparameters(make, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        make()
+
+
+def test_optimizer_by_name():
+    from nn_from_scratch.optimizers import get
+    assert isinstance(get("adam", lr=0.1), nf.Adam) and get("adam", lr=0.1).lr == 0.1
+    assert isinstance(get("SGD"), nf.GradientDescent) and isinstance(get("rmsprop"), nf.RMSProp)
+    opt = nf.Adam()
+    assert get(opt) is opt
+    with pytest.raises(ValueError, match=r"unknown optimizer 'adagrad'.*'adam'"):
+        get("adagrad")
+    assert issubclass(nf.SGD, Optimizer) and nf.SGD is nf.GradientDescent and nf.RMSprop is nf.RMSProp
