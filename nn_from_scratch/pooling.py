@@ -40,11 +40,14 @@ class _Pool(Node):
         if ndim is not None and int(ndim) != nd:
             raise ValueError(f"{self._describe()}: ndim={ndim} but the input shape has {nd} spatial axes")
         self.ndim = nd
-        self.pool_size = as_tuple(pool_size, nd, "pool_size")
-        self.stride = as_tuple(stride if stride is not None else self.pool_size, nd, "stride")
-        self.dilation = (1,) * nd
+        try:
+            self.pool_size = as_tuple(pool_size, nd, "pool_size")
+            self.stride = as_tuple(stride if stride is not None else self.pool_size, nd, "stride")
+            self.dilation = (1,) * nd
+            resolve_padding(padding, (1,) * nd, self.pool_size, self.stride, self.dilation)
+        except ValueError as exc:
+            raise ValueError(f"{self._describe()}: {exc}") from None
         self.padding = padding
-        resolve_padding(padding, (1,) * nd, self.pool_size, self.stride, self.dilation)
         if self.input_shape is not None and None not in self.input_shape:
             self.compute_output_shape(self.input_shape)
 
