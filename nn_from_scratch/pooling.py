@@ -62,10 +62,19 @@ class _Pool(Node):
         spatial = input_shape[1:]
         if None in spatial:
             return (input_shape[0],) + (None,) * self.ndim
+        pads = self._pads(spatial)
         try:
-            out = conv_output_shape(spatial, self.pool_size, self.stride, self._pads(spatial), self.dilation)
+            out = conv_output_shape(spatial, self.pool_size, self.stride, pads, self.dilation)
         except ShapeError as exc:
             raise ShapeError(f"{self._describe()}: {exc}") from None
+        # a window lying entirely in the padding has no input entry (max -inf, mean 0/0)
+        for size, k, s, (lo, _), o in zip(spatial, self.pool_size, self.stride, pads, out):
+            if lo >= k or (o - 1) * s >= lo + size:
+                raise ShapeError(
+                    f"{self._describe()}: padding {pads} leaves pooling windows with no input entry "
+                    f"(pool_size {self.pool_size}, stride {self.stride}, input spatial shape {tuple(spatial)}); "
+                    f"use padding smaller than pool_size"
+                )
         return (input_shape[0],) + out
 
     def check_input(self, x):
