@@ -188,11 +188,14 @@ class Convolution(_GradNames, Neuron):
         self.ndim = nd
         self.in_channels = int(in_channels)
         self.out_channels = int(output_layers)
-        self.kernel_size = as_tuple(kernel_size, nd, "kernel_size")
-        self.stride = as_tuple(stride, nd, "stride")
-        self.dilation = as_tuple(dilation, nd, "dilation")
+        try:
+            self.kernel_size = as_tuple(kernel_size, nd, "kernel_size")
+            self.stride = as_tuple(stride, nd, "stride")
+            self.dilation = as_tuple(dilation, nd, "dilation")
+            resolve_padding(padding, (1,) * nd, self.kernel_size, self.stride, self.dilation)  # validate spec
+        except ValueError as exc:
+            raise ValueError(f"{self._describe()}: {exc}") from None
         self.padding = padding
-        resolve_padding(padding, (1,) * nd, self.kernel_size, self.stride, self.dilation)  # validate spec
         self.use_bias = bool(use_bias)
         if None not in shp:
             self.compute_output_shape(shp)  # raises early if the kernel does not fit

@@ -103,12 +103,18 @@ def resolve_padding(padding, spatial, kernel, stride, dilation):
         if p < 0:
             raise ValueError(f"padding must be >= 0, received {padding!r}")
         return ((p, p),) * n
-    padding = tuple(padding)
+    try:
+        padding = tuple(padding)
+    except TypeError:
+        raise ValueError(f"padding must be an int, a tuple, 'same' or 'valid', received {padding!r}") from None
     if len(padding) != n:
         raise ValueError(f"padding must have one entry per spatial axis ({n}), received {padding!r}")
     pads = []
     for p in padding:
-        pair = (int(p), int(p)) if isinstance(p, (int, np.integer)) else tuple(int(v) for v in p)
+        try:
+            pair = (int(p), int(p)) if isinstance(p, (int, np.integer)) else tuple(int(v) for v in p)
+        except TypeError:
+            pair = ()
         if len(pair) != 2 or min(pair) < 0:
             raise ValueError(f"padding entries must be ints >= 0 or (lo, hi) pairs, received {padding!r}")
         pads.append(pair)

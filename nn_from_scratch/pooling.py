@@ -40,13 +40,18 @@ class _Pool(Node):
         if ndim is not None and int(ndim) != nd:
             raise ValueError(f"{self._describe()}: ndim={ndim} but the input shape has {nd} spatial axes")
         self.ndim = nd
-        self.pool_size = as_tuple(pool_size, nd, "pool_size")
-        self.stride = as_tuple(stride if stride is not None else self.pool_size, nd, "stride")
-        self.dilation = (1,) * nd
+        try:
+            self.pool_size = as_tuple(pool_size, nd, "pool_size")
+            self.stride = as_tuple(stride if stride is not None else self.pool_size, nd, "stride")
+            self.dilation = (1,) * nd
+            resolve_padding(padding, (1,) * nd, self.pool_size, self.stride, self.dilation)
+        except ValueError as exc:
+            raise ValueError(f"{self._describe()}: {exc}") from None
         self.padding = padding
         pads = resolve_padding(padding, (1,) * nd, self.pool_size, self.stride, self.dilation)
         if any(lo >= k or hi >= k for (lo, hi), k in zip(pads, self.pool_size)):
-            # a window could then hold only padding: -inf (max) or 0/0 (average)
+            # a window could then hold only padding: -inf (max) or 0/0 (average); with
+            # padding < pool_size on both sides every window holds an input entry
             raise ValueError(f"{self._describe()}: padding must be smaller than pool_size {self.pool_size} "
                              f"on every side, received padding={padding!r}")
         if self.input_shape is not None and None not in self.input_shape:
@@ -63,8 +68,9 @@ class _Pool(Node):
         spatial = input_shape[1:]
         if None in spatial:
             return (input_shape[0],) + (None,) * self.ndim
+        pads = self._pads(spatial)
         try:
-            out = conv_output_shape(spatial, self.pool_size, self.stride, self._pads(spatial), self.dilation)
+            out = conv_output_shape(spatial, self.pool_size, self.stride, pads, self.dilation)
         except ShapeError as exc:
             raise ShapeError(f"{self._describe()}: {exc}") from None
         return (input_shape[0],) + out

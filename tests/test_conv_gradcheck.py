@@ -1,0 +1,105 @@
+"""Float64 finite differences for Convolution and MaxPool/AvgPool, 1-3 spatial dims.
+
+``nn_from_scratch.gradcheck.check_layer`` compares dL/dx, dL/dW and dL/db (for
+a random upstream gradient) with centred differences of ``<f(x), r>`` on every
+coordinate.  Convolution and average pooling are linear, so the centred
+difference is exact up to rounding (~1e-10 relative or better): the bound is
+1e-7.  Max pooling is piecewise linear; coordinates where a perturbation moves
+a window's argmax are kinks and are skipped by ``check_layer``, the rest must
+agree to 1e-5.
+
+The configurations cover stride, dilation, every padding form and stride
+*with* dilation (which TF cannot check, see test_conv_tf.py).
+"""
+import numpy as np
+import pytest
+
+from nn_from_scratch import AvgPool, Convolution, MaxPool
+from nn_from_scratch.gradcheck import check_layer
+
+CONV_TOL = 1e-7
+MAXPOOL_TOL = 1e-5
+
+CONV_CASES = [
+    # (spatial, C, F, kernel, stride, padding, dilation, bias)
+    ((11,), 2, 3, 3, 2, ((1, 2),), 1, True),
+    ((9,), 3, 2, 2, 1, "same", 3, False),
+    ((13,), 1, 2, 3, 3, 1, 2, True),            # stride with dilation
+    ((7, 6), 2, 3, (3, 2), (2, 1), "same", 1, True),
+    ((8, 7), 3, 2, (2, 3), (2, 3), ((0, 1), (2, 0)), (2, 1), True),   # stride with dilation, pairs
+    ((7, 8), 2, 2, 3, 1, "valid", 2, False),
+    ((6, 5), 1, 4, (1, 3), (3, 2), (2, 0), (1, 2), True),
+    ((5, 4, 6), 2, 2, (2, 3, 2), (1, 2, 2), 1, (2, 1, 1), True),      # stride with dilation
+    ((4, 5, 3), 2, 3, 2, 2, "same", 1, False),
+    ((5, 5, 4), 1, 2, (3, 1, 2), 1, ((1, 0), 2, (0, 1)), (1, 1, 2), True),
+]
+
+
+def _ids(cases):
+    return [f"{len(c[0])}d-k{c[3]}-s{c[4]}-p{c[5]}-d{c[6]}" for c in cases]
+
+
+@pytest.mark.parametrize("spatial,C,F,kernel,stride,padding,dilation,bias", CONV_CASES, ids=_ids(CONV_CASES))
+def test_convolution_gradients_by_finite_differences(spatial, C, F, kernel, stride, padding, dilation, bias):
+    rng = np.random.default_rng(len(spatial) * 100 + C * 10 + F)
+    layer = Convolution((None, C) + spatial, kernel_size=kernel, output_layers=F, stride=stride, padding=padding,
+                        dilation=dilation, use_bias=bias, dtype=np.float64)
+    layer.set_params(W=rng.standard_normal(layer.W.shape), **({"b": rng.standard_normal(F)} if bias else {}))
+    x = rng.standard_normal((2, C) + spatial)
+    result = check_layer(layer, x, kink_tol=None, seed=1)
+    assert result.passed(CONV_TOL), str(result)
+    assert result.skipped == 0
+    expected = {"x", "W"} | ({"b"} if bias else set())
+    assert set(result.per_array) == expected
+    assert result.checked == x.size + layer.W.size + (F if bias else 0)
+
+
+POOL_CASES = [
+    # (spatial, pool, stride, padding)
+    ((10,), 3, 2, "same"),
+    ((9,), 2, None, "valid"),
+    ((8,), 3, 1, ((2, 1),)),
+    ((7, 6), (2, 3), (1, 2), "same"),
+    ((8, 8), 2, None, "valid"),
+    ((7, 5), 3, 2, (1, (0, 2))),
+    ((5, 4, 6), (2, 2, 3), (1, 2, 2), "same"),
+    ((4, 4, 4), 2, None, "valid"),
+    ((5, 3, 4), (3, 2, 2), (2, 1, 3), ((1, 1), 0, (0, 1))),
+]
+
+
+def _pool_ids(cases):
+    return [f"{len(c[0])}d-k{c[1]}-s{c[2]}-p{c[3]}" for c in cases]
+
+
+@pytest.mark.parametrize("spatial,pool,stride,padding", POOL_CASES, ids=_pool_ids(POOL_CASES))
+def test_max_pool_gradient_by_finite_differences(spatial, pool, stride, padding):
+    rng = np.random.default_rng(sum(spatial))
+    layer = MaxPool(pool_size=pool, stride=stride, padding=padding, ndim=len(spatial))
+    x = rng.standard_normal((2, 3) + spatial)  # continuous values: no ties
+    result = check_layer(layer, x, seed=2)
+    assert result.passed(MAXPOOL_TOL), str(result)
+    # eps = 1e-5 moves an argmax only for near-ties, which continuous data almost never has
+    assert result.skipped <= 0.02 * x.size, str(result)
+
+
+@pytest.mark.parametrize("spatial,pool,stride,padding", POOL_CASES, ids=_pool_ids(POOL_CASES))
+def test_max_pool_gradient_with_ties_skips_only_kinks(spatial, pool, stride, padding):
+    """After a ReLU most entries are 0: windows whose maximum is a tied 0 are kinks, skipped;
+    the rest must still agree.  (ReLU(z - 1) for z ~ N(0, 1): 84% zeros, so all-zero windows are common.)"""
+    rng = np.random.default_rng(sum(spatial) + 1)
+    layer = MaxPool(pool_size=pool, stride=stride, padding=padding, ndim=len(spatial))
+    x = np.maximum(rng.standard_normal((2, 2) + spatial) - 1.0, 0.0)
+    result = check_layer(layer, x, seed=3)
+    assert result.passed(MAXPOOL_TOL), str(result)
+    assert result.skipped > 0 and result.checked > 0, str(result)
+
+
+@pytest.mark.parametrize("spatial,pool,stride,padding", POOL_CASES, ids=_pool_ids(POOL_CASES))
+def test_avg_pool_gradient_by_finite_differences(spatial, pool, stride, padding):
+    rng = np.random.default_rng(sum(spatial) + 2)
+    layer = AvgPool(pool_size=pool, stride=stride, padding=padding, ndim=len(spatial))
+    x = rng.standard_normal((2, 3) + spatial)
+    result = check_layer(layer, x, kink_tol=None, seed=4)
+    assert result.passed(CONV_TOL), str(result)
+    assert result.checked == x.size
