@@ -3,6 +3,7 @@
 Every class here keeps ``forward``/``backward`` symmetric and names what it
 caches; shapes are ``x: (N, *S) -> y: (N, *S)`` unless stated.
 """
+from . import kernels
 from .backend import get_array_module
 from .interfaces import Node, ShapeError, format_shape
 
@@ -13,18 +14,18 @@ class ReLU(Node):
     """Rectified linear unit, element-wise.
 
     ``y = max(x, 0)``;  ``dL/dx = dL/dy * [x > 0]`` (the kink at 0 gets slope 0,
-    as in Keras and PyTorch).  Cache: ``mask = x > 0``.
+    as in Keras and PyTorch).  Cache: ``y`` (``y > 0`` exactly where ``x > 0``;
+    the next layer holds ``y`` anyway, so this costs no memory).
     """
 
     def _forward(self, x):
         xp = get_array_module(x)
-        mask = x > 0
-        self._cache["mask"] = mask
-        return xp.where(mask, x, x.dtype.type(0))
+        y = xp.maximum(x, x.dtype.type(0))
+        self._cache["y"] = y
+        return y
 
     def _backward(self, dy):
-        xp = get_array_module(dy)
-        return xp.where(self._cache["mask"], dy, dy.dtype.type(0))
+        return kernels.relu_backward(dy, self._cache["y"])
 
 
 class Sigmoid(Node):
@@ -43,8 +44,7 @@ class Sigmoid(Node):
         return y
 
     def _backward(self, dy):
-        y = self._cache["y"]
-        return dy * (y * (1 - y))
+        return kernels.sigmoid_backward(dy, self._cache["y"])
 
 
 class Tanh(Node):
@@ -60,8 +60,7 @@ class Tanh(Node):
         return y
 
     def _backward(self, dy):
-        y = self._cache["y"]
-        return dy * (1 - y * y)
+        return kernels.tanh_backward(dy, self._cache["y"])
 
 
 class Softmax(Node):

@@ -5,6 +5,7 @@ returns ``dL/dprediction`` with the prediction's shape.
 """
 import numpy as np
 
+from . import kernels
 from .backend import get_array_module, to_device
 from .interfaces import Node, NotReadyError, ShapeError, format_shape
 
@@ -80,7 +81,8 @@ class SoftMaxLoss(Loss):
         L     = -1/N sum_n sum_k t_nk log p_nk
         dL/dz = (softmax(z) - t) / N
 
-    Cache: ``p = softmax(z)`` and the targets.
+    Cache: ``(softmax(z) - t) / N`` (computed with the loss; on the GPU both come
+    from one fused kernel, ``kernels.softmax_xent``).
     """
 
     def _prepare_target(self, z, t, validate):
@@ -113,32 +115,25 @@ class SoftMaxLoss(Loss):
         return ("dense", t.astype(z.dtype, copy=False))
 
     def _forward_pair(self, z, target):
+        kind, t = target
+        if kind == "index":
+            # one fused kernel on the GPU; the same formulas as below on NumPy
+            loss, self._cache["grad"] = kernels.softmax_xent(z, t)
+            return loss
         xp = get_array_module(z)
         n = z.shape[0]
         shifted = z - z.max(axis=1, keepdims=True)
         e = xp.exp(shifted)
         s = e.sum(axis=1, keepdims=True)
         log_p = shifted - xp.log(s)
-        self._cache["p"] = e / s
-        self._cache["target"] = target
-        kind, t = target
-        if kind == "index":
-            picked = log_p[xp.arange(n), t]
-            return -picked.sum() / n
+        grad = e / s
+        grad -= t
+        grad *= z.dtype.type(1.0 / n)
+        self._cache["grad"] = grad          # (softmax(z) - t) / N
         return -(t * log_p).sum() / n
 
     def _backward(self, upstream):
-        p = self._cache["p"]
-        kind, t = self._cache["target"]
-        xp = get_array_module(p)
-        n = p.shape[0]
-        grad = p.copy()
-        if kind == "index":
-            grad[xp.arange(n), t] -= 1
-        else:
-            grad -= t
-        grad *= upstream / n
-        return grad
+        return self._cache["grad"] * upstream
 
 
 class MSELoss(Loss):

@@ -25,6 +25,7 @@ All updates happen in place on the parameter arrays, on their own backend.
 """
 import math
 
+from . import kernels
 from .backend import get_array_module
 from .interfaces import Optimizer
 
@@ -66,12 +67,7 @@ class GradientDescent(_Decay):
             param -= self.lr * grad
             return
         v = self.state(key, param, "velocity")
-        v *= self.momentum
-        v -= self.lr * grad
-        if self.nesterov:
-            param += self.momentum * v - self.lr * grad
-        else:
-            param += v
+        kernels.sgd_update(param, grad, v, self.lr, self.momentum, self.nesterov)
 
     def get_config(self):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
@@ -125,6 +121,9 @@ class RMSProp(_Decay):
     def _update(self, param, grad, key):
         self._decay(param)
         v = self.state(key, param, "velocity")
+        if not self.centered and self.momentum == 0:
+            kernels.rmsprop_update(param, grad, v, self.lr, self.rho, self.epsilon)
+            return
         v *= self.rho
         v += (1 - self.rho) * (grad * grad)
         if self.centered:
