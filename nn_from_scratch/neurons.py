@@ -80,6 +80,11 @@ class Linear(_GradNames, Neuron):
     def compute_output_shape(self, input_shape):
         return (self.out_features,)
 
+    def count_params(self):
+        """``D*M`` weights plus ``M`` biases when ``use_bias`` (the bias row of a
+        bias-free layer stays zero and is not counted, as in Keras's ``Dense``)."""
+        return self.in_features * self.out_features + (self.out_features if self.use_bias else 0)
+
     def get_config(self):
         return {"input_shape": [None, self.in_features], "output_shape": [None, self.out_features],
                 "use_bias": self.use_bias, "dtype": self.dtype.name, "name": self.name}
