@@ -393,6 +393,14 @@ def test_round_trip_through_keras_keeps_every_weight():
     x = np.random.default_rng(0).standard_normal((2, 1, 16, 15)).astype(np.float32)
     np.testing.assert_array_equal(back.predict(x), net.predict(x))
     assert compare(net, x, seed=3).passed
+    # reshapes: vector -> image -> conv -> vector
+    net = NeuralNetwork([Linear(5, 24, seed=1), Reshape(target_shape=(2, 3, 4)), _conv(2, 2, 3, 2, padding="same"),
+                         Reshape(target_shape=(36,)), Linear(36, 2, seed=2)])
+    back = from_keras(to_keras(net))
+    assert [type(a) for a in back.layers] == [type(b) for b in net.layers]
+    x = np.random.default_rng(1).standard_normal((3, 5)).astype(np.float32)
+    np.testing.assert_array_equal(back.predict(x), net.predict(x))
+    assert compare(net, x, seed=4).passed
 
 
 def test_unsupported_layer_and_missing_shape_errors():
