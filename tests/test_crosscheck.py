@@ -122,7 +122,7 @@ def test_maxpool_after_relu_ties_route_like_tensorflow():
     assert report.passed, str(report)
 
 
-@pytest.mark.parametrize("mode", ["chained", "isolated"])
+@pytest.mark.parametrize("mode", ["auto", "chained", "isolated"])
 def test_seed_lab_cnn_matches_keras(mnist_batch, mode):
     X, y = mnist_batch
     net = seed_lab_cnn(batch_size=32)

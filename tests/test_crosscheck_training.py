@@ -99,14 +99,38 @@ class AdamWithoutBiasCorrection(Adam):
         param -= self.lr * m / (v ** 0.5 + self.epsilon)
 
 
+@pytest.mark.parametrize("lockstep", [False, True], ids=["free", "lockstep"])
 @pytest.mark.parametrize("broken", [ClassicMomentumOnly(0.05, momentum=0.9, nesterov=True),
                                     AdamWithoutBiasCorrection(1e-3)], ids=["nesterov", "adam"])
-def test_a_wrong_optimizer_is_caught(mnist, broken):
+def test_a_wrong_optimizer_is_caught(mnist, broken, lockstep):
     X, y = mnist
-    report = compare_training(small_cnn(), X, y, steps=5, optimizer=broken, batch_size=32)
+    report = compare_training(small_cnn(), X, y, steps=5, optimizer=broken, batch_size=32, lockstep=lockstep)
     assert not report.passed
     assert report.first_failure.step == 1 and report.first_failure.weight_rel > 1e-2
     assert "first failure at step 1" in str(report)
+    assert report.sudden_jump is None          # wrong from the start: no "kink" note
+    assert "note:" not in str(report)
+
+
+def test_lockstep_judges_every_update_from_identical_weights(mnist):
+    X, y = mnist
+    report = compare_training(seed_lab_cnn(batch_size=32), X, y, steps=30, optimizer=GradientDescent(0.1),
+                              lockstep=True)
+    assert report.passed and report.lockstep, str(report)
+    assert "lockstep" in str(report) and report.max_weight_rel < 1e-5
+
+
+def test_sudden_jump_note_points_at_a_kink_like_divergence():
+    from nn_from_scratch.crosscheck.report import StepRecord, TrainingReport
+    rels = [1e-7] * 10 + [2e-4, 6e-4, 2e-3, 5e-3]        # clean, then a jump at step 11, then a cascade
+    steps = [StepRecord(i + 1, 1.0, 1.0, 0.0, r, "conv.W") for i, r in enumerate(rels)]
+    report = TrainingReport(steps, [], 1e-3, GradientDescent(0.1), "SGD()", 32, "float32")
+    assert not report.passed and report.first_failure.step == 13
+    assert report.sudden_jump.step == 11
+    assert "jumped at step 11" in str(report)
+    smooth = TrainingReport(steps[:1] + [StepRecord(2, 1.0, 1.0, 0.0, 1.5e-7, "conv.W")], [], 1e-3,
+                            GradientDescent(0.1), "SGD()", 32, "float32")
+    assert smooth.passed and smooth.sudden_jump is None
 
 
 def test_the_users_network_and_optimizer_are_not_modified(mnist):

@@ -20,8 +20,8 @@ __all__ = ["main", "seed_lab_cnn", "make_optimizer", "OPTIMIZERS"]
 #: name -> (factory(lr, weight_decay), default learning rate)
 OPTIMIZERS = {
     "sgd": (lambda lr, wd: GradientDescent(lr, weight_decay=wd), 0.1),
-    "momentum": (lambda lr, wd: GradientDescent(lr, momentum=0.9, weight_decay=wd), 0.02),
-    "nesterov": (lambda lr, wd: GradientDescent(lr, momentum=0.9, nesterov=True, weight_decay=wd), 0.02),
+    "momentum": (lambda lr, wd: GradientDescent(lr, momentum=0.9, weight_decay=wd), 0.01),
+    "nesterov": (lambda lr, wd: GradientDescent(lr, momentum=0.9, nesterov=True, weight_decay=wd), 0.01),
     "adam": (lambda lr, wd: Adam(lr, weight_decay=wd), 1e-3),
     "rmsprop": (lambda lr, wd: RMSProp(lr, weight_decay=wd), 1e-3),
 }
@@ -63,8 +63,11 @@ def _parser():
     p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay (default 0)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights and the batch order")
-    p.add_argument("--mode", choices=("chained", "isolated"), default="chained",
-                   help="layer comparison: Keras end to end (chained) or fed our inputs (isolated)")
+    p.add_argument("--lockstep", action="store_true",
+                   help="re-sync the Keras weights to ours before every training step (judge each update alone)")
+    p.add_argument("--mode", choices=("auto", "chained", "isolated"), default="auto",
+                   help="layer comparison: outputs end to end and gradients per layer (auto, default), "
+                        "everything end to end (chained), or every layer fed our inputs (isolated)")
     return p
 
 
@@ -89,7 +92,7 @@ def main(argv=None):
         opt = make_optimizer(name, args.lr, args.weight_decay)
         print()
         tr = compare_training(net, X, y, steps=args.steps, optimizer=opt, batch_size=args.batch_size,
-                              seed=args.seed)
+                              seed=args.seed, lockstep=args.lockstep)
         print(f"[{name}]")
         print(tr)
         ok = ok and tr.passed

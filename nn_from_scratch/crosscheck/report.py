@@ -125,7 +125,9 @@ class CompareReport:
     # ---------------------------------------------------------------- text
     def _title(self):
         status = "PASSED" if self.passed else "FAILED"
-        return f"Keras cross-check, {self.mode} ({self.target}), batch {self.batch}, {self.dtype}: {status}"
+        mode = {"auto": "outputs end to end, gradients per layer", "chained": "end to end",
+                "isolated": "every layer fed our input and upstream gradient"}.get(self.mode, self.mode)
+        return f"Keras cross-check ({mode}; {self.target}), batch {self.batch}, {self.dtype}: {status}"
 
     def _legend(self):
         return (f"cells: rel (abs), rel = max|ours - keras| / max|keras|; tolerances: output "
@@ -204,10 +206,26 @@ class TrainingReport:
     ``losses_ours``/``losses_keras``; ``max_weight_rel``.
     """
 
-    def __init__(self, steps, weights, tol, optimizer, keras_optimizer, batch_size, dtype):
+    #: a step is a "sudden jump" when its weight difference grew by this factor in one step ...
+    JUMP_FACTOR = 20.0
+    #: ... from below tol / JUMP_FLOOR (i.e. after clean steps)
+    JUMP_FLOOR = 30.0
+
+    def __init__(self, steps, weights, tol, optimizer, keras_optimizer, batch_size, dtype, lockstep=False):
         self.steps, self.weights = list(steps), list(weights)
         self.tol, self.optimizer, self.keras_optimizer = tol, optimizer, keras_optimizer
-        self.batch_size, self.dtype = batch_size, dtype
+        self.batch_size, self.dtype, self.lockstep = batch_size, dtype, lockstep
+
+    @property
+    def sudden_jump(self):
+        """The first step (after step 1) whose weight difference jumped ``JUMP_FACTOR``-fold from a
+        clean value: the signature of a ReLU/max-pool kink taken differently by the two models
+        (a formula bug shows from step 1 instead).  None if there is none."""
+        for prev, cur in zip(self.steps, self.steps[1:]):
+            if prev.weight_rel < self.tol / self.JUMP_FLOOR and cur.weight_rel > self.JUMP_FACTOR * max(
+                    prev.weight_rel, 1e-12):
+                return cur
+        return None
 
     @property
     def losses_ours(self):
@@ -238,8 +256,9 @@ class TrainingReport:
 
     def _title(self):
         status = "PASSED" if self.passed else "FAILED"
-        return (f"Keras training cross-check, {len(self.steps)} steps, batch {self.batch_size}, {self.dtype}, "
-                f"{self.optimizer!r} vs keras {self.keras_optimizer}: {status}")
+        run = "lockstep (weights re-synced before every step)" if self.lockstep else "free run"
+        return (f"Keras training cross-check, {run}, {len(self.steps)} steps, batch {self.batch_size}, "
+                f"{self.dtype}, {self.optimizer!r} vs keras {self.keras_optimizer}: {status}")
 
     def _legend(self):
         return (f"rel = max|ours - keras| / max|keras| per weight (after the step) and for the loss (on the "
@@ -252,9 +271,9 @@ class TrainingReport:
         keep = {0, 1, n - 1}
         k = max_rows - len(keep)
         keep |= {round(i * (n - 1) / (k + 1)) for i in range(1, k + 1)}
-        ff = self.first_failure
-        if ff is not None:
-            keep.add(ff.step - 1)
+        for special in (self.first_failure, self.sudden_jump):
+            if special is not None:
+                keep |= {special.step - 2, special.step - 1} - {-1}
         return sorted(keep)
 
     def __str__(self):
@@ -273,6 +292,14 @@ class TrainingReport:
         if ff is not None:
             out.append(f"first failure at step {ff.step}: loss rel {_fmt(ff.loss_rel)}, weight rel "
                        f"{_fmt(ff.weight_rel)} ({ff.worst_weight})")
+            jump = self.sudden_jump
+            if jump is not None and jump.step <= ff.step:
+                before = self.steps[jump.step - 2].weight_rel
+                out.append(f"note: the difference jumped at step {jump.step} ({_fmt(before)} -> "
+                           f"{_fmt(jump.weight_rel)}, {jump.worst_weight}) after clean steps: typical of a ReLU "
+                           "or max-pool input within rounding of its kink taken differently by the two models, "
+                           "then amplified by training; rerun with lockstep=True (CLI: --lockstep) to judge every "
+                           "update from identical weights")
         return "\n".join(out)
 
     def __repr__(self):

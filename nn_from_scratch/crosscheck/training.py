@@ -12,8 +12,16 @@ Keras's step is a custom train step (traced once with ``tf.function``, as
         loss = keras_loss(y, model(x, training=True))
     optimizer.apply_gradients(zip(tape.gradient(loss, vars), vars))
 
-After every step each weight is compared (relative to its own scale, see
+With ``lockstep=True`` our weights are copied into the Keras model before every
+step, so each update is judged from identical weights (kinks cannot cascade; see
+below).  After every step each weight is compared (relative to its own scale, see
 ``tolerances``) and the loss on the step's batch is recorded for both.
+Kinks: when a ReLU input (or a max-pool pair) is within float32 rounding of
+its kink, the two free-running models can take different sides of it and jump
+apart by ~1e-5..1e-4 in one step; further flips may then cascade.  A formula bug
+shows from the first step instead.  ``TrainingReport.sudden_jump`` points at
+such a step.
+
 The user's network and optimizer are not modified: everything runs on copies,
 and the copied optimizer starts from a fresh state (as the Keras one does).
 """
@@ -36,7 +44,7 @@ __all__ = ["compare_training"]
 
 
 def compare_training(network, X, y, steps=100, optimizer=None, batch_size=32, seed=0, loss=None, rtol=None,
-                     input_shape=None, graph=True):
+                     input_shape=None, graph=True, lockstep=False):
     """Train ours and Keras ``steps`` steps on identical batches; returns a ``TrainingReport``.
 
     ``network``: a ``NeuralNetwork`` or a list of layers.  ``X``: ``(N, C, *S)`` or
@@ -47,6 +55,9 @@ def compare_training(network, X, y, steps=100, optimizer=None, batch_size=32, se
     ``rtol``: the ``training`` tolerance (default 1e-3) as a float or dict.
     ``graph``: run Keras's train step as a ``tf.function`` (as ``model.fit`` does; fast)
     or eagerly (``graph=False``).
+    ``lockstep``: copy our weights into the Keras model before every step (each
+    optimizer keeps its own state), so every step starts from identical weights and
+    the report measures each update alone; the default runs both freely, a whole run.
     """
     layers, net_loss, net_opt, shape = unpack(network, input_shape)
     layers = copy_layers(layers)
@@ -94,6 +105,8 @@ def compare_training(network, X, y, steps=100, optimizer=None, batch_size=32, se
         idx = order[pos:pos + bs]
         pos += bs
         xb, yb = X[idx], y[idx]
+        if lockstep:
+            twin.load_weights_from(layers)
         # ours
         xo = to_device(xb, like=like) if like is not None else xb
         out = xo
@@ -123,4 +136,4 @@ def compare_training(network, X, y, steps=100, optimizer=None, batch_size=32, se
     kdesc = f"{type(kopt).__name__}(" + ", ".join(
         f"{k}={kcfg[k]!r}" for k in ("learning_rate", "momentum", "nesterov", "beta_1", "beta_2", "rho",
                                      "epsilon", "amsgrad", "centered", "weight_decay") if k in kcfg) + ")"
-    return TrainingReport(records, list(worst.values()), tol, opt, kdesc, bs, dtype.name)
+    return TrainingReport(records, list(worst.values()), tol, opt, kdesc, bs, dtype.name, lockstep=lockstep)
