@@ -153,6 +153,15 @@ def test_mse_loss_matches_keras_on_images():
     assert report.passed, str(report)
 
 
+def test_float64_networks_agree_to_rounding():
+    # in float64 the same harness holds ours to ~1e-15: tolerances 1e-12 still pass
+    layers = [_conv(2, 3, 2, 3, padding="same").astype(np.float64), Tanh(), AvgPool2D(2, padding=1),
+              Vectorization(), Linear(2 * 4 * 4, 3, seed=1, dtype=np.float64)]
+    x = np.random.default_rng(0).standard_normal((4, 3, 7, 7))
+    report = compare(layers, x, np.array([0, 2, 1, 1]), loss=SoftMaxLoss(), rtol=1e-12)
+    assert report.passed and report.dtype == "float64", str(report)
+
+
 def test_compare_does_not_touch_the_users_network(mnist_batch):
     X, y = mnist_batch
     net = seed_lab_cnn(batch_size=32)

@@ -113,7 +113,7 @@ def _run_keras_chained(twin, x, loss, y, upstream, dtype):
             hs.append(h)
         if loss is not None:
             yk, sparse = _keras_targets(loss, y)
-            L = keras_loss(loss, sparse)(tf.constant(yk), h)
+            L = keras_loss(loss, sparse, dtype)(tf.constant(yk), h)
         else:
             L = tf.reduce_sum(h * tf.constant(to_keras_layout(upstream), dtype=h.dtype))
     pms = [(g.index, pm) for g in twin.groups for pm in g.params if pm.keras_var is not None]
@@ -152,7 +152,7 @@ def _run_keras_isolated(twin, ours, loss, y, dtype):
         yk, sparse = _keras_targets(loss, y)
         with tf.GradientTape() as tape:
             tape.watch(logits)
-            L = keras_loss(loss, sparse)(tf.constant(yk), logits)
+            L = keras_loss(loss, sparse, dtype)(tf.constant(yk), logits)
         res["loss"] = float(L.numpy())
         res["dlogits"] = from_keras_layout(tape.gradient(L, logits).numpy())
     return res

@@ -321,8 +321,8 @@ def _convert_simple(layer, shape, dtype, name):
                                             dtype=dtype))
         return kls, None
     raise NotImplementedError(
-        f"to_keras: no Keras counterpart for {layer._describe()} ({type(layer).__mro__[1].__name__} subclass); "
-        f"supported layers: {', '.join(SUPPORTED)}"
+        f"to_keras: no Keras counterpart for {layer._describe()}; supported layers (and their subclasses): "
+        f"{', '.join(SUPPORTED)}"
     )
 
 
@@ -453,15 +453,17 @@ def to_keras(network_or_layers, input_shape=None, compile=True, sparse_labels=Tr
     return twin.model
 
 
-def keras_loss(loss_fn, sparse=True):
+def keras_loss(loss_fn, sparse=True, dtype=None):
     """The Keras loss equal to ours: ``SoftMaxLoss`` -> (Sparse)CategoricalCrossentropy(from_logits=True)
-    (``sparse``: integer labels), ``MSELoss`` -> MeanSquaredError (all means over the batch)."""
+    (``sparse``: integer labels), ``MSELoss`` -> MeanSquaredError (all means over the batch).
+    ``dtype``: the loss's compute dtype (Keras's default is float32 even for float64 inputs)."""
+    kw = {} if dtype is None else {"dtype": np.dtype(dtype).name}
     if isinstance(loss_fn, SoftMaxLoss):
         if sparse:
-            return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        return keras.losses.CategoricalCrossentropy(from_logits=True)
+            return keras.losses.SparseCategoricalCrossentropy(from_logits=True, **kw)
+        return keras.losses.CategoricalCrossentropy(from_logits=True, **kw)
     if isinstance(loss_fn, MSELoss):
-        return keras.losses.MeanSquaredError()
+        return keras.losses.MeanSquaredError(**kw)
     raise NotImplementedError(f"keras_loss: no Keras counterpart for {type(loss_fn).__name__}; "
                               "supported: SoftMaxLoss, MSELoss")
 

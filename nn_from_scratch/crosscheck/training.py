@@ -83,7 +83,7 @@ def compare_training(network, X, y, steps=100, optimizer=None, batch_size=32, se
     kopt = keras_optimizer(opt)
     variables = twin.model.trainable_variables
     yk_all, sparse = _keras_targets(loss, y)
-    kloss = keras_loss(loss, sparse)
+    kloss = keras_loss(loss, sparse, dtype)
     like = _param_like(layers)
     weight_maps = [(g.layer, pm) for g in twin.groups for pm in g.params]
 
