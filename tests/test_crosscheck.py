@@ -12,8 +12,9 @@ import textwrap
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+pytest.importorskip("tensorflow")
+pytestmark = pytest.mark.keras
 
 import keras  # noqa: E402
 
@@ -432,3 +433,15 @@ def test_cli_runs_the_seed_lab_cnn(capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "conv2 (Convolution)" in out and "[adam]" in out and "ALL PASSED" in out
+
+
+def test_cli_exit_code_is_1_when_a_layer_is_wrong(capsys, monkeypatch):
+    import nn_from_scratch.crosscheck.cli as cli
+
+    def broken_lab_cnn(batch_size=50, seed=0):
+        return _lab_cnn_with(4, NHWCVectorization((None, 2, 20, 20), name="nhwc_cli"))
+
+    monkeypatch.setattr(cli, "seed_lab_cnn", broken_lab_cnn)
+    code = main(["--steps", "2", "--batch-size", "8"])
+    out = capsys.readouterr().out
+    assert code == 1 and "first failure: layer 4 'nhwc_cli'" in out and out.rstrip().endswith("FAILED")

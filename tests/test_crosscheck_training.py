@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+pytest.importorskip("tensorflow")
+pytestmark = pytest.mark.keras
 
 from nn_from_scratch import (Adam, Convolution, GradientDescent, Linear, MaxPool2D, MSELoss,  # noqa: E402
                              NeuralNetwork, ReLU, RMSProp, SoftMaxLoss, Tanh, Vectorization, datasets)
