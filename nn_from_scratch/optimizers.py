@@ -99,7 +99,11 @@ class Adam(_Decay):
             v_hat = self.state(key, param, "v_hat")
             get_array_module(v).maximum(v_hat, v, out=v_hat)
             v = v_hat
-        alpha = self.lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
+        # bias correction in the parameter's dtype (float32 by default), as Keras computes it;
+        # in float64 Python math it differs from Keras's by ~7e-6 per update (1 - 0.999 in float32)
+        dt = param.dtype.type
+        b1, b2 = dt(self.beta_1), dt(self.beta_2)
+        alpha = dt(self.lr) * (1 - b2 ** t) ** dt(0.5) / (1 - b1 ** t)
         param -= (m * alpha) / (v ** 0.5 + self.epsilon)
 
     def get_config(self):

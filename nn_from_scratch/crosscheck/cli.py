@@ -1,0 +1,100 @@
+"""``python -m nn_from_scratch crosscheck``: the seed lab's CNN against Keras, on MNIST digits.
+
+Builds the lab's network (Conv 3x3x4 no bias, ReLU, Conv 7x7x2 no bias, ReLU,
+Vectorization, Linear 800 -> 10), runs ``compare`` on one batch with labels and
+``compare_training`` for ``--steps`` steps, prints both tables and exits with
+0 when everything is within tolerance, 1 otherwise.
+"""
+import argparse
+
+import numpy as np
+
+from ..activations import ReLU, Vectorization
+from ..losses import SoftMaxLoss
+from ..network import NeuralNetwork
+from ..neurons import Convolution, Linear
+from ..optimizers import Adam, GradientDescent, RMSProp
+
+__all__ = ["main", "seed_lab_cnn", "make_optimizer", "OPTIMIZERS"]
+
+#: name -> (factory(lr, weight_decay), default learning rate)
+OPTIMIZERS = {
+    "sgd": (lambda lr, wd: GradientDescent(lr, weight_decay=wd), 0.1),
+    "momentum": (lambda lr, wd: GradientDescent(lr, momentum=0.9, weight_decay=wd), 0.01),
+    "nesterov": (lambda lr, wd: GradientDescent(lr, momentum=0.9, nesterov=True, weight_decay=wd), 0.01),
+    "adam": (lambda lr, wd: Adam(lr, weight_decay=wd), 1e-3),
+    "rmsprop": (lambda lr, wd: RMSProp(lr, weight_decay=wd), 1e-3),
+}
+
+
+def make_optimizer(name, lr=None, weight_decay=0.0):
+    """One of ``OPTIMIZERS`` by name, with its default learning rate unless ``lr`` is given."""
+    factory, default_lr = OPTIMIZERS[name]
+    return factory(default_lr if lr is None else lr, weight_decay)
+
+
+def seed_lab_cnn(batch_size=50, seed=0, optimizer=None):
+    """The network of the seed lab (course lab 8, part 2), with seeded weights.
+
+    Layers are named conv1, relu1, conv2, relu2, flatten, linear (loss: softmax_loss).
+    """
+    n = batch_size
+    layers = [
+        Convolution((n, 1, 28, 28), kernel_size=3, output_layers=4, use_bias=False, seed=seed, name="conv1"),
+        ReLU((n, 4, 26, 26), name="relu1"),
+        Convolution((n, 4, 26, 26), kernel_size=7, output_layers=2, use_bias=False, seed=seed + 1, name="conv2"),
+        ReLU((n, 2, 20, 20), name="relu2"),
+        Vectorization((n, 2, 20, 20), name="flatten"),
+        Linear((n, 800), (n, 10), seed=seed + 2, name="linear"),
+    ]
+    return NeuralNetwork(layers=layers, loss_fn=SoftMaxLoss((n, 10), name="softmax_loss"), n_input=28 * 28,
+                         n_output=10,
+                         batch_size=n, optimizer=optimizer or GradientDescent(lr=0.1))
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="python -m nn_from_scratch crosscheck",
+                                description="Compare the seed lab's CNN with Keras: every output and gradient "
+                                            "layer by layer, then a whole training run.")
+    p.add_argument("--steps", type=int, default=100, help="training steps to compare (default 100)")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS) + ["all"], default="sgd",
+                   help="optimizer for the training comparison (default sgd; 'all' runs each)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: per optimizer)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay (default 0)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the weights and the batch order")
+    p.add_argument("--lockstep", action="store_true",
+                   help="re-sync the Keras weights to ours before every training step (judge each update alone)")
+    p.add_argument("--mode", choices=("auto", "chained", "isolated"), default="auto",
+                   help="layer comparison: outputs end to end and gradients per layer (auto, default), "
+                        "everything end to end (chained), or every layer fed our inputs (isolated)")
+    return p
+
+
+def main(argv=None):
+    """Run the cross-check; returns the exit code (0 all passed, 1 otherwise)."""
+    from ..datasets import load_mnist  # noqa: PLC0415
+    from .compare import compare  # noqa: PLC0415
+    from .training import compare_training  # noqa: PLC0415
+
+    args = _parser().parse_args(argv)
+    X, y = load_mnist("train")
+    net = seed_lab_cnn(batch_size=args.batch_size, seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    idx = rng.choice(len(X), size=args.batch_size, replace=False)
+    print("Seed lab CNN (course lab 8): Conv 3x3x4 -> ReLU -> Conv 7x7x2 -> ReLU -> Vectorization -> Linear 800->10")
+    print(f"MNIST digits: {len(X)} training images (bundled), batch {args.batch_size}\n")
+    report = compare(net, X[idx], y[idx], seed=args.seed, mode=args.mode)
+    print(report)
+    ok = report.passed
+    names = sorted(OPTIMIZERS) if args.optimizer == "all" else [args.optimizer]
+    for name in names:
+        opt = make_optimizer(name, args.lr, args.weight_decay)
+        print()
+        tr = compare_training(net, X, y, steps=args.steps, optimizer=opt, batch_size=args.batch_size,
+                              seed=args.seed, lockstep=args.lockstep)
+        print(f"[{name}]")
+        print(tr)
+        ok = ok and tr.passed
+    print("\nALL PASSED" if ok else "\nFAILED")
+    return 0 if ok else 1
