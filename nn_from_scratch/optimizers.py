@@ -93,18 +93,19 @@ class Adam(_Decay):
         t = self.iterations
         m = self.state(key, param, "m")
         v = self.state(key, param, "v")
-        m += (grad - m) * (1 - self.beta_1)
-        v += (grad * grad - v) * (1 - self.beta_2)
-        if self.amsgrad:
-            v_hat = self.state(key, param, "v_hat")
-            get_array_module(v).maximum(v_hat, v, out=v_hat)
-            v = v_hat
         # bias correction in the parameter's dtype (float32 by default), as Keras computes it;
         # in float64 Python math it differs from Keras's by ~7e-6 per update (1 - 0.999 in float32)
         dt = param.dtype.type
         b1, b2 = dt(self.beta_1), dt(self.beta_2)
         alpha = dt(self.lr) * (1 - b2 ** t) ** dt(0.5) / (1 - b1 ** t)
-        param -= (m * alpha) / (v ** 0.5 + self.epsilon)
+        if not self.amsgrad:
+            kernels.adam_update(param, grad, m, v, alpha, self.beta_1, self.beta_2, self.epsilon)
+            return
+        m += (grad - m) * (1 - self.beta_1)
+        v += (grad * grad - v) * (1 - self.beta_2)
+        v_hat = self.state(key, param, "v_hat")
+        get_array_module(v).maximum(v_hat, v, out=v_hat)
+        param -= (m * alpha) / (v_hat ** 0.5 + self.epsilon)
 
     def get_config(self):
         return {"lr": self.lr, "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon,

@@ -201,7 +201,7 @@ class NoMeanSoftMaxLoss(SoftMaxLoss):
     """Bug: the gradient misses the 1/N of the batch mean (the loss value is right)."""
 
     def _backward(self, upstream):
-        return super()._backward(upstream) * self._cache["p"].shape[0]
+        return super()._backward(upstream) * self._pred_shape[0]
 
 
 class NHWCVectorization(Vectorization):
