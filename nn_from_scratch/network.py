@@ -649,10 +649,15 @@ class _Trainer:
                     tot_loss, tot_correct, *batch = read_to_host(sum_loss, sum_correct, *tail, why="progress")
                     cur = tot_loss / seen
                     if not math.isfinite(cur) and self.stop_on_nonfinite:
-                        if self.defer:
-                            batch = read_to_host(losses[:b + 1], why="progress")
-                            hist.batch_loss.extend(batch[0].tolist())
-                        stopped = self._nonfinite(epoch, b, cur, pbar)
+                        if self.defer:   # find the batch that failed among those since the last read
+                            if not batch:
+                                batch = read_to_host(losses[:b + 1], why="progress")
+                            bad = [i for i, v in enumerate(batch[0].tolist()) if not math.isfinite(v)]
+                            first = bad[0] if bad else b
+                            hist.batch_loss.extend(batch[0][:first].tolist())
+                            stopped = self._nonfinite(epoch, first, float(batch[0][first]) if bad else cur, pbar)
+                        else:
+                            stopped = self._nonfinite(epoch, b, cur, pbar)
                         break
                     if batch:
                         hist.batch_loss.extend(batch[0].tolist())
