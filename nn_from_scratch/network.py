@@ -622,7 +622,7 @@ class _Trainer:
                 out = net.forward(xb)
                 loss = net.loss_fn.forward(out, yb, validate=False)
                 if self.defer:
-                    losses[b] = loss
+                    losses[b:b + 1] = loss              # device -> device, no read
                 else:
                     lv = float(loss)                     # host memory: no transfer
                     if not math.isfinite(lv) and self.stop_on_nonfinite:
