@@ -10,19 +10,12 @@ move them with ``backend.asarray``; results come back with ``backend.to_numpy``.
 import numpy as np
 import pytest
 
+from gpu_utils import GPU_MARKS
 from nn_from_scratch import backend as _nnb
 from nn_from_scratch import kernels as _kernels
 
-#: None when CuPy and a GPU are usable, else why not
-CUPY_UNAVAILABLE = _nnb.cupy_unavailable_reason()
-CUPY_SKIP_REASON = f"CuPy with a CUDA GPU is not available: {CUPY_UNAVAILABLE}"
-
 #: ``pytest.mark.parametrize``-ready list: numpy always, cupy when a GPU is present
-BACKENDS = [
-    "numpy",
-    pytest.param("cupy", marks=[pytest.mark.gpu,
-                                pytest.mark.skipif(CUPY_UNAVAILABLE is not None, reason=CUPY_SKIP_REASON)]),
-]
+BACKENDS = ["numpy", pytest.param("cupy", marks=GPU_MARKS)]
 
 
 class BackendUnderTest:
@@ -46,17 +39,27 @@ class BackendUnderTest:
         return f"BackendUnderTest({self.name!r})"
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    """Select NumPy or CuPy for the test; restore the previous backend and fused kernels afterwards."""
+def _selected(name):
     previous = _nnb.current()
-    _nnb.use(request.param)
+    _nnb.use(name)
     _kernels.use_fused(True)
     try:
-        yield BackendUnderTest(request.param)
+        yield BackendUnderTest(name)
     finally:
         _nnb.use(previous)
         _kernels.use_fused(True)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Select NumPy or CuPy for the test; restore the previous backend and fused kernels afterwards."""
+    yield from _selected(request.param)
+
+
+@pytest.fixture
+def gpu():
+    """CuPy selected for a GPU-only test (mark the test with ``gpu_utils.requires_gpu``)."""
+    yield from _selected("cupy")
 
 
 @pytest.fixture

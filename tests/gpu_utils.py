@@ -11,8 +11,23 @@
 * ``assert_f32_agree``: "equal to float32 rounding" for results of two backends.
 """
 import numpy as np
+import pytest
 
+from nn_from_scratch import backend as _nnb
 from nn_from_scratch.backend import to_numpy
+
+#: None when CuPy and a CUDA GPU are usable, else why not
+CUPY_UNAVAILABLE = _nnb.cupy_unavailable_reason()
+CUPY_SKIP_REASON = f"CuPy with a CUDA GPU is not available: {CUPY_UNAVAILABLE}"
+#: marks for tests that need the GPU (skipped with the reason when there is none)
+GPU_MARKS = [pytest.mark.gpu, pytest.mark.skipif(CUPY_UNAVAILABLE is not None, reason=CUPY_SKIP_REASON)]
+
+
+def requires_gpu(test):
+    """Decorator: the test needs CuPy and a CUDA GPU (use it with the ``gpu`` fixture)."""
+    for mark in GPU_MARKS:
+        test = mark(test)
+    return test
 
 
 class ImplicitRead(AssertionError):
