@@ -17,6 +17,14 @@ state, and what the GPU tests compare the fused kernels against
     rmsprop_update(p, g, v, ...)  Keras RMSprop (plain; centered/momentum use the reference), in place
 
 Kernels are compiled on first use (CuPy caches them on disk).
+
+Wired in: ``activations`` (the three backward steps), ``losses.SoftMaxLoss`` with
+integer labels, ``optimizers.GradientDescent`` with momentum and plain
+``optimizers.RMSProp``.  ``adam_update`` is ready (and tested against its
+reference) but ``optimizers.Adam`` does not call it yet.  Why these steps: each
+replaces 2-6 separate kernel launches and temporaries of the parameter's or the
+activation's size by one pass; matrix products (cuBLAS) and reductions are left
+to CuPy.  See docs/GPU.md.
 """
 import functools
 
