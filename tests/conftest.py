@@ -17,6 +17,11 @@ from nn_from_scratch import kernels as _kernels
 #: ``pytest.mark.parametrize``-ready list: numpy always, cupy when a GPU is present
 BACKENDS = ["numpy", pytest.param("cupy", marks=GPU_MARKS)]
 
+# The suite itself chooses where each test runs: NumPy is the default for every test,
+# whatever NN_FROM_SCRATCH_BACKEND says (tests compared against TensorFlow feed host
+# arrays to the layers they build); ``backend``/``gpu`` select CuPy where it applies.
+_nnb.use("numpy")
+
 
 class BackendUnderTest:
     """The backend a test runs on: ``name``, ``xp``, and the two edge helpers."""
