@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import to_device, to_numpy
+from .backend import read_scalars, to_device, to_numpy
 from .interfaces import Neuron
 
 __all__ = ["GradCheckResult", "check_layer", "check_loss", "check_network", "numerical_gradient"]
@@ -102,15 +102,17 @@ def _compare(outputs, array, analytic, weights, flat_idx, eps, kink_tol, floor):
     two outputs is taken element-wise *before* weighting with ``weights`` (the
     upstream gradient), so entries the coordinate does not touch cancel exactly.
     """
+    if not array.flags.c_contiguous:  # reshape(-1) must be a view: the perturbations write through it
+        raise ValueError("gradient check: the perturbed array must be C-contiguous")
     flat = array.reshape(-1)
+    olds = to_numpy(flat)[flat_idx].tolist()   # one device->host copy, not one per coordinate
     ana = to_numpy(analytic).reshape(-1)[flat_idx]
     num = np.empty(len(flat_idx))
     rel = np.empty(len(flat_idx))
     skipped = np.zeros(len(flat_idx), dtype=bool)
     base = to_numpy(outputs()).copy() if kink_tol is not None else None
     w = to_numpy(weights)
-    for j, i in enumerate(flat_idx):
-        old = flat[i].item()
+    for j, (i, old) in enumerate(zip(flat_idx, olds)):
         flat[i] = old + eps
         yp = to_numpy(outputs()).copy()
         flat[i] = old - eps
@@ -144,9 +146,10 @@ def check_layer(layer, x, n_coords=None, eps=1e-5, kink_tol=1e-3, seed=0, upstre
     """
     _require_float64(layer)
     rng = np.random.default_rng(seed)
-    x = to_device(np.array(to_numpy(x), dtype=np.float64), like=x)
+    like = next(iter(layer.params.values()), x)   # a neuron's data go where its parameters are
+    x = to_device(np.array(to_numpy(x), dtype=np.float64), like=like)
     y = layer.forward(x)
-    r = upstream if upstream is not None else to_device(rng.standard_normal(y.shape), like=y)
+    r = to_device(upstream if upstream is not None else rng.standard_normal(y.shape), like=y)
     x_before, r_before = to_numpy(x).copy(), to_numpy(r).copy()
     dx = layer.backward(r)
     grads = {k: v.copy() for k, v in layer.grads.items()}
@@ -172,14 +175,14 @@ def check_layer(layer, x, n_coords=None, eps=1e-5, kink_tol=1e-3, seed=0, upstre
 def check_loss(loss, prediction, target, eps=1e-5, seed=0, floor=1e-12, n_coords=None):
     """Check ``loss.backward(upstream)`` against differences of ``upstream * loss``."""
     rng = np.random.default_rng(seed)
-    z = np.array(to_numpy(prediction), dtype=np.float64)
+    z = to_device(np.array(to_numpy(prediction), dtype=np.float64), like=prediction)  # stays on its backend
     up = float(rng.uniform(0.5, 2.0))
     loss.forward(z, target)
     dz = loss.backward(up)
     zw = z.copy()
 
     def outputs():
-        return np.asarray(float(loss.forward(zw, target)))
+        return np.asarray(read_scalars(loss.forward(zw, target), why="gradcheck")[0])
 
     result = GradCheckResult()
     idx = _pick(zw.size, n_coords, rng)
@@ -192,7 +195,7 @@ def check_network(network, x, y, n_coords=None, eps=1e-5, kink_tol=1e-3, seed=0,
     for layer in network.trainable_layers:
         _require_float64(layer)
     rng = np.random.default_rng(seed)
-    x = np.array(to_numpy(x), dtype=np.float64)
+    x = network._to_batch(np.array(to_numpy(x), dtype=np.float64))   # onto the parameters' device
     out = network.forward(x)
     network.loss_fn.forward(out, y)
     dx = network.backward(network.loss_fn.backward())
@@ -200,7 +203,7 @@ def check_network(network, x, y, n_coords=None, eps=1e-5, kink_tol=1e-3, seed=0,
     xw = x.copy()
 
     def outputs():
-        return np.asarray(float(network.loss_fn.forward(network.forward(xw), y)))
+        return np.asarray(read_scalars(network.loss_fn.forward(network.forward(xw), y), why="gradcheck")[0])
 
     result = GradCheckResult()
     idx = _pick(xw.size, n_coords, rng)

@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from .backend import get_array_module
+from .backend import get_array_module, is_device_array, to_device
 from .serialization import register_layer
 
 __all__ = ["Node", "Neuron", "Optimizer", "ShapeError", "NotReadyError", "format_shape"]
@@ -228,6 +228,18 @@ class Neuron(Node):
             return x.astype(self.dtype)
         return x
 
+    def check_input(self, x):
+        """Also: ``x`` must live where the parameters live (both NumPy or both CuPy)."""
+        super().check_input(x)
+        p = next(iter(self._params.values()), None)
+        if p is not None and is_device_array(x) != is_device_array(p):
+            where = {True: "a CuPy (GPU) array", False: "a NumPy (host) array"}
+            raise TypeError(
+                f"{self._describe()} has its parameters on {'the GPU (CuPy)' if is_device_array(p) else 'the host (NumPy)'}"
+                f" but received {where[is_device_array(x)]}; move the data with "
+                f"nn_from_scratch.backend.to_device(x, like=layer.W) (NeuralNetwork methods do this for you)"
+            )
+
     def astype(self, dtype):
         """Convert parameters (and later computation) to ``dtype``; returns self."""
         self.dtype = np.dtype(dtype)
@@ -248,8 +260,8 @@ class Neuron(Node):
                     f"{self._describe()}: parameter {k!r} must have shape {tuple(old.shape)}, "
                     f"received {tuple(v.shape)}"
                 )
-            xp = get_array_module(old)
-            self._params[k] = xp.asarray(v, dtype=self.dtype).copy()
+            # to the parameters' device (either direction), then a copy the caller does not hold
+            self._params[k] = to_device(v, like=old, dtype=self.dtype).copy()
         return self
 
 

@@ -17,6 +17,14 @@ state, and what the GPU tests compare the fused kernels against
     rmsprop_update(p, g, v, ...)  Keras RMSprop (plain; centered/momentum use the reference), in place
 
 Kernels are compiled on first use (CuPy caches them on disk).
+
+Wired in: ``activations`` (the three backward steps), ``losses.SoftMaxLoss`` with
+integer labels, ``optimizers.GradientDescent`` with momentum and plain
+``optimizers.RMSProp``.  ``adam_update`` is ready (and tested against its
+reference) but ``optimizers.Adam`` does not call it yet.  Why these steps: each
+replaces 2-6 separate kernel launches and temporaries of the parameter's or the
+activation's size by one pass; matrix products (cuBLAS) and reductions are left
+to CuPy.  See docs/GPU.md.
 """
 import functools
 
@@ -45,8 +53,9 @@ def _elementwise(name):
         "relu_bw": ("T dy, T y", "T dx", "dx = y > (T)0 ? dy : (T)0"),
         "sigmoid_bw": ("T dy, T y", "T dx", "dx = dy * y * ((T)1 - y)"),
         "tanh_bw": ("T dy, T y", "T dx", "dx = dy * ((T)1 - y * y)"),
-        "sgd_momentum": ("T g, T lr, T mom, bool nesterov", "T p, T v",
-                         "v = mom * v - lr * g; p += nesterov ? (mom * v - lr * g) : v"),
+        # two kernels rather than a bool parameter: no branch, no scalar-type question
+        "sgd_momentum": ("T g, T lr, T mom", "T p, T v", "v = mom * v - lr * g; p += v"),
+        "sgd_nesterov": ("T g, T lr, T mom", "T p, T v", "v = mom * v - lr * g; p += mom * v - lr * g"),
         "adam": ("T g, T alpha, T b1, T b2, T eps", "T p, T m, T v",
                  "m += (g - m) * ((T)1 - b1); v += (g * g - v) * ((T)1 - b2); "
                  "p -= (m * alpha) / (sqrt(v) + eps)"),
@@ -70,6 +79,11 @@ __device__ void xent_row(const T* z, const long long* t, T* grad, T* loss, int n
     for (int j = 0; j < k; ++j) { T e = exp(zr[j] - m); gr[j] = e; s += e; }
     T inv_s = (T)1 / s;
     long long label = t[row];
+    if (label < 0 || label >= k) {          // never read outside the row: poison the row instead
+        for (int j = 0; j < k; ++j) gr[j] = (T)nan("");
+        loss[row] = (T)nan("");
+        return;
+    }
     for (int j = 0; j < k; ++j) gr[j] = (gr[j] * inv_s - (j == label ? (T)1 : (T)0)) * inv_n;
     loss[row] = log(s) + m - zr[label];
 }
@@ -113,7 +127,9 @@ def softmax_xent(z, t):
     """Mean softmax cross-entropy of logits ``z: (N, K)`` with integer labels ``t: (N,)``.
 
     Returns ``(loss, dL/dz)``: the loss as a 0-d array (no device->host read)
-    and ``(softmax(z) - onehot(t)) / N``.  Reference::
+    and ``(softmax(z) - onehot(t)) / N``.  Labels must lie in ``[0, K)`` (the
+    callers validate them); the fused kernel turns a row with a label outside
+    into NaN rather than reading past the row.  One thread per row.  Reference::
 
         s = z - max(z);  log p = s - log sum exp(s);  loss = -mean log p[n, t_n]
     """
@@ -144,7 +160,7 @@ def sgd_update(p, g, v, lr, momentum, nesterov):
     """Keras SGD with momentum, in place: ``v <- m v - lr g``; ``p <- p + v`` (or ``+ m v - lr g``)."""
     if fused_enabled(p, g, v):
         t = p.dtype.type
-        _elementwise("sgd_momentum")(g, t(lr), t(momentum), bool(nesterov), p, v)
+        _elementwise("sgd_nesterov" if nesterov else "sgd_momentum")(g, t(lr), t(momentum), p, v)
         return
     v *= momentum
     v -= lr * g

@@ -6,7 +6,7 @@ returns ``dL/dprediction`` with the prediction's shape.
 import numpy as np
 
 from . import kernels
-from .backend import get_array_module, to_device
+from .backend import get_array_module, read_scalars, to_device
 from .interfaces import Node, NotReadyError, ShapeError, format_shape
 
 __all__ = ["Loss", "SoftMaxLoss", "MSELoss", "labels_to_indices"]
@@ -26,7 +26,8 @@ def labels_to_indices(labels, n_classes, where="labels"):
     if labels.ndim != 1:
         raise ShapeError(f"{where}: expected shape (N,) or (N, {n_classes}), received {format_shape(labels.shape)}")
     if labels.dtype.kind == "f":
-        if not bool(xp.all(labels == xp.round(labels))):
+        (whole,) = read_scalars(xp.all(labels == xp.rint(labels)), why="check")
+        if not whole:
             raise ValueError(f"{where}: class labels must be whole numbers, received non-integer values")
         labels = labels.astype(np.int64)
     return labels
@@ -101,11 +102,12 @@ class SoftMaxLoss(Loss):
             idx = labels_to_indices(t, k, where=self._describe())
             if idx.dtype.kind not in "iu":
                 raise ValueError(f"{self._describe()}: labels must be integers, received dtype {t.dtype}")
-            if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= k):
-                raise ValueError(
-                    f"{self._describe()}: labels must be in [0, {k}), received values in "
-                    f"[{int(idx.min())}, {int(idx.max())}]"
-                )
+            if idx.size:
+                lo, hi = (int(v) for v in read_scalars(idx.min(), idx.max(), why="check"))
+                if lo < 0 or hi >= k:
+                    raise ValueError(
+                        f"{self._describe()}: labels must be in [0, {k}), received values in [{lo}, {hi}]"
+                    )
             return ("index", idx)
         if tuple(t.shape) != tuple(z.shape):
             raise ShapeError(

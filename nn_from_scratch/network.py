@@ -15,8 +15,12 @@ one-hot labels) or, as in the seed lab, already cut into batches
 
 Host <-> device traffic during ``fit`` (CuPy backend): the data set goes to the
 device once when it fits in a quarter of the free device memory (otherwise each
-batch goes in as it is used); the only device -> host reads are the progress
-figures, at the progress bar's refresh rate, and the epoch totals.
+batch goes in as it is used; the shuffling order, drawn on the host so that both
+backends see the same batches, goes in once per epoch); the only device -> host
+reads are ``backend.read_to_host`` calls: the running loss/accuracy at most
+every ``_Trainer.REFRESH_INTERVAL`` seconds (for the progress bar and the
+NaN/rise checks), the epoch's last one bringing all its batch losses, one read
+for a validation pass, and the input checks at the start of ``fit``.
 """
 import functools
 import json
@@ -27,7 +31,7 @@ import warnings
 import numpy as np
 
 from . import backend
-from .backend import get_array_module, to_device, to_numpy
+from .backend import get_array_module, read_scalars, read_to_host, to_device, to_numpy
 from .interfaces import Neuron, Node, ShapeError, format_shape
 from .losses import Loss, SoftMaxLoss, labels_to_indices
 from .optimizers import GradientDescent
@@ -222,9 +226,10 @@ class NeuralNetwork:
     @staticmethod
     def _check_finite(X, where):
         xp = get_array_module(X)
-        if X.dtype.kind in "fc" and not bool(xp.isfinite(X).all()):
-            bad = int((~xp.isfinite(X)).sum())
-            raise DataError(f"{where}: the input contains {bad} NaN/Inf value(s); clean the data first")
+        if X.dtype.kind in "fc":
+            (bad,) = read_scalars((~xp.isfinite(X)).sum(), why="check")
+            if bad:
+                raise DataError(f"{where}: the input contains {int(bad)} NaN/Inf value(s); clean the data first")
 
     def _prepare_xy(self, X, y, where):
         """Validate and normalise (X, y) to flat (N, *S) data and labels."""
@@ -276,7 +281,7 @@ class NeuralNetwork:
                 idx = labels_to_indices(y, k, where=f"{where} (labels)")
             except ValueError as exc:
                 raise DataError(str(exc)) from None
-            lo, hi = int(idx.min()), int(idx.max())
+            lo, hi = (int(v) for v in read_scalars(idx.min(), idx.max(), why="check"))
             if lo < 0 or (k is not None and hi >= k):
                 raise DataError(f"{where}: labels must be in [0, {k}) for {k} outputs, received values in "
                                 f"[{lo}, {hi}]")
@@ -436,8 +441,8 @@ class NeuralNetwork:
                 correct = correct + (out.argmax(axis=1) == labels).sum()
         for layer in self.layers:
             layer.clear_cache()
-        loss = float(total_loss) / n
-        return loss, (float(correct) / n if classify else None)
+        total_loss, correct = read_scalars(total_loss, correct, why="validation")  # one read
+        return total_loss / n, (correct / n if classify else None)
 
     # ----------------------------------------------------------------- summary
     def summary(self, print_fn=print):
@@ -548,6 +553,12 @@ class _Trainer:
     """The loop behind ``NeuralNetwork.fit`` (kept apart so fit reads simply)."""
 
     RISE_FACTOR = 1.5  # warn when the loss exceeds its starting value by this factor
+    #: seconds between progress reads (loss/accuracy to the host for the bar and the checks)
+    REFRESH_INTERVAL = 0.1
+    #: None: read each batch's loss at once on NumPy (free there; stops before a NaN step) and
+    #: only at progress refreshes on CuPy.  True/False force one schedule (tests use it).
+    DEFER_READS = None
+    _clock = staticmethod(time.monotonic)
 
     def __init__(self, net, X, y, batch_size, shuffle, seed, verbose, stop_on_nonfinite):
         self.net, self.batch_size, self.shuffle = net, batch_size, shuffle
@@ -566,6 +577,14 @@ class _Trainer:
         self.classify = isinstance(net.loss_fn, SoftMaxLoss)
         self.first_loss = None
         self.warned_rise = False
+        self.defer = self.on_device if self.DEFER_READS is None else bool(self.DEFER_READS)
+        self.like = like
+
+    def _loss_buffer(self, n):
+        """Zeros ``(n,)`` on the parameters' device (and of their array type) for the batch losses."""
+        if self.like is None:
+            return self.xp.zeros(n, dtype=self.net.dtype)
+        return self.xp.zeros_like(self.like, shape=(n,))
 
     def _fits_on_device(self, X):
         try:
@@ -588,10 +607,12 @@ class _Trainer:
         for epoch in range(1, epochs + 1):
             order = self.rng.permutation(n) if self.shuffle else None
             if order is not None and self.on_device and get_array_module(self.X) is not np:
-                order = self.xp.asarray(order)
+                order = to_device(order, like=self.X)
             pbar = self._progress(epoch, epochs, n_batches)
             sum_loss, sum_correct, seen = 0.0, 0, 0
-            last_refresh = time.monotonic()
+            # deferred reads: every batch's loss stays on the device until the epoch's last read
+            losses = self._loss_buffer(n_batches) if self.defer else None
+            last_refresh = self._clock()
             stopped = None
             for b in range(n_batches):
                 a, z = b * self.batch_size, min((b + 1) * self.batch_size, n)
@@ -600,8 +621,10 @@ class _Trainer:
                 yb = to_device(self.y[sel], like=xb)
                 out = net.forward(xb)
                 loss = net.loss_fn.forward(out, yb, validate=False)
-                if not self.on_device:
-                    lv = float(loss)
+                if self.defer:
+                    losses[b:b + 1] = loss              # device -> device, no read
+                else:
+                    lv = float(loss)                     # host memory: no transfer
                     if not math.isfinite(lv) and self.stop_on_nonfinite:
                         stopped = self._nonfinite(epoch, b, lv, pbar)
                         break
@@ -614,29 +637,44 @@ class _Trainer:
                 if self.classify:
                     labels = yb.argmax(axis=1) if yb.ndim == 2 else yb
                     sum_correct = sum_correct + (out.argmax(axis=1) == labels).sum()
-                now = time.monotonic()
+                now = self._clock()
                 if pbar is not None:
                     pbar.update(1)
-                if now - last_refresh >= 0.1 or b == n_batches - 1:
+                last = b == n_batches - 1
+                if now - last_refresh >= self.REFRESH_INTERVAL or last:
                     last_refresh = now
-                    cur = float(sum_loss) / seen        # the one device->host read
+                    # the one device->host read of a refresh; the epoch's last one also
+                    # brings every batch loss of the epoch
+                    tail = (losses[:b + 1],) if self.defer and last else ()
+                    tot_loss, tot_correct, *batch = read_to_host(sum_loss, sum_correct, *tail, why="progress")
+                    cur = tot_loss / seen
                     if not math.isfinite(cur) and self.stop_on_nonfinite:
-                        stopped = self._nonfinite(epoch, b, cur, pbar)
+                        if self.defer:   # find the batch that failed among those since the last read
+                            if not batch:
+                                batch = read_to_host(losses[:b + 1], why="progress")
+                            bad = [i for i, v in enumerate(batch[0].tolist()) if not math.isfinite(v)]
+                            first = bad[0] if bad else b
+                            hist.batch_loss.extend(batch[0][:first].tolist())
+                            stopped = self._nonfinite(epoch, first, float(batch[0][first]) if bad else cur, pbar)
+                        else:
+                            stopped = self._nonfinite(epoch, b, cur, pbar)
                         break
+                    if batch:
+                        hist.batch_loss.extend(batch[0].tolist())
                     self._check_rise(cur, pbar)
                     if pbar is not None:
                         post = {"loss": f"{cur:.4f}"}
                         if self.classify:
-                            post["acc"] = f"{float(sum_correct) / seen:.4f}"
+                            post["acc"] = f"{tot_correct / seen:.4f}"
                         pbar.set_postfix(post, refresh=False)
             if pbar is not None:
                 pbar.close()
             if stopped is not None:
                 hist.stopped = stopped
                 break
-            logs = {"loss": float(sum_loss) / seen}
+            logs = {"loss": cur}
             if self.classify:
-                logs["accuracy"] = float(sum_correct) / seen
+                logs["accuracy"] = tot_correct / seen
             if val is not None:
                 vl, va = net._evaluate_prepared(val[0], val[1], max(self.batch_size, 256))
                 logs["val_loss"] = vl
@@ -659,7 +697,7 @@ class _Trainer:
         return tqdm(total=n_batches, desc=f"Epoch {epoch}/{epochs}", unit="batch", leave=True)
 
     def _nonfinite(self, epoch, batch, value, pbar):
-        kept = ("the weights are those before the failing step" if not self.on_device else
+        kept = ("the weights are those before the failing step" if not self.defer else
                 "the weights may already hold NaN/Inf (on the GPU the loss is read only at progress updates)")
         msg = (f"training stopped: the loss became {value} at epoch {epoch}, batch {batch + 1}. "
                f"The learning rate ({self.net.optimizer.lr}) is probably too high for this network; {kept}")

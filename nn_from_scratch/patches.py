@@ -296,9 +296,23 @@ class FlatShift:
         xp = get_array_module(like)
         return xp.zeros(self.x_shape[:2] + (self.length,), dtype=like.dtype)
 
+    def _grid(self, xf):
+        """``(N, C, *Sp)`` view of the padded grid at the start of ``xf: (N, C, L)``.
+
+        Built with ``as_strided``, which is a view on NumPy and CuPy alike (a
+        ``reshape`` of the non-contiguous slice ``xf[:, :, :prod(Sp)]`` is a view
+        only when the library manages one; writing into a silent copy would lose
+        the data).
+        """
+        xp = get_array_module(xf)
+        it = xf.itemsize
+        return xp.lib.stride_tricks.as_strided(
+            xf, shape=tuple(xf.shape[:2]) + self.padded,
+            strides=tuple(xf.strides[:2]) + tuple(s * it for s in self.steps))
+
     def flatten(self, x):
         xf = self.zeros_source(x)
-        body = xf[:, :, :int(np.prod(self.padded))].reshape(x.shape[:2] + self.padded)
+        body = self._grid(xf)
         body[(slice(None), slice(None)) + tuple(slice(lo, lo + s) for (lo, _), s in
                                                 zip(self.pads, self.x_shape[2:]))] = x
         return xf
@@ -331,8 +345,7 @@ class FlatShift:
             dxf[:, :, off:off + self.n_pos] += v[:, :, ki]
 
     def unflatten(self, dxf):
-        n, c = dxf.shape[:2]
-        body = dxf[:, :, :int(np.prod(self.padded))].reshape((n, c) + self.padded)
+        body = self._grid(dxf)
         return body[(slice(None), slice(None)) + tuple(slice(lo, lo + s) for (lo, _), s in
                                                        zip(self.pads, self.x_shape[2:]))]
 

@@ -4,12 +4,13 @@ Each layer gets an input and a random upstream gradient; copies taken before
 are compared bitwise afterwards.  Repeating ``backward`` must give the same
 result (a backward pass that edits its own caches would drift), and the whole
 network API (fit, predict, evaluate, input_gradient) must leave the caller's
-arrays alone.
+arrays alone.  Everything runs on NumPy and, with a GPU, on CuPy (``backend``).
 """
 import numpy as np
 import pytest
 
 import nn_from_scratch as nf
+from nn_from_scratch.backend import to_numpy
 
 LAYERS = {
     "relu": (lambda: nf.ReLU(), (4, 3, 5)),
@@ -34,71 +35,76 @@ LAYERS = {
 }
 
 
+def _same(a, b):
+    """Bitwise-equal values (arrays on either backend)."""
+    return np.array_equal(to_numpy(a), to_numpy(b))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", sorted(LAYERS))
-def test_layer_leaves_input_and_upstream_unchanged(rng, name, dtype):
+def test_layer_leaves_input_and_upstream_unchanged(backend, rng, name, dtype):
     make, shape = LAYERS[name]
     layer = make()
-    x = rng.standard_normal(shape).astype(dtype)
+    x = backend.asarray(rng.standard_normal(shape).astype(dtype))
     x_copy = x.copy()
     y = layer.forward(x)
-    assert np.array_equal(x, x_copy), f"{name}: forward modified its input"
+    assert _same(x, x_copy), f"{name}: forward modified its input"
     params_before = {k: v.copy() for k, v in layer.params.items()}
-    g = rng.standard_normal(y.shape).astype(dtype)
+    g = backend.asarray(rng.standard_normal(y.shape).astype(dtype))
     g_copy = g.copy()
     dx = layer.backward(g)
-    assert np.array_equal(x, x_copy), f"{name}: backward modified the forward input"
-    assert np.array_equal(g, g_copy), f"{name}: backward modified the upstream gradient"
+    assert _same(x, x_copy), f"{name}: backward modified the forward input"
+    assert _same(g, g_copy), f"{name}: backward modified the upstream gradient"
     assert dx.shape == x.shape
     for k, v in layer.params.items():
-        assert np.array_equal(v, params_before[k]), f"{name}: backward changed parameter {k}"
+        assert _same(v, params_before[k]), f"{name}: backward changed parameter {k}"
     grads1 = {k: v.copy() for k, v in layer.grads.items()}
     # a second backward from the same caches gives the same answer
     dx2 = layer.backward(g)
-    assert np.array_equal(dx, dx2), f"{name}: backward is not repeatable (caches modified?)"
+    assert _same(dx, dx2), f"{name}: backward is not repeatable (caches modified?)"
     for k, v in layer.grads.items():
-        assert np.array_equal(v, grads1[k]), f"{name}: parameter gradient {k} changed on a repeat"
-    assert np.array_equal(g, g_copy)
+        assert _same(v, grads1[k]), f"{name}: parameter gradient {k} changed on a repeat"
+    assert _same(g, g_copy)
 
 
-def test_float32_layer_with_float64_upstream(rng):
+def test_float32_layer_with_float64_upstream(backend, rng):
     # mixed dtypes take the cast paths (astype(copy=False) must not alias and then write)
     layer = nf.Linear(5, 3, seed=0)
-    x = rng.standard_normal((4, 5))
-    g = rng.standard_normal((4, 3))
+    x = backend.asarray(rng.standard_normal((4, 5)))
+    g = backend.asarray(rng.standard_normal((4, 3)))
     xc, gc_ = x.copy(), g.copy()
     layer.forward(x)
     layer.backward(g)
-    assert np.array_equal(x, xc) and np.array_equal(g, gc_)
+    assert _same(x, xc) and _same(g, gc_)
 
 
 @pytest.mark.parametrize("kind", ["index", "onehot", "float_index"])
-def test_softmax_loss_leaves_prediction_and_labels_unchanged(rng, kind):
-    z = rng.standard_normal((5, 4))
+def test_softmax_loss_leaves_prediction_and_labels_unchanged(backend, rng, kind):
+    z = backend.asarray(rng.standard_normal((5, 4)))
     idx = rng.integers(0, 4, 5)
-    t = {"index": idx, "onehot": np.eye(4)[idx], "float_index": idx.astype(np.float64)}[kind]
+    t = backend.asarray({"index": idx, "onehot": np.eye(4)[idx], "float_index": idx.astype(np.float64)}[kind])
     zc, tc = z.copy(), t.copy()
     loss = nf.SoftMaxLoss()
     loss.forward(z, t)
     g1 = loss.backward()
     g2 = loss.backward()
-    assert np.array_equal(z, zc) and np.array_equal(t, tc)
-    assert np.array_equal(g1, g2)
+    assert _same(z, zc) and _same(t, tc)
+    assert _same(g1, g2)
     g1[:] = 7  # the returned gradient is the caller's to modify: the next backward is unaffected
-    assert np.array_equal(loss.backward(), g2)
+    assert _same(loss.backward(), g2)
 
 
-def test_mse_loss_leaves_prediction_and_targets_unchanged(rng):
+def test_mse_loss_leaves_prediction_and_targets_unchanged(backend, rng):
     y = rng.standard_normal((5, 3))
     t = rng.standard_normal((5, 3))
-    yc, tc = y.copy(), t.copy()
+    yd, td = backend.asarray(y), backend.asarray(t)
     loss = nf.MSELoss()
-    loss.forward(y, t)
+    loss.forward(yd, td)
     g1 = loss.backward(2.0)
     g1[:] = 0
     g2 = loss.backward(2.0)
-    assert np.array_equal(y, yc) and np.array_equal(t, tc)
-    np.testing.assert_allclose(g2, 2.0 * 2 * (y - t) / y.size, rtol=1e-14)
+    assert _same(yd, y) and _same(td, t)
+    np.testing.assert_allclose(to_numpy(g2), 2.0 * 2 * (y - t) / y.size, rtol=1e-14)
 
 
 def _small_cnn():
@@ -108,11 +114,13 @@ def _small_cnn():
     return nf.NeuralNetwork(layers, loss_fn=nf.SoftMaxLoss(), optimizer=nf.GradientDescent(0.1))
 
 
-def test_network_api_leaves_callers_arrays_unchanged(rng):
+@pytest.mark.parametrize("data_on_device", [False, True], ids=["host_data", "backend_data"])
+def test_network_api_leaves_callers_arrays_unchanged(backend, rng, data_on_device):
     net = _small_cnn()
-    X = rng.standard_normal((12, 1, 8, 8))
-    y = rng.integers(0, 3, 12)
-    Y = np.eye(3)[y]
+    move = backend.asarray if data_on_device else (lambda a: a)
+    X = move(rng.standard_normal((12, 1, 8, 8)))
+    y = move(rng.integers(0, 3, 12))
+    Y = move(np.eye(3)[to_numpy(y)])
     copies = [a.copy() for a in (X, y, Y)]
     net.fit(X, y, epochs=1, batch_size=5, verbose=0)
     net.fit(X, Y, epochs=1, batch_size=5, verbose=0)
@@ -120,15 +128,15 @@ def test_network_api_leaves_callers_arrays_unchanged(rng):
     net.evaluate(X, y)
     net.layer_outputs(X[:3])
     net.input_gradient(X[:3], y=y[:3])
-    up = rng.standard_normal((3, 3))
+    up = move(rng.standard_normal((3, 3)))
     upc = up.copy()
     net.input_gradient(X[:3], upstream=up)
     for a, c in zip((X, y, Y), copies):
-        assert np.array_equal(a, c)
-    assert np.array_equal(up, upc)
+        assert type(a) is type(c) and _same(a, c)
+    assert _same(up, upc)
 
 
-def test_prebatched_fit_leaves_arrays_unchanged(rng):
+def test_prebatched_fit_leaves_arrays_unchanged(backend, rng):
     net = _small_cnn()
     Xb = rng.standard_normal((3, 4, 1, 8, 8))
     Yb = np.eye(3)[rng.integers(0, 3, (3, 4))]

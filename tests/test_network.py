@@ -5,6 +5,11 @@ attribute conventions.
 References: hand-computed parameter counts, a float64 log-sum-exp written
 here, float64 finite differences (``gradcheck.numerical_gradient``) and the
 seed lab's own manual forward/backward loop.
+
+Tests taking the ``backend`` fixture run on NumPy and, with a GPU, on CuPy.
+Two bitwise comparisons between label forms (integer vs one-hot) run with the
+fused kernels off on CuPy: the fused cross-entropy multiplies by ``1/sum`` where
+the one-hot path divides by the sum, equal to rounding, not bitwise.
 """
 import re
 import warnings
@@ -14,6 +19,8 @@ import pytest
 
 import nn_from_scratch as nf
 from nn_from_scratch import gradcheck as gc
+from nn_from_scratch import kernels
+from nn_from_scratch.backend import to_numpy
 from nn_from_scratch.interfaces import Neuron
 
 
@@ -59,7 +66,7 @@ def logsumexp_loss(logits, labels):
 
 
 # ---------------------------------------------------------------- fit
-def test_fit_integer_labels_learns(rng):
+def test_fit_integer_labels_learns(backend, rng):
     X, y = blobs(rng)
     net = mlp()
     loss0, acc0 = net.evaluate(X, y)
@@ -71,21 +78,25 @@ def test_fit_integer_labels_learns(rng):
     assert hist["loss"][-1] < 0.5 * hist["loss"][0]
     assert loss1 < 0.5 * loss0 and acc1 >= 0.9
     assert len(hist.batch_loss) == 8 * 12
+    assert all(type(v) is float for v in hist.batch_loss + hist["loss"] + hist["accuracy"])  # host numbers
+    # the epoch loss is the size-weighted mean of its batch losses (12 batches of 20)
+    assert hist["loss"][0] == pytest.approx(np.mean(hist.batch_loss[:12]), rel=1e-6)
     assert hist.stopped is None
 
 
-def test_fit_one_hot_labels_equals_integer_labels(rng):
+def test_fit_one_hot_labels_equals_integer_labels(backend, rng):
+    kernels.use_fused(False)  # see the module docstring (the fixture switches them back on)
     X, y = blobs(rng)
     a, b = mlp(seed=3), mlp(seed=3)
     ha = a.fit(X, y, epochs=3, batch_size=16, seed=5, verbose=0)
     hb = b.fit(X, np.eye(3)[y], epochs=3, batch_size=16, seed=5, verbose=0)
     for la, lb in zip(a.trainable_layers, b.trainable_layers):
-        np.testing.assert_array_equal(la.W, lb.W)
+        np.testing.assert_array_equal(to_numpy(la.W), to_numpy(lb.W))
     np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-6)
     assert ha["accuracy"] == hb["accuracy"]
 
 
-def test_fit_prebatched_equals_the_manual_seed_lab_loop(rng):
+def test_fit_prebatched_equals_the_manual_seed_lab_loop(backend, rng):
     # the seed lab's form: X (n_batches, batch, C, H, W), Y one-hot (n_batches, batch, 10)
     nb, b = 3, 6
     X = rng.random((nb, b, 1, 28, 28))
@@ -96,14 +107,14 @@ def test_fit_prebatched_equals_the_manual_seed_lab_loop(rng):
     ref_layers = seed_lab_layers(b)
     ref_loss = nf.SoftMaxLoss((b, 10))
     for la, lb in zip(net.trainable_layers, [l for l in ref_layers if isinstance(l, Neuron)]):
-        np.testing.assert_array_equal(la.W, lb.W)
+        np.testing.assert_array_equal(to_numpy(la.W), to_numpy(lb.W))
 
     hist = net.fit(X, Y, n_epochs=2, verbose=0)
 
     # the same training written out by hand, batch by batch in the given order
     for _ in range(2):
         for xb, yb in zip(X, Y):
-            state = xb.astype(np.float32)
+            state = backend.asarray(xb, dtype=np.float32)
             for layer in ref_layers:
                 state = layer.forward(state)
             ref_loss.forward(state, yb)
@@ -114,11 +125,11 @@ def test_fit_prebatched_equals_the_manual_seed_lab_loop(rng):
                 if isinstance(layer, Neuron):
                     layer.W -= 0.5 * layer.W_grad  # SGD by hand
     for la, lb in zip(net.trainable_layers, [l for l in ref_layers if isinstance(l, Neuron)]):
-        np.testing.assert_allclose(la.W, lb.W, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(to_numpy(la.W), to_numpy(lb.W), rtol=1e-5, atol=1e-6)
     assert hist.epoch == [1, 2] and len(hist.batch_loss) == 2 * nb
 
 
-def test_batch_size_in_layer_shapes_never_binds(rng):
+def test_batch_size_in_layer_shapes_never_binds(backend, rng):
     net = seed_lab_network(batch_size=50)
     X = rng.random((7, 1, 28, 28))
     out = net.predict(X)
@@ -128,11 +139,11 @@ def test_batch_size_in_layer_shapes_never_binds(rng):
     # a ragged last batch is fine too
     hist = net.fit(rng.random((19, 1, 28, 28)), rng.integers(0, 10, 19), epochs=1, batch_size=7, verbose=0)
     assert len(hist.batch_loss) == 3
-    y = net.layers[0].forward(X.astype(np.float32))
+    y = net.layers[0].forward(backend.asarray(X, dtype=np.float32))
     assert y.shape == (7, 4, 26, 26)
 
 
-def test_predict_without_channel_axis(rng):
+def test_predict_without_channel_axis(backend, rng):
     # the seed lab calls predict on (batch, 28, 28) batches of a 1-channel network
     net = seed_lab_network()
     X = rng.random((50, 28, 28))
@@ -140,13 +151,13 @@ def test_predict_without_channel_axis(rng):
     assert out.shape == (50, 10)
     np.testing.assert_array_equal(out, net.predict(X[:, None]))
     # and the result is the layers applied in order
-    state = X[:, None].astype(np.float32)
+    state = backend.asarray(X[:, None], dtype=np.float32)
     for layer in net.layers:
         state = layer.forward(state)
-    np.testing.assert_allclose(out, state, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out, to_numpy(state), rtol=1e-6, atol=1e-6)
 
 
-def test_predict_seed_lab_accuracy_loop_runs(rng):
+def test_predict_seed_lab_accuracy_loop_runs(backend, rng):
     net = seed_lab_network()
     test_X = rng.random((3, 50, 28, 28))
     test_y = rng.integers(0, 10, (3, 50))
@@ -160,7 +171,7 @@ def test_predict_seed_lab_accuracy_loop_runs(rng):
     assert acc == pytest.approx(correct / total, abs=1e-12)
 
 
-def test_evaluate_consistent_with_predict(rng):
+def test_evaluate_consistent_with_predict(backend, rng):
     X, y = blobs(rng, n=90)
     net = mlp(seed=2)
     net.fit(X, y, epochs=2, batch_size=10, seed=0, verbose=0)
@@ -172,7 +183,7 @@ def test_evaluate_consistent_with_predict(rng):
     assert loss_oh == pytest.approx(loss, rel=1e-5) and acc_oh == acc
 
 
-def test_evaluate_mse_has_no_accuracy(rng):
+def test_evaluate_mse_has_no_accuracy(backend, rng):
     net = nf.NeuralNetwork([nf.Linear(3, 2, seed=0)], loss_fn=nf.MSELoss())
     X, T = rng.standard_normal((10, 3)), rng.standard_normal((10, 2))
     loss, acc = net.evaluate(X, T)
@@ -180,7 +191,7 @@ def test_evaluate_mse_has_no_accuracy(rng):
     assert loss == pytest.approx(np.mean((net.predict(X) - T) ** 2), rel=1e-5)
 
 
-def test_validation_data_and_history(rng):
+def test_validation_data_and_history(backend, rng):
     X, y = blobs(rng, n=200)
     Xv, yv = X[150:], y[150:]
     net = mlp(seed=4)
@@ -193,7 +204,7 @@ def test_validation_data_and_history(rng):
     assert "epochs=3" in repr(hist)
 
 
-def test_summary_counts_by_hand():
+def test_summary_counts_by_hand(backend):
     net = nf.NeuralNetwork([
         nf.Convolution((None, 3, 12, 12), kernel_size=3, output_layers=5, name="c1"),            # 5*3*3*3 + 5
         nf.ReLU(name="r1"),
@@ -240,7 +251,7 @@ def test_n_input_n_output_checked():
 
 
 # ---------------------------------------------------------------- analysis hooks
-def test_layer_outputs(rng):
+def test_layer_outputs(backend, rng):
     net = seed_lab_network()
     X = rng.random((4, 28, 28))
     outs = net.layer_outputs(X)
@@ -258,7 +269,7 @@ def _f64_cnn():
     return nf.NeuralNetwork(layers, loss_fn=nf.SoftMaxLoss())
 
 
-def test_input_gradient_of_one_output_against_finite_differences(rng):
+def test_input_gradient_of_one_output_against_finite_differences(backend, rng):
     net = _f64_cnn()
     x = rng.standard_normal((2, 6, 6))  # channel axis added by the network
     k = 1
@@ -268,7 +279,7 @@ def test_input_gradient_of_one_output_against_finite_differences(rng):
     np.testing.assert_allclose(g, num, rtol=1e-7, atol=1e-10)
 
 
-def test_input_gradient_of_the_loss_against_finite_differences(rng):
+def test_input_gradient_of_the_loss_against_finite_differences(backend, rng):
     net = _f64_cnn()
     x = rng.standard_normal((3, 1, 6, 6))
     y = rng.integers(0, 3, 3)
@@ -283,7 +294,7 @@ def test_input_gradient_of_the_loss_against_finite_differences(rng):
         net.input_gradient(x, y=y, output_index=0)
 
 
-def test_gradients_hook_matches_finite_differences(rng):
+def test_gradients_hook_matches_finite_differences(backend, rng):
     net = _f64_cnn()
     x = rng.standard_normal((3, 1, 6, 6))
     y = rng.integers(0, 3, 3)
@@ -295,13 +306,13 @@ def test_gradients_hook_matches_finite_differences(rng):
         lin.W = W
         return net.evaluate(x, y)[0]
 
-    num = gc.numerical_gradient(loss_at, W0)
+    num = gc.numerical_gradient(loss_at, to_numpy(W0))
     lin.W = W0
     np.testing.assert_allclose(grads[(lin.name, "W")], num, rtol=1e-7, atol=1e-10)
 
 
 # ---------------------------------------------------------------- divergence
-def test_too_high_learning_rate_warns_and_stops(rng):
+def test_too_high_learning_rate_warns_and_stops(backend, rng):
     X, y = blobs(rng, n=200)
     net = mlp(seed=0, lr=50.0)
     with np.errstate(all="ignore"), pytest.warns(nf.TrainingWarning, match=r"learning rate \(50\.0\)") as rec:
@@ -311,12 +322,18 @@ def test_too_high_learning_rate_warns_and_stops(rng):
     assert any("training stopped" in str(w.message) for w in rec)
     assert len(hist.epoch) < 20  # it did stop early
     assert len(hist.batch_loss) < 20 * 10
-    for layer in net.trainable_layers:  # on the CPU the failing step is not applied
-        assert np.all(np.isfinite(layer.W)), layer.name
+    if not backend.is_gpu:  # on the CPU the failing step is not applied
+        for layer in net.trainable_layers:
+            assert np.all(np.isfinite(layer.W)), layer.name
+    else:  # the GPU reads the loss only at refreshes: said so in the message
+        assert "may already hold NaN/Inf" in hist.stopped
+    # either way the recorded batch losses stop before the first non-finite one, which the message names
     assert all(np.isfinite(hist.batch_loss))
+    failed = int(re.search(r"batch (\d+)", hist.stopped).group(1))
+    assert len(hist.batch_loss) == 10 * (len(hist.epoch)) + failed - 1
 
 
-def test_divergence_can_be_allowed(rng):
+def test_divergence_can_be_allowed(backend, rng):
     X, y = blobs(rng, n=100)
     net = mlp(seed=0, lr=50.0)
     with np.errstate(all="ignore"), warnings.catch_warnings():
@@ -336,27 +353,27 @@ def _train(seed, fit_seed, rng_data):
     return [p.copy() for layer in net.trainable_layers for p in layer.params.values()]
 
 
-def test_same_seed_same_weights_bitwise(rng):
+def test_same_seed_same_weights_bitwise(backend, rng):
     data = (rng.standard_normal((40, 1, 8, 8)), rng.integers(0, 3, 40))
     a = _train(7, 1, data)
     b = _train(7, 1, data)
     for pa, pb in zip(a, b):
-        np.testing.assert_array_equal(pa, pb)
+        np.testing.assert_array_equal(to_numpy(pa), to_numpy(pb))
     c = _train(8, 1, data)    # other initial weights
     d = _train(7, 2, data)    # other shuffling order
     for other in (c, d):
-        assert any(not np.array_equal(pa, po) for pa, po in zip(a, other))
+        assert any(not np.array_equal(to_numpy(pa), to_numpy(po)) for pa, po in zip(a, other))
 
 
-def test_per_layer_seed(rng):
+def test_per_layer_seed(backend, rng):
     l1 = nf.Linear(5, 4, seed=123)
     nf.set_seed(999)  # the global generator does not affect seeded layers
     l2 = nf.Linear(5, 4, seed=123)
-    np.testing.assert_array_equal(l1.W, l2.W)
-    assert not np.array_equal(l1.W, nf.Linear(5, 4, seed=124).W)
+    np.testing.assert_array_equal(to_numpy(l1.W), to_numpy(l2.W))
+    assert not np.array_equal(to_numpy(l1.W), to_numpy(nf.Linear(5, 4, seed=124).W))
     c1 = nf.Convolution((None, 2, 5, 5), kernel_size=3, output_layers=3, seed=5)
     c2 = nf.Convolution((None, 2, 5, 5), kernel_size=3, output_layers=3, seed=5)
-    np.testing.assert_array_equal(c1.W, c2.W)
+    np.testing.assert_array_equal(to_numpy(c1.W), to_numpy(c2.W))
 
 
 # ---------------------------------------------------------------- seed lab compatibility
@@ -371,11 +388,11 @@ def test_seed_lab_import_paths():
         nf.Convolution, nf.Linear, nf.ReLU, nf.SoftMaxLoss, nf.Vectorization, nf.GradientDescent)
 
 
-def test_seed_lab_manual_loop_and_attributes(rng):
+def test_seed_lab_manual_loop_and_attributes(backend, rng):
     net = seed_lab_network()
     layers, loss_fn = net.layers, net.loss_fn
-    example_pic = rng.random((50, 1, 28, 28))
-    example_label = np.eye(10)[rng.integers(0, 10, 50)]
+    example_pic = backend.asarray(rng.random((50, 1, 28, 28)))
+    example_label = backend.asarray(np.eye(10)[rng.integers(0, 10, 50)])
 
     # the seed lab's cell, as written
     state = example_pic.copy()
@@ -401,26 +418,26 @@ def test_seed_lab_manual_loop_and_attributes(rng):
     # the same gradients through the network's own API
     grads = net.gradients(example_pic, example_label)
     for layer, w in zip(net.trainable_layers[::-1], dL_dw):
-        np.testing.assert_allclose(grads[(layer.name, "W")], w, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(grads[(layer.name, "W")], to_numpy(w), rtol=1e-5, atol=1e-7)
 
 
-def test_linear_augmented_weight_layout(rng):
+def test_linear_augmented_weight_layout(backend, rng):
     layer = nf.Linear((50, 6), (50, 4), seed=0, dtype=np.float64)
     assert layer.W.shape == (7, 4)
     W = rng.standard_normal((7, 4))
     layer.W = W
     x = rng.standard_normal((3, 6))
-    np.testing.assert_allclose(layer.forward(x), x @ W[1:] + W[0], rtol=1e-14, atol=1e-14)
-    np.testing.assert_array_equal(layer.weight, W[1:])
-    np.testing.assert_array_equal(layer.bias, W[0])
+    np.testing.assert_allclose(to_numpy(layer.forward(backend.asarray(x))), x @ W[1:] + W[0], rtol=1e-14, atol=1e-14)
+    np.testing.assert_array_equal(to_numpy(layer.weight), W[1:])
+    np.testing.assert_array_equal(to_numpy(layer.bias), W[0])
     g = rng.standard_normal((3, 4))
-    dx = layer.backward(g)
+    dx = to_numpy(layer.backward(backend.asarray(g)))
     np.testing.assert_allclose(dx, g @ W[1:].T, rtol=1e-14)
-    np.testing.assert_allclose(layer.W_grad[1:], x.T @ g, rtol=1e-14)
-    np.testing.assert_allclose(layer.W_grad[0], g.sum(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(to_numpy(layer.W_grad)[1:], x.T @ g, rtol=1e-14)
+    np.testing.assert_allclose(to_numpy(layer.W_grad)[0], g.sum(axis=0), rtol=1e-14)
 
 
-def test_convolution_weight_layout(rng):
+def test_convolution_weight_layout(backend, rng):
     layer = nf.Convolution((50, 3, 9, 9), kernel_size=(3, 2), output_layers=5, dtype=np.float64)
     assert layer.W.shape == (5, 3, 3, 2)
     assert layer.b.shape == (5,)
@@ -428,15 +445,16 @@ def test_convolution_weight_layout(rng):
     assert not isinstance(nf.ReLU(), Neuron)
     # y[n, f, i, j] = b[f] + sum_{c, u, v} W[f, c, u, v] x[n, c, i + u, j + v]  (checked at one spot)
     x = rng.standard_normal((2, 3, 9, 9))
-    y = layer.forward(x)
+    y = to_numpy(layer.forward(backend.asarray(x)))
     n, f, i, j = 1, 3, 4, 6
-    expect = layer.b[f] + np.sum(layer.W[f] * x[n, :, i:i + 3, j:j + 2])
+    W, b = to_numpy(layer.W), to_numpy(layer.b)
+    expect = b[f] + np.sum(W[f] * x[n, :, i:i + 3, j:j + 2])
     assert y[n, f, i, j] == pytest.approx(expect, rel=1e-13)
-    layer.backward(rng.standard_normal(y.shape))
+    layer.backward(backend.asarray(rng.standard_normal(y.shape)))
     assert layer._W_pd is layer.W_grad and layer.W_grad.shape == layer.W.shape
 
 
-def test_verbose_fit_reports_every_epoch(rng, capsys):
+def test_verbose_fit_reports_every_epoch(backend, rng, capsys):
     X, y = blobs(rng, n=60)
     net = mlp(seed=1)
     hist = net.fit(X, y, epochs=2, batch_size=20, validation_data=(X[:10], y[:10]), seed=0, verbose=1)
@@ -449,7 +467,8 @@ def test_verbose_fit_reports_every_epoch(rng, capsys):
         assert f"val_accuracy: {hist['val_accuracy'][epoch - 1]:.4f}" in line[0]
 
 
-def test_prebatched_integer_labels_equal_one_hot(rng):
+def test_prebatched_integer_labels_equal_one_hot(backend, rng):
+    kernels.use_fused(False)  # see the module docstring (the fixture switches them back on)
     X = rng.random((3, 5, 1, 28, 28))
     labels = rng.integers(0, 10, (3, 5))
     nets = []
@@ -459,6 +478,6 @@ def test_prebatched_integer_labels_equal_one_hot(rng):
         net.fit(X, y, n_epochs=1, verbose=0)
         nets.append(net)
     for la, lb in zip(nets[0].trainable_layers, nets[1].trainable_layers):
-        np.testing.assert_array_equal(la.W, lb.W)
+        np.testing.assert_array_equal(to_numpy(la.W), to_numpy(lb.W))
     (la, aa), (lb, ab) = nets[0].evaluate(X, labels), nets[1].evaluate(X, np.eye(10)[labels])
     assert la == pytest.approx(lb, rel=1e-6) and aa == ab

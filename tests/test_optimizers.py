@@ -19,11 +19,17 @@ variables are compared after every step.
 A wrong rule is far outside these bounds: the epsilon outside instead of inside
 the square root (RMSProp), a missing bias correction (Adam) or classic instead
 of Nesterov momentum are all detected (checked below by planting them).
+
+The Keras comparisons run on NumPy only.  The rules written out by hand (float64
+loops at the end of this file) are checked on NumPy and, with a GPU, on CuPy
+(the ``backend`` fixture), where SGD-momentum/Nesterov and plain RMSprop run as
+fused CuPy kernels.
 """
 import numpy as np
 import pytest
 
 import nn_from_scratch as nf
+from nn_from_scratch.backend import to_numpy
 from nn_from_scratch.interfaces import Optimizer
 
 STEPS = 6
@@ -242,38 +248,41 @@ def test_wrong_rules_are_detected(keras, make, kname, kkw):
 
 
 # --- behaviour that needs no Keras ----------------------------------------------------------
-def test_plain_sgd_by_hand():
+def test_plain_sgd_by_hand(backend):
     w0 = np.array([1.0, -2.0, 3.0])
     g = np.array([0.5, 0.25, -1.0])
-    holder = ParamHolder(W=w0.copy())
-    holder.grads = {"W": g}
+    holder = ParamHolder(W=backend.asarray(w0))
+    holder.grads = {"W": backend.asarray(g)}
     nf.GradientDescent(lr=0.1).step([holder])
-    np.testing.assert_allclose(holder.params["W"], w0 - 0.1 * g, rtol=1e-15)
+    np.testing.assert_allclose(to_numpy(holder.params["W"]), w0 - 0.1 * g, rtol=1e-15)
 
 
-def test_state_is_kept_per_parameter_and_layer():
-    a = ParamHolder(W=np.zeros(3))
-    b = ParamHolder(W=np.zeros(3))
+def test_state_is_kept_per_parameter_and_layer(backend):
+    a = ParamHolder(W=backend.xp.zeros(3))
+    b = ParamHolder(W=backend.xp.zeros(3))
     opt = nf.GradientDescent(lr=1.0, momentum=0.5)
-    a.grads = {"W": np.ones(3)}
-    b.grads = {"W": -np.ones(3)}
+    a.grads = {"W": backend.xp.ones(3)}
+    b.grads = {"W": -backend.xp.ones(3)}
     opt.step([a, b])
     opt.step([a, b])
     # v1 = -g, v2 = 0.5 v1 - g = -1.5 g; w = v1 + v2 = -2.5 g
-    np.testing.assert_allclose(a.params["W"], -2.5 * np.ones(3))
-    np.testing.assert_allclose(b.params["W"], 2.5 * np.ones(3))
+    np.testing.assert_allclose(to_numpy(a.params["W"]), -2.5 * np.ones(3))
+    np.testing.assert_allclose(to_numpy(b.params["W"]), 2.5 * np.ones(3))
     assert opt.iterations == 2
     opt.reset()
     assert opt.iterations == 0
 
 
-def test_updates_are_in_place_and_keep_dtype():
-    W = np.ones((2, 2), dtype=np.float32)
+def test_updates_are_in_place_and_keep_dtype(backend):
+    W = backend.xp.ones((2, 2), dtype=np.float32)
     holder = ParamHolder(W=W)
-    holder.grads = {"W": np.full((2, 2), 0.5, dtype=np.float32)}
-    for opt in (nf.GradientDescent(0.1, momentum=0.9), nf.Adam(0.1), nf.RMSProp(0.1, centered=True)):
+    holder.grads = {"W": backend.xp.full((2, 2), 0.5, dtype=np.float32)}
+    for opt in (nf.GradientDescent(0.1, momentum=0.9), nf.GradientDescent(0.1, momentum=0.9, nesterov=True),
+                nf.Adam(0.1), nf.RMSProp(0.1), nf.RMSProp(0.1, centered=True)):
+        before = to_numpy(W).copy()
         opt.step([holder])
         assert holder.params["W"] is W and W.dtype == np.float32
+        assert not np.array_equal(to_numpy(W), before)  # it did update, in place
 
 
 def test_step_without_gradient_is_a_clear_error():
@@ -315,3 +324,82 @@ def test_optimizer_by_name():
     with pytest.raises(ValueError, match=r"unknown optimizer 'adagrad'.*'adam'"):
         get("adagrad")
     assert issubclass(nf.SGD, Optimizer) and nf.SGD is nf.GradientDescent and nf.RMSprop is nf.RMSProp
+
+
+# --- the rules written out by hand, on every backend ------------------------------------------
+def _by_hand(kind, hp, w0, grads):
+    """The update rules of the module docstring as plain float64 loops over steps (no arrays shared)."""
+    w = w0.astype(np.float64).copy()
+    v = np.zeros_like(w)
+    m = np.zeros_like(w)
+    a = np.zeros_like(w)
+    u = np.zeros_like(w)
+    vmax = np.zeros_like(w)
+    out = []
+    for t, g in enumerate(grads, start=1):
+        g = g.astype(np.float64)
+        lr = hp["lr"]
+        if kind == "sgd":
+            mom = hp.get("momentum", 0.0)
+            if mom == 0:
+                w = w - lr * g
+            else:
+                v = mom * v - lr * g
+                w = w + (mom * v - lr * g if hp.get("nesterov") else v)
+        elif kind == "adam":
+            b1, b2, eps = hp["beta_1"], hp["beta_2"], hp["epsilon"]
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            vmax = np.maximum(vmax, v)
+            vv = vmax if hp.get("amsgrad") else v
+            w = w - lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (np.sqrt(vv) + eps)
+        elif kind == "rmsprop":
+            rho, eps, mom = hp["rho"], hp["epsilon"], hp.get("momentum", 0.0)
+            v = rho * v + (1 - rho) * g * g
+            if hp.get("centered"):
+                a = rho * a + (1 - rho) * g
+                inc = lr * g / np.sqrt(v - a * a + eps)
+            else:
+                inc = lr * g / np.sqrt(v + eps)
+            if mom > 0:
+                u = mom * u + inc
+                w = w - u
+            else:
+                w = w - inc
+        out.append(w.copy())
+    return out
+
+
+HAND_CASES = {
+    "sgd": ("sgd", dict(lr=0.05)),
+    "sgd_momentum": ("sgd", dict(lr=0.05, momentum=0.9)),
+    "sgd_nesterov": ("sgd", dict(lr=0.05, momentum=0.8, nesterov=True)),
+    "adam": ("adam", dict(lr=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7)),
+    "adam_amsgrad": ("adam", dict(lr=0.01, beta_1=0.8, beta_2=0.95, epsilon=1e-4, amsgrad=True)),
+    "rmsprop": ("rmsprop", dict(lr=0.01, rho=0.9, epsilon=1e-7)),
+    "rmsprop_momentum_centered": ("rmsprop", dict(lr=0.01, rho=0.8, epsilon=1e-5, momentum=0.5, centered=True)),
+}
+
+
+def _make(kind, hp):
+    cls = {"sgd": nf.GradientDescent, "adam": nf.Adam, "rmsprop": nf.RMSProp}[kind]
+    return cls(**hp)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", sorted(HAND_CASES))
+def test_rules_by_hand(backend, case, dtype):
+    kind, hp = HAND_CASES[case]
+    init, grads = _problem(seed=3, dtype=dtype)
+    expected = _by_hand(kind, hp, init["W"], [g["W"] for g in grads])
+    holder = ParamHolder(W=backend.asarray(init["W"]))
+    opt = _make(kind, hp)
+    for t, g in enumerate(grads):
+        holder.grads = {"W": backend.asarray(g["W"])}
+        opt.step([holder])
+        got = to_numpy(holder.params["W"])
+        assert got.dtype == dtype
+        # float64: rounding only; float32: STEPS updates of a few ulp each (see the module docstring)
+        rtol, atol = (1e-12, 1e-14) if dtype == np.float64 else (RTOL, ATOL)
+        np.testing.assert_allclose(got, expected[t], rtol=rtol, atol=atol, err_msg=f"{case}, step {t + 1}")
+    assert np.abs(expected[-1] - init["W"]).max() > 1e-3  # the rule really moved the weights

@@ -1,5 +1,9 @@
 """Saving and loading models: bitwise round trips, refusal of wrong files,
-atomic writes, and files that NumPy reads with ``allow_pickle=False``."""
+atomic writes, and files that NumPy reads with ``allow_pickle=False``.
+
+Tests taking ``backend`` run on NumPy and, with a GPU, on CuPy: a CuPy network
+saves and loads (into CuPy, since the fixture selects it) bitwise the same way.
+"""
 import json
 import os
 import pathlib
@@ -9,6 +13,7 @@ import pytest
 
 import nn_from_scratch as nf
 from nn_from_scratch import serialization
+from nn_from_scratch.backend import is_device_array, to_numpy
 from nn_from_scratch.serialization import ModelFileError
 
 
@@ -51,7 +56,7 @@ def assert_same_params(a, b):
     assert [(n, k) for n, k, _ in pa] == [(n, k) for n, k, _ in pb]
     for (_, _, x), (_, _, y) in zip(pa, pb):
         assert x.dtype == y.dtype and x.shape == y.shape
-        assert x.tobytes() == y.tobytes()  # bitwise
+        assert to_numpy(x).tobytes() == to_numpy(y).tobytes()  # bitwise
 
 
 def _perturb(net, rng):
@@ -60,7 +65,7 @@ def _perturb(net, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_round_trip_class_load(tmp_path, rng, dtype):
+def test_round_trip_class_load(backend, tmp_path, rng, dtype):
     net = rich_cnn(dtype)
     _perturb(net, rng)  # weights no initializer would give
     x = rng.standard_normal((3, 2, 9, 9))
@@ -68,6 +73,7 @@ def test_round_trip_class_load(tmp_path, rng, dtype):
     assert net.save(str(path)) == str(path)
     back = nf.NeuralNetwork.load(str(path))
     assert_same_params(net, back)
+    assert all(is_device_array(p) == backend.is_gpu for _, _, p in params_of(back))
     assert back.dtype == np.dtype(dtype)
     assert [type(layer) for layer in back.layers] == [type(layer) for layer in net.layers]
     assert [layer.name for layer in back.layers] == [layer.name for layer in net.layers]
@@ -84,7 +90,7 @@ def test_round_trip_class_load(tmp_path, rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_round_trip_instance_load(tmp_path, rng, dtype):
+def test_round_trip_instance_load(backend, tmp_path, rng, dtype):
     src = mlp(seed=1, dtype=dtype)
     _perturb(src, rng)
     path = tmp_path / "mlp.npz"
@@ -97,7 +103,7 @@ def test_round_trip_instance_load(tmp_path, rng, dtype):
     assert src.predict(x).tobytes() == dst.predict(x).tobytes()
 
 
-def test_loaded_network_keeps_training_like_the_original(tmp_path, rng):
+def test_loaded_network_keeps_training_like_the_original(backend, tmp_path, rng):
     X, y = rng.standard_normal((30, 4)), rng.integers(0, 3, 30)
     a = mlp(seed=2)
     a.fit(X, y, epochs=1, batch_size=10, seed=0, verbose=0)
@@ -110,7 +116,7 @@ def test_loaded_network_keeps_training_like_the_original(tmp_path, rng):
     assert_same_params(a, b)
 
 
-def test_file_reads_without_pickle(tmp_path):
+def test_file_reads_without_pickle(backend, tmp_path):
     net = rich_cnn(np.float64)
     path = str(tmp_path / "m.npz")
     net.save(path)
@@ -126,19 +132,19 @@ def test_file_reads_without_pickle(tmp_path):
     for i, layer in enumerate(net.layers):
         for k, p in layer.params.items():
             assert arrays[f"layer{i}/{k}"].dtype == np.float64
-            assert arrays[f"layer{i}/{k}"].tobytes() == p.tobytes()
+            assert arrays[f"layer{i}/{k}"].tobytes() == to_numpy(p).tobytes()
     for a in arrays.values():
         assert a.dtype != object
 
 
-def test_another_architecture_is_refused(tmp_path):
+def test_another_architecture_is_refused(backend, tmp_path):
     path = str(tmp_path / "cnn.npz")
     rich_cnn().save(path)
     net = mlp()
-    before = [p.copy() for _, _, p in params_of(net)]
+    before = [to_numpy(p).copy() for _, _, p in params_of(net)]
     with pytest.raises(ModelFileError, match="another architecture"):
         net.load(path)
-    assert all(np.array_equal(a, p) for a, (_, _, p) in zip(before, params_of(net)))
+    assert all(np.array_equal(a, to_numpy(p)) for a, (_, _, p) in zip(before, params_of(net)))
     # same layer classes, other sizes
     mlp().save(path)
     with pytest.raises(ModelFileError, match=r"layer0/W.*\(5, 6\).*\(5, 8\)"):
@@ -175,7 +181,7 @@ def test_crash_mid_save_leaves_no_file(tmp_path, monkeypatch, exc):
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
 
 
-def test_crash_mid_save_keeps_the_old_file(tmp_path, monkeypatch, rng):
+def test_crash_mid_save_keeps_the_old_file(backend, tmp_path, monkeypatch, rng):
     path = tmp_path / "model.npz"
     old = mlp(seed=1)
     old.save(str(path))
@@ -223,7 +229,7 @@ def test_same_shapes_other_configuration_is_refused(tmp_path):
         cnn(pool_size=3, stride=2, padding=1).load(path)
 
 
-def test_batch_size_and_declared_shapes_do_not_matter_for_loading(tmp_path, rng):
+def test_batch_size_and_declared_shapes_do_not_matter_for_loading(backend, tmp_path, rng):
     def seed_style(b):
         return nf.NeuralNetwork([nf.Convolution((b, 1, 28, 28), kernel_size=3, output_layers=4, use_bias=False),
                                  nf.ReLU((b, 4, 26, 26)), nf.Vectorization((b, 4, 26, 26)),

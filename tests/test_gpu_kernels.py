@@ -1,0 +1,238 @@
+"""The fused GPU kernels (``nn_from_scratch.kernels``) and their reference expressions.
+
+Each kernel has a plain array expression that runs on NumPy (and on CuPy with
+``kernels.use_fused(False)``).  Here:
+
+* on every backend, the kernel functions against formulas written out in float64
+  in this file (with edge cases: exact zeros for ReLU, logits of 1e4, K = 1, N = 1);
+* on CuPy only (skipped without a GPU): the fused kernel against the reference
+  expression on the same CuPy data (``use_fused(False)``) and against NumPy, to
+  float32 rounding, including non-contiguous inputs and out-of-range labels.
+"""
+import numpy as np
+import pytest
+
+from nn_from_scratch import kernels
+from nn_from_scratch.backend import to_numpy
+from gpu_utils import assert_f32_agree, assert_f64_agree, requires_gpu
+
+DTYPES = [np.float32, np.float64]
+
+
+def _tol(dtype):
+    return dict(rtol=2e-6, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-14, atol=1e-15)
+
+
+def _xent64(z, t):
+    """float64 reference: mean_n (logsumexp(z_n) - z_n[t_n]) and (softmax(z) - onehot(t)) / N."""
+    z = np.asarray(z, dtype=np.float64)
+    n, k = z.shape
+    m = z.max(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
+    loss = np.mean(lse - z[np.arange(n), t])
+    p = np.exp(z - lse[:, None])
+    return loss, (p - np.eye(k)[t]) / n
+
+
+LOGIT_CASES = {
+    "random": lambda rng: (3 * rng.standard_normal((7, 5)), rng.integers(0, 5, 7)),
+    "huge_logits": lambda rng: (np.array([[1e4, 0.0, -1e4], [0.0, 1e4, 1e4 - 1.0], [-1e4, -1e4, -1e4 + 2.0],
+                                          [1e4, 1e4, 1e4]]), np.array([1, 2, 2, 0])),
+    "one_class": lambda rng: (rng.standard_normal((4, 1)), np.zeros(4, dtype=np.int64)),
+    "one_sample": lambda rng: (rng.standard_normal((1, 6)), np.array([3])),
+    "many_classes": lambda rng: (rng.standard_normal((3, 1000)), rng.integers(0, 1000, 3)),
+}
+
+
+# ---------------------------------------------------------------- every backend: against float64 formulas
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_elementwise_backward_formulas(backend, rng, dtype):
+    dy = rng.standard_normal((6, 7)).astype(dtype)
+    x = rng.standard_normal((6, 7))
+    x[0, :4] = 0.0                                           # ReLU's kink: slope 0 there
+    y_relu = np.maximum(x, 0).astype(dtype)
+    y_sig = (1 / (1 + np.exp(-x))).astype(dtype)
+    y_tanh = np.tanh(x).astype(dtype)
+    d = backend.asarray
+    got = {
+        "relu": to_numpy(kernels.relu_backward(d(dy), d(y_relu))),
+        "sigmoid": to_numpy(kernels.sigmoid_backward(d(dy), d(y_sig))),
+        "tanh": to_numpy(kernels.tanh_backward(d(dy), d(y_tanh))),
+    }
+    dy64 = dy.astype(np.float64)
+    want = {
+        "relu": dy64 * (x > 0),
+        "sigmoid": dy64 * y_sig.astype(np.float64) * (1 - y_sig.astype(np.float64)),
+        "tanh": dy64 * (1 - y_tanh.astype(np.float64) ** 2),
+    }
+    for k in got:
+        assert got[k].dtype == dtype, k
+        np.testing.assert_allclose(got[k], want[k], err_msg=k, **_tol(dtype))
+    assert np.all(got["relu"][0, :4] == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", sorted(LOGIT_CASES))
+def test_softmax_xent_formula(backend, rng, case, dtype):
+    z, t = LOGIT_CASES[case](rng)
+    loss, grad = kernels.softmax_xent(backend.asarray(z, dtype=dtype), backend.asarray(t))
+    want_loss, want_grad = _xent64(z.astype(dtype), t)
+    assert loss.shape == () and grad.dtype == dtype
+    loss, grad = float(to_numpy(loss)), to_numpy(grad)
+    assert np.isfinite(loss) and np.all(np.isfinite(grad))
+    assert loss == pytest.approx(want_loss, rel=2e-6 if dtype == np.float32 else 1e-12, abs=1e-7)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=1e-7 if dtype == np.float32 else 1e-15)
+
+
+def _opt_problem(rng, dtype):
+    p = rng.standard_normal((5, 4)).astype(dtype)
+    g = (rng.standard_normal((5, 4)) * 10.0 ** rng.uniform(-3, 1, (5, 4))).astype(dtype)
+    s1 = np.abs(rng.standard_normal((5, 4))).astype(dtype)
+    s2 = np.abs(rng.standard_normal((5, 4))).astype(dtype)
+    return p, g, s1, s2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_update_formula(backend, rng, dtype, nesterov):
+    p, g, v, _ = _opt_problem(rng, dtype)
+    P, V = backend.asarray(p), backend.asarray(v)
+    P_id, V_id = id(P), id(V)
+    kernels.sgd_update(P, backend.asarray(g), V, 0.05, 0.9, nesterov)
+    v_new = 0.9 * v.astype(np.float64) - 0.05 * g
+    p_new = p + (0.9 * v_new - 0.05 * g if nesterov else v_new)
+    assert id(P) == P_id and id(V) == V_id                    # in place
+    np.testing.assert_allclose(to_numpy(V), v_new, **_tol(dtype))
+    np.testing.assert_allclose(to_numpy(P), p_new, **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rmsprop_update_formula(backend, rng, dtype):
+    p, g, v, _ = _opt_problem(rng, dtype)
+    P, V = backend.asarray(p), backend.asarray(v)
+    kernels.rmsprop_update(P, backend.asarray(g), V, 0.01, 0.9, 1e-7)
+    v_new = 0.9 * v.astype(np.float64) + 0.1 * g.astype(np.float64) ** 2
+    np.testing.assert_allclose(to_numpy(V), v_new, **_tol(dtype))
+    np.testing.assert_allclose(to_numpy(P), p - 0.01 * g / np.sqrt(v_new + 1e-7), **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_update_formula(backend, rng, dtype):
+    # kernels.adam_update is not wired into optimizers.Adam yet; its formula is held here all the same
+    p, g, m, v = _opt_problem(rng, dtype)
+    P, M, V = backend.asarray(p), backend.asarray(m), backend.asarray(v)
+    alpha = 0.01 * np.sqrt(1 - 0.999 ** 3) / (1 - 0.9 ** 3)
+    kernels.adam_update(P, backend.asarray(g), M, V, alpha, 0.9, 0.999, 1e-7)
+    m_new = 0.9 * m.astype(np.float64) + 0.1 * g
+    v_new = 0.999 * v.astype(np.float64) + 0.001 * g.astype(np.float64) ** 2
+    np.testing.assert_allclose(to_numpy(M), m_new, **_tol(dtype))
+    np.testing.assert_allclose(to_numpy(V), v_new, **_tol(dtype))
+    np.testing.assert_allclose(to_numpy(P), p - alpha * m_new / (np.sqrt(v_new) + 1e-7), **_tol(dtype))
+
+
+def test_fused_only_for_device_arrays(backend):
+    a = backend.xp.zeros(3)
+    assert kernels.fused_enabled(a) is backend.is_gpu
+    kernels.use_fused(False)
+    assert kernels.fused_enabled(a) is False
+    kernels.use_fused(True)
+    assert kernels.fused_enabled(np.zeros(3)) is False       # NumPy data never take a kernel
+
+
+# ---------------------------------------------------------------- CuPy only: fused against reference
+def _both(fn, *arrays, inplace=False):
+    """fn with the fused kernels on, then off: ((result, args), (result, args)).
+
+    ``inplace``: fn updates its arguments, so each run gets its own copies.
+    """
+    outs = []
+    for fused in (True, False):
+        kernels.use_fused(fused)
+        try:
+            copies = [a.copy() for a in arrays] if inplace else list(arrays)
+            res = fn(*copies)
+            outs.append((res, copies))
+        finally:
+            kernels.use_fused(True)
+    return outs
+
+
+def _agree(dtype):
+    return assert_f32_agree if dtype == np.float32 else assert_f64_agree
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+@requires_gpu
+def test_fused_elementwise_equals_reference(gpu, rng, dtype, name, layout):
+    x = 3 * rng.standard_normal((33, 65))
+    x[::7, ::5] = 0.0
+    y = {"relu": np.maximum(x, 0), "sigmoid": 1 / (1 + np.exp(-x)), "tanh": np.tanh(x)}[name].astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    Y, DY = gpu.asarray(y), gpu.asarray(dy)
+    if layout == "transposed":       # strided views: the ElementwiseKernel must follow the strides
+        Y, DY = Y.T, DY.T
+        y, dy = y.T, dy.T
+    fn = getattr(kernels, f"{name}_backward")
+    (fused, _f), (ref, _r) = _both(fn, DY, Y)
+    if name == "relu":   # a select, no arithmetic: bitwise
+        assert np.array_equal(to_numpy(fused), to_numpy(ref))
+    _agree(dtype)(fused, ref, f"{name} fused vs reference (CuPy)")
+    _agree(dtype)(fused, fn(dy, y), f"{name} fused (CuPy) vs NumPy")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", sorted(LOGIT_CASES))
+@requires_gpu
+def test_fused_softmax_xent_equals_reference(gpu, rng, case, dtype):
+    z, t = LOGIT_CASES[case](rng)
+    Z, T = gpu.asarray(z, dtype=dtype), gpu.asarray(t)
+    (fused, _f), (ref, _r) = _both(kernels.softmax_xent, Z, T)
+    np_loss, np_grad = kernels.softmax_xent(z.astype(dtype), t)
+    agree = _agree(dtype)
+    agree(fused[0], ref[0], f"{case}: loss fused vs reference")
+    agree(fused[1], ref[1], f"{case}: grad fused vs reference")
+    agree(fused[0], np_loss, f"{case}: loss fused vs NumPy")
+    agree(fused[1], np_grad, f"{case}: grad fused vs NumPy")
+    assert fused[1].dtype == dtype and fused[0].shape == ()
+
+
+@requires_gpu
+def test_fused_softmax_xent_non_contiguous_logits_and_bad_labels(gpu, rng):
+    z = rng.standard_normal((6, 10)).astype(np.float32)
+    Zt = gpu.asarray(z.T.copy()).T                      # a non-contiguous (transposed) view
+    t = rng.integers(0, 10, 6)
+    loss, grad = kernels.softmax_xent(Zt, gpu.asarray(t))
+    want_loss, want_grad = _xent64(z, t)
+    assert_f32_agree(loss, np.float64(want_loss), "transposed logits: loss")
+    assert_f32_agree(grad, want_grad, "transposed logits: grad")
+    # a label outside [0, K) turns its row into NaN instead of reading past the row
+    bad = t.copy()
+    bad[2] = 10
+    loss, grad = kernels.softmax_xent(gpu.asarray(z), gpu.asarray(bad))
+    g = to_numpy(grad)
+    assert np.isnan(float(to_numpy(loss)))
+    assert np.all(np.isnan(g[2])) and np.all(np.isfinite(np.delete(g, 2, axis=0)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule", ["sgd", "nesterov", "rmsprop", "adam"])
+@requires_gpu
+def test_fused_updates_equal_reference(gpu, rng, dtype, rule):
+    p, g, s1, s2 = _opt_problem(rng, dtype)
+    P, G, S1, S2 = (gpu.asarray(a) for a in (p, g, s1, s2))
+    calls = {
+        "sgd": (lambda P, G, S1, S2: kernels.sgd_update(P, G, S1, 0.05, 0.9, False)),
+        "nesterov": (lambda P, G, S1, S2: kernels.sgd_update(P, G, S1, 0.05, 0.9, True)),
+        "rmsprop": (lambda P, G, S1, S2: kernels.rmsprop_update(P, G, S1, 0.01, 0.9, 1e-7)),
+        "adam": (lambda P, G, S1, S2: kernels.adam_update(P, G, S1, S2, 0.003, 0.9, 0.999, 1e-7)),
+    }
+    (_, fused), (_, ref) = _both(calls[rule], P, G, S1, S2, inplace=True)
+    host = [a.copy() for a in (p, g, s1, s2)]
+    calls[rule](*host)
+    for i, name in enumerate(["param", "grad", "state1", "state2"]):
+        _agree(dtype)(fused[i], ref[i], f"{rule}: {name} fused vs reference")
+        _agree(dtype)(fused[i], host[i], f"{rule}: {name} fused vs NumPy")
+    assert np.array_equal(to_numpy(fused[1]), g)            # the gradient is read, never written
