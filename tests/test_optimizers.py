@@ -328,7 +328,10 @@ def test_optimizer_by_name():
 
 # --- the rules written out by hand, on every backend ------------------------------------------
 def _by_hand(kind, hp, w0, grads):
-    """The update rules of the module docstring as plain float64 loops over steps (no arrays shared)."""
+    """The update rules of the module docstring as plain float64 loops over steps (no arrays shared).
+
+    Adam's bias correction uses beta rounded to the weights' dtype, as Keras (and we) form it.
+    """
     w = w0.astype(np.float64).copy()
     v = np.zeros_like(w)
     m = np.zeros_like(w)
@@ -352,7 +355,8 @@ def _by_hand(kind, hp, w0, grads):
             v = b2 * v + (1 - b2) * g * g
             vmax = np.maximum(vmax, v)
             vv = vmax if hp.get("amsgrad") else v
-            w = w - lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (np.sqrt(vv) + eps)
+            c1, c2 = (float(w0.dtype.type(b)) for b in (b1, b2))
+            w = w - lr * np.sqrt(1 - c2 ** t) / (1 - c1 ** t) * m / (np.sqrt(vv) + eps)
         elif kind == "rmsprop":
             rho, eps, mom = hp["rho"], hp["epsilon"], hp.get("momentum", 0.0)
             v = rho * v + (1 - rho) * g * g
