@@ -373,14 +373,16 @@ class NeuralNetwork:
 
     # ---------------------------------------------------------------- training
     def fit(self, X, y, epochs=None, batch_size=None, shuffle=None, validation_data=None, seed=None,
-            verbose=1, n_epochs=None, stop_on_nonfinite=True):
+            verbose=1, n_epochs=None, stop_on_nonfinite=True, validation_batch_size=None):
         """Train; returns (and stores as ``self.history``) a ``History``.
 
         ``X``: ``(N, *S)`` with integer labels ``(N,)`` or one-hot ``(N, K)``; or the
         seed's pre-batched ``(n_batches, batch, *S)`` with labels per batch, in
         which case the given batches are used as they are (no shuffling unless
         ``shuffle=True``).  ``n_epochs`` is the seed's name for ``epochs``.
-        ``seed`` fixes the shuffling order.
+        ``seed`` fixes the shuffling order.  ``validation_batch_size`` is the batch
+        size for evaluating ``validation_data`` after each epoch (default
+        ``max(batch_size, 256)``, as in ``evaluate``).
         """
         if epochs is not None and n_epochs is not None and epochs != n_epochs:
             raise ValueError(f"fit: epochs={epochs} and n_epochs={n_epochs} disagree")
@@ -399,7 +401,10 @@ class NeuralNetwork:
                 raise ValueError("fit: validation_data must be a pair (X_val, y_val)")
             vx, vy, _ = self._prepare_xy(validation_data[0], validation_data[1], "fit (validation_data)")
             val = (vx, vy)
-        return _Trainer(self, X, y, batch_size, shuffle, seed, verbose, stop_on_nonfinite).run(epochs, val)
+        if validation_batch_size is not None and int(validation_batch_size) < 1:
+            raise ValueError(f"fit: validation_batch_size must be >= 1, received {validation_batch_size}")
+        val_batch = int(validation_batch_size or max(batch_size, 256))
+        return _Trainer(self, X, y, batch_size, shuffle, seed, verbose, stop_on_nonfinite).run(epochs, val, val_batch)
 
     def _batches(self, X, batch_size):
         for start in range(0, X.shape[0], batch_size):
@@ -568,7 +573,7 @@ class _Trainer:
         if self.verbose and pbar is not None:
             pbar.write("WARNING: " + msg)
 
-    def run(self, epochs, val):
+    def run(self, epochs, val, val_batch=256):
         net = self.net
         hist = History()
         net.history = hist
@@ -627,7 +632,7 @@ class _Trainer:
             if self.classify:
                 logs["accuracy"] = float(sum_correct) / seen
             if val is not None:
-                vl, va = net._evaluate_prepared(val[0], val[1], max(self.batch_size, 256))
+                vl, va = net._evaluate_prepared(val[0], val[1], val_batch)
                 logs["val_loss"] = vl
                 if self.classify:
                     logs["val_accuracy"] = va
