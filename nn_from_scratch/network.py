@@ -76,7 +76,8 @@ class _hybridmethod:
     """Instance method on instances, class method on the class (for ``load``)."""
 
     def __init__(self, finstance, fclass):
-        self.finstance, self.fclass = finstance, fclass
+        # fclass may be a classmethod object (not callable itself): keep its function
+        self.finstance, self.fclass = finstance, getattr(fclass, "__func__", fclass)
         functools.update_wrapper(self, finstance)
 
     def __get__(self, obj, cls):
