@@ -543,6 +543,7 @@ class _Trainer:
     """The loop behind ``NeuralNetwork.fit`` (kept apart so fit reads simply)."""
 
     RISE_FACTOR = 1.5  # warn when the loss exceeds its starting value by this factor
+    CHANCE_FRACTION = 0.97  # warn when an epoch's loss (epoch >= 2) is above 97% of ln(K)
 
     def __init__(self, net, X, y, batch_size, shuffle, seed, verbose, stop_on_nonfinite):
         self.net, self.batch_size, self.shuffle = net, batch_size, shuffle
@@ -561,6 +562,7 @@ class _Trainer:
         self.classify = isinstance(net.loss_fn, SoftMaxLoss)
         self.first_loss = None
         self.warned_rise = False
+        self.warned_chance = False
 
     def _fits_on_device(self, X):
         try:
@@ -643,6 +645,8 @@ class _Trainer:
                       flush=True)
             if len(hist.history["loss"]) > 1 and logs["loss"] > hist.history["loss"][-2] * self.RISE_FACTOR:
                 self._warn_rise(hist.history["loss"][-2], logs["loss"], pbar=None)
+            if self.classify and epoch >= 2:
+                self._check_chance(logs["loss"], epoch)
         for layer in net.layers:
             layer.clear_cache()
         return hist
@@ -667,6 +671,21 @@ class _Trainer:
             return
         if not self.warned_rise and cur > self.first_loss * self.RISE_FACTOR:
             self._warn_rise(self.first_loss, cur, pbar)
+
+    def _check_chance(self, loss, epoch):
+        """Warn once when softmax cross-entropy is no lower than ln(K): no better than uniform guessing.
+
+        (The seed lab's lr=0.5: the loss dips, spikes, then sits at ln 10 = 2.303.)
+        """
+        shape = self.net.output_shape
+        k = shape[0] if shape and len(shape) == 1 and shape[0] is not None else None
+        if self.warned_chance or k is None or k < 2 or not loss >= self.CHANCE_FRACTION * math.log(k):
+            return
+        self.warned_chance = True
+        self._warn(f"after {epoch} epochs the training loss ({loss:.4g}) is no lower than chance level (ln {k} = "
+                   f"{math.log(k):.4g}, the loss of predicting every class with probability 1/{k}): the network "
+                   f"is not learning. If the loss was lower at first, the learning rate ({self.net.optimizer.lr}) "
+                   "is too high; otherwise check that the labels belong to the images, or raise the learning rate")
 
     def _warn_rise(self, before, after, pbar):
         if self.warned_rise:
