@@ -60,12 +60,12 @@ def test_main_job_reaches_92_percent_on_the_official_test_set(tmp_path):
     assert re.search(r"Wall time: \d+\.\d s", res.stdout)
     assert f"Curves:  {out / 'training_curves.png'}" in res.stdout
     # the progress bar of NeuralNetwork.fit ran for each of the 10 epochs (tqdm writes to stderr)
-    assert "Epoch 10/10" in res.stderr and "157/157" in res.stderr          # ceil(5000 / 32) batches
+    assert "Epoch 10/10" in res.stderr and "313/313" in res.stderr          # ceil(5000 / 16) batches
     check_png(out / "training_curves.png")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["official_test_set"] and summary["n_train"] == 5000 and summary["n_test"] == 10000
     assert len(summary["history"]["val_accuracy"]) == 10
-    assert summary["settings"] == {"epochs": 10, "batch_size": 32, "optimizer": "adam", "lr": 0.001, "seed": 0,
+    assert summary["settings"] == {"epochs": 10, "batch_size": 16, "optimizer": "adam", "lr": 0.001, "seed": 0,
                                    "backend": "numpy"}
     # the printed accuracy is real: recompute it from the saved model with a plain argmax
     from nn_from_scratch.datasets import load_mnist_idx
