@@ -221,6 +221,7 @@ def run(epochs=10, batch_size=16, optimizer="adam", lr=None, seed=0, out="output
     history = net.fit(X, y, epochs=epochs, batch_size=batch_size, seed=seed, verbose=verbose,
                       validation_data=(X_test, y_test), validation_batch_size=EVAL_BATCH)
     fit_seconds = time.perf_counter() - t_fit
+    out = os.path.abspath(out)
     os.makedirs(out, exist_ok=True)
     result = {
         "accuracy": history.history["val_accuracy"][-1] if history.epoch else None,
