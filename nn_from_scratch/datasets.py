@@ -101,12 +101,16 @@ def load_mnist_idx(directory, split="test", normalize=True, _what="MNIST", _hint
     img_stems = [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"]
     lab_stems = [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"]
     img, lab = _find(directory, img_stems), _find(directory, lab_stems)
+    hint = _hint or ("put the official files (e.g. t10k-images-idx3-ubyte.gz and "
+                     "t10k-labels-idx1-ubyte.gz) there, or use load_mnist() for the bundled digits")
     if img is None or lab is None:
         missing = img_stems[0] if img is None else lab_stems[0]
-        hint = _hint or ("put the official files (e.g. t10k-images-idx3-ubyte.gz and "
-                         "t10k-labels-idx1-ubyte.gz) there, or use load_mnist() for the bundled digits")
         raise DatasetError(f"{_what} {split} set: no {missing}[.gz] in {os.path.abspath(directory)!r}; {hint}")
-    return _finish(read_idx(img), read_idx(lab), normalize, f"{_what} files in {directory!r}")
+    try:
+        images, labels = read_idx(img), read_idx(lab)
+    except DatasetError as exc:
+        raise DatasetError(f"{_what} {split} set: {exc}; replace the file with a good copy: {hint}") from None
+    return _finish(images, labels, normalize, f"{_what} files in {directory!r}")
 
 
 def load_mnist_npz(path, split="test", normalize=True):
@@ -124,7 +128,9 @@ def load_mnist_npz(path, split="test", normalize=True):
     except KeyError as exc:
         raise DatasetError(f"{path!r} has no array {exc}; expected x_train, y_train, x_test, y_test") from None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise DatasetError(f"cannot read {path!r} (corrupt or truncated?): {exc}") from None
+        raise DatasetError(f"cannot read {path!r} (corrupt or truncated?): {exc}; replace it with a good copy "
+                           "(Keras's keras.datasets.mnist.load_data() downloads it to ~/.keras/datasets/), or use "
+                           "load_mnist_idx() / load_mnist()") from None
     return _finish(x, y, normalize, path)
 
 

@@ -80,7 +80,8 @@ class _hybridmethod:
     """Instance method on instances, class method on the class (for ``load``)."""
 
     def __init__(self, finstance, fclass):
-        self.finstance, self.fclass = finstance, fclass
+        # fclass may be a classmethod object (not callable itself): keep its function
+        self.finstance, self.fclass = finstance, getattr(fclass, "__func__", fclass)
         functools.update_wrapper(self, finstance)
 
     def __get__(self, obj, cls):
@@ -378,14 +379,16 @@ class NeuralNetwork:
 
     # ---------------------------------------------------------------- training
     def fit(self, X, y, epochs=None, batch_size=None, shuffle=None, validation_data=None, seed=None,
-            verbose=1, n_epochs=None, stop_on_nonfinite=True):
+            verbose=1, n_epochs=None, stop_on_nonfinite=True, validation_batch_size=None):
         """Train; returns (and stores as ``self.history``) a ``History``.
 
         ``X``: ``(N, *S)`` with integer labels ``(N,)`` or one-hot ``(N, K)``; or the
         seed's pre-batched ``(n_batches, batch, *S)`` with labels per batch, in
         which case the given batches are used as they are (no shuffling unless
         ``shuffle=True``).  ``n_epochs`` is the seed's name for ``epochs``.
-        ``seed`` fixes the shuffling order.
+        ``seed`` fixes the shuffling order.  ``validation_batch_size`` is the batch
+        size for evaluating ``validation_data`` after each epoch (default
+        ``max(batch_size, 256)``, as in ``evaluate``).
         """
         if epochs is not None and n_epochs is not None and epochs != n_epochs:
             raise ValueError(f"fit: epochs={epochs} and n_epochs={n_epochs} disagree")
@@ -404,7 +407,10 @@ class NeuralNetwork:
                 raise ValueError("fit: validation_data must be a pair (X_val, y_val)")
             vx, vy, _ = self._prepare_xy(validation_data[0], validation_data[1], "fit (validation_data)")
             val = (vx, vy)
-        return _Trainer(self, X, y, batch_size, shuffle, seed, verbose, stop_on_nonfinite).run(epochs, val)
+        if validation_batch_size is not None and int(validation_batch_size) < 1:
+            raise ValueError(f"fit: validation_batch_size must be >= 1, received {validation_batch_size}")
+        val_batch = int(validation_batch_size or max(batch_size, 256))
+        return _Trainer(self, X, y, batch_size, shuffle, seed, verbose, stop_on_nonfinite).run(epochs, val, val_batch)
 
     def _batches(self, X, batch_size):
         for start in range(0, X.shape[0], batch_size):
@@ -552,13 +558,14 @@ class NeuralNetwork:
 class _Trainer:
     """The loop behind ``NeuralNetwork.fit`` (kept apart so fit reads simply)."""
 
-    RISE_FACTOR = 1.5  # warn when the loss exceeds its starting value by this factor
+    RISE_FACTOR = 1.5  # warn when the (smoothed) loss exceeds its starting value by this factor
     #: seconds between progress reads (loss/accuracy to the host for the bar and the checks)
     REFRESH_INTERVAL = 0.1
     #: None: read each batch's loss at once on NumPy (free there; stops before a NaN step) and
     #: only at progress refreshes on CuPy.  True/False force one schedule (tests use it).
     DEFER_READS = None
     _clock = staticmethod(time.monotonic)
+    CHANCE_FRACTION = 0.97  # warn when an epoch's loss (epoch >= 2) is above 97% of ln(K)
 
     def __init__(self, net, X, y, batch_size, shuffle, seed, verbose, stop_on_nonfinite):
         self.net, self.batch_size, self.shuffle = net, batch_size, shuffle
@@ -579,6 +586,8 @@ class _Trainer:
         self.warned_rise = False
         self.defer = self.on_device if self.DEFER_READS is None else bool(self.DEFER_READS)
         self.like = like
+        self.warned_chance = False
+        self.ema = None
 
     def _loss_buffer(self, n):
         """Zeros ``(n,)`` on the parameters' device (and of their array type) for the batch losses."""
@@ -598,7 +607,7 @@ class _Trainer:
         if self.verbose and pbar is not None:
             pbar.write("WARNING: " + msg)
 
-    def run(self, epochs, val):
+    def run(self, epochs, val, val_batch=256):
         net = self.net
         hist = History()
         net.history = hist
@@ -629,6 +638,9 @@ class _Trainer:
                         stopped = self._nonfinite(epoch, b, lv, pbar)
                         break
                     hist.batch_loss.append(lv)
+                    # smoothed batch loss: a spike shows even when the epoch mean hides it
+                    self.ema = lv if self.ema is None else 0.9 * self.ema + 0.1 * lv
+                    self._check_rise(self.ema, pbar)
                 net.backward(net.loss_fn.backward(), need_input_grad=False)
                 net.optimizer.step(net.layers)
                 m = z - a
@@ -661,7 +673,8 @@ class _Trainer:
                         break
                     if batch:
                         hist.batch_loss.extend(batch[0].tolist())
-                    self._check_rise(cur, pbar)
+                    if self.defer:
+                        self._check_rise(cur, pbar)
                     if pbar is not None:
                         post = {"loss": f"{cur:.4f}"}
                         if self.classify:
@@ -676,7 +689,7 @@ class _Trainer:
             if self.classify:
                 logs["accuracy"] = tot_correct / seen
             if val is not None:
-                vl, va = net._evaluate_prepared(val[0], val[1], max(self.batch_size, 256))
+                vl, va = net._evaluate_prepared(val[0], val[1], val_batch)
                 logs["val_loss"] = vl
                 if self.classify:
                     logs["val_accuracy"] = va
@@ -686,6 +699,8 @@ class _Trainer:
                       flush=True)
             if len(hist.history["loss"]) > 1 and logs["loss"] > hist.history["loss"][-2] * self.RISE_FACTOR:
                 self._warn_rise(hist.history["loss"][-2], logs["loss"], pbar=None)
+            if self.classify and epoch >= 2:
+                self._check_chance(logs["loss"], epoch)
         for layer in net.layers:
             layer.clear_cache()
         return hist
@@ -710,6 +725,21 @@ class _Trainer:
             return
         if not self.warned_rise and cur > self.first_loss * self.RISE_FACTOR:
             self._warn_rise(self.first_loss, cur, pbar)
+
+    def _check_chance(self, loss, epoch):
+        """Warn once when softmax cross-entropy is no lower than ln(K): no better than uniform guessing.
+
+        (The seed lab's lr=0.5: the loss dips, spikes, then sits at ln 10 = 2.303.)
+        """
+        shape = self.net.output_shape
+        k = shape[0] if shape and len(shape) == 1 and shape[0] is not None else None
+        if self.warned_chance or k is None or k < 2 or not loss >= self.CHANCE_FRACTION * math.log(k):
+            return
+        self.warned_chance = True
+        self._warn(f"after {epoch} epochs the training loss ({loss:.4g}) is no lower than chance level (ln {k} = "
+                   f"{math.log(k):.4g}, the loss of predicting every class with probability 1/{k}): the network "
+                   f"is not learning. If the loss was lower at first, the learning rate ({self.net.optimizer.lr}) "
+                   "is too high; otherwise check that the labels belong to the images, or raise the learning rate")
 
     def _warn_rise(self, before, after, pbar):
         if self.warned_rise:

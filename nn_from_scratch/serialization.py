@@ -62,6 +62,9 @@ def write_npz_atomic(path, arrays):
             np.savez(f, **{k: to_numpy(v) for k, v in arrays.items()})
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)   # mkstemp makes the file private (0600); give it the usual mode
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
