@@ -31,10 +31,20 @@ def test_readme_opens_with_the_two_commands():
     assert head.count("```") == 4, "nothing but the two commands before the first section"
 
 
-def test_readme_has_the_placeholders_for_the_lead():
+def test_readme_tolerance_table_is_the_harness_s():
+    """The published tolerances are the ones compare/compare_training use."""
+    import re
+    pytest.importorskip("tensorflow")
+    from nn_from_scratch.crosscheck import TOLERANCES
     with open(README, encoding="utf-8") as f:
         text = f.read()
-    assert "## Cross-check with Keras" in text and "<!-- crosscheck tolerance table -->" in text
+    section = text.split("## Cross-check with Keras")[1].split("\n## ")[0]
+    rows = {m.group(1).strip(): float(m.group(2)) for m in
+            re.finditer(r"^\|([^|]+)\|[^|]+\|\s*`([0-9.e-]+)`\s*\|$", section, flags=re.M)}
+    published = {"forward": rows["forward output of every layer, and the loss value"],
+                 "gradient": rows["dL/dx, dL/dW, dL/db of every layer, dL/dlogits"],
+                 "training": rows["every weight, after each of 100 training steps"]}
+    assert published == TOLERANCES
     assert "benchmarks/RESULTS.md" in text
 
 
