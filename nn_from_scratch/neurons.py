@@ -144,8 +144,11 @@ class Convolution(_GradNames, Neuron):
     is built in the flat-shift layout (``patches.FlatShift``: contiguous copies,
     a few extra columns that are cropped); otherwise by ``patches.StridedPatches``.
     The batch is processed in chunks whose patch matrix fits in the CPU cache
-    (``chunk_bytes``); backward rebuilds each chunk's patches instead of keeping
-    the whole patch matrix.  Cache: the padded (flattened) input.
+    (``chunk_bytes``), built in reused scratch buffers; backward rebuilds each
+    chunk's patches instead of keeping the whole patch matrix.  With stride 1,
+    ``dL/dx`` is computed as the convolution of ``dL/dy`` with the flipped kernel
+    (``W_flip[c, f, i] = W[f, c, k-1-i]``) when that gathers less than col2im's
+    scatter-add would move.  Cache: the padded (flattened) input.
 
     Constructor: the seed's form ``Convolution((batch, C, H, W), kernel_size=3,
     output_layers=4, use_bias=False)``; or ``in_channels=C`` instead of the input
@@ -185,6 +188,7 @@ class Convolution(_GradNames, Neuron):
         if ndim is not None and int(ndim) != nd:
             raise ValueError(f"Convolution: ndim={ndim} but the input shape has {nd} spatial axes")
         super().__init__((None,) + shp, name=name, dtype=dtype)
+        self._workspace = {}
         self.ndim = nd
         self.in_channels = int(in_channels)
         self.out_channels = int(output_layers)
@@ -256,30 +260,72 @@ class Convolution(_GradNames, Neuron):
     #: bytes of patch matrix per chunk of samples: the patches of a chunk are built,
     #: used and dropped while they are still in the CPU cache (and memory stays small)
     chunk_bytes = 4 << 20
+    #: from this many filters on, a chunk's patch matrices are laid side by side,
+    #: ``(C*K, m*P)``, and one matrix product serves the chunk; with fewer filters one
+    #: product per sample (``(m, C*K, P)``) is faster (measured: benchmarks/RESULTS.md)
+    merge_from_filters = 8
+    #: how backward computes dL/dx with stride 1: "auto" (the cheaper, by the estimate in
+    #: ``_flipped_kernel_is_cheaper``), "flipped" (convolution with the flipped kernel) or
+    #: "col2im" (scatter-add); strided convolutions always use col2im
+    dx_strategy = "auto"
 
     def _chunks(self, n, bytes_per_sample):
-        step = max(1, int(self.chunk_bytes // max(1, bytes_per_sample)))
-        for a in range(0, n, step):
-            yield a, min(a + step, n)
+        step = max(1, min(n, int(self.chunk_bytes // max(1, bytes_per_sample))))
+        return step, [(a, min(a + step, n)) for a in range(0, n, step)]
+
+    def _buffer(self, name, shape, like):
+        """A reused scratch array (patch matrices etc.): no allocation, no page faults per step."""
+        buf = self._workspace.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype or type(buf) is not type(like):
+            buf = get_array_module(like).empty(shape, dtype=like.dtype)
+            self._workspace[name] = buf
+        return buf
+
+    def clear_cache(self):
+        super().clear_cache()
+        self._workspace = {}
 
     def _forward(self, x):
         xp = get_array_module(x)
         n = x.shape[0]
         pads = self._pads(x.shape[2:])
         gat = make_gatherer(x.shape, self.kernel_size, self.stride, pads, self.dilation)
-        W = self._params["W"]
         F = self.out_channels
-        W2 = W.reshape(F, -1)
+        W2 = self._params["W"].reshape(F, -1)
+        ck, P = W2.shape[1], gat.n_pos
+        merged = F >= self.merge_from_filters
         src = gat.flatten(x)
         y = xp.empty((n, F) + gat.out, dtype=self.dtype)
-        per_sample = W2.shape[1] * gat.n_pos * self.dtype.itemsize
-        for a, b in self._chunks(n, per_sample):
-            y[a:b] = gat.crop(W2 @ gat.patches(src[a:b]))
+        step, chunks = self._chunks(n, ck * P * self.dtype.itemsize)
+        cols_buf = self._buffer("cols", (step * ck * P,), x)
+        out_buf = self._buffer("out", (step * F * P,), x)
+        for a, b in chunks:
+            m = b - a
+            cols = gat.patches(src[a:b], out=cols_buf[:m * ck * P], merged=merged)
+            if merged:                                     # (F, C*K) @ (C*K, m*P)
+                yf = xp.matmul(W2, cols, out=out_buf[:m * F * P].reshape(F, m * P))
+                yf = yf.reshape(F, m, P).transpose(1, 0, 2)
+            else:                                          # (F, C*K) @ (m, C*K, P)
+                yf = xp.matmul(W2, cols, out=out_buf[:m * F * P].reshape(m, F, P))
+            y[a:b] = gat.crop(yf)
         if self.use_bias:
             y += self._params["b"].reshape((F,) + (1,) * self.ndim)
         self._cache["src"] = src
         self._cache["gatherer"] = gat
         return y
+
+    def _flipped_kernel_is_cheaper(self, gat):
+        """dL/dx by the flipped-kernel convolution of dL/dy, or by col2im (scatter-add)?
+
+        Flipped: gather F*K rows of the flat input length L, one matrix product.
+        col2im: a C*K-row product, then K slice-adds (read-modify-write) of C rows.
+        """
+        if not hasattr(gat, "gradient_patches"):
+            return False                    # strided: col2im
+        if self.dx_strategy != "auto":
+            return self.dx_strategy == "flipped"
+        C, F = self.in_channels, self.out_channels
+        return F * gat.length <= 3 * C * gat.n_pos
 
     def _backward(self, dy, need_input_grad=True):
         xp = get_array_module(dy)
@@ -289,19 +335,55 @@ class Convolution(_GradNames, Neuron):
         W = self._params["W"]
         F = self.out_channels
         W2 = W.reshape(F, -1)
+        ck, P = W2.shape[1], gat.n_pos
+        merged = F >= self.merge_from_filters
+        flipped = need_input_grad and self._flipped_kernel_is_cheaper(gat)
+        if flipped:
+            gpad = gat.pad_gradient(dy)                        # (N, F, L + max_off)
+            g_all = gat.gradient_on_grid(gpad)                 # (N, F, P) view
+        else:
+            g_all = gat.expand(dy)                             # (N, F, P)
+        dsrc = None
+        if need_input_grad:
+            dsrc = xp.empty(src.shape, dtype=self.dtype) if flipped else gat.zeros_source(dy)
+        step, chunks = self._chunks(n, ck * P * self.dtype.itemsize)
+        cols_buf = self._buffer("cols", (step * ck * P,), dy)
         dW2 = xp.zeros_like(W2)
-        dsrc = gat.zeros_source(dy) if need_input_grad else None
-        per_sample = W2.shape[1] * gat.n_pos * self.dtype.itemsize
-        for a, b in self._chunks(n, per_sample):
-            cols = gat.patches(src[a:b])                       # (m, C*K, P)
-            g = gat.expand(dy[a:b])                            # (m, F, P)
-            dW2 += (g @ cols.transpose(0, 2, 1)).sum(axis=0)   # sum_n g[n] @ cols[n].T
-            if need_input_grad:
-                gat.scatter_add(dsrc[a:b], W2.T @ g)           # col2im(W2.T @ g)
+        for a, b in chunks:
+            m = b - a
+            cols = gat.patches(src[a:b], out=cols_buf[:m * ck * P], merged=merged)
+            if merged:
+                g = self._buffer("g", (step * F * P,), dy)[:m * F * P].reshape(F, m, P)
+                xp.copyto(g, g_all[a:b].transpose(1, 0, 2))
+                g = g.reshape(F, m * P)
+                dW2 += g @ cols.T                                                   # one product per chunk
+            else:
+                dw = self._buffer("dw", (step, F, ck), dy)[:m]
+                dW2 += xp.matmul(g_all[a:b], cols.transpose(0, 2, 1), out=dw).sum(axis=0)  # g[n] @ cols[n].T
+            if need_input_grad and not flipped:                                     # col2im(W2.T @ g)
+                dcols = self._buffer("dcols", (step * ck * P,), dy)[:m * ck * P]
+                if merged:
+                    dcols = xp.matmul(W2.T, g, out=dcols.reshape(ck, m * P))
+                    dcols = dcols.reshape(ck, m, P).transpose(1, 0, 2)
+                else:
+                    dcols = xp.matmul(W2.T, g_all[a:b], out=dcols.reshape(m, ck, P))
+                gat.scatter_add(dsrc[a:b], dcols)
         self._grads["W"] = dW2.reshape(W.shape)
         if self.use_bias:
             self._grads["b"] = dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
-        return gat.unflatten(dsrc) if need_input_grad else None
+        if not need_input_grad:
+            return None
+        if flipped:
+            # dL/dx = conv(dL/dy, flipped kernel): W_flip[c, f, i] = W[f, c, k-1-i]
+            axes = tuple(range(2, 2 + self.ndim))
+            Wf = xp.ascontiguousarray(xp.flip(W, axis=axes).swapaxes(0, 1)).reshape(self.in_channels, -1)
+            fk, L = Wf.shape[1], gat.length
+            gstep, gchunks = self._chunks(n, fk * L * self.dtype.itemsize)
+            gcols_buf = self._buffer("gcols", (gstep * fk * L,), dy)
+            for a, b in gchunks:
+                gcols = gat.gradient_patches(gpad[a:b], out=gcols_buf[:(b - a) * fk * L])     # (m, F*K, L)
+                xp.matmul(Wf, gcols, out=dsrc[a:b])
+        return gat.unflatten(dsrc)
 
     def __repr__(self):
         return (f"Convolution({self.in_channels} -> {self.out_channels}, kernel={self.kernel_size}, "

@@ -177,6 +177,32 @@ def _geometry(x_shape, kernel, stride, padding, dilation):
     return kernel, stride, pads, dilation, out
 
 
+def _gather(view, n_kernel_axes, out=None, merged=False):
+    """Copy a patch view ``(n, C, *k, *positions)`` into the patch matrix.
+
+    ``merged=False``: ``(n, C*K, P)``, one matrix per sample.  ``merged=True``:
+    ``(C*K, n*P)``, the samples side by side, so that one matrix product covers
+    the whole chunk (better for BLAS when the filter count is not tiny).
+    With ``out`` (a C-contiguous buffer of that size, e.g. a reused workspace)
+    the copy goes there: no fresh allocation, no page faults.
+    """
+    n = view.shape[0]
+    split = 2 + n_kernel_axes
+    rows = int(np.prod(view.shape[1:split]))
+    p = int(np.prod(view.shape[split:]))
+    xp = get_array_module(view)
+    if merged:
+        moved = view.transpose(tuple(range(1, split)) + (0,) + tuple(range(split, view.ndim)))
+        if out is None:
+            out = xp.empty(moved.shape, dtype=view.dtype)
+        xp.copyto(out.reshape(moved.shape), moved)
+        return out.reshape(rows, n * p)
+    if out is None:
+        return view.reshape(n, rows, p)
+    xp.copyto(out.reshape(view.shape), view)
+    return out.reshape(n, rows, p)
+
+
 class StridedPatches:
     """Patch gathering for any stride, in the standard layout (see module docstring).
 
@@ -206,10 +232,10 @@ class StridedPatches:
         padded = tuple(s + lo + hi for s, (lo, hi) in zip(self.x_shape[2:], self.pads))
         return xp.zeros(self.x_shape[:2] + padded, dtype=like.dtype)
 
-    def patches(self, x_pad):
-        n, c = x_pad.shape[:2]
+    def patches(self, x_pad, out=None, merged=False):
+        """The patch matrix ``(n, C*K, P)``, or ``(C*K, n*P)`` merged (into ``out`` when given)."""
         view = patch_view(x_pad, self.kernel, self.stride, self.dilation, self.out)
-        return view.reshape(n, c * self.K, self.n_pos)
+        return _gather(view, len(self.kernel), out, merged)
 
     def crop(self, y):
         return y.reshape(y.shape[:2] + self.out)
@@ -317,14 +343,45 @@ class FlatShift:
                                                 zip(self.pads, self.x_shape[2:]))] = x
         return xf
 
-    def patches(self, xf):
-        xp = get_array_module(xf)
-        n, c = xf.shape[:2]
-        it = xf.itemsize
-        view = xp.lib.stride_tricks.as_strided(
-            xf, shape=(n, c) + self.kernel + (self.n_pos,),
-            strides=xf.strides[:2] + tuple(d * s * it for d, s in zip(self.dilation, self.steps)) + (it,))
-        return view.reshape(n, c * len(self.offsets), self.n_pos)
+    def _window_view(self, src, width):
+        """``(n, C, *k, width)`` view: ``view[n, c, i, p] = src[n, c, p + offset(i)]``."""
+        xp = get_array_module(src)
+        it = src.itemsize
+        return xp.lib.stride_tricks.as_strided(
+            src, shape=tuple(src.shape[:2]) + self.kernel + (width,),
+            strides=tuple(src.strides[:2]) + tuple(d * s * it for d, s in zip(self.dilation, self.steps)) + (it,))
+
+    def patches(self, xf, out=None, merged=False):
+        """The patch matrix ``(n, C*K, Pf)``, or ``(C*K, n*Pf)`` merged (into ``out`` when given)."""
+        return _gather(self._window_view(xf, self.n_pos), len(self.kernel), out, merged)
+
+    # -- the input gradient as a convolution with the flipped kernel ------------------
+    # dxf[n, c, q] = sum_{f, i} W[f, c, i] gf[n, f, q - offset(i)]; with gpad[t] = gf[t - max_off]
+    # this is sum_{f, i'} W[f, c, k-1-i'] gpad[n, f, q + offset(i')]: the same flat-shift
+    # patches, taken from the padded gradient, times the flipped kernel.
+    @property
+    def max_offset(self):
+        return self.offsets[-1]
+
+    def pad_gradient(self, g):
+        """``gpad: (N, F, L + max_off)``: ``g`` on the flat grid, shifted right by ``max_off``."""
+        xp = get_array_module(g)
+        n, f = g.shape[:2]
+        gpad = xp.zeros((n, f, self.length + self.max_offset), dtype=g.dtype)
+        it = gpad.itemsize
+        grid = xp.lib.stride_tricks.as_strided(
+            gpad[:, :, self.max_offset:], shape=(n, f, self.out[0]) + self.padded[1:],
+            strides=tuple(gpad.strides[:2]) + tuple(s * it for s in self.steps))
+        grid[(slice(None), slice(None), slice(None)) + tuple(slice(0, o) for o in self.out[1:])] = g
+        return gpad
+
+    def gradient_on_grid(self, gpad):
+        """``(N, F, Pf)`` view of ``g`` on the flat grid (zeros at the extra columns)."""
+        return gpad[:, :, self.max_offset:self.max_offset + self.n_pos]
+
+    def gradient_patches(self, gpad, out=None):
+        """``(n, F*K, L)``: flat-shift patches of the padded gradient (pair with the flipped kernel)."""
+        return _gather(self._window_view(gpad, self.length), len(self.kernel), out)
 
     def crop(self, yf):
         n, f = yf.shape[:2]

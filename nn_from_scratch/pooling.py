@@ -2,23 +2,26 @@
 
 ``x: (N, C, *S) -> y: (N, C, *O)`` with window ``k`` (default 2), stride ``s``
 (default ``k``), dilation 1 and ``O`` as for a convolution (see ``patches``).
-Both gather the windows with the same patch view as ``Convolution``::
+Both work offset by offset over the ``K`` offsets ``i`` of the window, with
+``v_i[n, c, o] = x_pad[n, c, o*s + i]``::
 
-    windows[n, c, i, p] = x_pad[n, c, o_p*s + i]          (N, C, K, P)
-    MaxPool: y = max_i windows,  dL/dx = col2im(onehot(argmax_i) * g)
-    AvgPool: y = sum_i windows / count,  dL/dx = col2im(g / count broadcast over i)
+    MaxPool: y = max_i v_i,          dL/dx_pad[o*s + i] += [i = argmax] * g
+    AvgPool: y = sum_i v_i / count,  dL/dx_pad[o*s + i] += g / count
+
+(the backward is col2im of the window gradients, done offset by offset).
 
 ``MaxPool`` pads with ``-inf`` and routes the gradient to the *first* maximum of
 a window in row-major order (TensorFlow's rule; it matters for ties, e.g. the
 zeros after a ReLU).  ``AvgPool`` divides by the number of real (non-padding)
 entries of each window, as Keras's ``padding="same"`` pooling does.
 """
+import itertools
+
 import numpy as np
 
 from .backend import get_array_module
 from .interfaces import Node, ShapeError, format_shape
-from .patches import (as_tuple, col2im, conv_output_shape, pad_input, padding_to_json, patch_view,
-                      resolve_padding)
+from .patches import as_tuple, conv_output_shape, pad_input, padding_to_json, patch_view, resolve_padding
 
 __all__ = ["MaxPool", "AvgPool", "MaxPool1D", "MaxPool2D", "MaxPool3D", "AvgPool1D", "AvgPool2D", "AvgPool3D"]
 
@@ -82,71 +85,135 @@ class _Pool(Node):
         super().check_input(x)
         self.compute_output_shape(tuple(x.shape[1:]))
 
-    def _windows(self, x, pad_value):
-        """(N, C, K, P) copy of the pooling windows, and the output spatial shape."""
-        pads = self._pads(x.shape[2:])
-        out = conv_output_shape(x.shape[2:], self.pool_size, self.stride, pads, self.dilation)
-        view = patch_view(pad_input(x, pads, pad_value), self.pool_size, self.stride, self.dilation, out)
-        n, c = x.shape[:2]
-        k = int(np.prod(self.pool_size))
-        return view.reshape(n, c, k, int(np.prod(out))), out
+    def _offset_views(self, a, out):
+        """For each window offset ``i`` (row-major), the strided view ``a[:, :, o*s + i]`` over all ``o``.
 
-    def _scatter(self, dwin, x_shape):
-        n, c, k, p = dwin.shape
-        return col2im(dwin.reshape(n, c * k, p), x_shape, self.pool_size, self.stride, self.padding,
-                      self.dilation)
+        ``a`` is the padded input (or its gradient); each view has the output's shape.
+        """
+        for idx in itertools.product(*(range(k) for k in self.pool_size)):
+            yield a[(slice(None), slice(None)) + tuple(slice(i, i + s * (o - 1) + 1, s)
+                                                       for i, s, o in zip(idx, self.stride, out))]
+
+    def _geometry(self, x_shape):
+        pads = self._pads(x_shape[2:])
+        return pads, conv_output_shape(x_shape[2:], self.pool_size, self.stride, pads, self.dilation)
+
+    def _padded_zeros(self, dy, x_shape, pads):
+        xp = get_array_module(dy)
+        return xp.zeros(tuple(x_shape[:2]) + tuple(s + lo + hi for s, (lo, hi) in zip(x_shape[2:], pads)),
+                        dtype=dy.dtype)
+
+    def _crop(self, dx_pad, x_shape, pads):
+        return dx_pad[(slice(None), slice(None)) + tuple(slice(lo, lo + s) for s, (lo, _) in
+                                                         zip(x_shape[2:], pads))]
+
+    def _offset_major(self, a, out):
+        """``(K, N, C, *O)`` copy of the windows of ``a``: ``win[i] = a[:, :, o*s + i]``."""
+        xp = get_array_module(a)
+        view = patch_view(a, self.pool_size, self.stride, self.dilation, out)   # (N, C, *k, *O)
+        nd = self.ndim
+        k = int(np.prod(self.pool_size))
+        win = xp.empty(self.pool_size + tuple(a.shape[:2]) + tuple(out), dtype=a.dtype)
+        order = tuple(range(2, 2 + nd)) + (0, 1) + tuple(range(2 + nd, 2 + 2 * nd))
+        xp.copyto(win, view.transpose(order))
+        return win.reshape((k,) + tuple(a.shape[:2]) + tuple(out))
+
+    @property
+    def _disjoint(self):
+        """Windows never overlap (stride >= window): backward can assign instead of add."""
+        return all(s >= k for s, k in zip(self.stride, self.pool_size))
 
 
 class MaxPool(_Pool):
-    """Max pooling; see the module docstring.  Cache: argmax of each window."""
+    """Max pooling; see the module docstring.  Cache: which offset held each window's maximum.
+
+    The windows are copied once, offset-major: ``win[i] = x_pad[:, :, o*s + i]``
+    (``K`` contiguous slices of the output's shape), so every later pass is a
+    contiguous one::
+
+        y = win[0], arg = 0;  for i = 1..K-1:  gt = win[i] > y;  arg = max(arg, i*gt);  y = max(y, win[i])
+        dL/dx_pad[:, :, o*s + i] += dL/dy * [arg == i]
+
+    A strict ``>`` keeps the first maximum (row-major) on ties; ``i*gt`` with ``i``
+    increasing makes ``arg`` the last offset that raised the maximum.  (Arithmetic
+    on masks instead of masked assignment: NumPy's ``where``/``copyto(where=)``
+    branch per element and are several times slower on random masks.)
+    """
 
     def _forward(self, x):
-        win, out = self._windows(x, -np.inf)
-        idx = win.argmax(axis=2)
         xp = get_array_module(x)
-        y = xp.take_along_axis(win, idx[:, :, None, :], axis=2)[:, :, 0, :]
-        self._cache["argmax"] = idx
+        pads, out = self._geometry(x.shape)
+        win = self._offset_major(pad_input(x, pads, -np.inf), out)         # (K, N, C, *O)
+        k = win.shape[0]
+        itype = np.uint8 if k < 256 else np.int32
+        y = win[0].copy()
+        arg = xp.zeros(y.shape, dtype=itype)
+        for i in range(1, k):
+            gt = (win[i] > y).view(np.uint8).astype(itype, copy=False)
+            xp.maximum(arg, gt * itype(i), out=arg)
+            xp.maximum(y, win[i], out=y)
+        self._cache["argmax"] = arg
         self._cache["x_shape"] = x.shape
-        return y.reshape(x.shape[:2] + out)
+        return y
 
     def _backward(self, dy):
         xp = get_array_module(dy)
-        idx = self._cache["argmax"]
-        n, c, p = idx.shape
-        k = int(np.prod(self.pool_size))
-        onehot = xp.arange(k)[None, None, :, None] == idx[:, :, None, :]
-        dwin = onehot * dy.reshape(n, c, 1, p)
-        return self._scatter(dwin.astype(dy.dtype, copy=False), self._cache["x_shape"])
+        arg, x_shape = self._cache["argmax"], self._cache["x_shape"]
+        pads, out = self._geometry(x_shape)
+        dx = self._padded_zeros(dy, x_shape, pads)
+        for i, v in enumerate(self._offset_views(dx, out)):
+            if self._disjoint:
+                xp.multiply(dy, arg == i, out=v)
+            else:
+                v += dy * (arg == i)
+        return self._crop(dx, x_shape, pads)
 
 
 class AvgPool(_Pool):
-    """Average pooling over the real entries of each window.  Cache: the counts."""
+    """Average pooling over the real entries of each window.  Cache: the counts.
+
+    ``y = sum_i v_i / count`` (one pass per window offset ``i``, as for MaxPool);
+    ``dL/dx_pad[:, :, o*s + i] += dL/dy / count``.
+    """
+
+    def _counts(self, x, pads, out):
+        """Real (non-padding) entries per window, ``(1, 1, *O)``; None without padding."""
+        if all(lo == 0 and hi == 0 for lo, hi in pads):
+            return None
+        xp = get_array_module(x)
+        ones = pad_input(xp.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype), pads, 0)
+        views = self._offset_views(ones, out)
+        counts = next(views).copy()
+        for v in views:
+            counts += v
+        return counts
 
     def _forward(self, x):
-        xp = get_array_module(x)
-        win, out = self._windows(x, 0)
-        pads = self._pads(x.shape[2:])
-        if all(lo == 0 and hi == 0 for lo, hi in pads):
-            counts = None
-            y = win.mean(axis=2)
+        pads, out = self._geometry(x.shape)
+        views = self._offset_views(pad_input(x, pads, 0), out)
+        y = next(views).copy()
+        for v in views:
+            y += v
+        counts = self._counts(x, pads, out)
+        if counts is None:
+            y *= x.dtype.type(1.0 / int(np.prod(self.pool_size)))
         else:
-            ones = xp.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype)
-            cwin, _ = self._windows(ones, 0)
-            counts = cwin.sum(axis=2)  # (1, 1, P)
-            y = win.sum(axis=2) / counts
+            y /= counts
         self._cache["counts"] = counts
         self._cache["x_shape"] = x.shape
-        return y.reshape(x.shape[:2] + out)
+        return y
 
     def _backward(self, dy):
-        xp = get_array_module(dy)
-        n, c = dy.shape[:2]
-        k = int(np.prod(self.pool_size))
-        g = dy.reshape(n, c, 1, -1)
-        counts = self._cache["counts"]
-        g = g / (k if counts is None else counts[:, :, None, :])
-        dwin = xp.broadcast_to(g, (n, c, k, g.shape[-1]))
-        return self._scatter(dwin.astype(dy.dtype, copy=False), self._cache["x_shape"])
+        x_shape, counts = self._cache["x_shape"], self._cache["counts"]
+        pads, out = self._geometry(x_shape)
+        g = dy * dy.dtype.type(1.0 / int(np.prod(self.pool_size))) if counts is None else dy / counts
+        dx = self._padded_zeros(dy, x_shape, pads)
+        for v in self._offset_views(dx, out):
+            if self._disjoint:
+                v[...] = g
+            else:
+                v += g
+        return self._crop(dx, x_shape, pads)
 
 
 def _fixed(cls, nd, doc):
