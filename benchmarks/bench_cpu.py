@@ -43,26 +43,18 @@ import numpy as np  # noqa: E402
 
 FRAMEWORKS = ("ours.fit", "ours.train_step", "keras.fit", "keras.tf_function", "torch.eager")
 OURS = ("ours.fit", "ours.train_step")
-BUSY_PCT = 10.0  # others' CPU share above which a timing is flagged
+BUSY_PCT = common.BUSY_PCT
 
 
 # ----------------------------------------------------------------------------- runners
-def _time_repeats(case, mem, repeats, run_once, sync=None):
-    """Run ``run_once`` ``repeats`` times under the timer; the memory segment covers all of them."""
+def _time_repeats(case, mem, timing, run_once):
+    """The timed repeats; one memory segment (baseline just before) covers all of them."""
     mem.start_segment()
-    with common.OtherLoad() as other:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            loss = run_once()
-            if sync is not None:
-                loss = sync(loss)
-            case.seconds.append(time.perf_counter() - t0)
-            case.final_loss = loss
+    timing.run(case, run_once)
     case.train_mb = mem.segment_mb
-    case.other_cpu_pct = other.percent
 
 
-def run_ours(case, X, y, repeats, interval_s, variant):
+def run_ours(case, X, y, timing, interval_s, variant):
     plan = case.plan
     n, nw = plan.n_data, plan.n_warmup
     with common.PeakRSS(interval_s) as mem:
@@ -85,7 +77,7 @@ def run_ours(case, X, y, repeats, interval_s, variant):
                 return float(loss)
             for xb, yb in warm:
                 net.train_step(xb, yb)
-        _time_repeats(case, mem, repeats, once)
+        _time_repeats(case, mem, timing, once)
     case.total_mb = mem.peak_mb
     # tracemalloc over the warm-up batches (separately: it slows allocation down)
     for layer in net.layers:
@@ -104,7 +96,7 @@ def run_ours(case, X, y, repeats, interval_s, variant):
                              for p in common.blas_info())
 
 
-def run_keras_fit(case, X, y, repeats, interval_s, tf):
+def run_keras_fit(case, X, y, timing, interval_s, tf):
     plan = case.plan
     n, nw = plan.n_data, plan.n_warmup
     Xk = np.ascontiguousarray(X.transpose(0, 2, 3, 1))  # NHWC
@@ -116,12 +108,12 @@ def run_keras_fit(case, X, y, repeats, interval_s, tf):
         def once():
             hist = model.fit(Xk[:n], y[:n], batch_size=case.batch, epochs=plan.epochs, verbose=0)
             return float(hist.history["loss"][-1])
-        _time_repeats(case, mem, repeats, once)
+        _time_repeats(case, mem, timing, once)
     case.total_mb = mem.peak_mb
     case.threads = _tf_threads(tf)
 
 
-def run_keras_step(case, X, y, repeats, interval_s, tf):
+def run_keras_step(case, X, y, timing, interval_s, tf):
     import keras  # noqa: PLC0415
     plan = case.plan
     Xk = np.ascontiguousarray(X.transpose(0, 2, 3, 1))
@@ -151,7 +143,7 @@ def run_keras_step(case, X, y, repeats, interval_s, tf):
                 for xb, yb in batches:
                     loss = step(xb, yb)
             return float(loss.numpy())
-        _time_repeats(case, mem, repeats, once)
+        _time_repeats(case, mem, timing, once)
     case.total_mb = mem.peak_mb
     case.threads = _tf_threads(tf)
 
@@ -162,7 +154,7 @@ def _tf_threads(tf):
     return f"TF intra={intra or 'default'}, inter={inter or 'default'}"
 
 
-def run_torch(case, X, y, repeats, interval_s, torch):
+def run_torch(case, X, y, timing, interval_s, torch):
     plan = case.plan
     F = torch.nn.functional
     with common.PeakRSS(interval_s) as mem:
@@ -189,7 +181,7 @@ def run_torch(case, X, y, repeats, interval_s, torch):
                 for xb, yb in batches:
                     loss = step(xb, yb)
             return float(loss.item())
-        _time_repeats(case, mem, repeats, once)
+        _time_repeats(case, mem, timing, once)
     case.total_mb = mem.peak_mb
     case.threads = f"torch intra={torch.get_num_threads()}, inter={torch.get_num_interop_threads()}"
 
@@ -288,7 +280,11 @@ def parse_args(argv=None):
                    help="set every framework's thread count (BLAS via threadpoolctl, torch, TF intra-op); "
                         "default: leave each framework's own default")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                   help="first wait up to this long for other processes to leave the CPUs alone")
+                   help="wait up to this long for other processes to leave the CPUs alone, at the start "
+                        "and before every timed repeat")
+    p.add_argument("--busy-retries", type=int, default=0, metavar="N",
+                   help=f"run a repeat again when other processes took > {common.BUSY_PCT:.0f}%% of the CPUs "
+                        "meanwhile, at most N extra repeats per case")
     p.add_argument("--quick", action="store_true", help="a fast smoke run (tiny sample count)")
     p.add_argument("--json", default=None, help="also write all figures to this JSON file")
     a = p.parse_args(argv)
@@ -340,6 +336,7 @@ def main(argv=None):
 
     cases = []
     interval = args.mem_interval_ms / 1000
+    timing = common.Timing(args.repeats, args.wait_quiet, args.busy_retries)
     for net in args.nets:
         for batch in args.batch_sizes:
             plan = common.Plan(X.shape[0], args.samples, batch, args.warmup_batches)
@@ -350,15 +347,15 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 try:
                     if fw == "ours.fit":
-                        run_ours(case, X, y, args.repeats, interval, "fit")
+                        run_ours(case, X, y, timing, interval, "fit")
                     elif fw == "ours.train_step":
-                        run_ours(case, X, y, args.repeats, interval, "step")
+                        run_ours(case, X, y, timing, interval, "step")
                     elif fw == "keras.fit":
-                        run_keras_fit(case, X, y, args.repeats, interval, tf)
+                        run_keras_fit(case, X, y, timing, interval, tf)
                     elif fw == "keras.tf_function":
-                        run_keras_step(case, X, y, args.repeats, interval, tf)
+                        run_keras_step(case, X, y, timing, interval, tf)
                     elif fw == "torch.eager":
-                        run_torch(case, X, y, args.repeats, interval, torch)
+                        run_torch(case, X, y, timing, interval, torch)
                 except Exception as exc:  # report and go on with the other frameworks
                     case.error = f"{type(exc).__name__}: {exc}"
                     print(f"ERROR in {fw} {net} batch {batch}: {case.error}", file=sys.stderr)
@@ -368,12 +365,12 @@ def main(argv=None):
                           f"(loss {case.final_loss:.4f}, {time.perf_counter() - t0:.1f} s)", flush=True)
 
     print()
-    print(f"Training throughput, {args.samples} samples per timed run "
-          f"(median of {args.repeats}); ratios > 1 mean ours is faster")
+    print(f"Training throughput, {args.samples} samples per timed run (median of {args.repeats} "
+          f"undisturbed repeats where possible); ratios > 1 mean ours is faster")
     print(common.format_table(HEADER, result_rows(cases)))
     print("\ntrain MB: peak RSS above the RSS before the timed runs; total MB: above the RSS before the "
           "model was built;\ntraced MB: tracemalloc peak over the warm-up batches (ours only); others CPU%: "
-          "share of the CPUs other processes used during the timed runs")
+          "largest share of the CPUs other processes used during the repeats counted")
     busy = [c for c in cases if c.other_cpu_pct is not None and c.other_cpu_pct > BUSY_PCT]
     if busy:
         worst = max(c.other_cpu_pct for c in busy)
@@ -401,7 +398,7 @@ def main(argv=None):
         common.write_json(args.json, {
             "script": "bench_cpu.py", "argv": sys.argv[1:] if argv is None else list(argv),
             "machine": info, "notes": notes,
-            "config": {"samples": args.samples, "wait_quiet": args.wait_quiet, "threads": args.threads,
+            "config": {"samples": args.samples, "timing": timing.as_dict(), "threads": args.threads,
                        "repeats": args.repeats, "warmup_batches": args.warmup_batches,
                        "batch_sizes": args.batch_sizes, "nets": args.nets, "frameworks": args.frameworks,
                        "lr": common.LR, "mem_interval_ms": args.mem_interval_ms},

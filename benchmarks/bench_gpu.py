@@ -211,20 +211,7 @@ class TorchCpu(HostDevice):
 
 
 # ---------------------------------------------------------------------- runners
-def _timed(case, dev, repeats, once):
-    """Median-able timings of ``once()`` (device synchronised before each timer read)."""
-    dev.sync()
-    with common.OtherLoad() as other:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            loss = once()
-            dev.sync()
-            case.seconds.append(time.perf_counter() - t0)
-            case.final_loss = float(loss)
-    case.other_cpu_pct = other.percent
-
-
-def run_ours(case, dev, X, y, repeats, variant):
+def run_ours(case, dev, X, y, timing, variant):
     """``ours.fit`` / ``ours.train_step`` on the backend selected before (cupy, or numpy in the dry run)."""
     from nn_from_scratch.backend import to_device  # noqa: PLC0415
     plan = case.plan
@@ -257,7 +244,7 @@ def run_ours(case, dev, X, y, repeats, variant):
                 net.train_step(xb, yb)
     warm()
     dev.begin()
-    _timed(case, dev, repeats, once)
+    timing.run(case, once, sync=dev.sync)
     dev.end()
     case.reserved_mb = dev.reserved_mb()
     case.train_mb = dev.host_mb()
@@ -265,7 +252,7 @@ def run_ours(case, dev, X, y, repeats, variant):
     dev.release()
 
 
-def run_torch(case, tdev, X, y, repeats, torch):
+def run_torch(case, tdev, X, y, timing, torch):
     plan = case.plan
     F = torch.nn.functional
     torch.manual_seed(0)
@@ -293,7 +280,7 @@ def run_torch(case, tdev, X, y, repeats, torch):
                 loss = step(xb, yb)
         return loss.item()
     tdev.begin()
-    _timed(case, tdev, repeats, once)
+    timing.run(case, once, sync=tdev.sync)
     tdev.end()
     case.reserved_mb = tdev.reserved_mb()
     case.train_mb = tdev.host_mb()
@@ -336,6 +323,10 @@ def parse_args(argv=None):
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=f"subset of {','.join(FRAMEWORKS)}")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per case (default 3; --quick: 1)")
     p.add_argument("--warmup-batches", type=int, default=None, help="full warm-up batches (default 3; --quick: 1)")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to this long for other processes to leave the CPUs alone before each repeat")
+    p.add_argument("--busy-retries", type=int, default=0, metavar="N",
+                   help="run a repeat again when other processes were busy meanwhile, at most N times per case")
     p.add_argument("--dry-run-numpy", action="store_true",
                    help="run the same code with the NumPy backend and torch on the CPU (no GPU needed)")
     p.add_argument("--quick", action="store_true")
@@ -413,6 +404,7 @@ def main(argv=None):
     sys.stdout.flush()
 
     cases = []
+    timing = common.Timing(args.repeats, args.wait_quiet, args.busy_retries)
     for net in args.nets:
         for batch in args.batch_sizes:
             plan = common.Plan(X.shape[0], args.samples, batch, args.warmup_batches)
@@ -423,9 +415,9 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 try:
                     if fw == "torch.eager":
-                        run_torch(case, tdev, X, y, args.repeats, torch)
+                        run_torch(case, tdev, X, y, timing, torch)
                     else:
-                        run_ours(case, dev, X, y, args.repeats, "fit" if fw == "ours.fit" else "step")
+                        run_ours(case, dev, X, y, timing, "fit" if fw == "ours.fit" else "step")
                 except Exception as exc:  # report, go on with the others
                     case.error = f"{type(exc).__name__}: {exc}"
                     print(f"ERROR in {fw} {net} batch {batch}: {case.error}", file=sys.stderr)
@@ -471,7 +463,8 @@ def main(argv=None):
         common.write_json(args.json, {
             "script": "bench_gpu.py", "argv": sys.argv[1:] if argv is None else list(argv),
             "dry_run_numpy": args.dry_run_numpy, "machine": info, "notes": notes,
-            "config": {"samples": args.samples, "repeats": args.repeats, "warmup_batches": args.warmup_batches,
+            "config": {"samples": args.samples, "timing": timing.as_dict(), "repeats": args.repeats,
+                       "warmup_batches": args.warmup_batches,
                        "batch_sizes": args.batch_sizes, "nets": args.nets, "frameworks": args.frameworks,
                        "lr": common.LR},
             "results": [c.as_dict() for c in cases], "verdicts": verdicts})

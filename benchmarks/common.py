@@ -104,12 +104,21 @@ class Plan:
 
 
 # --------------------------------------------------------------------------- results
+BUSY_PCT = 10.0  # others' CPU share (percent) above which a timed repeat counts as disturbed
+
+
 class Case:
-    """One (framework, net, batch) run's data and results."""
+    """One (framework, net, batch) run's data and results.
+
+    ``seconds[i]`` is the i-th timed repeat and ``other_pcts[i]`` the CPU share
+    other processes took meanwhile; ``samples_per_s`` uses the median of the
+    quiet repeats (others <= BUSY_PCT), or of all repeats when none was quiet.
+    """
 
     def __init__(self, framework, net, batch, plan):
         self.framework, self.net, self.batch, self.plan = framework, net, batch, plan
         self.seconds = []          # one entry per timed repeat
+        self.other_pcts = []       # others' CPU share during each repeat (None: unknown)
         self.train_mb = None
         self.total_mb = None
         self.tracemalloc_mb = None
@@ -118,25 +127,77 @@ class Case:
         self.final_loss = None
         self.params = None
         self.threads = None
-        self.other_cpu_pct = None
         self.error = None
+
+    def _used(self):
+        quiet = [i for i, o in enumerate(self.other_pcts) if o is None or o <= BUSY_PCT]
+        return quiet or list(range(len(self.seconds)))
 
     @property
     def samples_per_s(self):
         if not self.seconds:
             return None
-        return self.plan.samples_done / median(self.seconds)
+        return self.plan.samples_done / median([self.seconds[i] for i in self._used()])
+
+    @property
+    def other_cpu_pct(self):
+        """Largest share of the CPUs other processes took during the repeats the figure uses."""
+        known = [self.other_pcts[i] for i in self._used() if i < len(self.other_pcts)
+                 and self.other_pcts[i] is not None]
+        return max(known) if known else None
 
     def as_dict(self):
         sps = [self.plan.samples_done / s for s in self.seconds]
         return {"framework": self.framework, "net": self.net, "batch": self.batch,
                 "samples_per_s": self.samples_per_s, "samples_per_s_all": sps,
-                "seconds": self.seconds, "samples_timed": self.plan.samples_done,
+                "seconds": self.seconds, "other_cpu_pct_all": self.other_pcts, "repeats_used": self._used(),
+                "samples_timed": self.plan.samples_done,
                 "train_mb": self.train_mb, "total_mb": self.total_mb, "tracemalloc_mb": self.tracemalloc_mb,
                 "device_mb": self.device_mb, "reserved_mb": self.reserved_mb,
                 "final_loss": self.final_loss, "other_cpu_pct": self.other_cpu_pct,
                 "params": self.params, "threads": self.threads,
                 "error": self.error, "plan": self.plan.as_dict()}
+
+
+class Timing:
+    """How the timed repeats run: count, and what to do about a busy machine.
+
+    ``repeats`` timed runs are wanted.  With ``wait_s > 0`` each repeat first
+    waits (up to ``wait_s``) for other processes to leave the CPUs alone; a
+    repeat during which others took more than BUSY_PCT is run again, at most
+    ``retries`` extra times per case.
+    """
+
+    def __init__(self, repeats, wait_s=0.0, retries=0):
+        self.repeats, self.wait_s, self.retries = int(repeats), float(wait_s), int(retries)
+
+    def run(self, case, once, sync=None):
+        """Time ``once()`` (returns the last loss) into ``case.seconds``/``case.other_pcts``."""
+        quiet, extra = 0, 0
+        while quiet < self.repeats:
+            if self.wait_s > 0:
+                wait_until_quiet(self.wait_s, window_s=1.0, print_fn=lambda *a: None)
+            if sync is not None:
+                sync()
+            with OtherLoad() as other:
+                t0 = time.perf_counter()
+                loss = once()
+                if sync is not None:
+                    sync()
+                dt = time.perf_counter() - t0
+            case.seconds.append(dt)
+            case.other_pcts.append(other.percent)
+            case.final_loss = float(loss)
+            if other.percent is None or other.percent <= BUSY_PCT:
+                quiet += 1
+            elif extra < self.retries:
+                extra += 1
+            else:
+                quiet += 1  # out of retries: keep the disturbed repeat
+
+    def as_dict(self):
+        return {"repeats": self.repeats, "wait_quiet_s": self.wait_s, "busy_retries": self.retries,
+                "busy_pct": BUSY_PCT}
 
 
 # ------------------------------------------------------------------------- networks

@@ -215,3 +215,47 @@ def test_other_load_is_a_share():
         while time.perf_counter() - t < 0.2:         # keep our own CPU busy: not counted as "others"
             pass
     assert o.percent is None or 0 <= o.percent <= 100
+
+
+class _FakeLoad:
+    """Stands in for common.OtherLoad: reports the next of a list of shares."""
+
+    shares = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.percent = _FakeLoad.shares.pop(0)
+        return False
+
+
+def test_timing_reruns_disturbed_repeats_and_reports_the_quiet_ones(monkeypatch):
+    monkeypatch.setattr(common, "OtherLoad", _FakeLoad)
+    durations = iter([5.0, 1.0, 40.0, 2.0, 3.0])
+    clock = {"t": 0.0}
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock["t"])
+
+    def once():
+        clock["t"] += next(durations)
+        return 0.5
+
+    plan = common.Plan(5000, 1000, 100)
+    case = common.Case("x", "seed_cnn", 100, plan)
+    _FakeLoad.shares = [60.0, 0.0, 90.0, 5.0, 0.0]
+    common.Timing(repeats=3, retries=2).run(case, once)
+    assert case.seconds == [5.0, 1.0, 40.0, 2.0, 3.0]       # two disturbed repeats were run again
+    assert case.samples_per_s == pytest.approx(1000 / 2.0)   # median of the quiet 1, 2, 3 s
+    assert case.other_cpu_pct == 5.0
+    # without retries a disturbed repeat is kept, and only the quiet ones count
+    case2 = common.Case("x", "seed_cnn", 100, plan)
+    durations = iter([4.0, 1.0])
+    _FakeLoad.shares = [60.0, 0.0]
+    common.Timing(repeats=2).run(case2, once)
+    assert case2.seconds == [4.0, 1.0] and case2.samples_per_s == pytest.approx(1000.0)
+    # all disturbed: the median of all, flagged with the worst share
+    case3 = common.Case("x", "seed_cnn", 100, plan)
+    durations = iter([4.0, 2.0])
+    _FakeLoad.shares = [60.0, 30.0]
+    common.Timing(repeats=2).run(case3, once)
+    assert case3.samples_per_s == pytest.approx(1000 / 3.0) and case3.other_cpu_pct == 60.0
