@@ -114,13 +114,14 @@ def profile(net_name, batch, X, y, reps, warmup, sync):
 
 def report(net_name, batch, parts, whole, print_fn=print):
     meds = [(label, kind, phase, common.median(v)) for label, kind, phase, v in parts]
+    mins = [min(v) for *_, v in parts]
     total = sum(m for *_, m in meds)
-    rows = [[label, f"{m:.3f}", f"{100 * m / total:.1f}"] for label, _, _, m in meds]
-    rows.append(["sum of parts", f"{total:.3f}", "100.0"])
+    rows = [[label, f"{m:.3f}", f"{100 * m / total:.1f}", f"{lo:.3f}"] for (label, _, _, m), lo in zip(meds, mins)]
+    rows.append(["sum of parts", f"{total:.3f}", "100.0", f"{sum(mins):.3f}"])
     step = common.median(whole)
-    rows.append(["whole train_step (median)", f"{step:.3f}", f"{100 * step / total:.1f}"])
+    rows.append(["whole train_step", f"{step:.3f}", f"{100 * step / total:.1f}", f"{min(whole):.3f}"])
     print_fn(f"\n{net_name}, batch {batch}: {batch / step * 1e3:,.0f} samples/s from the train_step median")
-    print_fn(common.format_table(["part", "ms", "%"], rows))
+    print_fn(common.format_table(["part", "ms", "%", "min ms"], rows))
     # by layer type and phase
     groups = {}
     for _, kind, phase, m in meds:
@@ -129,8 +130,9 @@ def report(net_name, batch, parts, whole, print_fn=print):
     print_fn(common.format_table(["layer type / phase", "ms", "%"],
                                  [[f"{k} {p}", f"{m:.3f}", f"{100 * m / total:.1f}"] for (k, p), m in grows]))
     return {"net": net_name, "batch": batch, "train_step_ms": step, "sum_ms": total,
-            "parts": [{"part": label.strip(), "kind": kind, "phase": phase, "ms": m, "percent": 100 * m / total}
-                      for label, kind, phase, m in meds],
+            "train_step_min_ms": min(whole),
+            "parts": [{"part": label.strip(), "kind": kind, "phase": phase, "ms": m, "min_ms": lo,
+                       "percent": 100 * m / total} for (label, kind, phase, m), lo in zip(meds, mins)],
             "by_kind": [{"kind": k, "phase": p, "ms": m, "percent": 100 * m / total} for (k, p), m in grows]}
 
 
@@ -142,6 +144,8 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 50; --quick: 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5; --quick: 1)")
     p.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="before each net/batch, wait up to this long for other processes to leave the CPUs alone")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
@@ -174,16 +178,20 @@ def main(argv=None):
     common.print_machine_info(info)
     print(f"\nbackend {a.backend}; {reps} timed repetitions after {warmup} warm-up steps; median per part")
     out = []
-    with common.OtherLoad() as other:
-        for net in nets:
-            for b in batches:
+    for net in nets:
+        for b in batches:
+            if a.wait_quiet > 0:
+                common.wait_until_quiet(a.wait_quiet)
+            with common.OtherLoad() as other:
                 parts, whole = profile(net, b, X, y, reps, warmup, sync)
-                out.append(report(net, b, parts, whole))
-    if other.percent is not None and other.percent > 10:
-        print(f"\nWARNING: other processes used {other.percent:.0f}% of the CPUs meanwhile; figures disturbed")
+            out.append(report(net, b, parts, whole))
+            out[-1]["other_cpu_pct"] = other.percent
+            if other.percent is not None:
+                print(f"(other processes used {other.percent:.0f}% of the CPUs meanwhile"
+                      + ("; figures DISTURBED)" if other.percent > common.BUSY_PCT else ")"))
     if a.json:
         common.write_json(a.json, {"script": "profile_layers.py", "machine": info, "backend": a.backend,
-                                   "reps": reps, "warmup": warmup, "other_cpu_pct": other.percent,
+                                   "reps": reps, "warmup": warmup,
                                    "profiles": out})
         print(f"\nJSON written to {a.json}")
     return 0
