@@ -19,14 +19,15 @@ samples with plain SGD (lr 0.01) and softmax cross-entropy:
 * ``torch.eager``        a PyTorch eager loop (zero_grad, forward, cross_entropy, backward, step)
                          over pre-cut batches (skipped with a note when torch is not installed).
 
-Each run: build the model, warm up (untimed) on a few batches including one of
-the odd last-batch size, then time ``--samples`` samples with
-``time.perf_counter``.  ``--repeats`` timed runs per case (same model, trained
-on) give the median samples/s.  Memory: a thread samples this process's RSS
-every 2 ms; ``train MB`` is the peak above the RSS just before the timed runs
-(after build and warm-up), ``total MB`` the peak above the RSS before the model
-was built (build, compile/trace and warm-up included).  For ``ours.*`` the
-peak traced by ``tracemalloc`` over a few extra steps is reported as well.
+Each case: build the model, warm up (untimed) on a few batches including one
+of the odd last-batch size, make one untimed *memory pass* (a full run with a
+thread sampling this process's RSS every 2 ms), then ``--repeats`` timed runs
+of ``--samples`` samples with ``time.perf_counter`` and the sampler off (its
+thread competes for the GIL); the median samples/s is reported.  ``train MB``
+is the memory pass's peak RSS above the RSS just before it, ``total MB`` the
+peak above the RSS before the model was built (build, compile/trace and
+warm-up included).  For ``ours.*`` the ``tracemalloc`` peak over the warm-up
+batches is reported as well.
 """
 import argparse
 import math
@@ -47,11 +48,21 @@ BUSY_PCT = common.BUSY_PCT
 
 
 # ----------------------------------------------------------------------------- runners
-def _time_repeats(case, mem, timing, run_once):
-    """The timed repeats; one memory segment (baseline just before) covers all of them."""
+def _memory_pass(mem, run_once):
+    """One untimed run of ``run_once`` with the RSS sampler on (baseline just before it).
+
+    The timed runs come afterwards with the sampler off: its thread takes the
+    GIL every few ms, which slowed our (Python-heavy) training loop by ~10 %.
+    """
     mem.start_segment()
-    timing.run(case, run_once)
+    run_once()
+
+
+def _time(case, mem, timing, run_once):
+    """Record the memory figures of the finished PeakRSS block, then time the repeats."""
     case.train_mb = mem.segment_mb
+    case.total_mb = mem.peak_mb
+    timing.run(case, run_once)
 
 
 def run_ours(case, X, y, timing, interval_s, variant):
@@ -77,8 +88,8 @@ def run_ours(case, X, y, timing, interval_s, variant):
                 return float(loss)
             for xb, yb in warm:
                 net.train_step(xb, yb)
-        _time_repeats(case, mem, timing, once)
-    case.total_mb = mem.peak_mb
+        _memory_pass(mem, once)
+    _time(case, mem, timing, once)
     # tracemalloc over the warm-up batches (separately: it slows allocation down)
     for layer in net.layers:
         layer.clear_cache()
@@ -108,8 +119,8 @@ def run_keras_fit(case, X, y, timing, interval_s, tf):
         def once():
             hist = model.fit(Xk[:n], y[:n], batch_size=case.batch, epochs=plan.epochs, verbose=0)
             return float(hist.history["loss"][-1])
-        _time_repeats(case, mem, timing, once)
-    case.total_mb = mem.peak_mb
+        _memory_pass(mem, once)
+    _time(case, mem, timing, once)
     case.threads = _tf_threads(tf)
 
 
@@ -143,8 +154,8 @@ def run_keras_step(case, X, y, timing, interval_s, tf):
                 for xb, yb in batches:
                     loss = step(xb, yb)
             return float(loss.numpy())
-        _time_repeats(case, mem, timing, once)
-    case.total_mb = mem.peak_mb
+        _memory_pass(mem, once)
+    _time(case, mem, timing, once)
     case.threads = _tf_threads(tf)
 
 
@@ -181,8 +192,8 @@ def run_torch(case, X, y, timing, interval_s, torch):
                 for xb, yb in batches:
                     loss = step(xb, yb)
             return float(loss.item())
-        _time_repeats(case, mem, timing, once)
-    case.total_mb = mem.peak_mb
+        _memory_pass(mem, once)
+    _time(case, mem, timing, once)
     case.threads = f"torch intra={torch.get_num_threads()}, inter={torch.get_num_interop_threads()}"
 
 

@@ -33,7 +33,7 @@ during an extra, untimed pass over the warm-up batches, so the timed runs
 pay nothing for it; torch: ``torch.cuda.max_memory_allocated``);
 ``reserved MB`` is how much the allocator's reserved memory grew (CuPy:
 ``MemoryPool.total_bytes()``, torch: ``max_memory_reserved``).  In the dry run
-both are replaced by the peak RSS above the RSS before the timed runs.
+both are replaced by the peak RSS over an untimed pass over the warm-up batches.
 """
 import argparse
 import math
@@ -116,13 +116,16 @@ class CupyDevice:
 
 
 class HostDevice:
-    """The dry run's stand-in for a device: NumPy / torch CPU, memory from the process RSS."""
+    """The dry run's stand-in for a device: NumPy / torch CPU, memory from the process RSS.
+
+    The RSS sampler runs only in the extra untimed pass (``peak_allocated_mb``),
+    never during the timed runs (its thread competes for the GIL).
+    """
 
     name = "numpy"
 
     def __init__(self, interval_s=0.002):
         self.interval_s = interval_s
-        self._mem = None
         self._host_mb = None
 
     def sync(self):
@@ -132,18 +135,13 @@ class HostDevice:
         return {"device": f"CPU (dry run): {common.cpu_model()}, {common.usable_cores()} cores"}
 
     def release(self):
-        self.end()
         common.release_memory()
 
     def begin(self):
-        self._mem = common.PeakRSS(self.interval_s).__enter__()
-        self._mem.start_segment()
+        self._host_mb = None
 
     def end(self):
-        if self._mem is not None:
-            self._mem.__exit__(None, None, None)
-            self._host_mb = self._mem.segment_mb
-            self._mem = None
+        return None
 
     def reserved_mb(self):
         return None
@@ -152,7 +150,11 @@ class HostDevice:
         return self._host_mb
 
     def peak_allocated_mb(self, run):
-        run()
+        """Runs ``run()`` with the RSS sampler on; keeps its peak for ``host_mb`` (returns None)."""
+        with common.PeakRSS(self.interval_s) as mem:
+            mem.start_segment()
+            run()
+        self._host_mb = mem.segment_mb
         return None
 
 
@@ -247,8 +249,8 @@ def run_ours(case, dev, X, y, timing, variant):
     timing.run(case, once, sync=dev.sync)
     dev.end()
     case.reserved_mb = dev.reserved_mb()
-    case.train_mb = dev.host_mb()
     case.device_mb = dev.peak_allocated_mb(warm)
+    case.train_mb = dev.host_mb()
     dev.release()
 
 
@@ -270,8 +272,6 @@ def run_torch(case, tdev, X, y, timing, torch):
         return loss
 
     batches = [(Xt[a:b], yt[a:b]) for a, b in plan.slices()]
-    for a, b in plan.slices(plan.n_warmup):
-        step(Xt[a:b], yt[a:b])
 
     def once():
         loss = None
@@ -279,13 +279,19 @@ def run_torch(case, tdev, X, y, timing, torch):
             for xb, yb in batches:
                 loss = step(xb, yb)
         return loss.item()
+    def warm():
+        for a, b in plan.slices(plan.n_warmup):
+            step(Xt[a:b], yt[a:b])
+    warm()
     tdev.begin()
     timing.run(case, once, sync=tdev.sync)
     tdev.end()
     case.reserved_mb = tdev.reserved_mb()
-    case.train_mb = tdev.host_mb()
     if isinstance(tdev, TorchCuda):
         case.device_mb = tdev.device_mb()
+    else:
+        tdev.peak_allocated_mb(warm)
+        case.train_mb = tdev.host_mb()
     del model, opt, Xt, yt, batches
     tdev.release()
 
@@ -437,7 +443,7 @@ def main(argv=None):
           "ratios > 1 mean ours is faster")
     print(common.format_table(HEADER, result_rows(cases)))
     print("device MB: peak allocated above the start of the run; reserved MB: growth of the allocator's "
-          "reserved memory;\nhost RSS MB: peak RSS above the RSS before the timed runs (dry run only); "
+          "reserved memory;\nhost RSS MB: peak RSS over the warm-up batches above the RSS before them (dry run only); "
           "others CPU%: CPU share of other processes meanwhile")
     print("\nTarget: ours faster than PyTorch on the same card")
     verdicts = []
