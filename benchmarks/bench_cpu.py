@@ -379,9 +379,10 @@ def main(argv=None):
     print(f"Training throughput, {args.samples} samples per timed run (median of {args.repeats} "
           f"undisturbed repeats where possible); ratios > 1 mean ours is faster")
     print(common.format_table(HEADER, result_rows(cases)))
-    print("\ntrain MB: peak RSS above the RSS before the timed runs; total MB: above the RSS before the "
-          "model was built;\ntraced MB: tracemalloc peak over the warm-up batches (ours only); others CPU%: "
-          "largest share of the CPUs other processes used during the repeats counted")
+    print("\ntrain MB: peak RSS during an untimed memory pass (the same run as a timed one) above the RSS "
+          "just before it;\ntotal MB: peak RSS above the RSS before the model was built; traced MB: tracemalloc "
+          "peak over the warm-up\nbatches (ours only); others CPU%: largest share of the CPUs other processes "
+          "used during the timed repeats counted")
     busy = [c for c in cases if c.other_cpu_pct is not None and c.other_cpu_pct > BUSY_PCT]
     if busy:
         worst = max(c.other_cpu_pct for c in busy)
