@@ -31,8 +31,10 @@ Memory: ``device MB`` is the peak of the bytes allocated above those held
 before the run (CuPy: a tracking allocator wrapped around the memory pool
 during an extra, untimed pass over the warm-up batches, so the timed runs
 pay nothing for it; torch: ``torch.cuda.max_memory_allocated``);
-``reserved MB`` is how much the allocator's reserved memory grew (CuPy:
-``MemoryPool.total_bytes()``, torch: ``max_memory_reserved``).  In the dry run
+``reserved MB`` is what the caching allocator holds beyond the arrays alive
+before the timed runs (parameters, data): CuPy ``MemoryPool.total_bytes()``,
+torch ``max_memory_reserved()``.  Allocator caches are emptied between
+cases, never between the warm-up and the timed runs.  In the dry run
 both are replaced by the peak RSS over an untimed pass over the warm-up batches.
 """
 import argparse
@@ -83,15 +85,16 @@ class CupyDevice:
         self.pool.free_all_blocks()
 
     def begin(self):
-        """Start of the timed runs: empty the pool's cache so its growth can be read afterwards."""
-        self.release()
-        self._base_total = self.pool.total_bytes()
+        """Start of the timed runs (the pool keeps the blocks the warm-up cached: no cudaMalloc in the timing)."""
+        self.sync()
+        self._base_used = self.pool.used_bytes()
 
     def end(self):
         self.sync()
 
     def reserved_mb(self):
-        return (self.pool.total_bytes() - self._base_total) / MB
+        """Bytes the pool holds beyond the arrays alive at ``begin`` (parameters, data): its cache for training."""
+        return (self.pool.total_bytes() - self._base_used) / MB
 
     def host_mb(self):
         return None
@@ -180,16 +183,17 @@ class TorchCuda:
         self.torch.cuda.empty_cache()
 
     def begin(self):
-        self.release()
+        """Start of the timed runs (the caching allocator keeps what the warm-up reserved)."""
+        self.sync()
         self.torch.cuda.reset_peak_memory_stats(self.device)
         self._base_alloc = self.torch.cuda.memory_allocated(self.device)
-        self._base_reserved = self.torch.cuda.memory_reserved(self.device)
 
     def end(self):
         self.sync()
 
     def reserved_mb(self):
-        return (self.torch.cuda.max_memory_reserved(self.device) - self._base_reserved) / MB
+        """Peak reserved bytes beyond the tensors alive at ``begin`` (parameters, data)."""
+        return (self.torch.cuda.max_memory_reserved(self.device) - self._base_alloc) / MB
 
     def device_mb(self):
         return (self.torch.cuda.max_memory_allocated(self.device) - self._base_alloc) / MB
@@ -251,7 +255,6 @@ def run_ours(case, dev, X, y, timing, variant):
     case.reserved_mb = dev.reserved_mb()
     case.device_mb = dev.peak_allocated_mb(warm)
     case.train_mb = dev.host_mb()
-    dev.release()
 
 
 def run_torch(case, tdev, X, y, timing, torch):
@@ -279,6 +282,7 @@ def run_torch(case, tdev, X, y, timing, torch):
             for xb, yb in batches:
                 loss = step(xb, yb)
         return loss.item()
+
     def warm():
         for a, b in plan.slices(plan.n_warmup):
             step(Xt[a:b], yt[a:b])
@@ -292,8 +296,6 @@ def run_torch(case, tdev, X, y, timing, torch):
     else:
         tdev.peak_allocated_mb(warm)
         case.train_mb = tdev.host_mb()
-    del model, opt, Xt, yt, batches
-    tdev.release()
 
 
 # ---------------------------------------------------------------------- report
@@ -427,12 +429,11 @@ def main(argv=None):
                 except Exception as exc:  # report, go on with the others
                     case.error = f"{type(exc).__name__}: {exc}"
                     print(f"ERROR in {fw} {net} batch {batch}: {case.error}", file=sys.stderr)
-                    for d in (dev, tdev):
-                        try:
-                            if d is not None:
-                                d.release()
-                        except Exception:  # noqa: S110 - best effort cleanup
-                            pass
+                # the case's arrays are gone now: empty both allocators' caches before the next case
+                common.release_memory()
+                for d in (dev, tdev):
+                    if d is not None:
+                        d.release()
                 cases.append(case)
                 if case.samples_per_s:
                     print(f"  {fw:<16} {net:<9} batch {batch:>5}: {case.samples_per_s:>10,.0f} samples/s "
@@ -442,8 +443,8 @@ def main(argv=None):
     print(f"\nTraining throughput on {where}, {args.samples} samples per timed run (median of {args.repeats}); "
           "ratios > 1 mean ours is faster")
     print(common.format_table(HEADER, result_rows(cases)))
-    print("device MB: peak allocated above the start of the run; reserved MB: growth of the allocator's "
-          "reserved memory;\nhost RSS MB: peak RSS over the warm-up batches above the RSS before them (dry run only); "
+    print("device MB: peak allocated above the start of the run; reserved MB: allocator cache beyond the "
+          "arrays alive at the start;\nhost RSS MB: peak RSS over the warm-up batches above the RSS before them (dry run only); "
           "others CPU%: CPU share of other processes meanwhile")
     print("\nTarget: ours faster than PyTorch on the same card")
     verdicts = []

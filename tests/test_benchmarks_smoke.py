@@ -259,3 +259,86 @@ def test_timing_reruns_disturbed_repeats_and_reports_the_quiet_ones(monkeypatch)
     _FakeLoad.shares = [60.0, 30.0]
     common.Timing(repeats=2).run(case3, once)
     assert case3.samples_per_s == pytest.approx(1000 / 3.0) and case3.other_cpu_pct == 60.0
+
+
+class _FakePool:
+    """CuPy's MemoryPool contract as bench_gpu uses it: malloc, used_bytes, total_bytes, free_all_blocks."""
+
+    def __init__(self):
+        self.used, self.total = 0, 0
+
+    def malloc(self, size):
+        self.used += size
+        self.total = max(self.total, self.used)
+        return size
+
+    def free(self, size):
+        self.used -= size
+
+    def used_bytes(self):
+        return self.used
+
+    def total_bytes(self):
+        return self.total
+
+    def free_all_blocks(self):
+        self.total = self.used
+
+
+class _FakeCupy:
+    """Just enough of CuPy's API (as documented) to run bench_gpu.CupyDevice without a GPU."""
+
+    __version__ = "0.fake"
+
+    def __init__(self):
+        import contextlib
+        import types
+        self.pool = _FakePool()
+        self.allocator = self.pool.malloc
+        self.syncs = 0
+        fake = self
+
+        class Device:
+            id = 0
+
+            def synchronize(self):
+                fake.syncs += 1
+
+        @contextlib.contextmanager
+        def using_allocator(fn):
+            old, fake.allocator = fake.allocator, fn
+            try:
+                yield
+            finally:
+                fake.allocator = old
+
+        runtime = types.SimpleNamespace(
+            getDeviceProperties=lambda i: {"name": b"Fake GPU"}, runtimeGetVersion=lambda: 12020,
+            driverGetVersion=lambda: 12040, memGetInfo=lambda: (30 * 2**30, 40 * 2**30))
+        self.cuda = types.SimpleNamespace(Device=Device, using_allocator=using_allocator, runtime=runtime)
+
+    def get_default_memory_pool(self):
+        return self.pool
+
+
+def test_cupy_device_tracks_the_peak_through_the_allocator_hook():
+    import bench_gpu
+    cp = _FakeCupy()
+    dev = bench_gpu.CupyDevice(cp)
+    info = dev.describe()
+    assert info["device"].startswith("Fake GPU") and info["cuda_runtime"] == "12.2"
+    cp.pool.malloc(3 * 2**20)                    # parameters + data, alive before the run
+    dev.begin()
+
+    def run():                                   # allocations go through the current allocator
+        a = cp.allocator(5 * 2**20)
+        b = cp.allocator(2 * 2**20)
+        cp.pool.free(a)
+        c = cp.allocator(1 * 2**20)
+        cp.pool.free(b)
+        cp.pool.free(c)
+    peak = dev.peak_allocated_mb(run)
+    assert peak == pytest.approx(7.0)            # 5 + 2 MB alive at once, above the 3 MB held before
+    assert cp.allocator == cp.pool.malloc        # the hook is removed afterwards
+    assert dev.reserved_mb() == pytest.approx(7.0)   # the pool's cache beyond the 3 MB of live arrays
+    assert cp.syncs >= 3
