@@ -307,11 +307,13 @@ class Convolution(_GradNames, Neuron):
                 yf = yf.reshape(F, m, P).transpose(1, 0, 2)
             else:                                          # (F, C*K) @ (m, C*K, P)
                 yf = xp.matmul(W2, cols, out=out_buf[:m * F * P].reshape(m, F, P))
-            y[a:b] = gat.crop(yf)
-        if self.use_bias:
-            y += self._params["b"].reshape((F,) + (1,) * self.ndim)
+            if self.use_bias:                              # crop and add the bias in one pass
+                xp.add(gat.crop(yf), self._params["b"].reshape((F,) + (1,) * self.ndim), out=y[a:b])
+            else:
+                y[a:b] = gat.crop(yf)
         self._cache["src"] = src
         self._cache["gatherer"] = gat
+        self._cache["cols_hold"] = (chunks[-1], merged, cols_buf)   # the buffer still holds the last chunk
         return y
 
     def _flipped_kernel_is_cheaper(self, gat):
@@ -349,9 +351,13 @@ class Convolution(_GradNames, Neuron):
         step, chunks = self._chunks(n, ck * P * self.dtype.itemsize)
         cols_buf = self._buffer("cols", (step * ck * P,), dy)
         dW2 = xp.zeros_like(W2)
-        for a, b in chunks:
+        held = self._cache.get("cols_hold")
+        for a, b in reversed(chunks):       # the last forward chunk first: its patches are still there
             m = b - a
-            cols = gat.patches(src[a:b], out=cols_buf[:m * ck * P], merged=merged)
+            if held is not None and held[0] == (a, b) and held[1] == merged and held[2] is cols_buf:
+                cols = cols_buf[:m * ck * P].reshape((ck, m * P) if merged else (m, ck, P))
+            else:
+                cols = gat.patches(src[a:b], out=cols_buf[:m * ck * P], merged=merged)
             if merged:
                 g = self._buffer("g", (step * F * P,), dy)[:m * F * P].reshape(F, m, P)
                 xp.copyto(g, g_all[a:b].transpose(1, 0, 2))
@@ -368,6 +374,7 @@ class Convolution(_GradNames, Neuron):
                 else:
                     dcols = xp.matmul(W2.T, g_all[a:b], out=dcols.reshape(m, ck, P))
                 gat.scatter_add(dsrc[a:b], dcols)
+        self._cache["cols_hold"] = None     # the buffer now holds the first chunk
         self._grads["W"] = dW2.reshape(W.shape)
         if self.use_bias:
             self._grads["b"] = dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
