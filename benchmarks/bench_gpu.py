@@ -345,17 +345,7 @@ def parse_args(argv=None):
     a.warmup_batches = a.warmup_batches if a.warmup_batches is not None else (1 if a.quick else 3)
     a.batch_sizes = [int(b) for b in (a.batch_sizes or ("64,256" if a.quick else "256,1024")).split(",")
                      if b.strip()]
-    a.nets = [n.strip() for n in a.nets.split(",") if n.strip()]
-    a.frameworks = [f.strip() for f in a.frameworks.split(",") if f.strip()]
-    for n in a.nets:
-        if n not in common.NETS:
-            p.error(f"unknown net {n!r}; expected some of {common.NETS}")
-    for f in a.frameworks:
-        if f not in FRAMEWORKS:
-            p.error(f"unknown framework {f!r}; expected some of {FRAMEWORKS}")
-    if a.samples < 1 or a.repeats < 1 or any(b < 1 for b in a.batch_sizes):
-        p.error("--samples, --repeats and the batch sizes must be >= 1")
-    return a
+    return common.check_common_args(p, a, FRAMEWORKS)
 
 
 def setup_devices(args, notes):

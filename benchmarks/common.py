@@ -617,3 +617,18 @@ def try_import_torch():
     except Exception as exc:
         return None, f"{type(exc).__name__}: {exc}"
     return torch, None
+
+
+def check_common_args(parser, args, frameworks):
+    """Split the comma lists of ``--nets``/``--frameworks`` and check them and the counts."""
+    args.nets = [n.strip() for n in args.nets.split(",") if n.strip()]
+    args.frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    for n in args.nets:
+        if n not in NETS:
+            parser.error(f"unknown net {n!r}; expected some of {NETS}")
+    for f in args.frameworks:
+        if f not in frameworks:
+            parser.error(f"unknown framework {f!r}; expected some of {frameworks}")
+    if args.samples < 1 or args.repeats < 1 or any(b < 1 for b in args.batch_sizes):
+        parser.error("--samples, --repeats and the batch sizes must be >= 1")
+    return args
