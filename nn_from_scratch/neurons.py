@@ -270,7 +270,9 @@ class Convolution(_GradNames, Neuron):
     dx_strategy = "auto"
 
     def _chunks(self, n, bytes_per_sample):
+        """(chunk size, [(start, stop), ...]): as few chunks as the byte budget allows, equal sizes."""
         step = max(1, min(n, int(self.chunk_bytes // max(1, bytes_per_sample))))
+        step = -(-n // -(-n // step))              # balance: 50 in steps of 49 -> 2 x 25
         return step, [(a, min(a + step, n)) for a in range(0, n, step)]
 
     def _buffer(self, name, shape, like):
