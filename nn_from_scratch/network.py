@@ -558,7 +558,12 @@ class NeuralNetwork:
 class _Trainer:
     """The loop behind ``NeuralNetwork.fit`` (kept apart so fit reads simply)."""
 
-    RISE_FACTOR = 1.5  # warn when the (smoothed) loss exceeds its starting value by this factor
+    #: warn when the smoothed loss exceeds its starting level by this factor and by RISE_MARGIN
+    #: (the margin keeps the noise of a small, converged loss, 0.02 -> 0.04, from counting)
+    RISE_FACTOR, RISE_MARGIN = 2.0, 0.1
+    #: batches averaged for the starting level; the smoothed loss is an exponential average
+    #: over about as many batches
+    RISE_WINDOW = 20
     #: seconds between progress reads (loss/accuracy to the host for the bar and the checks)
     REFRESH_INTERVAL = 0.1
     #: None: read each batch's loss at once on NumPy (free there; stops before a NaN step) and
@@ -608,6 +613,12 @@ class _Trainer:
             pbar.write("WARNING: " + msg)
 
     def run(self, epochs, val, val_batch=256):
+        # overflow to Inf/NaN is caught and reported by the loss checks below (training stops
+        # with a TrainingWarning), so NumPy's own overflow warnings would only repeat it
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._run(epochs, val, val_batch)
+
+    def _run(self, epochs, val, val_batch):
         net = self.net
         hist = History()
         net.history = hist
@@ -639,8 +650,7 @@ class _Trainer:
                         break
                     hist.batch_loss.append(lv)
                     # smoothed batch loss: a spike shows even when the epoch mean hides it
-                    self.ema = lv if self.ema is None else 0.9 * self.ema + 0.1 * lv
-                    self._check_rise(self.ema, pbar)
+                    self._check_batch_loss(lv, pbar)
                 net.backward(net.loss_fn.backward(), need_input_grad=False)
                 net.optimizer.step(net.layers)
                 m = z - a
@@ -697,7 +707,7 @@ class _Trainer:
             if self.verbose:
                 print(f"Epoch {epoch}/{epochs}, " + ", ".join(f"{k}: {v:.4f}" for k, v in logs.items()),
                       flush=True)
-            if len(hist.history["loss"]) > 1 and logs["loss"] > hist.history["loss"][-2] * self.RISE_FACTOR:
+            if len(hist.history["loss"]) > 1 and self._risen(hist.history["loss"][-2], logs["loss"]):
                 self._warn_rise(hist.history["loss"][-2], logs["loss"], pbar=None)
             if self.classify and epoch >= 2:
                 self._check_chance(logs["loss"], epoch)
@@ -719,11 +729,27 @@ class _Trainer:
         self._warn(msg, pbar)
         return msg
 
+    def _risen(self, before, after):
+        return after > before * self.RISE_FACTOR and after > before + self.RISE_MARGIN
+
+    def _check_batch_loss(self, loss, pbar):
+        """Per-batch losses (CPU): the start level is the mean of the first RISE_WINDOW batches,
+        compared with an exponential average over about as many."""
+        self.start_losses = getattr(self, "start_losses", [])
+        if len(self.start_losses) < self.RISE_WINDOW:
+            self.start_losses.append(loss)
+            self.ema = sum(self.start_losses) / len(self.start_losses)
+            if len(self.start_losses) == self.RISE_WINDOW:
+                self.first_loss = self.ema
+            return
+        self.ema += (loss - self.ema) / self.RISE_WINDOW
+        self._check_rise(self.ema, pbar)
+
     def _check_rise(self, cur, pbar):
         if self.first_loss is None:
             self.first_loss = cur
             return
-        if not self.warned_rise and cur > self.first_loss * self.RISE_FACTOR:
+        if not self.warned_rise and self._risen(self.first_loss, cur):
             self._warn_rise(self.first_loss, cur, pbar)
 
     def _check_chance(self, loss, epoch):

@@ -481,3 +481,35 @@ def test_prebatched_integer_labels_equal_one_hot(backend, rng):
         np.testing.assert_array_equal(to_numpy(la.W), to_numpy(lb.W))
     (la, aa), (lb, ab) = nets[0].evaluate(X, labels), nets[1].evaluate(X, np.eye(10)[labels])
     assert la == pytest.approx(lb, rel=1e-6) and aa == ab
+
+
+def test_a_rising_loss_warns_before_it_overflows():
+    """Linear regression with a step beyond the stability limit: the loss grows geometrically;
+    the trainer says so (rising), then stops on the first non-finite loss."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 5)).astype(np.float32)
+    t = (X @ rng.standard_normal((5, 1))).astype(np.float32)
+    net = nf.NeuralNetwork([nf.Linear(5, 1, seed=0)], nf.MSELoss(), nf.GradientDescent(lr=1.2))
+    with pytest.warns(nf.TrainingWarning) as record:
+        hist = net.fit(X, t, epochs=3, batch_size=10, verbose=0, seed=0)
+    messages = [str(w.message) for w in record]
+    assert any("rising" in m for m in messages), messages
+    assert hist.stopped is not None and "inf" in hist.stopped
+    assert all(np.isfinite(p).all() for layer in net.trainable_layers for p in layer.params.values())
+
+
+def test_no_rising_warning_for_the_noise_of_a_converged_loss():
+    """A trained classifier's batch losses are small and noisy (one batch 0.02, the next 0.3):
+    that is no divergence, and no warning may say otherwise."""
+    import warnings
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((2000, 10)).astype(np.float32)
+    y = (X[:, 0] + 0.3 * rng.standard_normal(2000) > 0).astype(int)
+    net = nf.NeuralNetwork([nf.Linear(10, 16, seed=0), nf.ReLU(), nf.Linear(16, 2, seed=1)], nf.SoftMaxLoss(),
+                        nf.GradientDescent(lr=0.1))
+    net.fit(X, y, epochs=5, batch_size=10, verbose=0, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", nf.TrainingWarning)
+        for seed in range(5):   # more training: its batch losses spread widely around a small mean
+            net.fit(X, y, epochs=1, batch_size=10, verbose=0, seed=seed)
+    assert net.history["loss"][-1] < 0.4
