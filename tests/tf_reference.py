@@ -146,6 +146,16 @@ def tf_conv(x, W, b, stride, padding, dilation, upstream=None):
             x = np.pad(x, ((0, 0), (0, 0)) + pairs)
             crop = tuple(slice(lo, x.shape[2 + i] - hi) for i, (lo, hi) in enumerate(pairs))
             tf_pad = "VALID"
+    return _differentiate(tf, x, W, b, upstream, crop,
+                          lambda xt, Kt: _conv_tf(tf, xt, Kt, stride, tf_pad, dilation))
+
+
+def _differentiate(tf, x, W, b, upstream, crop, conv):
+    """Run ``conv(x_tf, W_tf)`` (+ bias) under a tape; ``(y, dx, dW, db)`` in our layouts.
+
+    Without ``upstream`` only ``y``.  ``crop`` (slices of the spatial axes) cuts the
+    explicit padding out of ``dx``.
+    """
     xt = tf.constant(to_channels_last(x))
     Kt = tf.constant(kernel_to_tf(W).astype(x.dtype))
     bt = None if b is None else tf.constant(np.asarray(b, dtype=x.dtype))
@@ -154,7 +164,7 @@ def tf_conv(x, W, b, stride, padding, dilation, upstream=None):
         tape.watch(Kt)
         if bt is not None:
             tape.watch(bt)
-        y = _conv_tf(tf, xt, Kt, stride, tf_pad, dilation)
+        y = conv(xt, Kt)
         if bt is not None:
             y = tf.nn.bias_add(y, bt)
     y_ours = to_channels_first(y.numpy())
@@ -165,9 +175,7 @@ def tf_conv(x, W, b, stride, padding, dilation, upstream=None):
     dx = to_channels_first(grads[0].numpy())
     if crop is not None:
         dx = dx[(slice(None), slice(None)) + crop]
-    dW = kernel_from_tf(grads[1].numpy())
-    db = grads[2].numpy() if bt is not None else None
-    return y_ours, dx, dW, db
+    return y_ours, dx, kernel_from_tf(grads[1].numpy()), grads[2].numpy() if bt is not None else None
 
 
 def conv_strided_via_subsampling(x, W, b, stride, pairs, dilation, upstream):
@@ -185,24 +193,13 @@ def conv_strided_via_subsampling(x, W, b, stride, pairs, dilation, upstream):
     x = np.asarray(x)
     nd = x.ndim - 2
     xpad = np.pad(x, ((0, 0), (0, 0)) + tuple(pairs))
-    xt = tf.constant(to_channels_last(xpad))
-    Kt = tf.constant(kernel_to_tf(W).astype(x.dtype))
-    bt = None if b is None else tf.constant(np.asarray(b, dtype=x.dtype))
-    with tf.GradientTape() as tape:
-        tape.watch(xt)
-        tape.watch(Kt)
-        if bt is not None:
-            tape.watch(bt)
-        full = _conv_tf(tf, xt, Kt, (1,) * nd, "VALID", tuple(dilation))
-        y = full[(slice(None),) + tuple(slice(None, None, s) for s in stride) + (slice(None),)]
-        if bt is not None:
-            y = tf.nn.bias_add(y, bt)
-    sources = [xt, Kt] + ([bt] if bt is not None else [])
-    grads = tape.gradient(y, sources, output_gradients=tf.constant(to_channels_last(upstream).astype(x.dtype)))
     crop = tuple(slice(lo, xpad.shape[2 + i] - hi) for i, (lo, hi) in enumerate(pairs))
-    dx = to_channels_first(grads[0].numpy())[(slice(None), slice(None)) + crop]
-    return (to_channels_first(y.numpy()), dx, kernel_from_tf(grads[1].numpy()),
-            grads[2].numpy() if bt is not None else None)
+
+    def strided(xt, Kt):
+        full = _conv_tf(tf, xt, Kt, (1,) * nd, "VALID", tuple(dilation))
+        return full[(slice(None),) + tuple(slice(None, None, s) for s in stride) + (slice(None),)]
+
+    return _differentiate(tf, xpad, W, b, upstream, crop, strided)
 
 
 def tf_grouped_conv(x, K_tf, stride, padding, dilation):
