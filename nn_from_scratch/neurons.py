@@ -8,7 +8,8 @@ import numpy as np
 from . import initializers
 from .backend import get_array_module
 from .interfaces import Neuron, ShapeError, format_shape, sample_shape
-from .patches import as_tuple, conv_output_shape, make_gatherer, padding_to_json, resolve_padding
+from .conv_compute import choose_algorithm
+from .patches import as_tuple, conv_output_shape, padding_to_json, resolve_padding
 
 __all__ = ["Linear", "Convolution", "Dense", "Conv1D", "Conv2D", "Conv3D"]
 
@@ -140,15 +141,12 @@ class Convolution(_GradNames, Neuron):
         dL/db = sum over n and p of g                (F,)
         dL/dx = col2im(W.reshape(F, C*K).T @ g)      (N, C, *S)
 
-    with ``g = dL/dy`` reshaped to ``(N, F, P)``.  With stride 1 the patch matrix
-    is built in the flat-shift layout (``patches.FlatShift``: contiguous copies,
-    a few extra columns that are cropped); otherwise by ``patches.StridedPatches``.
-    The batch is processed in chunks whose patch matrix fits in the CPU cache
-    (``chunk_bytes``), built in reused scratch buffers; backward rebuilds each
-    chunk's patches instead of keeping the whole patch matrix.  With stride 1,
-    ``dL/dx`` is computed as the convolution of ``dL/dy`` with the flipped kernel
-    (``W_flip[c, f, i] = W[f, c, k-1-i]``) when that gathers less than col2im's
-    scatter-add would move.  Cache: the padded (flattened) input.
+    with ``g = dL/dy`` reshaped to ``(N, F, P)``.  How the patches are copied and
+    multiplied (whole patch matrices, or row patches with the first kernel axis as
+    column offsets; chunks that fit the CPU cache; dL/dx by col2im or by the
+    flipped kernel) is chosen per call in ``conv_compute.py``; all variants are
+    the formulas above and the tests hold each of them to TensorFlow.  Cache: the
+    chosen algorithm with the padded (flattened) input.
 
     Constructor: the seed's form ``Convolution((batch, C, H, W), kernel_size=3,
     output_layers=4, use_bias=False)``; or ``in_channels=C`` instead of the input
@@ -256,17 +254,18 @@ class Convolution(_GradNames, Neuron):
 
     _b_pd = b_grad
 
-    # -- computation --------------------------------------------------------------
-    #: bytes of patch matrix per chunk of samples: the patches of a chunk are built,
-    #: used and dropped while they are still in the CPU cache (and memory stays small)
+    # -- computation (the algorithms are in conv_compute.py) --------------------------
+    #: bytes of patch copy per chunk of samples: a chunk's patches are built, used and
+    #: dropped while they are still in the CPU cache (and memory stays small)
     chunk_bytes = 4 << 20
-    #: from this many filters on, a chunk's patch matrices are laid side by side,
-    #: ``(C*K, m*P)``, and one matrix product serves the chunk; with fewer filters one
-    #: product per sample (``(m, C*K, P)``) is faster (measured: benchmarks/RESULTS.md)
+    #: "auto", "patches" (whole patch matrices) or "rowshift" (stride 1 only): see conv_compute
+    algorithm = "auto"
+    #: PatchProduct: from this many filters on, a chunk's patch matrices are laid side by side,
+    #: ``(C*K, m*P)``, and one matrix product serves the chunk; with fewer filters one product
+    #: per sample is faster (measured: benchmarks/RESULTS.md)
     merge_from_filters = 8
-    #: how backward computes dL/dx with stride 1: "auto" (the cheaper, by the estimate in
-    #: ``_flipped_kernel_is_cheaper``), "flipped" (convolution with the flipped kernel) or
-    #: "col2im" (scatter-add); strided convolutions always use col2im
+    #: PatchProduct, stride 1: dL/dx by "auto" (the cheaper estimate), "flipped" (convolution of
+    #: dL/dy with the flipped kernel) or "col2im" (scatter-add); strided: always col2im
     dx_strategy = "auto"
 
     def _chunks(self, n, bytes_per_sample):
@@ -276,7 +275,7 @@ class Convolution(_GradNames, Neuron):
         return step, [(a, min(a + step, n)) for a in range(0, n, step)]
 
     def _buffer(self, name, shape, like):
-        """A reused scratch array (patch matrices etc.): no allocation, no page faults per step."""
+        """A reused scratch array (patch copies etc.): no allocation, no page faults per step."""
         buf = self._workspace.get(name)
         if buf is None or buf.shape != shape or buf.dtype != like.dtype or type(buf) is not type(like):
             buf = get_array_module(like).empty(shape, dtype=like.dtype)
@@ -288,111 +287,18 @@ class Convolution(_GradNames, Neuron):
         self._workspace = {}
 
     def _forward(self, x):
-        xp = get_array_module(x)
-        n = x.shape[0]
-        pads = self._pads(x.shape[2:])
-        gat = make_gatherer(x.shape, self.kernel_size, self.stride, pads, self.dilation)
-        F = self.out_channels
-        W2 = self._params["W"].reshape(F, -1)
-        ck, P = W2.shape[1], gat.n_pos
-        merged = F >= self.merge_from_filters
-        src = gat.flatten(x)
-        y = xp.empty((n, F) + gat.out, dtype=self.dtype)
-        step, chunks = self._chunks(n, ck * P * self.dtype.itemsize)
-        cols_buf = self._buffer("cols", (step * ck * P,), x)
-        out_buf = self._buffer("out", (step * F * P,), x)
-        for a, b in chunks:
-            m = b - a
-            cols = gat.patches(src[a:b], out=cols_buf[:m * ck * P], merged=merged)
-            if merged:                                     # (F, C*K) @ (C*K, m*P)
-                yf = xp.matmul(W2, cols, out=out_buf[:m * F * P].reshape(F, m * P))
-                yf = yf.reshape(F, m, P).transpose(1, 0, 2)
-            else:                                          # (F, C*K) @ (m, C*K, P)
-                yf = xp.matmul(W2, cols, out=out_buf[:m * F * P].reshape(m, F, P))
-            if self.use_bias:                              # crop and add the bias in one pass
-                xp.add(gat.crop(yf), self._params["b"].reshape((F,) + (1,) * self.ndim), out=y[a:b])
-            else:
-                y[a:b] = gat.crop(yf)
-        self._cache["src"] = src
-        self._cache["gatherer"] = gat
-        self._cache["cols_hold"] = (chunks[-1], merged, cols_buf)   # the buffer still holds the last chunk
+        algo = choose_algorithm(self, x.shape)
+        y = algo.forward(x, self._params["W"], self._params.get("b"))
+        self._cache["algorithm"] = algo
         return y
 
-    def _flipped_kernel_is_cheaper(self, gat):
-        """dL/dx by the flipped-kernel convolution of dL/dy, or by col2im (scatter-add)?
-
-        Flipped: gather F*K rows of the flat input length L, one matrix product.
-        col2im: a C*K-row product, then K slice-adds (read-modify-write) of C rows.
-        """
-        if not hasattr(gat, "gradient_patches"):
-            return False                    # strided: col2im
-        if self.dx_strategy != "auto":
-            return self.dx_strategy == "flipped"
-        C, F = self.in_channels, self.out_channels
-        return F * gat.length <= 3 * C * gat.n_pos
-
     def _backward(self, dy, need_input_grad=True):
-        xp = get_array_module(dy)
-        src, gat = self._cache["src"], self._cache["gatherer"]
         dy = dy.astype(self.dtype, copy=False)
-        n = dy.shape[0]
-        W = self._params["W"]
-        F = self.out_channels
-        W2 = W.reshape(F, -1)
-        ck, P = W2.shape[1], gat.n_pos
-        merged = F >= self.merge_from_filters
-        flipped = need_input_grad and self._flipped_kernel_is_cheaper(gat)
-        if flipped:
-            gpad = gat.pad_gradient(dy)                        # (N, F, L + max_off)
-            g_all = gat.gradient_on_grid(gpad)                 # (N, F, P) view
-        else:
-            g_all = gat.expand(dy)                             # (N, F, P)
-        dsrc = None
-        if need_input_grad:
-            dsrc = xp.empty(src.shape, dtype=self.dtype) if flipped else gat.zeros_source(dy)
-        step, chunks = self._chunks(n, ck * P * self.dtype.itemsize)
-        cols_buf = self._buffer("cols", (step * ck * P,), dy)
-        dW2 = xp.zeros_like(W2)
-        held = self._cache.get("cols_hold")
-        for a, b in reversed(chunks):       # the last forward chunk first: its patches are still there
-            m = b - a
-            if held is not None and held[0] == (a, b) and held[1] == merged and held[2] is cols_buf:
-                cols = cols_buf[:m * ck * P].reshape((ck, m * P) if merged else (m, ck, P))
-            else:
-                cols = gat.patches(src[a:b], out=cols_buf[:m * ck * P], merged=merged)
-            if merged:
-                g = self._buffer("g", (step * F * P,), dy)[:m * F * P].reshape(F, m, P)
-                xp.copyto(g, g_all[a:b].transpose(1, 0, 2))
-                g = g.reshape(F, m * P)
-                dW2 += g @ cols.T                                                   # one product per chunk
-            else:
-                dw = self._buffer("dw", (step, F, ck), dy)[:m]
-                dW2 += xp.matmul(g_all[a:b], cols.transpose(0, 2, 1), out=dw).sum(axis=0)  # g[n] @ cols[n].T
-            if need_input_grad and not flipped:                                     # col2im(W2.T @ g)
-                dcols = self._buffer("dcols", (step * ck * P,), dy)[:m * ck * P]
-                if merged:
-                    dcols = xp.matmul(W2.T, g, out=dcols.reshape(ck, m * P))
-                    dcols = dcols.reshape(ck, m, P).transpose(1, 0, 2)
-                else:
-                    dcols = xp.matmul(W2.T, g_all[a:b], out=dcols.reshape(m, ck, P))
-                gat.scatter_add(dsrc[a:b], dcols)
-        self._cache["cols_hold"] = None     # the buffer now holds the first chunk
-        self._grads["W"] = dW2.reshape(W.shape)
+        dW, dx = self._cache["algorithm"].backward(dy, self._params["W"], need_input_grad)
+        self._grads["W"] = dW
         if self.use_bias:
             self._grads["b"] = dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
-        if not need_input_grad:
-            return None
-        if flipped:
-            # dL/dx = conv(dL/dy, flipped kernel): W_flip[c, f, i] = W[f, c, k-1-i]
-            axes = tuple(range(2, 2 + self.ndim))
-            Wf = xp.ascontiguousarray(xp.flip(W, axis=axes).swapaxes(0, 1)).reshape(self.in_channels, -1)
-            fk, L = Wf.shape[1], gat.length
-            gstep, gchunks = self._chunks(n, fk * L * self.dtype.itemsize)
-            gcols_buf = self._buffer("gcols", (gstep * fk * L,), dy)
-            for a, b in gchunks:
-                gcols = gat.gradient_patches(gpad[a:b], out=gcols_buf[:(b - a) * fk * L])     # (m, F*K, L)
-                xp.matmul(Wf, gcols, out=dsrc[a:b])
-        return gat.unflatten(dsrc)
+        return dx
 
     def __repr__(self):
         return (f"Convolution({self.in_channels} -> {self.out_channels}, kernel={self.kernel_size}, "

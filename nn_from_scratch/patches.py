@@ -355,6 +355,24 @@ class FlatShift:
         """The patch matrix ``(n, C*K, Pf)``, or ``(C*K, n*Pf)`` merged (into ``out`` when given)."""
         return _gather(self._window_view(xf, self.n_pos), len(self.kernel), out, merged)
 
+    # -- row patches: gather only the kernel axes after the first ----------------------
+    # The first kernel axis moves the window by whole rows of the flat grid, i.e. by
+    # ``row_offsets[i] = i*d_1*st_1`` columns: a matrix product can take that shift as a
+    # column offset of its operand instead of a copy (``Convolution``'s row-shift mode).
+    @property
+    def row_offsets(self):
+        return [i * self.dilation[0] * self.steps[0] for i in range(self.kernel[0])]
+
+    def row_patches(self, src, width, out=None):
+        """``(n, C*K', width)`` with ``K' = prod(k[1:])``: ``[n, (c, i'), q] = src[n, c, q + offset(0, i')]``."""
+        xp = get_array_module(src)
+        it = src.itemsize
+        view = xp.lib.stride_tricks.as_strided(
+            src, shape=tuple(src.shape[:2]) + self.kernel[1:] + (width,),
+            strides=tuple(src.strides[:2]) + tuple(d * s * it for d, s in zip(self.dilation[1:], self.steps[1:]))
+            + (it,))
+        return _gather(view, len(self.kernel) - 1, out)
+
     # -- the input gradient as a convolution with the flipped kernel ------------------
     # dxf[n, c, q] = sum_{f, i} W[f, c, i] gf[n, f, q - offset(i)]; with gpad[t] = gf[t - max_off]
     # this is sum_{f, i'} W[f, c, k-1-i'] gpad[n, f, q + offset(i')]: the same flat-shift

@@ -117,19 +117,22 @@ def test_convolution_matches_tensorflow(g, batch, cin, cout, bias, how, seed, se
         check_against(ours, ref, bias, TOL64, f"{g['nd']}-D conv {g}")
 
 
-STRATEGIES = [  # (samples per chunk: "one" forces a chunk per sample, merged patch layout, dL/dx route)
-    ("one", False, "col2im"), ("one", True, "flipped"), ("all", True, "col2im"), ("all", False, "flipped"),
+STRATEGIES = [  # (samples per chunk: "one" forces a chunk per sample, algorithm, merged layout, dL/dx route)
+    ("one", "patches", False, "col2im"), ("one", "patches", True, "flipped"),
+    ("all", "patches", True, "col2im"), ("all", "patches", False, "flipped"),
+    ("one", "rowshift", False, "auto"), ("all", "rowshift", False, "auto"),
 ]
 
 
 @pytest.mark.usefixtures("needs_tf")
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=90, **SETTINGS)
 @given(g=geometries(stride_with_dilation=False), batch=st.integers(2, 4), cin=st.integers(1, 4),
        cout=st.integers(1, 12), bias=st.booleans(), seed=seeds(), strategy=st.sampled_from(STRATEGIES))
 def test_every_internal_strategy_matches_tensorflow(g, batch, cin, cout, bias, seed, strategy):
-    """The fast path's variants (chunking, merged patch matrices, dL/dx by the flipped kernel or
-    by col2im) are all the same convolution: each is held to TF on its own."""
-    chunking, merged, dx_route = strategy
+    """The fast path's variants (chunking, whole or row patches, merged patch matrices, dL/dx by
+    the flipped kernel or by col2im) are all the same convolution: each is held to TF on its own
+    (row patches need stride 1; with a stride the layer falls back to whole patches)."""
+    chunking, algorithm, merged, dx_route = strategy
     rng = rng_for(seed)
     x = rng.standard_normal((batch, cin) + g["spatial"])
     up = rng.standard_normal((batch, cout) + g["out"])
@@ -137,6 +140,7 @@ def test_every_internal_strategy_matches_tensorflow(g, batch, cin, cout, bias, s
         mp.setattr(Convolution, "chunk_bytes", 1 if chunking == "one" else 1 << 40)
         mp.setattr(Convolution, "merge_from_filters", 1 if merged else 1 << 30)
         mp.setattr(Convolution, "dx_strategy", dx_route)
+        mp.setattr(Convolution, "algorithm", algorithm)
         layer = make_layer(g, cin, cout, bias, "free")
         W, b = random_params(layer, rng)
         ours = run_ours(layer, x, up)

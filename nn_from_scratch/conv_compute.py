@@ -1,0 +1,250 @@
+"""How ``Convolution`` computes: matrix products with patches, in two arrangements.
+
+Both compute, for ``x: (N, C, *S)``, ``W: (F, C, *k)`` and ``g = dL/dy``::
+
+    y     = W.reshape(F, C*K) @ im2col(x)            (per sample)
+    dL/dW = sum_n g[n] @ im2col(x)[n].T
+    dL/dx = col2im(W.reshape(F, C*K).T @ g)           = conv(g, flipped W)  (stride 1)
+
+and differ in how much of the patch matrix they copy:
+
+``PatchProduct`` (any stride)
+    copies the whole patch matrix of a chunk of samples (``patches.FlatShift`` for
+    stride 1, ``patches.StridedPatches`` otherwise) and multiplies once per sample,
+    or once per chunk with the samples side by side (``merged``, for >= 8 filters).
+
+``RowShiftProduct`` (stride 1, a first kernel axis of 3 or more)
+    copies only the patches of the kernel axes after the first (``row_patches``):
+    moving the window one step along the first axis moves it by a whole row of the
+    flat grid, so the ``k_1`` products of one chunk read the *same* copy at column
+    offsets ``row_offsets[i]``::
+
+        y = sum_i W[:, :, i].reshape(F, C*K') @ R[:, :, off_i : off_i + P]
+
+    A ``k_1``-times smaller copy, ``k_1`` smaller products (dL/dx likewise, on the
+    padded gradient with the flipped kernel).
+
+A chunk's patch copy is sized to stay in the CPU cache (``Convolution.chunk_bytes``)
+and lives in a scratch buffer the layer reuses (no allocation per step).  Backward
+gathers the patches again rather than keeping them: less memory, and the copy is
+cheap next to the products.
+"""
+import numpy as np
+
+from .backend import get_array_module
+from .patches import make_gatherer
+
+__all__ = ["PatchProduct", "RowShiftProduct", "choose_algorithm"]
+
+
+def _flipped_kernel(W, ndim):
+    """``W_flip[c, f, i] = W[f, c, k-1-i]``, contiguous ``(C, F, *k)``."""
+    xp = get_array_module(W)
+    return xp.ascontiguousarray(xp.flip(W, axis=tuple(range(2, 2 + ndim))).swapaxes(0, 1))
+
+
+class PatchProduct:
+    """Whole patch matrices, one product per sample (or per chunk when ``merged``)."""
+
+    def __init__(self, layer, x_shape, pads):
+        self.layer = layer
+        self.gat = make_gatherer(x_shape, layer.kernel_size, layer.stride, pads, layer.dilation)
+        self.out = self.gat.out
+        self.merged = layer.out_channels >= layer.merge_from_filters
+
+    def _flipped_is_cheaper(self):
+        """dL/dx by the flipped-kernel convolution of dL/dy, or by col2im (scatter-add)?
+
+        Flipped: gather F*K rows of the flat input length L, one product.
+        col2im: a C*K-row product, then K slice-adds (read-modify-write) of C rows.
+        """
+        layer, gat = self.layer, self.gat
+        if not hasattr(gat, "gradient_patches"):
+            return False                    # strided: col2im
+        if layer.dx_strategy != "auto":
+            return layer.dx_strategy == "flipped"
+        return layer.out_channels * gat.length <= 3 * layer.in_channels * gat.n_pos
+
+    def forward(self, x, W, b):
+        layer, gat = self.layer, self.gat
+        xp = get_array_module(x)
+        n, F = x.shape[0], W.shape[0]
+        W2 = W.reshape(F, -1)
+        ck, P = W2.shape[1], gat.n_pos
+        src = gat.flatten(x)
+        y = xp.empty((n, F) + gat.out, dtype=x.dtype)
+        step, chunks = layer._chunks(n, ck * P * x.itemsize)
+        cols_buf = layer._buffer("cols", (step * ck * P,), x)
+        out_buf = layer._buffer("out", (step * F * P,), x)
+        for a, b_ in chunks:
+            m = b_ - a
+            cols = gat.patches(src[a:b_], out=cols_buf[:m * ck * P], merged=self.merged)
+            if self.merged:                                # (F, C*K) @ (C*K, m*P)
+                yf = xp.matmul(W2, cols, out=out_buf[:m * F * P].reshape(F, m * P))
+                yf = yf.reshape(F, m, P).transpose(1, 0, 2)
+            else:                                          # (F, C*K) @ (m, C*K, P)
+                yf = xp.matmul(W2, cols, out=out_buf[:m * F * P].reshape(m, F, P))
+            _store(y[a:b_], gat.crop(yf), b, xp)
+        self.src = src
+        self.held = (chunks[-1], cols_buf)                 # the buffer still holds the last chunk
+        return y
+
+    def backward(self, dy, W, need_input_grad):
+        layer, gat, src = self.layer, self.gat, self.src
+        xp = get_array_module(dy)
+        n, F = dy.shape[0], W.shape[0]
+        W2 = W.reshape(F, -1)
+        ck, P = W2.shape[1], gat.n_pos
+        merged = self.merged
+        flipped = need_input_grad and self._flipped_is_cheaper()
+        if flipped:
+            gpad = gat.pad_gradient(dy)                    # (N, F, L + max_off)
+            g_all = gat.gradient_on_grid(gpad)             # (N, F, P) view
+        else:
+            g_all = gat.expand(dy)                         # (N, F, P)
+        dsrc = None
+        if need_input_grad:
+            dsrc = xp.empty(src.shape, dtype=dy.dtype) if flipped else gat.zeros_source(dy)
+        step, chunks = layer._chunks(n, ck * P * dy.itemsize)
+        cols_buf = layer._buffer("cols", (step * ck * P,), dy)
+        dW2 = xp.zeros_like(W2)
+        for a, b_ in reversed(chunks):      # the last forward chunk first: its patches are still there
+            m = b_ - a
+            if self.held is not None and self.held[0] == (a, b_) and self.held[1] is cols_buf:
+                cols = cols_buf[:m * ck * P].reshape((ck, m * P) if merged else (m, ck, P))
+            else:
+                cols = gat.patches(src[a:b_], out=cols_buf[:m * ck * P], merged=merged)
+            if merged:
+                g = layer._buffer("g", (step * F * P,), dy)[:m * F * P].reshape(F, m, P)
+                xp.copyto(g, g_all[a:b_].transpose(1, 0, 2))
+                g = g.reshape(F, m * P)
+                dW2 += g @ cols.T                                                   # one product per chunk
+            else:
+                dw = layer._buffer("dw", (step, F, ck), dy)[:m]
+                dW2 += xp.matmul(g_all[a:b_], cols.transpose(0, 2, 1), out=dw).sum(axis=0)  # g[n] @ cols[n].T
+            if need_input_grad and not flipped:                                     # col2im(W2.T @ g)
+                dcols = layer._buffer("dcols", (step * ck * P,), dy)[:m * ck * P]
+                if merged:
+                    dcols = xp.matmul(W2.T, g, out=dcols.reshape(ck, m * P)).reshape(ck, m, P).transpose(1, 0, 2)
+                else:
+                    dcols = xp.matmul(W2.T, g_all[a:b_], out=dcols.reshape(m, ck, P))
+                gat.scatter_add(dsrc[a:b_], dcols)
+        self.held = None                                   # the buffer now holds the first chunk
+        if not need_input_grad:
+            return dW2.reshape(W.shape), None
+        if flipped:
+            Wf = _flipped_kernel(W, layer.ndim).reshape(layer.in_channels, -1)
+            fk, L = Wf.shape[1], gat.length
+            gstep, gchunks = layer._chunks(n, fk * L * dy.itemsize)
+            gcols_buf = layer._buffer("gcols", (gstep * fk * L,), dy)
+            for a, b_ in gchunks:
+                gcols = gat.gradient_patches(gpad[a:b_], out=gcols_buf[:(b_ - a) * fk * L])   # (m, F*K, L)
+                xp.matmul(Wf, gcols, out=dsrc[a:b_])
+        return dW2.reshape(W.shape), gat.unflatten(dsrc)
+
+
+class RowShiftProduct:
+    """Stride 1: patches of the trailing kernel axes only; the first axis as column offsets."""
+
+    def __init__(self, layer, x_shape, pads):
+        self.layer = layer
+        self.gat = make_gatherer(x_shape, layer.kernel_size, (1,) * layer.ndim, pads, layer.dilation)
+        self.out = self.gat.out
+        self.offsets = self.gat.row_offsets
+        self.width = int(np.prod(self.gat.padded))          # columns a row patch needs
+
+    def _rows(self, src, width, name, step, like):
+        """Row patches of a chunk (a view of ``src`` itself for 1-D kernels: nothing to gather)."""
+        gat = self.gat
+        if len(gat.kernel) == 1:
+            return src
+        n, c = src.shape[:2]
+        k_rest = int(np.prod(gat.kernel[1:]))
+        buf = self.layer._buffer(name, (step * c * k_rest * width,), like)
+        return gat.row_patches(src, width, out=buf[:n * c * k_rest * width])
+
+    @staticmethod
+    def _split(W, ndim):
+        """``[W[:, :, i].reshape(F, C*K') for i along the first kernel axis]`` (contiguous)."""
+        xp = get_array_module(W)
+        F = W.shape[0]
+        return [xp.ascontiguousarray(W[:, :, i]).reshape(F, -1) for i in range(W.shape[2])]
+
+    def forward(self, x, W, b):
+        layer, gat = self.layer, self.gat
+        xp = get_array_module(x)
+        n, C, F = x.shape[0], x.shape[1], W.shape[0]
+        P = gat.n_pos
+        Ws = self._split(W, layer.ndim)
+        src = gat.flatten(x)
+        rows_per_sample = C * int(np.prod(gat.kernel[1:])) * self.width
+        step, chunks = layer._chunks(n, rows_per_sample * x.itemsize)
+        acc_buf = layer._buffer("out", (step, F, P), x)
+        tmp_buf = layer._buffer("tmp", (step, F, P), x)
+        y = xp.empty((n, F) + gat.out, dtype=x.dtype)
+        for a, b_ in chunks:
+            m = b_ - a
+            R = self._rows(src[a:b_], self.width, "rows", step, x)              # (m, C*K', width)
+            acc = xp.matmul(Ws[0], R[:, :, :P], out=acc_buf[:m])
+            for Wi, off in zip(Ws[1:], self.offsets[1:]):
+                acc += xp.matmul(Wi, R[:, :, off:off + P], out=tmp_buf[:m])
+            _store(y[a:b_], gat.crop(acc), b, xp)
+        self.src = src
+        return y
+
+    def backward(self, dy, W, need_input_grad):
+        layer, gat, src = self.layer, self.gat, self.src
+        xp = get_array_module(dy)
+        n, F = dy.shape[0], W.shape[0]
+        C, P = src.shape[1], gat.n_pos
+        k_rest = int(np.prod(gat.kernel[1:]))
+        gpad = gat.pad_gradient(dy) if need_input_grad else None
+        g_all = gat.gradient_on_grid(gpad) if need_input_grad else gat.expand(dy)   # (N, F, P)
+        step, chunks = layer._chunks(n, C * k_rest * self.width * dy.itemsize)
+        dw_buf = layer._buffer("dw", (step, F, C * k_rest), dy)
+        dWs = [xp.zeros((F, C * k_rest), dtype=dy.dtype) for _ in self.offsets]
+        for a, b_ in chunks:
+            m = b_ - a
+            R = self._rows(src[a:b_], self.width, "rows", step, dy)
+            for dWi, off in zip(dWs, self.offsets):                               # g[n] @ R_i[n].T
+                dWi += xp.matmul(g_all[a:b_], R[:, :, off:off + P].transpose(0, 2, 1), out=dw_buf[:m]).sum(axis=0)
+        dW = xp.stack([d.reshape(F, C, k_rest) for d in dWs], axis=2).reshape((F, C) + gat.kernel)
+        if not need_input_grad:
+            return dW, None
+        # dL/dx: the flipped kernel over the padded gradient, with the same row shifts
+        Wfs = self._split(_flipped_kernel(W, layer.ndim), layer.ndim)               # (C, F*K') each
+        L = gat.length
+        gwidth = L + self.offsets[-1]
+        gstep, gchunks = layer._chunks(n, F * k_rest * gwidth * dy.itemsize)
+        dsrc = xp.empty(src.shape, dtype=dy.dtype)
+        tmp_buf = layer._buffer("dtmp", (gstep, C, L), dy)
+        for a, b_ in gchunks:
+            m = b_ - a
+            Rg = self._rows(gpad[a:b_], gwidth, "grows", gstep, dy)              # (m, F*K', gwidth)
+            acc = xp.matmul(Wfs[0], Rg[:, :, :L], out=dsrc[a:b_])
+            for Wfi, off in zip(Wfs[1:], self.offsets[1:]):
+                acc += xp.matmul(Wfi, Rg[:, :, off:off + L], out=tmp_buf[:m])
+        return dW, gat.unflatten(dsrc)
+
+
+def _store(dst, cropped, b, xp):
+    """``dst[...] = cropped (+ b per filter)`` in one pass."""
+    if b is None:
+        dst[...] = cropped
+    else:
+        xp.add(cropped, b.reshape((-1,) + (1,) * (cropped.ndim - 2)), out=dst)
+
+
+def choose_algorithm(layer, x_shape):
+    """``RowShiftProduct`` where it copies less and its products stay reasonably sized, else
+    ``PatchProduct`` (``layer.algorithm`` may force either: "rowshift" / "patches")."""
+    pads = layer._pads(x_shape[2:])
+    stride1 = all(s == 1 for s in layer.stride)
+    want = layer.algorithm
+    if want == "auto":
+        k_rest = int(np.prod(layer.kernel_size[1:]))
+        want = ("rowshift" if stride1 and layer.kernel_size[0] >= 3 and layer.in_channels * k_rest >= 16
+                else "patches")
+    if want == "rowshift" and stride1:
+        return RowShiftProduct(layer, x_shape, pads)
+    return PatchProduct(layer, x_shape, pads)
