@@ -73,7 +73,7 @@ class PatchProduct:
         ck, P = W2.shape[1], gat.n_pos
         src = gat.flatten(x)
         y = xp.empty((n, F) + gat.out, dtype=x.dtype)
-        step, chunks = layer._chunks(n, ck * P * x.itemsize)
+        step, chunks = layer._chunks(n, ck * P * x.itemsize, x)
         cols_buf = layer._buffer("cols", (step * ck * P,), x)
         out_buf = layer._buffer("out", (step * F * P,), x)
         for a, b_ in chunks:
@@ -105,7 +105,7 @@ class PatchProduct:
         dsrc = None
         if need_input_grad:
             dsrc = xp.empty(src.shape, dtype=dy.dtype) if flipped else gat.zeros_source(dy)
-        step, chunks = layer._chunks(n, ck * P * dy.itemsize)
+        step, chunks = layer._chunks(n, ck * P * dy.itemsize, dy)
         cols_buf = layer._buffer("cols", (step * ck * P,), dy)
         dW2 = xp.zeros_like(W2)
         for a, b_ in reversed(chunks):      # the last forward chunk first: its patches are still there
@@ -135,7 +135,7 @@ class PatchProduct:
         if flipped:
             Wf = _flipped_kernel(W, layer.ndim).reshape(layer.in_channels, -1)
             fk, L = Wf.shape[1], gat.length
-            gstep, gchunks = layer._chunks(n, fk * L * dy.itemsize)
+            gstep, gchunks = layer._chunks(n, fk * L * dy.itemsize, dy)
             gcols_buf = layer._buffer("gcols", (gstep * fk * L,), dy)
             for a, b_ in gchunks:
                 gcols = gat.gradient_patches(gpad[a:b_], out=gcols_buf[:(b_ - a) * fk * L])   # (m, F*K, L)
@@ -178,7 +178,7 @@ class RowShiftProduct:
         Ws = self._split(W, layer.ndim)
         src = gat.flatten(x)
         rows_per_sample = C * int(np.prod(gat.kernel[1:])) * self.width
-        step, chunks = layer._chunks(n, rows_per_sample * x.itemsize)
+        step, chunks = layer._chunks(n, rows_per_sample * x.itemsize, x)
         acc_buf = layer._buffer("out", (step, F, P), x)
         tmp_buf = layer._buffer("tmp", (step, F, P), x)
         y = xp.empty((n, F) + gat.out, dtype=x.dtype)
@@ -200,7 +200,7 @@ class RowShiftProduct:
         k_rest = int(np.prod(gat.kernel[1:]))
         gpad = gat.pad_gradient(dy) if need_input_grad else None
         g_all = gat.gradient_on_grid(gpad) if need_input_grad else gat.expand(dy)   # (N, F, P)
-        step, chunks = layer._chunks(n, C * k_rest * self.width * dy.itemsize)
+        step, chunks = layer._chunks(n, C * k_rest * self.width * dy.itemsize, dy)
         dw_buf = layer._buffer("dw", (step, F, C * k_rest), dy)
         dWs = [xp.zeros((F, C * k_rest), dtype=dy.dtype) for _ in self.offsets]
         for a, b_ in chunks:
@@ -215,7 +215,7 @@ class RowShiftProduct:
         Wfs = self._split(_flipped_kernel(W, layer.ndim), layer.ndim)               # (C, F*K') each
         L = gat.length
         gwidth = L + self.offsets[-1]
-        gstep, gchunks = layer._chunks(n, F * k_rest * gwidth * dy.itemsize)
+        gstep, gchunks = layer._chunks(n, F * k_rest * gwidth * dy.itemsize, dy)
         dsrc = xp.empty(src.shape, dtype=dy.dtype)
         tmp_buf = layer._buffer("dtmp", (gstep, C, L), dy)
         for a, b_ in gchunks:

@@ -258,6 +258,8 @@ class Convolution(_GradNames, Neuron):
     #: bytes of patch copy per chunk of samples: a chunk's patches are built, used and
     #: dropped while they are still in the CPU cache (and memory stays small)
     chunk_bytes = 4 << 20
+    #: the same on a GPU, where the point is few, large kernels rather than cache hits
+    gpu_chunk_bytes = 256 << 20
     #: "auto", "patches" (whole patch matrices) or "rowshift" (stride 1 only): see conv_compute
     algorithm = "auto"
     #: PatchProduct: from this many filters on, a chunk's patch matrices are laid side by side,
@@ -268,9 +270,10 @@ class Convolution(_GradNames, Neuron):
     #: dL/dy with the flipped kernel) or "col2im" (scatter-add); strided: always col2im
     dx_strategy = "auto"
 
-    def _chunks(self, n, bytes_per_sample):
+    def _chunks(self, n, bytes_per_sample, like):
         """(chunk size, [(start, stop), ...]): as few chunks as the byte budget allows, equal sizes."""
-        step = max(1, min(n, int(self.chunk_bytes // max(1, bytes_per_sample))))
+        budget = self.gpu_chunk_bytes if get_array_module(like) is not np else self.chunk_bytes
+        step = max(1, min(n, int(budget // max(1, bytes_per_sample))))
         step = -(-n // -(-n // step))              # balance: 50 in steps of 49 -> 2 x 25
         return step, [(a, min(a + step, n)) for a in range(0, n, step)]
 
