@@ -30,7 +30,6 @@ import warnings
 
 import numpy as np
 
-from . import backend
 from .backend import get_array_module, read_scalars, read_to_host, to_device, to_numpy
 from .interfaces import Neuron, Node, ShapeError, format_shape
 from .losses import Loss, SoftMaxLoss, labels_to_indices

@@ -212,7 +212,6 @@ def tf_grouped_conv(x, K_tf, stride, padding, dilation):
     """
     tf = _tf()
     x = np.asarray(x)
-    nd = x.ndim - 2
     y = _conv_tf(tf, tf.constant(to_channels_last(x)), tf.constant(np.asarray(K_tf, dtype=x.dtype)),
                  tuple(stride), padding.upper(), tuple(dilation))
     return to_channels_first(y.numpy())

@@ -639,7 +639,6 @@ def _from_keras(model, name):
             need_cl()
             if getattr(kl, "groups", 1) != 1:
                 raise _Unsupported(f"{where}: grouped convolution (groups={kl.groups}) has no counterpart")
-            nd = r - 2
             k = tuple(int(v) for v in kl.kernel_size)
             dil = tuple(int(v) for v in kl.dilation_rate)
             stride = tuple(int(v) for v in kl.strides)
