@@ -205,30 +205,11 @@ def build_ours(net, batch):
     """The network in nn_from_scratch (parameters on the current default backend)."""
     ensure_repo_on_path()
     import nn_from_scratch as nn  # noqa: PLC0415
+    from nn_from_scratch.examples import networks  # noqa: PLC0415
     if net == "seed_cnn":
-        layers = [
-            nn.Convolution((batch, 1, 28, 28), kernel_size=3, output_layers=4, use_bias=False),
-            nn.ReLU((batch, 4, 26, 26)),
-            nn.Convolution((batch, 4, 26, 26), kernel_size=7, output_layers=2, use_bias=False),
-            nn.ReLU((batch, 2, 20, 20)),
-            nn.Vectorization((batch, 2, 20, 20)),
-            nn.Linear((batch, 800), (batch, 10)),
-        ]
+        layers = networks.seed_lab_layers(batch)
     elif net == "lenet5":
-        layers = [
-            nn.Convolution((batch, 1, 28, 28), kernel_size=5, output_layers=6, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2D(2),
-            nn.Convolution((batch, 6, 14, 14), kernel_size=5, output_layers=16),
-            nn.ReLU(),
-            nn.MaxPool2D(2),
-            nn.Vectorization(),
-            nn.Linear(400, 120),
-            nn.ReLU(),
-            nn.Linear(120, 84),
-            nn.ReLU(),
-            nn.Linear(84, 10),
-        ]
+        layers = networks.lenet5_layers(batch)
     else:
         raise ValueError(f"unknown net {net!r}; expected one of {NETS}")
     return nn.NeuralNetwork(layers, loss_fn=nn.SoftMaxLoss(), optimizer=nn.GradientDescent(lr=LR),

@@ -56,13 +56,8 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 from . import backend, datasets
-from .activations import ReLU, Vectorization
-from .losses import SoftMaxLoss
-from .network import NeuralNetwork
-from .neurons import Convolution, Linear
+from .examples.networks import seed_lab_cnn
 from .optimizers import get as get_optimizer
 from .plotting import _umask_mode
 
@@ -91,24 +86,12 @@ def build_model(optimizer="adam", lr=None, batch_size=16, seed=0):
 
     ``seed`` fixes the initial weights (Glorot uniform, as Keras) on every backend.
     """
-    rng = np.random.default_rng(seed)
-    n_channels = 1
-    layers = [
-        Convolution((batch_size, n_channels, 28, 28), kernel_size=3, output_layers=4, use_bias=False,
-                    seed=rng, name="conv3x3"),
-        ReLU((batch_size, 4, 26, 26), name="relu_1"),
-        Convolution((batch_size, 4, 26, 26), kernel_size=7, output_layers=2, use_bias=False,
-                    seed=rng, name="conv7x7"),
-        ReLU((batch_size, 2, 20, 20), name="relu_2"),
-        Vectorization((batch_size, 2, 20, 20), name="vectorize"),
-        Linear((batch_size, 800), (batch_size, 10), seed=rng, name="linear"),
-    ]
     name = str(optimizer).lower()
     if lr is None:
         lr = DEFAULT_LR.get(name, 0.01)
-    opt = get_optimizer(name, lr=lr)
-    return NeuralNetwork(layers=layers, loss_fn=SoftMaxLoss((batch_size, 10)), optimizer=opt,
-                         n_input=28 * 28, n_output=10, batch_size=batch_size, name="seed_lab_cnn")
+    net = seed_lab_cnn(batch_size=batch_size, optimizer=get_optimizer(name, lr=lr), seed=seed)
+    net.name = "seed_lab_cnn"
+    return net
 
 
 def mnist_test_locations(test_dir=None, environ=None, root=None, home=None):

@@ -10,22 +10,14 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
+from nn_from_scratch.examples import networks
 from nn_from_scratch.interfaces import NotReadyError
 from nn_from_scratch.serialization import ModelFileError
 
 
 def _seed_lab_network(batch_size=50):
     """The seed lab's CNN, built exactly as the lab builds it."""
-    layers = [
-        nf.Convolution((batch_size, 1, 28, 28), kernel_size=3, output_layers=4, use_bias=False),
-        nf.ReLU((batch_size, 4, 26, 26)),
-        nf.Convolution((batch_size, 4, 26, 26), kernel_size=7, output_layers=2, use_bias=False),
-        nf.ReLU((batch_size, 2, 20, 20)),
-        nf.Vectorization((batch_size, 2, 20, 20)),
-        nf.Linear((batch_size, 800), (batch_size, 10)),
-    ]
-    return nf.NeuralNetwork(n_input=784, n_output=10, batch_size=batch_size, optimizer=nf.GradientDescent(lr=0.5),
-                            layers=layers, loss_fn=nf.SoftMaxLoss((batch_size, 10)))
+    return networks.seed_lab_cnn(batch_size, optimizer=nf.GradientDescent(lr=0.5))
 
 
 def _mlp():

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
+from nn_from_scratch.examples import networks
 from nn_from_scratch import backend as nnb
 from nn_from_scratch import datasets, network
 from gpu_utils import GPU_MARKS, assert_f32_agree, assert_f64_agree
@@ -145,9 +146,7 @@ def test_losses_agree_with_numpy(gpu, rng, labels, dtype):
 # ---------------------------------------------------------------- training and optimizers
 def seed_lab_network(lr=0.05, optimizer=None):
     nf.set_seed(11)
-    layers = [nf.Convolution((50, 1, 28, 28), kernel_size=3, output_layers=4, use_bias=False), nf.ReLU(),
-              nf.Convolution((50, 4, 26, 26), kernel_size=7, output_layers=2, use_bias=False), nf.ReLU(),
-              nf.Vectorization(), nf.Linear((50, 800), (50, 10))]
+    layers = networks.seed_lab_layers(50)
     return nf.NeuralNetwork(layers, loss_fn=nf.SoftMaxLoss(), optimizer=optimizer or nf.GradientDescent(lr))
 
 

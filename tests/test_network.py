@@ -21,19 +21,13 @@ import nn_from_scratch as nf
 from nn_from_scratch import gradcheck as gc
 from nn_from_scratch import kernels
 from nn_from_scratch.backend import to_numpy
+from nn_from_scratch.examples import networks
 from nn_from_scratch.interfaces import Neuron
 
 
 def seed_lab_layers(batch_size=50, use_bias=False):
     """The seed lab's CNN, constructed exactly as the lab constructs it."""
-    return [
-        nf.Convolution((batch_size, 1, 28, 28), kernel_size=3, output_layers=4, use_bias=use_bias),
-        nf.ReLU((batch_size, 4, 26, 26)),
-        nf.Convolution((batch_size, 4, 26, 26), kernel_size=7, output_layers=2, use_bias=use_bias),
-        nf.ReLU((batch_size, 2, 20, 20)),
-        nf.Vectorization((batch_size, 2, 20, 20)),
-        nf.Linear((batch_size, 800), (batch_size, 10)),
-    ]
+    return networks.seed_lab_layers(batch_size, use_bias)
 
 
 def seed_lab_network(batch_size=50, lr=0.5, use_bias=False):

@@ -9,10 +9,7 @@ import argparse
 
 import numpy as np
 
-from ..activations import ReLU, Vectorization
-from ..losses import SoftMaxLoss
-from ..network import NeuralNetwork
-from ..neurons import Convolution, Linear
+from ..examples import networks as examples
 from ..optimizers import Adam, GradientDescent, RMSProp
 
 __all__ = ["main", "seed_lab_cnn", "make_optimizer", "OPTIMIZERS"]
@@ -38,18 +35,7 @@ def seed_lab_cnn(batch_size=50, seed=0, optimizer=None):
 
     Layers are named conv1, relu1, conv2, relu2, flatten, linear (loss: softmax_loss).
     """
-    n = batch_size
-    layers = [
-        Convolution((n, 1, 28, 28), kernel_size=3, output_layers=4, use_bias=False, seed=seed, name="conv1"),
-        ReLU((n, 4, 26, 26), name="relu1"),
-        Convolution((n, 4, 26, 26), kernel_size=7, output_layers=2, use_bias=False, seed=seed + 1, name="conv2"),
-        ReLU((n, 2, 20, 20), name="relu2"),
-        Vectorization((n, 2, 20, 20), name="flatten"),
-        Linear((n, 800), (n, 10), seed=seed + 2, name="linear"),
-    ]
-    return NeuralNetwork(layers=layers, loss_fn=SoftMaxLoss((n, 10), name="softmax_loss"), n_input=28 * 28,
-                         n_output=10,
-                         batch_size=n, optimizer=optimizer or GradientDescent(lr=0.1))
+    return examples.seed_lab_cnn(batch_size=batch_size, optimizer=optimizer or GradientDescent(lr=0.1), seed=seed)
 
 
 def _parser():

@@ -1,0 +1,76 @@
+"""The example networks the project keeps coming back to, built in one place.
+
+* ``seed_lab_layers`` / ``seed_lab_cnn``: the CNN of the course lab (Lab 8, part 2), with the
+  lab's own constructor calls: Conv 3x3 -> 4 (no bias), ReLU, Conv 7x7 -> 2 (no bias), ReLU,
+  Vectorization, Linear 800 -> 10, SoftMaxLoss.  Shapes ``(N, 1, 28, 28) -> (N, 10)``.
+* ``lenet5_layers``: LeNet-5 as the benchmarks use it: Conv 6@5x5 pad 2, ReLU, MaxPool 2,
+  Conv 16@5x5, ReLU, MaxPool 2, Flatten, Linear 400 -> 120 -> 84 -> 10 with ReLUs.
+
+``seed``: None (the global generator, see ``set_seed``), an int or a ``numpy.random.Generator``;
+the layers draw their weights one after the other from one generator made from it.
+"""
+import numpy as np
+
+from ..activations import ReLU, Vectorization
+from ..initializers import default_rng
+from ..losses import SoftMaxLoss
+from ..network import NeuralNetwork
+from ..neurons import Convolution, Linear
+from ..optimizers import GradientDescent
+from ..pooling import MaxPool
+
+__all__ = ["seed_lab_layers", "seed_lab_cnn", "lenet5_layers", "SEED_LAB_NAMES"]
+
+#: layer names of ``seed_lab_layers``
+SEED_LAB_NAMES = ("conv1", "relu1", "conv2", "relu2", "flatten", "linear")
+
+
+def _rng(seed):
+    return default_rng(seed) if seed is None or isinstance(seed, np.random.Generator) \
+        else np.random.default_rng(seed)
+
+
+def seed_lab_layers(batch_size=50, use_bias=False, seed=None):
+    """The lab's six layers, constructed with the lab's calls (batch size in every shape)."""
+    rng = _rng(seed)
+    b = batch_size
+    n1, a1, n2, a2, fl, li = SEED_LAB_NAMES
+    return [
+        Convolution((b, 1, 28, 28), kernel_size=3, output_layers=4, use_bias=use_bias, seed=rng, name=n1),
+        ReLU((b, 4, 26, 26), name=a1),
+        Convolution((b, 4, 26, 26), kernel_size=7, output_layers=2, use_bias=use_bias, seed=rng, name=n2),
+        ReLU((b, 2, 20, 20), name=a2),
+        Vectorization((b, 2, 20, 20), name=fl),
+        Linear((b, 800), (b, 10), seed=rng, name=li),
+    ]
+
+
+def seed_lab_cnn(batch_size=50, optimizer=None, seed=None, use_bias=False):
+    """The lab's network: ``NeuralNetwork(n_input=784, n_output=10, ...)`` with SoftMaxLoss.
+
+    ``optimizer`` defaults to ``GradientDescent(lr=0.05)`` (the lab's 0.5 does not train).
+    """
+    return NeuralNetwork(n_input=28 * 28, n_output=10, batch_size=batch_size,
+                         optimizer=optimizer if optimizer is not None else GradientDescent(lr=0.05),
+                         layers=seed_lab_layers(batch_size, use_bias, seed),
+                         loss_fn=SoftMaxLoss((batch_size, 10), name="softmax_loss"))
+
+
+def lenet5_layers(batch_size=None, seed=None):
+    """LeNet-5 for ``(N, 1, 28, 28)`` MNIST digits (ReLU and max pooling)."""
+    rng = _rng(seed)
+    b = batch_size
+    return [
+        Convolution((b, 1, 28, 28), kernel_size=5, output_layers=6, padding=2, seed=rng, name="conv1"),
+        ReLU(name="relu1"),
+        MaxPool(pool_size=2, name="pool1"),
+        Convolution((b, 6, 14, 14), kernel_size=5, output_layers=16, seed=rng, name="conv2"),
+        ReLU(name="relu2"),
+        MaxPool(pool_size=2, name="pool2"),
+        Vectorization(name="flatten"),
+        Linear(400, 120, seed=rng, name="fc1"),
+        ReLU(name="relu3"),
+        Linear(120, 84, seed=rng, name="fc2"),
+        ReLU(name="relu4"),
+        Linear(84, 10, seed=rng, name="fc3"),
+    ]
