@@ -16,6 +16,7 @@ from nn_from_scratch import (Adam, Convolution, GradientDescent, Linear, MaxPool
                              NeuralNetwork, ReLU, RMSProp, SoftMaxLoss, Tanh, Vectorization, datasets)
 from nn_from_scratch.crosscheck import TOLERANCES, compare_training  # noqa: E402
 from nn_from_scratch.crosscheck.cli import seed_lab_cnn  # noqa: E402
+from planted_bugs import AdamWithoutBiasCorrection  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -87,17 +88,6 @@ class ClassicMomentumOnly(GradientDescent):
         v *= self.momentum
         v -= self.lr * grad
         param += v
-
-
-class AdamWithoutBiasCorrection(Adam):
-    """Bug: forgets the bias correction sqrt(1 - b2^t) / (1 - b1^t)."""
-
-    def _update(self, param, grad, key):
-        m = self.state(key, param, "m")
-        v = self.state(key, param, "v")
-        m += (grad - m) * (1 - self.beta_1)
-        v += (grad * grad - v) * (1 - self.beta_2)
-        param -= self.lr * m / (v ** 0.5 + self.epsilon)
 
 
 @pytest.mark.parametrize("lockstep", [False, True], ids=["free", "lockstep"])

@@ -31,6 +31,7 @@ import pytest
 import nn_from_scratch as nf
 from nn_from_scratch.backend import to_numpy
 from nn_from_scratch.interfaces import Optimizer
+from planted_bugs import AdamWithoutBiasCorrection
 
 STEPS = 6
 RTOL, ATOL = 1e-6, 1e-7
@@ -225,18 +226,9 @@ class EpsilonOutsideRMSProp(nf.RMSProp):
         param -= self.lr * grad / (v ** 0.5 + self.epsilon)
 
 
-class NoBiasCorrectionAdam(nf.Adam):
-    def _update(self, param, grad, key):
-        m = self.state(key, param, "m")
-        v = self.state(key, param, "v")
-        m += (grad - m) * (1 - self.beta_1)
-        v += (grad * grad - v) * (1 - self.beta_2)
-        param -= self.lr * m / (v ** 0.5 + self.epsilon)
-
-
 @pytest.mark.parametrize("make,kname,kkw", [
     (lambda: EpsilonOutsideRMSProp(lr=0.01, epsilon=1e-3), "RMSprop", dict(learning_rate=0.01, epsilon=1e-3)),
-    (lambda: NoBiasCorrectionAdam(lr=0.01), "Adam", dict(learning_rate=0.01)),
+    (lambda: AdamWithoutBiasCorrection(lr=0.01), "Adam", dict(learning_rate=0.01)),
     (lambda: nf.GradientDescent(lr=0.05, momentum=0.8), "SGD", dict(learning_rate=0.05, momentum=0.8, nesterov=True)),
 ], ids=["rmsprop_eps_outside", "adam_no_bias_correction", "classic_vs_nesterov"])
 def test_wrong_rules_are_detected(keras, make, kname, kkw):
