@@ -592,6 +592,7 @@ class _Trainer:
         self.like = like
         self.warned_chance = False
         self.ema = None
+        self.start_losses = []       # the first RISE_WINDOW batch losses (CPU schedule)
 
     def _loss_buffer(self, n):
         """Zeros ``(n,)`` on the parameters' device (and of their array type) for the batch losses."""
@@ -734,7 +735,6 @@ class _Trainer:
     def _check_batch_loss(self, loss, pbar):
         """Per-batch losses (CPU): the start level is the mean of the first RISE_WINDOW batches,
         compared with an exponential average over about as many."""
-        self.start_losses = getattr(self, "start_losses", [])
         if len(self.start_losses) < self.RISE_WINDOW:
             self.start_losses.append(loss)
             self.ema = sum(self.start_losses) / len(self.start_losses)
