@@ -18,6 +18,8 @@ class ReLU(Node):
     the next layer holds ``y`` anyway, so this costs no memory).
     """
 
+    per_sample = True  # samples never meet: batches may be split (parallel.py)
+
     def _forward(self, x):
         xp = get_array_module(x)
         y = xp.maximum(x, x.dtype.type(0))
@@ -34,6 +36,8 @@ class Sigmoid(Node):
     ``y = 1 / (1 + exp(-x)) = (1 + tanh(x / 2)) / 2`` (the tanh form never
     overflows);  ``dL/dx = dL/dy * y * (1 - y)``.  Cache: ``y``.
     """
+
+    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def _forward(self, x):
         xp = get_array_module(x)
@@ -53,6 +57,8 @@ class Tanh(Node):
     ``y = tanh(x)``;  ``dL/dx = dL/dy * (1 - y^2)``.  Cache: ``y``.
     """
 
+    per_sample = True  # samples never meet: batches may be split (parallel.py)
+
     def _forward(self, x):
         xp = get_array_module(x)
         y = xp.tanh(x)
@@ -70,6 +76,8 @@ class Softmax(Node):
     ``dL/dx = y * (dL/dy - sum_j dL/dy_j * y_j)``.  Cache: ``y``.
     For training a classifier use ``SoftMaxLoss`` on logits instead (stabler).
     """
+
+    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def __init__(self, shape=None, axis=-1, name=None):
         super().__init__(shape, name)
@@ -100,6 +108,8 @@ class Vectorization(Node):
     ``nn_from_scratch.crosscheck`` accounts for that.  Cache: the input shape.
     """
 
+    per_sample = True  # samples never meet: batches may be split (parallel.py)
+
     def compute_output_shape(self, input_shape):
         n = 1
         for s in input_shape:
@@ -122,6 +132,8 @@ Flatten = Vectorization
 
 class Reshape(Node):
     """Reshape every sample: ``x: (N, *S) -> y: (N, *target)`` with ``prod(S) == prod(target)``."""
+
+    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def __init__(self, shape=None, target_shape=None, name=None):
         super().__init__(shape, name)

@@ -86,6 +86,8 @@ class SoftMaxLoss(Loss):
     from one fused kernel, ``kernels.softmax_xent``).
     """
 
+    per_sample = True  # samples never meet: batches may be split (parallel.py)
+
     def _prepare_target(self, z, t, validate):
         if z.ndim != 2:
             raise ShapeError(f"{self._describe()} expects logits of shape (N, K), received "
@@ -144,6 +146,8 @@ class MSELoss(Loss):
     ``y, t: (N, *S)``;  ``L = 1/(N*D) sum (y - t)^2`` with ``D = prod(S)``;
     ``dL/dy = 2 (y - t) / (N*D)``.  Cache: ``y - t``.
     """
+
+    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def _prepare_target(self, y, t, validate):
         if tuple(t.shape) != tuple(y.shape):

@@ -35,6 +35,7 @@ from .interfaces import Neuron, Node, ShapeError, format_shape
 from .losses import Loss, SoftMaxLoss, labels_to_indices
 from .optimizers import GradientDescent
 from .optimizers import get as get_optimizer
+from .parallel import ShardedStep, shard_count
 from .serialization import (FORMAT, ModelFileError, build_layer, layer_config, read_model_file,
                             write_npz_atomic)
 
@@ -105,10 +106,15 @@ class NeuralNetwork:
     ``batch_size`` is the default for ``fit``/``predict``.  ``input_shape``
     (per sample, e.g. ``(1, 28, 28)``) is needed only when the first layer does
     not know its input size.
+
+    ``workers``: training steps on NumPy split a batch over this many threads
+    (``"auto"``: the usable CPU cores; shards of at least ``parallel.MIN_SHARD``
+    samples; 1 turns it off; see ``nn_from_scratch/parallel.py``).  Results agree
+    with the one-thread step to float rounding.
     """
 
     def __init__(self, layers, loss_fn=None, optimizer=None, n_input=None, n_output=None,
-                 batch_size=32, input_shape=None, name="network"):
+                 batch_size=32, input_shape=None, name="network", workers="auto"):
         layers = list(layers)
         if not layers:
             raise ValueError("NeuralNetwork needs at least one layer")
@@ -127,6 +133,10 @@ class NeuralNetwork:
         self.optimizer = get_optimizer(optimizer) if optimizer is not None else GradientDescent(lr=0.01)
         self.batch_size = int(batch_size)
         self.name = name
+        if workers != "auto" and not (isinstance(workers, (int, np.integer)) and workers >= 1):
+            raise ValueError(f"NeuralNetwork: workers must be 'auto' or an int >= 1, received {workers!r}")
+        self.workers = workers
+        self._sharded = None
         self.history = History()
         self.input_shape = tuple(input_shape) if input_shape is not None else layers[0].input_shape
         self._shapes = self._infer_shapes()
@@ -322,11 +332,38 @@ class NeuralNetwork:
 
     def train_step(self, xb, yb):
         """One forward/backward/update on a batch already on the right device; returns the loss."""
+        loss, out = self._forward_backward(xb, yb)
+        self.optimizer.step(self.layers)
+        return loss, out
+
+    def _forward_backward(self, xb, yb):
+        """``(loss, output)`` of a batch, every neuron's ``grads`` set; split over threads
+        when ``parallel.shard_count`` says so, else the plain loop."""
+        shards = shard_count(self, xb.shape[0])
+        if shards > 1:
+            if self._sharded is None or not self._sharded.matches(self, shards):
+                if self._sharded is not None:
+                    self._sharded.close()
+                self._sharded = ShardedStep(self, shards)
+            try:
+                return self._sharded.run(self, xb, yb)
+            except Exception as exc:            # once more as one batch: its error names the whole batch
+                failed = exc
+        else:
+            failed = None
         out = self.forward(xb)
         loss = self.loss_fn.forward(out, yb, validate=False)
         self.backward(self.loss_fn.backward(), need_input_grad=False)
-        self.optimizer.step(self.layers)
+        if failed is not None:
+            warnings.warn(f"{self.name}: the step split over {shards} threads failed ({failed!r}); "
+                          "it ran as one batch instead", RuntimeWarning, stacklevel=3)
         return loss, out
+
+    def _drop_shards(self):
+        """Let the shard threads and the replicas' caches go (end of ``fit``)."""
+        if self._sharded is not None:
+            self._sharded.close()
+            self._sharded = None
 
     # --------------------------------------------------------- analysis hooks
     def layer_outputs(self, x, to_host=True):
@@ -639,8 +676,7 @@ class _Trainer:
                 sel = order[a:z] if order is not None else slice(a, z)
                 xb = net._to_batch(self.X[sel])
                 yb = to_device(self.y[sel], like=xb)
-                out = net.forward(xb)
-                loss = net.loss_fn.forward(out, yb, validate=False)
+                loss, out = net._forward_backward(xb, yb)   # the update waits for the checks below
                 if self.defer:
                     losses[b:b + 1] = loss              # device -> device, no read
                 else:
@@ -651,7 +687,6 @@ class _Trainer:
                     hist.batch_loss.append(lv)
                     # smoothed batch loss: a spike shows even when the epoch mean hides it
                     self._check_batch_loss(lv, pbar)
-                net.backward(net.loss_fn.backward(), need_input_grad=False)
                 net.optimizer.step(net.layers)
                 m = z - a
                 sum_loss = sum_loss + loss * m
@@ -713,6 +748,7 @@ class _Trainer:
                 self._check_chance(logs["loss"], epoch)
         for layer in net.layers:
             layer.clear_cache()
+        net._drop_shards()
         return hist
 
     def _progress(self, epoch, epochs, n_batches):

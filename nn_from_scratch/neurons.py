@@ -56,6 +56,8 @@ class Linear(_GradNames, Neuron):
     are the same layer.  Cache: ``x``.
     """
 
+    per_sample = True  # samples never meet: batches may be split (parallel.py)
+
     def __init__(self, input_shape, output_shape=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  W_init_range=None, seed=None, dtype=np.float32, name=None):
@@ -154,6 +156,8 @@ class Convolution(_GradNames, Neuron):
     ``kernel_size``, ``stride``, ``dilation`` take an int or a per-axis tuple;
     ``padding`` an int, per-axis ints or (lo, hi) pairs, ``"valid"`` or ``"same"``.
     """
+
+    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def __init__(self, input_shape=None, kernel_size=3, output_layers=None, use_bias=True,
                  stride=1, padding=0, dilation=1, *, in_channels=None, out_channels=None,

@@ -140,6 +140,8 @@ class MaxPool(_Pool):
     branch per element and are several times slower on random masks.)
     """
 
+    per_sample = True  # samples never meet: batches may be split (parallel.py)
+
     def _forward(self, x):
         xp = get_array_module(x)
         pads, out = self._geometry(x.shape)
@@ -175,6 +177,8 @@ class AvgPool(_Pool):
     ``y = sum_i v_i / count`` (one pass per window offset ``i``, as for MaxPool);
     ``dL/dx_pad[:, :, o*s + i] += dL/dy / count``.
     """
+
+    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def _counts(self, x, pads, out):
         """Real (non-padding) entries per window, ``(1, 1, *O)``; None without padding."""

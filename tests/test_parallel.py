@@ -1,0 +1,160 @@
+"""Data-parallel training steps (``nn_from_scratch/parallel.py``).
+
+The reference is the one-thread step (``workers=1``), itself held to float64 finite
+differences and Keras elsewhere: a batch split over threads must give the same loss,
+the same gradients and, after training, the same weights, to float64 rounding.
+``parallel.MIN_SHARD`` is lowered so that small batches split (fast tests).
+"""
+import warnings
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+import nn_from_scratch as nf
+from nn_from_scratch import parallel
+from nn_from_scratch.examples import networks
+from nn_from_scratch.interfaces import Node
+
+
+@pytest.fixture(autouse=True)
+def small_shards(monkeypatch):
+    monkeypatch.setattr(parallel, "MIN_SHARD", 2)
+
+
+def lenet(workers, optimizer=None, seed=0):
+    net = nf.NeuralNetwork(networks.lenet5_layers(seed=seed), loss_fn=nf.SoftMaxLoss(),
+                           optimizer=optimizer or nf.Adam(1e-3), workers=workers)
+    return net.astype(np.float64)
+
+
+def digits(rng, n):
+    return rng.standard_normal((n, 1, 28, 28)), rng.integers(0, 10, n)
+
+
+def grads_of(net):
+    return {(layer.name, k): g.copy() for layer in net.trainable_layers for k, g in layer.grads.items()}
+
+
+@pytest.mark.parametrize("workers,n", [(2, 8), (2, 7), (3, 11), (4, 9)])
+def test_split_step_gives_the_one_thread_loss_and_gradients(workers, n):
+    """Uneven shards included (7 = 3 + 4): the shards' gradients are weighted by their sizes."""
+    rng = np.random.default_rng(n)
+    x, y = digits(rng, n)
+    one, split = lenet(1), lenet(workers)
+    assert parallel.shard_count(split, n) == workers and parallel.shard_count(one, n) == 1
+    loss1, out1 = one._forward_backward(x, y)
+    loss2, out2 = split._forward_backward(x, y)
+    assert split._sharded is not None and split._sharded.shards == workers
+    np.testing.assert_allclose(float(loss2), float(loss1), rtol=1e-13)
+    np.testing.assert_allclose(out2, out1, rtol=1e-12, atol=1e-14)
+    g1, g2 = grads_of(one), grads_of(split)
+    assert g1.keys() == g2.keys() and len(g1) == 7
+    for key in g1:
+        scale = np.abs(g1[key]).max()
+        assert scale > 0
+        np.testing.assert_allclose(g2[key], g1[key], rtol=0, atol=1e-12 * scale, err_msg=str(key))
+
+
+@pytest.mark.filterwarnings("ignore::nn_from_scratch.TrainingWarning")   # 2 epochs of noise: "not learning"
+@pytest.mark.parametrize("make_opt", [lambda: nf.SGD(0.05), lambda: nf.Adam(1e-3), lambda: nf.RMSProp(1e-3)])
+def test_fit_split_over_threads_trains_the_same_weights(make_opt):
+    rng = np.random.default_rng(1)
+    X, y = digits(rng, 60)
+    nets = [lenet(w, make_opt()) for w in (1, 2)]
+    hists = [net.fit(X, y, epochs=2, batch_size=20, seed=3, verbose=0) for net in nets]
+    np.testing.assert_allclose(hists[1].history["loss"], hists[0].history["loss"], rtol=1e-10)
+    for la, lb in zip(nets[0].trainable_layers, nets[1].trainable_layers):
+        for k in la.params:
+            np.testing.assert_allclose(lb.params[k], la.params[k], rtol=0, atol=1e-10, err_msg=f"{la.name}.{k}")
+    assert nets[1]._sharded is None                 # fit lets its threads go
+
+
+def test_split_is_deterministic_and_leaves_blas_threads_as_they_were():
+    rng = np.random.default_rng(2)
+    X, y = digits(rng, 40)
+    before = [p["num_threads"] for p in threadpool_info()]
+    runs = []
+    for _ in range(2):
+        net = lenet(2, nf.SGD(0.1))
+        for a in range(0, 40, 10):
+            net.train_step(X[a:a + 10], y[a:a + 10])
+        runs.append([p.copy() for layer in net.trainable_layers for p in layer.params.values()])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+    assert [p["num_threads"] for p in threadpool_info()] == before
+
+
+class Counting(Node):
+    """A per-sample layer (identity) that records the batch sizes it sees."""
+
+    per_sample = True
+
+    def __init__(self, fail_below=0, **kw):
+        super().__init__(**kw)
+        self.fail_below = fail_below
+        self.seen = []
+
+    def _forward(self, x):
+        self.seen.append(x.shape[0])
+        if x.shape[0] < self.fail_below:
+            raise RuntimeError(f"batch of {x.shape[0]}")
+        return x
+
+    def _backward(self, dy):
+        return dy
+
+
+class CountingSubclass(Counting):
+    """Inherits ``per_sample`` without declaring it: may hold state of its own."""
+
+
+def small_net(extra, workers=2):
+    return nf.NeuralNetwork([nf.Linear(4, 5, seed=0), extra, nf.ReLU(), nf.Linear(5, 3, seed=1)],
+                            loss_fn=nf.SoftMaxLoss(), optimizer=nf.SGD(0.1), workers=workers)
+
+
+def test_which_steps_are_split():
+    x = np.ones((8, 4), dtype=np.float32)
+    y = np.zeros(8, dtype=np.int64)
+    assert parallel.shard_count(small_net(Counting()), 8) == 2
+    assert parallel.shard_count(small_net(Counting()), 3) == 1          # shards of >= MIN_SHARD
+    assert parallel.shard_count(small_net(Counting(), workers=1), 8) == 1
+    assert parallel.shard_count(small_net(CountingSubclass()), 8) == 1  # undeclared subclass: one batch
+    net = small_net(Counting())
+    net.train_step(x, y)
+    replicas = [r[1] for r in net._sharded.replicas]
+    assert [r.seen for r in replicas] == [[4], [4]] and net.layers[1].seen == []
+    net = small_net(CountingSubclass())
+    net.train_step(x, y)
+    assert net._sharded is None and net.layers[1].seen == [8]
+    with pytest.raises(ValueError, match="workers"):
+        small_net(Counting(), workers=0)
+
+
+def test_a_failing_shard_falls_back_to_one_batch_and_says_so():
+    x = np.ones((8, 4), dtype=np.float32)
+    y = np.zeros(8, dtype=np.int64)
+    net, ref = small_net(Counting(fail_below=5)), small_net(Counting(), workers=1)
+    with pytest.warns(RuntimeWarning, match="split over 2 threads failed.*batch of 4"):
+        loss, _ = net.train_step(x, y)
+    ref_loss, _ = ref.train_step(x, y)
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-6)
+    # an error that is not the split's: raised by the one-batch run, naming the whole batch
+    net = small_net(Counting(fail_below=100))
+    with pytest.raises(RuntimeError, match="batch of 8"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.train_step(x, y)
+
+
+def test_numpy_error_state_reaches_the_shards():
+    """fit ignores overflow (its own NaN/Inf checks report it): the shard threads must too."""
+    net = small_net(Counting())
+    net.layers[0].set_params(W=np.full((5, 5), 1e30, dtype=np.float32))   # W: (1 + 4, 5), row 0 the bias
+    x = np.full((16, 4), 1e10, dtype=np.float32)
+    y = np.zeros(16, dtype=np.int64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    kinds = {type(w.message).__name__ for w in caught}
+    assert "TrainingWarning" in kinds and "RuntimeWarning" not in kinds, [str(w.message) for w in caught]
