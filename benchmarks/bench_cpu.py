@@ -11,7 +11,9 @@ framework variant trains on the same MNIST digits for the same number of
 samples with plain SGD (lr 0.01) and softmax cross-entropy:
 
 * ``ours.fit``           ``NeuralNetwork.fit(X, y, epochs=E, batch_size=B, verbose=0)`` (the public API;
-                         shuffles, reports loss and accuracy per epoch);
+                         shuffles, reports loss and accuracy per epoch; default ``workers="auto"``:
+                         batches of >= 128 split over the cores, ``nn_from_scratch/parallel.py``);
+* ``ours.fit_1thread``   the same with ``workers=1`` (one thread for our code, BLAS at its default);
 * ``ours.train_step``    a Python loop of ``network.train_step(xb, yb)`` over pre-cut batches;
 * ``keras.fit``          ``model.fit`` (channels-last data, metrics=["accuracy"], as the seed lab);
 * ``keras.tf_function``  a ``@tf.function`` step (GradientTape + ``optimizer.apply_gradients``)
@@ -42,8 +44,8 @@ import common  # noqa: E402
 common.ensure_repo_on_path()
 import numpy as np  # noqa: E402
 
-FRAMEWORKS = ("ours.fit", "ours.train_step", "keras.fit", "keras.tf_function", "torch.eager")
-OURS = ("ours.fit", "ours.train_step")
+FRAMEWORKS = ("ours.fit", "ours.fit_1thread", "ours.train_step", "keras.fit", "keras.tf_function", "torch.eager")
+OURS = ("ours.fit", "ours.fit_1thread", "ours.train_step")
 BUSY_PCT = common.BUSY_PCT
 
 
@@ -65,11 +67,11 @@ def _time(case, mem, timing, run_once):
     timing.run(case, run_once)
 
 
-def run_ours(case, X, y, timing, interval_s, variant):
+def run_ours(case, X, y, timing, interval_s, variant, workers="auto"):
     plan = case.plan
     n, nw = plan.n_data, plan.n_warmup
     with common.PeakRSS(interval_s) as mem:
-        net = common.build_ours(case.net, case.batch)
+        net = common.build_ours(case.net, case.batch, workers)
         case.params = net.count_params()
         if variant == "fit":
             def once():
@@ -349,6 +351,8 @@ def main(argv=None):
                 try:
                     if fw == "ours.fit":
                         run_ours(case, X, y, timing, interval, "fit")
+                    elif fw == "ours.fit_1thread":
+                        run_ours(case, X, y, timing, interval, "fit", workers=1)
                     elif fw == "ours.train_step":
                         run_ours(case, X, y, timing, interval, "step")
                     elif fw == "keras.fit":

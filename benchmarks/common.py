@@ -201,7 +201,7 @@ class Timing:
 
 
 # ------------------------------------------------------------------------- networks
-def build_ours(net, batch):
+def build_ours(net, batch, workers="auto"):
     """The network in nn_from_scratch (parameters on the current default backend)."""
     ensure_repo_on_path()
     import nn_from_scratch as nn  # noqa: PLC0415
@@ -213,7 +213,7 @@ def build_ours(net, batch):
     else:
         raise ValueError(f"unknown net {net!r}; expected one of {NETS}")
     return nn.NeuralNetwork(layers, loss_fn=nn.SoftMaxLoss(), optimizer=nn.GradientDescent(lr=LR),
-                            batch_size=batch, input_shape=(1, 28, 28), name=net)
+                            batch_size=batch, input_shape=(1, 28, 28), name=net, workers=workers)
 
 
 def build_keras(net):
