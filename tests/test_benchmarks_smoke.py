@@ -116,7 +116,7 @@ def test_bench_cpu_quick_runs_and_reports_every_framework(runs):
     run = runs["cpu"]
     assert run["rc"] == 0, run["stdout"][-3000:] + run["stderr"][-3000:]
     out = run["stdout"]
-    frameworks = ["ours.fit", "ours.train_step"]
+    frameworks = ["ours.fit", "ours.fit_1thread", "ours.train_step"]
     if HAVE_TF:
         frameworks += ["keras.fit", "keras.tf_function"]
     else:
