@@ -60,6 +60,15 @@ def _memory_pass(mem, run_once):
     run_once()
 
 
+def _epochs(step, batches, epochs):
+    """``step(xb, yb)`` over the pre-cut batches, ``epochs`` times; the last loss."""
+    loss = None
+    for _ in range(epochs):
+        for xb, yb in batches:
+            loss = step(xb, yb)
+    return loss
+
+
 def _time(case, mem, timing, run_once):
     """Record the memory figures of the finished PeakRSS block, then time the repeats."""
     case.train_mb = mem.segment_mb
@@ -83,11 +92,7 @@ def run_ours(case, X, y, timing, interval_s, variant, workers="auto"):
             warm = [(X[a:b], y[a:b]) for a, b in plan.slices(nw)]
 
             def once():
-                loss = None
-                for _ in range(plan.epochs):
-                    for xb, yb in batches:
-                        loss, _ = net.train_step(xb, yb)
-                return float(loss)
+                return float(_epochs(lambda xb, yb: net.train_step(xb, yb)[0], batches, plan.epochs))
             for xb, yb in warm:
                 net.train_step(xb, yb)
         _memory_pass(mem, once)
@@ -151,11 +156,7 @@ def run_keras_step(case, X, y, timing, interval_s, tf):
             step(tf.constant(Xk[a:b]), tf.constant(y[a:b]))
 
         def once():
-            loss = None
-            for _ in range(plan.epochs):
-                for xb, yb in batches:
-                    loss = step(xb, yb)
-            return float(loss.numpy())
+            return float(_epochs(step, batches, plan.epochs).numpy())
         _memory_pass(mem, once)
     _time(case, mem, timing, once)
     case.threads = _tf_threads(tf)
@@ -189,11 +190,7 @@ def run_torch(case, X, y, timing, interval_s, torch):
             step(Xt[a:b], yt[a:b])
 
         def once():
-            loss = None
-            for _ in range(plan.epochs):
-                for xb, yb in batches:
-                    loss = step(xb, yb)
-            return float(loss.item())
+            return float(_epochs(step, batches, plan.epochs).item())
         _memory_pass(mem, once)
     _time(case, mem, timing, once)
     case.threads = f"torch intra={torch.get_num_threads()}, inter={torch.get_num_interop_threads()}"
