@@ -12,26 +12,32 @@ state, and what the GPU tests compare the fused kernels against
     sigmoid_backward(dy, y)       dx = dy * y * (1 - y)
     tanh_backward(dy, y)          dx = dy * (1 - y^2)
     softmax_xent(z, t)            loss = -mean_n log softmax(z)[n, t_n],  dL/dz = (softmax(z) - onehot(t)) / N
-    sgd_update(p, g, v, ...)      Keras SGD (momentum, Nesterov), in place
+    sgd_update(p, g, v, ...)      Keras SGD (plain, momentum, Nesterov), in place
     adam_update(p, g, m, v, ...)  Keras Adam, in place
     rmsprop_update(p, g, v, ...)  Keras RMSprop (plain; centered/momentum use the reference), in place
+    im2col_merged(x, geo, out)    the patch matrix of a batch, (C*K, N*P)          (GPU only)
+    col2im_merged(dcols, geo, dx) its adjoint                                      (GPU only)
+    maxpool_forward / _backward   max pooling and its gradient, one launch each    (GPU only)
 
 Kernels are compiled on first use (CuPy caches them on disk).
 
 Wired in: ``activations`` (the three backward steps), ``losses.SoftMaxLoss`` with
-integer labels, ``optimizers.GradientDescent`` with momentum and plain
-``optimizers.RMSProp``.  ``adam_update`` is ready (and tested against its
-reference) but ``optimizers.Adam`` does not call it yet.  Why these steps: each
-replaces 2-6 separate kernel launches and temporaries of the parameter's or the
-activation's size by one pass; matrix products (cuBLAS) and reductions are left
-to CuPy.  See docs/GPU.md.
+integer labels, ``optimizers.GradientDescent``, plain
+``optimizers.RMSProp`` and ``optimizers.Adam`` (without amsgrad); the window kernels
+in ``conv_compute.KernelPatchProduct`` (``Convolution`` on CuPy) and ``MaxPool``.
+Why these steps: each replaces 2-60 separate kernel launches and temporaries by one
+pass; matrix products (cuBLAS) and reductions are left to CuPy.  The window kernels'
+references are the loop implementations in ``patches`` and the NumPy ``MaxPool``
+(they have no array-expression twin on CuPy: ``use_fused(False)`` runs the NumPy
+arrangements on CuPy instead).  See docs/GPU.md.
 """
 import functools
 
 from .backend import get_array_module, is_device_array
 
 __all__ = ["use_fused", "fused_enabled", "relu_backward", "sigmoid_backward", "tanh_backward",
-           "softmax_xent", "sgd_update", "adam_update", "rmsprop_update"]
+           "softmax_xent", "sgd_update", "adam_update", "rmsprop_update", "window_geometry", "im2col_merged",
+           "col2im_merged", "maxpool_forward", "maxpool_backward"]
 
 _state = {"fused": True}
 
@@ -54,13 +60,16 @@ def _elementwise(name):
         "sigmoid_bw": ("T dy, T y", "T dx", "dx = dy * y * ((T)1 - y)"),
         "tanh_bw": ("T dy, T y", "T dx", "dx = dy * ((T)1 - y * y)"),
         # two kernels rather than a bool parameter: no branch, no scalar-type question
+        "sgd": ("T g, T lr", "T p", "p -= lr * g"),
         "sgd_momentum": ("T g, T lr, T mom", "T p, T v", "v = mom * v - lr * g; p += v"),
         "sgd_nesterov": ("T g, T lr, T mom", "T p, T v", "v = mom * v - lr * g; p += mom * v - lr * g"),
-        "adam": ("T g, T alpha, T b1, T b2, T eps", "T p, T m, T v",
-                 "m += (g - m) * ((T)1 - b1); v += (g * g - v) * ((T)1 - b2); "
+        # one_minus_*: 1 - beta formed in float64 and rounded once to T, as the NumPy path and Keras
+        # form it (float32(0.001), not 1 - float32(0.999), which is 1.3e-5 relative off)
+        "adam": ("T g, T alpha, T one_minus_b1, T one_minus_b2, T eps", "T p, T m, T v",
+                 "m += (g - m) * one_minus_b1; v += (g * g - v) * one_minus_b2; "
                  "p -= (m * alpha) / (sqrt(v) + eps)"),
-        "rmsprop": ("T g, T lr, T rho, T eps", "T p, T v",
-                    "v = rho * v + ((T)1 - rho) * (g * g); p -= (lr * g) / sqrt(v + eps)"),
+        "rmsprop": ("T g, T lr, T rho, T one_minus_rho, T eps", "T p, T v",
+                    "v = rho * v + one_minus_rho * (g * g); p -= (lr * g) / sqrt(v + eps)"),
     }
     inp, out, body = specs[name]
     return cupy.ElementwiseKernel(inp, out, body, f"nnfs_{name}")
@@ -156,7 +165,14 @@ def softmax_xent(z, t):
 
 
 def sgd_update(p, g, v, lr, momentum, nesterov):
-    """Keras SGD with momentum, in place: ``v <- m v - lr g``; ``p <- p + v`` (or ``+ m v - lr g``)."""
+    """Keras SGD, in place: ``p <- p - lr g`` (``momentum == 0``, ``v`` unused, may be None);
+    with momentum ``v <- m v - lr g``; ``p <- p + v`` (or ``+ m v - lr g``)."""
+    if momentum == 0:
+        if fused_enabled(p, g):
+            _elementwise("sgd")(g, p.dtype.type(lr), p)
+        else:
+            p -= lr * g
+        return
     if fused_enabled(p, g, v):
         t = p.dtype.type
         _elementwise("sgd_nesterov" if nesterov else "sgd_momentum")(g, t(lr), t(momentum), p, v)
@@ -173,7 +189,7 @@ def adam_update(p, g, m, v, alpha, beta_1, beta_2, epsilon):
     """Keras Adam, in place, with ``alpha = lr sqrt(1 - b2^t) / (1 - b1^t)``."""
     if fused_enabled(p, g, m, v):
         t = p.dtype.type
-        _elementwise("adam")(g, t(alpha), t(beta_1), t(beta_2), t(epsilon), p, m, v)
+        _elementwise("adam")(g, t(alpha), t(1 - beta_1), t(1 - beta_2), t(epsilon), p, m, v)
         return
     m += (g - m) * (1 - beta_1)
     v += (g * g - v) * (1 - beta_2)
@@ -184,8 +200,171 @@ def rmsprop_update(p, g, v, lr, rho, epsilon):
     """Keras RMSprop (no momentum, not centered), in place."""
     if fused_enabled(p, g, v):
         t = p.dtype.type
-        _elementwise("rmsprop")(g, t(lr), t(rho), t(epsilon), p, v)
+        _elementwise("rmsprop")(g, t(lr), t(rho), t(1 - rho), t(epsilon), p, v)
         return
     v *= rho
     v += (1 - rho) * (g * g)
     p -= (lr * g) / (v + epsilon) ** 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Window kernels: patch gathering (im2col), its adjoint (col2im) and max pooling, in one launch
+# each.  They exist for the GPU only: there the NumPy-oriented paths (strided views, one slice
+# per kernel offset, products per sample) cost tens of launches per layer, and a training step
+# waits on the launches, not on the arithmetic (benchmarks/RESULTS.md, gpu_kernels.py).  The
+# readable references are ``patches.im2col_reference`` / ``col2im_reference`` and the NumPy
+# ``MaxPool``; the GPU tests hold these kernels equal to them.
+#
+# Geometry: every input is seen as 3-d, ``(N, C, S1, S2, S3)``, the missing leading spatial
+# axes of 1-d and 2-d inputs being of size 1 (kernel 1, stride 1, dilation 1, no padding).
+# ``window_geometry`` packs it as the int32 scalars the kernels take, in the order of _GEO
+# (Python ints: CuPy converts them to the declared int32).
+
+_GEO = ("int32 C, int32 S1, int32 S2, int32 S3, int32 k1, int32 k2, int32 k3, int32 s1, int32 s2, "
+        "int32 s3, int32 d1, int32 d2, int32 d3, int32 p1, int32 p2, int32 p3, int32 O1, int32 O2, int32 O3")
+
+# decode an output position p = (o1, o2, o3) and a kernel offset j = (c, i1, i2, i3)
+_DECODE_P = "int o3 = (int)(p % O3); long long t_ = p / O3; int o2 = (int)(t_ % O2); int o1 = (int)(t_ / O2);"
+
+_WINDOW_SPECS = {
+    # cols[(c, i1, i2, i3), n*P + p] = x[n, c, o*s + i*d - pad]  (0 outside the input)
+    "im2col": ("raw T x, int32 m, " + _GEO, "T cols", """
+        const long long P = (long long)O1 * O2 * O3, MP = (long long)m * P;
+        const long long col = i % MP, j = i / MP;
+        const int n = (int)(col / P); const long long p = col - (long long)n * P;
+        """ + _DECODE_P + """
+        const int i3 = (int)(j % k3); long long u = j / k3;
+        const int i2 = (int)(u % k2); u /= k2;
+        const int i1 = (int)(u % k1); const int c = (int)(u / k1);
+        const int z1 = o1 * s1 + i1 * d1 - p1, z2 = o2 * s2 + i2 * d2 - p2, z3 = o3 * s3 + i3 * d3 - p3;
+        T v = (T)0;
+        if (z1 >= 0 && z1 < S1 && z2 >= 0 && z2 < S2 && z3 >= 0 && z3 < S3)
+            v = x[((((long long)n * C + c) * S1 + z1) * S2 + z2) * S3 + z3];
+        cols = v;
+    """),
+    # dx[n, c, z] = sum of dcols[(c, i), n*P + p] over the (i, p) with o*s + i*d - pad = z
+    "col2im": ("raw T dcols, int32 m, " + _GEO, "T dx", """
+        const long long P = (long long)O1 * O2 * O3, MP = (long long)m * P;
+        const int z3 = (int)(i % S3); long long t = i / S3;
+        const int z2 = (int)(t % S2); t /= S2;
+        const int z1 = (int)(t % S1); t /= S1;
+        const int c = (int)(t % C); const int n = (int)(t / C);
+        const T* base = &dcols[(long long)n * P];
+        T acc = (T)0;
+        for (int i1 = 0; i1 < k1; ++i1) {
+            const int q1 = z1 + p1 - i1 * d1;
+            if (q1 < 0 || q1 % s1 != 0 || q1 / s1 >= O1) continue;
+            for (int i2 = 0; i2 < k2; ++i2) {
+                const int q2 = z2 + p2 - i2 * d2;
+                if (q2 < 0 || q2 % s2 != 0 || q2 / s2 >= O2) continue;
+                for (int i3 = 0; i3 < k3; ++i3) {
+                    const int q3 = z3 + p3 - i3 * d3;
+                    if (q3 < 0 || q3 % s3 != 0 || q3 / s3 >= O3) continue;
+                    const long long j = (((long long)c * k1 + i1) * k2 + i2) * k3 + i3;
+                    acc += base[j * MP + ((long long)(q1 / s1) * O2 + q2 / s2) * O3 + q3 / s3];
+                }
+            }
+        }
+        dx = acc;
+    """),
+    # y = max over the window (padding = -inf); arg = row-major offset of the FIRST maximum
+    # (strict >, TensorFlow's tie rule); a NaN in the window makes y NaN, as numpy.maximum does
+    "maxpool_fw": ("raw T x, T neg_inf, " + _GEO, "T y, int32 arg", """
+        const long long p = i % ((long long)O1 * O2 * O3);
+        const long long nc = i / ((long long)O1 * O2 * O3);
+        """ + _DECODE_P + """
+        const T* base = &x[nc * S1 * S2 * S3];
+        T best = neg_inf; int a = 0;
+        for (int i1 = 0; i1 < k1; ++i1) {
+            const int z1 = o1 * s1 + i1 - p1;
+            for (int i2 = 0; i2 < k2; ++i2) {
+                const int z2 = o2 * s2 + i2 - p2;
+                for (int i3 = 0; i3 < k3; ++i3) {
+                    const int z3 = o3 * s3 + i3 - p3;
+                    const int k = (i1 * k2 + i2) * k3 + i3;
+                    const bool inside = z1 >= 0 && z1 < S1 && z2 >= 0 && z2 < S2 && z3 >= 0 && z3 < S3;
+                    const T v = inside ? base[((long long)z1 * S2 + z2) * S3 + z3] : neg_inf;
+                    if (k == 0) { best = v; continue; }
+                    if (v > best) a = k;
+                    if (v > best || v != v) best = v;
+                }
+            }
+        }
+        y = best; arg = a;
+    """),
+    # dx[n, c, z] = sum of dy[n, c, o] over the windows o holding z at the offset arg[n, c, o]
+    "maxpool_bw": ("raw T dy, raw int32 arg, " + _GEO, "T dx", """
+        const int z3 = (int)(i % S3); long long t = i / S3;
+        const int z2 = (int)(t % S2); t /= S2;
+        const int z1 = (int)(t % S1); const long long nc = t / S1;
+        const long long base = nc * O1 * O2 * O3;
+        T acc = (T)0;
+        for (int i1 = 0; i1 < k1; ++i1) {
+            const int q1 = z1 + p1 - i1;
+            if (q1 < 0 || q1 % s1 != 0 || q1 / s1 >= O1) continue;
+            for (int i2 = 0; i2 < k2; ++i2) {
+                const int q2 = z2 + p2 - i2;
+                if (q2 < 0 || q2 % s2 != 0 || q2 / s2 >= O2) continue;
+                for (int i3 = 0; i3 < k3; ++i3) {
+                    const int q3 = z3 + p3 - i3;
+                    if (q3 < 0 || q3 % s3 != 0 || q3 / s3 >= O3) continue;
+                    const long long o = base + ((long long)(q1 / s1) * O2 + q2 / s2) * O3 + q3 / s3;
+                    if (arg[o] == (i1 * k2 + i2) * k3 + i3) acc += dy[o];
+                }
+            }
+        }
+        dx = acc;
+    """),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _window_kernel(name):
+    import cupy  # noqa: PLC0415 - only reached with CuPy arrays
+    inp, out, body = _WINDOW_SPECS[name]
+    return cupy.ElementwiseKernel(inp, out, body, f"nnfs_{name}")
+
+
+def window_geometry(channels, spatial, kernel, stride, pads, dilation, out):
+    """The int32 scalars of a window kernel: ``(C, S, k, s, d, pad_lo, O)``, each spatial tuple as 3-d."""
+    def three(values, fill):
+        values = tuple(int(v) for v in values)
+        return (fill,) * (3 - len(values)) + values
+    lo = tuple(p[0] for p in pads)
+    return ((int(channels),) + three(spatial, 1) + three(kernel, 1) + three(stride, 1) + three(dilation, 1)
+            + three(lo, 0) + three(out, 1))
+
+
+def im2col_merged(x, geo, out):
+    """``out[(c, i), n*P + p] = x_pad[n, c, o*s + i*d]`` for ``x: (m, C, *S)`` (C-contiguous), one launch.
+
+    ``out``: ``(C*K, m*P)``, the patch matrices of the m samples side by side (``merged``).
+    """
+    _window_kernel("im2col")(x, x.shape[0], *geo, out)
+    return out
+
+
+def col2im_merged(dcols, geo, out):
+    """The adjoint of ``im2col_merged``: ``out: (m, C, *S)`` (C-contiguous) receives the sums, one launch."""
+    _window_kernel("col2im")(dcols, out.shape[0], *geo, out)
+    return out
+
+
+def maxpool_forward(x, geo, out_shape):
+    """Max pooling of ``x: (N, C, *S)`` (C-contiguous) in one launch: ``(y, arg)``, both ``out_shape``.
+
+    ``arg`` (int32): the row-major window offset of each window's first maximum.
+    """
+    xp = get_array_module(x)
+    y = xp.empty(out_shape, dtype=x.dtype)
+    arg = xp.empty(out_shape, dtype=xp.int32)
+    _window_kernel("maxpool_fw")(x, x.dtype.type(-float("inf")), *geo, y, arg)
+    return y, arg
+
+
+def maxpool_backward(dy, arg, geo, x_shape):
+    """``dL/dx`` of ``maxpool_forward``: each ``dy`` goes to its window's ``arg`` entry (one launch)."""
+    xp = get_array_module(dy)
+    dx = xp.empty(x_shape, dtype=dy.dtype)
+    _window_kernel("maxpool_bw")(xp.ascontiguousarray(dy), arg, *geo, dx)
+    return dx

@@ -264,7 +264,8 @@ class Convolution(_GradNames, Neuron):
     chunk_bytes = 4 << 20
     #: the same on a GPU, where the point is few, large kernels rather than cache hits
     gpu_chunk_bytes = 256 << 20
-    #: "auto", "patches" (whole patch matrices) or "rowshift" (stride 1 only): see conv_compute
+    #: "auto", "patches" (whole patch matrices), "rowshift" (stride 1 only) or "kernel" (CuPy
+    #: only: the patch matrix gathered by one kernel; "auto" on CuPy): see conv_compute
     algorithm = "auto"
     #: PatchProduct: from this many filters on, a chunk's patch matrices are laid side by side,
     #: ``(C*K, m*P)``, and one matrix product serves the chunk; with fewer filters one product
@@ -294,17 +295,19 @@ class Convolution(_GradNames, Neuron):
         self._workspace = {}
 
     def _forward(self, x):
-        algo = choose_algorithm(self, x.shape)
+        algo = choose_algorithm(self, x)
         y = algo.forward(x, self._params["W"], self._params.get("b"))
         self._cache["algorithm"] = algo
         return y
 
     def _backward(self, dy, need_input_grad=True):
         dy = dy.astype(self.dtype, copy=False)
-        dW, dx = self._cache["algorithm"].backward(dy, self._params["W"], need_input_grad)
+        algo = self._cache["algorithm"]
+        dW, dx = algo.backward(dy, self._params["W"], need_input_grad)
         self._grads["W"] = dW
-        if self.use_bias:
-            self._grads["b"] = dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
+        if self.use_bias:   # the arrangement may have summed dL/db on the way (KernelPatchProduct)
+            db = getattr(algo, "db", None)
+            self._grads["b"] = db if db is not None else dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
         return dx
 
     def __repr__(self):

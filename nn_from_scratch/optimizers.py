@@ -63,10 +63,7 @@ class GradientDescent(_Decay):
 
     def _update(self, param, grad, key):
         self._decay(param)
-        if self.momentum == 0:
-            param -= self.lr * grad
-            return
-        v = self.state(key, param, "velocity")
+        v = self.state(key, param, "velocity") if self.momentum else None
         kernels.sgd_update(param, grad, v, self.lr, self.momentum, self.nesterov)
 
     def get_config(self):

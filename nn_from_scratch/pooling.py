@@ -8,7 +8,9 @@ Both work offset by offset over the ``K`` offsets ``i`` of the window, with
     MaxPool: y = max_i v_i,          dL/dx_pad[o*s + i] += [i = argmax] * g
     AvgPool: y = sum_i v_i / count,  dL/dx_pad[o*s + i] += g / count
 
-(the backward is col2im of the window gradients, done offset by offset).
+(the backward is col2im of the window gradients, done offset by offset).  On CuPy
+``MaxPool`` runs as one kernel each way (``kernels.maxpool_forward``/``_backward``,
+same rules); the NumPy path is its reference in the GPU tests.
 
 ``MaxPool`` pads with ``-inf`` and routes the gradient to the *first* maximum of
 a window in row-major order (TensorFlow's rule; it matters for ties, e.g. the
@@ -19,6 +21,7 @@ import itertools
 
 import numpy as np
 
+from . import kernels
 from .backend import get_array_module
 from .interfaces import Node, ShapeError, format_shape
 from .patches import as_tuple, conv_output_shape, pad_input, padding_to_json, patch_view, resolve_padding
@@ -145,6 +148,15 @@ class MaxPool(_Pool):
     def _forward(self, x):
         xp = get_array_module(x)
         pads, out = self._geometry(x.shape)
+        self._cache["x_shape"] = x.shape
+        if kernels.fused_enabled(x):      # CuPy: one kernel each way (kernels.maxpool_forward/backward)
+            geo = kernels.window_geometry(x.shape[1], x.shape[2:], self.pool_size, self.stride, pads,
+                                          self.dilation, out)
+            y, self._cache["argmax"] = kernels.maxpool_forward(xp.ascontiguousarray(x), geo,
+                                                               tuple(x.shape[:2]) + tuple(out))
+            self._cache["geometry"] = geo
+            return y
+        self._cache["geometry"] = None
         win = self._offset_major(pad_input(x, pads, -np.inf), out)         # (K, N, C, *O)
         k = win.shape[0]
         itype = np.uint8 if k < 256 else np.int32
@@ -155,12 +167,13 @@ class MaxPool(_Pool):
             xp.maximum(arg, gt * itype(i), out=arg)
             xp.maximum(y, win[i], out=y)
         self._cache["argmax"] = arg
-        self._cache["x_shape"] = x.shape
         return y
 
     def _backward(self, dy):
         xp = get_array_module(dy)
         arg, x_shape = self._cache["argmax"], self._cache["x_shape"]
+        if self._cache["geometry"] is not None:
+            return kernels.maxpool_backward(dy, arg, self._cache["geometry"], x_shape)
         pads, out = self._geometry(x_shape)
         dx = self._padded_zeros(dy, x_shape, pads)
         for i, v in enumerate(self._offset_views(dx, out)):

@@ -195,14 +195,17 @@ def test_optimizers_agree_with_numpy(gpu, make, kname, kkw, dtype):
 
 # ---------------------------------------------------------------- save/load, summary, to_numpy
 def rich_cnn():
+    """Layers named explicitly: automatic names count up per class, so two builds would differ."""
     nf.set_seed(5)
     return nf.NeuralNetwork([
-        nf.Convolution((None, 2, 9, 9), kernel_size=(3, 2), output_layers=4, padding="same", stride=(1, 2)),
-        nf.ReLU(), nf.MaxPool((None, 4, 9, 5), pool_size=2, stride=1),
+        nf.Convolution((None, 2, 9, 9), kernel_size=(3, 2), output_layers=4, padding="same", stride=(1, 2),
+                       name="conv_a"),
+        nf.ReLU(name="relu"), nf.MaxPool((None, 4, 9, 5), pool_size=2, stride=1, name="max"),
         nf.Convolution((None, 4, 8, 4), kernel_size=3, output_layers=3, padding=((1, 0), 1), dilation=(2, 1),
-                       use_bias=False),
-        nf.AvgPool((None, 3, 5, 4), pool_size=2, padding="same"), nf.Vectorization(), nf.Linear(18, 6), nf.Tanh(),
-        nf.Linear(6, 5)], optimizer=nf.Adam(0.003), name="rich")
+                       use_bias=False, name="conv_b"),
+        nf.AvgPool((None, 3, 5, 4), pool_size=2, padding="same", name="avg"), nf.Vectorization(name="flat"),
+        nf.Linear(18, 6, name="fc_a"), nf.Tanh(name="tanh"), nf.Linear(6, 5, name="fc_b")],
+        optimizer=nf.Adam(0.003), name="rich")
 
 
 def test_save_load_of_a_cupy_network(gpu, rng, tmp_path):

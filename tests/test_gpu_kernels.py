@@ -7,13 +7,23 @@ Each kernel has a plain array expression that runs on NumPy (and on CuPy with
   in this file (with edge cases: exact zeros for ReLU, logits of 1e4, K = 1, N = 1);
 * on CuPy only (skipped without a GPU): the fused kernel against the reference
   expression on the same CuPy data (``use_fused(False)``) and against NumPy, to
-  float32 rounding, including non-contiguous inputs and out-of-range labels.
+  float32 rounding, including non-contiguous inputs and out-of-range labels;
+* the window kernels (im2col, col2im, max pooling), on CuPy only, against the loop
+  references of ``patches`` (``im2col_reference``/``col2im_reference``) and against
+  the NumPy ``MaxPool``, over hypothesis-drawn geometries (1-3 d, stride, dilation,
+  every padding spec), and the ``Convolution`` layer's GPU arrangement against the
+  NumPy-style arrangements on the same CuPy data, in one chunk and in several.
 """
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import nn_from_scratch as nf
 from nn_from_scratch import kernels
 from nn_from_scratch.backend import to_numpy
+from nn_from_scratch.patches import col2im_reference, im2col_reference
+from conv_strategies import geometries, rng_for, seeds
 from gpu_utils import assert_f32_agree, assert_f64_agree, requires_gpu
 
 DTYPES = [np.float32, np.float64]
@@ -105,6 +115,16 @@ def test_sgd_update_formula(backend, rng, dtype, nesterov):
     assert id(P) == P_id and id(V) == V_id                    # in place
     np.testing.assert_allclose(to_numpy(V), v_new, **_tol(dtype))
     np.testing.assert_allclose(to_numpy(P), p_new, **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_plain_sgd_update_formula(backend, rng, dtype):
+    p, g, _, _ = _opt_problem(rng, dtype)
+    P = backend.asarray(p)
+    P_id = id(P)
+    kernels.sgd_update(P, backend.asarray(g), None, 0.05, 0.0, False)   # no velocity needed
+    assert id(P) == P_id
+    np.testing.assert_allclose(to_numpy(P), p.astype(np.float64) - 0.05 * g, **_tol(dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -218,12 +238,13 @@ def test_fused_softmax_xent_non_contiguous_logits_and_bad_labels(gpu, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rule", ["sgd", "nesterov", "rmsprop", "adam"])
+@pytest.mark.parametrize("rule", ["plain_sgd", "sgd", "nesterov", "rmsprop", "adam"])
 @requires_gpu
 def test_fused_updates_equal_reference(gpu, rng, dtype, rule):
     p, g, s1, s2 = _opt_problem(rng, dtype)
     P, G, S1, S2 = (gpu.asarray(a) for a in (p, g, s1, s2))
     calls = {
+        "plain_sgd": (lambda P, G, S1, S2: kernels.sgd_update(P, G, None, 0.05, 0.0, False)),
         "sgd": (lambda P, G, S1, S2: kernels.sgd_update(P, G, S1, 0.05, 0.9, False)),
         "nesterov": (lambda P, G, S1, S2: kernels.sgd_update(P, G, S1, 0.05, 0.9, True)),
         "rmsprop": (lambda P, G, S1, S2: kernels.rmsprop_update(P, G, S1, 0.01, 0.9, 1e-7)),
@@ -236,3 +257,101 @@ def test_fused_updates_equal_reference(gpu, rng, dtype, rule):
         _agree(dtype)(fused[i], ref[i], f"{rule}: {name} fused vs reference")
         _agree(dtype)(fused[i], host[i], f"{rule}: {name} fused vs NumPy")
     assert np.array_equal(to_numpy(fused[1]), g)            # the gradient is read, never written
+
+
+# ---------------------------------------------------------------- window kernels (GPU only)
+WINDOW_SETTINGS = dict(deadline=None, derandomize=True, database=None,
+                       suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+def _geo(g, channels):
+    return kernels.window_geometry(channels, g["spatial"], g["kernel"], g["stride"], g["pairs"], g["dilation"],
+                                   g["out"])
+
+
+def _merged(cols):
+    """``(N, C*K, P)`` (the references' layout) -> ``(C*K, N*P)`` (the kernels')."""
+    n, ck, p = cols.shape
+    return cols.transpose(1, 0, 2).reshape(ck, n * p)
+
+
+@requires_gpu
+@settings(max_examples=60, **WINDOW_SETTINGS)
+@given(g=geometries(), batch=st.integers(1, 3), channels=st.integers(1, 3), seed=seeds())
+def test_im2col_and_col2im_kernels_equal_the_loop_references(gpu, g, batch, channels, seed):
+    rng = rng_for(seed)
+    x = rng.standard_normal((batch, channels) + g["spatial"])
+    ref = im2col_reference(x, g["kernel"], g["stride"], g["padding"], g["dilation"])
+    ck, width = ref.shape[1], batch * ref.shape[2]
+    out = gpu.xp.full((ck, width), np.nan)              # poisoned: every entry must be written
+    got = kernels.im2col_merged(gpu.asarray(x), _geo(g, channels), out)
+    assert np.array_equal(to_numpy(got), _merged(ref))  # a gather: exact
+    dcols = rng.standard_normal(ref.shape)
+    want = col2im_reference(dcols, x.shape, g["kernel"], g["stride"], g["padding"], g["dilation"])
+    dx = gpu.xp.full(x.shape, np.nan)
+    kernels.col2im_merged(gpu.asarray(_merged(dcols)), _geo(g, channels), dx)
+    assert_f64_agree(dx, want, f"col2im kernel vs loop reference, {g}")
+
+
+@requires_gpu
+@settings(max_examples=60, **WINDOW_SETTINGS)
+@given(g=geometries(stride_with_dilation=False, modes=["plain", "stride"], padding_kinds=("valid", "same")),
+       batch=st.integers(1, 3), channels=st.integers(1, 3), seed=seeds(), ties=st.booleans())
+def test_maxpool_kernels_equal_the_numpy_layer(gpu, g, batch, channels, seed, ties):
+    pairs = g["pairs"]
+    if any(lo >= k or hi >= k for (lo, hi), k in zip(pairs, g["kernel"])):
+        return                                           # MaxPool refuses windows of padding only
+    rng = rng_for(seed)
+    x = rng.standard_normal((batch, channels) + g["spatial"])
+    if ties:                                             # many equal entries: the first maximum wins
+        x = np.maximum(np.round(x), 0)
+    make = lambda: nf.MaxPool(pool_size=g["kernel"], stride=g["stride"], padding=g["padding"],  # noqa: E731
+                              ndim=g["nd"])
+    host, dev = make(), make()
+    y = host.forward(x)
+    y_dev = dev.forward(gpu.asarray(x))
+    assert dev._cache["geometry"] is not None            # the kernel path ran
+    assert np.array_equal(to_numpy(y_dev), y)
+    dy = rng.standard_normal(y.shape)
+    assert_f64_agree(dev.backward(gpu.asarray(dy)), host.backward(dy), f"maxpool dL/dx, {g}")
+
+
+@requires_gpu
+def test_maxpool_kernel_propagates_nan_like_numpy(gpu):
+    x = np.arange(32, dtype=np.float32).reshape(1, 2, 4, 4)
+    x[0, 0, 1, 1] = np.nan
+    host, dev = nf.MaxPool(pool_size=2), nf.MaxPool(pool_size=2)
+    y, y_dev = host.forward(x), to_numpy(dev.forward(gpu.asarray(x)))
+    assert np.isnan(y_dev[0, 0, 0, 0]) and np.array_equal(np.isnan(y_dev), np.isnan(y))
+    assert np.array_equal(y_dev[~np.isnan(y)], y[~np.isnan(y)])
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 3000], ids=["one_chunk", "chunks"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@requires_gpu
+def test_conv_kernel_arrangement_equals_the_other_arrangements(gpu, rng, dtype, chunk_bytes):
+    """The layer on CuPy: "kernel" (the GPU default) against "patches" and "rowshift", same data."""
+    from nn_from_scratch.conv_compute import KernelPatchProduct, PatchProduct, RowShiftProduct
+    cases = [((5, 3, 11, 9), dict(kernel_size=3, output_layers=4, padding="same")),
+             ((4, 2, 13, 12), dict(kernel_size=(3, 2), output_layers=9, stride=(2, 1), padding=((1, 0), 2))),
+             ((3, 2, 7, 6, 5), dict(kernel_size=(3, 2, 2), output_layers=3, dilation=(1, 2, 1))),
+             ((6, 3, 17), dict(kernel_size=4, output_layers=5, stride=3, padding=2))]
+    for shape, kw in cases:
+        x = rng.standard_normal(shape).astype(dtype)
+        results = {}
+        for algorithm, cls in (("kernel", KernelPatchProduct), ("patches", PatchProduct),
+                               ("rowshift", RowShiftProduct)):
+            nf.set_seed(3)
+            layer = nf.Convolution((None,) + shape[1:], dtype=dtype, **kw)
+            layer.algorithm = algorithm
+            if chunk_bytes:
+                layer.gpu_chunk_bytes = chunk_bytes       # several chunks: patches gathered again
+            y = layer.forward(gpu.asarray(x))
+            if algorithm != "rowshift" or all(s == 1 for s in layer.stride):
+                assert type(layer._cache["algorithm"]) is cls
+            dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+            dx = layer.backward(gpu.asarray(dy))
+            results[algorithm] = (y, dx, layer.grads["W"], layer.grads["b"])
+        for other in ("patches", "rowshift"):
+            for got, ref, what in zip(results["kernel"], results[other], ("y", "dL/dx", "dL/dW", "dL/db")):
+                _agree(dtype)(got, ref, f"{shape} {kw}: {what}, kernel vs {other}")
