@@ -258,6 +258,17 @@ class KernelPatchProduct:
                                            layer.dilation, self.out)
         self.n_pos = int(np.prod(self.out))
         self.ck = layer.in_channels * int(np.prod(layer.kernel_size))
+        # the largest per-sample array a chunk's kernels index: input, patch matrix, output
+        self.sample_entries = max(int(np.prod(x_shape[1:])), self.ck * self.n_pos, layer.out_channels * self.n_pos)
+
+    def _chunks(self, n, like):
+        """The layer's chunks of samples, each also under the kernels' 2**31 entries."""
+        itemsize = like.itemsize
+        step, chunks = self.layer._chunks(n, self.sample_entries * itemsize, like)
+        if step * self.sample_entries > kernels.INT32_LIMIT:
+            step = max(1, kernels.INT32_LIMIT // self.sample_entries)
+            chunks = [(a, min(a + step, n)) for a in range(0, n, step)]
+        return step, chunks
 
     def _gather(self, x, a, b_, buf):
         """The patch matrix ``(C*K, m*P)`` of samples ``a:b_`` into ``buf``."""
@@ -270,7 +281,7 @@ class KernelPatchProduct:
         x = xp.ascontiguousarray(x)
         n, F = x.shape[0], W.shape[0]
         W2 = W.reshape(F, ck)
-        step, chunks = layer._chunks(n, ck * P * x.itemsize, x)
+        step, chunks = self._chunks(n, x)
         cols_buf = layer._buffer("cols", (step * ck * P,), x)
         out_buf = layer._buffer("out", (step * F * P,), x)
         y = xp.empty((n, F) + self.out, dtype=x.dtype)
@@ -287,7 +298,7 @@ class KernelPatchProduct:
         xp = get_array_module(dy)
         n, F = dy.shape[0], W.shape[0]
         W2 = W.reshape(F, ck)
-        step, chunks = layer._chunks(n, ck * P * dy.itemsize, dy)
+        step, chunks = self._chunks(n, dy)
         cols_buf = layer._buffer("cols", (step * ck * P,), dy)
         g_buf = layer._buffer("g", (step * F * P,), dy)
         g_all = dy.reshape(n, F, P)
@@ -320,19 +331,28 @@ def _store(dst, cropped, b, xp):
         xp.add(cropped, b.reshape((-1,) + (1,) * (cropped.ndim - 2)), out=dst)
 
 
+def _kernel_sizes_fit(layer, x_shape, pads):
+    """The window kernels' 32-bit indices reach every entry of one sample's input and patch matrix
+    (``KernelPatchProduct`` keeps its chunks under 2**31 entries)."""
+    out = conv_output_shape(x_shape[2:], layer.kernel_size, layer.stride, pads, layer.dilation)
+    ck = layer.in_channels * int(np.prod(layer.kernel_size))
+    return kernels.window_kernels_fit(int(np.prod(x_shape[1:])), ck * int(np.prod(out)))
+
+
 def choose_algorithm(layer, x):
     """Which arrangement computes ``layer`` on ``x`` (``layer.algorithm`` may force one).
 
-    "auto": ``KernelPatchProduct`` for CuPy data (fused kernels on); on NumPy
+    "auto": ``KernelPatchProduct`` for CuPy data (fused kernels on, fewer than 2**31 entries
+    in the input and in the batch's patch matrix); otherwise
     ``RowShiftProduct`` where it copies less and its products stay reasonably sized, else
-    ``PatchProduct``.  Forced: "kernel" (CuPy only, else "auto"'s NumPy choice),
+    ``PatchProduct``.  Forced: "kernel" (CuPy only, else as "auto"),
     "rowshift" (stride 1 only, else "patches"), "patches".
     """
     x_shape = x.shape
     pads = layer._pads(x_shape[2:])
     want = layer.algorithm
     if want in ("auto", "kernel"):
-        if kernels.fused_enabled(x):
+        if kernels.fused_enabled(x) and _kernel_sizes_fit(layer, x_shape, pads):
             return KernelPatchProduct(layer, x_shape, pads)
         k_rest = int(np.prod(layer.kernel_size[1:]))
         want = ("rowshift" if layer.kernel_size[0] >= 3 and layer.in_channels * k_rest >= 16 else "patches")

@@ -37,7 +37,7 @@ from .backend import get_array_module, is_device_array
 
 __all__ = ["use_fused", "fused_enabled", "relu_backward", "sigmoid_backward", "tanh_backward",
            "softmax_xent", "sgd_update", "adam_update", "rmsprop_update", "window_geometry", "im2col_merged",
-           "col2im_merged", "maxpool_forward", "maxpool_backward"]
+           "col2im_merged", "maxpool_forward", "maxpool_backward", "window_kernels_fit"]
 
 _state = {"fused": True}
 
@@ -223,33 +223,31 @@ def rmsprop_update(p, g, v, lr, rho, epsilon):
 _GEO = ("int32 C, int32 S1, int32 S2, int32 S3, int32 k1, int32 k2, int32 k3, int32 s1, int32 s2, "
         "int32 s3, int32 d1, int32 d2, int32 d3, int32 p1, int32 p2, int32 p3, int32 O1, int32 O2, int32 O3")
 
-# decode an output position p = (o1, o2, o3) and a kernel offset j = (c, i1, i2, i3)
-_DECODE_P = "int o3 = (int)(p % O3); long long t_ = p / O3; int o2 = (int)(t_ % O2); int o1 = (int)(t_ / O2);"
+# decode an output position p = (o1, o2, o3).  All index arithmetic is 32-bit (64-bit division
+# is emulated on the GPU and made these kernels 2-4x slower): the callers use them only for
+# arrays of fewer than 2**31 entries (``window_kernels_fit``).
+_DECODE_P = "const int o3 = p % O3, t_ = p / O3, o2 = t_ % O2, o1 = t_ / O2;"
 
 _WINDOW_SPECS = {
     # cols[(c, i1, i2, i3), n*P + p] = x[n, c, o*s + i*d - pad]  (0 outside the input)
     "im2col": ("raw T x, int32 m, " + _GEO, "T cols", """
-        const long long P = (long long)O1 * O2 * O3, MP = (long long)m * P;
-        const long long col = i % MP, j = i / MP;
-        const int n = (int)(col / P); const long long p = col - (long long)n * P;
+        const int P = O1 * O2 * O3, MP = m * P;
+        const int e = (int)i, col = e % MP, j = e / MP;
+        const int n = col / P, p = col - n * P;
         """ + _DECODE_P + """
-        const int i3 = (int)(j % k3); long long u = j / k3;
-        const int i2 = (int)(u % k2); u /= k2;
-        const int i1 = (int)(u % k1); const int c = (int)(u / k1);
+        const int i3 = j % k3, u3 = j / k3, i2 = u3 % k2, u2 = u3 / k2, i1 = u2 % k1, c = u2 / k1;
         const int z1 = o1 * s1 + i1 * d1 - p1, z2 = o2 * s2 + i2 * d2 - p2, z3 = o3 * s3 + i3 * d3 - p3;
         T v = (T)0;
         if (z1 >= 0 && z1 < S1 && z2 >= 0 && z2 < S2 && z3 >= 0 && z3 < S3)
-            v = x[((((long long)n * C + c) * S1 + z1) * S2 + z2) * S3 + z3];
+            v = x[(((n * C + c) * S1 + z1) * S2 + z2) * S3 + z3];
         cols = v;
     """),
     # dx[n, c, z] = sum of dcols[(c, i), n*P + p] over the (i, p) with o*s + i*d - pad = z
     "col2im": ("raw T dcols, int32 m, " + _GEO, "T dx", """
-        const long long P = (long long)O1 * O2 * O3, MP = (long long)m * P;
-        const int z3 = (int)(i % S3); long long t = i / S3;
-        const int z2 = (int)(t % S2); t /= S2;
-        const int z1 = (int)(t % S1); t /= S1;
-        const int c = (int)(t % C); const int n = (int)(t / C);
-        const T* base = &dcols[(long long)n * P];
+        const int P = O1 * O2 * O3, MP = m * P;
+        const int e = (int)i, z3 = e % S3, t3 = e / S3, z2 = t3 % S2, t2 = t3 / S2, z1 = t2 % S1, t1 = t2 / S1;
+        const int c = t1 % C, n = t1 / C;
+        const int base = n * P;
         T acc = (T)0;
         for (int i1 = 0; i1 < k1; ++i1) {
             const int q1 = z1 + p1 - i1 * d1;
@@ -260,8 +258,8 @@ _WINDOW_SPECS = {
                 for (int i3 = 0; i3 < k3; ++i3) {
                     const int q3 = z3 + p3 - i3 * d3;
                     if (q3 < 0 || q3 % s3 != 0 || q3 / s3 >= O3) continue;
-                    const long long j = (((long long)c * k1 + i1) * k2 + i2) * k3 + i3;
-                    acc += base[j * MP + ((long long)(q1 / s1) * O2 + q2 / s2) * O3 + q3 / s3];
+                    const int j = ((c * k1 + i1) * k2 + i2) * k3 + i3;
+                    acc += dcols[j * MP + base + ((q1 / s1) * O2 + q2 / s2) * O3 + q3 / s3];
                 }
             }
         }
@@ -270,10 +268,9 @@ _WINDOW_SPECS = {
     # y = max over the window (padding = -inf); arg = row-major offset of the FIRST maximum
     # (strict >, TensorFlow's tie rule); a NaN in the window makes y NaN, as numpy.maximum does
     "maxpool_fw": ("raw T x, T neg_inf, " + _GEO, "T y, int32 arg", """
-        const long long p = i % ((long long)O1 * O2 * O3);
-        const long long nc = i / ((long long)O1 * O2 * O3);
+        const int e = (int)i, P = O1 * O2 * O3, p = e % P, nc = e / P;
         """ + _DECODE_P + """
-        const T* base = &x[nc * S1 * S2 * S3];
+        const int base = nc * S1 * S2 * S3;
         T best = neg_inf; int a = 0;
         for (int i1 = 0; i1 < k1; ++i1) {
             const int z1 = o1 * s1 + i1 - p1;
@@ -283,7 +280,7 @@ _WINDOW_SPECS = {
                     const int z3 = o3 * s3 + i3 - p3;
                     const int k = (i1 * k2 + i2) * k3 + i3;
                     const bool inside = z1 >= 0 && z1 < S1 && z2 >= 0 && z2 < S2 && z3 >= 0 && z3 < S3;
-                    const T v = inside ? base[((long long)z1 * S2 + z2) * S3 + z3] : neg_inf;
+                    const T v = inside ? x[base + (z1 * S2 + z2) * S3 + z3] : neg_inf;
                     if (k == 0) { best = v; continue; }
                     if (v > best) a = k;
                     if (v > best || v != v) best = v;
@@ -294,10 +291,8 @@ _WINDOW_SPECS = {
     """),
     # dx[n, c, z] = sum of dy[n, c, o] over the windows o holding z at the offset arg[n, c, o]
     "maxpool_bw": ("raw T dy, raw int32 arg, " + _GEO, "T dx", """
-        const int z3 = (int)(i % S3); long long t = i / S3;
-        const int z2 = (int)(t % S2); t /= S2;
-        const int z1 = (int)(t % S1); const long long nc = t / S1;
-        const long long base = nc * O1 * O2 * O3;
+        const int e = (int)i, z3 = e % S3, t3 = e / S3, z2 = t3 % S2, t2 = t3 / S2, z1 = t2 % S1, nc = t2 / S1;
+        const int base = nc * O1 * O2 * O3;
         T acc = (T)0;
         for (int i1 = 0; i1 < k1; ++i1) {
             const int q1 = z1 + p1 - i1;
@@ -308,7 +303,7 @@ _WINDOW_SPECS = {
                 for (int i3 = 0; i3 < k3; ++i3) {
                     const int q3 = z3 + p3 - i3;
                     if (q3 < 0 || q3 % s3 != 0 || q3 / s3 >= O3) continue;
-                    const long long o = base + ((long long)(q1 / s1) * O2 + q2 / s2) * O3 + q3 / s3;
+                    const int o = base + ((q1 / s1) * O2 + q2 / s2) * O3 + q3 / s3;
                     if (arg[o] == (i1 * k2 + i2) * k3 + i3) acc += dy[o];
                 }
             }
@@ -316,6 +311,14 @@ _WINDOW_SPECS = {
         dx = acc;
     """),
 }
+
+#: the window kernels index with 32-bit ints: every array they touch has fewer entries
+INT32_LIMIT = 2 ** 31 - 1
+
+
+def window_kernels_fit(*sizes):
+    """True when arrays of these numbers of entries can go through the window kernels."""
+    return all(int(s) <= INT32_LIMIT for s in sizes)
 
 
 @functools.lru_cache(maxsize=None)

@@ -149,7 +149,8 @@ class MaxPool(_Pool):
         xp = get_array_module(x)
         pads, out = self._geometry(x.shape)
         self._cache["x_shape"] = x.shape
-        if kernels.fused_enabled(x):      # CuPy: one kernel each way (kernels.maxpool_forward/backward)
+        if kernels.fused_enabled(x) and kernels.window_kernels_fit(x.size, x.shape[0] * x.shape[1] * np.prod(out)):
+            # CuPy: one kernel each way (kernels.maxpool_forward / maxpool_backward)
             geo = kernels.window_geometry(x.shape[1], x.shape[2:], self.pool_size, self.stride, pads,
                                           self.dilation, out)
             y, self._cache["argmax"] = kernels.maxpool_forward(xp.ascontiguousarray(x), geo,
