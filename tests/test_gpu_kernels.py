@@ -355,3 +355,34 @@ def test_conv_kernel_arrangement_equals_the_other_arrangements(gpu, rng, dtype, 
         for other in ("patches", "rowshift"):
             for got, ref, what in zip(results["kernel"], results[other], ("y", "dL/dx", "dL/dW", "dL/db")):
                 _agree(dtype)(got, ref, f"{shape} {kw}: {what}, kernel vs {other}")
+
+
+def test_kernel_chunks_stay_under_the_int32_index_limit(monkeypatch):
+    """The window kernels index with 32-bit ints: chunks are capped, too-large samples fall back."""
+    from nn_from_scratch.conv_compute import KernelPatchProduct, _kernel_sizes_fit
+    layer = nf.Convolution((None, 3, 10, 10), kernel_size=3, output_layers=4, padding=1)
+    pads = layer._pads((10, 10))
+    kp = KernelPatchProduct(layer, (8, 3, 10, 10), pads)
+    assert kp.sample_entries == 27 * 100                 # the patch matrix: C*K rows, P columns
+    assert kp._chunks(8, np.zeros(1, np.float32)) == (8, [(0, 8)])
+    monkeypatch.setattr(kernels, "INT32_LIMIT", 3 * 2700 + 5)
+    step, chunks = kp._chunks(8, np.zeros(1, np.float32))
+    assert (step, chunks) == (3, [(0, 3), (3, 6), (6, 8)])
+    assert _kernel_sizes_fit(layer, (8, 3, 10, 10), pads)
+    monkeypatch.setattr(kernels, "INT32_LIMIT", 2699)    # one sample's patch matrix is too large
+    assert not _kernel_sizes_fit(layer, (8, 3, 10, 10), pads)
+
+
+@requires_gpu
+def test_conv_and_pool_fall_back_beyond_the_int32_index_limit(gpu, rng, monkeypatch):
+    from nn_from_scratch.conv_compute import KernelPatchProduct, choose_algorithm
+    x = gpu.asarray(rng.standard_normal((4, 3, 10, 10)).astype(np.float32))
+    conv = nf.Convolution((None, 3, 10, 10), kernel_size=3, output_layers=4, padding=1)
+    pool = nf.MaxPool(pool_size=2)
+    assert type(choose_algorithm(conv, x)) is KernelPatchProduct
+    y_kernel, p_kernel = to_numpy(conv.forward(x)), to_numpy(pool.forward(x))
+    monkeypatch.setattr(kernels, "INT32_LIMIT", 1000)
+    assert type(choose_algorithm(conv, x)) is not KernelPatchProduct
+    assert_f32_agree(conv.forward(x), y_kernel, "conv: NumPy-style arrangement on CuPy vs the kernel")
+    assert np.array_equal(to_numpy(pool.forward(x)), p_kernel)
+    assert pool._cache["geometry"] is None               # the array-expression path ran
