@@ -18,6 +18,7 @@ state, and what the GPU tests compare the fused kernels against
     im2col_merged(x, geo, out)    the patch matrix of a batch, (C*K, N*P)          (GPU only)
     col2im_merged(dcols, geo, dx) its adjoint                                      (GPU only)
     maxpool_forward / _backward   max pooling and its gradient, one launch each    (GPU only)
+    accumulate_batch(...)         fit's per-batch loss/accuracy bookkeeping, one launch
 
 Kernels are compiled on first use (CuPy caches them on disk).
 
@@ -37,7 +38,7 @@ from .backend import get_array_module, is_device_array
 
 __all__ = ["use_fused", "fused_enabled", "relu_backward", "sigmoid_backward", "tanh_backward",
            "softmax_xent", "sgd_update", "adam_update", "rmsprop_update", "window_geometry", "im2col_merged",
-           "col2im_merged", "maxpool_forward", "maxpool_backward", "window_kernels_fit"]
+           "col2im_merged", "maxpool_forward", "maxpool_backward", "window_kernels_fit", "accumulate_batch"]
 
 _state = {"fused": True}
 
@@ -162,6 +163,70 @@ def softmax_xent(z, t):
     grad[rows, t] -= 1
     grad *= z.dtype.type(1.0 / n)
     return loss, grad
+
+
+_STATS_SRC = r"""
+template<typename T>
+__device__ void batch_stats(const T* out, const long long* labels, const T* loss, T* sum_loss,
+                            long long* sum_correct, T* losses, int b, int n, int k, T m) {
+    __shared__ long long counts[256];
+    const int tid = threadIdx.x;
+    long long c = 0;
+    for (int r = tid; r < n; r += blockDim.x) {          // argmax of each row: the first maximum
+        const T* row = out + (long long)r * k;
+        int best = 0; T bv = row[0];
+        for (int j = 1; j < k; ++j) if (row[j] > bv) { bv = row[j]; best = j; }
+        c += (best == labels[r]);
+    }
+    counts[tid] = c;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (tid < s) counts[tid] += counts[tid + s];
+        __syncthreads();
+    }
+    if (tid == 0) {
+        sum_loss[0] = sum_loss[0] + loss[0] * m;
+        sum_correct[0] += counts[0];
+        losses[b] = loss[0];
+    }
+}
+extern "C" __global__ void stats_f32(const float* o, const long long* t, const float* l, float* sl, long long* sc,
+                                     float* ls, int b, int n, int k, float m)
+{ batch_stats<float>(o, t, l, sl, sc, ls, b, n, k, m); }
+extern "C" __global__ void stats_f64(const double* o, const long long* t, const double* l, double* sl,
+                                     long long* sc, double* ls, int b, int n, int k, double m)
+{ batch_stats<double>(o, t, l, sl, sc, ls, b, n, k, m); }
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _stats_kernel(dtype_name):
+    import cupy  # noqa: PLC0415
+    module = cupy.RawModule(code=_STATS_SRC, options=("-std=c++11",))
+    return module.get_function("stats_f32" if dtype_name == "float32" else "stats_f64")
+
+
+def accumulate_batch(sum_loss, sum_correct, losses, b, loss, out, labels):
+    """A training batch's figures, in place: ``losses[b] = loss``, ``sum_loss += loss * m`` and
+    ``sum_correct += #(argmax(out, axis=1) == labels)`` (``m`` = the batch's rows).
+
+    ``sum_loss`` (0-d, the dtype of ``out``), ``sum_correct`` (0-d int64) and ``losses`` live
+    on the device; ``labels`` are integer class indices ``(m,)``.  One single-block kernel on
+    the GPU instead of seven launches; the reference expressions on NumPy (and with
+    ``use_fused(False)``).  The argmax is the first maximum of a row, as ``argmax``'s.
+    """
+    n, k = out.shape
+    if fused_enabled(out) and out.dtype.name in ("float32", "float64") and sum_loss.dtype == out.dtype:
+        xp = get_array_module(out)
+        oc = xp.ascontiguousarray(out)
+        tc = xp.ascontiguousarray(labels.astype(xp.int64, copy=False))
+        lc = loss.astype(out.dtype, copy=False).reshape(1)
+        _stats_kernel(out.dtype.name)((1,), (256,), (oc, tc, lc, sum_loss, sum_correct, losses, xp.int32(b),
+                                                     xp.int32(n), xp.int32(k), out.dtype.type(n)))
+        return
+    losses[b:b + 1] = loss
+    sum_loss += loss * n
+    sum_correct += (out.argmax(axis=1) == labels).sum()
 
 
 def sgd_update(p, g, v, lr, momentum, nesterov):

@@ -30,6 +30,7 @@ import warnings
 
 import numpy as np
 
+from . import kernels
 from .backend import get_array_module, read_scalars, read_to_host, to_device, to_numpy
 from .interfaces import Neuron, Node, ShapeError, format_shape
 from .losses import Loss, SoftMaxLoss, labels_to_indices
@@ -650,6 +651,9 @@ class _Trainer:
             pbar.write("WARNING: " + msg)
 
     def run(self, epochs, val, val_batch=256):
+        # validation data that fit on the device go in once, not once per validation pass
+        if val is not None and self.on_device and self._fits_on_device(val[0]):
+            val = (to_device(val[0], like=self.like, dtype=self.net.dtype), to_device(val[1], like=self.like))
         # overflow to Inf/NaN is caught and reported by the loss checks below (training stops
         # with a TrainingWarning), so NumPy's own overflow warnings would only repeat it
         with np.errstate(over="ignore", invalid="ignore"):
@@ -669,6 +673,11 @@ class _Trainer:
             sum_loss, sum_correct, seen = 0.0, 0, 0
             # deferred reads: every batch's loss stays on the device until the epoch's last read
             losses = self._loss_buffer(n_batches) if self.defer else None
+            # ... and with integer labels one kernel keeps the batch loss and the running sums there
+            fused_sums = self.defer and self.classify and self.y.ndim == 1
+            if fused_sums:
+                sum_loss = self._loss_buffer(1).reshape(())     # 0-d arrays, updated in place
+                sum_correct = self.xp.zeros((), dtype=np.int64)
             last_refresh = self._clock()
             stopped = None
             for b in range(n_batches):
@@ -677,7 +686,10 @@ class _Trainer:
                 xb = net._to_batch(self.X[sel])
                 yb = to_device(self.y[sel], like=xb)
                 loss, out = net._forward_backward(xb, yb)   # the update waits for the checks below
-                if self.defer:
+                m = z - a
+                if fused_sums:                          # device -> device, no read
+                    kernels.accumulate_batch(sum_loss, sum_correct, losses, b, loss, out, yb)
+                elif self.defer:
                     losses[b:b + 1] = loss              # device -> device, no read
                 else:
                     lv = float(loss)                     # host memory: no transfer
@@ -688,10 +700,10 @@ class _Trainer:
                     # smoothed batch loss: a spike shows even when the epoch mean hides it
                     self._check_batch_loss(lv, pbar)
                 net.optimizer.step(net.layers)
-                m = z - a
-                sum_loss = sum_loss + loss * m
                 seen += m
-                if self.classify:
+                if not fused_sums:
+                    sum_loss = sum_loss + loss * m
+                if self.classify and not fused_sums:
                     labels = yb.argmax(axis=1) if yb.ndim == 2 else yb
                     sum_correct = sum_correct + (out.argmax(axis=1) == labels).sum()
                 now = self._clock()

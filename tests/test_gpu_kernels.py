@@ -386,3 +386,46 @@ def test_conv_and_pool_fall_back_beyond_the_int32_index_limit(gpu, rng, monkeypa
     assert_f32_agree(conv.forward(x), y_kernel, "conv: NumPy-style arrangement on CuPy vs the kernel")
     assert np.array_equal(to_numpy(pool.forward(x)), p_kernel)
     assert pool._cache["geometry"] is None               # the array-expression path ran
+
+
+# ---------------------------------------------------------------- fit's per-batch bookkeeping
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_accumulate_batch_formula(backend, rng, dtype):
+    """losses[b] = loss; sum_loss += loss * m; sum_correct += #(first argmax == label), over 3 batches."""
+    xp = backend.xp
+    sum_loss, sum_correct = xp.zeros((), dtype=dtype), xp.zeros((), dtype=np.int64)
+    losses = xp.zeros(3, dtype=dtype)
+    want_loss, want_correct = 0.0, 0
+    for b, (m, k) in enumerate([(7, 5), (300, 10), (1, 3)]):    # more rows than the kernel's threads
+        out = np.round(rng.standard_normal((m, k)), 1).astype(dtype)   # rounding makes ties
+        out[0, :] = 0.5                                           # a row of equal values: class 0 wins
+        labels = rng.integers(0, k, m)
+        labels[0] = 0
+        loss = dtype(rng.uniform(0.1, 3.0))
+        first_max = np.array([next(j for j in range(k) if row[j] == row.max()) for row in out])
+        want_loss += float(loss) * m
+        want_correct += int((first_max == labels).sum())
+        kernels.accumulate_batch(sum_loss, sum_correct, losses, b, backend.asarray(np.array(loss)),
+                                 backend.asarray(out), backend.asarray(labels))
+        assert float(to_numpy(losses)[b]) == float(loss)
+    assert int(to_numpy(sum_correct)) == want_correct
+    np.testing.assert_allclose(float(to_numpy(sum_loss)), want_loss, rtol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+@requires_gpu
+def test_fused_accumulate_batch_equals_reference(gpu, rng):
+    out = gpu.asarray(rng.standard_normal((1000, 10)).astype(np.float32))
+    labels = gpu.asarray(rng.integers(0, 10, 1000))
+    loss = gpu.asarray(np.array(1.25, dtype=np.float32))
+    results = []
+    for fused in (True, False):
+        kernels.use_fused(fused)
+        try:
+            sums = (gpu.xp.full((), 2.5, dtype=np.float32), gpu.xp.full((), 3, dtype=np.int64),
+                    gpu.xp.zeros(2, dtype=np.float32))
+            kernels.accumulate_batch(*sums, 1, loss, out, labels)
+            results.append([to_numpy(a) for a in sums])
+        finally:
+            kernels.use_fused(True)
+    for got, ref in zip(*results):
+        assert np.array_equal(got, ref)
