@@ -36,7 +36,7 @@ from .interfaces import Neuron, Node, ShapeError, format_shape
 from .losses import Loss, SoftMaxLoss, labels_to_indices
 from .optimizers import GradientDescent
 from .optimizers import get as get_optimizer
-from .parallel import ShardedStep, shard_count
+from .parallel import make_step, shard_count
 from .serialization import (FORMAT, ModelFileError, build_layer, layer_config, read_model_file,
                             write_npz_atomic)
 
@@ -338,30 +338,30 @@ class NeuralNetwork:
         return loss, out
 
     def _forward_backward(self, xb, yb):
-        """``(loss, output)`` of a batch, every neuron's ``grads`` set; split over threads
-        when ``parallel.shard_count`` says so, else the plain loop."""
+        """``(loss, output)`` of a batch, every neuron's ``grads`` set; split over worker processes
+        (or threads) when ``parallel.shard_count`` says so, else the plain loop."""
         shards = shard_count(self, xb.shape[0])
+        failed = None
         if shards > 1:
-            if self._sharded is None or not self._sharded.matches(self, shards):
-                if self._sharded is not None:
-                    self._sharded.close()
-                self._sharded = ShardedStep(self, shards)
             try:
+                if self._sharded is None or not self._sharded.matches(self, shards):
+                    self._drop_shards()
+                    self._sharded = make_step(self, shards)
                 return self._sharded.run(self, xb, yb)
             except Exception as exc:            # once more as one batch: its error names the whole batch
                 failed = exc
-        else:
-            failed = None
+                kind = getattr(self._sharded, "kind", "workers")
+                self._drop_shards()             # a fresh split next time (a worker may have died)
         out = self.forward(xb)
         loss = self.loss_fn.forward(out, yb, validate=False)
         self.backward(self.loss_fn.backward(), need_input_grad=False)
         if failed is not None:
-            warnings.warn(f"{self.name}: the step split over {shards} threads failed ({failed!r}); "
+            warnings.warn(f"{self.name}: the step split over {shards} {kind} failed ({failed!r}); "
                           "it ran as one batch instead", RuntimeWarning, stacklevel=3)
         return loss, out
 
     def _drop_shards(self):
-        """Let the shard threads and the replicas' caches go (end of ``fit``)."""
+        """Let the shard workers (processes or threads) and their copies of the layers go (end of ``fit``)."""
         if self._sharded is not None:
             self._sharded.close()
             self._sharded = None

@@ -26,17 +26,41 @@ step to rounding (tests/test_parallel.py: loss, outputs and gradients to 1e-12 i
 float64, with uneven shards; the weights after ``fit`` with each optimizer to 1e-10).
 """
 import copy
+import json
+import mmap
 import os
+import signal
+import struct
+import sys
+import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
 from .backend import get_array_module
 
-__all__ = ["ShardedStep", "shard_count", "usable_cores", "is_per_sample"]
+__all__ = ["ShardedStep", "ForkedStep", "shard_count", "usable_cores", "is_per_sample", "split_with",
+           "make_step"]
 
-#: the smallest shard worth a thread (measured: benchmarks/RESULTS.md)
+#: how shards run: "processes" (forked workers, Linux) or "threads"; see ``split_with``
+SPLIT_WITH = "processes" if sys.platform.startswith("linux") and hasattr(os, "fork") else "threads"
+#: the smallest shard worth a worker, per kind (measured: benchmarks/RESULTS.md)
 MIN_SHARD = 64
+MIN_SHARD_PROCESSES = 25
+
+
+def split_with():
+    """"processes" or "threads": how a split step runs its shards (``SPLIT_WITH``, checked)."""
+    if SPLIT_WITH not in ("processes", "threads"):
+        raise ValueError(f"parallel.SPLIT_WITH must be 'processes' or 'threads', received {SPLIT_WITH!r}")
+    if SPLIT_WITH == "processes" and not hasattr(os, "fork"):
+        return "threads"
+    return SPLIT_WITH
+
+
+def _min_shard():
+    return MIN_SHARD_PROCESSES if split_with() == "processes" else MIN_SHARD
 
 
 def usable_cores():
@@ -53,9 +77,9 @@ def is_per_sample(node):
 
 
 def shard_count(net, n):
-    """How many threads a training step of ``n`` samples is split over (1: not split)."""
+    """How many shards (threads or processes) a training step of ``n`` samples is split into (1: not split)."""
     workers = usable_cores() if net.workers == "auto" else int(net.workers)
-    shards = min(workers, n // MIN_SHARD)
+    shards = min(workers, n // _min_shard())
     if shards <= 1 or get_array_module(net._param_like()) is not np:
         return 1
     if not all(is_per_sample(node) for node in list(net.layers) + [net.loss_fn]):
@@ -81,6 +105,8 @@ class ShardedStep:
     Built for one network and shard count; ``matches`` tells whether it still fits
     the network (same layers, same dtypes).
     """
+
+    kind = "threads"
 
     def __init__(self, net, shards):
         self.shards = int(shards)
@@ -139,3 +165,199 @@ class ShardedStep:
                 layer.grads[name] = total
         loss = sum(r[0] * wt for r, wt in zip(results, weights))
         return loss, xp.concatenate([r[1] for r in results], axis=0)
+
+
+def make_step(net, shards):
+    """A split step of the kind ``split_with()`` names."""
+    return ForkedStep(net, shards) if split_with() == "processes" else ShardedStep(net, shards)
+
+
+# ------------------------------------------------------------------ shards in forked processes
+# Messages between the processes are a JSON header and raw array bytes (no pickle anywhere):
+#   4 bytes header length | JSON {"op": ..., "arrays": [[dtype, shape], ...], ...} | array bytes
+def _pack(header, arrays=()):
+    arrays = [np.asarray(a, order="C") for a in arrays]        # (ascontiguousarray makes 0-d 1-d)
+    head = json.dumps(dict(header, arrays=[[a.dtype.str, list(a.shape)] for a in arrays])).encode()
+    return b"".join([struct.pack("<I", len(head)), head] + [a.tobytes() for a in arrays])
+
+
+def _unpack(buf):
+    (size,) = struct.unpack_from("<I", buf)
+    header = json.loads(bytes(buf[4:4 + size]))
+    off, arrays = 4 + size, []
+    for dtype, shape in header["arrays"]:
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape))
+        arrays.append(np.frombuffer(buf, dtype=dtype, count=count, offset=off).reshape(shape))
+        off += count * dtype.itemsize
+    return header, arrays
+
+
+def _param_slots(net):
+    """``[(layer index, name, shape, dtype)]`` of every trainable parameter, in a fixed order."""
+    return [(k, name, tuple(p.shape), p.dtype) for k, layer in enumerate(net.layers) if layer.trainable
+            for name, p in layer.params.items()]
+
+
+def _views(buf, slots, start):
+    """Arrays over ``buf`` for ``slots``, laid out from byte ``start`` (64-byte aligned); (views, end)."""
+    views, off = [], start
+    for _, _, shape, dtype in slots:
+        off = -(-off // 64) * 64
+        n = int(np.prod(shape)) * dtype.itemsize
+        views.append(np.frombuffer(buf, dtype=dtype, count=int(np.prod(shape)), offset=off).reshape(shape))
+        off += n
+    return views, off
+
+
+def _forward_backward(layers, loss_fn, x, y):
+    h = x
+    for layer in layers:
+        h = layer.forward(h)
+    loss = loss_fn.forward(h, y, validate=False)
+    g = loss_fn.backward()
+    for i in range(len(layers) - 1, -1, -1):
+        g = layers[i].backward(g, need_input_grad=i > 0)
+    return loss, h
+
+
+def _worker(conn, net, slots, params, grads):
+    """The loop of a forked worker: shards in, gradients (shared memory) and outputs (pipe) out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is the parent's to handle
+    for (k, name, _, _), view in zip(slots, params):    # this process's layers read the parent's
+        net.layers[k]._params[name] = view              # parameters from the shared mirror
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1, user_api="blas"):
+        while True:
+            try:
+                header, arrays = _unpack(conn.recv_bytes())
+            except (EOFError, OSError):
+                break
+            if header["op"] != "step":
+                break
+            try:
+                with np.errstate(**header["err"]):
+                    loss, out = _forward_backward(net.layers, net.loss_fn, arrays[0], arrays[1])
+                for (k, name, _, _), g in zip(slots, grads):
+                    g[...] = net.layers[k].grads[name]
+                reply = _pack({"op": "ok"}, [np.asarray(loss), out])
+            except BaseException as exc:                # the parent re-runs the batch as one
+                reply = _pack({"op": "error", "message": f"{type(exc).__name__}: {exc}"})
+            conn.send_bytes(reply)
+
+
+def _shutdown(conns, pids):
+    """Tell the workers to stop and wait for them (also run when the step is garbage-collected)."""
+    for conn in conns:
+        try:
+            conn.send_bytes(_pack({"op": "quit"}))
+            conn.close()
+        except OSError:
+            pass
+    for pid in pids:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+class ForkedStep:
+    """Forward and backward of a batch over ``shards`` processes: shard 0 in this one, the others
+    in workers forked from it (each with its own copy of the layers, so nothing is shared but
+    what is said here).  Unlike threads, processes do not queue for Python's interpreter lock
+    between NumPy calls, which is what made shards of 25 samples slower than one thread.
+
+    * Parameters: before every step this process copies its parameters into a shared memory
+      mirror (anonymous ``mmap``, shared with the children across ``fork``), which the workers'
+      layers use as theirs; this process keeps its own arrays (nobody's reference changes).
+    * A worker receives its shard (images, targets, NumPy's error state) through a pipe, runs
+      the unchanged forward/backward, writes its gradients into its own shared region and
+      sends back its loss and outputs (raw bytes and a JSON header: no pickle).
+    * Gradients are combined here, weighted by shard size, as in ``ShardedStep``.  An error in
+      a worker comes back as a message; the caller then re-runs the batch as one.
+    * ``close`` (or garbage collection, or the end of the interpreter) tells the workers to
+      stop and waits for them; a worker also stops when its pipe closes.
+    """
+
+    kind = "processes"
+
+    def __init__(self, net, shards):
+        import multiprocessing
+        from threadpoolctl import ThreadpoolController
+        self.shards = int(shards)
+        self.key = self._key(net)
+        self.slots = _param_slots(net)
+        size = 64 + sum(-(-int(np.prod(s)) * d.itemsize // 64) * 64 + 64 for *_, s, d in self.slots)
+        self.mem = mmap.mmap(-1, size * self.shards)      # MAP_SHARED | MAP_ANONYMOUS
+        self.params, end = _views(self.mem, self.slots, 0)
+        self.grads = []
+        for _ in range(1, self.shards):
+            views, end = _views(self.mem, self.slots, end)
+            self.grads.append(views)
+        self.conns, self.pids = [], []
+        for w in range(1, self.shards):
+            parent_end, child_end = multiprocessing.Pipe()
+            with warnings.catch_warnings():             # Python 3.12+: fork of a threaded process
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:                                # the worker: never returns
+                code = 0
+                try:
+                    parent_end.close()
+                    for c in self.conns:
+                        c.close()
+                    _worker(child_end, net, self.slots, self.params, self.grads[w - 1])
+                except BaseException:                   # pragma: no cover - reported by the parent's EOF
+                    code = 1
+                finally:
+                    os._exit(code)
+            child_end.close()
+            self.conns.append(parent_end)
+            self.pids.append(pid)
+        self._finalizer = weakref.finalize(self, _shutdown, list(self.conns), list(self.pids))
+        self.blas = ThreadpoolController().select(user_api="blas")
+
+    @staticmethod
+    def _key(net):
+        return (tuple((id(layer), getattr(layer, "dtype", None)) for layer in net.layers), id(net.loss_fn),
+                tuple((k, n, s, d.str) for k, n, s, d in _param_slots(net)))
+
+    def matches(self, net, shards):
+        return shards == self.shards and self._key(net) == self.key
+
+    def close(self):
+        self._finalizer()
+
+    def run(self, net, xb, yb):
+        """``(loss, output)`` of the batch; the layers' ``grads`` hold the batch's gradients."""
+        n = xb.shape[0]
+        bounds = [n * w // self.shards for w in range(self.shards + 1)]
+        for (k, name, _, _), view in zip(self.slots, self.params):
+            view[...] = net.layers[k].params[name]
+        err = np.geterr()
+        for w, conn in enumerate(self.conns, start=1):
+            conn.send_bytes(_pack({"op": "step", "err": err},
+                                  [xb[bounds[w]:bounds[w + 1]], yb[bounds[w]:bounds[w + 1]]]))
+        try:
+            with self.blas.limit(limits=1):
+                results = [_forward_backward(net.layers, net.loss_fn, xb[:bounds[1]], yb[:bounds[1]])]
+        finally:                                        # every worker answered, whatever happened
+            replies = []
+            for conn in self.conns:
+                try:
+                    replies.append(_unpack(conn.recv_bytes()))
+                except (EOFError, OSError) as exc:
+                    replies.append(({"op": "error", "message": f"the worker process ended ({exc!r})"}, []))
+        for header, arrays in replies:
+            if header["op"] != "ok":
+                raise RuntimeError(header["message"])
+            results.append((arrays[0], arrays[1]))
+        weights = [(bounds[w + 1] - bounds[w]) / n for w in range(self.shards)]
+        for i, (k, name, _, _) in enumerate(self.slots):
+            layer = net.layers[k]
+            total = layer.grads[name] * weights[0]
+            for w in range(1, self.shards):
+                total += self.grads[w - 1][i] * weights[w]
+            layer.grads[name] = total
+        loss = sum(np.asarray(r[0]) * wt for r, wt in zip(results, weights))
+        return loss, np.concatenate([r[1] for r in results], axis=0)

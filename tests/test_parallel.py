@@ -1,10 +1,12 @@
 """Data-parallel training steps (``nn_from_scratch/parallel.py``).
 
 The reference is the one-thread step (``workers=1``), itself held to float64 finite
-differences and Keras elsewhere: a batch split over threads must give the same loss,
-the same gradients and, after training, the same weights, to float64 rounding.
-``parallel.MIN_SHARD`` is lowered so that small batches split (fast tests).
+differences and Keras elsewhere: a batch split over worker processes or threads must
+give the same loss, the same gradients and, after training, the same weights, to
+float64 rounding.  Every test runs with both kinds of split (``parallel.SPLIT_WITH``);
+the smallest shard is lowered so that small batches split (fast tests).
 """
+import os
 import warnings
 
 import numpy as np
@@ -17,9 +19,16 @@ from nn_from_scratch.examples import networks
 from nn_from_scratch.interfaces import Node
 
 
-@pytest.fixture(autouse=True)
-def small_shards(monkeypatch):
+KINDS = ["threads"] + (["processes"] if hasattr(os, "fork") else [])
+
+
+@pytest.fixture(autouse=True, params=KINDS)
+def kind(request, monkeypatch):
+    """Each test once with shards in threads and once in forked processes (where there is fork)."""
+    monkeypatch.setattr(parallel, "SPLIT_WITH", request.param)
     monkeypatch.setattr(parallel, "MIN_SHARD", 2)
+    monkeypatch.setattr(parallel, "MIN_SHARD_PROCESSES", 2)
+    return request.param
 
 
 def lenet(workers, optimizer=None, seed=0):
@@ -46,6 +55,7 @@ def test_split_step_gives_the_one_thread_loss_and_gradients(workers, n):
     loss1, out1 = one._forward_backward(x, y)
     loss2, out2 = split._forward_backward(x, y)
     assert split._sharded is not None and split._sharded.shards == workers
+    assert split._sharded.kind == parallel.split_with()
     np.testing.assert_allclose(float(loss2), float(loss1), rtol=1e-13)
     np.testing.assert_allclose(out2, out1, rtol=1e-12, atol=1e-14)
     g1, g2 = grads_of(one), grads_of(split)
@@ -67,7 +77,7 @@ def test_fit_split_over_threads_trains_the_same_weights(make_opt):
     for la, lb in zip(nets[0].trainable_layers, nets[1].trainable_layers):
         for k in la.params:
             np.testing.assert_allclose(lb.params[k], la.params[k], rtol=0, atol=1e-10, err_msg=f"{la.name}.{k}")
-    assert nets[1]._sharded is None                 # fit lets its threads go
+    assert nets[1]._sharded is None                 # fit lets its workers go
 
 
 def test_split_is_deterministic_and_leaves_blas_threads_as_they_were():
@@ -114,17 +124,21 @@ def small_net(extra, workers=2):
                             loss_fn=nf.SoftMaxLoss(), optimizer=nf.SGD(0.1), workers=workers)
 
 
-def test_which_steps_are_split():
+def test_which_steps_are_split(kind):
     x = np.ones((8, 4), dtype=np.float32)
     y = np.zeros(8, dtype=np.int64)
     assert parallel.shard_count(small_net(Counting()), 8) == 2
-    assert parallel.shard_count(small_net(Counting()), 3) == 1          # shards of >= MIN_SHARD
+    assert parallel.shard_count(small_net(Counting()), 3) == 1          # shards of >= the smallest shard
     assert parallel.shard_count(small_net(Counting(), workers=1), 8) == 1
     assert parallel.shard_count(small_net(CountingSubclass()), 8) == 1  # undeclared subclass: one batch
     net = small_net(Counting())
-    net.train_step(x, y)
-    replicas = [r[1] for r in net._sharded.replicas]
-    assert [r.seen for r in replicas] == [[4], [4]] and net.layers[1].seen == []
+    _, out = net.train_step(x, y)
+    assert out.shape == (8, 3)
+    if kind == "threads":                           # every shard on a replica of the layers
+        replicas = [r[1] for r in net._sharded.replicas]
+        assert [r.seen for r in replicas] == [[4], [4]] and net.layers[1].seen == []
+    else:                                           # shard 0 here, shard 1 in the worker's copy
+        assert net.layers[1].seen == [4]
     net = small_net(CountingSubclass())
     net.train_step(x, y)
     assert net._sharded is None and net.layers[1].seen == [8]
@@ -132,11 +146,11 @@ def test_which_steps_are_split():
         small_net(Counting(), workers=0)
 
 
-def test_a_failing_shard_falls_back_to_one_batch_and_says_so():
+def test_a_failing_shard_falls_back_to_one_batch_and_says_so(kind):
     x = np.ones((8, 4), dtype=np.float32)
     y = np.zeros(8, dtype=np.int64)
     net, ref = small_net(Counting(fail_below=5)), small_net(Counting(), workers=1)
-    with pytest.warns(RuntimeWarning, match="split over 2 threads failed.*batch of 4"):
+    with pytest.warns(RuntimeWarning, match=f"split over 2 {kind} failed.*batch of 4"):
         loss, _ = net.train_step(x, y)
     ref_loss, _ = ref.train_step(x, y)
     assert float(loss) == pytest.approx(float(ref_loss), rel=1e-6)
@@ -148,7 +162,7 @@ def test_a_failing_shard_falls_back_to_one_batch_and_says_so():
 
 
 def test_numpy_error_state_reaches_the_shards():
-    """fit ignores overflow (its own NaN/Inf checks report it): the shard threads must too."""
+    """fit ignores overflow (its own NaN/Inf checks report it): the shard workers must too."""
     net = small_net(Counting())
     net.layers[0].set_params(W=np.full((5, 5), 1e30, dtype=np.float32))   # W: (1 + 4, 5), row 0 the bias
     x = np.full((16, 4), 1e10, dtype=np.float32)
