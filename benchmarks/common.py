@@ -372,14 +372,33 @@ def _cpu_ticks():
     return total - idle, total
 
 
+def _proc_ticks(path):
+    """``(own, reaped children)`` user + system ticks from a /proc/<pid>/stat file."""
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+
 def _self_ticks():
-    """CPU ticks (user + system, all threads) this process has used, from /proc/self/stat."""
+    """CPU ticks (user + system, all threads) used by this process and its children: the training
+    workers ``nn_from_scratch.parallel`` forks are ours, not "other" load.  Live children are read
+    from /proc (/proc/self/task/*/children), finished ones from this process's cutime/cstime."""
     try:
-        with open("/proc/self/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
+        own, reaped = _proc_ticks("/proc/self/stat")
     except (OSError, ValueError, IndexError):
         return None
+    live = 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                for pid in f.read().split():
+                    try:
+                        live += _proc_ticks(f"/proc/{pid}/stat")[0]
+                    except (OSError, ValueError, IndexError):
+                        pass                       # ended meanwhile: counted in ``reaped`` next time
+    except OSError:
+        pass
+    return own + reaped + live
 
 
 class OtherLoad:

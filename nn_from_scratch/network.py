@@ -108,10 +108,11 @@ class NeuralNetwork:
     (per sample, e.g. ``(1, 28, 28)``) is needed only when the first layer does
     not know its input size.
 
-    ``workers``: training steps on NumPy split a batch over this many threads
-    (``"auto"``: the usable CPU cores; shards of at least ``parallel.MIN_SHARD``
-    samples; 1 turns it off; see ``nn_from_scratch/parallel.py``).  Results agree
-    with the one-thread step to float rounding.
+    ``workers``: training steps on NumPy split a batch over this many worker
+    processes on Linux, threads elsewhere (``"auto"``: the usable CPU cores; shards
+    of at least ``parallel.MIN_SHARD_PROCESSES`` / ``MIN_SHARD`` samples; 1 turns it
+    off; see ``nn_from_scratch/parallel.py``).  Results agree with the one-worker
+    step to float rounding.
     """
 
     def __init__(self, layers, loss_fn=None, optimizer=None, n_input=None, n_output=None,

@@ -1,4 +1,4 @@
-"""Data-parallel training steps on the CPU: one batch split over threads.
+"""Data-parallel training steps on the CPU: one batch split over worker processes or threads.
 
 Until the loss averages them, the samples of a batch never meet: every layer here
 maps each sample on its own.  So a batch of ``N`` can be cut into shards of ``n_w``
@@ -7,23 +7,35 @@ mean loss is put back together from the shards' mean losses::
 
     L = sum_w (n_w / N) L_w          dL/dtheta = sum_w (n_w / N) dL_w/dtheta
 
-Each worker thread runs the whole forward and backward pass of its shard through
-its own *replica* of the layers: the same parameter arrays (the replica shares the
-layer's parameter dictionary), its own caches, gradients and scratch buffers.  The
-layers' code is unchanged; NumPy releases the interpreter lock inside its array
-operations, so the shards really run on different cores.  Meanwhile BLAS is held
-to one thread per shard (``threadpoolctl``): the cores are taken already.
+Each worker runs the whole, unchanged forward and backward pass of its shard
+through its own copy of the layers.  Two kinds of worker (``SPLIT_WITH``):
+
+* ``ForkedStep`` (the default on Linux): worker processes forked from this one.
+  Their layers read the parameters from a shared-memory mirror that this process
+  refreshes before every step; shards go in and losses and outputs come back over
+  pipes as raw bytes with a JSON header (no pickle), gradients through shared
+  memory.  No interpreter lock is shared, so even shards of 25 samples gain
+  (LeNet-5 on 2 cores: x1.3 at batch 50, x1.6 at 256; benchmarks/RESULTS.md).
+* ``ShardedStep`` (elsewhere, or ``SPLIT_WITH = "threads"``): threads, each with a
+  replica of the layers sharing the parameter dictionary.  NumPy releases the
+  interpreter lock inside its array operations, but between them the threads queue
+  for it: shards below ``MIN_SHARD`` (64) samples lose more than the second core
+  gains.
+
+Either way BLAS is held to one thread per shard (``threadpoolctl``): the cores are
+taken already.
 
 Which batches are split: on NumPy only (a GPU runs one batch as one), when every
 layer and the loss say they treat samples independently (the class itself sets
 ``per_sample = True``; a subclass must say so again, since it may add state), and
-into at most ``workers`` shards of at least ``MIN_SHARD`` samples (smaller shards
-lose more to thread hand-offs than the second core gains: benchmarks/RESULTS.md).
+into at most ``workers`` shards of at least ``MIN_SHARD_PROCESSES`` (processes) or
+``MIN_SHARD`` (threads) samples.
 
 The split changes only the order of floating-point additions: for a given batch
-size and shard count the result is deterministic, and it agrees with the one-thread
-step to rounding (tests/test_parallel.py: loss, outputs and gradients to 1e-12 in
-float64, with uneven shards; the weights after ``fit`` with each optimizer to 1e-10).
+size and shard count the result is deterministic, and it agrees with the one-worker
+step to rounding (tests/test_parallel.py, both kinds: loss, outputs and gradients to
+1e-12 in float64, with uneven shards; the weights after ``fit`` with each optimizer
+to 1e-10).
 """
 import copy
 import json
