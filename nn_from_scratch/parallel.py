@@ -142,15 +142,7 @@ class ShardedStep:
     def _one(self, w, x, y, err):
         """Forward, loss and backward of one shard through replica ``w``."""
         with np.errstate(**err):                      # NumPy's error state is per thread
-            layers, loss_fn = self.replicas[w], self.losses[w]
-            h = x
-            for layer in layers:
-                h = layer.forward(h)
-            loss = loss_fn.forward(h, y, validate=False)
-            g = loss_fn.backward()
-            for i in range(len(layers) - 1, -1, -1):
-                g = layers[i].backward(g, need_input_grad=i > 0)
-            return loss, h
+            return _forward_backward(self.replicas[w], self.losses[w], x, y)
 
     def run(self, net, xb, yb):
         """``(loss, output)`` of the batch; the layers' ``grads`` hold the batch's gradients."""
@@ -223,6 +215,7 @@ def _views(buf, slots, start):
 
 
 def _forward_backward(layers, loss_fn, x, y):
+    """``(loss, output)`` of one shard through ``layers``; their ``grads`` are set (no dL/dx at the input)."""
     h = x
     for layer in layers:
         h = layer.forward(h)
