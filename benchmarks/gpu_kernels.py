@@ -42,6 +42,16 @@ def _events(prof):
     return kernels, copies
 
 
+def _timed_ms(step, sync, steps):
+    """Wall ms per call of ``steps`` calls of ``step``, the device synchronised before and after."""
+    sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return (time.perf_counter() - t) * 1e3 / steps
+
+
 def profile_steps(step, sync, steps):
     """Run ``step`` ``steps`` times under the profiler; per-step wall ms, kernel count, kernel ms, top kernels."""
     import torch.profiler as tp  # noqa: PLC0415
@@ -49,19 +59,8 @@ def profile_steps(step, sync, steps):
         step()
     sync()
     with tp.profile(activities=[tp.ProfilerActivity.CPU, tp.ProfilerActivity.CUDA]) as prof:
-        sync()
-        t = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        wall = (time.perf_counter() - t) * 1e3 / steps
-    # the profiler adds host overhead; time the same steps again without it
-    sync()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    wall_plain = (time.perf_counter() - t) * 1e3 / steps
+        wall = _timed_ms(step, sync, steps)
+    wall_plain = _timed_ms(step, sync, steps)    # the profiler adds host overhead: again without it
     kernels, copies = _events(prof)
     by_name = {}
     for name, us in kernels:

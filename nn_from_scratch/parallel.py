@@ -300,6 +300,8 @@ class ForkedStep:
             views, end = _views(self.mem, self.slots, end)
             self.grads.append(views)
         self.conns, self.pids = [], []
+        # registered first, on the lists filled below: a fork failing half-way still stops the others
+        self._finalizer = weakref.finalize(self, _shutdown, self.conns, self.pids)
         for w in range(1, self.shards):
             parent_end, child_end = multiprocessing.Pipe()
             with warnings.catch_warnings():             # Python 3.12+: fork of a threaded process
@@ -319,7 +321,6 @@ class ForkedStep:
             child_end.close()
             self.conns.append(parent_end)
             self.pids.append(pid)
-        self._finalizer = weakref.finalize(self, _shutdown, list(self.conns), list(self.pids))
         self.blas = ThreadpoolController().select(user_api="blas")
 
     @staticmethod
