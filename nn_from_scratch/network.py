@@ -112,7 +112,8 @@ class NeuralNetwork:
     processes on Linux, threads elsewhere (``"auto"``: the usable CPU cores; shards
     of at least ``parallel.MIN_SHARD_PROCESSES`` / ``MIN_SHARD`` samples; 1 turns it
     off; see ``nn_from_scratch/parallel.py``).  Results agree with the one-worker
-    step to float rounding.
+    step to float rounding.  The workers are kept between ``fit`` calls while the
+    layers keep their settings (``stop_workers`` ends them).
     """
 
     def __init__(self, layers, loss_fn=None, optimizer=None, n_input=None, n_output=None,
@@ -362,10 +363,19 @@ class NeuralNetwork:
         return loss, out
 
     def _drop_shards(self):
-        """Let the shard workers (processes or threads) and their copies of the layers go (end of ``fit``)."""
+        """Let the shard workers (processes or threads) and their copies of the layers go."""
         if self._sharded is not None:
             self._sharded.close()
             self._sharded = None
+
+    def stop_workers(self):
+        """End the worker processes (or threads) that split training steps.
+
+        They outlive ``fit`` so that the next call does not start them again; they also
+        end by themselves after ``parallel.WORKER_IDLE_S`` seconds without work, when
+        the network is garbage-collected, and at exit.  The next split step starts new ones.
+        """
+        self._drop_shards()
 
     # --------------------------------------------------------- analysis hooks
     def layer_outputs(self, x, to_host=True):
@@ -761,7 +771,8 @@ class _Trainer:
                 self._check_chance(logs["loss"], epoch)
         for layer in net.layers:
             layer.clear_cache()
-        net._drop_shards()
+        if net._sharded is not None:        # the workers stay for the next fit, without caches
+            net._sharded.rest()
         return hist
 
     def _progress(self, epoch, epochs, n_batches):

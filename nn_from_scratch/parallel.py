@@ -44,6 +44,7 @@ import os
 import signal
 import struct
 import sys
+import time
 import warnings
 import weakref
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -53,13 +54,19 @@ import numpy as np
 from .backend import get_array_module
 
 __all__ = ["ShardedStep", "ForkedStep", "shard_count", "usable_cores", "is_per_sample", "split_with",
-           "make_step"]
+           "make_step", "config_key", "network_key"]
 
 #: how shards run: "processes" (forked workers, Linux) or "threads"; see ``split_with``
 SPLIT_WITH = "processes" if sys.platform.startswith("linux") and hasattr(os, "fork") else "threads"
 #: the smallest shard worth a worker, per kind (measured: benchmarks/RESULTS.md)
 MIN_SHARD = 64
 MIN_SHARD_PROCESSES = 25
+#: worker processes are kept from one ``fit`` (or ``train_step``) to the next: forking costs
+#: ~0.1 s (copy-on-write faults, BLAS thread pools started again).  A split step unused for
+#: ``REUSE_S`` seconds is forked afresh; a worker without a step for ``WORKER_IDLE_S``
+#: seconds ends itself, releasing the memory it still shares with this process.
+REUSE_S = 30.0
+WORKER_IDLE_S = 60.0
 
 
 def split_with():
@@ -99,6 +106,37 @@ def shard_count(net, n):
     return shards
 
 
+_PLAIN = (bool, int, float, complex, str, bytes, type(None), np.generic, np.dtype)
+
+
+def _plain(value):
+    """A comparable summary of an attribute: plain values as they are, arrays by shape and
+    dtype, other objects by their type."""
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, (tuple, list)):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, _plain(v)) for k, v in value.items())
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return ("array", tuple(value.shape), str(value.dtype))
+    return type(value).__qualname__
+
+
+def config_key(node):
+    """What a copy of ``node`` made earlier (a replica, or the layers of a forked worker) must
+    still agree on with it: the object, its class and its public attributes (sizes, flags,
+    names, dtypes), read through ``_plain``.  Private state (parameters, caches, gradients)
+    is excluded: parameters reach the copies at every step."""
+    return (id(node), type(node), tuple((k, _plain(v)) for k, v in vars(node).items() if k[0] != "_"))
+
+
+def network_key(net):
+    """``config_key`` of every layer and of the loss, with the trainable parameters' slots."""
+    return (tuple(config_key(layer) for layer in net.layers), config_key(net.loss_fn),
+            tuple((k, n, s, d.str) for k, n, s, d in _param_slots(net)))
+
+
 def _replica(node):
     """A copy sharing the parameter dictionary (so the very arrays the optimizer updates),
     with fresh caches, gradients and scratch buffers, and its own copy of everything else."""
@@ -122,19 +160,21 @@ class ShardedStep:
 
     def __init__(self, net, shards):
         self.shards = int(shards)
-        self.key = self._key(net)
+        self.key = network_key(net)
         self.replicas = [[_replica(layer) for layer in net.layers] for _ in range(self.shards)]
         self.losses = [_replica(net.loss_fn) for _ in range(self.shards)]
         self.pool = ThreadPoolExecutor(max_workers=self.shards - 1, thread_name_prefix="nn_shard")
         from threadpoolctl import ThreadpoolController
         self.blas = ThreadpoolController().select(user_api="blas")
 
-    @staticmethod
-    def _key(net):
-        return (tuple((id(layer), getattr(layer, "dtype", None)) for layer in net.layers), id(net.loss_fn))
-
     def matches(self, net, shards):
-        return shards == self.shards and self._key(net) == self.key
+        """Does this split still fit ``net`` (same layers and loss, configured as they were)?"""
+        return shards == self.shards and network_key(net) == self.key
+
+    def rest(self):
+        """Between ``fit`` calls: let the replicas' caches go."""
+        for node in [n for r in self.replicas for n in r] + self.losses:
+            node.clear_cache()
 
     def close(self):
         self.pool.shutdown(wait=False)
@@ -227,7 +267,11 @@ def _forward_backward(layers, loss_fn, x, y):
 
 
 def _worker(conn, net, slots, params, grads):
-    """The loop of a forked worker: shards in, gradients (shared memory) and outputs (pipe) out."""
+    """The loop of a forked worker: shards in, gradients (shared memory) and outputs (pipe) out.
+
+    Messages: "step" (a shard), "rest" (between ``fit`` calls: drop the caches), "quit".
+    Without a message for ``WORKER_IDLE_S`` seconds the worker ends by itself.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is the parent's to handle
     for (k, name, _, _), view in zip(slots, params):    # this process's layers read the parent's
         net.layers[k]._params[name] = view              # parameters from the shared mirror
@@ -235,9 +279,15 @@ def _worker(conn, net, slots, params, grads):
     with threadpool_limits(limits=1, user_api="blas"):
         while True:
             try:
+                if not conn.poll(WORKER_IDLE_S):
+                    break
                 header, arrays = _unpack(conn.recv_bytes())
             except (EOFError, OSError):
                 break
+            if header["op"] == "rest":
+                for node in list(net.layers) + [net.loss_fn]:
+                    node.clear_cache()
+                continue
             if header["op"] != "step":
                 break
             try:
@@ -280,8 +330,13 @@ class ForkedStep:
       sends back its loss and outputs (raw bytes and a JSON header: no pickle).
     * Gradients are combined here, weighted by shard size, as in ``ShardedStep``.  An error in
       a worker comes back as a message; the caller then re-runs the batch as one.
-    * ``close`` (or garbage collection, or the end of the interpreter) tells the workers to
-      stop and waits for them; a worker also stops when its pipe closes.
+    * The workers outlive a ``fit`` call (a fork costs ~0.1 s): the next step reuses them
+      while ``matches`` holds, i.e. the network's layers, loss and their public settings
+      are those the workers copied (``network_key``), the workers are alive and the split
+      was used less than ``REUSE_S`` seconds ago.  ``rest`` (end of ``fit``) lets the
+      workers drop their caches.  ``close`` (or garbage collection, or the end of the
+      interpreter) tells them to stop and waits for them; a worker also stops when its
+      pipe closes or after ``WORKER_IDLE_S`` seconds without a message.
     """
 
     kind = "processes"
@@ -290,8 +345,9 @@ class ForkedStep:
         import multiprocessing
         from threadpoolctl import ThreadpoolController
         self.shards = int(shards)
-        self.key = self._key(net)
+        self.key = network_key(net)
         self.slots = _param_slots(net)
+        self.last_used = time.monotonic()
         size = 64 + sum(-(-int(np.prod(s)) * d.itemsize // 64) * 64 + 64 for *_, s, d in self.slots)
         self.mem = mmap.mmap(-1, size * self.shards)      # MAP_SHARED | MAP_ANONYMOUS
         self.params, end = _views(self.mem, self.slots, 0)
@@ -323,19 +379,28 @@ class ForkedStep:
             self.pids.append(pid)
         self.blas = ThreadpoolController().select(user_api="blas")
 
-    @staticmethod
-    def _key(net):
-        return (tuple((id(layer), getattr(layer, "dtype", None)) for layer in net.layers), id(net.loss_fn),
-                tuple((k, n, s, d.str) for k, n, s, d in _param_slots(net)))
-
     def matches(self, net, shards):
-        return shards == self.shards and self._key(net) == self.key
+        """May the next step of ``net`` run on these workers? (See the class docstring.)"""
+        if shards != self.shards or time.monotonic() - self.last_used > REUSE_S:
+            return False
+        if any(conn.poll() for conn in self.conns):     # readable between steps: the worker ended
+            return False
+        return network_key(net) == self.key
+
+    def rest(self):
+        """Between ``fit`` calls: the workers drop their layers' caches (their memory)."""
+        for conn in self.conns:
+            try:
+                conn.send_bytes(_pack({"op": "rest"}))
+            except OSError:                             # already gone: matches() will notice
+                pass
 
     def close(self):
         self._finalizer()
 
     def run(self, net, xb, yb):
         """``(loss, output)`` of the batch; the layers' ``grads`` hold the batch's gradients."""
+        self.last_used = time.monotonic()
         n = xb.shape[0]
         bounds = [n * w // self.shards for w in range(self.shards + 1)]
         for (k, name, _, _), view in zip(self.slots, self.params):

@@ -7,6 +7,7 @@ float64 rounding.  Every test runs with both kinds of split (``parallel.SPLIT_WI
 the smallest shard is lowered so that small batches split (fast tests).
 """
 import os
+import time
 import warnings
 
 import numpy as np
@@ -77,7 +78,12 @@ def test_fit_split_over_threads_trains_the_same_weights(make_opt):
     for la, lb in zip(nets[0].trainable_layers, nets[1].trainable_layers):
         for k in la.params:
             np.testing.assert_allclose(lb.params[k], la.params[k], rtol=0, atol=1e-10, err_msg=f"{la.name}.{k}")
-    assert nets[1]._sharded is None                 # fit lets its workers go
+    kept = nets[1]._sharded                         # fit keeps its workers for the next fit
+    assert kept is not None
+    nets[1].fit(X, y, epochs=1, batch_size=20, seed=3, verbose=0)
+    assert nets[1]._sharded is kept
+    nets[1].stop_workers()
+    assert nets[1]._sharded is None
 
 
 def test_split_is_deterministic_and_leaves_blas_threads_as_they_were():
@@ -172,3 +178,95 @@ def test_numpy_error_state_reaches_the_shards():
         net.fit(x, y, epochs=1, batch_size=16, verbose=0)
     kinds = {type(w.message).__name__ for w in caught}
     assert "TrainingWarning" in kinds and "RuntimeWarning" not in kinds, [str(w.message) for w in caught]
+
+
+class Scale(Node):
+    """A per-sample layer multiplying by a public ``factor`` (a setting a worker's copy must follow)."""
+
+    per_sample = True
+
+    def __init__(self, factor, **kw):
+        super().__init__(**kw)
+        self.factor = factor
+
+    def _forward(self, x):
+        return x * self.factor
+
+    def _backward(self, dy):
+        return dy * self.factor
+
+
+def scale_net(workers):
+    return nf.NeuralNetwork([nf.Linear(4, 5, seed=0), Scale(1.0), nf.ReLU(), nf.Linear(5, 3, seed=1)],
+                            loss_fn=nf.SoftMaxLoss(), optimizer=nf.SGD(0.1), workers=workers)
+
+
+def worker_ids(net):
+    return list(net._sharded.pids) if net._sharded.kind == "processes" else [id(net._sharded)]
+
+
+def ended(pid):
+    """Has worker process ``pid`` exited (and been waited for, or is a zombie)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_workers_are_kept_until_a_setting_changes_and_follow_it(kind):
+    """A setting changed between steps must reach the workers' copies of the layers: the split
+    is rebuilt (a stale copy would compute its shard with the old factor)."""
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((8, 4)).astype(np.float32), rng.integers(0, 3, 8)
+    split, one = scale_net(2), scale_net(1)
+    split.train_step(x, y)
+    one.train_step(x, y)
+    first = split._sharded
+    split.train_step(x, y)
+    one.train_step(x, y)
+    assert split._sharded is first                 # same layers, same settings: kept
+    for net in (split, one):
+        net.layers[1].factor = 3.0
+    loss2, out2 = split.train_step(x, y)
+    loss1, out1 = one.train_step(x, y)
+    assert split._sharded is not first              # rebuilt for the new setting
+    np.testing.assert_allclose(out2, out1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(loss2), float(loss1), rtol=1e-5)
+    if kind == "processes":
+        old = first.pids[0]
+        for _ in range(100):
+            if ended(old):
+                break
+            time.sleep(0.01)
+        assert ended(old)
+        new = split._sharded.pids[0]
+        split.stop_workers()
+        assert split._sharded is None and ended(new)
+
+
+def test_unused_or_ended_workers_are_replaced_without_a_warning(kind, monkeypatch):
+    """No step for a while: the worker processes end (or are replaced) and the next step
+    forks new ones quietly; threads are kept."""
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal((8, 4)).astype(np.float32), rng.integers(0, 3, 8)
+    net = scale_net(2)
+    monkeypatch.setattr(parallel, "WORKER_IDLE_S", 0.2)      # read by the worker forked next
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.train_step(x, y)
+        first = net._sharded
+        if kind == "processes":                     # the worker ends itself after 0.2 s idle
+            for _ in range(200):
+                if any(c.poll() for c in first.conns):
+                    break
+                time.sleep(0.01)
+            assert not first.matches(net, 2)
+            net.train_step(x, y)
+            assert net._sharded is not first and net._sharded.pids != first.pids
+            first = net._sharded
+        monkeypatch.setattr(parallel, "REUSE_S", 0.0)       # unused for longer than REUSE_S
+        time.sleep(0.01)
+        net.train_step(x, y)
+        # processes are forked afresh (their shared memory goes); threads hold nothing of the sort
+        assert (net._sharded is not first) == (kind == "processes")
