@@ -22,7 +22,10 @@ and differ in how much of the patch matrix they copy:
         y = sum_i W[:, :, i].reshape(F, C*K') @ R[:, :, off_i : off_i + P]
 
     A ``k_1``-times smaller copy, ``k_1`` smaller products (dL/dx likewise, on the
-    padded gradient with the flipped kernel).
+    padded gradient with the flipped kernel).  The offsets are evenly spaced, so the
+    ``k_1`` shifted operands are one strided view ``(m, k_1, C*K', P)`` and the ``k_1``
+    products one batched ``matmul`` followed by a sum over ``i`` (two calls per chunk,
+    whatever ``k_1``).
 
 ``KernelPatchProduct`` (CuPy, any stride)
     the GPU arrangement: the patch matrix of a chunk, ``(C*K, m*P)``, gathered by one
@@ -36,6 +39,8 @@ and lives in a scratch buffer the layer reuses (no allocation per step).  Backwa
 gathers the patches again rather than keeping them: less memory, and the copy is
 cheap next to the products.
 """
+import math
+
 import numpy as np
 
 from . import kernels
@@ -164,7 +169,7 @@ class RowShiftProduct:
         self.gat = make_gatherer(x_shape, layer.kernel_size, (1,) * layer.ndim, pads, layer.dilation)
         self.out = self.gat.out
         self.offsets = self.gat.row_offsets
-        self.width = int(np.prod(self.gat.padded))          # columns a row patch needs
+        self.width = math.prod(self.gat.padded)          # columns a row patch needs
 
     def _rows(self, src, width, name, step, like):
         """Row patches of a chunk (a view of ``src`` itself for 1-D kernels: nothing to gather)."""
@@ -172,36 +177,43 @@ class RowShiftProduct:
         if len(gat.kernel) == 1:
             return src
         n, c = src.shape[:2]
-        k_rest = int(np.prod(gat.kernel[1:]))
+        k_rest = math.prod(gat.kernel[1:])
         buf = self.layer._buffer(name, (step * c * k_rest * width,), like)
         return gat.row_patches(src, width, out=buf[:n * c * k_rest * width])
 
     @staticmethod
-    def _split(W, ndim):
-        """``[W[:, :, i].reshape(F, C*K') for i along the first kernel axis]`` (contiguous)."""
+    def _stack(W):
+        """``W[:, :, i].reshape(F, C*K')`` for every ``i`` along the first kernel axis: ``(k_1, F, C*K')``."""
         xp = get_array_module(W)
-        F = W.shape[0]
-        return [xp.ascontiguousarray(W[:, :, i]).reshape(F, -1) for i in range(W.shape[2])]
+        return xp.ascontiguousarray(xp.moveaxis(W, 2, 0)).reshape(W.shape[2], W.shape[0], -1)
+
+    def _shifted(self, R, cols):
+        """``(m, k_1, rows, cols)`` view of row patches ``R: (m, rows, width)``: the ``i``-th block
+        starts at column ``row_offsets[i]`` (evenly spaced), so one batched product covers all
+        ``k_1`` shifts."""
+        xp = get_array_module(R)
+        step = self.offsets[1] if len(self.offsets) > 1 else 0
+        return xp.lib.stride_tricks.as_strided(
+            R, shape=(R.shape[0], len(self.offsets), R.shape[1], cols),
+            strides=(R.strides[0], step * R.itemsize, R.strides[1], R.strides[2]))
 
     def forward(self, x, W, b):
         layer, gat = self.layer, self.gat
         xp = get_array_module(x)
         n, C, F = x.shape[0], x.shape[1], W.shape[0]
-        P = gat.n_pos
-        Ws = self._split(W, layer.ndim)
+        P, k1 = gat.n_pos, len(self.offsets)
+        Ws = self._stack(W)                                                  # (k_1, F, C*K')
         src = gat.flatten(x)
-        rows_per_sample = C * int(np.prod(gat.kernel[1:])) * self.width
-        step, chunks = layer._chunks(n, rows_per_sample * x.itemsize, x)
+        per_sample = C * math.prod(gat.kernel[1:]) * self.width + k1 * F * P      # row patches, products
+        step, chunks = layer._chunks(n, per_sample * x.itemsize, x)
+        parts_buf = layer._buffer("parts", (step, k1, F, P), x)
         acc_buf = layer._buffer("out", (step, F, P), x)
-        tmp_buf = layer._buffer("tmp", (step, F, P), x)
         y = xp.empty((n, F) + gat.out, dtype=x.dtype)
         for a, b_ in chunks:
             m = b_ - a
             R = self._rows(src[a:b_], self.width, "rows", step, x)              # (m, C*K', width)
-            acc = xp.matmul(Ws[0], R[:, :, :P], out=acc_buf[:m])
-            for Wi, off in zip(Ws[1:], self.offsets[1:]):
-                acc += xp.matmul(Wi, R[:, :, off:off + P], out=tmp_buf[:m])
-            _store(y[a:b_], gat.crop(acc), b, xp)
+            parts = xp.matmul(Ws, self._shifted(R, P), out=parts_buf[:m])      # (m, k_1, F, P)
+            _store(y[a:b_], gat.crop(parts.sum(axis=1, out=acc_buf[:m])), b, xp)
         self.src = src
         return y
 
@@ -209,34 +221,33 @@ class RowShiftProduct:
         layer, gat, src = self.layer, self.gat, self.src
         xp = get_array_module(dy)
         n, F = dy.shape[0], W.shape[0]
-        C, P = src.shape[1], gat.n_pos
-        k_rest = int(np.prod(gat.kernel[1:]))
+        C, P, k1 = src.shape[1], gat.n_pos, len(self.offsets)
+        k_rest = math.prod(gat.kernel[1:])
         gpad = gat.pad_gradient(dy) if need_input_grad else None
         g_all = gat.gradient_on_grid(gpad) if need_input_grad else gat.expand(dy)   # (N, F, P)
-        step, chunks = layer._chunks(n, C * k_rest * self.width * dy.itemsize, dy)
-        dw_buf = layer._buffer("dw", (step, C * k_rest, F), dy)
-        dWs = [xp.zeros((F, C * k_rest), dtype=dy.dtype) for _ in self.offsets]
+        step, chunks = layer._chunks(n, (C * k_rest * self.width + k1 * C * k_rest * F) * dy.itemsize, dy)
+        dw_buf = layer._buffer("dw", (step, k1, C * k_rest, F), dy)
+        dWs = xp.zeros((k1, C * k_rest, F), dtype=dy.dtype)
         for a, b_ in chunks:
             m = b_ - a
             R = self._rows(src[a:b_], self.width, "rows", step, dy)
-            for dWi, off in zip(dWs, self.offsets):                    # (R_i[n] @ g[n].T).T, see _DW_NOTE
-                dWi += xp.matmul(R[:, :, off:off + P], g_all[a:b_].transpose(0, 2, 1), out=dw_buf[:m]).sum(axis=0).T
-        dW = xp.stack([d.reshape(F, C, k_rest) for d in dWs], axis=2).reshape((F, C) + gat.kernel)
+            gT = g_all[a:b_, None].transpose(0, 1, 3, 2)                     # (m, 1, P, F); see _DW_NOTE
+            dWs += xp.matmul(self._shifted(R, P), gT, out=dw_buf[:m]).sum(axis=0)
+        # (k_1, (C, K'), F) -> (F, C, k_1, K')
+        dW = dWs.reshape(k1, C, k_rest, F).transpose(3, 1, 0, 2).reshape((F, C) + gat.kernel)
         if not need_input_grad:
             return dW, None
         # dL/dx: the flipped kernel over the padded gradient, with the same row shifts
-        Wfs = self._split(_flipped_kernel(W, layer.ndim), layer.ndim)               # (C, F*K') each
+        Wfs = self._stack(_flipped_kernel(W, layer.ndim))                         # (k_1, C, F*K')
         L = gat.length
         gwidth = L + self.offsets[-1]
-        gstep, gchunks = layer._chunks(n, F * k_rest * gwidth * dy.itemsize, dy)
+        gstep, gchunks = layer._chunks(n, (F * k_rest * gwidth + k1 * C * L) * dy.itemsize, dy)
         dsrc = xp.empty(src.shape, dtype=dy.dtype)
-        tmp_buf = layer._buffer("dtmp", (gstep, C, L), dy)
+        parts_buf = layer._buffer("dparts", (gstep, k1, C, L), dy)
         for a, b_ in gchunks:
             m = b_ - a
             Rg = self._rows(gpad[a:b_], gwidth, "grows", gstep, dy)              # (m, F*K', gwidth)
-            acc = xp.matmul(Wfs[0], Rg[:, :, :L], out=dsrc[a:b_])
-            for Wfi, off in zip(Wfs[1:], self.offsets[1:]):
-                acc += xp.matmul(Wfi, Rg[:, :, off:off + L], out=tmp_buf[:m])
+            xp.matmul(Wfs, self._shifted(Rg, L), out=parts_buf[:m]).sum(axis=1, out=dsrc[a:b_])
         return dW, gat.unflatten(dsrc)
 
 
@@ -261,10 +272,10 @@ class KernelPatchProduct:
         self.out = conv_output_shape(spatial, layer.kernel_size, layer.stride, pads, layer.dilation)
         self.geo = kernels.window_geometry(x_shape[1], spatial, layer.kernel_size, layer.stride, pads,
                                            layer.dilation, self.out)
-        self.n_pos = int(np.prod(self.out))
-        self.ck = layer.in_channels * int(np.prod(layer.kernel_size))
+        self.n_pos = math.prod(self.out)
+        self.ck = layer.in_channels * math.prod(layer.kernel_size)
         # the largest per-sample array a chunk's kernels index: input, patch matrix, output
-        self.sample_entries = max(int(np.prod(x_shape[1:])), self.ck * self.n_pos, layer.out_channels * self.n_pos)
+        self.sample_entries = max(math.prod(x_shape[1:]), self.ck * self.n_pos, layer.out_channels * self.n_pos)
 
     def _chunks(self, n, like):
         """The layer's chunks of samples, each also under the kernels' 2**31 entries."""
@@ -340,8 +351,8 @@ def _kernel_sizes_fit(layer, x_shape, pads):
     """The window kernels' 32-bit indices reach every entry of one sample's input and patch matrix
     (``KernelPatchProduct`` keeps its chunks under 2**31 entries)."""
     out = conv_output_shape(x_shape[2:], layer.kernel_size, layer.stride, pads, layer.dilation)
-    ck = layer.in_channels * int(np.prod(layer.kernel_size))
-    return kernels.window_kernels_fit(int(np.prod(x_shape[1:])), ck * int(np.prod(out)))
+    ck = layer.in_channels * math.prod(layer.kernel_size)
+    return kernels.window_kernels_fit(math.prod(x_shape[1:]), ck * math.prod(out))
 
 
 def choose_algorithm(layer, x):
@@ -359,7 +370,7 @@ def choose_algorithm(layer, x):
     if want in ("auto", "kernel"):
         if kernels.fused_enabled(x) and _kernel_sizes_fit(layer, x_shape, pads):
             return KernelPatchProduct(layer, x_shape, pads)
-        k_rest = int(np.prod(layer.kernel_size[1:]))
+        k_rest = math.prod(layer.kernel_size[1:])
         want = ("rowshift" if layer.kernel_size[0] >= 3 and layer.in_channels * k_rest >= 16 else "patches")
     if want == "rowshift" and all(s == 1 for s in layer.stride):
         return RowShiftProduct(layer, x_shape, pads)

@@ -5,7 +5,7 @@ names (``W_grad``, ``b_grad``; ``_W_pd`` is kept for the seed lab's code).
 """
 import numpy as np
 
-from . import initializers
+from . import initializers, kernels
 from .backend import get_array_module
 from .interfaces import Neuron, ShapeError, format_shape, sample_shape
 from .conv_compute import choose_algorithm
@@ -294,8 +294,19 @@ class Convolution(_GradNames, Neuron):
         super().clear_cache()
         self._workspace = {}
 
+    def _algorithm(self, x):
+        """The arrangement computing ``x`` (``conv_compute.choose_algorithm``), chosen again only
+        when the input's array type, shape or dtype or the layer's settings change (the
+        choice builds index tables: worth keeping at small batches)."""
+        key = (type(x), tuple(x.shape), x.dtype, kernels.fused_enabled(x), self.algorithm, self.merge_from_filters,
+               repr(self.padding), self.stride, self.dilation, self.kernel_size, self.in_channels, self.out_channels)
+        held = self._workspace.get("algorithm")
+        if held is None or held[0] != key:
+            held = self._workspace["algorithm"] = (key, choose_algorithm(self, x))
+        return held[1]
+
     def _forward(self, x):
-        algo = choose_algorithm(self, x)
+        algo = self._algorithm(x)
         y = algo.forward(x, self._params["W"], self._params.get("b"))
         self._cache["algorithm"] = algo
         return y

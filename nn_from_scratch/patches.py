@@ -57,6 +57,7 @@ they add nothing to ``dL/dW`` or ``dL/dx``.  The cost is a factor
 instead of many short strided ones.
 """
 import itertools
+import math
 
 import numpy as np
 
@@ -188,8 +189,8 @@ def _gather(view, n_kernel_axes, out=None, merged=False):
     """
     n = view.shape[0]
     split = 2 + n_kernel_axes
-    rows = int(np.prod(view.shape[1:split]))
-    p = int(np.prod(view.shape[split:]))
+    rows = math.prod(view.shape[1:split])
+    p = math.prod(view.shape[split:])
     xp = get_array_module(view)
     if merged:
         moved = view.transpose(tuple(range(1, split)) + (0,) + tuple(range(split, view.ndim)))
@@ -220,8 +221,8 @@ class StridedPatches:
         self.x_shape = tuple(x_shape)
         self.kernel, self.stride, self.pads, self.dilation = tuple(kernel), tuple(stride), tuple(pads), tuple(dilation)
         self.out = conv_output_shape(x_shape[2:], kernel, stride, pads, dilation)
-        self.n_pos = int(np.prod(self.out))
-        self.K = int(np.prod(kernel))
+        self.n_pos = math.prod(self.out)
+        self.K = math.prod(kernel)
 
     def flatten(self, x):
         return pad_input(x, self.pads)
@@ -314,7 +315,7 @@ class FlatShift:
         self.offsets = [sum(i * d * s for i, d, s in zip(idx, dilation, st))
                         for idx in itertools.product(*(range(k) for k in kernel))]
         self.n_pos = self.out[0] * st[0]
-        self.length = int(np.prod(self.padded)) + sum((k - 1) * d * s for k, d, s in
+        self.length = math.prod(self.padded) + sum((k - 1) * d * s for k, d, s in
                                                       zip(kernel[1:], dilation[1:], st[1:]))
 
     def zeros_source(self, like):
@@ -438,7 +439,7 @@ def im2col_reference(x, kernel, stride=1, padding=0, dilation=1):
     kernel, stride, pads, dilation, out = _geometry(x.shape, kernel, stride, padding, dilation)
     n, c = x.shape[:2]
     xpad = np.pad(x, ((0, 0), (0, 0)) + pads)
-    K, P = int(np.prod(kernel)), int(np.prod(out))
+    K, P = math.prod(kernel), math.prod(out)
     cols = np.zeros((n, c * K, P), dtype=x.dtype)
     for b in range(n):
         for ch in range(c):
@@ -455,7 +456,7 @@ def col2im_reference(cols, x_shape, kernel, stride=1, padding=0, dilation=1):
     x_shape = tuple(x_shape)
     kernel, stride, pads, dilation, out = _geometry(x_shape, kernel, stride, padding, dilation)
     n, c = x_shape[:2]
-    K = int(np.prod(kernel))
+    K = math.prod(kernel)
     xpad = np.zeros((n, c) + tuple(s + lo + hi for s, (lo, hi) in zip(x_shape[2:], pads)), dtype=cols.dtype)
     for b in range(n):
         for ch in range(c):
@@ -473,5 +474,5 @@ def gathering_filter(in_channels, kernel, dtype=np.float64, xp=np):
     Convolving with it (no groups) yields the patch matrix as ``C*K`` channels.
     """
     kernel = tuple(int(k) for k in kernel)
-    ck = int(in_channels) * int(np.prod(kernel))
+    ck = int(in_channels) * math.prod(kernel)
     return xp.eye(ck, dtype=dtype).reshape((ck, int(in_channels)) + kernel)

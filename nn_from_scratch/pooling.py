@@ -18,6 +18,7 @@ zeros after a ReLU).  ``AvgPool`` divides by the number of real (non-padding)
 entries of each window, as Keras's ``padding="same"`` pooling does.
 """
 import itertools
+import math
 
 import numpy as np
 
@@ -115,7 +116,7 @@ class _Pool(Node):
         xp = get_array_module(a)
         view = patch_view(a, self.pool_size, self.stride, self.dilation, out)   # (N, C, *k, *O)
         nd = self.ndim
-        k = int(np.prod(self.pool_size))
+        k = math.prod(self.pool_size)
         win = xp.empty(self.pool_size + tuple(a.shape[:2]) + tuple(out), dtype=a.dtype)
         order = tuple(range(2, 2 + nd)) + (0, 1) + tuple(range(2 + nd, 2 + 2 * nd))
         xp.copyto(win, view.transpose(order))
@@ -149,7 +150,7 @@ class MaxPool(_Pool):
         xp = get_array_module(x)
         pads, out = self._geometry(x.shape)
         self._cache["x_shape"] = x.shape
-        if kernels.fused_enabled(x) and kernels.window_kernels_fit(x.size, x.shape[0] * x.shape[1] * np.prod(out)):
+        if kernels.fused_enabled(x) and kernels.window_kernels_fit(x.size, x.shape[0] * x.shape[1] * math.prod(out)):
             # CuPy: one kernel each way (kernels.maxpool_forward / maxpool_backward)
             geo = kernels.window_geometry(x.shape[1], x.shape[2:], self.pool_size, self.stride, pads,
                                           self.dilation, out)
@@ -214,7 +215,7 @@ class AvgPool(_Pool):
             y += v
         counts = self._counts(x, pads, out)
         if counts is None:
-            y *= x.dtype.type(1.0 / int(np.prod(self.pool_size)))
+            y *= x.dtype.type(1.0 / math.prod(self.pool_size))
         else:
             y /= counts
         self._cache["counts"] = counts
@@ -224,7 +225,7 @@ class AvgPool(_Pool):
     def _backward(self, dy):
         x_shape, counts = self._cache["x_shape"], self._cache["counts"]
         pads, out = self._geometry(x_shape)
-        g = dy * dy.dtype.type(1.0 / int(np.prod(self.pool_size))) if counts is None else dy / counts
+        g = dy * dy.dtype.type(1.0 / math.prod(self.pool_size)) if counts is None else dy / counts
         dx = self._padded_zeros(dy, x_shape, pads)
         for v in self._offset_views(dx, out):
             if self._disjoint:
