@@ -103,3 +103,31 @@ def test_avg_pool_gradient_by_finite_differences(spatial, pool, stride, padding)
     result = check_layer(layer, x, kink_tol=None, seed=4)
     assert result.passed(CONV_TOL), str(result)
     assert result.checked == x.size
+
+
+@pytest.mark.parametrize("algorithm", ["patches", "rowshift"])
+@pytest.mark.parametrize("dx_strategy", ["flipped", "col2im"])
+@pytest.mark.parametrize("padding", [0, 2, ((1, 0), (0, 2))])
+def test_kept_arrangement_and_buffers_leave_no_trace_of_earlier_batches(algorithm, dx_strategy, padding):
+    """A layer keeps its chosen arrangement and scratch buffers from call to call: batches of
+    other sizes and contents in between must leave no trace.  Reference: a fresh layer with
+    the same weights for every batch."""
+    rng = np.random.default_rng(7)
+    kw = dict(in_channels=3, out_channels=4, kernel_size=(3, 4), padding=padding, dtype=np.float64, seed=3)
+    used = Convolution(**kw)
+    used.algorithm, used.dx_strategy, used.chunk_bytes = algorithm, dx_strategy, 3000   # several chunks
+    for n in (5, 2, 5, 7, 3):
+        x = rng.standard_normal((n, 3, 9, 8)) * 10
+        fresh = Convolution(**kw)
+        fresh.algorithm, fresh.dx_strategy = algorithm, dx_strategy
+        y, y_ref = used.forward(x), fresh.forward(x)
+        g = rng.standard_normal(y.shape)
+        dx, dx_ref = used.backward(g), fresh.backward(g)
+        np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
+        for k in ("W", "b"):
+            np.testing.assert_allclose(used.grads[k], fresh.grads[k], rtol=1e-12, atol=1e-12)
+    used.algorithm = "patches" if algorithm == "rowshift" else "rowshift"        # a setting changes:
+    x = rng.standard_normal((4, 3, 9, 8))                                       # chosen again
+    used.forward(x)
+    assert type(used._cache["algorithm"]).__name__ == ("PatchProduct" if algorithm == "rowshift" else "RowShiftProduct")
