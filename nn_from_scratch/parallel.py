@@ -301,6 +301,10 @@ def _worker(conn, net, slots, params, grads):
             conn.send_bytes(reply)
 
 
+#: the ForkedSteps alive in this process (a new worker closes its inherited copies of their pipes)
+_LIVE = weakref.WeakSet()
+
+
 def _shutdown(conns, pids):
     """Tell the workers to stop and wait for them (also run when the step is garbage-collected)."""
     for conn in conns:
@@ -358,6 +362,7 @@ class ForkedStep:
         self.conns, self.pids = [], []
         # registered first, on the lists filled below: a fork failing half-way still stops the others
         self._finalizer = weakref.finalize(self, _shutdown, self.conns, self.pids)
+        _LIVE.add(self)
         for w in range(1, self.shards):
             parent_end, child_end = multiprocessing.Pipe()
             with warnings.catch_warnings():             # Python 3.12+: fork of a threaded process
@@ -367,7 +372,9 @@ class ForkedStep:
                 code = 0
                 try:
                     parent_end.close()
-                    for c in self.conns:
+                    # this process's ends of every worker's pipe, this split's and other networks'
+                    # (a worker must see EOF when its own parent end closes, not be kept open here)
+                    for c in self.conns + [c for step in list(_LIVE) for c in step.conns]:
                         c.close()
                     _worker(child_end, net, self.slots, self.params, self.grads[w - 1])
                 except BaseException:                   # pragma: no cover - reported by the parent's EOF

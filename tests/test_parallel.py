@@ -270,3 +270,28 @@ def test_unused_or_ended_workers_are_replaced_without_a_warning(kind, monkeypatc
         net.train_step(x, y)
         # processes are forked afresh (their shared memory goes); threads hold nothing of the sort
         assert (net._sharded is not first) == (kind == "processes")
+
+
+def test_a_worker_holds_no_pipe_of_another_networks_worker(kind):
+    """Each worker must see its pipe close when its own network lets go: a worker forked later
+    (for another network) must not keep a copy of an earlier worker's parent end."""
+    if kind != "processes":
+        pytest.skip("threads share this process's pipes by nature (there are none)")
+    rng = np.random.default_rng(8)
+    x, y = rng.standard_normal((8, 4)).astype(np.float32), rng.integers(0, 3, 8)
+    first, second = scale_net(2), scale_net(2)
+    first.train_step(x, y)
+    second.train_step(x, y)
+    theirs = {os.fstat(c.fileno()).st_ino for c in first._sharded.conns}
+    pid = second._sharded.pids[0]
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith(("socket:[", "pipe:[")):
+            held.add(int(link.split("[")[1].rstrip("]")))
+    assert theirs and not theirs & held
+    first.stop_workers()
+    second.stop_workers()
