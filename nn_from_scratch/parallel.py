@@ -372,9 +372,9 @@ class ForkedStep:
                 code = 0
                 try:
                     parent_end.close()
-                    # this process's ends of every worker's pipe, this split's and other networks'
-                    # (a worker must see EOF when its own parent end closes, not be kept open here)
-                    for c in self.conns + [c for step in list(_LIVE) for c in step.conns]:
+                    # this process's ends of every worker's pipe, this split's (in _LIVE already)
+                    # and other networks' (a worker must see EOF when its own parent end closes)
+                    for c in [c for step in list(_LIVE) for c in step.conns]:
                         c.close()
                     _worker(child_end, net, self.slots, self.params, self.grads[w - 1])
                 except BaseException:                   # pragma: no cover - reported by the parent's EOF
