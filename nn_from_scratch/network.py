@@ -339,16 +339,20 @@ class NeuralNetwork:
         self.optimizer.step(self.layers)
         return loss, out
 
-    def _forward_backward(self, xb, yb):
+    def _forward_backward(self, xb, yb, recheck=True):
         """``(loss, output)`` of a batch, every neuron's ``grads`` set; split over worker processes
-        (or threads) when ``parallel.shard_count`` says so, else the plain loop."""
+        (or threads) when ``parallel.shard_count`` says so, else the plain loop.
+
+        ``recheck=False``: nothing that could change a layer ran since the last split step
+        (``fit`` within an epoch), so the split's ``matches`` check is skipped."""
         shards = shard_count(self, xb.shape[0])
         failed = None
         if shards > 1:
             try:
-                if self._sharded is None or not self._sharded.matches(self, shards):
+                split = self._sharded
+                if split is None or split.shards != shards or (recheck and not split.matches(self, shards)):
                     self._drop_shards()
-                    self._sharded = make_step(self, shards)
+                    self._sharded = make_step(self, shards, xb, yb)
                 return self._sharded.run(self, xb, yb)
             except Exception as exc:            # once more as one batch: its error names the whole batch
                 failed = exc
@@ -696,7 +700,7 @@ class _Trainer:
                 sel = order[a:z] if order is not None else slice(a, z)
                 xb = net._to_batch(self.X[sel])
                 yb = to_device(self.y[sel], like=xb)
-                loss, out = net._forward_backward(xb, yb)   # the update waits for the checks below
+                loss, out = net._forward_backward(xb, yb, recheck=b == 0)   # the update waits for the checks below
                 m = z - a
                 if fused_sums:                          # device -> device, no read
                     kernels.accumulate_batch(sum_loss, sum_correct, losses, b, loss, out, yb)

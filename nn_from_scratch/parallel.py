@@ -12,9 +12,9 @@ through its own copy of the layers.  Two kinds of worker (``SPLIT_WITH``):
 
 * ``ForkedStep`` (the default on Linux): worker processes forked from this one.
   Their layers read the parameters from a shared-memory mirror that this process
-  refreshes before every step; shards go in and losses and outputs come back over
-  pipes as raw bytes with a JSON header (no pickle), gradients through shared
-  memory.  No interpreter lock is shared, so even shards of 25 samples gain
+  refreshes before every step; shards go in through shared memory, a short message
+  over a pipe (raw bytes with a JSON header, no pickle) starts each one, losses and
+  outputs come back over the pipe and gradients through shared memory.  No interpreter lock is shared, so even shards of 25 samples gain
   (LeNet-5 on 2 cores: x1.3 at batch 50, x1.6 at 256; benchmarks/RESULTS.md).
 * ``ShardedStep`` (elsewhere, or ``SPLIT_WITH = "threads"``): threads, each with a
   replica of the layers sharing the parameter dictionary.  NumPy releases the
@@ -38,6 +38,7 @@ step to rounding (tests/test_parallel.py, both kinds: loss, outputs and gradient
 to 1e-10).
 """
 import copy
+import math
 import json
 import mmap
 import os
@@ -67,6 +68,11 @@ MIN_SHARD_PROCESSES = 25
 #: seconds ends itself, releasing the memory it still shares with this process.
 REUSE_S = 30.0
 WORKER_IDLE_S = 60.0
+#: a process waiting for a message from the other side of a split (a worker for its next
+#: shard, this process for a worker's reply) polls without sleeping for up to ``SPIN_S``
+#: seconds before it blocks: a blocked process took 0.1-0.2 ms to wake on the 2-vCPU VM of
+#: benchmarks/RESULTS.md, and the other side's message is usually less than that away
+SPIN_S = 0.002
 
 
 def split_with():
@@ -113,6 +119,8 @@ def _plain(value):
     """A comparable summary of an attribute: plain values as they are, arrays by shape and
     dtype, other objects by their type."""
     if isinstance(value, _PLAIN):
+        return value
+    if type(value) is tuple and all(isinstance(v, _PLAIN) for v in value):    # e.g. kernel sizes
         return value
     if isinstance(value, (tuple, list)):
         return tuple(_plain(v) for v in value)
@@ -211,9 +219,10 @@ class ShardedStep:
         return loss, xp.concatenate([r[1] for r in results], axis=0)
 
 
-def make_step(net, shards):
-    """A split step of the kind ``split_with()`` names."""
-    return ForkedStep(net, shards) if split_with() == "processes" else ShardedStep(net, shards)
+def make_step(net, shards, xb=None, yb=None):
+    """A split step of the kind ``split_with()`` names (``xb``, ``yb``: a batch like those it will
+    run, which sizes the forked workers' shared inboxes)."""
+    return ForkedStep(net, shards, xb, yb) if split_with() == "processes" else ShardedStep(net, shards)
 
 
 # ------------------------------------------------------------------ shards in forked processes
@@ -243,15 +252,37 @@ def _param_slots(net):
             for name, p in layer.params.items()]
 
 
-def _views(buf, slots, start):
-    """Arrays over ``buf`` for ``slots``, laid out from byte ``start`` (64-byte aligned); (views, end)."""
-    views, off = [], start
-    for _, _, shape, dtype in slots:
+def _layout(specs, start):
+    """Byte offsets of arrays ``specs`` = ``[(shape, dtype)]`` laid out from byte ``start``, each
+    64-byte aligned, and the end of the last one: ``(offsets, end)``."""
+    offsets, off = [], start
+    for shape, dtype in specs:
         off = -(-off // 64) * 64
-        n = int(np.prod(shape)) * dtype.itemsize
-        views.append(np.frombuffer(buf, dtype=dtype, count=int(np.prod(shape)), offset=off).reshape(shape))
-        off += n
-    return views, off
+        offsets.append(off)
+        off += math.prod(shape) * np.dtype(dtype).itemsize
+    return offsets, off
+
+
+def _region(buf, specs, start):
+    """Arrays over ``buf`` for ``specs`` = ``[(shape, dtype)]`` as ``_layout`` places them; ``(views, end)``."""
+    offsets, end = _layout(specs, start)
+    views = [np.frombuffer(buf, dtype=np.dtype(dtype), count=math.prod(shape), offset=off).reshape(shape)
+             for (shape, dtype), off in zip(specs, offsets)]
+    return views, end
+
+
+def _views(buf, slots, start):
+    """``_region`` for parameter slots ``[(layer index, name, shape, dtype)]``."""
+    return _region(buf, [(shape, dtype) for _, _, shape, dtype in slots], start)
+
+
+def _wait(conn, timeout):
+    """``conn.poll(timeout)``, polling without sleeping for the first ``SPIN_S`` seconds."""
+    end = time.perf_counter() + SPIN_S
+    while not conn.poll():
+        if time.perf_counter() > end:
+            return conn.poll(timeout)
+    return True
 
 
 def _forward_backward(layers, loss_fn, x, y):
@@ -266,8 +297,9 @@ def _forward_backward(layers, loss_fn, x, y):
     return loss, h
 
 
-def _worker(conn, net, slots, params, grads):
-    """The loop of a forked worker: shards in, gradients (shared memory) and outputs (pipe) out.
+def _worker(conn, net, slots, params, grads, inbox):
+    """The loop of a forked worker: shards in (its shared ``inbox``, or the pipe when a shard
+    does not fit), gradients (shared memory) and outputs (pipe) out.
 
     Messages: "step" (a shard), "rest" (between ``fit`` calls: drop the caches), "quit".
     Without a message for ``WORKER_IDLE_S`` seconds the worker ends by itself.
@@ -279,9 +311,11 @@ def _worker(conn, net, slots, params, grads):
     with threadpool_limits(limits=1, user_api="blas"):
         while True:
             try:
-                if not conn.poll(WORKER_IDLE_S):
+                if not _wait(conn, WORKER_IDLE_S):
                     break
                 header, arrays = _unpack(conn.recv_bytes())
+                if "inbox" in header:                   # the shard is in shared memory
+                    arrays = _region(inbox, [(shape, dtype) for dtype, shape in header["inbox"]], 0)[0]
             except (EOFError, OSError):
                 break
             if header["op"] == "rest":
@@ -329,9 +363,14 @@ class ForkedStep:
     * Parameters: before every step this process copies its parameters into a shared memory
       mirror (anonymous ``mmap``, shared with the children across ``fork``), which the workers'
       layers use as theirs; this process keeps its own arrays (nobody's reference changes).
-    * A worker receives its shard (images, targets, NumPy's error state) through a pipe, runs
-      the unchanged forward/backward, writes its gradients into its own shared region and
-      sends back its loss and outputs (raw bytes and a JSON header: no pickle).
+    * A worker's shard (images, targets) is written into its own shared-memory inbox, sized
+      for shards twice those of the batch the split was made for (a larger shard travels in
+      the message), and a short message over a pipe (NumPy's error state; raw bytes and a
+      JSON header: no pickle) starts it.  The worker runs the unchanged forward/backward,
+      writes its gradients into its own shared region and sends back its loss and outputs.
+    * Either side waits for the other's message polling for ``SPIN_S`` seconds before it
+      blocks (waking a blocked process cost 0.1-0.2 ms a step on the 2-vCPU VM).  This
+      process runs its shard with BLAS held to one thread (the workers have the other cores).
     * Gradients are combined here, weighted by shard size, as in ``ShardedStep``.  An error in
       a worker comes back as a message; the caller then re-runs the batch as one.
     * The workers outlive a ``fit`` call (a fork costs ~0.1 s): the next step reuses them
@@ -345,20 +384,28 @@ class ForkedStep:
 
     kind = "processes"
 
-    def __init__(self, net, shards):
+    def __init__(self, net, shards, xb=None, yb=None):
         import multiprocessing
         from threadpoolctl import ThreadpoolController
         self.shards = int(shards)
         self.key = network_key(net)
         self.slots = _param_slots(net)
         self.last_used = time.monotonic()
-        size = 64 + sum(-(-int(np.prod(s)) * d.itemsize // 64) * 64 + 64 for *_, s, d in self.slots)
-        self.mem = mmap.mmap(-1, size * self.shards)      # MAP_SHARED | MAP_ANONYMOUS
+        size = 64 + sum(-(-math.prod(s) * d.itemsize // 64) * 64 + 64 for *_, s, d in self.slots)
+        # each worker's inbox holds a shard of twice the size the batch ``xb`` gives (larger: the pipe)
+        self.inbox_bytes = 0
+        if xb is not None and yb is not None:
+            shard = -(-len(xb) // self.shards)
+            self.inbox_bytes = _layout([((2 * shard,) + a.shape[1:], a.dtype) for a in (xb, yb)], 0)[1]
+        self.mem = mmap.mmap(-1, size * self.shards + self.inbox_bytes * (self.shards - 1))  # MAP_SHARED|ANONYMOUS
         self.params, end = _views(self.mem, self.slots, 0)
         self.grads = []
         for _ in range(1, self.shards):
             views, end = _views(self.mem, self.slots, end)
             self.grads.append(views)
+        start = -(-end // 64) * 64
+        self.inboxes = [memoryview(self.mem)[start + w * self.inbox_bytes:start + (w + 1) * self.inbox_bytes]
+                        for w in range(self.shards - 1)]
         self.conns, self.pids = [], []
         # registered first, on the lists filled below: a fork failing half-way still stops the others
         self._finalizer = weakref.finalize(self, _shutdown, self.conns, self.pids)
@@ -376,7 +423,7 @@ class ForkedStep:
                     # and other networks' (a worker must see EOF when its own parent end closes)
                     for c in [c for step in list(_LIVE) for c in step.conns]:
                         c.close()
-                    _worker(child_end, net, self.slots, self.params, self.grads[w - 1])
+                    _worker(child_end, net, self.slots, self.params, self.grads[w - 1], self.inboxes[w - 1])
                 except BaseException:                   # pragma: no cover - reported by the parent's EOF
                     code = 1
                 finally:
@@ -405,6 +452,16 @@ class ForkedStep:
     def close(self):
         self._finalizer()
 
+    def _shard_message(self, w, err, x, y):
+        """The "step" message for worker ``w``: the shard written into its inbox when it fits there,
+        else the shard's bytes in the message itself."""
+        specs = [(a.shape, a.dtype) for a in (x, y)]
+        if _layout(specs, 0)[1] > self.inbox_bytes:
+            return _pack({"op": "step", "err": err}, [x, y])
+        for view, a in zip(_region(self.inboxes[w - 1], specs, 0)[0], (x, y)):
+            view[...] = a
+        return _pack({"op": "step", "err": err, "inbox": [[a.dtype.str, list(a.shape)] for a in (x, y)]})
+
     def run(self, net, xb, yb):
         """``(loss, output)`` of the batch; the layers' ``grads`` hold the batch's gradients."""
         self.last_used = time.monotonic()
@@ -414,15 +471,19 @@ class ForkedStep:
             view[...] = net.layers[k].params[name]
         err = np.geterr()
         for w, conn in enumerate(self.conns, start=1):
-            conn.send_bytes(_pack({"op": "step", "err": err},
-                                  [xb[bounds[w]:bounds[w + 1]], yb[bounds[w]:bounds[w + 1]]]))
+            conn.send_bytes(self._shard_message(w, err, xb[bounds[w]:bounds[w + 1]], yb[bounds[w]:bounds[w + 1]]))
+        blas = [(lib, lib.get_num_threads()) for lib in self.blas.lib_controllers]
         try:
-            with self.blas.limit(limits=1):
-                results = [_forward_backward(net.layers, net.loss_fn, xb[:bounds[1]], yb[:bounds[1]])]
+            for lib, _ in blas:                         # one BLAS thread while the workers run
+                lib.set_num_threads(1)
+            results = [_forward_backward(net.layers, net.loss_fn, xb[:bounds[1]], yb[:bounds[1]])]
         finally:                                        # every worker answered, whatever happened
+            for lib, threads in blas:
+                lib.set_num_threads(threads)
             replies = []
             for conn in self.conns:
                 try:
+                    _wait(conn, None)
                     replies.append(_unpack(conn.recv_bytes()))
                 except (EOFError, OSError) as exc:
                     replies.append(({"op": "error", "message": f"the worker process ended ({exc!r})"}, []))

@@ -295,3 +295,48 @@ def test_a_worker_holds_no_pipe_of_another_networks_worker(kind):
     assert theirs and not theirs & held
     first.stop_workers()
     second.stop_workers()
+
+
+def test_shards_go_through_shared_memory_or_the_pipe_when_too_large(kind, monkeypatch):
+    """A worker's inbox holds shards up to twice the size of the batch the split was made for;
+    a larger shard travels in the message itself.  Both give the one-worker step's results."""
+    if kind != "processes":
+        pytest.skip("threads read the batch itself")
+    sent = []
+    pack = parallel._pack
+
+    def spy(header, arrays=()):
+        if header.get("op") == "step":
+            sent.append(("inbox" in header, len(arrays)))
+        return pack(header, arrays)
+
+    monkeypatch.setattr(parallel, "_pack", spy)
+    rng = np.random.default_rng(9)
+    split, one = lenet(2, nf.SGD(0.1)), lenet(1, nf.SGD(0.1))
+    for n in (4, 8, 12):                 # inbox sized for shards of 2 * 2 = 4 samples
+        x, y = digits(rng, n)
+        loss1, out1 = one._forward_backward(x, y)
+        loss2, out2 = split._forward_backward(x, y)
+        np.testing.assert_allclose(float(loss2), float(loss1), rtol=1e-13)
+        np.testing.assert_allclose(out2, out1, rtol=1e-12, atol=1e-14)
+        g1, g2 = grads_of(one), grads_of(split)
+        for key in g1:
+            np.testing.assert_allclose(g2[key], g1[key], rtol=0, atol=1e-12 * np.abs(g1[key]).max(), err_msg=str(key))
+    assert sent == [(True, 0), (True, 0), (False, 2)]
+    split.stop_workers()
+
+
+@pytest.mark.filterwarnings("ignore::nn_from_scratch.TrainingWarning")
+def test_fit_checks_the_workers_once_per_epoch(kind, monkeypatch):
+    """Within an epoch nothing runs between the steps that could change a layer: ``fit`` checks
+    that the workers' copies still match the network at each epoch's first step only."""
+    calls = []
+    cls = parallel.ForkedStep if kind == "processes" else parallel.ShardedStep
+    matches = cls.matches
+    monkeypatch.setattr(cls, "matches", lambda self, net, shards: calls.append(1) or matches(self, net, shards))
+    rng = np.random.default_rng(10)
+    X, y = digits(rng, 40)
+    net = lenet(2, nf.SGD(0.1))
+    net.fit(X, y, epochs=3, batch_size=10, verbose=0)      # 4 steps per epoch
+    assert len(calls) == 2                                  # epochs 2 and 3 (epoch 1 made the split)
+    net.stop_workers()
