@@ -26,7 +26,11 @@ Each case: build the model, warm up (untimed) on a few batches including one
 of the odd last-batch size, make one untimed *memory pass* (a full run with a
 thread sampling this process's RSS every 2 ms), then ``--repeats`` timed runs
 of ``--samples`` samples with ``time.perf_counter`` and the sampler off (its
-thread competes for the GIL); the median samples/s is reported.  ``train MB``
+thread competes for the GIL); the median samples/s is reported.  The timed
+runs of one net and batch size go round-robin over the frameworks (one repeat
+of each in turn; ``--sequential``: each framework's repeats back to back): on a
+shared VM whose speed drifts by tens of percent over minutes, a slow stretch
+then falls on every framework alike.  ``train MB``
 is the memory pass's peak RSS above the RSS just before it, ``total MB`` the
 peak above the RSS before the model was built (build, compile/trace and
 warm-up included).  For ``ours.*`` the ``tracemalloc`` peak over the warm-up
@@ -296,6 +300,9 @@ def parse_args(argv=None):
     p.add_argument("--busy-retries", type=int, default=0, metavar="N",
                    help=f"run a repeat again when other processes took > {common.BUSY_PCT:.0f}%% of the CPUs "
                         "meanwhile, at most N extra repeats per case")
+    p.add_argument("--sequential", action="store_true",
+                   help="time each framework's repeats back to back (default: round-robin over the "
+                        "frameworks of a net and batch size, one repeat of each in turn)")
     p.add_argument("--quick", action="store_true", help="a fast smoke run (tiny sample count)")
     p.add_argument("--json", default=None, help="also write all figures to this JSON file")
     a = p.parse_args(argv)
@@ -337,15 +344,15 @@ def main(argv=None):
 
     cases = []
     interval = args.mem_interval_ms / 1000
-    timing = common.Timing(args.repeats, args.wait_quiet, args.busy_retries)
+    timing = common.Timing(args.repeats, args.wait_quiet, args.busy_retries, interleave=not args.sequential)
     for net in args.nets:
         for batch in args.batch_sizes:
             plan = common.Plan(X.shape[0], args.samples, batch, args.warmup_batches)
+            group = []
             for fw in args.frameworks:
                 if fw.startswith("keras.") and tf is None or fw == "torch.eager" and torch is None:
                     continue
                 case = common.Case(fw, net, batch, plan)
-                t0 = time.perf_counter()
                 try:
                     if fw == "ours.fit":
                         run_ours(case, X, y, timing, interval, "fit")
@@ -361,11 +368,17 @@ def main(argv=None):
                         run_torch(case, X, y, timing, interval, torch)
                 except Exception as exc:  # report and go on with the other frameworks
                     case.error = f"{type(exc).__name__}: {exc}"
-                    print(f"ERROR in {fw} {net} batch {batch}: {case.error}", file=sys.stderr)
                 cases.append(case)
-                if case.samples_per_s:
-                    print(f"  {fw:<18} {net:<9} batch {batch:>4}: {case.samples_per_s:>10,.0f} samples/s "
-                          f"(loss {case.final_loss:.4f}, {time.perf_counter() - t0:.1f} s)", flush=True)
+                group.append(case)
+            t0 = time.perf_counter()
+            timing.flush()                  # the timed repeats (round-robin unless --sequential)
+            for case in group:
+                if case.error:
+                    print(f"ERROR in {case.framework} {net} batch {batch}: {case.error}", file=sys.stderr)
+                elif case.samples_per_s:
+                    print(f"  {case.framework:<18} {net:<9} batch {batch:>4}: {case.samples_per_s:>10,.0f} "
+                          f"samples/s (loss {case.final_loss:.4f})", flush=True)
+            print(f"  ({len(group)} frameworks timed in {time.perf_counter() - t0:.1f} s)", flush=True)
 
     print()
     print(f"Training throughput, {args.samples} samples per timed run (median of {args.repeats} "

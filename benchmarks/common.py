@@ -160,40 +160,70 @@ class Case:
 
 
 class Timing:
-    """How the timed repeats run: count, and what to do about a busy machine.
+    """How the timed repeats run: count, order, and what to do about a busy machine.
 
     ``repeats`` timed runs are wanted.  With ``wait_s > 0`` each repeat first
     waits (up to ``wait_s``) for other processes to leave the CPUs alone; a
     repeat during which others took more than BUSY_PCT is run again, at most
     ``retries`` extra times per case.
+
+    ``interleave=True``: ``run`` only queues the case, and ``flush`` times all
+    queued cases round-robin, one repeat of each in turn (A B C A B C ...), so
+    that a slow stretch of a shared machine falls on every framework alike
+    instead of on whichever ran during it; the median then compares like with like.
     """
 
-    def __init__(self, repeats, wait_s=0.0, retries=0):
+    def __init__(self, repeats, wait_s=0.0, retries=0, interleave=False):
         self.repeats, self.wait_s, self.retries = int(repeats), float(wait_s), int(retries)
+        self.interleave = bool(interleave)
+        self.queued = []
 
     def run(self, case, once, sync=None):
-        """Time ``once()`` (returns the last loss) into ``case.seconds``/``case.other_pcts``."""
-        quiet, extra = 0, 0
-        while quiet < self.repeats:
-            if self.wait_s > 0:
-                wait_until_quiet(self.wait_s, window_s=1.0, print_fn=lambda *a: None)
+        """Time ``once()`` (returns the last loss) into ``case.seconds``/``case.other_pcts``
+        (queued until ``flush`` when interleaving)."""
+        self.queued.append((case, once, sync))
+        if not self.interleave:
+            self.flush()
+
+    def flush(self):
+        """Time every queued case: ``repeats`` quiet repeats each (round-robin), then empty the queue.
+        A case whose run raises gets ``case.error`` and leaves the rotation."""
+        state = {id(case): [0, 0] for case, _, _ in self.queued}      # quiet repeats, extra repeats
+        todo = list(self.queued)
+        self.queued = []
+        while todo:
+            for entry in list(todo):
+                case, once, sync = entry
+                try:
+                    quiet = self._one(case, once, sync)
+                except Exception as exc:  # noqa: BLE001 - reported with the case
+                    case.error = f"{type(exc).__name__}: {exc}"
+                    todo.remove(entry)
+                    continue
+                counts = state[id(case)]
+                if quiet or counts[1] >= self.retries:
+                    counts[0] += 1          # quiet, or out of retries: keep the disturbed repeat
+                else:
+                    counts[1] += 1
+                if counts[0] >= self.repeats:
+                    todo.remove(entry)
+
+    def _one(self, case, once, sync):
+        """One timed repeat; True when other processes stayed below BUSY_PCT meanwhile."""
+        if self.wait_s > 0:
+            wait_until_quiet(self.wait_s, window_s=1.0, print_fn=lambda *a: None)
+        if sync is not None:
+            sync()
+        with OtherLoad() as other:
+            t0 = time.perf_counter()
+            loss = once()
             if sync is not None:
                 sync()
-            with OtherLoad() as other:
-                t0 = time.perf_counter()
-                loss = once()
-                if sync is not None:
-                    sync()
-                dt = time.perf_counter() - t0
-            case.seconds.append(dt)
-            case.other_pcts.append(other.percent)
-            case.final_loss = float(loss)
-            if other.percent is None or other.percent <= BUSY_PCT:
-                quiet += 1
-            elif extra < self.retries:
-                extra += 1
-            else:
-                quiet += 1  # out of retries: keep the disturbed repeat
+            dt = time.perf_counter() - t0
+        case.seconds.append(dt)
+        case.other_pcts.append(other.percent)
+        case.final_loss = float(loss)
+        return other.percent is None or other.percent <= BUSY_PCT
 
     def as_dict(self):
         return {"repeats": self.repeats, "wait_quiet_s": self.wait_s, "busy_retries": self.retries,
