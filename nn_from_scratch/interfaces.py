@@ -21,6 +21,7 @@ Contracts every layer keeps:
   expected and what was received.
 """
 import itertools
+import weakref
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -270,7 +271,9 @@ class Optimizer(ABC):
 
     ``step(layers)`` applies one update to every trainable layer in ``layers``
     using ``layer.grads``; per-parameter state (momenta, moving averages) is
-    kept by the optimizer, keyed by layer and parameter name.
+    kept by the optimizer, per layer (weakly: a layer that is garbage-collected
+    takes its state with it, and a new layer never inherits an old one's) and
+    parameter name.
     """
 
     def __init__(self, lr):
@@ -278,7 +281,7 @@ class Optimizer(ABC):
             raise ValueError(f"{type(self).__name__}: learning rate must be > 0, received {lr!r}")
         self.lr = float(lr)
         self.iterations = 0
-        self._state = {}
+        self._state = weakref.WeakKeyDictionary()      # layer -> {(parameter name, slot): array}
 
     def step(self, layers):
         """One update of every parameter of every trainable layer."""
@@ -292,25 +295,30 @@ class Optimizer(ABC):
                     raise RuntimeError(
                         f"{layer._describe()}: no gradient for parameter {name!r}; call backward() before step()"
                     )
-                key = (id(layer), name)
-                self._update(param, grad, key)
+                self._update(param, grad, (layer, name))
 
     @abstractmethod
     def _update(self, param, grad, key):
         """Update ``param`` in place from ``grad``; ``key`` indexes the state."""
 
     def state(self, key, like, slot):
-        """Zero-initialised per-parameter state array ``slot`` for ``key``."""
-        s = self._state.setdefault(key, {})
-        if slot not in s:
-            xp = get_array_module(like)
-            s[slot] = xp.zeros_like(like)
-        return s[slot]
+        """Zero-initialised per-parameter state array ``slot`` for ``key = (layer, parameter name)``."""
+        layer, name = key
+        s = self._state.setdefault(layer, {})
+        arr = s.get((name, slot))
+        if arr is None:
+            arr = s[(name, slot)] = get_array_module(like).zeros_like(like)
+        elif arr.shape != like.shape or arr.dtype != like.dtype:
+            raise ValueError(
+                f"{type(self).__name__}: its {slot!r} state for {layer._describe()} parameter {name!r} is "
+                f"{arr.dtype}{tuple(arr.shape)} but the parameter is now {like.dtype}{tuple(like.shape)}; "
+                "call optimizer.reset() after replacing parameters")
+        return arr
 
     def reset(self):
         """Forget momenta and the step count."""
         self.iterations = 0
-        self._state = {}
+        self._state = weakref.WeakKeyDictionary()
 
     def get_config(self):
         return {"lr": self.lr}

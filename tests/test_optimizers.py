@@ -265,6 +265,39 @@ def test_state_is_kept_per_parameter_and_layer(backend):
     assert opt.iterations == 0
 
 
+def test_state_goes_with_its_layer_and_is_never_inherited():
+    """Momenta belong to the layer object: a layer that is garbage-collected takes its state
+    with it (an optimizer kept across networks does not grow), and a new layer - even one that
+    CPython places at the freed layer's address, so with the same ``id`` - starts from zero."""
+    import gc
+    opt = nf.GradientDescent(lr=1.0, momentum=0.5)
+    old = ParamHolder(W=np.zeros(3))
+    old.grads = {"W": np.ones(3)}
+    opt.step([old])
+    assert len(opt._state) == 1
+    del old
+    gc.collect()
+    assert len(opt._state) == 0
+    new = ParamHolder(W=np.zeros(3))
+    new.grads = {"W": np.ones(3)}
+    opt.step([new])                                 # v = -lr g: no momentum from "old"
+    np.testing.assert_array_equal(new.params["W"], -np.ones(3))
+
+
+def test_state_of_a_replaced_parameter_is_a_clear_error():
+    opt = nf.Adam(0.1)
+    layer = ParamHolder(W=np.zeros((4, 2), dtype=np.float32))
+    layer.grads = {"W": np.ones((4, 2), dtype=np.float32)}
+    opt.step([layer])
+    layer.params["W"] = np.zeros((5, 2), dtype=np.float32)
+    layer.grads = {"W": np.ones((5, 2), dtype=np.float32)}
+    with pytest.raises(ValueError, match=r"Adam: its 'm' state for ParamHolder 'holder' parameter 'W' is "
+                                         r"float32\(4, 2\) but the parameter is now float32\(5, 2\).*reset"):
+        opt.step([layer])
+    opt.reset()
+    opt.step([layer])                               # after reset: fresh state of the new shape
+
+
 def test_updates_are_in_place_and_keep_dtype(backend):
     W = backend.xp.ones((2, 2), dtype=np.float32)
     holder = ParamHolder(W=W)
