@@ -14,8 +14,9 @@ through its own copy of the layers.  Two kinds of worker (``SPLIT_WITH``):
   Their layers read the parameters from a shared-memory mirror that this process
   refreshes before every step; shards go in through shared memory, a short message
   over a pipe (raw bytes with a JSON header, no pickle) starts each one, losses and
-  outputs come back over the pipe and gradients through shared memory.  No interpreter lock is shared, so even shards of 25 samples gain
-  (LeNet-5 on 2 cores: x1.3 at batch 50, x1.6 at 256; benchmarks/RESULTS.md).
+  outputs come back over the pipe and gradients through shared memory.  No
+  interpreter lock is shared, so even shards of 25 samples gain (LeNet-5 on 2
+  cores: x1.3 at batch 50, x1.6 at 256; benchmarks/RESULTS.md).
 * ``ShardedStep`` (elsewhere, or ``SPLIT_WITH = "threads"``): threads, each with a
   replica of the layers sharing the parameter dictionary.  NumPy releases the
   interpreter lock inside its array operations, but between them the threads queue
@@ -38,8 +39,8 @@ step to rounding (tests/test_parallel.py, both kinds: loss, outputs and gradient
 to 1e-10).
 """
 import copy
-import math
 import json
+import math
 import mmap
 import os
 import signal
@@ -479,7 +480,8 @@ class ForkedStep:
             results = [_forward_backward(net.layers, net.loss_fn, xb[:bounds[1]], yb[:bounds[1]])]
         finally:                                        # every worker answered, whatever happened
             for lib, threads in blas:
-                lib.set_num_threads(threads)
+                if threads is not None:
+                    lib.set_num_threads(threads)
             replies = []
             for conn in self.conns:
                 try:
