@@ -187,7 +187,8 @@ class Timing:
 
     def flush(self):
         """Time every queued case: ``repeats`` quiet repeats each (round-robin), then empty the queue.
-        A case whose run raises gets ``case.error`` and leaves the rotation."""
+        Interleaving, a case whose run raises gets ``case.error`` and leaves the rotation (the
+        others go on); otherwise the exception reaches ``run``'s caller, as it did before."""
         state = {id(case): [0, 0] for case, _, _ in self.queued}      # quiet repeats, extra repeats
         todo = list(self.queued)
         self.queued = []
@@ -197,6 +198,8 @@ class Timing:
                 try:
                     quiet = self._one(case, once, sync)
                 except Exception as exc:  # noqa: BLE001 - reported with the case
+                    if not self.interleave:
+                        raise
                     case.error = f"{type(exc).__name__}: {exc}"
                     todo.remove(entry)
                     continue

@@ -5,6 +5,7 @@
     python benchmarks/profile_layers.py --quick            # a few repetitions only
     python benchmarks/profile_layers.py --nets lenet5 --batch-sizes 256 --reps 100 --json prof.json
     python benchmarks/profile_layers.py --backend cupy     # on a GPU (synchronises after every part)
+    python benchmarks/profile_layers.py --blas-threads 1   # BLAS as in a split step's shard
 
 One training step of ``NeuralNetwork.train_step`` is taken apart with the
 public layer API, in the order the network runs it::
@@ -146,9 +147,14 @@ def main(argv=None):
     p.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="before each net/batch, wait up to this long for other processes to leave the CPUs alone")
+    p.add_argument("--blas-threads", type=int, default=None, metavar="N",
+                   help="hold BLAS to N threads (threadpoolctl); a split training step runs each shard "
+                        "with 1, so --blas-threads 1 shows a shard's parts; default: the library's own")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
+    if a.blas_threads is not None and a.blas_threads < 1:
+        p.error("--blas-threads must be >= 1")
     reps = a.reps or (3 if a.quick else 50)
     warmup = a.warmup if a.warmup is not None else (1 if a.quick else 5)
     nets = [n.strip() for n in a.nets.split(",") if n.strip()]
@@ -176,13 +182,16 @@ def main(argv=None):
     X, y = common.load_data()
     info = common.machine_info()
     common.print_machine_info(info)
-    print(f"\nbackend {a.backend}; {reps} timed repetitions after {warmup} warm-up steps; median per part")
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+    threads = "default" if a.blas_threads is None else a.blas_threads
+    print(f"\nbackend {a.backend}; BLAS threads {threads}; {reps} timed repetitions after {warmup} warm-up "
+          "steps; median per part")
     out = []
     for net in nets:
         for b in batches:
             if a.wait_quiet > 0:
                 common.wait_until_quiet(a.wait_quiet)
-            with common.OtherLoad() as other:
+            with common.OtherLoad() as other, threadpool_limits(limits=a.blas_threads, user_api="blas"):
                 parts, whole = profile(net, b, X, y, reps, warmup, sync)
             out.append(report(net, b, parts, whole))
             out[-1]["other_cpu_pct"] = other.percent
@@ -191,7 +200,7 @@ def main(argv=None):
                       + ("; figures DISTURBED)" if other.percent > common.BUSY_PCT else ")"))
     if a.json:
         common.write_json(a.json, {"script": "profile_layers.py", "machine": info, "backend": a.backend,
-                                   "reps": reps, "warmup": warmup,
+                                   "reps": reps, "warmup": warmup, "blas_threads": a.blas_threads,
                                    "profiles": out})
         print(f"\nJSON written to {a.json}")
     return 0

@@ -261,6 +261,51 @@ def test_timing_reruns_disturbed_repeats_and_reports_the_quiet_ones(monkeypatch)
     assert case3.samples_per_s == pytest.approx(1000 / 3.0) and case3.other_cpu_pct == 60.0
 
 
+def test_interleaved_timing_goes_round_robin_and_keeps_each_cases_retries(monkeypatch):
+    """``interleave=True``: ``run`` queues, ``flush`` times one repeat of each case in turn; a
+    disturbed repeat is run again in a later round; a case that raises leaves the rotation."""
+    monkeypatch.setattr(common, "OtherLoad", _FakeLoad)
+    clock = {"t": 0.0}
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock["t"])
+    order = []
+
+    def runner(name, seconds):
+        def once():
+            order.append(name)
+            clock["t"] += seconds
+            return 0.5
+        return once
+
+    def broken():
+        order.append("c")
+        raise RuntimeError("out of memory")
+
+    plan = common.Plan(5000, 1000, 100)
+    a, b, c = (common.Case(n, "lenet5", 100, plan) for n in "abc")
+    timing = common.Timing(repeats=2, retries=1, interleave=True)
+    _FakeLoad.shares = [0.0, 50.0, 0.0, 0.0, 0.0, 0.0]     # b's first repeat is disturbed
+    for case, once in ((a, runner("a", 1.0)), (b, runner("b", 2.0)), (c, broken)):
+        timing.run(case, once)
+    assert order == [] and len(timing.queued) == 3         # nothing timed before flush
+    timing.flush()
+    assert order == ["a", "b", "c", "a", "b", "b"]
+    assert a.seconds == [1.0, 1.0] and b.seconds == [2.0, 2.0, 2.0] and c.seconds == []
+    assert c.error == "RuntimeError: out of memory" and a.error is None and b.error is None
+    assert timing.queued == [] and _FakeLoad.shares == []
+    assert b.samples_per_s == pytest.approx(1000 / 2.0)
+
+
+def test_profile_layers_holds_blas_to_the_threads_asked_for(tmp_path):
+    out = tmp_path / "prof.json"
+    r = subprocess.run([sys.executable, os.path.join(BENCH, "profile_layers.py"), "--quick", "--nets", "lenet5",
+                        "--batch-sizes", "4", "--blas-threads", "1", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "BLAS threads 1;" in r.stdout
+    data = json.loads(out.read_text())
+    assert data["blas_threads"] == 1 and len(data["profiles"]) == 1
+
+
 class _FakePool:
     """CuPy's MemoryPool contract as bench_gpu uses it: malloc, used_bytes, total_bytes, free_all_blocks."""
 
