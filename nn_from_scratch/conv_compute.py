@@ -6,7 +6,7 @@ Both compute, for ``x: (N, C, *S)``, ``W: (F, C, *k)`` and ``g = dL/dy``::
     dL/dW = sum_n g[n] @ im2col(x)[n].T
     dL/dx = col2im(W.reshape(F, C*K).T @ g)           = conv(g, flipped W)  (stride 1)
 
-and differ in how much of the patch matrix they copy:
+and differ in how much of the patch matrix they copy, and how:
 
 ``PatchProduct`` (any stride)
     copies the whole patch matrix of a chunk of samples (``patches.FlatShift`` for
@@ -27,6 +27,12 @@ and differ in how much of the patch matrix they copy:
     products one batched ``matmul`` followed by a sum over ``i`` (two calls per chunk,
     whatever ``k_1``).
 
+``SampleLastProduct`` (stride 1; NumPy's default for many filters and patch rows)
+    the whole patch matrix at the exact output positions, with a chunk's samples laid out as
+    the fastest axis, ``(C, *Sp, m)``: every copy and col2im slice-add is then one long
+    contiguous block covering all samples of the chunk, and one product per pass covers the
+    chunk (see the class).
+
 ``KernelPatchProduct`` (CuPy, any stride)
     the GPU arrangement: the patch matrix of a chunk, ``(C*K, m*P)``, gathered by one
     kernel (``kernels.im2col_merged``) straight from the unpadded input, one product per
@@ -39,6 +45,7 @@ and lives in a scratch buffer the layer reuses (no allocation per step).  Backwa
 gathers the patches again rather than keeping them: less memory, and the copy is
 cheap next to the products.
 """
+import itertools
 import math
 
 import numpy as np
@@ -47,7 +54,7 @@ from . import kernels
 from .backend import get_array_module
 from .patches import conv_output_shape, make_gatherer
 
-__all__ = ["PatchProduct", "RowShiftProduct", "KernelPatchProduct", "choose_algorithm"]
+__all__ = ["PatchProduct", "RowShiftProduct", "SampleLastProduct", "KernelPatchProduct", "choose_algorithm"]
 
 
 # _DW_NOTE: dL/dW = g @ cols.T has F (few) rows and a long inner dimension; OpenBLAS computes it
@@ -251,6 +258,123 @@ class RowShiftProduct:
         return dW, gat.unflatten(dsrc)
 
 
+class SampleLastProduct:
+    """Stride 1: whole patch matrices at the exact output positions, the samples of a chunk fastest.
+
+    A chunk of ``m`` samples is laid out as ``src[c, *s, n]``, ``(C, *Sp, m)``: zero-padded,
+    the sample index fastest.  For every window offset ``i`` and output row, the numbers a
+    patch row needs are then one contiguous block of ``O_last * m`` (all samples, a whole row
+    of positions), so the patch copy and col2im move ``C*K*prod(O[:-1])`` long blocks per
+    chunk whatever its size (the other arrangements copy one sample's rows at a time, and it
+    is the count of those short copies that costs), no flat-shift columns are computed, and
+    each product covers the chunk::
+
+        cols  = src[:, o + i*d, :]               (C*K, P*m),  P = prod(O)
+        y     = W2 @ cols                        (F, P*m)   -> (m, F, *O) (+ b)
+        dL/dW = (cols @ g.T).T                   g = dL/dy as (F, P*m)   (see _DW_NOTE)
+        dsrc  = col2im(W2.T @ g)                 (C, *Sp, m) -> (m, C, *S)
+
+    It pays with four transposing copies per chunk (input, output, dL/dy, dL/dx): worth it
+    where the patch matrix is large next to them and the filters many.  LeNet-5's 6->16 5x5
+    layer, forward + backward with BLAS at one thread (as in a split step): 25 samples
+    1.23-1.58 -> 0.81-0.84 ms, 128 samples 7.7-8.5 -> 4.9-6.3 ms; not its 1->6 first layer
+    (the output is 6x the input) nor the seed CNN's 4->2 7x7 layer (2 filters per patch
+    copy); ``choose_algorithm`` says where.
+    """
+
+    def __init__(self, layer, x_shape, pads):
+        self.layer = layer
+        self.x_shape = tuple(x_shape)
+        self.kernel, self.dilation, self.pads = tuple(layer.kernel_size), tuple(layer.dilation), tuple(pads)
+        self.padded = tuple(s + lo + hi for s, (lo, hi) in zip(self.x_shape[2:], pads))
+        self.out = conv_output_shape(self.x_shape[2:], self.kernel, (1,) * len(self.kernel), pads, self.dilation)
+        self.n_pos = math.prod(self.out)
+        self.srcs, self.held = [], None
+
+    def _body(self, a):
+        """The unpadded positions of ``a: (rows, *Sp, m)``: ``(rows, *S, m)``."""
+        return a[(slice(None),) + tuple(slice(lo, lo + s) for (lo, _), s in zip(self.pads, self.x_shape[2:]))]
+
+    def _to_grid(self, x):
+        """``(C, *Sp, m)``: the samples of ``x: (m, C, *S)`` zero-padded, sample fastest."""
+        xp = get_array_module(x)
+        shape = (x.shape[1],) + self.padded + (x.shape[0],)
+        padded = any(lo or hi for lo, hi in self.pads)
+        src = xp.zeros(shape, dtype=x.dtype) if padded else xp.empty(shape, dtype=x.dtype)
+        self._body(src)[...] = xp.moveaxis(x, 0, -1)
+        return src
+
+    def _patches(self, src, buf):
+        """The chunk's patch matrix ``(C*K, P*m)`` copied from ``src: (C, *Sp, m)`` into ``buf``."""
+        xp = get_array_module(src)
+        grid = src.strides[1:-1]
+        view = xp.lib.stride_tricks.as_strided(      # [c, *i, *o, n] = src[c, *(o + i*d), n]
+            src, shape=src.shape[:1] + self.kernel + self.out + src.shape[-1:],
+            strides=src.strides[:1] + tuple(d * s for d, s in zip(self.dilation, grid)) + grid + src.strides[-1:])
+        xp.copyto(buf.reshape(view.shape), view)
+        return buf.reshape(-1, self.n_pos * src.shape[-1])
+
+    def _col2im(self, dcols, C, m, like):
+        """``(C, *Sp, m)``: the patch-matrix gradient ``dcols: (C*K, P*m)`` added back, one
+        slice-add per kernel offset."""
+        xp = get_array_module(dcols)
+        dsrc = xp.zeros((C,) + self.padded + (m,), dtype=like.dtype)
+        parts = dcols.reshape((C, -1) + self.out + (m,))
+        for k, idx in enumerate(itertools.product(*(range(k) for k in self.kernel))):
+            dsrc[(slice(None),) + tuple(slice(i * d, i * d + o) for i, d, o in
+                                        zip(idx, self.dilation, self.out))] += parts[:, k]
+        return dsrc
+
+    def forward(self, x, W, b):
+        layer = self.layer
+        xp = get_array_module(x)
+        n, F = x.shape[0], W.shape[0]
+        W2 = W.reshape(F, -1)
+        ck, P = W2.shape[1], self.n_pos
+        step, chunks = layer._chunks(n, (ck + F) * P * x.itemsize, x)
+        cols_buf = layer._buffer("cols", (step * ck * P,), x)
+        out_buf = layer._buffer("out", (step * F * P,), x)
+        y = xp.empty((n, F) + self.out, dtype=x.dtype)
+        self.srcs = []
+        for a, b_ in chunks:
+            m = b_ - a
+            src = self._to_grid(x[a:b_])
+            yT = xp.matmul(W2, self._patches(src, cols_buf[:ck * P * m]), out=out_buf[:F * P * m].reshape(F, P * m))
+            _store(y[a:b_], xp.moveaxis(yT.reshape((F,) + self.out + (m,)), -1, 0), b, xp)
+            self.srcs.append(src)
+        self.held = (chunks[-1], cols_buf)                 # the buffer still holds the last chunk
+        return y
+
+    def backward(self, dy, W, need_input_grad):
+        layer = self.layer
+        xp = get_array_module(dy)
+        n, F = dy.shape[0], W.shape[0]
+        W2 = W.reshape(F, -1)
+        ck, P, C = W2.shape[1], self.n_pos, self.x_shape[1]
+        step, chunks = layer._chunks(n, (ck + F) * P * dy.itemsize, dy)
+        cols_buf = layer._buffer("cols", (step * ck * P,), dy)
+        g_buf = layer._buffer("g", (step * F * P,), dy)
+        dW2T = xp.zeros((ck, F), dtype=dy.dtype)
+        dx = xp.empty((n, C) + self.x_shape[2:], dtype=dy.dtype) if need_input_grad else None
+        for k in reversed(range(len(chunks))):   # the last forward chunk first: its patches are still there
+            a, b_ = chunks[k]
+            m = b_ - a
+            if self.held is not None and self.held[0] == (a, b_) and self.held[1] is cols_buf:
+                cols = cols_buf[:ck * P * m].reshape(ck, P * m)
+            else:
+                cols = self._patches(self.srcs[k], cols_buf[:ck * P * m])
+            g = g_buf[:F * P * m].reshape((F,) + self.out + (m,))
+            xp.copyto(g, xp.moveaxis(dy[a:b_], 0, -1))
+            g = g.reshape(F, P * m)
+            dW2T += cols @ g.T                                           # see _DW_NOTE
+            if need_input_grad:                                          # col2im(W2.T @ g)
+                dcols = layer._buffer("dcols", (step * ck * P,), dy)[:ck * P * m].reshape(ck, P * m)
+                dsrc = self._col2im(xp.matmul(W2.T, g, out=dcols), C, m, dy)
+                dx[a:b_] = xp.moveaxis(self._body(dsrc), -1, 0)
+        self.held = None                                   # the buffer now holds the first chunk
+        return dW2T.T.reshape(W.shape), dx
+
+
 class KernelPatchProduct:
     """CuPy: patch matrices gathered by one kernel, one product per pass (see the module docstring).
 
@@ -355,23 +479,37 @@ def _kernel_sizes_fit(layer, x_shape, pads):
     return kernels.window_kernels_fit(math.prod(x_shape[1:]), ck * math.prod(out))
 
 
+#: "auto" on NumPy takes ``SampleLastProduct`` (stride 1) from this many patch rows ``C*K`` on,
+#: with at least ``layer.merge_from_filters`` filters: LeNet-5's 6->16 5x5 layer (150 rows, 16
+#: filters), not its 1->6 first layer (25 rows) nor the seed CNN's 4->2 7x7 one (2 filters)
+SAMPLE_LAST_FROM_ROWS = 32
+
+
 def choose_algorithm(layer, x):
     """Which arrangement computes ``layer`` on ``x`` (``layer.algorithm`` may force one).
 
     "auto": ``KernelPatchProduct`` for CuPy data (fused kernels on, fewer than 2**31 entries
-    in the input and in the batch's patch matrix); otherwise
+    in the input and in the batch's patch matrix); otherwise, for stride 1 on NumPy with
+    many filters and patch rows (``SAMPLE_LAST_FROM_ROWS``), ``SampleLastProduct``; else
     ``RowShiftProduct`` where it copies less and its products stay reasonably sized, else
-    ``PatchProduct``.  Forced: "kernel" (CuPy only, else as "auto"),
+    ``PatchProduct``.  Forced: "kernel" (CuPy only, else as "auto"), "samplelast" and
     "rowshift" (stride 1 only, else "patches"), "patches".
     """
     x_shape = x.shape
     pads = layer._pads(x_shape[2:])
     want = layer.algorithm
+    stride_1 = all(s == 1 for s in layer.stride)
     if want in ("auto", "kernel"):
         if kernels.fused_enabled(x) and _kernel_sizes_fit(layer, x_shape, pads):
             return KernelPatchProduct(layer, x_shape, pads)
         k_rest = math.prod(layer.kernel_size[1:])
-        want = ("rowshift" if layer.kernel_size[0] >= 3 and layer.in_channels * k_rest >= 16 else "patches")
-    if want == "rowshift" and all(s == 1 for s in layer.stride):
+        if (get_array_module(x) is np and layer.out_channels >= layer.merge_from_filters
+                and layer.in_channels * math.prod(layer.kernel_size) >= SAMPLE_LAST_FROM_ROWS):
+            want = "samplelast"
+        else:
+            want = "rowshift" if layer.kernel_size[0] >= 3 and layer.in_channels * k_rest >= 16 else "patches"
+    if want == "samplelast" and stride_1:
+        return SampleLastProduct(layer, x_shape, pads)
+    if want == "rowshift" and stride_1:
         return RowShiftProduct(layer, x_shape, pads)
     return PatchProduct(layer, x_shape, pads)

@@ -264,8 +264,8 @@ class Convolution(_GradNames, Neuron):
     chunk_bytes = 4 << 20
     #: the same on a GPU, where the point is few, large kernels rather than cache hits
     gpu_chunk_bytes = 256 << 20
-    #: "auto", "patches" (whole patch matrices), "rowshift" (stride 1 only) or "kernel" (CuPy
-    #: only: the patch matrix gathered by one kernel; "auto" on CuPy): see conv_compute
+    #: "auto", "patches" (whole patch matrices), "rowshift" and "samplelast" (stride 1 only) or
+    #: "kernel" (CuPy only: the patch matrix gathered by one kernel; "auto" on CuPy): see conv_compute
     algorithm = "auto"
     #: PatchProduct: from this many filters on, a chunk's patch matrices are laid side by side,
     #: ``(C*K, m*P)``, and one matrix product serves the chunk; with fewer filters one product

@@ -54,6 +54,27 @@ def test_convolution_gradients_by_finite_differences(spatial, C, F, kernel, stri
     assert result.checked == x.size + layer.W.size + (F if bias else 0)
 
 
+STRIDE_1_CASES = [c for c in CONV_CASES if c[4] == 1] + [((6, 7), 3, 9, (3, 2), 1, ((2, 0), 1), (1, 2), True)]
+
+
+@pytest.mark.parametrize("algorithm", ["rowshift", "samplelast"])
+@pytest.mark.parametrize("spatial,C,F,kernel,stride,padding,dilation,bias", STRIDE_1_CASES, ids=_ids(STRIDE_1_CASES))
+def test_stride_1_arrangements_by_finite_differences(algorithm, spatial, C, F, kernel, stride, padding, dilation,
+                                                     bias):
+    """The stride-1 arrangements forced, in several chunks (a chunk per 1-2 samples)."""
+    rng = np.random.default_rng(len(spatial) * 100 + C * 10 + F + 7)
+    layer = Convolution((None, C) + spatial, kernel_size=kernel, output_layers=F, stride=stride, padding=padding,
+                        dilation=dilation, use_bias=bias, dtype=np.float64)
+    layer.algorithm, layer.chunk_bytes = algorithm, 4000
+    layer.set_params(W=rng.standard_normal(layer.W.shape), **({"b": rng.standard_normal(F)} if bias else {}))
+    x = rng.standard_normal((3, C) + spatial)
+    result = check_layer(layer, x, kink_tol=None, seed=2)
+    assert result.passed(CONV_TOL), str(result)
+    assert type(layer._cache["algorithm"]).__name__ == {"rowshift": "RowShiftProduct",
+                                                         "samplelast": "SampleLastProduct"}[algorithm]
+    assert result.checked == x.size + layer.W.size + (F if bias else 0)
+
+
 POOL_CASES = [
     # (spatial, pool, stride, padding)
     ((10,), 3, 2, "same"),
@@ -105,7 +126,7 @@ def test_avg_pool_gradient_by_finite_differences(spatial, pool, stride, padding)
     assert result.checked == x.size
 
 
-@pytest.mark.parametrize("algorithm", ["patches", "rowshift"])
+@pytest.mark.parametrize("algorithm", ["patches", "rowshift", "samplelast"])
 @pytest.mark.parametrize("dx_strategy", ["flipped", "col2im"])
 @pytest.mark.parametrize("padding", [0, 2, ((1, 0), (0, 2))])
 def test_kept_arrangement_and_buffers_leave_no_trace_of_earlier_batches(algorithm, dx_strategy, padding):
@@ -127,7 +148,27 @@ def test_kept_arrangement_and_buffers_leave_no_trace_of_earlier_batches(algorith
         np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
         for k in ("W", "b"):
             np.testing.assert_allclose(used.grads[k], fresh.grads[k], rtol=1e-12, atol=1e-12)
-    used.algorithm = "patches" if algorithm == "rowshift" else "rowshift"        # a setting changes:
+    other = {"patches": "rowshift", "rowshift": "samplelast", "samplelast": "patches"}[algorithm]
+    used.algorithm = other                                                      # a setting changes:
     x = rng.standard_normal((4, 3, 9, 8))                                       # chosen again
     used.forward(x)
-    assert type(used._cache["algorithm"]).__name__ == ("PatchProduct" if algorithm == "rowshift" else "RowShiftProduct")
+    names = {"patches": "PatchProduct", "rowshift": "RowShiftProduct", "samplelast": "SampleLastProduct"}
+    assert type(used._cache["algorithm"]).__name__ == names[other]
+
+
+@pytest.mark.parametrize("geometry,expected", [
+    (dict(in_channels=6, out_channels=16, kernel_size=5), "SampleLastProduct"),            # LeNet-5, 2nd
+    (dict(in_channels=1, out_channels=6, kernel_size=5, padding=2), "PatchProduct"),        # LeNet-5, 1st
+    (dict(in_channels=4, out_channels=2, kernel_size=7), "RowShiftProduct"),               # seed CNN, 2nd
+    (dict(in_channels=6, out_channels=16, kernel_size=5, stride=2), "PatchProduct"),        # strided
+])
+def test_auto_arrangement_on_numpy(geometry, expected):
+    """Which arrangement "auto" picks on NumPy (each is held to TF and finite differences
+    elsewhere; this pins the choice the benchmarks were measured with)."""
+    from nn_from_scratch.conv_compute import choose_algorithm
+    layer = Convolution(**geometry)
+    x = np.zeros((2, geometry["in_channels"], 14, 14), dtype=np.float32)
+    assert type(choose_algorithm(layer, x)).__name__ == expected
+    layer.algorithm = "samplelast"                   # forced: stride 1 only, else whole patches
+    want = "PatchProduct" if geometry.get("stride", 1) != 1 else "SampleLastProduct"
+    assert type(choose_algorithm(layer, x)).__name__ == want

@@ -121,6 +121,7 @@ STRATEGIES = [  # (samples per chunk: "one" forces a chunk per sample, algorithm
     ("one", "patches", False, "col2im"), ("one", "patches", True, "flipped"),
     ("all", "patches", True, "col2im"), ("all", "patches", False, "flipped"),
     ("one", "rowshift", False, "auto"), ("all", "rowshift", False, "auto"),
+    ("one", "samplelast", False, "auto"), ("all", "samplelast", False, "auto"),
 ]
 
 
@@ -130,8 +131,9 @@ STRATEGIES = [  # (samples per chunk: "one" forces a chunk per sample, algorithm
        cout=st.integers(1, 12), bias=st.booleans(), seed=seeds(), strategy=st.sampled_from(STRATEGIES))
 def test_every_internal_strategy_matches_tensorflow(g, batch, cin, cout, bias, seed, strategy):
     """The fast path's variants (chunking, whole or row patches, merged patch matrices, dL/dx by
-    the flipped kernel or by col2im) are all the same convolution: each is held to TF on its own
-    (row patches need stride 1; with a stride the layer falls back to whole patches)."""
+    the flipped kernel or by col2im, the samples-last layout) are all the same convolution: each
+    is held to TF on its own (row patches and samples-last need stride 1; with a stride the layer
+    falls back to whole patches)."""
     chunking, algorithm, merged, dx_route = strategy
     rng = rng_for(seed)
     x = rng.standard_normal((batch, cin) + g["spatial"])

@@ -330,8 +330,9 @@ def test_maxpool_kernel_propagates_nan_like_numpy(gpu):
 @pytest.mark.parametrize("dtype", DTYPES)
 @requires_gpu
 def test_conv_kernel_arrangement_equals_the_other_arrangements(gpu, rng, dtype, chunk_bytes):
-    """The layer on CuPy: "kernel" (the GPU default) against "patches" and "rowshift", same data."""
-    from nn_from_scratch.conv_compute import KernelPatchProduct, PatchProduct, RowShiftProduct
+    """The layer on CuPy: "kernel" (the GPU default) against "patches", "rowshift" and "samplelast",
+    same data."""
+    from nn_from_scratch.conv_compute import KernelPatchProduct, PatchProduct, RowShiftProduct, SampleLastProduct
     cases = [((5, 3, 11, 9), dict(kernel_size=3, output_layers=4, padding="same")),
              ((4, 2, 13, 12), dict(kernel_size=(3, 2), output_layers=9, stride=(2, 1), padding=((1, 0), 2))),
              ((3, 2, 7, 6, 5), dict(kernel_size=(3, 2, 2), output_layers=3, dilation=(1, 2, 1))),
@@ -340,19 +341,19 @@ def test_conv_kernel_arrangement_equals_the_other_arrangements(gpu, rng, dtype, 
         x = rng.standard_normal(shape).astype(dtype)
         results = {}
         for algorithm, cls in (("kernel", KernelPatchProduct), ("patches", PatchProduct),
-                               ("rowshift", RowShiftProduct)):
+                               ("rowshift", RowShiftProduct), ("samplelast", SampleLastProduct)):
             nf.set_seed(3)
             layer = nf.Convolution((None,) + shape[1:], dtype=dtype, **kw)
             layer.algorithm = algorithm
             if chunk_bytes:
                 layer.gpu_chunk_bytes = chunk_bytes       # several chunks: patches gathered again
             y = layer.forward(gpu.asarray(x))
-            if algorithm != "rowshift" or all(s == 1 for s in layer.stride):
+            if algorithm not in ("rowshift", "samplelast") or all(s == 1 for s in layer.stride):
                 assert type(layer._cache["algorithm"]) is cls
             dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
             dx = layer.backward(gpu.asarray(dy))
             results[algorithm] = (y, dx, layer.grads["W"], layer.grads["b"])
-        for other in ("patches", "rowshift"):
+        for other in ("patches", "rowshift", "samplelast"):
             for got, ref, what in zip(results["kernel"], results[other], ("y", "dL/dx", "dL/dW", "dL/db")):
                 _agree(dtype)(got, ref, f"{shape} {kw}: {what}, kernel vs {other}")
 
