@@ -320,9 +320,9 @@ class SampleLastProduct:
         xp = get_array_module(dcols)
         dsrc = xp.zeros((C,) + self.padded + (m,), dtype=like.dtype)
         parts = dcols.reshape((C, -1) + self.out + (m,))
-        for k, idx in enumerate(itertools.product(*(range(k) for k in self.kernel))):
+        for j, idx in enumerate(itertools.product(*(range(k) for k in self.kernel))):
             dsrc[(slice(None),) + tuple(slice(i * d, i * d + o) for i, d, o in
-                                        zip(idx, self.dilation, self.out))] += parts[:, k]
+                                        zip(idx, self.dilation, self.out))] += parts[:, j]
         return dsrc
 
     def forward(self, x, W, b):
