@@ -3,6 +3,8 @@
 Every class here keeps ``forward``/``backward`` symmetric and names what it
 caches; shapes are ``x: (N, *S) -> y: (N, *S)`` unless stated.
 """
+import math
+
 from . import kernels
 from .backend import get_array_module
 from .interfaces import Node, ShapeError, format_shape
@@ -120,7 +122,7 @@ class Vectorization(Node):
 
     def _forward(self, x):
         self._cache["x_shape"] = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))      # (-1 is ambiguous for N = 0)
 
     def _backward(self, dy):
         return dy.reshape(self._cache["x_shape"])

@@ -43,6 +43,9 @@ class Loss(Node):
         need a device->host read; the trainer validates all labels once.
         """
         self.check_input(prediction)
+        if prediction.shape[0] == 0:
+            raise ShapeError(f"{self._describe()}: the batch is empty (prediction of shape "
+                             f"{format_shape(tuple(prediction.shape))}): the mean loss needs at least one sample")
         prediction = self._as_float(prediction)
         target = to_device(target, like=prediction)
         target = self._prepare_target(prediction, target, validate)

@@ -306,6 +306,10 @@ class Convolution(_GradNames, Neuron):
         return held[1]
 
     def _forward(self, x):
+        if x.shape[0] == 0:                 # an empty batch: an empty output, zero gradients
+            self._cache["algorithm"] = None
+            self._cache["x_shape"] = tuple(x.shape)
+            return get_array_module(x).empty((0,) + self.compute_output_shape(tuple(x.shape[1:])), dtype=x.dtype)
         algo = self._algorithm(x)
         y = algo.forward(x, self._params["W"], self._params.get("b"))
         self._cache["algorithm"] = algo
@@ -314,6 +318,12 @@ class Convolution(_GradNames, Neuron):
     def _backward(self, dy, need_input_grad=True):
         dy = dy.astype(self.dtype, copy=False)
         algo = self._cache["algorithm"]
+        if algo is None:                    # the last forward had no samples
+            xp = get_array_module(dy)
+            self._grads["W"] = xp.zeros_like(self._params["W"])
+            if self.use_bias:
+                self._grads["b"] = xp.zeros_like(self._params["b"])
+            return xp.zeros(self._cache["x_shape"], dtype=dy.dtype) if need_input_grad else None
         dW, dx = algo.backward(dy, self._params["W"], need_input_grad)
         self._grads["W"] = dW
         if self.use_bias:   # the arrangement may have summed dL/db on the way (KernelPatchProduct)

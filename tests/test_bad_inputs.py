@@ -370,3 +370,20 @@ def test_string_labels():
         _mlp().fit(np.zeros((4, 4)), np.array(["a", "b", "a", "c"]), verbose=0)
     with pytest.raises(ValueError, match=r"'ce'.*must be integers.*<U1"):
         nf.SoftMaxLoss(name="ce").forward(np.zeros((2, 3)), np.array(["a", "b"]))
+
+
+# ------------------------------------------------------------ empty batches
+@pytest.mark.parametrize("loss", [nf.SoftMaxLoss(name="ce"), nf.MSELoss(name="mse")])
+def test_loss_of_an_empty_batch(loss):
+    """A mean over no samples is undefined: a clear error, not NaN or ZeroDivisionError."""
+    with pytest.raises(nf.ShapeError) as err:
+        loss.forward(np.zeros((0, 10), np.float32), np.zeros((0,), np.int64))
+    msg = str(err.value)
+    assert f"'{loss.name}'" in msg and "empty" in msg and "(0, 10)" in msg
+
+
+def test_train_step_on_an_empty_batch_names_the_loss():
+    net = nf.NeuralNetwork(networks.lenet5_layers(), loss_fn=nf.SoftMaxLoss(name="ce"),
+                           optimizer=nf.GradientDescent(0.1), workers=1)
+    with pytest.raises(nf.ShapeError, match=r"'ce'.*empty"):
+        net.train_step(np.zeros((0, 1, 28, 28), np.float32), np.zeros((0,), np.int64))

@@ -507,3 +507,28 @@ def test_no_rising_warning_for_the_noise_of_a_converged_loss():
         for seed in range(5):   # more training: its batch losses spread widely around a small mean
             net.fit(X, y, epochs=1, batch_size=10, verbose=0, seed=seed)
     assert net.history["loss"][-1] < 0.4
+
+
+@pytest.mark.parametrize("algorithm", ["patches", "rowshift", "samplelast"])
+def test_empty_batch_passes_through_every_layer(algorithm):
+    """Zero samples in, zero samples out: every layer's output has the shape of a one-sample
+    batch's with N = 0, the parameter gradients are exactly zero (a sum over no samples) and
+    dL/dx is empty; nothing divides by N or reshapes with -1."""
+    rng = np.random.default_rng(0)
+    layers = networks.lenet5_layers() + [nf.Conv1D(2, 3, 3, padding=1), nf.AvgPool(ndim=1)]
+    nets = [layers[:-2], layers[-2:]]
+    for net, shape in zip(nets, [(1, 28, 28), (2, 6)]):
+        for layer in net:
+            if isinstance(layer, nf.Convolution):
+                layer.algorithm = algorithm
+        one = rng.standard_normal((1,) + shape).astype(np.float32)
+        empty = one[:0]
+        for layer in net:
+            y1 = layer.forward(one)
+            y0 = layer.forward(empty)
+            assert y0.shape == (0,) + y1.shape[1:], layer
+            dx = layer.backward(np.zeros_like(y0))
+            assert dx.shape == empty.shape, layer
+            for name, g in getattr(layer, "grads", {}).items():
+                assert g.shape == layer.params[name].shape and not np.any(g), (layer, name)
+            one, empty = y1, y0
