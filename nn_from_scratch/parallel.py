@@ -7,6 +7,10 @@ mean loss is put back together from the shards' mean losses::
 
     L = sum_w (n_w / N) L_w          dL/dtheta = sum_w (n_w / N) dL_w/dtheta
 
+Each shard starts its backward pass from ``dL/dL_w = n_w / N`` (the loss's ``upstream``),
+so its gradients are already its share of the batch's and putting them together is one
+addition per parameter.
+
 Each worker runs the whole, unchanged forward and backward pass of its shard
 through its own copy of the layers.  Two kinds of worker (``SPLIT_WITH``):
 
@@ -188,34 +192,30 @@ class ShardedStep:
     def close(self):
         self.pool.shutdown(wait=False)
 
-    def _one(self, w, x, y, err):
-        """Forward, loss and backward of one shard through replica ``w``."""
+    def _one(self, w, x, y, err, weight):
+        """Forward, loss and backward of one shard through replica ``w``, its gradients weighted."""
         with np.errstate(**err):                      # NumPy's error state is per thread
-            return _forward_backward(self.replicas[w], self.losses[w], x, y)
+            return _forward_backward(self.replicas[w], self.losses[w], x, y, weight)
 
     def run(self, net, xb, yb):
         """``(loss, output)`` of the batch; the layers' ``grads`` hold the batch's gradients."""
         xp = get_array_module(xb)
         n = xb.shape[0]
-        bounds = [n * w // self.shards for w in range(self.shards + 1)]
+        bounds, weights = _shard_bounds(n, self.shards)
         err = np.geterr()
         with self.blas.limit(limits=1):
-            futures = [self.pool.submit(self._one, w, xb[bounds[w]:bounds[w + 1]], yb[bounds[w]:bounds[w + 1]], err)
-                       for w in range(1, self.shards)]
+            futures = [self.pool.submit(self._one, w, xb[bounds[w]:bounds[w + 1]], yb[bounds[w]:bounds[w + 1]], err,
+                                        weights[w]) for w in range(1, self.shards)]
             try:
-                results = [self._one(0, xb[:bounds[1]], yb[:bounds[1]], err)]
+                results = [self._one(0, xb[:bounds[1]], yb[:bounds[1]], err, weights[0])]
             finally:
                 wait(futures)                         # no shard left running, whatever happened
             results += [f.result() for f in futures]
-        weights = [(bounds[w + 1] - bounds[w]) / n for w in range(self.shards)]
         for k, layer in enumerate(net.layers):
             if not layer.trainable:
                 continue
             for name in layer.params:
-                total = self.replicas[0][k].grads[name] * weights[0]
-                for w in range(1, self.shards):
-                    total += self.replicas[w][k].grads[name] * weights[w]
-                layer.grads[name] = total
+                layer.grads[name] = _summed([self.replicas[w][k].grads[name] for w in range(self.shards)])
         loss = sum(r[0] * wt for r, wt in zip(results, weights))
         return loss, xp.concatenate([r[1] for r in results], axis=0)
 
@@ -226,22 +226,62 @@ def make_step(net, shards, xb=None, yb=None):
     return ForkedStep(net, shards, xb, yb) if split_with() == "processes" else ShardedStep(net, shards)
 
 
+def _shard_bounds(n, shards):
+    """Shard ``w`` takes samples ``bounds[w]:bounds[w + 1]`` of a batch of ``n``; its gradients count
+    with ``weights[w] = n_w / n``."""
+    bounds = [n * w // shards for w in range(shards + 1)]
+    return bounds, [(bounds[w + 1] - bounds[w]) / n for w in range(shards)]
+
+
+def _summed(parts):
+    """The batch's gradient from the shards' weighted ones: one addition per extra shard."""
+    total = parts[0] + parts[1] if len(parts) > 1 else parts[0]
+    for part in parts[2:]:
+        total += part
+    return total
+
+
 # ------------------------------------------------------------------ shards in forked processes
 # Messages between the processes are a JSON header and raw array bytes (no pickle anywhere):
 #   4 bytes header length | JSON {"op": ..., "arrays": [[dtype, shape], ...], ...} | array bytes
+#: message headers packed (by header and array shapes) and parsed (by their bytes): a split sends
+#: the same few at every step (writing and parsing the JSON again cost ~0.17 ms a step in place,
+#: with the caches cold after a shard)
+_HEADS, _HEADERS = {}, {}
+
+
 def _pack(header, arrays=()):
     arrays = [np.asarray(a, order="C") for a in arrays]        # (ascontiguousarray makes 0-d 1-d)
-    head = json.dumps(dict(header, arrays=[[a.dtype.str, list(a.shape)] for a in arrays])).encode()
-    return b"".join([struct.pack("<I", len(head)), head] + [a.tobytes() for a in arrays])
+    specs = tuple((a.dtype.str, a.shape) for a in arrays)
+    try:                                                        # a worker's reply: the same every step
+        key = (tuple(header.items()), specs)
+        head = _HEADS.get(key)
+    except TypeError:                                           # a header holding a dict or list
+        key = head = None
+    if head is None:
+        text = json.dumps(dict(header, arrays=[[d, list(shape)] for d, shape in specs])).encode()
+        head = struct.pack("<I", len(text)) + text
+        if key is not None:
+            if len(_HEADS) >= 64:
+                _HEADS.clear()
+            _HEADS[key] = head
+    return b"".join([head] + [a.tobytes() for a in arrays])
 
 
 def _unpack(buf):
+    """``(header, arrays)`` of a ``_pack`` message; the header dict is shared: read it, never change it."""
     (size,) = struct.unpack_from("<I", buf)
-    header = json.loads(bytes(buf[4:4 + size]))
+    head = bytes(buf[4:4 + size])
+    parsed = _HEADERS.get(head)
+    if parsed is None:
+        header = json.loads(head)
+        if len(_HEADERS) >= 64:
+            _HEADERS.clear()
+        parsed = _HEADERS[head] = (header, [(np.dtype(d), tuple(shape), math.prod(shape))
+                                            for d, shape in header["arrays"]])
+    header, specs = parsed
     off, arrays = 4 + size, []
-    for dtype, shape in header["arrays"]:
-        dtype = np.dtype(dtype)
-        count = int(np.prod(shape))
+    for dtype, shape, count in specs:
         arrays.append(np.frombuffer(buf, dtype=dtype, count=count, offset=off).reshape(shape))
         off += count * dtype.itemsize
     return header, arrays
@@ -286,13 +326,14 @@ def _wait(conn, timeout):
     return True
 
 
-def _forward_backward(layers, loss_fn, x, y):
-    """``(loss, output)`` of one shard through ``layers``; their ``grads`` are set (no dL/dx at the input)."""
+def _forward_backward(layers, loss_fn, x, y, weight=1.0):
+    """``(loss, output)`` of one shard through ``layers``; their ``grads`` are set to ``weight``
+    times the shard's (no dL/dx at the input)."""
     h = x
     for layer in layers:
         h = layer.forward(h)
     loss = loss_fn.forward(h, y, validate=False)
-    g = loss_fn.backward()
+    g = loss_fn.backward(weight)
     for i in range(len(layers) - 1, -1, -1):
         g = layers[i].backward(g, need_input_grad=i > 0)
     return loss, h
@@ -327,7 +368,7 @@ def _worker(conn, net, slots, params, grads, inbox):
                 break
             try:
                 with np.errstate(**header["err"]):
-                    loss, out = _forward_backward(net.layers, net.loss_fn, arrays[0], arrays[1])
+                    loss, out = _forward_backward(net.layers, net.loss_fn, arrays[0], arrays[1], header["weight"])
                 for (k, name, _, _), g in zip(slots, grads):
                     g[...] = net.layers[k].grads[name]
                 reply = _pack({"op": "ok"}, [np.asarray(loss), out])
@@ -372,7 +413,7 @@ class ForkedStep:
     * Either side waits for the other's message polling for ``SPIN_S`` seconds before it
       blocks (waking a blocked process cost 0.1-0.2 ms a step on the 2-vCPU VM).  This
       process runs its shard with BLAS held to one thread (the workers have the other cores).
-    * Gradients are combined here, weighted by shard size, as in ``ShardedStep``.  An error in
+    * Gradients are combined here as in ``ShardedStep`` (each shard's already weighted by its size).  An error in
       a worker comes back as a message; the caller then re-runs the batch as one.
     * The workers outlive a ``fit`` call (a fork costs ~0.1 s): the next step reuses them
       while ``matches`` holds, i.e. the network's layers, loss and their public settings
@@ -433,6 +474,7 @@ class ForkedStep:
             self.conns.append(parent_end)
             self.pids.append(pid)
         self.blas = ThreadpoolController().select(user_api="blas")
+        self._messages = {}                             # (worker, shapes, ...) -> (inbox views, message)
 
     def matches(self, net, shards):
         """May the next step of ``net`` run on these workers? (See the class docstring.)"""
@@ -453,31 +495,41 @@ class ForkedStep:
     def close(self):
         self._finalizer()
 
-    def _shard_message(self, w, err, x, y):
+    def _shard_message(self, w, err, weight, x, y):
         """The "step" message for worker ``w``: the shard written into its inbox when it fits there,
-        else the shard's bytes in the message itself."""
-        specs = [(a.shape, a.dtype) for a in (x, y)]
-        if _layout(specs, 0)[1] > self.inbox_bytes:
-            return _pack({"op": "step", "err": err}, [x, y])
-        for view, a in zip(_region(self.inboxes[w - 1], specs, 0)[0], (x, y)):
+        else the shard's bytes in the message itself.  (The inbox's views and the message are
+        kept per shape: the same ones serve every step of a ``fit``.)"""
+        key = (w, x.shape, x.dtype.str, y.shape, y.dtype.str, tuple(err.items()), weight)
+        held = self._messages.get(key)
+        if held is None:
+            specs = [(a.shape, a.dtype) for a in (x, y)]
+            if _layout(specs, 0)[1] > self.inbox_bytes:
+                return _pack({"op": "step", "err": err, "weight": weight}, [x, y])
+            if len(self._messages) >= 64:
+                self._messages.clear()
+            inbox = [[a.dtype.str, list(a.shape)] for a in (x, y)]
+            held = self._messages[key] = (_region(self.inboxes[w - 1], specs, 0)[0],
+                                          _pack({"op": "step", "err": err, "weight": weight, "inbox": inbox}))
+        views, message = held
+        for view, a in zip(views, (x, y)):
             view[...] = a
-        return _pack({"op": "step", "err": err, "inbox": [[a.dtype.str, list(a.shape)] for a in (x, y)]})
+        return message
 
     def run(self, net, xb, yb):
         """``(loss, output)`` of the batch; the layers' ``grads`` hold the batch's gradients."""
         self.last_used = time.monotonic()
-        n = xb.shape[0]
-        bounds = [n * w // self.shards for w in range(self.shards + 1)]
+        bounds, weights = _shard_bounds(xb.shape[0], self.shards)
         for (k, name, _, _), view in zip(self.slots, self.params):
             view[...] = net.layers[k].params[name]
         err = np.geterr()
         for w, conn in enumerate(self.conns, start=1):
-            conn.send_bytes(self._shard_message(w, err, xb[bounds[w]:bounds[w + 1]], yb[bounds[w]:bounds[w + 1]]))
+            conn.send_bytes(self._shard_message(w, err, weights[w], xb[bounds[w]:bounds[w + 1]],
+                                                yb[bounds[w]:bounds[w + 1]]))
         blas = [(lib, lib.get_num_threads()) for lib in self.blas.lib_controllers]
         try:
             for lib, _ in blas:                         # one BLAS thread while the workers run
                 lib.set_num_threads(1)
-            results = [_forward_backward(net.layers, net.loss_fn, xb[:bounds[1]], yb[:bounds[1]])]
+            results = [_forward_backward(net.layers, net.loss_fn, xb[:bounds[1]], yb[:bounds[1]], weights[0])]
         finally:                                        # every worker answered, whatever happened
             for lib, threads in blas:
                 if threads is not None:
@@ -493,12 +545,8 @@ class ForkedStep:
             if header["op"] != "ok":
                 raise RuntimeError(header["message"])
             results.append((arrays[0], arrays[1]))
-        weights = [(bounds[w + 1] - bounds[w]) / n for w in range(self.shards)]
         for i, (k, name, _, _) in enumerate(self.slots):
             layer = net.layers[k]
-            total = layer.grads[name] * weights[0]
-            for w in range(1, self.shards):
-                total += self.grads[w - 1][i] * weights[w]
-            layer.grads[name] = total
+            layer.grads[name] = _summed([layer.grads[name]] + [g[i] for g in self.grads])
         loss = sum(np.asarray(r[0]) * wt for r, wt in zip(results, weights))
         return loss, np.concatenate([r[1] for r in results], axis=0)

@@ -340,3 +340,25 @@ def test_fit_checks_the_workers_once_per_epoch(kind, monkeypatch):
     net.fit(X, y, epochs=3, batch_size=10, verbose=0)      # 4 steps per epoch
     assert len(calls) == 2                                  # epochs 2 and 3 (epoch 1 made the split)
     net.stop_workers()
+
+
+def test_messages_round_trip_with_their_headers_kept(kind):
+    """``_pack``/``_unpack`` keep packed and parsed headers for the next step: headers that differ
+    only in an array's dtype or shape, or in a value, must still come back as sent."""
+    if kind != "processes":
+        pytest.skip("threads send no messages")
+    rng = np.random.default_rng(3)
+    cases = [({"op": "ok"}, [np.asarray(1.5), rng.standard_normal((3, 4))]),
+             ({"op": "ok"}, [np.asarray(np.float32(1.5)), rng.standard_normal((3, 4)).astype(np.float32)]),
+             ({"op": "ok"}, [np.asarray(2.5), rng.standard_normal((4, 3))]),
+             ({"op": "error", "message": "ValueError: x"}, []),
+             ({"op": "step", "err": {"over": "warn"}, "weight": 0.5}, [rng.integers(0, 9, 5)]),
+             ({"op": "step", "err": {"over": "raise"}, "weight": 0.25}, [rng.integers(0, 9, 5)])]
+    for _ in range(2):                                   # the second round reads the kept headers
+        for header, arrays in cases:
+            got_header, got = parallel._unpack(parallel._pack(header, arrays))
+            assert {k: v for k, v in got_header.items() if k != "arrays"} == header
+            assert len(got) == len(arrays)
+            for a, b in zip(got, arrays):
+                assert a.dtype == b.dtype and a.shape == b.shape
+                np.testing.assert_array_equal(a, b)
