@@ -277,7 +277,7 @@ class SampleLastProduct:
     It pays with four transposing copies per chunk (input, output, dL/dy, dL/dx): worth it
     where the patch matrix is large next to them and the filters many.  LeNet-5's 6->16 5x5
     layer, forward + backward with BLAS at one thread (as in a split step): 25 samples
-    1.23-1.58 -> 0.81-0.84 ms, 128 samples 7.7-8.5 -> 4.9-6.3 ms; not its 1->6 first layer
+    1.03-1.58 -> 0.91-1.01 ms, 128 samples 5.6-8.5 -> 5.2-6.1 ms; not its 1->6 first layer
     (the output is 6x the input) nor the seed CNN's 4->2 7x7 layer (2 filters per patch
     copy); ``choose_algorithm`` says where.
     """
