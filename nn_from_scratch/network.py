@@ -113,7 +113,9 @@ class NeuralNetwork:
     of at least ``parallel.MIN_SHARD_PROCESSES`` / ``MIN_SHARD`` samples; 1 turns it
     off; see ``nn_from_scratch/parallel.py``).  Results agree with the one-worker
     step to float rounding.  The workers are kept between ``fit`` calls while the
-    layers keep their settings (``stop_workers`` ends them).
+    layers keep their settings (``stop_workers`` ends them); while they are there,
+    ``predict`` and ``evaluate`` (``fit``'s validation too) split their batches'
+    forward passes over them as well.
     """
 
     def __init__(self, layers, loss_fn=None, optimizer=None, n_input=None, n_output=None,
@@ -468,6 +470,41 @@ class NeuralNetwork:
         for start in range(0, X.shape[0], batch_size):
             yield start, min(start + batch_size, X.shape[0])
 
+    def _outputs(self, X, bs):
+        """``(a, b, output of X[a:b])`` for each batch of ``bs`` samples, then every cache dropped.
+
+        While the workers that split training steps are there (``fit`` keeps them) and still fit
+        this network, each batch's forward pass is split over them too.  Besides using the cores,
+        this keeps this process's BLAS at one thread: multi-threaded BLAS here leaves its
+        threads spinning for ~0.1 s afterwards, on the core a worker needs (the first steps of
+        each epoch after a validation ran at half speed, benchmarks/RESULTS.md).  Workers are
+        not started for inference.
+        """
+        split = self._sharded
+        if split is not None and not split.matches(self, split.shards):
+            split = None
+        try:
+            for a, b in self._batches(X, bs):
+                xb = self._to_batch(X[a:b])
+                out = None
+                if split is not None and shard_count(self, b - a) == split.shards:
+                    try:
+                        out = split.forward(self, xb)
+                    except Exception as exc:    # once more as one batch: its error names the whole batch
+                        warnings.warn(f"{self.name}: the forward pass split over {split.shards} {split.kind} "
+                                      f"failed ({exc!r}); it ran as one batch instead", RuntimeWarning,
+                                      stacklevel=3)
+                        self._drop_shards()
+                        split = None
+                if out is None:
+                    out = self.forward(xb)
+                yield a, b, out
+        finally:
+            for layer in self.layers:
+                layer.clear_cache()
+            if split is not None:
+                split.rest()
+
     def predict(self, X, batch_size=None, to_host=True):
         """Outputs of the last layer for ``X`` (``(N, *S)``, or one batch as in the seed lab).
 
@@ -475,11 +512,9 @@ class NeuralNetwork:
         """
         X, _, given_batch = self._prepare_xy(X, None, "predict")
         bs = int(batch_size or given_batch or max(self.batch_size, 256))
-        outs = [self.forward(self._to_batch(X[a:b])) for a, b in self._batches(X, bs)]
+        outs = [out for _, _, out in self._outputs(X, bs)]
         xp = get_array_module(outs[0])
         out = xp.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
-        for layer in self.layers:
-            layer.clear_cache()
         return to_numpy(out) if to_host else out
 
     def evaluate(self, X, y, batch_size=None):
@@ -490,15 +525,12 @@ class NeuralNetwork:
     def _evaluate_prepared(self, X, y, bs):
         total_loss, correct, n = 0.0, 0, X.shape[0]
         classify = isinstance(self.loss_fn, SoftMaxLoss)
-        for a, b in self._batches(X, bs):
-            out = self.forward(self._to_batch(X[a:b]))
+        for a, b, out in self._outputs(X, bs):
             yb = to_device(y[a:b], like=out)
             total_loss = total_loss + self.loss_fn.forward(out, yb, validate=False) * (b - a)
             if classify:
                 labels = yb.argmax(axis=1) if yb.ndim == 2 else yb
                 correct = correct + (out.argmax(axis=1) == labels).sum()
-        for layer in self.layers:
-            layer.clear_cache()
         total_loss, correct = read_scalars(total_loss, correct, why="validation")  # one read
         return total_loss / n, (correct / n if classify else None)
 

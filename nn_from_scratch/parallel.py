@@ -12,7 +12,9 @@ so its gradients are already its share of the batch's and putting them together 
 addition per parameter.
 
 Each worker runs the whole, unchanged forward and backward pass of its shard
-through its own copy of the layers.  Two kinds of worker (``SPLIT_WITH``):
+through its own copy of the layers.  While a training split's workers are there,
+``predict`` and ``evaluate`` use them for forward passes too (``forward``).  Two kinds
+of worker (``SPLIT_WITH``):
 
 * ``ForkedStep`` (the default on Linux): worker processes forked from this one.
   Their layers read the parameters from a shared-memory mirror that this process
@@ -192,25 +194,29 @@ class ShardedStep:
     def close(self):
         self.pool.shutdown(wait=False)
 
-    def _one(self, w, x, y, err, weight):
-        """Forward, loss and backward of one shard through replica ``w``, its gradients weighted."""
-        with np.errstate(**err):                      # NumPy's error state is per thread
-            return _forward_backward(self.replicas[w], self.losses[w], x, y, weight)
+    def _side_by_side(self, n, work):
+        """``[work(w, shard w's slice) for every shard]``, the shards in the pool's threads and this one,
+        BLAS at one thread per shard."""
+        bounds, _ = _shard_bounds(n, self.shards)
+        err = np.geterr()
+
+        def one(w):
+            with np.errstate(**err):                  # NumPy's error state is per thread
+                return work(w, slice(bounds[w], bounds[w + 1]))
+        with self.blas.limit(limits=1):
+            futures = [self.pool.submit(one, w) for w in range(1, self.shards)]
+            try:
+                results = [one(0)]
+            finally:
+                wait(futures)                         # no shard left running, whatever happened
+            return results + [f.result() for f in futures]
 
     def run(self, net, xb, yb):
         """``(loss, output)`` of the batch; the layers' ``grads`` hold the batch's gradients."""
         xp = get_array_module(xb)
-        n = xb.shape[0]
-        bounds, weights = _shard_bounds(n, self.shards)
-        err = np.geterr()
-        with self.blas.limit(limits=1):
-            futures = [self.pool.submit(self._one, w, xb[bounds[w]:bounds[w + 1]], yb[bounds[w]:bounds[w + 1]], err,
-                                        weights[w]) for w in range(1, self.shards)]
-            try:
-                results = [self._one(0, xb[:bounds[1]], yb[:bounds[1]], err, weights[0])]
-            finally:
-                wait(futures)                         # no shard left running, whatever happened
-            results += [f.result() for f in futures]
+        _, weights = _shard_bounds(xb.shape[0], self.shards)
+        results = self._side_by_side(xb.shape[0], lambda w, s: _forward_backward(self.replicas[w], self.losses[w],
+                                                                                   xb[s], yb[s], weights[w]))
         for k, layer in enumerate(net.layers):
             if not layer.trainable:
                 continue
@@ -218,6 +224,11 @@ class ShardedStep:
                 layer.grads[name] = _summed([self.replicas[w][k].grads[name] for w in range(self.shards)])
         loss = sum(r[0] * wt for r, wt in zip(results, weights))
         return loss, xp.concatenate([r[1] for r in results], axis=0)
+
+    def forward(self, net, xb):
+        """The output of the batch (``predict``, ``evaluate``): the shards' forward passes side by side."""
+        outs = self._side_by_side(xb.shape[0], lambda w, s: _forward(self.replicas[w], xb[s]))
+        return get_array_module(xb).concatenate(outs, axis=0)
 
 
 def make_step(net, shards, xb=None, yb=None):
@@ -326,12 +337,17 @@ def _wait(conn, timeout):
     return True
 
 
+def _forward(layers, x):
+    """The output of one shard through ``layers``."""
+    for layer in layers:
+        x = layer.forward(x)
+    return x
+
+
 def _forward_backward(layers, loss_fn, x, y, weight=1.0):
     """``(loss, output)`` of one shard through ``layers``; their ``grads`` are set to ``weight``
     times the shard's (no dL/dx at the input)."""
-    h = x
-    for layer in layers:
-        h = layer.forward(h)
+    h = _forward(layers, x)
     loss = loss_fn.forward(h, y, validate=False)
     g = loss_fn.backward(weight)
     for i in range(len(layers) - 1, -1, -1):
@@ -343,7 +359,8 @@ def _worker(conn, net, slots, params, grads, inbox):
     """The loop of a forked worker: shards in (its shared ``inbox``, or the pipe when a shard
     does not fit), gradients (shared memory) and outputs (pipe) out.
 
-    Messages: "step" (a shard), "rest" (between ``fit`` calls: drop the caches), "quit".
+    Messages: "step" (a shard's forward and backward), "forward" (a shard's output only: ``predict``
+    and ``evaluate``), "rest" (between ``fit`` calls: drop the caches), "quit".
     Without a message for ``WORKER_IDLE_S`` seconds the worker ends by itself.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is the parent's to handle
@@ -364,14 +381,18 @@ def _worker(conn, net, slots, params, grads, inbox):
                 for node in list(net.layers) + [net.loss_fn]:
                     node.clear_cache()
                 continue
-            if header["op"] != "step":
+            if header["op"] not in ("step", "forward"):
                 break
             try:
                 with np.errstate(**header["err"]):
-                    loss, out = _forward_backward(net.layers, net.loss_fn, arrays[0], arrays[1], header["weight"])
-                for (k, name, _, _), g in zip(slots, grads):
-                    g[...] = net.layers[k].grads[name]
-                reply = _pack({"op": "ok"}, [np.asarray(loss), out])
+                    if header["op"] == "forward":
+                        reply = _pack({"op": "ok"}, [_forward(net.layers, arrays[0])])
+                    else:
+                        loss, out = _forward_backward(net.layers, net.loss_fn, arrays[0], arrays[1],
+                                                      header["weight"])
+                        for (k, name, _, _), g in zip(slots, grads):
+                            g[...] = net.layers[k].grads[name]
+                        reply = _pack({"op": "ok"}, [np.asarray(loss), out])
             except BaseException as exc:                # the parent re-runs the batch as one
                 reply = _pack({"op": "error", "message": f"{type(exc).__name__}: {exc}"})
             conn.send_bytes(reply)
@@ -414,7 +435,7 @@ class ForkedStep:
       blocks (waking a blocked process cost 0.1-0.2 ms a step on the 2-vCPU VM).  This
       process runs its shard with BLAS held to one thread (the workers have the other cores).
     * Gradients are added up here as in ``ShardedStep`` (each shard's already weighted by its
-      size).  An error in a worker comes back as a message; the caller then re-runs the batch
+      size).  ``forward`` (inference) sends a "forward" message instead and gets outputs only.  An error in a worker comes back as a message; the caller then re-runs the batch
       as one.
     * The workers outlive a ``fit`` call (a fork costs ~0.1 s): the next step reuses them
       while ``matches`` holds, i.e. the network's layers, loss and their public settings
@@ -496,41 +517,40 @@ class ForkedStep:
     def close(self):
         self._finalizer()
 
-    def _shard_message(self, w, err, weight, x, y):
-        """The "step" message for worker ``w``: the shard written into its inbox when it fits there,
-        else the shard's bytes in the message itself.  (The inbox's views and the message are
-        kept per shape: the same ones serve every step of a ``fit``.)"""
-        key = (w, x.shape, x.dtype.str, y.shape, y.dtype.str, tuple(err.items()), weight)
+    def _shard_message(self, w, header, arrays):
+        """The message for worker ``w``: ``header`` (its "op" and settings) and the shard ``arrays``,
+        written into the worker's inbox when they fit there, else their bytes in the message itself.
+        (The inbox's views and the message are kept per header and shapes: the same ones serve every
+        step of a ``fit``.)"""
+        key = (w, tuple((k, tuple(v.items()) if isinstance(v, dict) else v) for k, v in header.items()),
+               tuple((a.shape, a.dtype.str) for a in arrays))
         held = self._messages.get(key)
         if held is None:
-            specs = [(a.shape, a.dtype) for a in (x, y)]
+            specs = [(a.shape, a.dtype) for a in arrays]
             if _layout(specs, 0)[1] > self.inbox_bytes:
-                return _pack({"op": "step", "err": err, "weight": weight}, [x, y])
+                return _pack(header, arrays)
             if len(self._messages) >= 64:
                 self._messages.clear()
-            inbox = [[a.dtype.str, list(a.shape)] for a in (x, y)]
-            held = self._messages[key] = (_region(self.inboxes[w - 1], specs, 0)[0],
-                                          _pack({"op": "step", "err": err, "weight": weight, "inbox": inbox}))
+            inbox = [[a.dtype.str, list(a.shape)] for a in arrays]
+            held = self._messages[key] = (_region(self.inboxes[w - 1], specs, 0)[0], _pack(dict(header, inbox=inbox)))
         views, message = held
-        for view, a in zip(views, (x, y)):
+        for view, a in zip(views, arrays):
             view[...] = a
         return message
 
-    def run(self, net, xb, yb):
-        """``(loss, output)`` of the batch; the layers' ``grads`` hold the batch's gradients."""
+    def _side_by_side(self, net, message, local):
+        """Start every worker ``w`` on ``message(w)``, run ``local()`` (this process's shard, BLAS at
+        one thread) meanwhile; ``(local's result, [each worker's reply arrays])``."""
         self.last_used = time.monotonic()
-        bounds, weights = _shard_bounds(xb.shape[0], self.shards)
         for (k, name, _, _), view in zip(self.slots, self.params):
             view[...] = net.layers[k].params[name]
-        err = np.geterr()
         for w, conn in enumerate(self.conns, start=1):
-            conn.send_bytes(self._shard_message(w, err, weights[w], xb[bounds[w]:bounds[w + 1]],
-                                                yb[bounds[w]:bounds[w + 1]]))
+            conn.send_bytes(message(w))
         blas = [(lib, lib.get_num_threads()) for lib in self.blas.lib_controllers]
         try:
             for lib, _ in blas:                         # one BLAS thread while the workers run
                 lib.set_num_threads(1)
-            results = [_forward_backward(net.layers, net.loss_fn, xb[:bounds[1]], yb[:bounds[1]], weights[0])]
+            mine = local()
         finally:                                        # every worker answered, whatever happened
             for lib, threads in blas:
                 if threads is not None:
@@ -542,12 +562,31 @@ class ForkedStep:
                     replies.append(_unpack(conn.recv_bytes()))
                 except (EOFError, OSError) as exc:
                     replies.append(({"op": "error", "message": f"the worker process ended ({exc!r})"}, []))
-        for header, arrays in replies:
+        for header, _ in replies:
             if header["op"] != "ok":
                 raise RuntimeError(header["message"])
-            results.append((arrays[0], arrays[1]))
+        return mine, [arrays for _, arrays in replies]
+
+    def run(self, net, xb, yb):
+        """``(loss, output)`` of the batch; the layers' ``grads`` hold the batch's gradients."""
+        bounds, weights = _shard_bounds(xb.shape[0], self.shards)
+        err = np.geterr()
+        parts = [(xb[bounds[w]:bounds[w + 1]], yb[bounds[w]:bounds[w + 1]]) for w in range(self.shards)]
+        mine, replies = self._side_by_side(
+            net, lambda w: self._shard_message(w, {"op": "step", "err": err, "weight": weights[w]}, parts[w]),
+            lambda: _forward_backward(net.layers, net.loss_fn, parts[0][0], parts[0][1], weights[0]))
+        results = [mine] + [(arrays[0], arrays[1]) for arrays in replies]
         for i, (k, name, _, _) in enumerate(self.slots):
             layer = net.layers[k]
             layer.grads[name] = _summed([layer.grads[name]] + [g[i] for g in self.grads])
         loss = sum(np.asarray(r[0]) * wt for r, wt in zip(results, weights))
         return loss, np.concatenate([r[1] for r in results], axis=0)
+
+    def forward(self, net, xb):
+        """The output of the batch (``predict``, ``evaluate``): the shards' forward passes side by side."""
+        bounds, _ = _shard_bounds(xb.shape[0], self.shards)
+        err = np.geterr()
+        mine, replies = self._side_by_side(
+            net, lambda w: self._shard_message(w, {"op": "forward", "err": err}, [xb[bounds[w]:bounds[w + 1]]]),
+            lambda: _forward(net.layers, xb[:bounds[1]]))
+        return np.concatenate([mine] + [arrays[0] for arrays in replies], axis=0)

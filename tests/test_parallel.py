@@ -362,3 +362,68 @@ def test_messages_round_trip_with_their_headers_kept(kind):
             for a, b in zip(got, arrays):
                 assert a.dtype == b.dtype and a.shape == b.shape
                 np.testing.assert_array_equal(a, b)
+
+
+def split_class(kind):
+    return parallel.ForkedStep if kind == "processes" else parallel.ShardedStep
+
+
+def count_forward_calls(kind, monkeypatch):
+    """Spy on the split's forward-only passes; returns the list of their batch sizes."""
+    calls, cls = [], split_class(kind)
+    forward = cls.forward
+    monkeypatch.setattr(cls, "forward", lambda self, net, xb: calls.append(len(xb)) or forward(self, net, xb))
+    return calls
+
+
+def test_predict_and_evaluate_split_over_the_workers_training_left(kind, monkeypatch):
+    """While a split's workers are there, inference batches are split over them too: the same
+    outputs, loss and accuracy as the one-worker network, with the parameters of the latest step
+    (the workers' mirror is refreshed), odd batch sizes included; BLAS threads as they were."""
+    calls = count_forward_calls(kind, monkeypatch)
+    rng = np.random.default_rng(11)
+    X, y = digits(rng, 30)
+    split, one = lenet(2, nf.SGD(0.1)), lenet(1, nf.SGD(0.1))
+    assert split.predict(X[:10]).shape == (10, 10) and split._sharded is None and calls == []  # none started
+    before = [p["num_threads"] for p in threadpool_info()]
+    for step in range(2):
+        for net in (split, one):
+            net.train_step(X[10 * step:10 * step + 10], y[10 * step:10 * step + 10])
+        for bs in (10, 8):                               # 8: batches 8, 8, 8, 6 (shards 4+4 ... 3+3)
+            del calls[:]
+            np.testing.assert_allclose(split.predict(X, batch_size=bs), one.predict(X, batch_size=bs),
+                                       rtol=1e-12, atol=1e-14)
+            assert calls == [bs] * (30 // bs) + ([30 % bs] if 30 % bs else [])
+            (l2, a2), (l1, a1) = split.evaluate(X, y, batch_size=bs), one.evaluate(X, y, batch_size=bs)
+            np.testing.assert_allclose(l2, l1, rtol=1e-12)
+            assert a2 == a1
+    assert [p["num_threads"] for p in threadpool_info()] == before
+    split.stop_workers()
+
+
+@pytest.mark.filterwarnings("ignore::nn_from_scratch.TrainingWarning")
+def test_fit_validation_runs_on_the_workers(kind, monkeypatch):
+    calls = count_forward_calls(kind, monkeypatch)
+    rng = np.random.default_rng(12)
+    X, y = digits(rng, 40)
+    hists = [lenet(w, nf.SGD(0.05)).fit(X[:30], y[:30], epochs=2, batch_size=10, seed=1, verbose=0,
+                                        validation_data=(X[30:], y[30:])) for w in (2, 1)]
+    assert calls == [10, 10]                             # one validation batch per epoch, split
+    for key in ("loss", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(hists[0].history[key], hists[1].history[key], rtol=1e-10, err_msg=key)
+
+
+def test_a_failing_split_forward_falls_back_to_one_batch_and_says_so(kind, monkeypatch):
+    rng = np.random.default_rng(13)
+    X, y = digits(rng, 20)
+    split, one = lenet(2, nf.SGD(0.1)), lenet(1, nf.SGD(0.1))
+    for net in (split, one):
+        net.train_step(X[:10], y[:10])
+
+    def broken(self, net, xb):
+        raise RuntimeError("worker gone")
+    monkeypatch.setattr(split_class(kind), "forward", broken)
+    with pytest.warns(RuntimeWarning, match=f"forward pass split over 2 {kind} failed.*worker gone"):
+        out = split.predict(X, batch_size=10)
+    np.testing.assert_allclose(out, one.predict(X, batch_size=10), rtol=1e-12, atol=1e-14)
+    assert split._sharded is None                        # the next training step makes a fresh split
