@@ -306,6 +306,17 @@ def test_profile_layers_holds_blas_to_the_threads_asked_for(tmp_path):
     assert data["blas_threads"] == 1 and len(data["profiles"]) == 1
 
 
+def test_fit_validation_prints_a_ratio_per_batch_size():
+    r = subprocess.run([sys.executable, os.path.join(BENCH, "fit_validation.py"), "--batch-sizes", "50",
+                        "--runs", "1", "--epochs", "2", "--first", "2"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = re.search(r"batch   50: median step +([0-9.]+) ms; first 2 steps after a validation / median step: "
+                  r"([0-9.]+)", r.stdout)
+    assert m, r.stdout[-2000:]
+    assert float(m.group(1)) > 0 and 0 < float(m.group(2)) < 100
+
+
 class _FakePool:
     """CuPy's MemoryPool contract as bench_gpu uses it: malloc, used_bytes, total_bytes, free_all_blocks."""
 
