@@ -435,8 +435,8 @@ class ForkedStep:
       blocks (waking a blocked process cost 0.1-0.2 ms a step on the 2-vCPU VM).  This
       process runs its shard with BLAS held to one thread (the workers have the other cores).
     * Gradients are added up here as in ``ShardedStep`` (each shard's already weighted by its
-      size).  ``forward`` (inference) sends a "forward" message instead and gets outputs only.  An error in a worker comes back as a message; the caller then re-runs the batch
-      as one.
+      size).  ``forward`` (inference) sends a "forward" message instead and gets outputs only.
+      An error in a worker comes back as a message; the caller then re-runs the batch as one.
     * The workers outlive a ``fit`` call (a fork costs ~0.1 s): the next step reuses them
       while ``matches`` holds, i.e. the network's layers, loss and their public settings
       are those the workers copied (``network_key``), the workers are alive and the split
