@@ -325,14 +325,20 @@ class SampleLastProduct:
                                         zip(idx, self.dilation, self.out))] += parts[:, j]
         return dsrc
 
+    def _plan(self, a, W):
+        """What forward and backward share for a batch ``a`` (the input or dL/dy): ``W2 = W`` as
+        ``(F, C*K)``, ``ck = C*K``, the chunk size and chunks, and the patch-matrix buffer."""
+        F = W.shape[0]
+        W2 = W.reshape(F, -1)
+        ck = W2.shape[1]
+        step, chunks = self.layer._chunks(a.shape[0], (ck + F) * self.n_pos * a.itemsize, a)
+        return W2, ck, step, chunks, self.layer._buffer("cols", (step * ck * self.n_pos,), a)
+
     def forward(self, x, W, b):
         layer = self.layer
         xp = get_array_module(x)
-        n, F = x.shape[0], W.shape[0]
-        W2 = W.reshape(F, -1)
-        ck, P = W2.shape[1], self.n_pos
-        step, chunks = layer._chunks(n, (ck + F) * P * x.itemsize, x)
-        cols_buf = layer._buffer("cols", (step * ck * P,), x)
+        n, F, P = x.shape[0], W.shape[0], self.n_pos
+        W2, ck, step, chunks, cols_buf = self._plan(x, W)
         out_buf = layer._buffer("out", (step * F * P,), x)
         y = xp.empty((n, F) + self.out, dtype=x.dtype)
         self.srcs = []
@@ -348,11 +354,8 @@ class SampleLastProduct:
     def backward(self, dy, W, need_input_grad):
         layer = self.layer
         xp = get_array_module(dy)
-        n, F = dy.shape[0], W.shape[0]
-        W2 = W.reshape(F, -1)
-        ck, P, C = W2.shape[1], self.n_pos, self.x_shape[1]
-        step, chunks = layer._chunks(n, (ck + F) * P * dy.itemsize, dy)
-        cols_buf = layer._buffer("cols", (step * ck * P,), dy)
+        n, F, P, C = dy.shape[0], W.shape[0], self.n_pos, self.x_shape[1]
+        W2, ck, step, chunks, cols_buf = self._plan(dy, W)
         g_buf = layer._buffer("g", (step * F * P,), dy)
         dW2T = xp.zeros((ck, F), dtype=dy.dtype)
         dx = xp.empty((n, C) + self.x_shape[2:], dtype=dy.dtype) if need_input_grad else None
