@@ -63,6 +63,11 @@ class _Pool(Node):
                              f"on every side, received padding={padding!r}")
         if self.input_shape is not None and None not in self.input_shape:
             self.compute_output_shape(self.input_shape)
+        self._workspace = {}
+
+    def clear_cache(self):
+        super().clear_cache()
+        self._workspace = {}
 
     def get_config(self):
         return {**super().get_config(), "pool_size": list(self.pool_size), "stride": list(self.stride),
@@ -178,12 +183,35 @@ class MaxPool(_Pool):
             return kernels.maxpool_backward(dy, arg, self._cache["geometry"], x_shape)
         pads, out = self._geometry(x_shape)
         dx = self._padded_zeros(dy, x_shape, pads)
-        for i, v in enumerate(self._offset_views(dx, out)):
-            if self._disjoint:
-                xp.multiply(dy, arg == i, out=v)
-            else:
+        if self._disjoint:              # each entry in at most one window: one scatter
+            starts, offsets = self._flat_positions(dx.shape, out, xp)
+            where = offsets.take(arg)
+            where += starts
+            dx.reshape(-1)[where.reshape(-1)] = dy.reshape(-1)
+        else:
+            for i, v in enumerate(self._offset_views(dx, out)):
                 v += dy * (arg == i)
         return self._crop(dx, x_shape, pads)
+
+    def _flat_positions(self, padded_shape, out, xp):
+        """Where the windows lie in the flat padded input ``(N, C, *Sp)``: ``starts: (N, C, *O)``,
+        the flat index of each window's first entry, and ``offsets: (K,)``, that of offset ``i``
+        (row-major, as ``argmax``) from it; window ``o``'s maximum sits at
+        ``starts[o] + offsets[argmax[o]]`` (kept per input shape: ``starts`` is as large as the
+        output, in 64-bit indices)."""
+        key = (tuple(padded_shape), tuple(out), xp.__name__)
+        held = self._workspace.get("positions")
+        if held is None or held[0] != key:
+            step = [math.prod(padded_shape[d + 1:]) for d in range(len(padded_shape))]    # element strides
+            ranges = [np.arange(padded_shape[0]) * step[0], np.arange(padded_shape[1]) * step[1]]
+            ranges += [np.arange(o) * s * st for o, s, st in zip(out, self.stride, step[2:])]
+            starts = np.zeros(tuple(padded_shape[:2]) + tuple(out), dtype=np.intp)
+            for d, r in enumerate(ranges):
+                starts += r.reshape((-1,) + (1,) * (len(ranges) - 1 - d))
+            offsets = np.array([sum(i * d * st for i, d, st in zip(idx, self.dilation, step[2:]))
+                                for idx in itertools.product(*(range(k) for k in self.pool_size))], dtype=np.intp)
+            held = self._workspace["positions"] = (key, xp.asarray(starts), xp.asarray(offsets))
+        return held[1], held[2]
 
 
 class AvgPool(_Pool):

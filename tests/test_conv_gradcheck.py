@@ -137,7 +137,7 @@ def test_kept_arrangement_and_buffers_leave_no_trace_of_earlier_batches(algorith
     kw = dict(in_channels=3, out_channels=4, kernel_size=(3, 4), padding=padding, dtype=np.float64, seed=3)
     used = Convolution(**kw)
     used.algorithm, used.dx_strategy, used.chunk_bytes = algorithm, dx_strategy, 3000   # several chunks
-    for n in (5, 2, 5, 7, 3):
+    for n in (5, 5, 2, 5, 7, 7, 3):                     # repeated sizes: the same arrangement again
         x = rng.standard_normal((n, 3, 9, 8)) * 10
         fresh = Convolution(**kw)
         fresh.algorithm, fresh.dx_strategy = algorithm, dx_strategy
