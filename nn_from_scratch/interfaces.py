@@ -266,14 +266,47 @@ class Neuron(Node):
         return self
 
 
+class _StateByLayer:
+    """``layer -> {(parameter name, slot): array}``, by the layer's identity.
+
+    Not a ``WeakKeyDictionary``: that hashes and compares the layers themselves, and a
+    layer's ``==`` is its own business (a ``@dataclass`` layer is unhashable, and two
+    equal ones are still two layers with two sets of momenta).  An entry goes when its
+    layer is garbage-collected; a layer that cannot be weakly referenced (``__slots__``
+    without ``__weakref__``) keeps its entry until ``Optimizer.reset``.
+    """
+
+    def __init__(self):
+        self._entries = {}                              # id(layer) -> (reference, state)
+
+    def of(self, layer):
+        """The state dictionary of ``layer`` (created empty the first time)."""
+        entry = self._entries.get(id(layer))
+        if entry is not None and entry[0]() is layer:
+            return entry[1]
+        key, entries = id(layer), self._entries
+        try:
+            def forget(ref):                            # only its own entry: the id may be reused
+                if entries.get(key, (None,))[0] is ref:
+                    del entries[key]
+            ref = weakref.ref(layer, forget)
+        except TypeError:
+            ref = lambda: layer                         # noqa: E731 - kept alive with the optimizer
+        entries[key] = (ref, {})
+        return entries[key][1]
+
+    def __len__(self):
+        return len(self._entries)
+
+
 class Optimizer(ABC):
     """Updates the parameters of neurons from their stored gradients.
 
     ``step(layers)`` applies one update to every trainable layer in ``layers``
     using ``layer.grads``; per-parameter state (momenta, moving averages) is
-    kept by the optimizer, per layer (weakly: a layer that is garbage-collected
-    takes its state with it, and a new layer never inherits an old one's) and
-    parameter name.
+    kept by the optimizer, per layer object (weakly: a layer that is garbage-collected
+    takes its state with it, and a new layer never inherits an old one's, even an
+    equal one) and parameter name.
     """
 
     def __init__(self, lr):
@@ -281,7 +314,7 @@ class Optimizer(ABC):
             raise ValueError(f"{type(self).__name__}: learning rate must be > 0, received {lr!r}")
         self.lr = float(lr)
         self.iterations = 0
-        self._state = weakref.WeakKeyDictionary()      # layer -> {(parameter name, slot): array}
+        self._state = _StateByLayer()
 
     def step(self, layers):
         """One update of every parameter of every trainable layer."""
@@ -304,7 +337,7 @@ class Optimizer(ABC):
     def state(self, key, like, slot):
         """Zero-initialised per-parameter state array ``slot`` for ``key = (layer, parameter name)``."""
         layer, name = key
-        s = self._state.setdefault(layer, {})
+        s = self._state.of(layer)
         arr = s.get((name, slot))
         if arr is None:
             arr = s[(name, slot)] = get_array_module(like).zeros_like(like)
@@ -318,7 +351,7 @@ class Optimizer(ABC):
     def reset(self):
         """Forget momenta and the step count."""
         self.iterations = 0
-        self._state = weakref.WeakKeyDictionary()
+        self._state = _StateByLayer()
 
     def get_config(self):
         return {"lr": self.lr}

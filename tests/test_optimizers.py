@@ -284,6 +284,43 @@ def test_state_goes_with_its_layer_and_is_never_inherited():
     np.testing.assert_array_equal(new.params["W"], -np.ones(3))
 
 
+def test_state_is_per_layer_object_even_for_unhashable_equal_or_slotted_layers():
+    """The state is keyed by the layer object, never by its ``==``/hash: a ``@dataclass``
+    layer (unhashable) trains, two equal layers keep their own momenta, and a layer without
+    weak references (``__slots__``) keeps its state until ``reset``."""
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class DataHolder:
+        params: dict
+        grads: dict = field(default_factory=dict)
+        trainable: bool = True
+
+        def _describe(self):
+            return "DataHolder"
+
+    class SlotHolder:
+        __slots__ = ("params", "grads", "trainable")
+
+        def __init__(self):
+            self.params, self.grads, self.trainable = {"W": np.zeros(1)}, {"W": np.ones(1)}, True
+
+    opt = nf.GradientDescent(lr=1.0, momentum=0.5)
+    a, b = DataHolder({"W": np.zeros(1)}, {"W": np.ones(1)}), DataHolder({"W": np.zeros(1)}, {"W": np.ones(1)})
+    assert a == b
+    opt.step([a])
+    opt.step([a, b])
+    np.testing.assert_array_equal(a.params["W"], [-2.5])      # v1 = -g, v2 = 0.5 v1 - g: w = -2.5 g
+    np.testing.assert_array_equal(b.params["W"], [-1.0])      # its first step: no momentum from a
+    slotted = SlotHolder()
+    opt.step([slotted])
+    opt.step([slotted])
+    np.testing.assert_array_equal(slotted.params["W"], [-2.5])
+    assert len(opt._state) == 3
+    opt.reset()
+    assert len(opt._state) == 0
+
+
 def test_state_of_a_replaced_parameter_is_a_clear_error():
     opt = nf.Adam(0.1)
     layer = ParamHolder(W=np.zeros((4, 2), dtype=np.float32))
