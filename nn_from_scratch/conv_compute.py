@@ -54,7 +54,8 @@ from . import kernels
 from .backend import get_array_module
 from .patches import conv_output_shape, make_gatherer
 
-__all__ = ["PatchProduct", "RowShiftProduct", "SampleLastProduct", "KernelPatchProduct", "choose_algorithm"]
+__all__ = ["PatchProduct", "RowShiftProduct", "SampleLastProduct", "KernelPatchProduct", "choose_algorithm",
+           "bias_gradient"]
 
 
 # _DW_NOTE: dL/dW = g @ cols.T has F (few) rows and a long inner dimension; OpenBLAS computes it
@@ -492,11 +493,33 @@ class KernelPatchProduct:
 
 
 def _store(dst, cropped, b, xp):
-    """``dst[...] = cropped (+ b per filter)`` in one pass."""
+    """``dst[...] = cropped (+ b per filter)``.
+
+    NumPy: a copy, then the bias added in place over ``dst``'s contiguous rows (LeNet-5's first
+    convolution at 128 samples, one core: forward 1.07 -> 1.00 ms; the one-pass ``add`` with a
+    cropped, broadcast operand runs in 28-element pieces).  CuPy: one kernel (a GPU step is
+    bound by its number of launches).
+    """
     if b is None:
         dst[...] = cropped
+    elif xp is np:
+        dst[...] = cropped
+        dst += b.reshape((-1,) + (1,) * (cropped.ndim - 2))
     else:
         xp.add(cropped, b.reshape((-1,) + (1,) * (cropped.ndim - 2)), out=dst)
+
+
+def bias_gradient(dy):
+    """``dL/db[f] = sum over samples n and positions p of dy[n, f, p]``, for ``dy: (N, F, *O)``.
+
+    As one matrix-vector product ``dy as (N*F, P) @ ones(P)``, then a sum over ``N``: BLAS
+    reads ``dy`` once, 2-4x faster than NumPy's sum over axes (0, 2, ...) (LeNet-5 at 128 samples:
+    0.110 -> 0.036 ms and 0.074 -> 0.017 ms; rounding as that of the pairwise sum, ~1e-7 in float32).
+    """
+    xp = get_array_module(dy)
+    n, F = dy.shape[:2]
+    P = math.prod(dy.shape[2:])
+    return (dy.reshape(n * F, P) @ xp.ones(P, dtype=dy.dtype)).reshape(n, F).sum(axis=0)
 
 
 def _kernel_sizes_fit(layer, x_shape, pads):

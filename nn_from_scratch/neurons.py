@@ -8,7 +8,7 @@ import numpy as np
 from . import initializers, kernels
 from .backend import get_array_module
 from .interfaces import Neuron, ShapeError, format_shape, sample_shape
-from .conv_compute import choose_algorithm
+from .conv_compute import bias_gradient, choose_algorithm
 from .patches import as_tuple, conv_output_shape, padding_to_json, resolve_padding
 
 __all__ = ["Linear", "Convolution", "Dense", "Conv1D", "Conv2D", "Conv3D"]
@@ -328,7 +328,7 @@ class Convolution(_GradNames, Neuron):
         self._grads["W"] = dW
         if self.use_bias:   # the arrangement may have summed dL/db on the way (KernelPatchProduct)
             db = getattr(algo, "db", None)
-            self._grads["b"] = db if db is not None else dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
+            self._grads["b"] = db if db is not None else bias_gradient(dy)
         return dx
 
     def __repr__(self):
