@@ -29,7 +29,20 @@ class ReLU(Node):
         return y
 
     def _backward(self, dy):
-        return kernels.relu_backward(dy, self._cache["y"])
+        y = self._cache["y"]
+        if y is None:               # stood aside for the MaxPool after it, which masked dL/dy already
+            return dy
+        return kernels.relu_backward(dy, y)
+
+    def stand_aside(self, x):
+        """Let the ``MaxPool`` that follows apply this ReLU after pooling (``fusion.py``): check
+        ``x`` as ``forward`` does and return it unchanged; ``backward`` then passes dL/dy through
+        (that layer's ``forward_relu``/``backward`` apply the ReLU and its mask)."""
+        self.check_input(x)
+        x = self._as_float(x)
+        self._cache["y"] = None
+        self._out_shape = x.shape
+        return x
 
 
 class Sigmoid(Node):

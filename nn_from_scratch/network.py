@@ -30,7 +30,7 @@ import warnings
 
 import numpy as np
 
-from . import kernels
+from . import fusion, kernels
 from .backend import get_array_module, read_scalars, read_to_host, to_device, to_numpy
 from .interfaces import Neuron, Node, ShapeError, format_shape
 from .losses import Loss, SoftMaxLoss, labels_to_indices
@@ -309,13 +309,19 @@ class NeuralNetwork:
 
     # ------------------------------------------------------- forward/backward
     def forward(self, x, return_all=False):
-        """Output of the last layer for a batch (or all layer outputs, in order)."""
+        """Output of the last layer for a batch (or all layer outputs, in order).
+
+        The output alone: each ``ReLU`` directly followed by a ``MaxPool`` runs as pooling then
+        ReLU, on the pooled output (the same numbers and gradients, less work: ``fusion.py``).
+        ``return_all``: every layer on its own, each output as that layer computes it.
+        """
+        if not return_all:
+            return fusion.forward(self.layers, x)
         outs = []
         for layer in self.layers:
             x = layer.forward(x)
-            if return_all:
-                outs.append(x)
-        return outs if return_all else x
+            outs.append(x)
+        return outs
 
     def backward(self, upstream, need_input_grad=True):
         """Backpropagate ``dL/doutput`` through every layer; returns ``dL/dinput``.

@@ -59,6 +59,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
+from . import fusion
 from .backend import get_array_module
 
 __all__ = ["ShardedStep", "ForkedStep", "shard_count", "usable_cores", "is_per_sample", "split_with",
@@ -338,10 +339,9 @@ def _wait(conn, timeout):
 
 
 def _forward(layers, x):
-    """The output of one shard through ``layers``."""
-    for layer in layers:
-        x = layer.forward(x)
-    return x
+    """The output of one shard through ``layers`` (``ReLU -> MaxPool`` pairs fused, as in
+    ``NeuralNetwork.forward``)."""
+    return fusion.forward(layers, x)
 
 
 def _forward_backward(layers, loss_fn, x, y, weight=1.0):

@@ -155,6 +155,7 @@ class MaxPool(_Pool):
         xp = get_array_module(x)
         pads, out = self._geometry(x.shape)
         self._cache["x_shape"] = x.shape
+        self._cache["relu"] = None
         if kernels.fused_enabled(x) and kernels.window_kernels_fit(x.size, x.shape[0] * x.shape[1] * math.prod(out)):
             # CuPy: one kernel each way (kernels.maxpool_forward / maxpool_backward)
             geo = kernels.window_geometry(x.shape[1], x.shape[2:], self.pool_size, self.stride, pads,
@@ -176,8 +177,21 @@ class MaxPool(_Pool):
         self._cache["argmax"] = arg
         return y
 
+    def forward_relu(self, x):
+        """``relu(maxpool(x))``, equal to ``maxpool(relu(x))`` (``fusion.py``): the ReLU of the
+        layer before, which stood aside, on the pooled output; ``backward`` then masks dL/dy with
+        ``[y > 0]`` before routing it to the maxima (what that ReLU's backward would have done
+        to the routed gradient)."""
+        p = self.forward(x)
+        xp = get_array_module(p)
+        y = xp.maximum(p, p.dtype.type(0))
+        self._cache["relu"] = y
+        return y
+
     def _backward(self, dy):
         xp = get_array_module(dy)
+        if self._cache["relu"] is not None:
+            dy = kernels.relu_backward(dy, self._cache["relu"])
         arg, x_shape = self._cache["argmax"], self._cache["x_shape"]
         if self._cache["geometry"] is not None:
             return kernels.maxpool_backward(dy, arg, self._cache["geometry"], x_shape)
