@@ -11,6 +11,8 @@ One training step of ``NeuralNetwork.train_step`` is taken apart with the
 public layer API, in the order the network runs it::
 
     x = layer.forward(x)                for every layer      -> "<layer> forward"
+        (a ReLU -> MaxPool pair as NeuralNetwork.forward runs it, fusion.py:
+         ReLU.stand_aside, then MaxPool.forward_relu; --unfused: each on its own)
     loss = loss_fn.forward(out, y)                           -> "loss forward"
     g = loss_fn.backward()                                   -> "loss backward"
     g = layer.backward(g, need_input_grad=i > 0)  reversed   -> "<layer> backward"
@@ -63,13 +65,23 @@ def profile(net_name, batch, X, y, reps, warmup, sync):
     loss_f, loss_b, step = [], [], []
     clock = time.perf_counter
 
+    from nn_from_scratch import fusion  # noqa: PLC0415
+    stands_aside = set(fusion.fused_pairs(layers))     # as NeuralNetwork.forward runs them
+    for i in stands_aside:
+        labels[i] += " (stands aside)"
+        labels[i + 1] += " + ReLU"
     for rep in range(warmup + reps):
         keep = rep >= warmup
         x = xb
         for i, layer in enumerate(layers):
             sync()
             t = clock()
-            x = layer.forward(x)
+            if i in stands_aside:
+                x = layer.stand_aside(x)
+            elif i - 1 in stands_aside:
+                x = layer.forward_relu(x)
+            else:
+                x = layer.forward(x)
             sync()
             if keep:
                 fwd[i].append((clock() - t) * 1e3)
@@ -150,9 +162,14 @@ def main(argv=None):
     p.add_argument("--blas-threads", type=int, default=None, metavar="N",
                    help="hold BLAS to N threads (threadpoolctl); a split training step runs each shard "
                         "with 1, so --blas-threads 1 shows a shard's parts; default: the library's own")
+    p.add_argument("--unfused", action="store_true",
+                   help="every layer on its own (NeuralNetwork.forward runs ReLU -> MaxPool pairs fused: fusion.py)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
+    if a.unfused:
+        from nn_from_scratch import fusion  # noqa: PLC0415
+        fusion.ENABLED = False
     if a.blas_threads is not None and a.blas_threads < 1:
         p.error("--blas-threads must be >= 1")
     reps = a.reps or (3 if a.quick else 50)

@@ -30,7 +30,7 @@ gradient through.  Calling the layers one by one (``forward`` of each, as a stud
 from .activations import ReLU
 from .pooling import MaxPool
 
-__all__ = ["forward", "ENABLED"]
+__all__ = ["forward", "fused_pairs", "ENABLED"]
 
 #: run ReLU -> MaxPool pairs fused (see the module docstring)
 ENABLED = True
@@ -38,6 +38,18 @@ ENABLED = True
 
 def _pairs_with_next(layer, following):
     return ENABLED and type(layer) is ReLU and type(following) is MaxPool
+
+
+def fused_pairs(layers):
+    """Indices ``i`` of the ReLUs that ``forward`` runs with the ``MaxPool`` at ``i + 1``."""
+    fused, i = [], 0
+    while i + 1 < len(layers):
+        if _pairs_with_next(layers[i], layers[i + 1]):
+            fused.append(i)
+            i += 2
+        else:
+            i += 1
+    return fused
 
 
 def forward(layers, x):
