@@ -261,7 +261,9 @@ class Convolution(_GradNames, Neuron):
     # -- computation (the algorithms are in conv_compute.py) --------------------------
     #: bytes of patch copy per chunk of samples: a chunk's patches are built, used and
     #: dropped while they are still in the CPU cache (and memory stays small)
-    chunk_bytes = 4 << 20
+    #: (2 MB: LeNet-5's training step on one core at 128 samples 11.1 -> 10.5 ms against 4 MB, 1 MB
+    #: slower again; the seed CNN 6.6 -> 6.2 ms; benchmarks/RESULTS.md, eighth-session entry)
+    chunk_bytes = 2 << 20
     #: the same on a GPU, where the point is few, large kernels rather than cache hits
     gpu_chunk_bytes = 256 << 20
     #: "auto", "patches" (whole patch matrices), "rowshift" and "samplelast" (stride 1 only) or
