@@ -115,13 +115,16 @@ def xp():
 
 def is_device_array(a):
     """True for a CuPy array, without importing CuPy when it is not loaded."""
-    return type(a).__module__.startswith("cupy")
+    return type(a) is not numpy.ndarray and type(a).__module__.startswith("cupy")
 
 
 def get_array_module(*arrays):
-    """numpy or cupy: the module that owns the given arrays (numpy for scalars)."""
+    """numpy or cupy: the module that owns the given arrays (numpy for scalars).
+
+    (Called for nearly every array operation: NumPy arrays are recognised first, by type.)
+    """
     for a in arrays:
-        if is_device_array(a):
+        if type(a) is not numpy.ndarray and is_device_array(a):
             import cupy  # noqa: PLC0415
             return cupy
     return numpy
