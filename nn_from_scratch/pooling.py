@@ -182,9 +182,9 @@ class MaxPool(_Pool):
         layer before, which stood aside, on the pooled output; ``backward`` then masks dL/dy with
         ``[y > 0]`` before routing it to the maxima (what that ReLU's backward would have done
         to the routed gradient)."""
-        p = self.forward(x)
+        p = self.forward(x)                             # a new array, this call's own: ReLU in place
         xp = get_array_module(p)
-        y = xp.maximum(p, p.dtype.type(0))
+        y = xp.maximum(p, p.dtype.type(0), out=p)
         self._cache["relu"] = y
         return y
 
