@@ -213,7 +213,7 @@ class MaxPool(_Pool):
         (row-major, as ``argmax``) from it; window ``o``'s maximum sits at
         ``starts[o] + offsets[argmax[o]]`` (kept per input shape: ``starts`` is as large as the
         output, in 64-bit indices)."""
-        key = (tuple(padded_shape), tuple(out), xp.__name__)
+        key = (tuple(padded_shape), tuple(out), self.pool_size, self.stride, self.dilation, xp.__name__)
         held = self._workspace.get("positions")
         if held is None or held[0] != key:
             step = [math.prod(padded_shape[d + 1:]) for d in range(len(padded_shape))]    # element strides
