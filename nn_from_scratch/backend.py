@@ -114,17 +114,15 @@ def xp():
 
 
 def is_device_array(a):
-    """True for a CuPy array, without importing CuPy when it is not loaded."""
+    """True for a CuPy array, without importing CuPy when it is not loaded (NumPy arrays are
+    recognised first, by type: this runs for nearly every array operation)."""
     return type(a) is not numpy.ndarray and type(a).__module__.startswith("cupy")
 
 
 def get_array_module(*arrays):
-    """numpy or cupy: the module that owns the given arrays (numpy for scalars).
-
-    (Called for nearly every array operation: NumPy arrays are recognised first, by type.)
-    """
+    """numpy or cupy: the module that owns the given arrays (numpy for scalars)."""
     for a in arrays:
-        if type(a) is not numpy.ndarray and is_device_array(a):
+        if is_device_array(a):
             import cupy  # noqa: PLC0415
             return cupy
     return numpy
