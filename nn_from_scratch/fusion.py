@@ -25,15 +25,29 @@ needs no plan: the pool masks ``dL/dy`` before routing it, and the ReLU passes t
 gradient through.  Calling the layers one by one (``forward`` of each, as a student's loop or
 ``NeuralNetwork.layer_outputs`` does) runs them unfused, and their backward as usual.
 
-``ENABLED = False`` runs every layer on its own (for comparisons).
+A ``Convolution`` right before such a pair runs with it, forward and backward, by pooling
+phase where ``phase_pool.applies`` (NumPy, 2-D, stride 1, 2x2 pooling: LeNet-5's two blocks):
+the four phases of every pooling window come out of one matrix product over the input's
+polyphase planes, and ``backward`` (the trainer's: ``NeuralNetwork.backward`` and the split
+step's shards) routes dL/dy straight back through them (``phase_pool.py``).  The three layers'
+caches record it, so their own ``backward`` called one by one still gives the same numbers.
+
+``ENABLED = False`` runs every layer on its own (for comparisons); ``PHASES = False`` only the
+convolutions.
 """
+import numpy as np
+
+from . import phase_pool
 from .activations import ReLU
+from .neurons import Convolution
 from .pooling import MaxPool
 
-__all__ = ["forward", "fused_pairs", "ENABLED"]
+__all__ = ["forward", "backward", "fused_pairs", "ENABLED", "PHASES"]
 
 #: run ReLU -> MaxPool pairs fused (see the module docstring)
 ENABLED = True
+#: and a Convolution before such a pair with it, by pooling phase, where ``phase_pool.applies``
+PHASES = True
 
 
 def _pairs_with_next(layer, following):
@@ -52,15 +66,71 @@ def fused_pairs(layers):
     return fused
 
 
+def _by_phase(layers, i, x):
+    """Does ``forward`` run ``layers[i:i + 3]`` (``Convolution -> ReLU -> MaxPool``) by pooling phase on ``x``?"""
+    return (PHASES and i + 2 < len(layers) and type(layers[i]) is Convolution
+            and _pairs_with_next(layers[i + 1], layers[i + 2]) and phase_pool.applies(layers[i], layers[i + 2], x))
+
+
+def _phase_forward(conv, relu, pool, x):
+    """``pool(relu(conv(x)))`` by pooling phase; each layer's cache records it (see the module docstring)."""
+    conv.check_input(x)
+    x = conv._as_float(x)
+    key = (tuple(x.shape), x.dtype, conv.kernel_size, repr(conv.padding), conv.use_bias, conv.out_channels,
+           conv.chunk_bytes)
+    held = conv._workspace.get("phase_pool")
+    if held is None or held[0] != key:
+        held = conv._workspace["phase_pool"] = (key, phase_pool.PhasePool(conv, x.shape, x.dtype))
+    plan = held[1]
+    y = plan.forward(x, conv.params["W"], conv.params.get("b"))
+    h_shape = (x.shape[0], conv.out_channels) + plan.conv_out
+    link = (plan,)                                  # one object, held by both ends of the block
+    conv.adopt_phase_forward(x, h_shape, link)
+    relu.stand_aside(np.broadcast_to(np.zeros((), dtype=x.dtype), h_shape))     # checks the shape only
+    pool.adopt_phase_forward(y, h_shape, link)
+    return y
+
+
+def _ran_by_phase(conv, relu, pool):
+    """Did the last forward of these three layers run them together by pooling phase?"""
+    link = getattr(pool, "_cache", {}).get("phase")
+    return (link is not None and type(conv) is Convolution and conv._cache.get("phase") is link
+            and type(relu) is ReLU and relu._cache.get("y", False) is None)
+
+
 def forward(layers, x):
-    """The output of ``layers`` (a sequence) on the batch ``x``, ``ReLU -> MaxPool`` pairs fused."""
+    """The output of ``layers`` (a sequence) on the batch ``x``, ``ReLU -> MaxPool`` pairs fused
+    (with the convolution before them where ``phase_pool`` applies)."""
     i, n = 0, len(layers)
     while i < n:
         layer = layers[i]
-        if i + 1 < n and _pairs_with_next(layer, layers[i + 1]):
+        if _by_phase(layers, i, x):
+            x = _phase_forward(layer, layers[i + 1], layers[i + 2], x)
+            i += 3
+        elif i + 1 < n and _pairs_with_next(layer, layers[i + 1]):
             x = layers[i + 1].forward_relu(layer.stand_aside(x))
             i += 2
         else:
             x = layer.forward(x)
             i += 1
     return x
+
+
+def backward(layers, upstream, need_input_grad=True):
+    """Backpropagate ``dL/doutput`` through ``layers`` after ``forward``; returns ``dL/dinput``
+    (None with ``need_input_grad=False``).  Each layer's own ``backward``, except the blocks the
+    forward ran by pooling phase: their backward by phase too, in one step."""
+    g, i = upstream, len(layers) - 1
+    while i >= 0:
+        if i >= 2 and _ran_by_phase(layers[i - 2], layers[i - 1], layers[i]):
+            conv, pool = layers[i - 2], layers[i]
+            pool.check_upstream(g)
+            plan = pool._cache["phase"][0]
+            dW, db, g = plan.backward(g.astype(conv.dtype, copy=False), conv.params["W"], conv.params.get("b"),
+                                      need_input_grad=i > 2 or need_input_grad)
+            conv.adopt_phase_grads(dW, db)
+            i -= 3
+        else:
+            g = layers[i].backward(g, need_input_grad=i > 0 or need_input_grad)
+            i -= 1
+    return g

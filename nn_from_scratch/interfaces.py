@@ -135,6 +135,13 @@ class Node(ABC):
         ``need_input_grad=False`` (used for a network's first layer) skips
         ``dL/dx`` and returns None; neurons still compute their parameter grads.
         """
+        self.check_upstream(upstream)
+        if self.trainable:
+            return self._backward(upstream, need_input_grad)
+        return self._backward(upstream) if need_input_grad else None
+
+    def check_upstream(self, upstream):
+        """Raise unless ``upstream`` can be this layer's ``dL/dy``: a forward ran, same shape as its output."""
         if self._out_shape is None:
             raise NotReadyError(f"{self._describe()}: backward() called before forward()")
         if tuple(upstream.shape) != tuple(self._out_shape):
@@ -142,9 +149,6 @@ class Node(ABC):
                 f"{self._describe()}: the upstream gradient must have the shape of the last "
                 f"output {format_shape(tuple(self._out_shape))}, received {format_shape(tuple(upstream.shape))}"
             )
-        if self.trainable:
-            return self._backward(upstream, need_input_grad)
-        return self._backward(upstream) if need_input_grad else None
 
     def __call__(self, x):
         return self.forward(x)

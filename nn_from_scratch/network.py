@@ -328,11 +328,7 @@ class NeuralNetwork:
 
         Every neuron's ``grads`` hold the parameter gradients afterwards.
         """
-        g = upstream
-        last = len(self.layers) - 1
-        for i in range(last, -1, -1):
-            g = self.layers[i].backward(g, need_input_grad=(i > 0 or need_input_grad))
-        return g
+        return fusion.backward(self.layers, upstream, need_input_grad)
 
     def _to_batch(self, X):
         return to_device(X, like=self._param_like(), dtype=self.dtype)

@@ -308,6 +308,7 @@ class Convolution(_GradNames, Neuron):
         return held[1]
 
     def _forward(self, x):
+        self._cache.update(phase=None, phase_input=None)
         if x.shape[0] == 0:                 # an empty batch: an empty output, zero gradients
             self._cache["algorithm"] = None
             self._cache["x_shape"] = tuple(x.shape)
@@ -317,8 +318,28 @@ class Convolution(_GradNames, Neuron):
         self._cache["algorithm"] = algo
         return y
 
+    def adopt_phase_forward(self, x, y_shape, link):
+        """``fusion`` ran this layer's forward on ``x`` (checked and cast) together with the ReLU and
+        pool after it (``phase_pool.py``), its output of shape ``y_shape`` never formed: the cache
+        says so (``link``, shared with the pool) and keeps ``x`` for this layer's own ``backward``."""
+        self._cache.update(algorithm=None, phase=link, phase_input=x)
+        self._out_shape = tuple(y_shape)
+
+    def adopt_phase_grads(self, dW, db):
+        """The parameter gradients ``fusion.backward`` computed for this layer (``phase_pool.py``)."""
+        self._grads["W"] = dW
+        if self.use_bias:
+            self._grads["b"] = db
+
     def _backward(self, dy, need_input_grad=True):
         dy = dy.astype(self.dtype, copy=False)
+        if self._cache.get("phase") is not None and self._cache["algorithm"] is None:
+            # the forward ran by pooling phase; called on its own, this layer needs its plain
+            # arrangement's cache: that forward again (a student's loop after ``net.forward``)
+            x = self._cache["phase_input"]
+            algo = self._algorithm(x)
+            algo.forward(x, self._params["W"], self._params.get("b"))
+            self._cache["algorithm"] = algo
         algo = self._cache["algorithm"]
         if algo is None:                    # the last forward had no samples
             xp = get_array_module(dy)

@@ -349,9 +349,7 @@ def _forward_backward(layers, loss_fn, x, y, weight=1.0):
     times the shard's (no dL/dx at the input)."""
     h = _forward(layers, x)
     loss = loss_fn.forward(h, y, validate=False)
-    g = loss_fn.backward(weight)
-    for i in range(len(layers) - 1, -1, -1):
-        g = layers[i].backward(g, need_input_grad=i > 0)
+    fusion.backward(layers, loss_fn.backward(weight), need_input_grad=False)
     return loss, h
 
 

@@ -156,6 +156,7 @@ class MaxPool(_Pool):
         pads, out = self._geometry(x.shape)
         self._cache["x_shape"] = x.shape
         self._cache["relu"] = None
+        self._cache["phase"] = None
         if kernels.fused_enabled(x) and kernels.window_kernels_fit(x.size, x.shape[0] * x.shape[1] * math.prod(out)):
             # CuPy: one kernel each way (kernels.maxpool_forward / maxpool_backward)
             geo = kernels.window_geometry(x.shape[1], x.shape[2:], self.pool_size, self.stride, pads,
@@ -188,10 +189,22 @@ class MaxPool(_Pool):
         self._cache["relu"] = y
         return y
 
+    def adopt_phase_forward(self, y, x_shape, link):
+        """``fusion`` computed ``y = relu(maxpool(x))`` for an input of shape ``x_shape`` by pooling
+        phase (``phase_pool.py``, ``link[0]`` its plan, shared with the convolution): the cache
+        as ``forward_relu`` leaves it, the argmax unpacked from the plan if this layer's own
+        ``backward`` is called."""
+        xp = get_array_module(y)
+        self.check_input(xp.broadcast_to(xp.zeros((), dtype=y.dtype), x_shape))     # the shape only
+        self._cache.update(x_shape=tuple(x_shape), geometry=None, argmax=None, relu=y, phase=link)
+        self._out_shape = tuple(y.shape)
+
     def _backward(self, dy):
         xp = get_array_module(dy)
         if self._cache["relu"] is not None:
             dy = kernels.relu_backward(dy, self._cache["relu"])
+        if self._cache["argmax"] is None:                    # pooled by phase: the plan holds it
+            self._cache["argmax"] = self._cache["phase"][0].argmax()
         arg, x_shape = self._cache["argmax"], self._cache["x_shape"]
         if self._cache["geometry"] is not None:
             return kernels.maxpool_backward(dy, arg, self._cache["geometry"], x_shape)

@@ -1,0 +1,260 @@
+"""Convolution -> ReLU -> 2x2 MaxPool run by pooling phase (phase_pool.py, through fusion.py).
+
+References: the three layers one by one (``fusion.PHASES = False``: the plain convolution and
+pooling, which the TensorFlow cross-checks hold), float64 centred finite differences of the
+whole network, and the adjoint identity of the backward pass.  Integer weights and data make
+every sum exact in any order, so the fused path must then give the layers' numbers bit for bit,
+windows with tied maxima included.
+"""
+import numpy as np
+import pytest
+
+import nn_from_scratch as nf
+from nn_from_scratch import fusion, gradcheck, phase_pool
+from nn_from_scratch.interfaces import ShapeError
+
+# (C, F, kernel, padding, (H, W), batch): odd and even sizes (an odd conv output drops its last
+# row/column in the pool), rectangular kernels, padding that leaves input rows no plane reads
+CONFIGS = [
+    (1, 6, 5, 2, (28, 28), 3),                 # LeNet-5's first block
+    (6, 16, 5, 0, (14, 14), 2),                # and its second
+    (2, 3, 5, "same", (9, 11), 2),             # odd conv output: 9x11 -> pooled 4x5
+    (3, 2, (5, 7), (1, 3), (12, 13), 1),
+    (2, 4, 7, "valid", (15, 16), 3),           # 9x10 -> 4x5: the input's last row is never read
+    (1, 1, (7, 5), (0, 2), (10, 8), 4),
+]
+
+
+def _block(C, F, kernel, padding, seed, integer):
+    rng = np.random.default_rng(seed)
+    conv = nf.Convolution(in_channels=C, out_channels=F, kernel_size=kernel, padding=padding, seed=seed,
+                          dtype=np.float64)
+    if integer:
+        for p in conv.params.values():
+            p[...] = rng.integers(-1, 2, p.shape)
+    return [conv, nf.ReLU(), nf.MaxPool(pool_size=2)]
+
+
+def _network(C, F, kernel, padding, hw, seed=0, integer=False):
+    layers = _block(C, F, kernel, padding, seed, integer) + [nf.Vectorization()]
+    h = np.zeros((1, C) + hw)
+    for layer in layers:
+        h = layer.forward(h)
+    linear = nf.Linear(h.shape[1], 3, seed=seed + 1, dtype=np.float64)
+    if integer:
+        linear.params["W"][...] = np.random.default_rng(seed + 2).integers(-1, 2, linear.params["W"].shape)
+    return layers + [linear]
+
+
+def _data(C, hw, n, seed, integer):
+    """``(x, dL/doutput)``: small integers (every sum exact) or normal."""
+    rng = np.random.default_rng(seed + 10)
+    if integer:
+        return (rng.integers(-2, 3, (n, C) + hw).astype(np.float64),
+                rng.integers(-2, 3, (n, 3)).astype(np.float64))
+    return rng.standard_normal((n, C) + hw), rng.standard_normal((n, 3))
+
+
+def _run(layers, x, g, need_input_grad=True):
+    net = nf.NeuralNetwork(layers)
+    y = net.forward(x)
+    dx = net.backward(g, need_input_grad=need_input_grad)
+    return y, dx, {(i, k): v.copy() for i, layer in enumerate(layers) for k, v in layer.grads.items()}
+
+
+def _plain(monkeypatch, body):
+    with monkeypatch.context() as m:
+        m.setattr(fusion, "PHASES", False)
+        return body()
+
+
+def _ran_by_phase(layers):
+    return layers[2]._cache.get("phase") is not None and layers[0]._cache.get("phase") is layers[2]._cache["phase"]
+
+
+def _compare(got, want, exact):
+    check = np.testing.assert_array_equal if exact else (
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13 * max(1.0, np.abs(b).max())))
+    (y, dx, grads), (y0, dx0, grads0) = got, want
+    check(y, y0)
+    if dx0 is None:
+        assert dx is None
+    else:
+        check(dx, dx0)
+    assert grads.keys() == grads0.keys()
+    for k in grads:
+        check(grads[k], grads0[k])
+
+
+@pytest.mark.parametrize("integer", [True, False], ids=["integers-exact", "normal-float64"])
+@pytest.mark.parametrize("C,F,kernel,padding,hw,n", CONFIGS)
+def test_by_phase_equals_the_layers_one_by_one(monkeypatch, C, F, kernel, padding, hw, n, integer):
+    layers = _network(C, F, kernel, padding, hw, integer=integer)
+    x, g = _data(C, hw, n, 0, integer)
+    want = _plain(monkeypatch, lambda: _run(layers, x, g))
+    assert not _ran_by_phase(layers)
+    got = _run(layers, x, g)
+    assert _ran_by_phase(layers)
+    _compare(got, want, exact=integer)
+    if integer:     # ties are there: windows whose maximum is shared, and zeros the ReLU makes
+        h = layers[0].forward(x)
+        assert (h <= 0).mean() > 0.2 and (h > 0).sum() > 3 * len(np.unique(h[h > 0]))
+    # the first layer of a network: no dL/dx
+    _compare(_run(layers, x, g, need_input_grad=False),
+             _plain(monkeypatch, lambda: _run(layers, x, g, need_input_grad=False)), exact=integer)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 40_000, 1 << 30])
+def test_any_chunking_gives_the_same_numbers(monkeypatch, chunk_bytes):
+    """One sample per chunk, a few uneven chunks, one chunk: each chunk's rows gathered again in
+    backward or reused (the last one's) must not change a number."""
+    C, F, kernel, padding, hw, _ = CONFIGS[2]
+    layers = _network(C, F, kernel, padding, hw, integer=True)
+    layers[0].chunk_bytes = chunk_bytes
+    x, g = _data(C, hw, 7, 3, True)
+    want = _plain(monkeypatch, lambda: _run(layers, x, g))
+    got = _run(layers, x, g)
+    plan = layers[2]._cache["phase"][0]
+    assert {1: len(plan.chunks) == 7, 40_000: 1 < len(plan.chunks) < 7, 1 << 30: len(plan.chunks) == 1}[chunk_bytes]
+    _compare(got, want, exact=True)
+    _compare(_run(layers, x, g), want, exact=True)              # and again, buffers reused
+
+
+def test_finite_differences_of_the_whole_network():
+    C, F, kernel, padding, hw, n = CONFIGS[3]
+    layers = _network(C, F, kernel, padding, hw, seed=4)
+    net = nf.NeuralNetwork(layers, loss_fn=nf.SoftMaxLoss())
+    x, _ = _data(C, hw, n + 1, 4, False)
+    res = gradcheck.check_network(net, x, np.array([0, 2]), n_coords=60, seed=2)
+    assert _ran_by_phase(layers)
+    assert res.passed(1e-6), str(res)
+    assert res.checked >= 150
+
+
+def test_backward_is_the_adjoint_of_the_forwards_linear_part():
+    """With the ReLU's mask and the maxima's phases fixed by one forward, the block is linear in
+    ``(x, W, b)``: <J (dx, dW, db), r> = <(dx, dW, db), backward(r)> to float64 rounding."""
+    C, F, kernel, padding, hw, n = CONFIGS[2]
+    layers = _block(C, F, kernel, padding, 5, False)
+    conv = layers[0]
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((n, C) + hw)
+    y = fusion.forward(layers, x)
+    r = rng.standard_normal(y.shape)
+    dx = fusion.backward(layers, r)
+    plan = layers[2]._cache["phase"][0]
+    arg, alive = plan.argmax(), y > 0
+    tx, tW, tb = rng.standard_normal(x.shape), rng.standard_normal(conv.params["W"].shape), rng.standard_normal(F)
+    # J t: the convolution of the perturbation (layers one by one), read at the kept maxima
+    probe = nf.Convolution(in_channels=C, out_channels=F, kernel_size=kernel, padding=padding, dtype=np.float64)
+    probe.params["W"][...] = tW
+    probe.params["b"][...] = tb
+    h_t = probe.forward(x)
+    conv_copy = nf.Convolution(in_channels=C, out_channels=F, kernel_size=kernel, padding=padding, dtype=np.float64)
+    conv_copy.params["W"][...] = conv.params["W"]
+    conv_copy.params["b"][...] = 0
+    h_t = h_t + conv_copy.forward(tx)
+    U, V = y.shape[2:]
+    phases = h_t[:, :, :2 * U, :2 * V].reshape(n, F, U, 2, V, 2).transpose(0, 1, 2, 4, 3, 5).reshape(n, F, U, V, 4)
+    Jt = np.take_along_axis(phases, arg[..., None].astype(np.intp), axis=-1)[..., 0] * alive
+    lhs = np.vdot(Jt, r)
+    rhs = np.vdot(tx, dx) + np.vdot(tW, conv.grads["W"]) + np.vdot(tb, conv.grads["b"])
+    assert abs(lhs - rhs) <= 1e-10 * (abs(lhs) + 1.0)
+
+
+def test_a_students_loop_after_a_fused_forward(monkeypatch):
+    """``net.forward`` (by phase) then each layer's own ``backward``: the convolution recomputes
+    its plain arrangement, the pool unpacks its argmax; the same numbers as the plain path."""
+    C, F, kernel, padding, hw, n = CONFIGS[4]
+    layers = _network(C, F, kernel, padding, hw, integer=True)
+    x, g = _data(C, hw, n, 1, True)
+    want = _plain(monkeypatch, lambda: _run(layers, x, g))
+    y = nf.NeuralNetwork(layers).forward(x)
+    assert _ran_by_phase(layers)
+    d = g
+    for layer in reversed(layers):
+        d = layer.backward(d)
+    _compare((y, d, {(i, k): v.copy() for i, layer in enumerate(layers) for k, v in layer.grads.items()}),
+             want, exact=True)
+    # a forward of the convolution alone afterwards: the block is no longer linked, backward plain
+    layers[0].forward(x)
+    assert not _ran_by_phase(layers)
+
+
+def test_inputs_and_upstream_gradients_are_left_alone():
+    C, F, kernel, padding, hw, n = CONFIGS[1]
+    layers = _network(C, F, kernel, padding, hw)
+    x, g = _data(C, hw, n, 2, False)
+    x0, g0 = x.copy(), g.copy()
+    net = nf.NeuralNetwork(layers)
+    out = net.forward(x)
+    up = np.random.default_rng(0).standard_normal(layers[2]._out_shape)
+    up0 = up.copy()
+    fusion.backward(layers[:3], up)
+    net.backward(g)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(g, g0)
+    np.testing.assert_array_equal(up, up0)
+    assert out.base is None or out.base is not x
+
+
+def test_a_wrong_upstream_gradient_names_the_pool():
+    layers = _block(2, 3, 5, 0, 0, False)
+    layers[2].name = "pool1"
+    fusion.forward(layers, np.ones((2, 2, 10, 10)))
+    with pytest.raises(ShapeError, match=r"pool1.*\(2, 3, 3, 3\).*\(2, 3, 4, 4\)"):
+        fusion.backward(layers, np.ones((2, 3, 4, 4)))
+
+
+@pytest.mark.parametrize("case", ["3x3 kernel", "conv stride 2", "pool 3x3", "pool same", "float32 data",
+                                  "ReLU subclass", "frozen conv"])
+def test_what_stays_with_the_layers(monkeypatch, case):
+    """Where the phase path does not apply the layers run as before (and still agree with it)."""
+    kernel, stride, pool_kw, dtype = 5, 1, dict(pool_size=2), np.float64
+    relu_cls = nf.ReLU
+    if case == "3x3 kernel":
+        kernel = 3
+    elif case == "conv stride 2":
+        stride = 2
+    elif case == "pool 3x3":
+        pool_kw = dict(pool_size=3, stride=2)
+    elif case == "pool same":
+        pool_kw = dict(pool_size=2, padding="same")
+    elif case == "ReLU subclass":
+        relu_cls = type("MyReLU", (nf.ReLU,), {})
+    conv = nf.Convolution(in_channels=2, out_channels=3, kernel_size=kernel, stride=stride, seed=0, dtype=dtype)
+    if case == "frozen conv":
+        conv.trainable = False
+    layers = [conv, relu_cls(), nf.MaxPool(**pool_kw)]
+    x = np.random.default_rng(0).standard_normal((2, 2, 13, 13))
+    if case == "float32 data":
+        x = x.astype(np.float32)      # the float64 layer casts it in its own forward
+    assert not phase_pool.applies(conv, layers[2], x) or case == "ReLU subclass"
+    y = fusion.forward(layers, x)
+    assert layers[2]._cache.get("phase") is None
+    y0 = _plain(monkeypatch, lambda: fusion.forward(layers, x))
+    np.testing.assert_allclose(y, y0, rtol=1e-12, atol=1e-12)
+
+
+def test_the_split_training_step_runs_by_phase_too(monkeypatch):
+    """Forked workers and this process run their shards' blocks by phase: a split step's loss and
+    parameters equal the plain one-worker step's (float64, to rounding)."""
+    X = np.random.default_rng(1).standard_normal((60, 1, 12, 12))
+    y = np.arange(60) % 3
+
+    def net(workers):
+        layers = [nf.Convolution(in_channels=1, out_channels=3, kernel_size=5, padding=2, seed=2, dtype=np.float64),
+                  nf.ReLU(), nf.MaxPool(pool_size=2), nf.Vectorization(), nf.Linear(108, 3, seed=3, dtype=np.float64)]
+        return nf.NeuralNetwork(layers, loss_fn=nf.SoftMaxLoss(), optimizer=nf.SGD(0.1), workers=workers)
+
+    one = net(1)
+    loss1 = _plain(monkeypatch, lambda: one.train_step(X, y)[0])
+    split = net(2)
+    loss2, _ = split.train_step(X, y)
+    assert split._sharded is not None                      # the step was split
+    assert _ran_by_phase(split.layers)                     # and this process's shard ran by phase
+    split.stop_workers()
+    np.testing.assert_allclose(float(loss2), float(loss1), rtol=1e-12)
+    for a, b in zip(one.trainable_layers, split.trainable_layers):
+        for k in a.params:
+            np.testing.assert_allclose(b.params[k], a.params[k], rtol=1e-12, atol=1e-14)
