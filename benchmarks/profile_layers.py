@@ -10,12 +10,13 @@
 One training step of ``NeuralNetwork.train_step`` is taken apart with the
 public layer API, in the order the network runs it::
 
-    x = layer.forward(x)                for every layer      -> "<layer> forward"
-        (a ReLU -> MaxPool pair as NeuralNetwork.forward runs it, fusion.py:
-         ReLU.stand_aside, then MaxPool.forward_relu; --unfused: each on its own)
+    x, i = fusion.forward_step(layers, i, x)     unit by unit -> "<unit> forward"
+        (a unit is a layer, a ReLU -> MaxPool pair or a Convolution -> ReLU -> MaxPool
+         block by pooling phase, as NeuralNetwork.forward runs them: fusion.py;
+         --unfused: every layer on its own)
     loss = loss_fn.forward(out, y)                           -> "loss forward"
     g = loss_fn.backward()                                   -> "loss backward"
-    g = layer.backward(g, need_input_grad=i > 0)  reversed   -> "<layer> backward"
+    g, i = fusion.backward_step(layers, i, g, ...)  reversed -> "<unit> backward"
     optimizer.step(layers)                                   -> "optimizer step"
 
 Each part is timed with ``time.perf_counter`` (after a device synchronisation
@@ -59,32 +60,22 @@ def profile(net_name, batch, X, y, reps, warmup, sync):
     xb = to_device(X[:batch], like=like)
     yb = to_device(y[:batch], like=like)
     layers, loss_fn, opt = net.layers, net.loss_fn, net.optimizer
-    labels = [f"{i:>2} {describe(layer)}" for i, layer in enumerate(layers)]
-    fwd = [[] for _ in layers]
-    bwd = [[] for _ in layers]
+    fwd, bwd = {}, {}                  # (first, stop) of a unit -> [ms per rep]
     loss_f, loss_b, step = [], [], []
     clock = time.perf_counter
 
     from nn_from_scratch import fusion  # noqa: PLC0415
-    stands_aside = set(fusion.fused_pairs(layers))     # as NeuralNetwork.forward runs them
-    for i in stands_aside:
-        labels[i] += " (stands aside)"
-        labels[i + 1] += " + ReLU"
     for rep in range(warmup + reps):
         keep = rep >= warmup
-        x = xb
-        for i, layer in enumerate(layers):
+        x, i = xb, 0
+        while i < len(layers):        # unit by unit, as NeuralNetwork.forward runs them (fusion.py)
             sync()
             t = clock()
-            if i in stands_aside:
-                x = layer.stand_aside(x)
-            elif i - 1 in stands_aside:
-                x = layer.forward_relu(x)
-            else:
-                x = layer.forward(x)
+            x, stop = fusion.forward_step(layers, i, x)
             sync()
             if keep:
-                fwd[i].append((clock() - t) * 1e3)
+                fwd.setdefault((i, stop), []).append((clock() - t) * 1e3)
+            i = stop
         t = clock()
         loss_fn.forward(x, yb, validate=False)
         sync()
@@ -95,23 +86,31 @@ def profile(net_name, batch, X, y, reps, warmup, sync):
         if keep:
             loss_f.append((t2 - t) * 1e3)
             loss_b.append((t3 - t2) * 1e3)
-        for i in range(len(layers) - 1, -1, -1):
+        i = len(layers) - 1
+        while i >= 0:
+            first = fusion.unit_start(layers, i)
             t = clock()
-            g = layers[i].backward(g, need_input_grad=i > 0)
+            g, _ = fusion.backward_step(layers, i, g, need_input_grad=first > 0)
             sync()
             if keep:
-                bwd[i].append((clock() - t) * 1e3)
+                bwd.setdefault((first, i + 1), []).append((clock() - t) * 1e3)
+            i = first - 1
         t = clock()
         opt.step(layers)
         sync()
         if keep:
             step.append((clock() - t) * 1e3)
 
-    parts = [(f"{labels[i]} forward", type(layers[i]).__name__, "forward", fwd[i]) for i in range(len(layers))]
+    def label(first, stop):
+        return f"{first:>2} " + " + ".join(describe(layers[k]) for k in range(first, stop))
+
+    def kind(first, stop):
+        return "+".join(type(layers[k]).__name__ for k in range(first, stop))
+
+    parts = [(f"{label(*u)} forward", kind(*u), "forward", v) for u, v in fwd.items()]
     parts.append(("   loss forward", "loss", "forward", loss_f))
     parts.append(("   loss backward", "loss", "backward", loss_b))
-    parts += [(f"{labels[i]} backward", type(layers[i]).__name__, "backward", bwd[i])
-              for i in range(len(layers) - 1, -1, -1)]
+    parts += [(f"{label(*u)} backward", kind(*u), "backward", v) for u, v in bwd.items()]
     parts.append(("   optimizer step", "optimizer", "update", step))
 
     whole = []

@@ -42,7 +42,7 @@ from .activations import ReLU
 from .neurons import Convolution
 from .pooling import MaxPool
 
-__all__ = ["forward", "backward", "fused_pairs", "ENABLED", "PHASES"]
+__all__ = ["forward", "backward", "forward_step", "backward_step", "unit_start", "fused_pairs", "ENABLED", "PHASES"]
 
 #: run ReLU -> MaxPool pairs fused (see the module docstring)
 ENABLED = True
@@ -77,7 +77,7 @@ def _phase_forward(conv, relu, pool, x):
     conv.check_input(x)
     x = conv._as_float(x)
     key = (tuple(x.shape), x.dtype, conv.kernel_size, repr(conv.padding), conv.use_bias, conv.out_channels,
-           conv.chunk_bytes)
+           conv.phase_chunk_bytes)
     held = conv._workspace.get("phase_pool")
     if held is None or held[0] != key:
         held = conv._workspace["phase_pool"] = (key, phase_pool.PhasePool(conv, x.shape, x.dtype))
@@ -98,21 +98,43 @@ def _ran_by_phase(conv, relu, pool):
             and type(relu) is ReLU and relu._cache.get("y", False) is None)
 
 
+def forward_step(layers, i, x):
+    """Run the unit of ``layers`` that starts at ``i`` on ``x``: a block by pooling phase (3
+    layers), a ``ReLU -> MaxPool`` pair (2) or one layer.  Returns ``(output, index after it)``."""
+    layer = layers[i]
+    if _by_phase(layers, i, x):
+        return _phase_forward(layer, layers[i + 1], layers[i + 2], x), i + 3
+    if i + 1 < len(layers) and _pairs_with_next(layer, layers[i + 1]):
+        return layers[i + 1].forward_relu(layer.stand_aside(x)), i + 2
+    return layer.forward(x), i + 1
+
+
+def unit_start(layers, i):
+    """The index of the first layer of the unit that ends at ``i`` (for ``backward_step``)."""
+    return i - 2 if i >= 2 and _ran_by_phase(layers[i - 2], layers[i - 1], layers[i]) else i
+
+
+def backward_step(layers, i, g, need_input_grad=True):
+    """Backpropagate ``g`` through the unit of ``layers`` that ends at ``i`` (as the last
+    ``forward`` ran it; ``need_input_grad`` for the unit's first layer).  Returns ``(dL/d(unit's
+    input) or None, index of the layer before the unit)``."""
+    if unit_start(layers, i) == i - 2:
+        conv, pool = layers[i - 2], layers[i]
+        pool.check_upstream(g)
+        plan = pool._cache["phase"][0]
+        dW, db, dx = plan.backward(g.astype(conv.dtype, copy=False), conv.params["W"], conv.params.get("b"),
+                                   need_input_grad=need_input_grad)
+        conv.adopt_phase_grads(dW, db)
+        return dx, i - 3
+    return layers[i].backward(g, need_input_grad=need_input_grad), i - 1
+
+
 def forward(layers, x):
     """The output of ``layers`` (a sequence) on the batch ``x``, ``ReLU -> MaxPool`` pairs fused
     (with the convolution before them where ``phase_pool`` applies)."""
-    i, n = 0, len(layers)
-    while i < n:
-        layer = layers[i]
-        if _by_phase(layers, i, x):
-            x = _phase_forward(layer, layers[i + 1], layers[i + 2], x)
-            i += 3
-        elif i + 1 < n and _pairs_with_next(layer, layers[i + 1]):
-            x = layers[i + 1].forward_relu(layer.stand_aside(x))
-            i += 2
-        else:
-            x = layer.forward(x)
-            i += 1
+    i = 0
+    while i < len(layers):
+        x, i = forward_step(layers, i, x)
     return x
 
 
@@ -122,15 +144,5 @@ def backward(layers, upstream, need_input_grad=True):
     forward ran by pooling phase: their backward by phase too, in one step."""
     g, i = upstream, len(layers) - 1
     while i >= 0:
-        if i >= 2 and _ran_by_phase(layers[i - 2], layers[i - 1], layers[i]):
-            conv, pool = layers[i - 2], layers[i]
-            pool.check_upstream(g)
-            plan = pool._cache["phase"][0]
-            dW, db, g = plan.backward(g.astype(conv.dtype, copy=False), conv.params["W"], conv.params.get("b"),
-                                      need_input_grad=i > 2 or need_input_grad)
-            conv.adopt_phase_grads(dW, db)
-            i -= 3
-        else:
-            g = layers[i].backward(g, need_input_grad=i > 0 or need_input_grad)
-            i -= 1
+        g, i = backward_step(layers, i, g, need_input_grad=unit_start(layers, i) > 0 or need_input_grad)
     return g

@@ -277,9 +277,17 @@ class Convolution(_GradNames, Neuron):
     #: dL/dy with the flipped kernel) or "col2im" (scatter-add); strided: always col2im
     dx_strategy = "auto"
 
-    def _chunks(self, n, bytes_per_sample, like):
-        """(chunk size, [(start, stop), ...]): as few chunks as the byte budget allows, equal sizes."""
-        budget = self.gpu_chunk_bytes if get_array_module(like) is not np else self.chunk_bytes
+    #: the same for a block run by pooling phase (``phase_pool.py``): its chunks end in a few
+    #: matrix products and maxima over whole blocks, fewer chunks help more than cache hits
+    #: (LeNet-5's training step on one core at 128 samples: 8 MB ~4 % faster than 2 MB, 4 MB
+    #: between; benchmarks/RESULTS.md, eleventh-session entry)
+    phase_chunk_bytes = 8 << 20
+
+    def _chunks(self, n, bytes_per_sample, like, budget=None):
+        """(chunk size, [(start, stop), ...]): as few chunks as the byte budget allows (default
+        ``chunk_bytes``, ``gpu_chunk_bytes`` on a GPU), equal sizes."""
+        if budget is None:
+            budget = self.gpu_chunk_bytes if get_array_module(like) is not np else self.chunk_bytes
         step = max(1, min(n, int(budget // max(1, bytes_per_sample))))
         step = -(-n // -(-n // step))              # balance: 50 in steps of 49 -> 2 x 25
         return step, [(a, min(a + step, n)) for a in range(0, n, step)]

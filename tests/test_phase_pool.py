@@ -110,7 +110,7 @@ def test_any_chunking_gives_the_same_numbers(monkeypatch, chunk_bytes):
     backward or reused (the last one's) must not change a number."""
     C, F, kernel, padding, hw, _ = CONFIGS[2]
     layers = _network(C, F, kernel, padding, hw, integer=True)
-    layers[0].chunk_bytes = chunk_bytes
+    layers[0].phase_chunk_bytes = chunk_bytes
     x, g = _data(C, hw, 7, 3, True)
     want = _plain(monkeypatch, lambda: _run(layers, x, g))
     got = _run(layers, x, g)
