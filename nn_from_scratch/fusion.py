@@ -1,4 +1,4 @@
-"""Layers the trainer runs together: a ``ReLU`` followed by a ``MaxPool``.
+"""Layers the trainer runs together: ``ReLU -> MaxPool``, and ``Convolution -> ReLU -> MaxPool``.
 
 ReLU is monotone (non-decreasing), so it commutes with taking a maximum::
 

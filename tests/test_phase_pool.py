@@ -258,3 +258,33 @@ def test_the_split_training_step_runs_by_phase_too(monkeypatch):
     for a, b in zip(one.trainable_layers, split.trainable_layers):
         for k in a.params:
             np.testing.assert_allclose(b.params[k], a.params[k], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("C,F,kernel,padding,hw,n", CONFIGS[:5])
+def test_by_phase_equals_tensorflow(C, F, kernel, padding, hw, n):
+    """The block as the trainer runs it against TensorFlow's ``conv2d -> relu -> max_pool2d``
+    (float64), with a random upstream gradient through ``GradientTape(output_gradients=...)``."""
+    tf = pytest.importorskip("tensorflow")
+    import tf_reference as ref
+
+    layers = _block(C, F, kernel, padding, 7, False)
+    conv = layers[0]
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((n, C) + hw)
+    y = fusion.forward(layers, x)
+    assert _ran_by_phase(layers)
+    r = rng.standard_normal(y.shape)
+    dx = fusion.backward(layers, r)
+    (lo_h, hi_h), (lo_w, hi_w) = conv._pads(hw)
+    xt = tf.constant(ref.to_channels_last(x))
+    kt = tf.constant(ref.kernel_to_tf(conv.params["W"]))
+    bt = tf.constant(conv.params["b"])
+    with tf.GradientTape() as tape:
+        tape.watch([xt, kt, bt])
+        h = tf.nn.conv2d(tf.pad(xt, [[0, 0], [lo_h, hi_h], [lo_w, hi_w], [0, 0]]), kt, 1, "VALID") + bt
+        yt = tf.nn.max_pool2d(tf.nn.relu(h), 2, 2, "VALID")
+    gx, gk, gb = tape.gradient(yt, [xt, kt, bt], output_gradients=tf.constant(ref.to_channels_last(r)))
+    np.testing.assert_allclose(y, ref.to_channels_first(yt.numpy()), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, ref.to_channels_first(gx.numpy()), rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(conv.grads["W"], ref.kernel_from_tf(gk.numpy()), rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(conv.grads["b"], gb.numpy(), rtol=1e-11, atol=1e-12)
