@@ -277,10 +277,10 @@ class Convolution(_GradNames, Neuron):
     #: dL/dy with the flipped kernel) or "col2im" (scatter-add); strided: always col2im
     dx_strategy = "auto"
 
-    #: the same for a block run by pooling phase (``phase_pool.py``): its chunks end in a few
-    #: matrix products and maxima over whole blocks, fewer chunks help more than cache hits
-    #: (LeNet-5's training step on one core at 128 samples: 8 MB ~4 % faster than 2 MB, 4 MB
-    #: between; benchmarks/RESULTS.md, eleventh-session entry)
+    #: the same for a block run by pooling phase (``phase_pool.py``): fewer chunks, so its
+    #: backward gathers the rows again less often (LeNet-5's training step on one core at 128
+    #: samples: 2, 4, 8 and 16 MB within noise of each other; benchmarks/RESULTS.md,
+    #: eleventh-session entry)
     phase_chunk_bytes = 8 << 20
 
     def _chunks(self, n, bytes_per_sample, like, budget=None):
