@@ -24,7 +24,9 @@ on the GPU), ``--reps`` times after ``--warmup`` untimed steps, on the same
 batch (the weights keep training, as in a real run); the table gives the
 median of each part in ms and as % of the sum of the medians.  The median of
 whole ``train_step`` calls is printed beside it: the difference is the cost
-of the timers and of the network's Python loop.
+of the timers and of the network's Python loop.  The network is built with
+``workers=1``: its steps run in this process, as the parts do (the split over
+the cores is ``bench_cpu.py``'s to measure).
 """
 import argparse
 import os
@@ -55,7 +57,7 @@ def describe(layer):
 def profile(net_name, batch, X, y, reps, warmup, sync):
     """``(parts, step_ms)``: parts = [(label, kind, [ms per rep])], step_ms = [ms per whole train_step]."""
     from nn_from_scratch.backend import to_device  # noqa: PLC0415
-    net = common.build_ours(net_name, batch)
+    net = common.build_ours(net_name, batch, workers=1)     # one process, as the parts are timed
     like = net._param_like()
     xb = to_device(X[:batch], like=like)
     yb = to_device(y[:batch], like=like)
