@@ -326,7 +326,9 @@ class NeuralNetwork:
     def backward(self, upstream, need_input_grad=True):
         """Backpropagate ``dL/doutput`` through every layer; returns ``dL/dinput``.
 
-        Every neuron's ``grads`` hold the parameter gradients afterwards.
+        Every neuron's ``grads`` hold the parameter gradients afterwards.  Each layer's own
+        ``backward``, except a ``Convolution -> ReLU -> MaxPool`` block that ``forward`` ran by
+        pooling phase: its backward by phase too (``fusion.py``, ``phase_pool.py``).
         """
         return fusion.backward(self.layers, upstream, need_input_grad)
 
