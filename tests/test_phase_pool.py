@@ -25,18 +25,18 @@ CONFIGS = [
 ]
 
 
-def _block(C, F, kernel, padding, seed, integer):
+def _block(C, F, kernel, padding, seed, integer, use_bias=True):
     rng = np.random.default_rng(seed)
     conv = nf.Convolution(in_channels=C, out_channels=F, kernel_size=kernel, padding=padding, seed=seed,
-                          dtype=np.float64)
+                          dtype=np.float64, use_bias=use_bias)
     if integer:
         for p in conv.params.values():
             p[...] = rng.integers(-1, 2, p.shape)
     return [conv, nf.ReLU(), nf.MaxPool(pool_size=2)]
 
 
-def _network(C, F, kernel, padding, hw, seed=0, integer=False):
-    layers = _block(C, F, kernel, padding, seed, integer) + [nf.Vectorization()]
+def _network(C, F, kernel, padding, hw, seed=0, integer=False, use_bias=True):
+    layers = _block(C, F, kernel, padding, seed, integer, use_bias) + [nf.Vectorization()]
     h = np.zeros((1, C) + hw)
     for layer in layers:
         h = layer.forward(h)
@@ -102,6 +102,16 @@ def test_by_phase_equals_the_layers_one_by_one(monkeypatch, C, F, kernel, paddin
     # the first layer of a network: no dL/dx
     _compare(_run(layers, x, g, need_input_grad=False),
              _plain(monkeypatch, lambda: _run(layers, x, g, need_input_grad=False)), exact=integer)
+
+
+def test_without_bias(monkeypatch):
+    C, F, kernel, padding, hw, n = CONFIGS[3]
+    layers = _network(C, F, kernel, padding, hw, integer=True, use_bias=False)
+    x, g = _data(C, hw, n + 2, 9, True)
+    want = _plain(monkeypatch, lambda: _run(layers, x, g))
+    got = _run(layers, x, g)
+    assert _ran_by_phase(layers) and "b" not in layers[0].grads
+    _compare(got, want, exact=True)
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 40_000, 1 << 30])
