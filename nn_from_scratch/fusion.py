@@ -118,14 +118,19 @@ def backward_step(layers, i, g, need_input_grad=True):
     """Backpropagate ``g`` through the unit of ``layers`` that ends at ``i`` (as the last
     ``forward`` ran it; ``need_input_grad`` for the unit's first layer).  Returns ``(dL/d(unit's
     input) or None, index of the layer before the unit)``."""
-    if unit_start(layers, i) == i - 2:
-        conv, pool = layers[i - 2], layers[i]
+    return _backward_unit(layers, unit_start(layers, i), i, g, need_input_grad)
+
+
+def _backward_unit(layers, first, i, g, need_input_grad):
+    """``backward_step`` of the unit ``layers[first:i + 1]`` (``first``: from ``unit_start``)."""
+    if first == i - 2:
+        conv, pool = layers[first], layers[i]
         pool.check_upstream(g)
         plan = pool._cache["phase"][0]
         dW, db, dx = plan.backward(g.astype(conv.dtype, copy=False), conv.params["W"], conv.params.get("b"),
                                    need_input_grad=need_input_grad)
         conv.adopt_phase_grads(dW, db)
-        return dx, i - 3
+        return dx, first - 1
     return layers[i].backward(g, need_input_grad=need_input_grad), i - 1
 
 
@@ -144,5 +149,6 @@ def backward(layers, upstream, need_input_grad=True):
     forward ran by pooling phase: their backward by phase too, in one step."""
     g, i = upstream, len(layers) - 1
     while i >= 0:
-        g, i = backward_step(layers, i, g, need_input_grad=unit_start(layers, i) > 0 or need_input_grad)
+        first = unit_start(layers, i)
+        g, i = _backward_unit(layers, first, i, g, first > 0 or need_input_grad)
     return g
