@@ -44,6 +44,7 @@ arrangement, the pool unpacks its argmax): a student's loop gets the same number
 import numpy as np
 
 from .backend import get_array_module
+from .interfaces import ShapeError
 from .patches import conv_output_shape
 
 __all__ = ["applies", "PhasePool", "MAX_EXTRA"]
@@ -73,7 +74,7 @@ def applies(conv, pool, x):
         return False
     try:
         out = conv.compute_output_shape(tuple(x.shape[1:]))[1:]          # (H', W')
-    except Exception:                                 # does not fit: the layer's forward says why
+    except ShapeError:                                # does not fit: the layer's forward says why
         return False
     return min(out) >= 2 and not any(lo or hi for lo, hi in pool._pads(out))
 
@@ -217,7 +218,7 @@ class PhasePool:
         dx = None
         if need_input_grad:
             dx = (np.empty if self.covers_input else np.zeros)(x.shape, dtype=dy.dtype)
-            WbigT = self._wbig(W, b)[:, :K].T
+            WbigT = self._wbig(W, b)[:, :K].T     # from W as it is now, as the layers' backward would
         for ci in range(len(self.chunks) - 1, -1, -1):        # the last chunk first: its rows are held
             a0, a1 = self.chunks[ci]
             m = a1 - a0
