@@ -3,6 +3,7 @@
 Commands:
     train        train the seed lab's CNN on MNIST (the main job)
     crosscheck   compare the seed lab's CNN with Keras, layer by layer and over training
+    permutation-test   which pixels matter to the seed's CNN, with permutation p-values (seed 000)
 """
 import importlib
 import sys
@@ -10,6 +11,7 @@ import sys
 COMMANDS = {
     "train": "nn_from_scratch.train",
     "crosscheck": "nn_from_scratch.crosscheck",
+    "permutation-test": "nn_from_scratch.analysis.permutation_cli",
 }
 
 
