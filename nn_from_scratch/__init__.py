@@ -17,6 +17,7 @@ from .optimizers import SGD, Adam, GradientDescent, RMSProp, RMSprop
 from .pooling import (AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D,
                       MaxPool3D)
 from .serialization import ModelFileError
+from .dropout import Dropout
 
 __version__ = "0.1.0"
 
@@ -31,4 +32,5 @@ __all__ = [
     "NeuralNetwork", "History",
     "callbacks", "Callback", "CallbackError", "EarlyStopping", "ModelCheckpoint", "CSVLogger",
     "LearningRateScheduler", "ReduceLROnPlateau", "TerminateOnNaN", "LambdaCallback",
+    "Dropout",
 ]
