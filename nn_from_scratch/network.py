@@ -22,6 +22,7 @@ every ``_Trainer.REFRESH_INTERVAL`` seconds (for the progress bar and the
 NaN/rise checks), the epoch's last one bringing all its batch losses, one read
 for a validation pass, and the input checks at the start of ``fit``.
 """
+import contextlib
 import functools
 import json
 import math
@@ -145,6 +146,7 @@ class NeuralNetwork:
         self.workers = workers
         self._sharded = None
         self.history = History()
+        self._training = True
         #: set by a callback (``self.network.stop_training = True``) to end ``fit`` after this batch
         self.stop_training = False
         self.input_shape = tuple(input_shape) if input_shape is not None else layers[0].input_shape
@@ -268,6 +270,53 @@ class NeuralNetwork:
             layer.astype(dtype)
         self.optimizer.reset()
         return self
+
+    # ---------------------------------------------------- training / inference mode
+    @property
+    def training(self):
+        """The mode last set by ``train``/``eval`` (True at first; ``fit`` and ``inference`` restore it)."""
+        return self._training
+
+    def train(self, mode=True):
+        """Put every layer (and the loss) in training mode (``mode=False``: inference mode); returns self.
+
+        Training mode: ``Dropout`` drops, ``BatchNorm`` normalises with the batch's statistics and
+        updates its running ones.  Inference mode: ``Dropout`` is the identity, ``BatchNorm`` uses the
+        running statistics.  ``fit`` trains and ``predict``/``evaluate``/``layer_outputs``/
+        ``input_gradient``/``gradients`` infer whatever the mode, each restoring the mode after; a
+        loop of your own (``forward``, ``backward``, ``train_step``) runs in the mode set here, as in
+        PyTorch (``model.train()``/``model.eval()``).  One layer's mode: ``layer.training = False``.
+        """
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"{self.name}.train: mode must be True (training) or False (inference), "
+                            f"received {mode!r}")
+        for layer in list(self.layers) + [self.loss_fn]:
+            layer.training = bool(mode)
+        self._training = bool(mode)
+        return self
+
+    def eval(self):
+        """Inference mode for every layer (``train(False)``); returns self."""
+        return self.train(False)
+
+    @contextlib.contextmanager
+    def _mode(self, training):
+        """Run the block with every layer in ``training`` mode, then give each layer back its own mode."""
+        nodes = list(self.layers) + [self.loss_fn]
+        saved, net_saved = [node.training for node in nodes], self._training
+        self.train(training)
+        try:
+            yield self
+        finally:
+            for node, mode in zip(nodes, saved):
+                node.training = mode
+            self._training = net_saved
+
+    def inference(self):
+        """Context manager: ``with net.inference(): ...`` runs the block in inference mode (``eval``)
+        and then gives every layer back the mode it had (for your own forward passes; ``predict``
+        and the other analysis methods do this themselves)."""
+        return self._mode(False)
 
     # ------------------------------------------------------------ input checks
     def _adapt(self, X, batched, where):
@@ -457,9 +506,10 @@ class NeuralNetwork:
 
     # --------------------------------------------------------- analysis hooks
     def layer_outputs(self, x, to_host=True):
-        """``{layer name: output}`` for a batch ``x`` (NumPy arrays unless to_host=False)."""
+        """``{layer name: output}`` for a batch ``x`` (NumPy arrays unless to_host=False), in inference mode."""
         x, _, _ = self._prepare_xy(x, None, "layer_outputs")
-        outs = self.forward(self._to_batch(x), return_all=True)
+        with self.inference():
+            outs = self.forward(self._to_batch(x), return_all=True)
         conv = to_numpy if to_host else (lambda a: a)
         return {layer.name: conv(o) for layer, o in zip(self.layers, outs)}
 
@@ -471,8 +521,12 @@ class NeuralNetwork:
           independent this is each sample's own gradient), or
         * ``<output, upstream>`` for an explicit upstream gradient.
 
-        Returns an array shaped like ``x`` (after channel adaptation).
+        Returns an array shaped like ``x`` (after channel adaptation).  Runs in inference mode.
         """
+        with self.inference():
+            return self._input_gradient(x, y, output_index, upstream, to_host)
+
+    def _input_gradient(self, x, y, output_index, upstream, to_host):
         chosen = [a is not None for a in (y, output_index, upstream)]
         if sum(chosen) != 1:
             raise ValueError("input_gradient: give exactly one of y=, output_index=, upstream=")
@@ -495,12 +549,13 @@ class NeuralNetwork:
         return to_numpy(dx) if to_host else dx
 
     def gradients(self, x, y):
-        """``{(layer name, param name): dL/dparam}`` (NumPy) for one batch, no update."""
+        """``{(layer name, param name): dL/dparam}`` (NumPy) for one batch, no update; in inference mode."""
         x, y, _ = self._prepare_xy(x, y, "gradients")
         xb = self._to_batch(x)
-        out = self.forward(xb)
-        self.loss_fn.forward(out, to_device(y, like=out), validate=False)
-        self.backward(self.loss_fn.backward(), need_input_grad=False)
+        with self.inference():
+            out = self.forward(xb)
+            self.loss_fn.forward(out, to_device(y, like=out), validate=False)
+            self.backward(self.loss_fn.backward(), need_input_grad=False)
         return {(layer.name, k): to_numpy(v) for layer in self.trainable_layers for k, v in layer.grads.items()}
 
     # ---------------------------------------------------------------- training
@@ -530,6 +585,9 @@ class NeuralNetwork:
         sample's loss: ``L = 1/B sum_n w_n l_n`` over a batch of ``B`` (Keras's semantics; metrics
         stay unweighted).  Weighted batches run in this process (the split over worker
         processes is for unweighted batches).
+
+        Every layer trains during ``fit`` (``train()``) and the validation passes infer; each layer
+        gets back its previous mode when ``fit`` returns.
         """
         if epochs is not None and n_epochs is not None and epochs != n_epochs:
             raise ValueError(f"fit: epochs={epochs} and n_epochs={n_epochs} disagree")
@@ -585,7 +643,8 @@ class NeuralNetwork:
                   "samples": int(X.shape[0]), "metrics": keys}
         trainer.callbacks = CallbackList(cbs, self, params)
         trainer.stop_on_nonfinite = any(isinstance(c, TerminateOnNaN) for c in cbs)
-        return trainer.run(epochs, val, val_batch)
+        with self._mode(True):       # fit trains (validation infers), then the previous modes come back
+            return trainer.run(epochs, val, val_batch)
 
     def _batches(self, X, batch_size):
         for start in range(0, X.shape[0], batch_size):
@@ -599,8 +658,12 @@ class NeuralNetwork:
         this keeps this process's BLAS at one thread: multi-threaded BLAS here leaves its
         threads spinning for ~0.1 s afterwards, on the core a worker needs (the first steps of
         each epoch after a validation ran at half speed, benchmarks/RESULTS.md).  Workers are
-        not started for inference.
+        not started for inference.  Runs in inference mode (``inference``).
         """
+        with self.inference():
+            yield from self._outputs_inferred(X, bs)
+
+    def _outputs_inferred(self, X, bs):
         split = self._sharded
         if split is not None and not split.matches(self, split.shards):
             split = None
@@ -629,9 +692,10 @@ class NeuralNetwork:
     def predict(self, X, batch_size=None, to_host=True, probabilities=False):
         """Outputs of the last layer for ``X`` (``(N, *S)``, or one batch as in the seed lab).
 
-        Returns a NumPy array unless ``to_host=False``.  ``probabilities=True``: the
-        probabilities the loss reads the outputs as (``softmax`` of the logits for
-        ``SoftMaxLoss``), as ``predict_proba``.
+        Returns a NumPy array unless ``to_host=False``.  Runs in inference mode (``Dropout`` off,
+        ``BatchNorm`` on its running statistics), as Keras's ``predict`` does.
+        ``probabilities=True``: the probabilities the loss reads the outputs as (``softmax`` of
+        the logits for ``SoftMaxLoss``), as ``predict_proba``.
         """
         X, _, given_batch = self._prepare_xy(X, None, "predict")
         if probabilities and not callable(getattr(self.loss_fn, "probabilities", None)):
@@ -657,6 +721,7 @@ class NeuralNetwork:
         ``(loss, accuracy, *others)`` in the order of ``metrics`` (Keras's order);
         ``return_dict=True``: ``{"loss": ..., "accuracy": ..., ...}`` by name.
         ``metrics``: default the network's.  ``sample_weight``: weighs the loss (not the metrics).
+        In inference mode.
         """
         X, y, given_batch = self._prepare_xy(X, y, "evaluate")
         run_metrics = self._resolve_metrics(metrics, "evaluate(metrics=)") if metrics is not None else self.metrics
@@ -734,6 +799,8 @@ class NeuralNetwork:
             "layers": [layer_config(layer) for layer in self.layers],
             "loss": layer_config(self.loss_fn),
             "optimizer": {"class": type(self.optimizer).__name__, "config": self.optimizer.get_config()},
+            "training": bool(self._training),
+            "layer_training": [bool(layer.training) for layer in self.layers],
         }
 
     def _param_arrays(self):
@@ -776,8 +843,23 @@ class NeuralNetwork:
                 a = arrays[f"layer{i}/{k}"]
                 layer.dtype = np.dtype(a.dtype)
                 layer.params[k] = to_device(a, like=layer.params[k])
+        self._restore_modes(config, path)
         self.optimizer.reset()
         return self
+
+    def _restore_modes(self, config, path):
+        """The training/inference modes saved in ``config`` (files written before modes were saved have
+        none: the modes stay as they are)."""
+        modes = config.get("layer_training")
+        if modes is None:
+            return
+        if not isinstance(modes, list) or len(modes) != len(self.layers) or \
+                not all(isinstance(m, bool) for m in modes) or not isinstance(config.get("training", True), bool):
+            raise ModelFileError(f"{path!r}: the saved training modes are damaged: expected {len(self.layers)} "
+                                 f"booleans, received {modes!r}")
+        for layer, mode in zip(self.layers, modes):
+            layer.training = mode
+        self._training = config.get("training", all(modes))
 
     @classmethod
     def _load_new(cls, path):
