@@ -1103,7 +1103,9 @@ class _Trainer:
     def _progress(self, epoch, epochs, n_batches):
         if not self.verbose:
             return None
-        from tqdm.auto import tqdm  # noqa: PLC0415 - optional at import time
+        # the text bar everywhere: tqdm.auto would want ipywidgets in a notebook (and warn
+        # "IProgress not found" without them); a widget does not show in a stored notebook
+        from tqdm import tqdm  # noqa: PLC0415 - optional at import time
         return tqdm(total=n_batches, desc=f"Epoch {epoch}/{epochs}", unit="batch", leave=True)
 
     def _nonfinite(self, epoch, batch, value, pbar):
