@@ -126,12 +126,17 @@ def test_save_load_round_trip_and_refusals(small_result, tmp_path):
 
 
 def test_plots_return_pyplot_figures(small_result):
-    import matplotlib
-    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
     r, _, _ = small_result
+    open_before = plt.get_fignums()
     fig = r.plot(feature_names=["a", "b", "c"])
-    assert isinstance(fig, Figure) and fig.canvas.manager is not None     # made by pyplot: displays in Jupyter
+    assert isinstance(fig, Figure) and plt.get_fignums() == open_before     # made by pyplot, left closed
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    assert buf.getvalue()[:4] == b"\x89PNG"
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["a", "b", "c"]
     img = pt.PermutationTestResult(np.arange(16.0).reshape(1, 4, 4), np.ones((9, 1, 4, 4)) * 7.5,
                                    example=np.zeros((1, 4, 4)))

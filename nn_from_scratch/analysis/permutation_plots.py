@@ -1,5 +1,6 @@
-"""Figures of a ``PermutationTestResult`` (matplotlib; figures made with ``pyplot.subplots`` so that
-they display in a Jupyter kernel; a script that makes many should ``pyplot.close`` them).
+"""Figures of a ``PermutationTestResult`` (matplotlib, through ``plotting.new_figure``: made by
+pyplot, so they display in a Jupyter kernel when they are a cell's value, and detached from
+pyplot's registry, so scripts leak none).
 
 * image inputs (``input_shape`` with 2 or more axes): the example input, the statistic map
   and the ``-log10 p`` map side by side, with the pixels significant after the chosen
@@ -22,10 +23,10 @@ def image_grid(a):
     return a
 
 
-def _pyplot():
-    import matplotlib  # noqa: PLC0415
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    return matplotlib, plt
+def _subplots(ncols, figsize):
+    from ..plotting import new_figure  # noqa: PLC0415
+    fig = new_figure(figsize=figsize)
+    return fig, fig.subplots(1, ncols)
 
 
 def plot_result(result, alpha=0.05, method="maxT", example=None, feature_names=None):
@@ -35,18 +36,13 @@ def plot_result(result, alpha=0.05, method="maxT", example=None, feature_names=N
     return _plot_tabular(result, alpha, method, feature_names)
 
 
-def _finish(fig):
-    return fig
-
-
 def _plot_image(result, alpha, method, example):
-    _, plt = _pyplot()
     stat = image_grid(result.statistic)
     logp = image_grid(-np.log10(result.p_values))
     sig = image_grid(result.significant(alpha, method).astype(float)) > 0
     ex = result.example if example is None else np.asarray(example)
     panels = 3 if ex is not None else 2
-    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 4.0), layout="constrained")
+    fig, axes = _subplots(panels, (4.2 * panels, 4.0))
     axes = list(np.atleast_1d(axes))
     if ex is not None:
         ax = axes.pop(0)
@@ -68,18 +64,17 @@ def _plot_image(result, alpha, method, example):
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    return _finish(fig)
+    return fig
 
 
 def _plot_tabular(result, alpha, method, feature_names):
-    _, plt = _pyplot()
     p = result.p_values
     adj = result.adjusted(method)
     m = p.size
     names = list(feature_names) if feature_names is not None else [f"x{j + 1}" for j in range(m)]
     if len(names) != m:
         raise ValueError(f"plot: feature_names has {len(names)} names for {m} features")
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.6 * m + 2), 3.6), layout="constrained")
+    fig, ax = _subplots(1, (max(4.5, 0.6 * m + 2), 3.6))
     pos = np.arange(m)
     sig = result.significant(alpha, method)
     ax.bar(pos - 0.2, -np.log10(p), width=0.4, color="0.7", label="raw p")
@@ -94,4 +89,4 @@ def _plot_tabular(result, alpha, method, feature_names):
     ax.set_ylim(0, 1.6 * max(np.log10(result.n_permutations + 1), -np.log10(alpha)))
     ax.set_title(f"{result.statistic_name} test, B = {result.n_permutations}")
     ax.legend(fontsize=8, loc="upper right")
-    return _finish(fig)
+    return fig
