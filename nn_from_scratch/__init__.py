@@ -20,6 +20,7 @@ from .pooling import (AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool
                       MaxPool3D)
 from .serialization import ModelFileError
 from .dropout import Dropout
+from .normalization import BatchNorm, BatchNormalization
 
 __version__ = "0.1.0"
 
@@ -36,5 +37,5 @@ __all__ = [
     "LearningRateScheduler", "ReduceLROnPlateau", "TerminateOnNaN", "LambdaCallback",
     "metrics", "Metric", "Accuracy", "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError",
     "confusion_matrix", "plot_confusion_matrix",
-    "Dropout",
+    "Dropout", "BatchNorm", "BatchNormalization",
 ]
