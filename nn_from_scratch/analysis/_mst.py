@@ -69,6 +69,23 @@ CHUNK_BYTES = 32 * 2 ** 20
 GRAM_METRICS = ("euclidean", "sqeuclidean", "cosine")
 
 
+#: distance blocks below this many multiply-adds (rows x cols x d) run on one BLAS thread
+SMALL_GEMM = 2e9
+
+
+def blas_threads(rows, d):
+    """One BLAS thread for small blocks (a context manager), the default otherwise.
+
+    Multi-threaded OpenBLAS on small products can be 100x slower than one thread when the
+    cores are busy (threads wait for each other); big products keep every core.
+    """
+    import contextlib  # noqa: PLC0415
+    if float(rows) * rows * d >= SMALL_GEMM:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+    return threadpool_limits(1, user_api="blas")
+
+
 def prim_dense(W):
     """A minimum spanning tree of the complete graph with weights ``W`` (N x N, symmetric).
 

@@ -148,7 +148,8 @@ def henze_penrose(Xa, Xb, metric="euclidean"):
     dtype = np.result_type(A.dtype, B.dtype, np.float32)
     pts = _mst.Points(np.concatenate([A.astype(dtype), B.astype(dtype)]), metric, where="henze_penrose")
     ga, gb = _groups(pts.inverse[:m]), _groups(pts.inverse[m:])
-    return HPResult(**_pair(pts, ga, gb, pts.sqdist(ga[0]), pts.sqdist(gb[0])))
+    with _mst.blas_threads(max(len(ga[0]), len(gb[0])), pts.d):
+        return HPResult(**_pair(pts, ga, gb, pts.sqdist(ga[0]), pts.sqdist(gb[0])))
 
 
 # ------------------------------------------------------------------------- the results
@@ -374,12 +375,13 @@ def _layer_stats(Z, slices, metric, where):
                                   "of the analysed ones); the network is broken at this layer")
     pts = _mst.Points(Z, metric, where=f"layer {where!r}")
     groups = [_groups(pts.inverse[s]) for s in slices]
-    blocks = [pts.sqdist(g[0]) for g in groups]
-    out = {k: [] for k in _PER_PAIR}
-    for i, j in itertools.combinations(range(len(slices)), 2):
-        st = _pair(pts, groups[i], groups[j], blocks[i], blocks[j])
-        for k in _PER_PAIR:
-            out[k].append(st[k])
+    with _mst.blas_threads(max(len(g[0]) for g in groups), pts.d):
+        blocks = [pts.sqdist(g[0]) for g in groups]
+        out = {k: [] for k in _PER_PAIR}
+        for i, j in itertools.combinations(range(len(slices)), 2):
+            st = _pair(pts, groups[i], groups[j], blocks[i], blocks[j])
+            for k in _PER_PAIR:
+                out[k].append(st[k])
     return out
 
 
@@ -472,7 +474,8 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
     info = {"n_per_class": n_per_class, "seed": seed, "metric": metric,
             "class_sizes": {str(c): len(p) for c, p in zip(classes, picks)},
             "available": {str(c): sizes[c] for c in classes},
-            "reshape_layers_copied": sorted(reuse), "network": getattr(net, "name", None)}
+            "reshape_layers_copied": sorted(reuse), "network": getattr(net, "name", None),
+            "indices": {str(c): p.tolist() for c, p in zip(classes, picks)}}
     return SeparationResult(chosen, classes, arrays, m, n, info)
 
 
