@@ -9,35 +9,7 @@
 No weights are saved: the callback analyses the network as it is at the end of each
 chosen epoch (in inference mode), always on the same seeded sample.
 """
-try:
-    from ..callbacks import Callback
-except ImportError:  # pragma: no cover - until the callbacks module (contract C1) is there
-    class Callback:
-        """The ``nn_from_scratch.callbacks.Callback`` interface (contract C1)."""
-
-        network = None
-
-        @property
-        def model(self):
-            return self.network
-
-        def set_network(self, network):
-            self.network = network
-
-        def on_train_begin(self, logs=None):
-            pass
-
-        def on_epoch_begin(self, epoch, logs=None):
-            pass
-
-        def on_batch_end(self, batch, logs=None):
-            pass
-
-        def on_epoch_end(self, epoch, logs=None):
-            pass
-
-        def on_train_end(self, logs=None):
-            pass
+from ..callbacks import Callback
 
 __all__ = ["SeparationHistory"]
 
