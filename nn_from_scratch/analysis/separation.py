@@ -480,13 +480,14 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
 
 
 # ---------------------------------------------------------------------- Fisher tests
-def _compare(pairs_of_values, labels, paired, n_permutations, alternative, seed, first, second):
+def _compare(pairs_of_values, labels, paired, n_permutations, alternative, seed):
+    """Rows of (labels..., mean of v0, mean of v1, change, statistic, p, test) for each (v0, v1)."""
     rows = []
-    for (lab_from, lab_to, layer), (v0, v1) in zip(labels, pairs_of_values):
+    for lab, (v0, v1) in zip(labels, pairs_of_values):
         stat, p = fisher_test(v1, v0, paired=paired, n_permutations=n_permutations, alternative=alternative,
                               seed=seed)
-        rows.append((*((layer,) if layer is not None else (lab_from, lab_to)), float(v0.mean()), float(v1.mean()),
-                     float(v1.mean() - v0.mean()), stat, p, "paired sign-flip" if paired else "unpaired"))
+        rows.append((*lab, float(v0.mean()), float(v1.mean()), stat, stat, p,
+                     "paired sign-flip" if paired else "unpaired"))
     return rows
 
 
@@ -494,8 +495,10 @@ def compare_layers(result, paired=True, n_permutations=10000, alternative="two-s
     """Fisher test of every layer against the next one (same class pairs).
 
     Rows: ``layer_from``, ``layer_to``, ``mean_from``, ``mean_to``, ``change`` (mean H at
-    ``layer_to`` minus at ``layer_from``), ``statistic`` (the test's: the change), ``p_value``
-    and ``test``.  ``paired=True`` (default): the sign-flip test on the pairs' differences.
+    ``layer_to`` minus at ``layer_from``), ``statistic`` (the test's statistic, the change as
+    ``fisher_test`` computes it), ``p_value`` and ``test``.  ``paired=True`` (default): the
+    sign-flip test on the pairs' differences (the same class pairs at both layers);
+    ``paired=False``: the unpaired Fisher test of the seed's library.
     """
     if not isinstance(result, SeparationResult):
         raise SeparationError(f"compare_layers: result must be a SeparationResult, received {type(result).__name__}")
@@ -503,9 +506,9 @@ def compare_layers(result, paired=True, n_permutations=10000, alternative="two-s
         raise SeparationError(f"compare_layers: needs at least 2 layers, the result has {result.layers}")
     labels, vals = [], []
     for a, b in zip(result.layers[:-1], result.layers[1:]):
-        labels.append((a, b, None))
+        labels.append((a, b))
         vals.append((result.values(a), result.values(b)))
-    rows = _compare(vals, labels, paired, n_permutations, alternative, seed, "from", "to")
+    rows = _compare(vals, labels, paired, n_permutations, alternative, seed)
     return Table(("layer_from", "layer_to", "mean_from", "mean_to", "change", "statistic", "p_value", "test"), rows)
 
 
@@ -524,9 +527,9 @@ def compare_stages(before, after, paired=True, n_permutations=10000, alternative
     common = [layer for layer in before.layers if layer in after.layers]
     if not common:
         raise SeparationError(f"compare_stages: no layer in common ({before.layers} and {after.layers})")
-    labels = [(None, None, layer) for layer in common]
+    labels = [(layer,) for layer in common]
     vals = [(before.values(layer), after.values(layer)) for layer in common]
-    rows = _compare(vals, labels, paired, n_permutations, alternative, seed, "before", "after")
+    rows = _compare(vals, labels, paired, n_permutations, alternative, seed)
     return Table(("layer", "mean_before", "mean_after", "change", "statistic", "p_value", "test"), rows)
 
 
