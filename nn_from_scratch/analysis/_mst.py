@@ -119,40 +119,52 @@ def prim_dense(W):
 class Points:
     """The distinct rows of a layer's outputs, ready for distance blocks.
 
-    ``Z``: (N, d) array.  ``inverse[i]``: the distinct point of row i.  Rows are ordered by
-    their bytes (canonical order).
+    ``Z``: (N, d) array.  ``inverse[i]``: the distinct point of row i; distinct points are
+    numbered in the canonical order (sorted by their bytes).  ``owned=True``: ``Z`` is a
+    private array that may be modified in place (no copy is made).
     """
 
-    def __init__(self, Z, metric="euclidean", where="input"):
+    def __init__(self, Z, metric="euclidean", where="input", owned=False):
         Z = np.asarray(Z)
-        if Z.ndim != 2:
-            Z = Z.reshape(len(Z), -1)
+        Z = Z.reshape(len(Z), -1)
         if Z.dtype.kind not in "fiub":
             raise TypeError(f"{where}: values must be numbers, received dtype {Z.dtype}")
         if Z.dtype.kind != "f":
-            Z = Z.astype(np.float64)
-        Z = np.ascontiguousarray(Z + Z.dtype.type(0))        # -0.0 -> 0.0, a fresh copy
+            Z, owned = Z.astype(np.float64), True
+        if not (owned and Z.flags.c_contiguous and Z.flags.writeable):
+            Z = np.ascontiguousarray(Z).copy()
+        Z += Z.dtype.type(0)                           # -0.0 -> 0.0 (bytes compare below)
         rows = Z.view(np.dtype((np.void, Z.dtype.itemsize * Z.shape[1]))).ravel()
         _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
-        self.U = Z[first]
+        del rows
+        self.Z, self.first = Z, first                  # distinct point k is row first[k] of Z
         self.inverse = inverse.ravel()
+        self.n = len(first)
         self.metric = metric
         self.where = where
         if metric == "cosine":
-            U = self.U.astype(np.float64)
+            U = Z[first].astype(np.float64)
             norm = np.sqrt(np.einsum("ij,ij->i", U, U))
             if (norm == 0).any():
                 raise ValueError(f"{where}: metric='cosine' is undefined for all-zero outputs, and "
                                  f"{int((norm == 0).sum())} distinct output(s) are all zero; use "
                                  "metric='euclidean'")
-            self.U = U / norm[:, None]
-        self.d = self.U.shape[1]
+            self.Z, self.first = U / norm[:, None], np.arange(len(first))
+        self.d = self.Z.shape[1]
         if metric in GRAM_METRICS:
-            self.mean = self.U.mean(axis=0, dtype=np.float64)
-            self.norms = np.zeros(len(self.U))
-            for c0, c1 in self._chunks(len(self.U)):
-                A = self.U[:, c0:c1].astype(np.float64) - self.mean[c0:c1]
-                self.norms += np.einsum("ij,ij->i", A, A)
+            self.mean = self.Z[self.first].mean(axis=0, dtype=np.float64) if self.n < len(self.Z) \
+                else self.Z.mean(axis=0, dtype=np.float64)
+            self.norms = np.zeros(self.n)
+            step = max(1, (CHUNK_BYTES // 8) // max(self.d, 1))
+            for r0 in range(0, self.n, step):
+                A = self._rows(np.arange(r0, min(r0 + step, self.n)), 0, self.d)
+                self.norms[r0:r0 + step] = np.einsum("ij,ij->i", A, A)
+
+    def _rows(self, ids, c0, c1):
+        """Distinct points ``ids``, features c0:c1, centred, float64."""
+        A = self.Z[self.first[ids], c0:c1].astype(np.float64)
+        A -= self.mean[c0:c1]
+        return A
 
     def _chunks(self, rows):
         step = max(256, CHUNK_BYTES // (8 * max(rows, 1)))
@@ -167,20 +179,19 @@ class Points:
         same = cols is None
         if self.metric not in GRAM_METRICS:
             from scipy.spatial.distance import cdist  # noqa: PLC0415
-            A = self.U[rows].astype(np.float64)
-            D = cdist(A, A if same else self.U[cols].astype(np.float64), metric=self.metric)
+            A = self.Z[self.first[rows]].astype(np.float64)
+            D = cdist(A, A if same else self.Z[self.first[cols]].astype(np.float64), metric=self.metric)
             if same:
                 np.fill_diagonal(D, 0.0)
             return D
         cols_ = rows if same else cols
         G = np.zeros((len(rows), len(cols_)))
         for c0, c1 in self._chunks(max(len(rows), len(cols_))):
-            A = self.U[rows, c0:c1].astype(np.float64) - self.mean[c0:c1]
+            A = self._rows(rows, c0, c1)
             if same:
                 G += A @ A.T            # SYRK: exactly symmetric
             else:
-                B = self.U[cols_, c0:c1].astype(np.float64) - self.mean[c0:c1]
-                G += A @ B.T
+                G += A @ self._rows(cols_, c0, c1).T
         D = self.norms[rows][:, None] + self.norms[cols_][None, :]
         D -= 2.0 * G
         np.maximum(D, 0.0, out=D)

@@ -146,7 +146,8 @@ def henze_penrose(Xa, Xb, metric="euclidean"):
         raise SeparationError(f"henze_penrose: metric must be a string, received {metric!r}")
     m = len(A)
     dtype = np.result_type(A.dtype, B.dtype, np.float32)
-    pts = _mst.Points(np.concatenate([A.astype(dtype), B.astype(dtype)]), metric, where="henze_penrose")
+    pts = _mst.Points(np.concatenate([A.astype(dtype), B.astype(dtype)]), metric, where="henze_penrose",
+                      owned=True)
     ga, gb = _groups(pts.inverse[:m]), _groups(pts.inverse[m:])
     with _mst.blas_threads(max(len(ga[0]), len(gb[0])), pts.d):
         return HPResult(**_pair(pts, ga, gb, pts.sqdist(ga[0]), pts.sqdist(gb[0])))
@@ -364,7 +365,7 @@ def _collect(net, X, names, batch_size):
         yield out
 
 
-def _layer_stats(Z, slices, metric, where):
+def _layer_stats(Z, slices, metric, where, owned=False):
     """Per-pair statistics of one layer: ``{key: (P,) array}``."""
     Z = Z.reshape(len(Z), -1)
     if Z.dtype.kind == "f":
@@ -373,7 +374,7 @@ def _layer_stats(Z, slices, metric, where):
             raise SeparationError(f"class_separation: the output of layer {where!r} contains NaN/Inf for "
                                   f"{int(bad.sum())} sample(s) (e.g. sample {int(np.flatnonzero(bad)[0])} "
                                   "of the analysed ones); the network is broken at this layer")
-    pts = _mst.Points(Z, metric, where=f"layer {where!r}")
+    pts = _mst.Points(Z, metric, where=f"layer {where!r}", owned=owned)
     groups = [_groups(pts.inverse[s]) for s in slices]
     with _mst.blas_threads(max(len(g[0]) for g in groups), pts.d):
         blocks = [pts.sqdist(g[0]) for g in groups]
@@ -463,8 +464,8 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
         stats[INPUT] = _layer_stats(Xs, slices, metric, INPUT)
     for outs in _collect(net, Xs, [n for n in chosen if n not in reuse], batch_size):
         for name, Z in outs.items():
-            stats[name] = _layer_stats(Z, slices, metric, name)
-        del outs
+            stats[name] = _layer_stats(Z, slices, metric, name, owned=True)
+        del outs, Z
     for name in chosen:                 # network order: a reshape after a reshape also works
         if name in reuse:
             stats[name] = stats[previous[name]]
