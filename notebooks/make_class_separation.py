@@ -64,7 +64,7 @@ print("test images per class:", np.bincount(y_test).tolist())
 
 N_TRAIN = 50 if FAST else 500                     # per class, training digits
 N_TEST = 50 if FAST else None                     # None: every test image (~1,000 per class, unequal)
-EPOCHS = 1 if FAST else 6
+EPOCHS = 1 if FAST else 4
 if FAST:                                          # quick mode: train on 1,000 of the digits
     sub = np.concatenate([np.random.default_rng(0).choice(np.flatnonzero(y == c), 100, replace=False) for c in range(10)])
     X, y = X[sub], y[sub]
@@ -214,13 +214,13 @@ import warnings
 from nn_from_scratch import TrainingWarning
 warnings.simplefilter("ignore", TrainingWarning)          # random labels start at chance level, as expected
 rng = np.random.default_rng(1)
-n_mem = 20 if FAST else 60                               # training digits per class to memorise
+n_mem = 20 if FAST else 50                               # training digits per class to memorise
 keep = np.concatenate([rng.choice(np.flatnonzero(y == c), n_mem, replace=False) for c in range(10)])
 Xr, y_true_r = X[keep], y[keep]
 y_rand = rng.permutation(y_true_r)                       # the labels it is trained on
 rnet = separation_cnn(channels=(8, 16), hidden=128, optimizer=Adam(lr=3e-3), seed=2)
 t, epochs_run, acc = time.perf_counter(), 0, 0.0
-while acc < 0.99 and epochs_run < (15 if FAST else 150):
+while acc < 0.99 and epochs_run < (15 if FAST else 100):
     h = rnet.fit(Xr, y_rand, epochs=5, batch_size=16, seed=epochs_run, verbose=0)
     epochs_run += 5
     acc = float(np.mean(rnet.predict(Xr).argmax(1) == y_rand))
