@@ -22,6 +22,7 @@ from .schedules import (CosineDecay, ExponentialDecay, LearningRateSchedule, Pie
 from .pooling import (AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D,
                       MaxPool3D)
 from .serialization import ModelFileError
+from .dropout import Dropout
 
 __version__ = "0.1.0"
 
@@ -39,4 +40,5 @@ __all__ = [
     "LearningRateScheduler", "ReduceLROnPlateau", "TerminateOnNaN", "LambdaCallback",
     "metrics", "Metric", "Accuracy", "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError",
     "confusion_matrix", "plot_confusion_matrix",
+    "Dropout",
 ]
