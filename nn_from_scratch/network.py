@@ -807,13 +807,30 @@ class NeuralNetwork:
             "input_shape": None if self.input_shape is None else list(self.input_shape),
             "layers": [layer_config(layer) for layer in self.layers],
             "loss": layer_config(self.loss_fn),
-            "optimizer": {"class": type(self.optimizer).__name__, "config": self.optimizer.get_config()},
+            "optimizer": self._optimizer_config(),
+            "metrics": [m if isinstance(m, str) else m.name for m in self.metrics],
             "training": bool(self._training),
             "layer_training": [bool(layer.training) for layer in self.layers],
             # where each random layer's (Dropout's) sequence stands, so that training continues with fresh draws
             "layer_random_state": [layer.random_state() if hasattr(layer, "random_state") else None
                                    for layer in self.layers],
         }
+
+    def _optimizer_config(self):
+        """The optimizer's class and settings as JSON-able values (a schedule by its class and config)."""
+        from . import schedules  # noqa: PLC0415
+        cfg = dict(self.optimizer.get_config())
+        lr = cfg.get("lr")
+        if lr is not None and not isinstance(lr, (int, float)):
+            if type(lr).__name__ in schedules._BY_NAME and type(lr) is schedules._BY_NAME[type(lr).__name__]:
+                cfg["lr"] = {"schedule": type(lr).__name__, "config": lr.get_config()}
+            else:
+                now = self.optimizer.learning_rate
+                warnings.warn(f"save: the learning-rate schedule {lr!r} is not one of nn_from_scratch.schedules "
+                              f"and cannot be recorded; the file holds its current rate {now}", RuntimeWarning,
+                              stacklevel=3)
+                cfg["lr"] = now
+        return {"class": type(self.optimizer).__name__, "config": cfg}
 
     def _param_arrays(self):
         """``layer{i}/{name}`` -> array: every parameter and every buffer (non-trainable state such as
@@ -897,12 +914,19 @@ class NeuralNetwork:
         try:
             layers = [build_layer(entry) for entry in config["layers"]]
             loss = build_layer(config["loss"])
-            opt = get_optimizer(config["optimizer"]["class"].lower().replace("gradientdescent", "sgd"),
-                                **config["optimizer"]["config"])
+            ocfg = dict(config["optimizer"]["config"])
+            if isinstance(ocfg.get("lr"), dict):
+                from . import schedules  # noqa: PLC0415
+                try:
+                    ocfg["lr"] = schedules.get({"class": ocfg["lr"]["schedule"], "config": ocfg["lr"]["config"]})
+                except ValueError as exc:
+                    raise ModelFileError(f"{path!r}: {exc}") from None
+            opt = get_optimizer(config["optimizer"]["class"].lower().replace("gradientdescent", "sgd"), **ocfg)
         except (KeyError, TypeError) as exc:
             raise ModelFileError(f"{path!r}: the architecture record is damaged ({exc})") from None
         net = cls(layers, loss_fn=loss, optimizer=opt, batch_size=config.get("batch_size", 32),
-                  input_shape=config.get("input_shape"), name=config.get("name", "network"))
+                  input_shape=config.get("input_shape"), name=config.get("name", "network"),
+                  metrics=config.get("metrics"))
         return net._load_into(path)
 
     load = _hybridmethod(_load_into, _load_new.__func__)
