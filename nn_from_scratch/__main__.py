@@ -4,6 +4,7 @@ Commands:
     train        train the seed lab's CNN on MNIST (the main job)
     crosscheck   compare the seed lab's CNN with Keras, layer by layer and over training
     permutation-test   which pixels matter to the seed's CNN, with permutation p-values (seed 000)
+    separation   class separation (Henze-Penrose) at every layer of a CNN, before/after training
 """
 import importlib
 import sys
@@ -12,6 +13,7 @@ COMMANDS = {
     "train": "nn_from_scratch.train",
     "crosscheck": "nn_from_scratch.crosscheck",
     "permutation-test": "nn_from_scratch.analysis.permutation_cli",
+    "separation": "nn_from_scratch.analysis.separation_cli",
 }
 
 
