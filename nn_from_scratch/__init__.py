@@ -11,7 +11,7 @@ from .interfaces import Neuron, Node, Optimizer, ShapeError
 from .losses import MSELoss, SoftMaxLoss
 from .network import DataError, History, NeuralNetwork, TrainingWarning
 from .neurons import Conv1D, Conv2D, Conv3D, Convolution, Dense, Linear
-from .optimizers import SGD, Adam, GradientDescent, RMSProp, RMSprop
+from .optimizers import EKFAC, KFAC, SGD, Adam, GradientDescent, RMSProp, RMSprop
 from .pooling import (AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D,
                       MaxPool3D)
 from .serialization import ModelFileError
@@ -25,6 +25,6 @@ __all__ = [
     "SoftMaxLoss", "MSELoss",
     "Linear", "Dense", "Convolution", "Conv1D", "Conv2D", "Conv3D",
     "MaxPool", "AvgPool", "MaxPool1D", "MaxPool2D", "MaxPool3D", "AvgPool1D", "AvgPool2D", "AvgPool3D",
-    "GradientDescent", "SGD", "Adam", "RMSProp", "RMSprop",
+    "GradientDescent", "SGD", "Adam", "RMSProp", "RMSprop", "KFAC", "EKFAC",
     "NeuralNetwork", "History",
 ]

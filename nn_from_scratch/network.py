@@ -350,7 +350,14 @@ class NeuralNetwork:
         (or threads) when ``parallel.shard_count`` says so, else the plain loop.
 
         ``recheck=False``: nothing that could change a layer ran since the last split step
-        (``fit`` within an epoch), so the split's ``matches`` check is skipped."""
+        (``fit`` within an epoch), so the split's ``matches`` check is skipped.
+
+        An optimizer whose ``needs_layer_statistics`` is True at this step (K-FAC: every
+        ``cov_every``-th) runs the pass itself, in this process, layer by layer, to see each
+        layer's input and per-example output gradient (``optimizer.forward_backward``,
+        ``kfac_optim.py``); other optimizers never take this branch."""
+        if getattr(self.optimizer, "needs_layer_statistics", False):
+            return self.optimizer.forward_backward(self, xb, yb)
         shards = shard_count(self, xb.shape[0])
         failed = None
         if shards > 1:

@@ -21,6 +21,9 @@ RMSProp (Keras ``RMSprop``)::
     w <- w - lr * g / sqrt(v + eps)                       (momentum 0)
     u <- momentum * u + lr * g / sqrt(v + eps); w <- w - u   (momentum > 0)
 
+K-FAC and EKFAC (natural gradient with Kronecker-factored curvature) live in ``kfac_optim.py``
+and are re-exported here.
+
 All updates happen in place on the parameter arrays, on their own backend.
 """
 import math
@@ -29,7 +32,7 @@ from . import kernels
 from .backend import get_array_module
 from .interfaces import Optimizer
 
-__all__ = ["GradientDescent", "SGD", "Adam", "RMSProp", "RMSprop", "get"]
+__all__ = ["GradientDescent", "SGD", "Adam", "RMSProp", "RMSprop", "KFAC", "EKFAC", "get"]
 
 
 def _check_range(owner, name, value, lo, hi, lo_open=False, hi_open=False):
@@ -151,8 +154,10 @@ class RMSProp(_Decay):
 
 RMSprop = RMSProp
 
+from .kfac_optim import EKFAC, KFAC  # noqa: E402  (K-FAC/EKFAC: their own module, seed 004)
+
 _BY_NAME = {"sgd": GradientDescent, "gradientdescent": GradientDescent, "adam": Adam,
-            "rmsprop": RMSProp}
+            "rmsprop": RMSProp, "kfac": KFAC, "ekfac": EKFAC}
 
 
 def get(spec, **kwargs):

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import BACKENDS  # noqa: F401  (the backend fixture's parameters)
+from gpu_utils import requires_gpu
 from loop_reference import conv_loop
 from nn_from_scratch import (Convolution, Flatten, Linear, MSELoss, NeuralNetwork, ReLU, ShapeError,
                              SoftMaxLoss, Tanh)
@@ -23,6 +23,16 @@ from nn_from_scratch.analysis import layer_statistics as ls
 from nn_from_scratch.patches import gathering_filter, resolve_padding
 
 F64 = np.float64
+
+
+@pytest.fixture(autouse=True)
+def seeded_layers():
+    """Layers built without a seed draw their weights from one seeded generator (restored after)."""
+    from nn_from_scratch import initializers
+    saved = initializers._global["rng"]
+    initializers.set_seed(20)
+    yield
+    initializers._global["rng"] = saved
 
 
 def close(a, b, tol=1e-10):
@@ -389,3 +399,33 @@ def test_bad_inputs_are_named(rng):
         cv.fisher_block(big, rng.standard_normal((2, 70)), np.array([0, 1]), big.layers[0])
     with pytest.raises(ValueError, match="no Linear or Convolution layer"):
         cv.kfac_factors(net_of([Tanh((None, 3))]), X, y)
+
+
+# -------------------------------------------------------------------- CuPy
+@requires_gpu
+def test_cupy_factors_equal_numpy(gpu, rng):
+    """The same network on the GPU and on the host: factors, per-example gradients and blocks agree."""
+    from nn_from_scratch import backend as nnb
+
+    def build():
+        return net_of([Convolution((None, 2, 6, 6), kernel_size=3, output_layers=3, stride=2, padding=1, seed=3,
+                                   dtype=F64), Tanh(), Flatten(), Linear(27, 4, seed=4, dtype=F64)])
+    X, y = rng.standard_normal((6, 2, 6, 6)), rng.integers(0, 4, 6)
+    on_gpu = build()
+    nnb.use("numpy")
+    try:
+        on_host = build()
+    finally:
+        nnb.use("cupy")
+    for fisher in ("empirical", "type2", "mc"):
+        kg, kh = cv.kfac_factors(on_gpu, X, y, fisher=fisher), cv.kfac_factors(on_host, X, y, fisher=fisher)
+        for name_g, name_h in zip(kg, kh):
+            close(nnb.to_numpy(kg[name_g].A), kh[name_h].A)
+            close(nnb.to_numpy(kg[name_g].G), kh[name_h].G)
+            V = np.ones(kh[name_h].shape)
+            close(nnb.to_numpy(kg[name_g].solve(nnb.to_device(V, like=kg[name_g].A), 1e-3)),
+                  kh[name_h].solve(V, 1e-3))
+    pg, ph = cv.per_example_gradients(on_gpu, X, y), cv.per_example_gradients(on_host, X, y)
+    for (lg, dg), (lh, dh) in zip(pg.items(), ph.items()):
+        for key in dh:
+            close(dg[key], dh[key])

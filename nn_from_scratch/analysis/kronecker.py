@@ -28,6 +28,7 @@ diagonal closest to ``F`` in Frobenius norm, so that (``Q`` orthogonal)::
 
     ||F - K||_F^2 = ||F - E||_F^2 + ||s - lam_G (x) lam_A||^2
 """
+import contextlib
 import math
 
 import numpy as np
@@ -35,7 +36,7 @@ import numpy as np
 from ..backend import get_array_module, read_scalars
 from ..interfaces import ShapeError
 
-__all__ = ["KroneckerFactors", "EKFACFactors", "symmetric_eigh", "check_damping", "SOLVE_METHODS"]
+__all__ = ["KroneckerFactors", "EKFACFactors", "symmetric_eigh", "check_damping", "one_blas_thread", "SOLVE_METHODS"]
 
 SOLVE_METHODS = ("eigen", "pi")
 
@@ -51,6 +52,21 @@ def check_damping(damping, where):
     return float(damping)
 
 
+_BLAS = []
+
+
+def one_blas_thread(xp=np):
+    """A context holding NumPy's BLAS/LAPACK at one thread (``threadpoolctl``; the controller is made
+    once; 0.1 ms); a no-op for CuPy (``xp``).  A factor is a few hundred rows at most: on the shared 2-core VM a 129 x 129 ``eigh`` took
+    0.12 s multi-threaded and 0.011 s on one thread (benchmarks/RESULTS.md, issue 20)."""
+    if xp is not np:
+        return contextlib.nullcontext()
+    if not _BLAS:
+        from threadpoolctl import ThreadpoolController  # noqa: PLC0415 - a dependency, imported when used
+        _BLAS.append(ThreadpoolController().select(user_api="blas"))
+    return _BLAS[0].limit(limits=1)
+
+
 def symmetric_eigh(M, what="factor"):
     """``(eigenvalues, eigenvectors)`` of a symmetric matrix: symmetrised, float64, eigenvalues >= 0.
 
@@ -62,7 +78,8 @@ def symmetric_eigh(M, what="factor"):
     if not finite:
         raise FloatingPointError(f"{what} holds NaN/Inf values: the curvature statistics diverged "
                                  "(lower the learning rate or raise the damping)")
-    lam, Q = xp.linalg.eigh((M + M.T) / 2)
+    with one_blas_thread(xp):
+        lam, Q = xp.linalg.eigh((M + M.T) / 2)
     return xp.maximum(lam, 0.0), Q
 
 
