@@ -22,6 +22,7 @@ every ``_Trainer.REFRESH_INTERVAL`` seconds (for the progress bar and the
 NaN/rise checks), the epoch's last one bringing all its batch losses, one read
 for a validation pass, and the input checks at the start of ``fit``.
 """
+import contextlib
 import functools
 import json
 import math
@@ -31,6 +32,7 @@ import warnings
 import numpy as np
 
 from . import fusion, kernels
+from .callbacks import CallbackList, TerminateOnNaN
 from .backend import get_array_module, read_scalars, read_to_host, to_device, to_numpy
 from .interfaces import Neuron, Node, ShapeError, format_shape
 from .losses import Loss, SoftMaxLoss, labels_to_indices
@@ -143,6 +145,9 @@ class NeuralNetwork:
         self.workers = workers
         self._sharded = None
         self.history = History()
+        self._training = True
+        #: set by a callback (``self.network.stop_training = True``) to end ``fit`` after this batch
+        self.stop_training = False
         self.input_shape = tuple(input_shape) if input_shape is not None else layers[0].input_shape
         self._shapes = self._infer_shapes()
         if n_input is not None and self.input_shape is not None and None not in self.input_shape:
@@ -190,6 +195,23 @@ class NeuralNetwork:
     def count_params(self):
         return sum(layer.count_params() for layer in self.layers)
 
+    def get_weights(self, to_host=True):
+        """Copies of every layer's parameters, in order (NumPy arrays unless ``to_host=False``,
+        which keeps them on the parameters' device); ``set_weights`` puts them back."""
+        conv = to_numpy if to_host else (lambda a: a)
+        return [conv(p).copy() for layer in self.layers for p in layer.params.values()]
+
+    def set_weights(self, weights):
+        """Replace every layer's parameters by ``weights`` (the order of ``get_weights``)."""
+        weights = list(weights)
+        slots = [(layer, k) for layer in self.layers for k in layer.params]
+        if len(weights) != len(slots):
+            raise ValueError(f"set_weights: this network has {len(slots)} parameter arrays, "
+                             f"received {len(weights)}")
+        for (layer, k), w in zip(slots, weights):
+            layer.set_params(**{k: w})
+        return self
+
     @property
     def dtype(self):
         ts = self.trainable_layers
@@ -201,6 +223,53 @@ class NeuralNetwork:
             layer.astype(dtype)
         self.optimizer.reset()
         return self
+
+    # ---------------------------------------------------- training / inference mode
+    @property
+    def training(self):
+        """The mode last set by ``train``/``eval`` (True at first; ``fit`` and ``inference`` restore it)."""
+        return self._training
+
+    def train(self, mode=True):
+        """Put every layer (and the loss) in training mode (``mode=False``: inference mode); returns self.
+
+        Training mode: ``Dropout`` drops, ``BatchNorm`` normalises with the batch's statistics and
+        updates its running ones.  Inference mode: ``Dropout`` is the identity, ``BatchNorm`` uses the
+        running statistics.  ``fit`` trains and ``predict``/``evaluate``/``layer_outputs``/
+        ``input_gradient``/``gradients`` infer whatever the mode, each restoring the mode after; a
+        loop of your own (``forward``, ``backward``, ``train_step``) runs in the mode set here, as in
+        PyTorch (``model.train()``/``model.eval()``).  One layer's mode: ``layer.training = False``.
+        """
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"{self.name}.train: mode must be True (training) or False (inference), "
+                            f"received {mode!r}")
+        for layer in list(self.layers) + [self.loss_fn]:
+            layer.training = bool(mode)
+        self._training = bool(mode)
+        return self
+
+    def eval(self):
+        """Inference mode for every layer (``train(False)``); returns self."""
+        return self.train(False)
+
+    @contextlib.contextmanager
+    def _mode(self, training):
+        """Run the block with every layer in ``training`` mode, then give each layer back its own mode."""
+        nodes = list(self.layers) + [self.loss_fn]
+        saved, net_saved = [node.training for node in nodes], self._training
+        self.train(training)
+        try:
+            yield self
+        finally:
+            for node, mode in zip(nodes, saved):
+                node.training = mode
+            self._training = net_saved
+
+    def inference(self):
+        """Context manager: ``with net.inference(): ...`` runs the block in inference mode (``eval``)
+        and then gives every layer back the mode it had (for your own forward passes; ``predict``
+        and the other analysis methods do this themselves)."""
+        return self._mode(False)
 
     # ------------------------------------------------------------ input checks
     def _adapt(self, X, batched, where):
@@ -396,9 +465,10 @@ class NeuralNetwork:
 
     # --------------------------------------------------------- analysis hooks
     def layer_outputs(self, x, to_host=True):
-        """``{layer name: output}`` for a batch ``x`` (NumPy arrays unless to_host=False)."""
+        """``{layer name: output}`` for a batch ``x`` (NumPy arrays unless to_host=False), in inference mode."""
         x, _, _ = self._prepare_xy(x, None, "layer_outputs")
-        outs = self.forward(self._to_batch(x), return_all=True)
+        with self.inference():
+            outs = self.forward(self._to_batch(x), return_all=True)
         conv = to_numpy if to_host else (lambda a: a)
         return {layer.name: conv(o) for layer, o in zip(self.layers, outs)}
 
@@ -410,8 +480,12 @@ class NeuralNetwork:
           independent this is each sample's own gradient), or
         * ``<output, upstream>`` for an explicit upstream gradient.
 
-        Returns an array shaped like ``x`` (after channel adaptation).
+        Returns an array shaped like ``x`` (after channel adaptation).  Runs in inference mode.
         """
+        with self.inference():
+            return self._input_gradient(x, y, output_index, upstream, to_host)
+
+    def _input_gradient(self, x, y, output_index, upstream, to_host):
         chosen = [a is not None for a in (y, output_index, upstream)]
         if sum(chosen) != 1:
             raise ValueError("input_gradient: give exactly one of y=, output_index=, upstream=")
@@ -434,17 +508,18 @@ class NeuralNetwork:
         return to_numpy(dx) if to_host else dx
 
     def gradients(self, x, y):
-        """``{(layer name, param name): dL/dparam}`` (NumPy) for one batch, no update."""
+        """``{(layer name, param name): dL/dparam}`` (NumPy) for one batch, no update; in inference mode."""
         x, y, _ = self._prepare_xy(x, y, "gradients")
         xb = self._to_batch(x)
-        out = self.forward(xb)
-        self.loss_fn.forward(out, to_device(y, like=out), validate=False)
-        self.backward(self.loss_fn.backward(), need_input_grad=False)
+        with self.inference():
+            out = self.forward(xb)
+            self.loss_fn.forward(out, to_device(y, like=out), validate=False)
+            self.backward(self.loss_fn.backward(), need_input_grad=False)
         return {(layer.name, k): to_numpy(v) for layer in self.trainable_layers for k, v in layer.grads.items()}
 
     # ---------------------------------------------------------------- training
     def fit(self, X, y, epochs=None, batch_size=None, shuffle=None, validation_data=None, seed=None,
-            verbose=1, n_epochs=None, stop_on_nonfinite=True, validation_batch_size=None):
+            verbose=1, n_epochs=None, stop_on_nonfinite=True, validation_batch_size=None, callbacks=None):
         """Train; returns (and stores as ``self.history``) a ``History``.
 
         ``X``: ``(N, *S)`` with integer labels ``(N,)`` or one-hot ``(N, K)``; or the
@@ -454,6 +529,13 @@ class NeuralNetwork:
         ``seed`` fixes the shuffling order.  ``validation_batch_size`` is the batch
         size for evaluating ``validation_data`` after each epoch (default
         ``max(batch_size, 256)``, as in ``evaluate``).
+        ``callbacks``: ``Callback`` objects (``nn_from_scratch.callbacks``) called at the start and
+        end of training, of each epoch and after each batch; one may stop training with
+        ``self.network.stop_training = True``.  ``stop_on_nonfinite=True`` adds a
+        ``TerminateOnNaN`` when the list has none (training stops at a NaN/Inf loss).
+
+        Every layer trains during ``fit`` (``train()``) and the validation passes infer; each layer
+        gets back its previous mode when ``fit`` returns.
         """
         if epochs is not None and n_epochs is not None and epochs != n_epochs:
             raise ValueError(f"fit: epochs={epochs} and n_epochs={n_epochs} disagree")
@@ -475,7 +557,20 @@ class NeuralNetwork:
         if validation_batch_size is not None and int(validation_batch_size) < 1:
             raise ValueError(f"fit: validation_batch_size must be >= 1, received {validation_batch_size}")
         val_batch = int(validation_batch_size or max(batch_size, 256))
-        return _Trainer(self, X, y, batch_size, shuffle, seed, verbose, stop_on_nonfinite).run(epochs, val, val_batch)
+        from .callbacks import Callback  # noqa: PLC0415 - the base class, for a single callback
+        cbs = [] if callbacks is None else [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
+        if stop_on_nonfinite and not any(isinstance(c, TerminateOnNaN) for c in cbs):
+            cbs.append(TerminateOnNaN())
+        trainer = _Trainer(self, X, y, batch_size, shuffle, seed, verbose, stop_on_nonfinite)
+        classify = isinstance(self.loss_fn, SoftMaxLoss)
+        keys = ["loss"] + (["accuracy"] if classify else [])
+        keys += [f"val_{k}" for k in keys] if val is not None else []
+        params = {"epochs": epochs, "steps": math.ceil(X.shape[0] / batch_size), "batch_size": batch_size,
+                  "samples": int(X.shape[0]), "metrics": keys}
+        trainer.callbacks = CallbackList(cbs, self, params)
+        trainer.stop_on_nonfinite = any(isinstance(c, TerminateOnNaN) for c in cbs)
+        with self._mode(True):       # fit trains (validation infers), then the previous modes come back
+            return trainer.run(epochs, val, val_batch)
 
     def _batches(self, X, batch_size):
         for start in range(0, X.shape[0], batch_size):
@@ -489,8 +584,12 @@ class NeuralNetwork:
         this keeps this process's BLAS at one thread: multi-threaded BLAS here leaves its
         threads spinning for ~0.1 s afterwards, on the core a worker needs (the first steps of
         each epoch after a validation ran at half speed, benchmarks/RESULTS.md).  Workers are
-        not started for inference.
+        not started for inference.  Runs in inference mode (``inference``).
         """
+        with self.inference():
+            yield from self._outputs_inferred(X, bs)
+
+    def _outputs_inferred(self, X, bs):
         split = self._sharded
         if split is not None and not split.matches(self, split.shards):
             split = None
@@ -519,7 +618,8 @@ class NeuralNetwork:
     def predict(self, X, batch_size=None, to_host=True):
         """Outputs of the last layer for ``X`` (``(N, *S)``, or one batch as in the seed lab).
 
-        Returns a NumPy array unless ``to_host=False``.
+        Returns a NumPy array unless ``to_host=False``.  Runs in inference mode (``Dropout`` off,
+        ``BatchNorm`` on its running statistics), as Keras's ``predict`` does.
         """
         X, _, given_batch = self._prepare_xy(X, None, "predict")
         bs = int(batch_size or given_batch or max(self.batch_size, 256))
@@ -529,7 +629,7 @@ class NeuralNetwork:
         return to_numpy(out) if to_host else out
 
     def evaluate(self, X, y, batch_size=None):
-        """``(mean loss, accuracy)``; accuracy is None unless the loss is SoftMaxLoss."""
+        """``(mean loss, accuracy)``; accuracy is None unless the loss is SoftMaxLoss.  In inference mode."""
         X, y, given_batch = self._prepare_xy(X, y, "evaluate")
         return self._evaluate_prepared(X, y, int(batch_size or given_batch or max(self.batch_size, 256)))
 
@@ -578,6 +678,8 @@ class NeuralNetwork:
             "layers": [layer_config(layer) for layer in self.layers],
             "loss": layer_config(self.loss_fn),
             "optimizer": {"class": type(self.optimizer).__name__, "config": self.optimizer.get_config()},
+            "training": bool(self._training),
+            "layer_training": [bool(layer.training) for layer in self.layers],
         }
 
     def _param_arrays(self):
@@ -620,8 +722,23 @@ class NeuralNetwork:
                 a = arrays[f"layer{i}/{k}"]
                 layer.dtype = np.dtype(a.dtype)
                 layer.params[k] = to_device(a, like=layer.params[k])
+        self._restore_modes(config, path)
         self.optimizer.reset()
         return self
+
+    def _restore_modes(self, config, path):
+        """The training/inference modes saved in ``config`` (files written before modes were saved have
+        none: the modes stay as they are)."""
+        modes = config.get("layer_training")
+        if modes is None:
+            return
+        if not isinstance(modes, list) or len(modes) != len(self.layers) or \
+                not all(isinstance(m, bool) for m in modes) or not isinstance(config.get("training", True), bool):
+            raise ModelFileError(f"{path!r}: the saved training modes are damaged: expected {len(self.layers)} "
+                                 f"booleans, received {modes!r}")
+        for layer, mode in zip(self.layers, modes):
+            layer.training = mode
+        self._training = config.get("training", all(modes))
 
     @classmethod
     def _load_new(cls, path):
@@ -689,6 +806,7 @@ class _Trainer:
         self.warned_chance = False
         self.ema = None
         self.start_losses = []       # the first RISE_WINDOW batch losses (CPU schedule)
+        self.callbacks = CallbackList([], net, {})
 
     def _loss_buffer(self, n):
         """Zeros ``(n,)`` on the parameters' device (and of their array type) for the batch losses."""
@@ -714,8 +832,18 @@ class _Trainer:
             val = (to_device(val[0], like=self.like, dtype=self.net.dtype), to_device(val[1], like=self.like))
         # overflow to Inf/NaN is caught and reported by the loss checks below (training stops
         # with a TrainingWarning), so NumPy's own overflow warnings would only repeat it
-        with np.errstate(over="ignore", invalid="ignore"):
-            return self._run(epochs, val, val_batch)
+        net = self.net
+        net.stop_training = False
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                hist = self._run(epochs, val, val_batch)
+        finally:
+            for layer in net.layers:
+                layer.clear_cache()
+            if net._sharded is not None:        # the workers stay for the next fit, without caches
+                net._sharded.rest()
+        self.callbacks.call("on_train_end", {})
+        return hist
 
     def _run(self, epochs, val, val_batch):
         net = self.net
@@ -723,7 +851,10 @@ class _Trainer:
         net.history = hist
         n = self.X.shape[0]
         n_batches = math.ceil(n / self.batch_size)
+        cbl = self.callbacks
+        cbl.call("on_train_begin", {})
         for epoch in range(1, epochs + 1):
+            cbl.call("on_epoch_begin", epoch - 1, {})
             order = self.rng.permutation(n) if self.shuffle else None
             if order is not None and self.on_device and get_array_module(self.X) is not np:
                 order = to_device(order, like=self.X)
@@ -767,7 +898,11 @@ class _Trainer:
                 now = self._clock()
                 if pbar is not None:
                     pbar.update(1)
-                last = b == n_batches - 1
+                if cbl.batch_callbacks:
+                    bl = lv if not self.defer else float(read_scalars(loss, why="callback")[0])
+                    cbl.batch_end(b, {"loss": bl})
+                stop_now = net.stop_training
+                last = b == n_batches - 1 or stop_now
                 if now - last_refresh >= self.REFRESH_INTERVAL or last:
                     last_refresh = now
                     # the one device->host read of a refresh; the epoch's last one also
@@ -795,6 +930,8 @@ class _Trainer:
                         if self.classify:
                             post["acc"] = f"{tot_correct / seen:.4f}"
                         pbar.set_postfix(post, refresh=False)
+                if stop_now:
+                    break
             if pbar is not None:
                 pbar.close()
             if stopped is not None:
@@ -816,16 +953,25 @@ class _Trainer:
                 self._warn_rise(hist.history["loss"][-2], logs["loss"], pbar=None)
             if self.classify and epoch >= 2:
                 self._check_chance(logs["loss"], epoch)
-        for layer in net.layers:
-            layer.clear_cache()
-        if net._sharded is not None:        # the workers stay for the next fit, without caches
-            net._sharded.rest()
+            if cbl:
+                logged = set(logs)
+                cbl.call("on_epoch_end", epoch - 1, logs)
+                for k in logs:                  # what callbacks added (learning_rate) goes in the history
+                    if k not in logged:
+                        hist.history.setdefault(k, [None] * (len(hist.epoch) - 1)).append(logs[k])
+            if net.stop_training:
+                who = cbl.stopped_by
+                hist.stopped = (f"stopped by {type(who).__name__ if who is not None else 'stop_training'} "
+                                f"after epoch {epoch}")
+                break
         return hist
 
     def _progress(self, epoch, epochs, n_batches):
         if not self.verbose:
             return None
-        from tqdm.auto import tqdm  # noqa: PLC0415 - optional at import time
+        # the text bar everywhere: tqdm.auto would want ipywidgets in a notebook (and warn
+        # "IProgress not found" without them); a widget does not show in a stored notebook
+        from tqdm import tqdm  # noqa: PLC0415 - optional at import time
         return tqdm(total=n_batches, desc=f"Epoch {epoch}/{epochs}", unit="batch", leave=True)
 
     def _nonfinite(self, epoch, batch, value, pbar):
@@ -834,6 +980,9 @@ class _Trainer:
         msg = (f"training stopped: the loss became {value} at epoch {epoch}, batch {batch + 1}. "
                f"The learning rate ({self.net.optimizer.lr}) is probably too high for this network; {kept}")
         self._warn(msg, pbar)
+        for cb in self.callbacks:
+            if isinstance(cb, TerminateOnNaN):
+                cb._record(epoch - 1, batch, value)
         return msg
 
     def _risen(self, before, after):

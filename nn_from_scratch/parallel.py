@@ -143,8 +143,21 @@ def config_key(node):
     """What a copy of ``node`` made earlier (a replica, or the layers of a forked worker) must
     still agree on with it: the object, its class and its public attributes (sizes, flags,
     names, dtypes), read through ``_plain``.  Private state (parameters, caches, gradients)
-    is excluded: parameters reach the copies at every step."""
-    return (id(node), type(node), tuple((k, _plain(v)) for k, v in vars(node).items() if k[0] != "_"))
+    is excluded: parameters reach the copies at every step; so is the ``training`` flag, which
+    every message to the copies carries (``_modes``)."""
+    return (id(node), type(node), tuple((k, _plain(v)) for k, v in vars(node).items()
+                                        if k[0] != "_" and k != "training"))
+
+
+def _modes(net):
+    """The layers' training flags as a string ("1": training, "0": inference) for the split's copies."""
+    return "".join("1" if layer.training else "0" for layer in net.layers)
+
+
+def _set_modes(layers, modes):
+    """Give the copies ``layers`` the training flags ``modes`` (``_modes``) of the network's layers."""
+    for layer, m in zip(layers, modes):
+        layer.training = m == "1"
 
 
 def network_key(net):
@@ -187,6 +200,11 @@ class ShardedStep:
         """Does this split still fit ``net`` (same layers and loss, configured as they were)?"""
         return shards == self.shards and network_key(net) == self.key
 
+    def _sync_modes(self, net):
+        modes = _modes(net)
+        for replica in self.replicas:
+            _set_modes(replica, modes)
+
     def rest(self):
         """Between ``fit`` calls: let the replicas' caches go."""
         for node in [n for r in self.replicas for n in r] + self.losses:
@@ -216,6 +234,7 @@ class ShardedStep:
         """``(loss, output)`` of the batch; the layers' ``grads`` hold the batch's gradients."""
         xp = get_array_module(xb)
         _, weights = _shard_bounds(xb.shape[0], self.shards)
+        self._sync_modes(net)
         results = self._side_by_side(xb.shape[0], lambda w, s: _forward_backward(self.replicas[w], self.losses[w],
                                                                                    xb[s], yb[s], weights[w]))
         for k, layer in enumerate(net.layers):
@@ -228,6 +247,7 @@ class ShardedStep:
 
     def forward(self, net, xb):
         """The output of the batch (``predict``, ``evaluate``): the shards' forward passes side by side."""
+        self._sync_modes(net)
         outs = self._side_by_side(xb.shape[0], lambda w, s: _forward(self.replicas[w], xb[s]))
         return get_array_module(xb).concatenate(outs, axis=0)
 
@@ -381,6 +401,7 @@ def _worker(conn, net, slots, params, grads, inbox):
                 continue
             if header["op"] not in ("step", "forward"):
                 break
+            _set_modes(net.layers, header["modes"])
             try:
                 with np.errstate(**header["err"]):
                     if header["op"] == "forward":
@@ -568,10 +589,11 @@ class ForkedStep:
     def run(self, net, xb, yb):
         """``(loss, output)`` of the batch; the layers' ``grads`` hold the batch's gradients."""
         bounds, weights = _shard_bounds(xb.shape[0], self.shards)
-        err = np.geterr()
+        err, modes = np.geterr(), _modes(net)
         parts = [(xb[bounds[w]:bounds[w + 1]], yb[bounds[w]:bounds[w + 1]]) for w in range(self.shards)]
         mine, replies = self._side_by_side(
-            net, lambda w: self._shard_message(w, {"op": "step", "err": err, "weight": weights[w]}, parts[w]),
+            net, lambda w: self._shard_message(w, {"op": "step", "err": err, "weight": weights[w], "modes": modes},
+                                          parts[w]),
             lambda: _forward_backward(net.layers, net.loss_fn, parts[0][0], parts[0][1], weights[0]))
         results = [mine] + [(arrays[0], arrays[1]) for arrays in replies]
         for i, (k, name, _, _) in enumerate(self.slots):
@@ -583,8 +605,9 @@ class ForkedStep:
     def forward(self, net, xb):
         """The output of the batch (``predict``, ``evaluate``): the shards' forward passes side by side."""
         bounds, _ = _shard_bounds(xb.shape[0], self.shards)
-        err = np.geterr()
+        err, modes = np.geterr(), _modes(net)
         mine, replies = self._side_by_side(
-            net, lambda w: self._shard_message(w, {"op": "forward", "err": err}, [xb[bounds[w]:bounds[w + 1]]]),
+            net, lambda w: self._shard_message(w, {"op": "forward", "err": err, "modes": modes},
+                                               [xb[bounds[w]:bounds[w + 1]]]),
             lambda: _forward(net.layers, xb[:bounds[1]]))
         return np.concatenate([mine] + [arrays[0] for arrays in replies], axis=0)
