@@ -4,13 +4,15 @@ Every layer has a hand-written ``forward``/``backward``; the same code runs on
 CuPy arrays on a GPU (``nn_from_scratch.backend``); ``nn_from_scratch.crosscheck``
 proves the numbers against TensorFlow/Keras.
 """
-from . import backend, callbacks, initializers
+from . import backend, callbacks, initializers, metrics
 from .callbacks import (Callback, CallbackError, CSVLogger, EarlyStopping, LambdaCallback,
                         LearningRateScheduler, ModelCheckpoint, ReduceLROnPlateau, TerminateOnNaN)
 from .activations import Flatten, ReLU, Reshape, Sigmoid, Softmax, Tanh, Vectorization
 from .initializers import set_seed
 from .interfaces import Neuron, Node, Optimizer, ShapeError
 from .losses import MSELoss, SoftMaxLoss
+from .metrics import (Accuracy, MeanAbsoluteError, MeanSquaredError, Metric, TopKAccuracy, confusion_matrix,
+                      plot_confusion_matrix)
 from .network import DataError, History, NeuralNetwork, TrainingWarning
 from .neurons import Conv1D, Conv2D, Conv3D, Convolution, Dense, Linear
 from .optimizers import EKFAC, KFAC, SGD, Adam, GradientDescent, RMSProp, RMSprop
@@ -31,4 +33,6 @@ __all__ = [
     "NeuralNetwork", "History",
     "callbacks", "Callback", "CallbackError", "EarlyStopping", "ModelCheckpoint", "CSVLogger",
     "LearningRateScheduler", "ReduceLROnPlateau", "TerminateOnNaN", "LambdaCallback",
+    "metrics", "Metric", "Accuracy", "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError",
+    "confusion_matrix", "plot_confusion_matrix",
 ]

@@ -98,13 +98,15 @@ class KFAC(Optimizer):
         """Must the trainer hand this step's batch to ``forward_backward``?"""
         return self.iterations % self.cov_every == 0
 
-    def forward_backward(self, net, xb, yb):
+    def forward_backward(self, net, xb, yb, sample_weight=None):
         """The batch's forward/backward pass (training gradient in the layers), keeping the curvature
-        statistics; returns ``(loss, output)`` as ``NeuralNetwork._forward_backward`` does."""
+        statistics; returns ``(loss, output)`` as ``NeuralNetwork._forward_backward`` does
+        (``sample_weight``: the batch's weights, passed to the loss)."""
         owner = type(self).__name__
         ls.check_fisher(self.fisher, net.loss_fn, owner, self.mc_samples)
         layers = [layer for layer in net.layers if ls.is_supported(layer) and getattr(layer, "trainable", True)]
-        rec = ls.record(net, xb, yb, self.fisher, layers, self.mc_samples, self._rng, keep_grads=True)
+        rec = ls.record(net, xb, yb, self.fisher, layers, self.mc_samples, self._rng, keep_grads=True,
+                        sample_weight=sample_weight)
         n = rec.output.shape[0]
         with one_blas_thread(get_array_module(rec.output)):
             self._statistics(layers, rec, n)

@@ -182,9 +182,9 @@ def test_hook_is_asked_only_on_statistics_steps(rng, monkeypatch):
     calls = []
     real = opt.forward_backward
 
-    def spy(net, xb, yb):
+    def spy(net, xb, yb, sample_weight=None):
         calls.append(opt.iterations)
-        return real(net, xb, yb)
+        return real(net, xb, yb, sample_weight=sample_weight)
     monkeypatch.setattr(opt, "forward_backward", spy)
     net = NeuralNetwork([Linear(3, 2)], loss_fn=SoftMaxLoss(), optimizer=opt, workers=1)
     net.fit(rng.standard_normal((20, 3)), rng.integers(0, 2, 20), epochs=2, batch_size=4, verbose=0)

@@ -243,13 +243,14 @@ def _backward(net, upstream, targets, rec, first_needed):
         g = layer.backward(g, need_input_grad=i > first_needed)
 
 
-def record(net, xb, yb, fisher, layers, mc_samples=1, rng=None, keep_grads=False):
+def record(net, xb, yb, fisher, layers, mc_samples=1, rng=None, keep_grads=False, sample_weight=None):
     """A ``Record`` of the batch ``(xb, yb)`` (already on the parameters' device).
 
     ``keep_grads``: the empirical pass is the batch's training backward (mean loss): every
     neuron's ``grads`` hold the training gradient afterwards, whatever the Fisher type (the
     extra columns' passes do not overwrite it).  Otherwise the passes stop at the first target
-    layer and every neuron's ``grads`` are restored as they were.
+    layer and every neuron's ``grads`` are restored as they were.  ``sample_weight`` (``(N,)``) goes
+    to the loss (``L = (1/N) sum_n w_n l_n``): the empirical columns are then ``N dL/dy`` of that loss.
     """
     rec = Record(layers)
     targets = {id(layer) for layer in layers}
@@ -264,7 +265,10 @@ def record(net, xb, yb, fisher, layers, mc_samples=1, rng=None, keep_grads=False
     trainable = net.trainable_layers
     saved = {id(layer): dict(layer._grads) for layer in trainable}
     first = 0 if keep_grads else min(index[id(layer)] for layer in layers)
-    rec.loss = net.loss_fn.forward(out, yb, validate=False)
+    if sample_weight is None:
+        rec.loss = net.loss_fn.forward(out, yb, validate=False)
+    else:
+        rec.loss = net.loss_fn.forward(out, yb, validate=False, sample_weight=sample_weight)
     n = out.shape[0]
     if fisher == "empirical" or keep_grads:
         mean_grad = net.loss_fn.backward()
