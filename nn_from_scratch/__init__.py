@@ -19,6 +19,7 @@ from .optimizers import EKFAC, KFAC, SGD, Adam, GradientDescent, RMSProp, RMSpro
 from .pooling import (AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D,
                       MaxPool3D)
 from .serialization import ModelFileError
+from .dropout import Dropout
 
 __version__ = "0.1.0"
 
@@ -35,4 +36,5 @@ __all__ = [
     "LearningRateScheduler", "ReduceLROnPlateau", "TerminateOnNaN", "LambdaCallback",
     "metrics", "Metric", "Accuracy", "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError",
     "confusion_matrix", "plot_confusion_matrix",
+    "Dropout",
 ]

@@ -478,6 +478,7 @@ class NeuralNetwork:
         shards = shard_count(self, xb.shape[0]) if sample_weight is None else 1
         failed = None
         if shards > 1:
+            randoms = [(layer, layer.random_state()) for layer in self.layers if hasattr(layer, "random_state")]
             try:
                 split = self._sharded
                 if split is None or split.shards != shards or (recheck and not split.matches(self, shards)):
@@ -486,6 +487,8 @@ class NeuralNetwork:
                 return self._sharded.run(self, xb, yb)
             except Exception as exc:            # once more as one batch: its error names the whole batch
                 failed = exc
+                for layer, state in randoms:    # the same random draws as the split would have used
+                    layer.set_random_state(state)
                 kind = getattr(self._sharded, "kind", "workers")
                 self._drop_shards()             # a fresh split next time (a worker may have died)
         out = self.forward(xb)
@@ -808,6 +811,9 @@ class NeuralNetwork:
             "optimizer": {"class": type(self.optimizer).__name__, "config": self.optimizer.get_config()},
             "training": bool(self._training),
             "layer_training": [bool(layer.training) for layer in self.layers],
+            # where each random layer's (Dropout's) sequence stands, so that training continues with fresh draws
+            "layer_random_state": [layer.random_state() if hasattr(layer, "random_state") else None
+                                   for layer in self.layers],
         }
 
     def _param_arrays(self):
@@ -867,6 +873,19 @@ class NeuralNetwork:
         for layer, mode in zip(self.layers, modes):
             layer.training = mode
         self._training = config.get("training", all(modes))
+        states = config.get("layer_random_state")
+        if states is None:
+            return
+        if not isinstance(states, list) or len(states) != len(self.layers):
+            raise ModelFileError(f"{path!r}: the saved random states are damaged: expected {len(self.layers)} "
+                                 f"entries, received {states!r}")
+        for i, (layer, state) in enumerate(zip(self.layers, states)):
+            if state is None or not hasattr(layer, "set_random_state"):
+                continue
+            try:
+                layer.set_random_state(state)
+            except (TypeError, ValueError) as exc:
+                raise ModelFileError(f"{path!r}: layer {i}: {exc}") from None
 
     @classmethod
     def _load_new(cls, path):

@@ -117,6 +117,8 @@ def shard_count(net, n):
         return 1
     if not all(is_per_sample(node) for node in list(net.layers) + [net.loss_fn]):
         return 1
+    if any(getattr(node, "stochastic", False) and not hasattr(node, "set_random_state") for node in net.layers):
+        return 1            # random draws the split cannot hand out per shard (see _random_states)
     return shards
 
 
@@ -158,6 +160,23 @@ def _set_modes(layers, modes):
     """Give the copies ``layers`` the training flags ``modes`` (``_modes``) of the network's layers."""
     for layer, m in zip(layers, modes):
         layer.training = m == "1"
+
+
+def _random_states(net):
+    """``[[layer index, random state]]`` of the network's stochastic layers (``Dropout``).
+
+    A stochastic layer that may be split implements ``random_state()`` and
+    ``set_random_state(state, sample_offset)``: given the step's state and the index of its first
+    sample in the whole batch, a shard draws exactly its samples' part of the batch's random
+    numbers (``dropout.py``), so the shards' draws differ and the result is the unsplit one.
+    (Stochastic layers without them keep the network unsplit: ``shard_count``.)"""
+    return [[k, layer.random_state()] for k, layer in enumerate(net.layers)
+            if getattr(layer, "stochastic", False) and hasattr(layer, "set_random_state")]
+
+
+def _set_random_states(layers, states, offset):
+    for k, state in states:
+        layers[k].set_random_state(state, offset)
 
 
 def network_key(net):
@@ -235,8 +254,14 @@ class ShardedStep:
         xp = get_array_module(xb)
         _, weights = _shard_bounds(xb.shape[0], self.shards)
         self._sync_modes(net)
+        states = _random_states(net)
+        bounds, _ = _shard_bounds(xb.shape[0], self.shards)
+        for w, replica in enumerate(self.replicas):
+            _set_random_states(replica, states, bounds[w])
         results = self._side_by_side(xb.shape[0], lambda w, s: _forward_backward(self.replicas[w], self.losses[w],
                                                                                    xb[s], yb[s], weights[w]))
+        for k, _ in states:                     # the network's layers move on as shard 0's did
+            net.layers[k].set_random_state(self.replicas[0][k].random_state())
         for k, layer in enumerate(net.layers):
             if not layer.trainable:
                 continue
@@ -402,6 +427,7 @@ def _worker(conn, net, slots, params, grads, inbox):
             if header["op"] not in ("step", "forward"):
                 break
             _set_modes(net.layers, header["modes"])
+            _set_random_states(net.layers, header.get("random", ()), header.get("offset", 0))
             try:
                 with np.errstate(**header["err"]):
                     if header["op"] == "forward":
@@ -541,7 +567,8 @@ class ForkedStep:
         written into the worker's inbox when they fit there, else their bytes in the message itself.
         (The inbox's views and the message are kept per header and shapes: the same ones serve every
         step of a ``fit``.)"""
-        key = (w, tuple((k, tuple(v.items()) if isinstance(v, dict) else v) for k, v in header.items()),
+        key = (w, tuple((k, tuple(v.items()) if isinstance(v, dict) else
+                         tuple(map(tuple, v)) if isinstance(v, list) else v) for k, v in header.items()),
                tuple((a.shape, a.dtype.str) for a in arrays))
         held = self._messages.get(key)
         if held is None:
@@ -589,11 +616,11 @@ class ForkedStep:
     def run(self, net, xb, yb):
         """``(loss, output)`` of the batch; the layers' ``grads`` hold the batch's gradients."""
         bounds, weights = _shard_bounds(xb.shape[0], self.shards)
-        err, modes = np.geterr(), _modes(net)
+        err, modes, states = np.geterr(), _modes(net), _random_states(net)
         parts = [(xb[bounds[w]:bounds[w + 1]], yb[bounds[w]:bounds[w + 1]]) for w in range(self.shards)]
         mine, replies = self._side_by_side(
-            net, lambda w: self._shard_message(w, {"op": "step", "err": err, "weight": weights[w], "modes": modes},
-                                          parts[w]),
+            net, lambda w: self._shard_message(w, {"op": "step", "err": err, "weight": weights[w], "modes": modes,
+                                              "random": states, "offset": bounds[w]}, parts[w]),
             lambda: _forward_backward(net.layers, net.loss_fn, parts[0][0], parts[0][1], weights[0]))
         results = [mine] + [(arrays[0], arrays[1]) for arrays in replies]
         for i, (k, name, _, _) in enumerate(self.slots):
