@@ -9,6 +9,8 @@ is preconditioned by the damped curvature block, then clipped and applied with m
     K-FAC:    V' = Q_G [(Q_G^T V Q_A) / (lam_G lam_A^T + damping)] Q_A^T   = (G (x) A + damping I)^-1 V
     EKFAC:    V' = Q_G [(Q_G^T V Q_A) / (s + damping)] Q_A^T
     KL clip:  nu = min(1, sqrt(kl_clip / (lr^2 sum_layers |<V', V>|)))      (kl_clip=None: nu = 1)
+    (lr: a number or a schedule, ``nn_from_scratch.schedules``, read at each step; K-FAC's own
+    kl_clip replaces the gradient clipping arguments of the other optimizers)
     w <- w - lr * weight_decay * w                        (decoupled, as GradientDescent)
     v <- momentum v - lr nu V';  w <- w + v               (Keras SGD momentum on V')
 
@@ -166,6 +168,7 @@ class KFAC(Optimizer):
 
     def _step(self, layers):
         t = self.iterations                  # this step's index (0-based)
+        self.current_lr = lr = self._rate(t)  # a number, or the schedule's value at this step
         self.iterations += 1
         pre, plain = [], []
         for layer in layers:
@@ -196,7 +199,7 @@ class KFAC(Optimizer):
         nu = 1.0
         if pre and self.kl_clip is not None:
             xp = get_array_module(pre[0][1])
-            total = sum(xp.abs((Vp * V).sum()) for _, V, Vp in pre) * (self.lr ** 2)
+            total = sum(xp.abs((Vp * V).sum()) for _, V, Vp in pre) * (lr ** 2)
             with np.errstate(divide="ignore"):
                 nu = xp.minimum(1.0, xp.sqrt(self.kl_clip / total))
         for layer, _, Vp in pre:
@@ -208,10 +211,11 @@ class KFAC(Optimizer):
                 self._apply(layer, name, param, layer.grads[name])
 
     def _apply(self, layer, name, param, direction):
+        lr = self.current_lr
         if self.weight_decay:
-            param -= param * (self.lr * self.weight_decay)
+            param -= param * (lr * self.weight_decay)
         v = self.state((layer, name), param, "velocity") if self.momentum else None
-        kernels.sgd_update(param, direction, v, self.lr, self.momentum, False)
+        kernels.sgd_update(param, direction, v, lr, self.momentum, False)
 
     def _update(self, param, grad, key):     # the interface's per-parameter rule: the plain momentum step
         layer, name = key

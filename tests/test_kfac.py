@@ -262,3 +262,19 @@ def test_cupy_kfac_training_equals_numpy(gpu, rng):
         nnb.use("cupy")
     for a, b in zip(on_gpu, on_host):
         close(a, b, 1e-8)
+
+
+def test_learning_rate_schedule_is_read_at_each_step(rng):
+    """lr as a schedule: step t uses schedule(t) (no momentum, no clip: the step is -lr_t * V')."""
+    from nn_from_scratch.schedules import ExponentialDecay
+    lin = Linear(3, 2, dtype=F64)
+    opt = KFAC(lr=ExponentialDecay(0.5, 1, 0.5), damping=0.1, decay=0.0, cov_every=1, inv_every=1, kl_clip=None,
+               momentum=0.0)
+    net = NeuralNetwork([lin], loss_fn=SoftMaxLoss(), optimizer=opt, workers=1)
+    X, y = rng.standard_normal((4, 3)), rng.integers(0, 2, 4)
+    for t in range(3):
+        W0 = lin.W.copy()
+        kf = cv.kfac_factors(net, X, y)[lin.name]
+        V = ls.to_matrix(lin, {"W": net.gradients(X, y)[(lin.name, "W")]})
+        net.train_step(X, y)
+        close(ls.to_matrix(lin, {"W": lin.W - W0}), -0.5 * 0.5 ** t * kf.solve(V, 0.1), 1e-9)
