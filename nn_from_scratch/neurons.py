@@ -83,6 +83,11 @@ class Linear(_GradNames, Neuron):
     def compute_output_shape(self, input_shape):
         return (self.out_features,)
 
+    def param_views(self, name, array):
+        """The weight tensors an array shaped like parameter ``name`` holds, as Keras sees them
+        (views): ``W[1:]`` the kernel and ``W[0]`` the bias (per-tensor gradient clipping)."""
+        return [array[1:], array[0]] if name == "W" else [array]
+
     def count_params(self):
         """``D*M`` weights plus ``M`` biases; without bias the (always zero) row 0 of ``W`` is not counted."""
         return self.in_features * self.out_features + (self.out_features if self.use_bias else 0)
