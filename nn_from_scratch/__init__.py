@@ -15,7 +15,7 @@ from .metrics import (Accuracy, MeanAbsoluteError, MeanSquaredError, Metric, Top
                       plot_confusion_matrix)
 from .network import DataError, History, NeuralNetwork, TrainingWarning
 from .neurons import Conv1D, Conv2D, Conv3D, Convolution, Dense, Linear
-from .optimizers import SGD, AdaGrad, Adagrad, Adam, AdamW, GradientDescent, RMSProp, RMSprop
+from .optimizers import EKFAC, KFAC, SGD, AdaGrad, Adagrad, Adam, AdamW, GradientDescent, RMSProp, RMSprop
 from . import schedules
 from .schedules import (CosineDecay, ExponentialDecay, LearningRateSchedule, PiecewiseConstantDecay,
                         StepDecay)
@@ -38,7 +38,7 @@ __all__ = [
     "SoftMaxLoss", "MSELoss",
     "Linear", "Dense", "Convolution", "Conv1D", "Conv2D", "Conv3D",
     "MaxPool", "AvgPool", "MaxPool1D", "MaxPool2D", "MaxPool3D", "AvgPool1D", "AvgPool2D", "AvgPool3D",
-    "GradientDescent", "SGD", "Adam", "RMSProp", "RMSprop", "AdamW", "AdaGrad", "Adagrad",
+    "GradientDescent", "SGD", "Adam", "RMSProp", "RMSprop", "AdamW", "AdaGrad", "Adagrad", "KFAC", "EKFAC",
     "schedules", "LearningRateSchedule", "ExponentialDecay", "StepDecay", "PiecewiseConstantDecay", "CosineDecay",
     "NeuralNetwork", "History",
     "callbacks", "Callback", "CallbackError", "EarlyStopping", "ModelCheckpoint", "CSVLogger",
