@@ -5,6 +5,7 @@ CuPy arrays on a GPU (``nn_from_scratch.backend``); ``nn_from_scratch.crosscheck
 proves the numbers against TensorFlow/Keras.
 """
 from . import backend, initializers
+from .concurrency import ConcurrentUseError
 from .activations import Flatten, ReLU, Reshape, Sigmoid, Softmax, Tanh, Vectorization
 from .initializers import set_seed
 from .interfaces import Neuron, Node, Optimizer, ShapeError
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "backend", "initializers", "set_seed",
     "Node", "Neuron", "Optimizer", "ShapeError", "DataError", "ModelFileError", "TrainingWarning",
+    "ConcurrentUseError",
     "ReLU", "Sigmoid", "Tanh", "Softmax", "Vectorization", "Flatten", "Reshape",
     "SoftMaxLoss", "MSELoss",
     "Linear", "Dense", "Convolution", "Conv1D", "Conv2D", "Conv3D",

@@ -31,6 +31,7 @@ import warnings
 import numpy as np
 
 from . import fusion, kernels
+from .concurrency import guarded
 from .backend import get_array_module, read_scalars, read_to_host, to_device, to_numpy
 from .interfaces import Neuron, Node, ShapeError, format_shape
 from .losses import Loss, SoftMaxLoss, labels_to_indices
@@ -339,6 +340,7 @@ class NeuralNetwork:
         ts = self.trainable_layers
         return next(iter(ts[0].params.values())) if ts else None
 
+    @guarded(training=True)
     def train_step(self, xb, yb):
         """One forward/backward/update on a batch already on the right device; returns the loss."""
         loss, out = self._forward_backward(xb, yb)
@@ -358,8 +360,9 @@ class NeuralNetwork:
                 split = self._sharded
                 if split is None or split.shards != shards or (recheck and not split.matches(self, shards)):
                     self._drop_shards()
-                    self._sharded = make_step(self, shards, xb, yb)
-                return self._sharded.run(self, xb, yb)
+                    self._sharded = make_step(self, shards, xb, yb)     # None: may not split now
+                if self._sharded is not None:
+                    return self._sharded.run(self, xb, yb)
             except Exception as exc:            # once more as one batch: its error names the whole batch
                 failed = exc
                 kind = getattr(self._sharded, "kind", "workers")
@@ -388,6 +391,7 @@ class NeuralNetwork:
         self._drop_shards()
 
     # --------------------------------------------------------- analysis hooks
+    @guarded(training=False)
     def layer_outputs(self, x, to_host=True):
         """``{layer name: output}`` for a batch ``x`` (NumPy arrays unless to_host=False)."""
         x, _, _ = self._prepare_xy(x, None, "layer_outputs")
@@ -395,6 +399,7 @@ class NeuralNetwork:
         conv = to_numpy if to_host else (lambda a: a)
         return {layer.name: conv(o) for layer, o in zip(self.layers, outs)}
 
+    @guarded(training=False)
     def input_gradient(self, x, y=None, output_index=None, upstream=None, to_host=True):
         """Gradient with respect to the input batch ``x`` of
 
@@ -426,6 +431,7 @@ class NeuralNetwork:
         dx = self.backward(g)
         return to_numpy(dx) if to_host else dx
 
+    @guarded(training=False)
     def gradients(self, x, y):
         """``{(layer name, param name): dL/dparam}`` (NumPy) for one batch, no update."""
         x, y, _ = self._prepare_xy(x, y, "gradients")
@@ -436,6 +442,7 @@ class NeuralNetwork:
         return {(layer.name, k): to_numpy(v) for layer in self.trainable_layers for k, v in layer.grads.items()}
 
     # ---------------------------------------------------------------- training
+    @guarded(training=True)
     def fit(self, X, y, epochs=None, batch_size=None, shuffle=None, validation_data=None, seed=None,
             verbose=1, n_epochs=None, stop_on_nonfinite=True, validation_batch_size=None):
         """Train; returns (and stores as ``self.history``) a ``History``.
@@ -509,6 +516,7 @@ class NeuralNetwork:
             if split is not None:
                 split.rest()
 
+    @guarded(training=False)
     def predict(self, X, batch_size=None, to_host=True):
         """Outputs of the last layer for ``X`` (``(N, *S)``, or one batch as in the seed lab).
 
@@ -521,6 +529,7 @@ class NeuralNetwork:
         out = xp.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
         return to_numpy(out) if to_host else out
 
+    @guarded(training=False)
     def evaluate(self, X, y, batch_size=None):
         """``(mean loss, accuracy)``; accuracy is None unless the loss is SoftMaxLoss."""
         X, y, given_batch = self._prepare_xy(X, y, "evaluate")
@@ -576,6 +585,7 @@ class NeuralNetwork:
     def _param_arrays(self):
         return {f"layer{i}/{k}": v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
 
+    @guarded(training=False)
     def save(self, path):
         """Write architecture and weights to ``path`` (.npz), atomically."""
         arrays = {"__format__": np.array(FORMAT), "__config__": np.array(json.dumps(self.get_config()))}
@@ -583,6 +593,7 @@ class NeuralNetwork:
         write_npz_atomic(path, arrays)
         return path
 
+    @guarded(training=True)
     def _load_into(self, path):
         config, arrays = read_model_file(path)
         mine = self._param_arrays()
