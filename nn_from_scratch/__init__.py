@@ -4,7 +4,9 @@ Every layer has a hand-written ``forward``/``backward``; the same code runs on
 CuPy arrays on a GPU (``nn_from_scratch.backend``); ``nn_from_scratch.crosscheck``
 proves the numbers against TensorFlow/Keras.
 """
-from . import backend, initializers
+from . import backend, callbacks, initializers
+from .callbacks import (Callback, CallbackError, CSVLogger, EarlyStopping, LambdaCallback,
+                        LearningRateScheduler, ModelCheckpoint, ReduceLROnPlateau, TerminateOnNaN)
 from .concurrency import ConcurrentUseError
 from .activations import Flatten, ReLU, Reshape, Sigmoid, Softmax, Tanh, Vectorization
 from .initializers import set_seed
@@ -29,4 +31,6 @@ __all__ = [
     "MaxPool", "AvgPool", "MaxPool1D", "MaxPool2D", "MaxPool3D", "AvgPool1D", "AvgPool2D", "AvgPool3D",
     "GradientDescent", "SGD", "Adam", "RMSProp", "RMSprop",
     "NeuralNetwork", "History",
+    "callbacks", "Callback", "CallbackError", "EarlyStopping", "ModelCheckpoint", "CSVLogger",
+    "LearningRateScheduler", "ReduceLROnPlateau", "TerminateOnNaN", "LambdaCallback",
 ]

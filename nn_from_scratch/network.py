@@ -31,6 +31,7 @@ import warnings
 import numpy as np
 
 from . import fusion, kernels
+from .callbacks import CallbackList, TerminateOnNaN
 from .concurrency import guarded
 from .backend import get_array_module, read_scalars, read_to_host, to_device, to_numpy
 from .interfaces import Neuron, Node, ShapeError, format_shape
@@ -144,6 +145,8 @@ class NeuralNetwork:
         self.workers = workers
         self._sharded = None
         self.history = History()
+        #: set by a callback (``self.network.stop_training = True``) to end ``fit`` after this batch
+        self.stop_training = False
         self.input_shape = tuple(input_shape) if input_shape is not None else layers[0].input_shape
         self._shapes = self._infer_shapes()
         if n_input is not None and self.input_shape is not None and None not in self.input_shape:
@@ -190,6 +193,23 @@ class NeuralNetwork:
 
     def count_params(self):
         return sum(layer.count_params() for layer in self.layers)
+
+    def get_weights(self, to_host=True):
+        """Copies of every layer's parameters, in order (NumPy arrays unless ``to_host=False``,
+        which keeps them on the parameters' device); ``set_weights`` puts them back."""
+        conv = to_numpy if to_host else (lambda a: a)
+        return [conv(p).copy() for layer in self.layers for p in layer.params.values()]
+
+    def set_weights(self, weights):
+        """Replace every layer's parameters by ``weights`` (the order of ``get_weights``)."""
+        weights = list(weights)
+        slots = [(layer, k) for layer in self.layers for k in layer.params]
+        if len(weights) != len(slots):
+            raise ValueError(f"set_weights: this network has {len(slots)} parameter arrays, "
+                             f"received {len(weights)}")
+        for (layer, k), w in zip(slots, weights):
+            layer.set_params(**{k: w})
+        return self
 
     @property
     def dtype(self):
@@ -444,7 +464,7 @@ class NeuralNetwork:
     # ---------------------------------------------------------------- training
     @guarded(training=True)
     def fit(self, X, y, epochs=None, batch_size=None, shuffle=None, validation_data=None, seed=None,
-            verbose=1, n_epochs=None, stop_on_nonfinite=True, validation_batch_size=None):
+            verbose=1, n_epochs=None, stop_on_nonfinite=True, validation_batch_size=None, callbacks=None):
         """Train; returns (and stores as ``self.history``) a ``History``.
 
         ``X``: ``(N, *S)`` with integer labels ``(N,)`` or one-hot ``(N, K)``; or the
@@ -454,6 +474,10 @@ class NeuralNetwork:
         ``seed`` fixes the shuffling order.  ``validation_batch_size`` is the batch
         size for evaluating ``validation_data`` after each epoch (default
         ``max(batch_size, 256)``, as in ``evaluate``).
+        ``callbacks``: ``Callback`` objects (``nn_from_scratch.callbacks``) called at the start and
+        end of training, of each epoch and after each batch; one may stop training with
+        ``self.network.stop_training = True``.  ``stop_on_nonfinite=True`` adds a
+        ``TerminateOnNaN`` when the list has none (training stops at a NaN/Inf loss).
         """
         if epochs is not None and n_epochs is not None and epochs != n_epochs:
             raise ValueError(f"fit: epochs={epochs} and n_epochs={n_epochs} disagree")
@@ -475,7 +499,19 @@ class NeuralNetwork:
         if validation_batch_size is not None and int(validation_batch_size) < 1:
             raise ValueError(f"fit: validation_batch_size must be >= 1, received {validation_batch_size}")
         val_batch = int(validation_batch_size or max(batch_size, 256))
-        return _Trainer(self, X, y, batch_size, shuffle, seed, verbose, stop_on_nonfinite).run(epochs, val, val_batch)
+        from .callbacks import Callback  # noqa: PLC0415 - the base class, for a single callback
+        cbs = [] if callbacks is None else [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
+        if stop_on_nonfinite and not any(isinstance(c, TerminateOnNaN) for c in cbs):
+            cbs.append(TerminateOnNaN())
+        trainer = _Trainer(self, X, y, batch_size, shuffle, seed, verbose, stop_on_nonfinite)
+        classify = isinstance(self.loss_fn, SoftMaxLoss)
+        keys = ["loss"] + (["accuracy"] if classify else [])
+        keys += [f"val_{k}" for k in keys] if val is not None else []
+        params = {"epochs": epochs, "steps": math.ceil(X.shape[0] / batch_size), "batch_size": batch_size,
+                  "samples": int(X.shape[0]), "metrics": keys}
+        trainer.callbacks = CallbackList(cbs, self, params)
+        trainer.stop_on_nonfinite = any(isinstance(c, TerminateOnNaN) for c in cbs)
+        return trainer.run(epochs, val, val_batch)
 
     def _batches(self, X, batch_size):
         for start in range(0, X.shape[0], batch_size):
@@ -693,6 +729,7 @@ class _Trainer:
         self.warned_chance = False
         self.ema = None
         self.start_losses = []       # the first RISE_WINDOW batch losses (CPU schedule)
+        self.callbacks = CallbackList([], net, {})
 
     def _loss_buffer(self, n):
         """Zeros ``(n,)`` on the parameters' device (and of their array type) for the batch losses."""
@@ -718,8 +755,18 @@ class _Trainer:
             val = (to_device(val[0], like=self.like, dtype=self.net.dtype), to_device(val[1], like=self.like))
         # overflow to Inf/NaN is caught and reported by the loss checks below (training stops
         # with a TrainingWarning), so NumPy's own overflow warnings would only repeat it
-        with np.errstate(over="ignore", invalid="ignore"):
-            return self._run(epochs, val, val_batch)
+        net = self.net
+        net.stop_training = False
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                hist = self._run(epochs, val, val_batch)
+        finally:
+            for layer in net.layers:
+                layer.clear_cache()
+            if net._sharded is not None:        # the workers stay for the next fit, without caches
+                net._sharded.rest()
+        self.callbacks.call("on_train_end", {})
+        return hist
 
     def _run(self, epochs, val, val_batch):
         net = self.net
@@ -727,7 +774,10 @@ class _Trainer:
         net.history = hist
         n = self.X.shape[0]
         n_batches = math.ceil(n / self.batch_size)
+        cbl = self.callbacks
+        cbl.call("on_train_begin", {})
         for epoch in range(1, epochs + 1):
+            cbl.call("on_epoch_begin", epoch - 1, {})
             order = self.rng.permutation(n) if self.shuffle else None
             if order is not None and self.on_device and get_array_module(self.X) is not np:
                 order = to_device(order, like=self.X)
@@ -771,7 +821,11 @@ class _Trainer:
                 now = self._clock()
                 if pbar is not None:
                     pbar.update(1)
-                last = b == n_batches - 1
+                if cbl.batch_callbacks:
+                    bl = lv if not self.defer else float(read_scalars(loss, why="callback")[0])
+                    cbl.batch_end(b, {"loss": bl})
+                stop_now = net.stop_training
+                last = b == n_batches - 1 or stop_now
                 if now - last_refresh >= self.REFRESH_INTERVAL or last:
                     last_refresh = now
                     # the one device->host read of a refresh; the epoch's last one also
@@ -799,6 +853,8 @@ class _Trainer:
                         if self.classify:
                             post["acc"] = f"{tot_correct / seen:.4f}"
                         pbar.set_postfix(post, refresh=False)
+                if stop_now:
+                    break
             if pbar is not None:
                 pbar.close()
             if stopped is not None:
@@ -820,10 +876,17 @@ class _Trainer:
                 self._warn_rise(hist.history["loss"][-2], logs["loss"], pbar=None)
             if self.classify and epoch >= 2:
                 self._check_chance(logs["loss"], epoch)
-        for layer in net.layers:
-            layer.clear_cache()
-        if net._sharded is not None:        # the workers stay for the next fit, without caches
-            net._sharded.rest()
+            if cbl:
+                logged = set(logs)
+                cbl.call("on_epoch_end", epoch - 1, logs)
+                for k in logs:                  # what callbacks added (learning_rate) goes in the history
+                    if k not in logged:
+                        hist.history.setdefault(k, [None] * (len(hist.epoch) - 1)).append(logs[k])
+            if net.stop_training:
+                who = cbl.stopped_by
+                hist.stopped = (f"stopped by {type(who).__name__ if who is not None else 'stop_training'} "
+                                f"after epoch {epoch}")
+                break
         return hist
 
     def _progress(self, epoch, epochs, n_batches):
@@ -838,6 +901,9 @@ class _Trainer:
         msg = (f"training stopped: the loss became {value} at epoch {epoch}, batch {batch + 1}. "
                f"The learning rate ({self.net.optimizer.lr}) is probably too high for this network; {kept}")
         self._warn(msg, pbar)
+        for cb in self.callbacks:
+            if isinstance(cb, TerminateOnNaN):
+                cb._record(epoch - 1, batch, value)
         return msg
 
     def _risen(self, before, after):
