@@ -21,6 +21,8 @@ Contracts every layer keeps:
   expected and what was received.
 """
 import itertools
+import math
+import numbers
 import weakref
 from abc import ABC, abstractmethod
 
@@ -303,6 +305,22 @@ class _StateByLayer:
         return len(self._entries)
 
 
+def check_learning_rate(owner, lr):
+    """``lr`` as a float after checking it is a finite number > 0 (``TypeError``/``ValueError``
+    naming ``owner`` otherwise); a schedule object (callable, not a number: CONTRACTS C6) is
+    returned as it is, its values being checked where they are used."""
+    if callable(lr) and not isinstance(lr, numbers.Number):
+        return lr
+    if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, numbers.Real):
+        raise TypeError(f"{owner}: learning rate lr must be a number (or a schedule), received "
+                        f"{type(lr).__name__} {lr!r}")
+    if not lr > 0:
+        raise ValueError(f"{owner}: learning rate must be > 0, received {lr!r} (lr: a finite number > 0)")
+    if not math.isfinite(lr):
+        raise ValueError(f"{owner}: learning rate must be finite, received {lr!r} (lr: a finite number > 0)")
+    return float(lr)
+
+
 class Optimizer(ABC):
     """Updates the parameters of neurons from their stored gradients.
 
@@ -314,9 +332,7 @@ class Optimizer(ABC):
     """
 
     def __init__(self, lr):
-        if not lr > 0:
-            raise ValueError(f"{type(self).__name__}: learning rate must be > 0, received {lr!r}")
-        self.lr = float(lr)
+        self.lr = check_learning_rate(type(self).__name__, lr)
         self.iterations = 0
         self._state = _StateByLayer()
 

@@ -25,6 +25,7 @@ for a validation pass, and the input checks at the start of ``fit``.
 import functools
 import json
 import math
+import os
 import time
 import warnings
 
@@ -623,9 +624,13 @@ class NeuralNetwork:
 
     @guarded(training=False)
     def save(self, path):
-        """Write architecture and weights to ``path`` (.npz), atomically."""
+        """Write architecture and weights to ``path`` (.npz), atomically (``serialization.py``:
+        temporary files, permissions kept, symbolic links written through).  Weights holding
+        NaN/Inf are saved as they are, with a ``TrainingWarning`` naming them (a diverged model
+        may be worth keeping to look at; loading it warns again)."""
         arrays = {"__format__": np.array(FORMAT), "__config__": np.array(json.dumps(self.get_config()))}
         arrays.update(self._param_arrays())
+        _warn_nonfinite(self, arrays, f"saving {os.fspath(path)!r}")
         write_npz_atomic(path, arrays)
         return path
 
@@ -655,6 +660,7 @@ class NeuralNetwork:
                     f"{path!r} holds a model of another architecture: layer {i} ({layer._describe()}) has "
                     + ", ".join(f"{k}={theirs_cfg.get(k)!r}" for k in keys) + " in the file but "
                     + ", ".join(f"{k}={ours_cfg.get(k)!r}" for k in keys) + " in this network")
+        _warn_nonfinite(self, arrays, f"loading {path!r}")
         for i, layer in enumerate(self.layers):
             for k in list(layer.params):
                 a = arrays[f"layer{i}/{k}"]
@@ -671,10 +677,12 @@ class NeuralNetwork:
             loss = build_layer(config["loss"])
             opt = get_optimizer(config["optimizer"]["class"].lower().replace("gradientdescent", "sgd"),
                                 **config["optimizer"]["config"])
-        except (KeyError, TypeError) as exc:
-            raise ModelFileError(f"{path!r}: the architecture record is damaged ({exc})") from None
-        net = cls(layers, loss_fn=loss, optimizer=opt, batch_size=config.get("batch_size", 32),
-                  input_shape=config.get("input_shape"), name=config.get("name", "network"))
+            net = cls(layers, loss_fn=loss, optimizer=opt, batch_size=config.get("batch_size", 32),
+                      input_shape=config.get("input_shape"), name=config.get("name", "network"))
+        except ModelFileError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:   # ValueError: ShapeError too
+            raise ModelFileError(f"{path!r}: the architecture record is damaged ({type(exc).__name__}: {exc})") from None
         return net._load_into(path)
 
     load = _hybridmethod(_load_into, _load_new.__func__)
@@ -688,6 +696,15 @@ class NeuralNetwork:
 
     def __repr__(self):
         return f"NeuralNetwork({len(self.layers)} layers, {self.count_params():,} params, loss={type(self.loss_fn).__name__})"
+
+
+def _warn_nonfinite(net, arrays, doing):
+    """A ``TrainingWarning`` when parameter arrays ``{name: array}`` hold NaN/Inf."""
+    bad = [k for k, v in arrays.items() if k.startswith("layer") and getattr(v, "dtype", None) is not None
+           and v.dtype.kind == "f" and not bool(read_scalars(get_array_module(v).isfinite(v).all(), why="check")[0])]
+    if bad:
+        warnings.warn(f"{net.name}: {doing}: parameters {bad} hold NaN/Inf; the network's outputs will be NaN",
+                      TrainingWarning, stacklevel=3)
 
 
 class _Trainer:
@@ -808,10 +825,20 @@ class _Trainer:
                     if not math.isfinite(lv) and self.stop_on_nonfinite:
                         stopped = self._nonfinite(epoch, b, lv, pbar)
                         break
+                    if self.stop_on_nonfinite:           # nor a step of non-finite gradients
+                        bad = self._nonfinite_grad()
+                        if bad is not None:
+                            stopped = self._nonfinite(epoch, b, lv, pbar, what=bad)
+                            break
                     hist.batch_loss.append(lv)
                     # smoothed batch loss: a spike shows even when the epoch mean hides it
                     self._check_batch_loss(lv, pbar)
                 net.optimizer.step(net.layers)
+                if not self.defer and self.stop_on_nonfinite:
+                    bad = self._nonfinite_param()
+                    if bad is not None:                 # the update itself overflowed
+                        stopped = self._nonfinite(epoch, b, lv, pbar, what=bad, applied=True)
+                        break
                 seen += m
                 if not fused_sums:
                     sum_loss = sum_loss + loss * m
@@ -895,10 +922,37 @@ class _Trainer:
         from tqdm.auto import tqdm  # noqa: PLC0415 - optional at import time
         return tqdm(total=n_batches, desc=f"Epoch {epoch}/{epochs}", unit="batch", leave=True)
 
-    def _nonfinite(self, epoch, batch, value, pbar):
-        kept = ("the weights are those before the failing step" if not self.defer else
-                "the weights may already hold NaN/Inf (on the GPU the loss is read only at progress updates)")
-        msg = (f"training stopped: the loss became {value} at epoch {epoch}, batch {batch + 1}. "
+    def _nonfinite_grad(self):
+        """``"the gradient of <param> of <layer>"`` for the first gradient holding NaN/Inf, else None.
+        One sum per gradient (NaN and Inf survive a sum; a sum of finite values overflows only
+        for gradients beyond ~1e34 in float32, a divergence all the same): no temporary arrays."""
+        for layer in self.net.layers:
+            if getattr(layer, "trainable", False):
+                for name, g in layer.grads.items():
+                    if not math.isfinite(float(g.sum())):
+                        return f"the gradient of {name} in {layer._describe()}"
+        return None
+
+    def _nonfinite_param(self):
+        """The same check of the parameters after an update (``lr * gradient`` beyond the float range)."""
+        for layer in self.net.layers:
+            if getattr(layer, "trainable", False):
+                for name, p in layer.params.items():
+                    if not math.isfinite(float(p.sum())):
+                        return f"parameter {name} of {layer._describe()}"
+        return None
+
+    def _nonfinite(self, epoch, batch, value, pbar, what=None, applied=False):
+        if applied:
+            kept = ("the update itself overflowed (learning rate times gradient beyond the float range), so "
+                    "the weights now hold NaN/Inf")
+        elif not self.defer:
+            kept = "the weights are those before the failing step (the last finite ones)"
+        else:
+            kept = "the weights may already hold NaN/Inf (on the GPU the loss is read only at progress updates)"
+        became = (f"{what} became NaN/Inf (the loss was {value})" if what is not None and not applied else
+                  f"{what} became NaN/Inf" if what is not None else f"the loss became {value}")
+        msg = (f"training stopped: {became} at epoch {epoch}, batch {batch + 1}. "
                f"The learning rate ({self.net.optimizer.lr}) is probably too high for this network; {kept}")
         self._warn(msg, pbar)
         for cb in self.callbacks:
@@ -911,7 +965,10 @@ class _Trainer:
 
     def _check_batch_loss(self, loss, pbar):
         """Per-batch losses (CPU): the start level is the mean of the first RISE_WINDOW batches,
-        compared with an exponential average over about as many."""
+        compared with an exponential average over about as many.  Also: a loss risen by orders of
+        magnitude above the lowest so far (``_check_diverging``), which the start level can hide
+        when the loss explodes within the first batches (issue 22: lr=10 drove it to 4.7e12 unwarned)."""
+        self._check_diverging(loss, pbar)
         if len(self.start_losses) < self.RISE_WINDOW:
             self.start_losses.append(loss)
             self.ema = sum(self.start_losses) / len(self.start_losses)
@@ -921,7 +978,22 @@ class _Trainer:
         self.ema += (loss - self.ema) / self.RISE_WINDOW
         self._check_rise(self.ema, pbar)
 
+    #: warn when a loss exceeds the lowest seen in this fit by this factor and by DIVERGE_MARGIN
+    DIVERGE_FACTOR, DIVERGE_MARGIN = 100.0, 10.0
+
+    def _check_diverging(self, loss, pbar):
+        low = self.lowest = loss if getattr(self, "lowest", None) is None else min(self.lowest, loss)
+        if getattr(self, "warned_diverge", False) or not (loss > low * self.DIVERGE_FACTOR
+                                                          and loss > low + self.DIVERGE_MARGIN):
+            return
+        self.warned_diverge = True
+        self._warn(f"the training loss is diverging: it rose by orders of magnitude, from {low:.4g} to {loss:.4g}; "
+                   f"the learning rate ({self.net.optimizer.lr}) is too high (or the inputs are far from unit scale)",
+                   pbar)
+
     def _check_rise(self, cur, pbar):
+        if self.defer:
+            self._check_diverging(cur, pbar)
         if self.first_loss is None:
             self.first_loss = cur
             return

@@ -14,6 +14,13 @@ from .patches import as_tuple, conv_output_shape, padding_to_json, resolve_paddi
 __all__ = ["Linear", "Convolution", "Dense", "Conv1D", "Conv2D", "Conv3D"]
 
 
+def _size(value, what):
+    """A positive int from a saved configuration (``param_shapes``), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, received {value!r}")
+    return int(value)
+
+
 def _init_spec(initializer, W_init_range):
     if W_init_range is not None:
         return ("uniform", W_init_range)
@@ -82,6 +89,14 @@ class Linear(_GradNames, Neuron):
 
     def compute_output_shape(self, input_shape):
         return (self.out_features,)
+
+    @classmethod
+    def param_shapes(cls, config):
+        """``{"W": (D + 1, M)}`` for a ``get_config`` record, without building the layer (the model
+        file check, ``serialization.py``)."""
+        d = _size(list(config["input_shape"])[-1], "input_shape[-1]")
+        m = _size(list(config["output_shape"])[-1], "output_shape[-1]")
+        return {"W": (d + 1, m)}
 
     def count_params(self):
         """``D*M`` weights plus ``M`` biases; without bias the (always zero) row 0 of ``W`` is not counted."""
@@ -218,6 +233,18 @@ class Convolution(_GradNames, Neuron):
                 "output_layers": self.out_channels, "use_bias": self.use_bias, "stride": list(self.stride),
                 "padding": padding_to_json(self.padding), "dilation": list(self.dilation),
                 "dtype": self.dtype.name, "name": self.name}
+
+    @classmethod
+    def param_shapes(cls, config):
+        """``{"W": (F, C, *k), "b": (F,)}`` for a ``get_config`` record, without building the layer
+        (the model file check, ``serialization.py``)."""
+        c = _size(list(config["input_shape"])[1], "input_shape[1] (channels)")
+        f = _size(config["output_layers"], "output_layers")
+        k = tuple(_size(v, "kernel_size") for v in config["kernel_size"])
+        shapes = {"W": (f, c) + k}
+        if config.get("use_bias", True):
+            shapes["b"] = (f,)
+        return shapes
 
     # -- shapes -------------------------------------------------------------------
     def _pads(self, spatial):

@@ -64,9 +64,11 @@ def reaped(pid):
 
 
 def zombie(pid):
+    """Has child ``pid`` exited, all its threads gone, and not been waited for?"""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+            exited = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        return exited and len(os.listdir(f"/proc/{pid}/task")) <= 1   # else not reapable yet
     except FileNotFoundError:
         return False
 
@@ -122,9 +124,13 @@ def test_workers_are_reaped_and_end_with_their_network(processes, monkeypatch):
     assert zombie(idle)
     monkeypatch.setattr(parallel, "WORKER_IDLE_S", 60.0)
     second = mlp(2)
+    assert parallel.split_allowed(), [(t.name, t.daemon) for t in threading.enumerate()]
     second.train_step(x, y)
-    assert reaped(idle)
     (pid,) = second._sharded.pids
+    assert idle not in first._sharded.pids and not zombie(idle), (
+        idle, first._sharded.pids, first._sharded.owner, os.getpid(), first._sharded._finalizer.alive,
+        [(s.owner, s.pids) for s in parallel._LIVE])
+    assert reaped(idle) or pid == idle          # (the pid may be taken again at once)
     del second
     gc.collect()
     assert reaped(pid)
