@@ -4,6 +4,7 @@
     python3 dev.py train     # the main job: train the seed lab's CNN on MNIST
     python3 dev.py test      # the test suite (installs the Keras cross-check extra)
     python3 dev.py bench     # the CPU benchmarks (also installs PyTorch CPU)
+    python3 dev.py notebooks # execute notebooks/*.ipynb in a kernel and store their outputs
     python3 dev.py shell     # print how to activate the environment
 
 Needs only Python >= 3.10 with venv.  The first run creates ``.venv`` next to
@@ -27,6 +28,7 @@ JOBS = {
     "train": ("", [], ["-m", "nn_from_scratch", "train"]),
     "test": ("dev", [], ["-m", "pytest"]),
     "bench": ("dev", ["torch==2.13.0"], ["benchmarks/bench_cpu.py"]),
+    "notebooks": ("dev", [], ["notebooks/execute.py"]),
     "shell": ("dev", [], None),
 }
 

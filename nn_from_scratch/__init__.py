@@ -4,7 +4,7 @@ Every layer has a hand-written ``forward``/``backward``; the same code runs on
 CuPy arrays on a GPU (``nn_from_scratch.backend``); ``nn_from_scratch.crosscheck``
 proves the numbers against TensorFlow/Keras.
 """
-from . import backend, callbacks, initializers
+from . import backend, callbacks, initializers, metrics
 from .callbacks import (Callback, CallbackError, CSVLogger, EarlyStopping, LambdaCallback,
                         LearningRateScheduler, ModelCheckpoint, ReduceLROnPlateau, TerminateOnNaN)
 from .concurrency import ConcurrentUseError
@@ -12,12 +12,15 @@ from .activations import Flatten, ReLU, Reshape, Sigmoid, Softmax, Tanh, Vectori
 from .initializers import set_seed
 from .interfaces import Neuron, Node, Optimizer, ShapeError
 from .losses import MSELoss, SoftMaxLoss
+from .metrics import (Accuracy, MeanAbsoluteError, MeanSquaredError, Metric, TopKAccuracy, confusion_matrix,
+                      plot_confusion_matrix)
 from .network import DataError, History, NeuralNetwork, TrainingWarning
 from .neurons import Conv1D, Conv2D, Conv3D, Convolution, Dense, Linear
 from .optimizers import SGD, Adam, GradientDescent, RMSProp, RMSprop
 from .pooling import (AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D,
                       MaxPool3D)
 from .serialization import ModelFileError
+from .dropout import Dropout
 
 __version__ = "0.1.0"
 
@@ -33,4 +36,7 @@ __all__ = [
     "NeuralNetwork", "History",
     "callbacks", "Callback", "CallbackError", "EarlyStopping", "ModelCheckpoint", "CSVLogger",
     "LearningRateScheduler", "ReduceLROnPlateau", "TerminateOnNaN", "LambdaCallback",
+    "metrics", "Metric", "Accuracy", "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError",
+    "confusion_matrix", "plot_confusion_matrix",
+    "Dropout",
 ]

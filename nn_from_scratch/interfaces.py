@@ -81,6 +81,13 @@ class Node(ABC):
     #: Neurons override; used by optimizers and summaries.
     trainable = False
 
+    #: Training (True, the default) or inference mode.  Layers whose forward differs between the
+    #: two (``Dropout``: random masks / identity; ``BatchNorm``: batch / running statistics) read
+    #: it.  A student's loop calling ``forward`` directly trains; ``NeuralNetwork.train()``,
+    #: ``eval()`` and ``with net.inference():`` set it on every layer (``fit`` trains;
+    #: ``predict``/``evaluate``/``layer_outputs``/``input_gradient`` infer), or set it on one layer.
+    training = True
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         register_layer(cls)  # so saved models can name the class

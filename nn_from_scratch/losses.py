@@ -2,6 +2,13 @@
 
 A loss maps a batch to a scalar (the mean over the batch).  ``backward(upstream=1)``
 returns ``dL/dprediction`` with the prediction's shape.
+
+Sample weights (Keras's semantics, ``reduction="sum_over_batch_size"``)::
+
+    L = 1/N sum_n w_n l_n          dL/dprediction_n = w_n * (dL/dprediction_n of the unweighted mean)
+
+with ``l_n`` the sample's own loss (``sample_losses``); the second form holds because the
+unweighted mean's gradient row ``n`` is ``1/N dl_n/dprediction_n``.
 """
 import numpy as np
 
@@ -36,11 +43,12 @@ def labels_to_indices(labels, n_classes, where="labels"):
 class Loss(Node):
     """Base class of losses: ``forward(prediction, target) -> scalar``."""
 
-    def forward(self, prediction, target, validate=True):
+    def forward(self, prediction, target, validate=True, sample_weight=None):
         """Mean loss over the batch (a 0-d array on the prediction's backend).
 
         ``validate=False`` skips the label checks (range, whole numbers) that
         need a device->host read; the trainer validates all labels once.
+        ``sample_weight``: ``(N,)`` weights, ``L = 1/N sum_n w_n l_n`` (see the module docstring).
         """
         self.check_input(prediction)
         if prediction.shape[0] == 0:
@@ -49,10 +57,41 @@ class Loss(Node):
         prediction = self._as_float(prediction)
         target = to_device(target, like=prediction)
         target = self._prepare_target(prediction, target, validate)
+        self._cache.pop("sample_weight", None)
+        if sample_weight is not None:
+            w = to_device(sample_weight, like=prediction, dtype=prediction.dtype).reshape(-1)
+            if w.shape[0] != prediction.shape[0]:
+                raise ShapeError(f"{self._describe()}: {w.shape[0]} sample weights for {prediction.shape[0]} samples")
+            per = self._sample_losses(prediction, target)
         loss = self._forward_pair(prediction, target)
+        if sample_weight is not None:
+            loss = (per * w).sum() / prediction.shape[0]
+            self._cache["sample_weight"] = w
         self._out_shape = ()
         self._pred_shape = prediction.shape
         return loss
+
+    def sample_losses(self, prediction, target):
+        """Each sample's own loss, ``(N,)`` (their mean is ``forward``'s value)."""
+        prediction = self._as_float(prediction)
+        target = self._prepare_target(prediction, to_device(target, like=prediction), True)
+        return self._sample_losses(prediction, target)
+
+    def _sample_losses(self, prediction, target):
+        """``(N,)`` losses from a prepared target.  This default runs the formula on each sample
+        alone (a batch of one); losses override it with a vectorised form."""
+        xp = get_array_module(prediction)
+        saved = dict(self._cache)
+        pick = (lambda t, i: (t[0], t[1][i:i + 1])) if isinstance(target, tuple) else (lambda t, i: t[i:i + 1])
+        out = xp.stack([self._forward_pair(prediction[i:i + 1], pick(target, i)).reshape(())
+                        for i in range(prediction.shape[0])])
+        self._cache = saved
+        return out
+
+    def probabilities(self, prediction):
+        """The probabilities the loss reads the network's output as (``predict_proba``)."""
+        raise TypeError(f"{type(self).__name__} does not read the output as probabilities "
+                        "(predict_proba needs a classification loss such as SoftMaxLoss)")
 
     def backward(self, upstream=1.0):
         """``dL/dprediction``, scaled by ``upstream`` (a scalar, default 1)."""
@@ -63,7 +102,11 @@ class Loss(Node):
                 f"{self._describe()}: the upstream gradient of a loss is a scalar, received shape "
                 f"{format_shape(tuple(upstream.shape))}"
             )
-        return self._backward(upstream)
+        g = self._backward(upstream)
+        w = self._cache.get("sample_weight")
+        if w is not None:
+            g = g * w.reshape((-1,) + (1,) * (g.ndim - 1))
+        return g
 
     def __call__(self, prediction, target):
         return self.forward(prediction, target)
@@ -142,6 +185,21 @@ class SoftMaxLoss(Loss):
     def _backward(self, upstream):
         return self._cache["grad"] * upstream
 
+    def _sample_losses(self, z, target):
+        kind, t = target
+        xp = get_array_module(z)
+        shifted = z - z.max(axis=1, keepdims=True)
+        log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        if kind == "index":
+            return -log_p[xp.arange(z.shape[0]), t]
+        return -(t * log_p).sum(axis=1)
+
+    def probabilities(self, z):
+        """``softmax(z)`` row by row (shifted by the row maximum: no overflow)."""
+        xp = get_array_module(z)
+        e = xp.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
 
 class MSELoss(Loss):
     """Mean squared error averaged over every entry (as Keras's ``MeanSquaredError``).
@@ -164,6 +222,10 @@ class MSELoss(Loss):
         diff = y - t
         self._cache["diff"] = diff
         return (diff * diff).mean()
+
+    def _sample_losses(self, y, t):
+        d = y - t
+        return (d * d).reshape(d.shape[0], -1).mean(axis=1)
 
     def _backward(self, upstream):
         diff = self._cache["diff"]

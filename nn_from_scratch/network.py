@@ -22,6 +22,7 @@ every ``_Trainer.REFRESH_INTERVAL`` seconds (for the progress bar and the
 NaN/rise checks), the epoch's last one bringing all its batch losses, one read
 for a validation pass, and the input checks at the start of ``fit``.
 """
+import contextlib
 import functools
 import json
 import math
@@ -32,6 +33,7 @@ import warnings
 import numpy as np
 
 from . import fusion, kernels
+from . import metrics as metrics_mod
 from .callbacks import CallbackList, TerminateOnNaN
 from .concurrency import guarded
 from .backend import get_array_module, read_scalars, read_to_host, to_device, to_numpy
@@ -122,7 +124,7 @@ class NeuralNetwork:
     """
 
     def __init__(self, layers, loss_fn=None, optimizer=None, n_input=None, n_output=None,
-                 batch_size=32, input_shape=None, name="network", workers="auto"):
+                 batch_size=32, input_shape=None, name="network", workers="auto", metrics=None):
         layers = list(layers)
         if not layers:
             raise ValueError("NeuralNetwork needs at least one layer")
@@ -146,6 +148,7 @@ class NeuralNetwork:
         self.workers = workers
         self._sharded = None
         self.history = History()
+        self._training = True
         #: set by a callback (``self.network.stop_training = True``) to end ``fit`` after this batch
         self.stop_training = False
         self.input_shape = tuple(input_shape) if input_shape is not None else layers[0].input_shape
@@ -159,6 +162,52 @@ class NeuralNetwork:
             if int(np.prod(out)) != int(n_output):
                 raise ShapeError(f"n_output={n_output} but the last layer gives samples of shape {out}")
         self.n_input, self.n_output = n_input, n_output
+        #: the metrics ``fit`` and ``evaluate`` report (besides the loss; ``accuracy`` always for a
+        #: classifier): names or ``nn_from_scratch.metrics.Metric`` objects (see that module)
+        self.metrics = self._resolve_metrics(metrics, "NeuralNetwork(metrics=)")
+
+    def _resolve_metrics(self, specs, where):
+        return metrics_mod.resolve(specs, isinstance(self.loss_fn, SoftMaxLoss), where)
+
+    def _sample_weights(self, sample_weight, class_weight, y, n, where):
+        """``(n,)`` float64 host weights from ``sample_weight`` or ``class_weight`` (Keras: a class
+        missing from the dict weighs 1; not both at once), or None."""
+        if sample_weight is not None and class_weight is not None:
+            raise ValueError(f"{where}: give sample_weight or class_weight, not both (as Keras)")
+        if sample_weight is not None:
+            w = np.asarray(to_numpy(sample_weight))
+            if w.ndim == 2 and w.shape[1] == 1:
+                w = w.reshape(-1)
+            if w.ndim != 1 or w.shape[0] != n:
+                raise DataError(f"{where}: sample_weight must have shape ({n},), one weight per sample, "
+                                f"received {format_shape(tuple(w.shape))}")
+            if w.dtype.kind not in "biuf":
+                raise DataError(f"{where}: sample_weight must be numbers, received dtype {w.dtype}")
+            w = w.astype(np.float64)
+            if not np.all(np.isfinite(w)) or (w < 0).any():
+                raise DataError(f"{where}: sample_weight must be finite and >= 0, received values in "
+                                f"[{np.nanmin(w)}, {np.nanmax(w)}]" + (" with NaN/Inf" if not np.all(np.isfinite(w)) else ""))
+            return w
+        if class_weight is None:
+            return None
+        if not isinstance(self.loss_fn, SoftMaxLoss):
+            raise ValueError(f"{where}: class_weight needs class labels, but the loss is {type(self.loss_fn).__name__}")
+        if not isinstance(class_weight, dict):
+            raise TypeError(f"{where}: class_weight must be a dict {{class index: weight}}, received "
+                            f"{type(class_weight).__name__}")
+        k = self.output_shape[0] if self.output_shape else None
+        table = np.ones(k if k is not None else int(to_numpy(y).max()) + 1)
+        for c, wc in class_weight.items():
+            if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < len(table):
+                raise ValueError(f"{where}: class_weight keys must be class indices in [0, {len(table)}), "
+                                 f"received {c!r}")
+            if isinstance(wc, bool) or not isinstance(wc, (int, float, np.integer, np.floating)) \
+                    or not (math.isfinite(wc) and wc >= 0):
+                raise ValueError(f"{where}: class_weight[{c}] must be a finite number >= 0, received {wc!r}")
+            table[int(c)] = float(wc)
+        labels = np.asarray(to_numpy(y))
+        labels = labels.argmax(axis=1) if labels.ndim == 2 else labels
+        return table[labels.astype(np.int64)]
 
     # ------------------------------------------------------------------ shapes
     def _infer_shapes(self):
@@ -223,6 +272,53 @@ class NeuralNetwork:
             layer.astype(dtype)
         self.optimizer.reset()
         return self
+
+    # ---------------------------------------------------- training / inference mode
+    @property
+    def training(self):
+        """The mode last set by ``train``/``eval`` (True at first; ``fit`` and ``inference`` restore it)."""
+        return self._training
+
+    def train(self, mode=True):
+        """Put every layer (and the loss) in training mode (``mode=False``: inference mode); returns self.
+
+        Training mode: ``Dropout`` drops, ``BatchNorm`` normalises with the batch's statistics and
+        updates its running ones.  Inference mode: ``Dropout`` is the identity, ``BatchNorm`` uses the
+        running statistics.  ``fit`` trains and ``predict``/``evaluate``/``layer_outputs``/
+        ``input_gradient``/``gradients`` infer whatever the mode, each restoring the mode after; a
+        loop of your own (``forward``, ``backward``, ``train_step``) runs in the mode set here, as in
+        PyTorch (``model.train()``/``model.eval()``).  One layer's mode: ``layer.training = False``.
+        """
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"{self.name}.train: mode must be True (training) or False (inference), "
+                            f"received {mode!r}")
+        for layer in list(self.layers) + [self.loss_fn]:
+            layer.training = bool(mode)
+        self._training = bool(mode)
+        return self
+
+    def eval(self):
+        """Inference mode for every layer (``train(False)``); returns self."""
+        return self.train(False)
+
+    @contextlib.contextmanager
+    def _mode(self, training):
+        """Run the block with every layer in ``training`` mode, then give each layer back its own mode."""
+        nodes = list(self.layers) + [self.loss_fn]
+        saved, net_saved = [node.training for node in nodes], self._training
+        self.train(training)
+        try:
+            yield self
+        finally:
+            for node, mode in zip(nodes, saved):
+                node.training = mode
+            self._training = net_saved
+
+    def inference(self):
+        """Context manager: ``with net.inference(): ...`` runs the block in inference mode (``eval``)
+        and then gives every layer back the mode it had (for your own forward passes; ``predict``
+        and the other analysis methods do this themselves)."""
+        return self._mode(False)
 
     # ------------------------------------------------------------ input checks
     def _adapt(self, X, batched, where):
@@ -368,15 +464,17 @@ class NeuralNetwork:
         self.optimizer.step(self.layers)
         return loss, out
 
-    def _forward_backward(self, xb, yb, recheck=True):
+    def _forward_backward(self, xb, yb, recheck=True, sample_weight=None):
         """``(loss, output)`` of a batch, every neuron's ``grads`` set; split over worker processes
         (or threads) when ``parallel.shard_count`` says so, else the plain loop.
 
         ``recheck=False``: nothing that could change a layer ran since the last split step
-        (``fit`` within an epoch), so the split's ``matches`` check is skipped."""
-        shards = shard_count(self, xb.shape[0])
+        (``fit`` within an epoch), so the split's ``matches`` check is skipped.
+        ``sample_weight``: the batch's weights ``(B,)``; such a batch runs in this process."""
+        shards = shard_count(self, xb.shape[0]) if sample_weight is None else 1
         failed = None
         if shards > 1:
+            randoms = [(layer, layer.random_state()) for layer in self.layers if hasattr(layer, "random_state")]
             try:
                 split = self._sharded
                 if split is None or split.shards != shards or (recheck and not split.matches(self, shards)):
@@ -386,10 +484,12 @@ class NeuralNetwork:
                     return self._sharded.run(self, xb, yb)
             except Exception as exc:            # once more as one batch: its error names the whole batch
                 failed = exc
+                for layer, state in randoms:    # the same random draws as the split would have used
+                    layer.set_random_state(state)
                 kind = getattr(self._sharded, "kind", "workers")
                 self._drop_shards()             # a fresh split next time (a worker may have died)
         out = self.forward(xb)
-        loss = self.loss_fn.forward(out, yb, validate=False)
+        loss = self.loss_fn.forward(out, yb, validate=False, sample_weight=sample_weight)
         self.backward(self.loss_fn.backward(), need_input_grad=False)
         if failed is not None:
             warnings.warn(f"{self.name}: the step split over {shards} {kind} failed ({failed!r}); "
@@ -414,9 +514,10 @@ class NeuralNetwork:
     # --------------------------------------------------------- analysis hooks
     @guarded(training=False)
     def layer_outputs(self, x, to_host=True):
-        """``{layer name: output}`` for a batch ``x`` (NumPy arrays unless to_host=False)."""
+        """``{layer name: output}`` for a batch ``x`` (NumPy arrays unless to_host=False), in inference mode."""
         x, _, _ = self._prepare_xy(x, None, "layer_outputs")
-        outs = self.forward(self._to_batch(x), return_all=True)
+        with self.inference():
+            outs = self.forward(self._to_batch(x), return_all=True)
         conv = to_numpy if to_host else (lambda a: a)
         return {layer.name: conv(o) for layer, o in zip(self.layers, outs)}
 
@@ -429,8 +530,12 @@ class NeuralNetwork:
           independent this is each sample's own gradient), or
         * ``<output, upstream>`` for an explicit upstream gradient.
 
-        Returns an array shaped like ``x`` (after channel adaptation).
+        Returns an array shaped like ``x`` (after channel adaptation).  Runs in inference mode.
         """
+        with self.inference():
+            return self._input_gradient(x, y, output_index, upstream, to_host)
+
+    def _input_gradient(self, x, y, output_index, upstream, to_host):
         chosen = [a is not None for a in (y, output_index, upstream)]
         if sum(chosen) != 1:
             raise ValueError("input_gradient: give exactly one of y=, output_index=, upstream=")
@@ -454,18 +559,20 @@ class NeuralNetwork:
 
     @guarded(training=False)
     def gradients(self, x, y):
-        """``{(layer name, param name): dL/dparam}`` (NumPy) for one batch, no update."""
+        """``{(layer name, param name): dL/dparam}`` (NumPy) for one batch, no update; in inference mode."""
         x, y, _ = self._prepare_xy(x, y, "gradients")
         xb = self._to_batch(x)
-        out = self.forward(xb)
-        self.loss_fn.forward(out, to_device(y, like=out), validate=False)
-        self.backward(self.loss_fn.backward(), need_input_grad=False)
+        with self.inference():
+            out = self.forward(xb)
+            self.loss_fn.forward(out, to_device(y, like=out), validate=False)
+            self.backward(self.loss_fn.backward(), need_input_grad=False)
         return {(layer.name, k): to_numpy(v) for layer in self.trainable_layers for k, v in layer.grads.items()}
 
     # ---------------------------------------------------------------- training
     @guarded(training=True)
     def fit(self, X, y, epochs=None, batch_size=None, shuffle=None, validation_data=None, seed=None,
-            verbose=1, n_epochs=None, stop_on_nonfinite=True, validation_batch_size=None, callbacks=None):
+            verbose=1, n_epochs=None, stop_on_nonfinite=True, validation_batch_size=None, callbacks=None,
+            validation_split=0.0, metrics=None, class_weight=None, sample_weight=None):
         """Train; returns (and stores as ``self.history``) a ``History``.
 
         ``X``: ``(N, *S)`` with integer labels ``(N,)`` or one-hot ``(N, K)``; or the
@@ -479,6 +586,19 @@ class NeuralNetwork:
         end of training, of each epoch and after each batch; one may stop training with
         ``self.network.stop_training = True``.  ``stop_on_nonfinite=True`` adds a
         ``TerminateOnNaN`` when the list has none (training stops at a NaN/Inf loss).
+        ``validation_split``: validate on the last fraction of the samples (taken before any
+        shuffling, as Keras: ``X[floor(N * (1 - validation_split)):]``) and train on the rest.
+        ``validation_data`` may be ``(X_val, y_val)`` or ``(X_val, y_val, sample_weight_val)``.
+        ``metrics``: reported besides the loss (history, progress bar, callbacks' logs; default
+        the network's ``metrics``; ``accuracy`` always for a classifier): names such as
+        ``"top_k"``, ``"mae"`` or ``nn_from_scratch.metrics.Metric`` objects.
+        ``sample_weight`` ``(N,)`` or ``class_weight`` ``{class: weight}`` (not both) weigh each
+        sample's loss: ``L = 1/B sum_n w_n l_n`` over a batch of ``B`` (Keras's semantics; metrics
+        stay unweighted).  Weighted batches run in this process (the split over worker
+        processes is for unweighted batches).
+
+        Every layer trains during ``fit`` (``train()``) and the validation passes infer; each layer
+        gets back its previous mode when ``fit`` returns.
         """
         if epochs is not None and n_epochs is not None and epochs != n_epochs:
             raise ValueError(f"fit: epochs={epochs} and n_epochs={n_epochs} disagree")
@@ -491,12 +611,32 @@ class NeuralNetwork:
             raise ValueError(f"fit: batch_size must be >= 1, received {batch_size}")
         if shuffle is None:
             shuffle = given_batch is None
+        sw = self._sample_weights(sample_weight, class_weight, y, X.shape[0], "fit")
+        run_metrics = self._resolve_metrics(metrics, "fit(metrics=)") if metrics is not None else self.metrics
         val = None
+        if validation_split:
+            vs = validation_split
+            if isinstance(vs, bool) or not isinstance(vs, (int, float, np.floating)) or not 0 < vs < 1:
+                raise ValueError(f"fit: validation_split must be a fraction in (0, 1), received {vs!r}")
+            if validation_data is not None:
+                raise ValueError("fit: give validation_data or validation_split, not both")
+            n_all = X.shape[0]
+            split_at = int(math.floor(n_all * (1.0 - vs)))
+            if split_at == 0 or split_at == n_all:
+                raise ValueError(f"fit: validation_split={vs} of {n_all} samples leaves "
+                                 f"{split_at} for training and {n_all - split_at} for validation; both need some")
+            vsw = sw[split_at:] if (sw is not None and sample_weight is not None) else None
+            val = (X[split_at:], y[split_at:], vsw)
+            X, y = X[:split_at], y[:split_at]
+            sw = sw[:split_at] if sw is not None else None
         if validation_data is not None:
-            if len(validation_data) != 2:
-                raise ValueError("fit: validation_data must be a pair (X_val, y_val)")
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                raise ValueError("fit: validation_data must be (X_val, y_val) or (X_val, y_val, sample_weight_val)")
             vx, vy, _ = self._prepare_xy(validation_data[0], validation_data[1], "fit (validation_data)")
-            val = (vx, vy)
+            vsw = None
+            if len(validation_data) == 3 and validation_data[2] is not None:
+                vsw = self._sample_weights(validation_data[2], None, vy, vx.shape[0], "fit (validation_data)")
+            val = (vx, vy, vsw)
         if validation_batch_size is not None and int(validation_batch_size) < 1:
             raise ValueError(f"fit: validation_batch_size must be >= 1, received {validation_batch_size}")
         val_batch = int(validation_batch_size or max(batch_size, 256))
@@ -505,14 +645,17 @@ class NeuralNetwork:
         if stop_on_nonfinite and not any(isinstance(c, TerminateOnNaN) for c in cbs):
             cbs.append(TerminateOnNaN())
         trainer = _Trainer(self, X, y, batch_size, shuffle, seed, verbose, stop_on_nonfinite)
-        classify = isinstance(self.loss_fn, SoftMaxLoss)
-        keys = ["loss"] + (["accuracy"] if classify else [])
+        trainer.sw = sw
+        trainer.metrics = [m for m in run_metrics if not isinstance(m, metrics_mod.Accuracy)]
+        trainer.val_metrics = run_metrics
+        keys = ["loss"] + [m.name for m in run_metrics]
         keys += [f"val_{k}" for k in keys] if val is not None else []
         params = {"epochs": epochs, "steps": math.ceil(X.shape[0] / batch_size), "batch_size": batch_size,
                   "samples": int(X.shape[0]), "metrics": keys}
         trainer.callbacks = CallbackList(cbs, self, params)
         trainer.stop_on_nonfinite = any(isinstance(c, TerminateOnNaN) for c in cbs)
-        return trainer.run(epochs, val, val_batch)
+        with self._mode(True):       # fit trains (validation infers), then the previous modes come back
+            return trainer.run(epochs, val, val_batch)
 
     def _batches(self, X, batch_size):
         for start in range(0, X.shape[0], batch_size):
@@ -526,8 +669,12 @@ class NeuralNetwork:
         this keeps this process's BLAS at one thread: multi-threaded BLAS here leaves its
         threads spinning for ~0.1 s afterwards, on the core a worker needs (the first steps of
         each epoch after a validation ran at half speed, benchmarks/RESULTS.md).  Workers are
-        not started for inference.
+        not started for inference.  Runs in inference mode (``inference``).
         """
+        with self.inference():
+            yield from self._outputs_inferred(X, bs)
+
+    def _outputs_inferred(self, X, bs):
         split = self._sharded
         if split is not None and not split.matches(self, split.shards):
             split = None
@@ -554,35 +701,83 @@ class NeuralNetwork:
                 split.rest()
 
     @guarded(training=False)
-    def predict(self, X, batch_size=None, to_host=True):
+    def predict(self, X, batch_size=None, to_host=True, probabilities=False):
         """Outputs of the last layer for ``X`` (``(N, *S)``, or one batch as in the seed lab).
 
-        Returns a NumPy array unless ``to_host=False``.
+        Returns a NumPy array unless ``to_host=False``.  Runs in inference mode (``Dropout`` off,
+        ``BatchNorm`` on its running statistics), as Keras's ``predict`` does.
+        ``probabilities=True``: the probabilities the loss reads the outputs as (``softmax`` of
+        the logits for ``SoftMaxLoss``), as ``predict_proba``.
         """
         X, _, given_batch = self._prepare_xy(X, None, "predict")
+        if probabilities and not callable(getattr(self.loss_fn, "probabilities", None)):
+            raise TypeError(f"predict: probabilities=True needs a loss that defines probabilities(); "
+                            f"{type(self.loss_fn).__name__} does not")
         bs = int(batch_size or given_batch or max(self.batch_size, 256))
         outs = [out for _, _, out in self._outputs(X, bs)]
         xp = get_array_module(outs[0])
         out = xp.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
+        if probabilities:
+            out = self.loss_fn.probabilities(out)
         return to_numpy(out) if to_host else out
 
+    def predict_proba(self, X, batch_size=None, to_host=True):
+        """Class probabilities for ``X``: ``predict(X, probabilities=True)`` (rows sum to 1)."""
+        return self.predict(X, batch_size=batch_size, to_host=to_host, probabilities=True)
+
     @guarded(training=False)
-    def evaluate(self, X, y, batch_size=None):
-        """``(mean loss, accuracy)``; accuracy is None unless the loss is SoftMaxLoss."""
+    def evaluate(self, X, y, batch_size=None, metrics=None, sample_weight=None, return_dict=False):
+        """The mean loss and every metric on ``(X, y)``.
+
+        Returns ``(loss, accuracy)`` for a classifier with the default metrics (``(loss, None)``
+        for a regression network without metrics), as before; with more metrics
+        ``(loss, accuracy, *others)`` in the order of ``metrics`` (Keras's order);
+        ``return_dict=True``: ``{"loss": ..., "accuracy": ..., ...}`` by name.
+        ``metrics``: default the network's.  ``sample_weight``: weighs the loss (not the metrics).
+        In inference mode.
+        """
         X, y, given_batch = self._prepare_xy(X, y, "evaluate")
-        return self._evaluate_prepared(X, y, int(batch_size or given_batch or max(self.batch_size, 256)))
+        run_metrics = self._resolve_metrics(metrics, "evaluate(metrics=)") if metrics is not None else self.metrics
+        sw = self._sample_weights(sample_weight, None, y, X.shape[0], "evaluate")
+        res = self._evaluate_all(X, y, int(batch_size or given_batch or max(self.batch_size, 256)), run_metrics, sw)
+        if return_dict:
+            return res
+        values = tuple(res.values())
+        return values if len(values) > 1 else (values[0], None)
 
     def _evaluate_prepared(self, X, y, bs):
-        total_loss, correct, n = 0.0, 0, X.shape[0]
-        classify = isinstance(self.loss_fn, SoftMaxLoss)
+        """``(mean loss, accuracy or None)`` of prepared data."""
+        res = self._evaluate_all(X, y, bs, self._resolve_metrics(None, "evaluate"), None)
+        return res["loss"], res.get("accuracy")
+
+    def _evaluate_all(self, X, y, bs, run_metrics, sw):
+        """``{"loss": mean loss, metric name: mean value, ...}`` over prepared data, one read."""
+        n = X.shape[0]
+        total_loss, sums = 0.0, [0] * len(run_metrics)
         for a, b, out in self._outputs(X, bs):
             yb = to_device(y[a:b], like=out)
-            total_loss = total_loss + self.loss_fn.forward(out, yb, validate=False) * (b - a)
-            if classify:
-                labels = yb.argmax(axis=1) if yb.ndim == 2 else yb
-                correct = correct + (out.argmax(axis=1) == labels).sum()
-        total_loss, correct = read_scalars(total_loss, correct, why="validation")  # one read
-        return total_loss / n, (correct / n if classify else None)
+            wb = None if sw is None else to_device(sw[a:b], like=out, dtype=out.dtype)
+            total_loss = total_loss + self.loss_fn.forward(out, yb, validate=False, sample_weight=wb) * (b - a)
+            for i, m in enumerate(run_metrics):
+                sums[i] = sums[i] + m.batch_sum(out, yb)
+        total_loss, *sums = read_scalars(total_loss, *sums, why="validation")  # one read
+        res = {"loss": total_loss / n}
+        res.update((m.name, v / n) for m, v in zip(run_metrics, sums))
+        return res
+
+    def confusion_matrix(self, X, y, normalize=None, batch_size=None):
+        """``C[i, j]``: samples of true class ``i`` the network predicts as ``j`` (``metrics.confusion_matrix``)."""
+        if not isinstance(self.loss_fn, SoftMaxLoss):
+            raise TypeError(f"confusion_matrix needs a classifier; the loss is {type(self.loss_fn).__name__}")
+        X, y, _ = self._prepare_xy(X, y, "confusion_matrix")
+        pred = self.predict(X, batch_size=batch_size).argmax(axis=1)
+        k = self.output_shape[0] if self.output_shape else None
+        return metrics_mod.confusion_matrix(to_numpy(y), pred, n_classes=k, normalize=normalize)
+
+    def plot_confusion_matrix(self, X, y, class_names=None, normalize=None, title=None, batch_size=None):
+        """A pyplot figure of ``confusion_matrix(X, y)`` (rows: true class), every cell annotated."""
+        cm = self.confusion_matrix(X, y, normalize=normalize, batch_size=batch_size)
+        return metrics_mod.plot_confusion_matrix(cm, class_names=class_names, title=title)
 
     # ----------------------------------------------------------------- summary
     def summary(self, print_fn=print):
@@ -617,6 +812,11 @@ class NeuralNetwork:
             "layers": [layer_config(layer) for layer in self.layers],
             "loss": layer_config(self.loss_fn),
             "optimizer": {"class": type(self.optimizer).__name__, "config": self.optimizer.get_config()},
+            "training": bool(self._training),
+            "layer_training": [bool(layer.training) for layer in self.layers],
+            # where each random layer's (Dropout's) sequence stands, so that training continues with fresh draws
+            "layer_random_state": [layer.random_state() if hasattr(layer, "random_state") else None
+                                   for layer in self.layers],
         }
 
     def _param_arrays(self):
@@ -666,8 +866,36 @@ class NeuralNetwork:
                 a = arrays[f"layer{i}/{k}"]
                 layer.dtype = np.dtype(a.dtype)
                 layer.params[k] = to_device(a, like=layer.params[k])
+        self._restore_modes(config, path)
         self.optimizer.reset()
         return self
+
+    def _restore_modes(self, config, path):
+        """The training/inference modes saved in ``config`` (files written before modes were saved have
+        none: the modes stay as they are)."""
+        modes = config.get("layer_training")
+        if modes is None:
+            return
+        if not isinstance(modes, list) or len(modes) != len(self.layers) or \
+                not all(isinstance(m, bool) for m in modes) or not isinstance(config.get("training", True), bool):
+            raise ModelFileError(f"{path!r}: the saved training modes are damaged: expected {len(self.layers)} "
+                                 f"booleans, received {modes!r}")
+        for layer, mode in zip(self.layers, modes):
+            layer.training = mode
+        self._training = config.get("training", all(modes))
+        states = config.get("layer_random_state")
+        if states is None:
+            return
+        if not isinstance(states, list) or len(states) != len(self.layers):
+            raise ModelFileError(f"{path!r}: the saved random states are damaged: expected {len(self.layers)} "
+                                 f"entries, received {states!r}")
+        for i, (layer, state) in enumerate(zip(self.layers, states)):
+            if state is None or not hasattr(layer, "set_random_state"):
+                continue
+            try:
+                layer.set_random_state(state)
+            except (TypeError, ValueError) as exc:
+                raise ModelFileError(f"{path!r}: layer {i}: {exc}") from None
 
     @classmethod
     def _load_new(cls, path):
@@ -747,6 +975,9 @@ class _Trainer:
         self.ema = None
         self.start_losses = []       # the first RISE_WINDOW batch losses (CPU schedule)
         self.callbacks = CallbackList([], net, {})
+        self.sw = None                   # sample weights (N,) on the host, or None
+        self.metrics = []                # metrics besides the loss and accuracy
+        self.val_metrics = metrics_mod.resolve(None, self.classify)
 
     def _loss_buffer(self, n):
         """Zeros ``(n,)`` on the parameters' device (and of their array type) for the batch losses."""
@@ -769,7 +1000,10 @@ class _Trainer:
     def run(self, epochs, val, val_batch=256):
         # validation data that fit on the device go in once, not once per validation pass
         if val is not None and self.on_device and self._fits_on_device(val[0]):
-            val = (to_device(val[0], like=self.like, dtype=self.net.dtype), to_device(val[1], like=self.like))
+            val = (to_device(val[0], like=self.like, dtype=self.net.dtype), to_device(val[1], like=self.like)) + \
+                tuple(val[2:])
+        if val is not None and len(val) == 2:
+            val = (val[0], val[1], None)
         # overflow to Inf/NaN is caught and reported by the loss checks below (training stops
         # with a TrainingWarning), so NumPy's own overflow warnings would only repeat it
         net = self.net
@@ -800,6 +1034,7 @@ class _Trainer:
                 order = to_device(order, like=self.X)
             pbar = self._progress(epoch, epochs, n_batches)
             sum_loss, sum_correct, seen = 0.0, 0, 0
+            msums = [0] * len(self.metrics)     # the other metrics' running sums (on the device)
             # deferred reads: every batch's loss stays on the device until the epoch's last read
             losses = self._loss_buffer(n_batches) if self.defer else None
             # ... and with integer labels one kernel keeps the batch loss and the running sums there
@@ -814,7 +1049,9 @@ class _Trainer:
                 sel = order[a:z] if order is not None else slice(a, z)
                 xb = net._to_batch(self.X[sel])
                 yb = to_device(self.y[sel], like=xb)
-                loss, out = net._forward_backward(xb, yb, recheck=b == 0)   # the update waits for the checks below
+                wb = None if self.sw is None else to_device(self.sw[sel], like=xb, dtype=xb.dtype)
+                # the update waits for the checks below
+                loss, out = net._forward_backward(xb, yb, recheck=b == 0, sample_weight=wb)
                 m = z - a
                 if fused_sums:                          # device -> device, no read
                     kernels.accumulate_batch(sum_loss, sum_correct, losses, b, loss, out, yb)
@@ -845,6 +1082,8 @@ class _Trainer:
                 if self.classify and not fused_sums:
                     labels = yb.argmax(axis=1) if yb.ndim == 2 else yb
                     sum_correct = sum_correct + (out.argmax(axis=1) == labels).sum()
+                for i, metric in enumerate(self.metrics):
+                    msums[i] = msums[i] + metric.batch_sum(out, yb)
                 now = self._clock()
                 if pbar is not None:
                     pbar.update(1)
@@ -858,7 +1097,9 @@ class _Trainer:
                     # the one device->host read of a refresh; the epoch's last one also
                     # brings every batch loss of the epoch
                     tail = (losses[:b + 1],) if self.defer and last else ()
-                    tot_loss, tot_correct, *batch = read_to_host(sum_loss, sum_correct, *tail, why="progress")
+                    tot_loss, tot_correct, *batch = read_to_host(sum_loss, sum_correct, *msums, *tail,
+                                                                 why="progress")
+                    mvals, batch = [v / seen for v in batch[:len(msums)]], batch[len(msums):]
                     cur = tot_loss / seen
                     if not math.isfinite(cur) and self.stop_on_nonfinite:
                         if self.defer:   # find the batch that failed among those since the last read
@@ -879,6 +1120,7 @@ class _Trainer:
                         post = {"loss": f"{cur:.4f}"}
                         if self.classify:
                             post["acc"] = f"{tot_correct / seen:.4f}"
+                        post.update((metric.name, f"{v:.4f}") for metric, v in zip(self.metrics, mvals))
                         pbar.set_postfix(post, refresh=False)
                 if stop_now:
                     break
@@ -890,11 +1132,10 @@ class _Trainer:
             logs = {"loss": cur}
             if self.classify:
                 logs["accuracy"] = tot_correct / seen
+            logs.update((metric.name, v) for metric, v in zip(self.metrics, mvals))
             if val is not None:
-                vl, va = net._evaluate_prepared(val[0], val[1], val_batch)
-                logs["val_loss"] = vl
-                if self.classify:
-                    logs["val_accuracy"] = va
+                vres = net._evaluate_all(val[0], val[1], val_batch, self.val_metrics, val[2])
+                logs.update((f"val_{k}", v) for k, v in vres.items())
             hist._log(epoch, **logs)
             if self.verbose:
                 print(f"Epoch {epoch}/{epochs}, " + ", ".join(f"{k}: {v:.4f}" for k, v in logs.items()),
@@ -919,7 +1160,9 @@ class _Trainer:
     def _progress(self, epoch, epochs, n_batches):
         if not self.verbose:
             return None
-        from tqdm.auto import tqdm  # noqa: PLC0415 - optional at import time
+        # the text bar everywhere: tqdm.auto would want ipywidgets in a notebook (and warn
+        # "IProgress not found" without them); a widget does not show in a stored notebook
+        from tqdm import tqdm  # noqa: PLC0415 - optional at import time
         return tqdm(total=n_batches, desc=f"Epoch {epoch}/{epochs}", unit="batch", leave=True)
 
     def _nonfinite_grad(self):

@@ -190,6 +190,8 @@ def shard_count(net, n):
         return 1
     if not all(is_per_sample(node) for node in list(net.layers) + [net.loss_fn]):
         return 1
+    if any(getattr(node, "stochastic", False) and not hasattr(node, "set_random_state") for node in net.layers):
+        return 1            # random draws the split cannot hand out per shard (see _random_states)
     return shards
 
 
@@ -216,8 +218,38 @@ def config_key(node):
     """What a copy of ``node`` made earlier (a replica, or the layers of a forked worker) must
     still agree on with it: the object, its class and its public attributes (sizes, flags,
     names, dtypes), read through ``_plain``.  Private state (parameters, caches, gradients)
-    is excluded: parameters reach the copies at every step."""
-    return (id(node), type(node), tuple((k, _plain(v)) for k, v in vars(node).items() if k[0] != "_"))
+    is excluded: parameters reach the copies at every step; so is the ``training`` flag, which
+    every message to the copies carries (``_modes``)."""
+    return (id(node), type(node), tuple((k, _plain(v)) for k, v in vars(node).items()
+                                        if k[0] != "_" and k != "training"))
+
+
+def _modes(net):
+    """The layers' training flags as a string ("1": training, "0": inference) for the split's copies."""
+    return "".join("1" if layer.training else "0" for layer in net.layers)
+
+
+def _set_modes(layers, modes):
+    """Give the copies ``layers`` the training flags ``modes`` (``_modes``) of the network's layers."""
+    for layer, m in zip(layers, modes):
+        layer.training = m == "1"
+
+
+def _random_states(net):
+    """``[[layer index, random state]]`` of the network's stochastic layers (``Dropout``).
+
+    A stochastic layer that may be split implements ``random_state()`` and
+    ``set_random_state(state, sample_offset)``: given the step's state and the index of its first
+    sample in the whole batch, a shard draws exactly its samples' part of the batch's random
+    numbers (``dropout.py``), so the shards' draws differ and the result is the unsplit one.
+    (Stochastic layers without them keep the network unsplit: ``shard_count``.)"""
+    return [[k, layer.random_state()] for k, layer in enumerate(net.layers)
+            if getattr(layer, "stochastic", False) and hasattr(layer, "set_random_state")]
+
+
+def _set_random_states(layers, states, offset):
+    for k, state in states:
+        layers[k].set_random_state(state, offset)
 
 
 def network_key(net):
@@ -260,6 +292,11 @@ class ShardedStep:
         """Does this split still fit ``net`` (same layers and loss, configured as they were)?"""
         return shards == self.shards and network_key(net) == self.key
 
+    def _sync_modes(self, net):
+        modes = _modes(net)
+        for replica in self.replicas:
+            _set_modes(replica, modes)
+
     def rest(self):
         """Between ``fit`` calls: let the replicas' caches go."""
         for node in [n for r in self.replicas for n in r] + self.losses:
@@ -289,8 +326,15 @@ class ShardedStep:
         """``(loss, output)`` of the batch; the layers' ``grads`` hold the batch's gradients."""
         xp = get_array_module(xb)
         _, weights = _shard_bounds(xb.shape[0], self.shards)
+        self._sync_modes(net)
+        states = _random_states(net)
+        bounds, _ = _shard_bounds(xb.shape[0], self.shards)
+        for w, replica in enumerate(self.replicas):
+            _set_random_states(replica, states, bounds[w])
         results = self._side_by_side(xb.shape[0], lambda w, s: _forward_backward(self.replicas[w], self.losses[w],
                                                                                    xb[s], yb[s], weights[w]))
+        for k, _ in states:                     # the network's layers move on as shard 0's did
+            net.layers[k].set_random_state(self.replicas[0][k].random_state())
         for k, layer in enumerate(net.layers):
             if not layer.trainable:
                 continue
@@ -301,6 +345,7 @@ class ShardedStep:
 
     def forward(self, net, xb):
         """The output of the batch (``predict``, ``evaluate``): the shards' forward passes side by side."""
+        self._sync_modes(net)
         outs = self._side_by_side(xb.shape[0], lambda w, s: _forward(self.replicas[w], xb[s]))
         return get_array_module(xb).concatenate(outs, axis=0)
 
@@ -461,6 +506,8 @@ def _worker(conn, net, slots, params, grads, inbox):
                 continue
             if header["op"] not in ("step", "forward"):
                 break
+            _set_modes(net.layers, header["modes"])
+            _set_random_states(net.layers, header.get("random", ()), header.get("offset", 0))
             try:
                 with np.errstate(**header["err"]):
                     if header["op"] == "forward":
@@ -723,7 +770,8 @@ class ForkedStep:
         written into the worker's inbox when they fit there, else their bytes in the message itself.
         (The inbox's views and the message are kept per header and shapes: the same ones serve every
         step of a ``fit``.)"""
-        key = (w, tuple((k, tuple(v.items()) if isinstance(v, dict) else v) for k, v in header.items()),
+        key = (w, tuple((k, tuple(v.items()) if isinstance(v, dict) else
+                         tuple(map(tuple, v)) if isinstance(v, list) else v) for k, v in header.items()),
                tuple((a.shape, a.dtype.str) for a in arrays))
         held = self._messages.get(key)
         if held is None:
@@ -805,10 +853,11 @@ class ForkedStep:
     def run(self, net, xb, yb):
         """``(loss, output)`` of the batch; the layers' ``grads`` hold the batch's gradients."""
         bounds, weights = _shard_bounds(xb.shape[0], self.shards)
-        err = np.geterr()
+        err, modes, states = np.geterr(), _modes(net), _random_states(net)
         parts = [(xb[bounds[w]:bounds[w + 1]], yb[bounds[w]:bounds[w + 1]]) for w in range(self.shards)]
         mine, replies = self._side_by_side(
-            net, lambda w: self._shard_message(w, {"op": "step", "err": err, "weight": weights[w]}, parts[w]),
+            net, lambda w: self._shard_message(w, {"op": "step", "err": err, "weight": weights[w], "modes": modes,
+                                              "random": states, "offset": bounds[w]}, parts[w]),
             lambda: _forward_backward(net.layers, net.loss_fn, parts[0][0], parts[0][1], weights[0]))
         results = [mine] + [(arrays[0], arrays[1]) for arrays in replies]
         for i, (k, name, _, _) in enumerate(self.slots):
@@ -820,8 +869,9 @@ class ForkedStep:
     def forward(self, net, xb):
         """The output of the batch (``predict``, ``evaluate``): the shards' forward passes side by side."""
         bounds, _ = _shard_bounds(xb.shape[0], self.shards)
-        err = np.geterr()
+        err, modes = np.geterr(), _modes(net)
         mine, replies = self._side_by_side(
-            net, lambda w: self._shard_message(w, {"op": "forward", "err": err}, [xb[bounds[w]:bounds[w + 1]]]),
+            net, lambda w: self._shard_message(w, {"op": "forward", "err": err, "modes": modes},
+                                               [xb[bounds[w]:bounds[w + 1]]]),
             lambda: _forward(net.layers, xb[:bounds[1]]))
         return np.concatenate([mine] + [arrays[0] for arrays in replies], axis=0)

@@ -5,12 +5,22 @@
   maps or saliency maps.
 * ``plot_filters(weights)`` - the kernels of a ``Convolution`` layer, one row per filter.
 
-Figures are built with ``matplotlib.figure.Figure`` directly, not through
-``pyplot``: nothing here needs a display or changes the global matplotlib
-backend, and figures are not kept alive by pyplot's registry.  In a notebook a
-returned figure shows itself (it is the cell's value); elsewhere save it.
-Arrays may be NumPy or CuPy (they are copied to the host); history values may
-be Python floats or 0-d arrays of either library.
+Figures are made by ``pyplot`` (so they get the canvas of the backend in use:
+in a Jupyter kernel, the inline backend, which also registers the notebook's
+PNG display of figures) and then detached from pyplot's registry of open
+figures (``plt.close(fig)``; the figure itself stays fully usable).  So:
+
+* in a notebook (Jupyter, VS Code, a web view of the saved ``.ipynb``) the
+  figure shows, once, when it is the cell's value: end the cell with the call,
+  or with ``fig``, or call ``IPython.display.display(fig)``;
+* in scripts and tests nothing accumulates in pyplot (no "more than 20 figures"
+  warning, no memory kept alive); save with ``path=`` or ``fig.savefig``.
+  A figure that is not the cell's value (``fig = plot_history(h)``) is not
+  shown by ``plt.show()``; show it with ``display(fig)``.
+
+Without a display (a server, CI) matplotlib falls back to the Agg backend by
+itself.  Arrays may be NumPy or CuPy (they are copied to the host); history
+values may be Python floats or 0-d arrays of either library.
 """
 import os
 import tempfile
@@ -19,7 +29,7 @@ import numpy as np
 
 from .backend import to_numpy
 
-__all__ = ["plot_history", "show_images", "plot_filters", "save_figure"]
+__all__ = ["plot_history", "show_images", "plot_filters", "save_figure", "new_figure"]
 
 
 def _umask_mode():
@@ -29,9 +39,20 @@ def _umask_mode():
     return 0o666 & ~mask
 
 
-def _figure(figsize):
-    from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib loads only when plotting
-    return Figure(figsize=figsize, layout="constrained")
+def new_figure(figsize=None, layout="constrained", **kwargs):
+    """A new figure made by ``pyplot`` and detached from its registry (see the module docstring).
+
+    It displays in a Jupyter kernel when it is a cell's value, and leaves
+    nothing open in pyplot (scripts and tests leak no figures).  Extra keyword
+    arguments go to ``plt.figure``.  Use it for every figure a function returns.
+    """
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - matplotlib loads only when plotting
+    fig = plt.figure(figsize=figsize, layout=layout, **kwargs)
+    plt.close(fig)
+    return fig
+
+
+_figure = new_figure
 
 
 def save_figure(fig, path, dpi=100):

@@ -71,3 +71,15 @@ def gpu():
 def rng():
     """A freshly seeded generator, so every test draws the same numbers on every run."""
     return np.random.default_rng(20240601)
+
+
+@pytest.fixture(autouse=True)
+def _close_open_figures():
+    """Close figures a test left open in pyplot (the package's own figures are never left
+    there, see nn_from_scratch.plotting; this keeps a test that calls pyplot itself from
+    leaking figures into the next ones)."""
+    yield
+    import sys
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None and plt.get_fignums():
+        plt.close("all")

@@ -110,22 +110,40 @@ def test_saved_file_gets_normal_permissions(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
 
 
-def test_headless_without_pyplot(tmp_path):
-    """No display, no MPLBACKEND: still writes the PNG, and never imports pyplot."""
+def test_headless_and_nothing_left_open(tmp_path):
+    """No display, no MPLBACKEND: matplotlib falls back to Agg, the PNG is written, and the
+    figures the functions return are not kept in pyplot's registry (a script that plots in a
+    loop accumulates nothing) yet stay usable (drawn and saved after the call)."""
     code = (
-        "import sys\n"
-        "from nn_from_scratch.plotting import plot_history\n"
-        f"plot_history({{'loss': [1.0, 0.5], 'val_loss': [1.2, 0.9]}}, {str(tmp_path / 'h.png')!r})\n"
-        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
-        "print('ok')\n"
+        "import matplotlib.pyplot as plt\n"
+        "import numpy as np\n"
+        "from nn_from_scratch.plotting import plot_history, plot_filters, show_images\n"
+        f"fig = plot_history({{'loss': [1.0, 0.5], 'val_loss': [1.2, 0.9]}}, {str(tmp_path / 'h.png')!r})\n"
+        "show_images(np.zeros((3, 5, 5))); plot_filters(np.zeros((2, 1, 3, 3)))\n"
+        "assert plt.get_fignums() == [], plt.get_fignums()\n"
+        f"fig.savefig({str(tmp_path / 'again.png')!r})\n"
+        "print('ok', plt.get_backend())\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND", "WAYLAND_DISPLAY")}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    assert out.stdout.strip().lower() == "ok agg"
     assert _read_png(tmp_path / "h.png").ndim == 3
+    assert _read_png(tmp_path / "again.png").ndim == 3
+
+
+def test_figures_are_made_by_pyplot():
+    """Made by pyplot (so a Jupyter kernel's inline backend gives them its canvas and PNG
+    display), then closed: not in the registry, but with a canvas that draws."""
+    import matplotlib.pyplot as plt
+    before = plt.get_fignums()
+    fig = plot_history(HIST)
+    assert plt.get_fignums() == before
+    assert fig.canvas is not None and fig.canvas.figure is fig
+    fig.canvas.draw()                                       # still drawable after being detached
+    assert fig.get_layout_engine() is not None              # constrained layout kept
 
 
 def test_show_images_grid_titles_and_data():
