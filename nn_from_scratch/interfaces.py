@@ -29,6 +29,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from .backend import get_array_module, is_device_array, to_device
+from .validation import is_int
 from .serialization import register_layer
 
 __all__ = ["Node", "Neuron", "Optimizer", "ShapeError", "NotReadyError", "format_shape"]
@@ -55,19 +56,34 @@ def _auto_name(cls_name):
     return f"{base}_{next(n)}"
 
 
-def sample_shape(shape):
+def sample_shape(shape, owner="a layer", name="shape"):
     """Drop the batch entry of a constructor shape: ``(50, 4, 26, 26) -> (4, 26, 26)``.
 
-    ``None`` (shape not known yet) stays ``None``; an int ``n`` means ``(n,)``.
+    ``None`` (shape not known yet) stays ``None``; an int ``n`` means ``(n,)``.  Every per-sample
+    entry must be an int >= 1 or None (``ShapeError`` naming ``owner`` and ``name`` otherwise:
+    ``Linear(0, 10)``, ``Linear(4.7, 10)``); the batch entry an int >= 0 or None.
     """
     if shape is None:
         return None
-    if isinstance(shape, (int, np.integer)):
-        return (int(shape),)
-    shape = tuple(shape)
-    if len(shape) < 1:
-        raise ShapeError(f"a layer shape needs a batch entry first, got {shape}")
-    return tuple(None if s is None else int(s) for s in shape[1:])
+    if is_int(shape):
+        entries = (None, shape)
+    else:
+        try:
+            entries = tuple(shape)
+        except TypeError:
+            raise ShapeError(f"{owner}: {name} must be an int, a tuple of ints (batch first) or None, received "
+                             f"{type(shape).__name__} {shape!r}") from None
+        if len(entries) < 1:
+            raise ShapeError(f"{owner}: {name} needs a batch entry first, received {shape!r}")
+    batch, rest = entries[0], entries[1:]
+    if batch is not None and not (is_int(batch) and batch >= 0):
+        raise ShapeError(f"{owner}: the batch entry of {name} must be an int or None, received {batch!r} "
+                         f"(in {shape!r})")
+    for s in rest:
+        if s is not None and not (is_int(s) and s >= 1):
+            raise ShapeError(f"{owner}: {name} must hold positive ints (None for an unknown size), received "
+                             f"{shape!r}")
+    return tuple(None if s is None else int(s) for s in rest)
 
 
 class Node(ABC):
@@ -93,7 +109,10 @@ class Node(ABC):
         register_layer(cls)  # so saved models can name the class
 
     def __init__(self, shape=None, name=None):
-        self.input_shape = sample_shape(shape)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"{type(self).__name__}: name must be a str or None, received {type(name).__name__} "
+                            f"{name!r}")
+        self.input_shape = sample_shape(shape, type(self).__name__)
         self.name = name or _auto_name(type(self).__name__)
         self._cache = {}
         self._out_shape = None
@@ -172,10 +191,18 @@ class Node(ABC):
 
     # -- helpers ----------------------------------------------------------------
     def _as_float(self, x):
-        """Integer/bool input becomes float32; float input keeps its dtype."""
-        if x.dtype.kind in "fc":
+        """Integer/bool input becomes float32; float input keeps its dtype; anything else
+        (complex, objects, text, dates) is refused: a cast would drop or garble it."""
+        if x.dtype.kind == "f":
             return x
+        self._check_real(x)
         return x.astype(np.float32)
+
+    def _check_real(self, x):
+        if x.dtype.kind not in "fiub":
+            raise TypeError(f"{self._describe()} takes real numbers (float, int or bool arrays), received an "
+                            f"array of dtype {x.dtype}" + (" (the imaginary part would be dropped)"
+                                                           if x.dtype.kind == "c" else ""))
 
     # parameters (none for a plain node) -----------------------------------------
     @property
@@ -239,6 +266,7 @@ class Neuron(Node):
 
     def _as_float(self, x):
         if x.dtype != self.dtype:
+            self._check_real(x)
             return x.astype(self.dtype)
         return x
 

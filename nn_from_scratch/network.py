@@ -26,13 +26,12 @@ import contextlib
 import functools
 import json
 import math
-import os
 import time
 import warnings
 
 import numpy as np
 
-from . import fusion, kernels
+from . import fusion, kernels, validation
 from . import metrics as metrics_mod
 from .callbacks import CallbackList, TerminateOnNaN
 from .concurrency import guarded
@@ -141,7 +140,9 @@ class NeuralNetwork:
         if not isinstance(self.loss_fn, Loss):
             raise TypeError(f"loss_fn must be a Loss (e.g. SoftMaxLoss), received {type(self.loss_fn).__name__}")
         self.optimizer = get_optimizer(optimizer) if optimizer is not None else GradientDescent(lr=0.01)
-        self.batch_size = int(batch_size)
+        self.batch_size = validation.count("NeuralNetwork", "batch_size", batch_size)
+        if not isinstance(name, str):
+            raise TypeError(f"NeuralNetwork: name must be a str, received {type(name).__name__} {name!r}")
         self.name = name
         if workers != "auto" and not (isinstance(workers, (int, np.integer)) and workers >= 1):
             raise ValueError(f"NeuralNetwork: workers must be 'auto' or an int >= 1, received {workers!r}")
@@ -370,6 +371,16 @@ class NeuralNetwork:
             X = np.asarray(X)
         if y is not None and not hasattr(y, "shape"):
             y = np.asarray(y)
+        if not hasattr(X, "dtype") or X.dtype.kind not in "fiub":
+            kind = getattr(X, "dtype", type(X).__name__)
+            raise DataError(f"{where}: X must be an array of real numbers (float, int or bool), received {kind}"
+                            + (" (the imaginary part would be dropped)" if getattr(kind, "kind", "") == "c" else
+                               " (an object array may hide None or NaN: convert it with np.asarray(X, float))"
+                               if getattr(kind, "kind", "") == "O" else ""))
+        if X.ndim < 1:
+            raise DataError(f"{where}: X must hold samples along its first axis, received a 0-d array")
+        if y is not None and y.ndim < 1:
+            raise DataError(f"{where}: y must hold one label or target per sample, received a 0-d array")
         batched = self._is_batched(X)
         X = self._adapt(X, batched, where)
         if batched:
@@ -402,8 +413,18 @@ class NeuralNetwork:
         out = self.output_shape
         if isinstance(self.loss_fn, SoftMaxLoss):
             k = out[0] if out is not None else None
-            if y.ndim == 2 and (k is None or y.shape[1] == k):
+            if y.ndim == 2 and (k is None or y.shape[1] == k) and y.shape[1] > 1:
+                if y.dtype.kind not in "fiub":
+                    raise DataError(f"{where} (labels): one-hot rows must be numbers, received dtype {y.dtype}")
                 self._check_finite(y, where + " (labels)")
+                if y.size == 0:
+                    return y
+                xp = get_array_module(y)
+                lo, worst = read_scalars(y.min(), xp.abs(y.sum(axis=1, dtype=np.float64) - 1).max(), why="check")
+                if lo < 0 or worst > 1e-3:
+                    raise DataError(f"{where} (labels): one-hot (or probability) rows must be >= 0 and sum to 1, "
+                                    f"received a smallest entry {float(lo):.4g} and a row sum off by up to "
+                                    f"{float(worst):.4g} (an all-zero row gives loss 0, a negative one a loss < 0)")
                 return y
             if y.ndim == 2 and y.shape[1] == 1:
                 y = y.reshape(-1)
@@ -459,7 +480,21 @@ class NeuralNetwork:
 
     @guarded(training=True)
     def train_step(self, xb, yb):
-        """One forward/backward/update on a batch already on the right device; returns the loss."""
+        """One forward/backward/update on a batch already on the right device; returns the loss.
+
+        The labels are checked as ``fit`` checks them (range, one-hot rows; label -1 would train
+        on the last class, 7 of 3 fail deep in the loss)."""
+        if not hasattr(xb, "shape") or not hasattr(xb, "dtype"):
+            raise TypeError(f"train_step: xb must be an array (NumPy or CuPy), received {type(xb).__name__}")
+        if not hasattr(yb, "shape"):
+            yb = np.asarray(yb)
+        if xb.dtype.kind not in "fiub":
+            raise DataError(f"train_step: xb must hold real numbers, received dtype {xb.dtype}")
+        if yb.ndim < 1 or xb.ndim < 1 or yb.shape[0] != xb.shape[0]:
+            raise DataError(f"train_step: xb has shape {format_shape(tuple(xb.shape))} but yb has shape "
+                            f"{format_shape(tuple(yb.shape))}; one label or target per sample")
+        if yb.shape[0]:                 # an empty batch: the loss names itself (its own check)
+            yb = to_device(self._check_labels(yb, xb.shape[0], "train_step"), like=xb)
         loss, out = self._forward_backward(xb, yb)
         self.optimizer.step(self.layers)
         return loss, out
@@ -547,6 +582,12 @@ class NeuralNetwork:
             self.loss_fn.forward(out, to_device(y, like=out), validate=False)
             g = self.loss_fn.backward()
         elif output_index is not None:
+            idx = tuple(output_index) if isinstance(output_index, tuple) else (output_index,)
+            if (len(idx) != out.ndim - 1 or not all(validation.is_int(i) for i in idx)
+                    or not all(-n <= i < n for i, n in zip(idx, out.shape[1:]))):
+                raise ValueError(f"input_gradient: output_index must index one output unit of a sample of shape "
+                                 f"{format_shape(tuple(out.shape[1:]))} (an int, or a tuple of {out.ndim - 1} ints), "
+                                 f"received {output_index!r}")
             g = xp.zeros_like(out)
             g[(slice(None),) + (tuple(output_index) if isinstance(output_index, tuple) else (output_index,))] = 1
         else:
@@ -600,6 +641,17 @@ class NeuralNetwork:
         Every layer trains during ``fit`` (``train()``) and the validation passes infer; each layer
         gets back its previous mode when ``fit`` returns.
         """
+        validation.count("fit", "epochs", epochs, allow_none=True)
+        validation.count("fit", "n_epochs", n_epochs, allow_none=True)
+        validation.count("fit", "batch_size", batch_size, allow_none=True)
+        validation.count("fit", "validation_batch_size", validation_batch_size, allow_none=True)
+        if shuffle is not None:
+            validation.flag("fit", "shuffle", shuffle)
+        validation.flag("fit", "stop_on_nonfinite", stop_on_nonfinite)
+        if not (validation.is_int(verbose) or isinstance(verbose, (bool, np.bool_))) or verbose < 0:
+            raise TypeError(f"fit: verbose must be 0, 1 or True/False, received {verbose!r}")
+        if seed is not None and not isinstance(seed, np.random.Generator):
+            validation.count("fit", "seed", seed, minimum=0)
         if epochs is not None and n_epochs is not None and epochs != n_epochs:
             raise ValueError(f"fit: epochs={epochs} and n_epochs={n_epochs} disagree")
         epochs = int(epochs if epochs is not None else (n_epochs if n_epochs is not None else 1))
@@ -709,6 +761,9 @@ class NeuralNetwork:
         ``probabilities=True``: the probabilities the loss reads the outputs as (``softmax`` of
         the logits for ``SoftMaxLoss``), as ``predict_proba``.
         """
+        validation.count("predict", "batch_size", batch_size, allow_none=True)
+        validation.flag("predict", "to_host", to_host)
+        validation.flag("predict", "probabilities", probabilities)
         X, _, given_batch = self._prepare_xy(X, None, "predict")
         if probabilities and not callable(getattr(self.loss_fn, "probabilities", None)):
             raise TypeError(f"predict: probabilities=True needs a loss that defines probabilities(); "
@@ -736,6 +791,8 @@ class NeuralNetwork:
         ``metrics``: default the network's.  ``sample_weight``: weighs the loss (not the metrics).
         In inference mode.
         """
+        validation.count("evaluate", "batch_size", batch_size, allow_none=True)
+        validation.flag("evaluate", "return_dict", return_dict)
         X, y, given_batch = self._prepare_xy(X, y, "evaluate")
         run_metrics = self._resolve_metrics(metrics, "evaluate(metrics=)") if metrics is not None else self.metrics
         sw = self._sample_weights(sample_weight, None, y, X.shape[0], "evaluate")
@@ -830,7 +887,7 @@ class NeuralNetwork:
         may be worth keeping to look at; loading it warns again)."""
         arrays = {"__format__": np.array(FORMAT), "__config__": np.array(json.dumps(self.get_config()))}
         arrays.update(self._param_arrays())
-        _warn_nonfinite(self, arrays, f"saving {os.fspath(path)!r}")
+        _warn_nonfinite(self, arrays, f"saving {path!r}")
         write_npz_atomic(path, arrays)
         return path
 
@@ -1167,12 +1224,12 @@ class _Trainer:
 
     def _nonfinite_grad(self):
         """``"the gradient of <param> of <layer>"`` for the first gradient holding NaN/Inf, else None.
-        One sum per gradient (NaN and Inf survive a sum; a sum of finite values overflows only
-        for gradients beyond ~1e34 in float32, a divergence all the same): no temporary arrays."""
+        One float64 sum per gradient (NaN and Inf survive a sum; float32 values, finite however
+        large, cannot overflow it): no temporary arrays, ~1 pass over the gradients."""
         for layer in self.net.layers:
             if getattr(layer, "trainable", False):
                 for name, g in layer.grads.items():
-                    if not math.isfinite(float(g.sum())):
+                    if not math.isfinite(float(g.sum(dtype=np.float64))):
                         return f"the gradient of {name} in {layer._describe()}"
         return None
 
@@ -1181,7 +1238,7 @@ class _Trainer:
         for layer in self.net.layers:
             if getattr(layer, "trainable", False):
                 for name, p in layer.params.items():
-                    if not math.isfinite(float(p.sum())):
+                    if not math.isfinite(float(p.sum(dtype=np.float64))):
                         return f"parameter {name} of {layer._describe()}"
         return None
 

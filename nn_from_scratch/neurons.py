@@ -5,7 +5,7 @@ names (``W_grad``, ``b_grad``; ``_W_pd`` is kept for the seed lab's code).
 """
 import numpy as np
 
-from . import initializers, kernels
+from . import initializers, kernels, validation
 from .backend import get_array_module
 from .interfaces import Neuron, ShapeError, format_shape, sample_shape
 from .conv_compute import bias_gradient, choose_algorithm
@@ -68,8 +68,8 @@ class Linear(_GradNames, Neuron):
     def __init__(self, input_shape, output_shape=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  W_init_range=None, seed=None, dtype=np.float32, name=None):
-        in_shape = sample_shape(input_shape)
-        out_shape = sample_shape(output_shape) if output_shape is not None else None
+        in_shape = sample_shape(input_shape, "Linear", "input_shape")
+        out_shape = sample_shape(output_shape, "Linear", "output_shape") if output_shape is not None else None
         if out_shape is None:
             raise ValueError("Linear needs an output size, e.g. Linear(800, 10) or Linear((N, 800), (N, 10))")
         if len(in_shape) != 1 or len(out_shape) != 1 or None in in_shape + out_shape:
@@ -79,7 +79,7 @@ class Linear(_GradNames, Neuron):
             )
         super().__init__((None,) + in_shape, name=name, dtype=dtype)
         self.in_features, self.out_features = in_shape[0], out_shape[0]
-        self.use_bias = bool(use_bias)
+        self.use_bias = validation.flag(self._describe(), "use_bias", use_bias)
         rng = initializers.default_rng(seed)
         d, m = self.in_features, self.out_features
         kernel = initializers.get(_init_spec(kernel_initializer, W_init_range))((d, m), rng)
@@ -182,10 +182,15 @@ class Convolution(_GradNames, Neuron):
             output_layers = out_channels
         elif out_channels is not None and out_channels != output_layers:
             raise ValueError(f"Convolution: output_layers={output_layers} and out_channels={out_channels} disagree")
-        if output_layers is None or int(output_layers) < 1:
+        if output_layers is None:
             raise ValueError(f"Convolution needs output_layers (number of filters) >= 1, received {output_layers!r}")
+        validation.count("Convolution", "output_layers (number of filters)", output_layers)
+        validation.count("Convolution", "in_channels", in_channels, allow_none=True)
+        validation.count("Convolution", "ndim", ndim, allow_none=True)
+        if ndim is not None and ndim > 3:
+            raise ValueError(f"Convolution: ndim must be 1, 2 or 3 (spatial axes), received {ndim!r}")
         if input_shape is not None:
-            shp = sample_shape(input_shape)
+            shp = sample_shape(input_shape, "Convolution", "input_shape")
             if len(shp) < 2 or len(shp) > 4:
                 raise ShapeError(
                     f"Convolution input shape must be (N, C, L), (N, C, H, W) or (N, C, D, H, W), "
@@ -214,10 +219,10 @@ class Convolution(_GradNames, Neuron):
             self.stride = as_tuple(stride, nd, "stride")
             self.dilation = as_tuple(dilation, nd, "dilation")
             resolve_padding(padding, (1,) * nd, self.kernel_size, self.stride, self.dilation)  # validate spec
-        except ValueError as exc:
-            raise ValueError(f"{self._describe()}: {exc}") from None
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{self._describe()}: {exc}") from None
         self.padding = padding
-        self.use_bias = bool(use_bias)
+        self.use_bias = validation.flag(self._describe(), "use_bias", use_bias)
         if None not in shp:
             self.compute_output_shape(shp)  # raises early if the kernel does not fit
         rng = initializers.default_rng(seed)

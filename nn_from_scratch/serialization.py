@@ -141,6 +141,7 @@ def _clean_leftovers(directory, base):
 def write_npz_atomic(path, arrays):
     """Write ``arrays`` (name -> array) to ``path`` as .npz, atomically (see the module docstring:
     temporary files, permissions, symbolic links)."""
+    _check_path("save", path)
     asked = os.fsdecode(os.fspath(path))
     target = os.path.realpath(asked)            # through a symbolic link: the link stays
     if os.path.isdir(target):
@@ -187,6 +188,12 @@ def write_npz_atomic(path, arrays):
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def _check_path(what, path):
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"{what}: path must be a str, bytes or os.PathLike (pathlib.Path), received "
+                        f"{type(path).__name__} {path!r}")
 
 
 def _bad(path, what):
@@ -303,6 +310,7 @@ def read_model_file(path):
     """(config dict, {name: numpy array}) from a model file, or ModelFileError naming it.
 
     Everything the file declares is validated first (module docstring); the arrays are read last."""
+    _check_path("load", path)
     path = os.fsdecode(os.fspath(path))
     if not os.path.exists(path):
         raise ModelFileError(f"no model file at {os.path.abspath(path)!r}")
