@@ -16,11 +16,15 @@ from .metrics import (Accuracy, MeanAbsoluteError, MeanSquaredError, Metric, Top
                       plot_confusion_matrix)
 from .network import DataError, History, NeuralNetwork, TrainingWarning
 from .neurons import Conv1D, Conv2D, Conv3D, Convolution, Dense, Linear
-from .optimizers import SGD, Adam, GradientDescent, RMSProp, RMSprop
+from .optimizers import SGD, AdaGrad, Adagrad, Adam, AdamW, GradientDescent, RMSProp, RMSprop
+from . import schedules
+from .schedules import (CosineDecay, ExponentialDecay, LearningRateSchedule, PiecewiseConstantDecay,
+                        StepDecay)
 from .pooling import (AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D,
                       MaxPool3D)
 from .serialization import ModelFileError
 from .dropout import Dropout
+from .normalization import BatchNorm, BatchNormalization
 
 __version__ = "0.1.0"
 
@@ -32,11 +36,12 @@ __all__ = [
     "SoftMaxLoss", "MSELoss",
     "Linear", "Dense", "Convolution", "Conv1D", "Conv2D", "Conv3D",
     "MaxPool", "AvgPool", "MaxPool1D", "MaxPool2D", "MaxPool3D", "AvgPool1D", "AvgPool2D", "AvgPool3D",
-    "GradientDescent", "SGD", "Adam", "RMSProp", "RMSprop",
+    "GradientDescent", "SGD", "Adam", "RMSProp", "RMSprop", "AdamW", "AdaGrad", "Adagrad",
+    "schedules", "LearningRateSchedule", "ExponentialDecay", "StepDecay", "PiecewiseConstantDecay", "CosineDecay",
     "NeuralNetwork", "History",
     "callbacks", "Callback", "CallbackError", "EarlyStopping", "ModelCheckpoint", "CSVLogger",
     "LearningRateScheduler", "ReduceLROnPlateau", "TerminateOnNaN", "LambdaCallback",
     "metrics", "Metric", "Accuracy", "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError",
     "confusion_matrix", "plot_confusion_matrix",
-    "Dropout",
+    "Dropout", "BatchNorm", "BatchNormalization",
 ]

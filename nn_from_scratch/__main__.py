@@ -3,6 +3,7 @@
 Commands:
     train        train the seed lab's CNN on MNIST (the main job)
     crosscheck   compare the seed lab's CNN with Keras, layer by layer and over training
+    separation   class separation (Henze-Penrose) at every layer of a CNN, before/after training
 """
 import importlib
 import sys
@@ -10,6 +11,7 @@ import sys
 COMMANDS = {
     "train": "nn_from_scratch.train",
     "crosscheck": "nn_from_scratch.crosscheck",
+    "separation": "nn_from_scratch.analysis.separation_cli",
 }
 
 

@@ -215,6 +215,11 @@ class Node(ABC):
         """Gradients of the last backward pass by parameter name (empty for a Node)."""
         return {}
 
+    @property
+    def buffers(self):
+        """Non-trainable state by name, saved with the model (BatchNorm's moving statistics; else empty)."""
+        return {}
+
     # configuration (for saving and summaries) ----------------------------------
     def get_config(self):
         """Constructor arguments (JSON-able) that rebuild this layer."""
@@ -364,16 +369,56 @@ class Optimizer(ABC):
     kept by the optimizer, per layer object (weakly: a layer that is garbage-collected
     takes its state with it, and a new layer never inherits an old one's, even an
     equal one) and parameter name.
+
+    ``lr``: a number, or a schedule (``nn_from_scratch.schedules``: any callable
+    ``schedule(step) -> rate``, called with the number of updates done before this one, as
+    Keras; its value is checked at each step).  ``_update`` reads the step's rate as
+    ``self.current_lr``.
+
+    Gradient clipping (Keras's semantics; at most one of them), before any update:
+
+    * ``clipnorm``: each weight tensor's gradient ``g <- g * c / max(||g||, c)``
+      (a ``Linear``'s kernel ``W[1:]`` and bias ``W[0]`` are two tensors, as in Keras);
+    * ``global_clipnorm``: every gradient ``g <- g * c / max(G, c)`` with ``G`` the norm of all
+      of the step's gradients together (NaN when ``G`` is not finite);
+    * ``clipvalue``: each entry clipped to ``[-c, c]``.
     """
 
-    def __init__(self, lr):
-        self.lr = check_learning_rate(type(self).__name__, lr)
+    def __init__(self, lr, clipnorm=None, clipvalue=None, global_clipnorm=None):
+        name = type(self).__name__
+        self.lr = check_learning_rate(name, lr)            # a schedule: checked when used
+        given = {k: v for k, v in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
+                                   ("global_clipnorm", global_clipnorm)) if v is not None}
+        if len(given) > 1:
+            raise ValueError(f"{name}: give at most one of clipnorm, clipvalue, global_clipnorm (as Keras), "
+                             f"received {sorted(given)}")
+        for k, v in given.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 and v < float("inf")):
+                raise ValueError(f"{name}: {k} must be a finite number > 0, received {v!r}")
+        self.clipnorm = None if clipnorm is None else float(clipnorm)
+        self.clipvalue = None if clipvalue is None else float(clipvalue)
+        self.global_clipnorm = None if global_clipnorm is None else float(global_clipnorm)
         self.iterations = 0
         self._state = _StateByLayer()
+        self.current_lr = self._rate(0)
+
+    def _rate(self, step):
+        """The learning rate of the update after ``step`` earlier ones (checked)."""
+        if isinstance(self.lr, (int, float)):
+            return float(self.lr)
+        from .schedules import check_rate  # noqa: PLC0415 - schedules imports nothing from here
+        return check_rate(self.lr(step), self.lr, step)
+
+    @property
+    def learning_rate(self):
+        """The rate the next update will use (a schedule's value at ``iterations``)."""
+        return self._rate(self.iterations)
 
     def step(self, layers):
-        """One update of every parameter of every trainable layer."""
+        """One update of every parameter of every trainable layer (clipped gradients, if asked)."""
+        self.current_lr = self._rate(self.iterations)
         self.iterations += 1
+        items = []
         for layer in layers:
             if not getattr(layer, "trainable", False):
                 continue
@@ -383,19 +428,52 @@ class Optimizer(ABC):
                     raise RuntimeError(
                         f"{layer._describe()}: no gradient for parameter {name!r}; call backward() before step()"
                     )
-                self._update(param, grad, (layer, name))
+                items.append((layer, name, param, grad))
+        grads = self._clip(items) if (self.clipnorm or self.clipvalue or self.global_clipnorm) else \
+            [g for *_, g in items]
+        for (layer, name, param, _), grad in zip(items, grads):
+            self._update(param, grad, (layer, name))
+
+    def _clip(self, items):
+        """The step's gradients clipped (new arrays; the layers' ``grads`` stay as they are)."""
+        out = []
+        if self.clipvalue:
+            return [get_array_module(g).clip(g, -self.clipvalue, self.clipvalue) for *_, g in items]
+        if self.global_clipnorm:
+            c = self.global_clipnorm
+            xp = get_array_module(items[0][3]) if items else np
+            sq = sum((g.astype(np.float64) ** 2).sum() for *_, g in items)   # stays on the device
+            with np.errstate(divide="ignore", invalid="ignore"):
+                use = xp.sqrt(sq)
+                scale = c * xp.minimum(1.0 / use, 1.0 / c) + (use - use)   # NaN when the norm is not finite
+            return [g * scale.astype(g.dtype) for *_, g in items]
+        for layer, name, _, g in items:
+            g = g.copy()
+            views = layer.param_views(name, g) if hasattr(layer, "param_views") else [g]
+            for v in views:
+                xp = get_array_module(v)
+                c = v.dtype.type(self.clipnorm)
+                l2sum = (v * v).sum()
+                pos = l2sum > 0                   # Keras's two-sided where: a NaN gradient stays NaN
+                l2norm = xp.where(pos, xp.sqrt(xp.where(pos, l2sum, 1)), l2sum)
+                v[...] = (v * c) / xp.maximum(l2norm, c)
+            out.append(g)
+        return out
 
     @abstractmethod
     def _update(self, param, grad, key):
         """Update ``param`` in place from ``grad``; ``key`` indexes the state."""
 
-    def state(self, key, like, slot):
-        """Zero-initialised per-parameter state array ``slot`` for ``key = (layer, parameter name)``."""
+    def state(self, key, like, slot, fill=0.0):
+        """Per-parameter state array ``slot`` for ``key = (layer, parameter name)``, created filled
+        with ``fill`` (zeros by default)."""
         layer, name = key
         s = self._state.of(layer)
         arr = s.get((name, slot))
         if arr is None:
             arr = s[(name, slot)] = get_array_module(like).zeros_like(like)
+            if fill:
+                arr += like.dtype.type(fill)
         elif arr.shape != like.shape or arr.dtype != like.dtype:
             raise ValueError(
                 f"{type(self).__name__}: its {slot!r} state for {layer._describe()} parameter {name!r} is "
@@ -407,9 +485,14 @@ class Optimizer(ABC):
         """Forget momenta and the step count."""
         self.iterations = 0
         self._state = _StateByLayer()
+        self.current_lr = self._rate(0)
+
+    def _clip_config(self):
+        return {k: getattr(self, k) for k in ("clipnorm", "clipvalue", "global_clipnorm")
+                if getattr(self, k, None) is not None}
 
     def get_config(self):
-        return {"lr": self.lr}
+        return {"lr": self.lr, **self._clip_config()}
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())

@@ -246,20 +246,25 @@ class NeuralNetwork:
         return sum(layer.count_params() for layer in self.layers)
 
     def get_weights(self, to_host=True):
-        """Copies of every layer's parameters, in order (NumPy arrays unless ``to_host=False``,
+        """Copies of every layer's parameters and buffers (BatchNorm's moving statistics), in order (NumPy arrays unless ``to_host=False``,
         which keeps them on the parameters' device); ``set_weights`` puts them back."""
         conv = to_numpy if to_host else (lambda a: a)
-        return [conv(p).copy() for layer in self.layers for p in layer.params.values()]
+        return [conv(p).copy() for layer in self.layers
+                for p in list(layer.params.values()) + list(layer.buffers.values())]
 
     def set_weights(self, weights):
         """Replace every layer's parameters by ``weights`` (the order of ``get_weights``)."""
         weights = list(weights)
-        slots = [(layer, k) for layer in self.layers for k in layer.params]
+        slots = [s for layer in self.layers for s in
+                 [(layer, k, False) for k in layer.params] + [(layer, k, True) for k in layer.buffers]]
         if len(weights) != len(slots):
             raise ValueError(f"set_weights: this network has {len(slots)} parameter arrays, "
                              f"received {len(weights)}")
-        for (layer, k), w in zip(slots, weights):
-            layer.set_params(**{k: w})
+        for (layer, k, buffer), w in zip(slots, weights):
+            if buffer:
+                layer.set_buffers(**{k: w})
+            else:
+                layer.set_params(**{k: w})
         return self
 
     @property
@@ -850,7 +855,8 @@ class NeuralNetwork:
             out.append(r[0].ljust(w[0]) + r[1].ljust(w[1]) + r[2].rjust(w[2]))
             out.append(line if j == 0 else "-" * sum(w))
         total = self.count_params()
-        trainable = sum(layer.count_params() for layer in self.trainable_layers)
+        trainable = sum(layer.count_params() - sum(int(np.prod(b.shape)) for b in layer.buffers.values())
+                        for layer in self.trainable_layers)
         out.append(f"Total params: {total:,}")
         out.append(f"Trainable params: {trainable:,}")
         out.append(f"Non-trainable params: {total - trainable:,}")
@@ -868,7 +874,8 @@ class NeuralNetwork:
             "input_shape": None if self.input_shape is None else list(self.input_shape),
             "layers": [layer_config(layer) for layer in self.layers],
             "loss": layer_config(self.loss_fn),
-            "optimizer": {"class": type(self.optimizer).__name__, "config": self.optimizer.get_config()},
+            "optimizer": self._optimizer_config(),
+            "metrics": [m if isinstance(m, str) else m.name for m in self.metrics],
             "training": bool(self._training),
             "layer_training": [bool(layer.training) for layer in self.layers],
             # where each random layer's (Dropout's) sequence stands, so that training continues with fresh draws
@@ -876,8 +883,27 @@ class NeuralNetwork:
                                    for layer in self.layers],
         }
 
+    def _optimizer_config(self):
+        """The optimizer's class and settings as JSON-able values (a schedule by its class and config)."""
+        from . import schedules  # noqa: PLC0415
+        cfg = dict(self.optimizer.get_config())
+        lr = cfg.get("lr")
+        if lr is not None and not isinstance(lr, (int, float)):
+            if type(lr).__name__ in schedules._BY_NAME and type(lr) is schedules._BY_NAME[type(lr).__name__]:
+                cfg["lr"] = {"schedule": type(lr).__name__, "config": lr.get_config()}
+            else:
+                now = self.optimizer.learning_rate
+                warnings.warn(f"save: the learning-rate schedule {lr!r} is not one of nn_from_scratch.schedules "
+                              f"and cannot be recorded; the file holds its current rate {now}", RuntimeWarning,
+                              stacklevel=3)
+                cfg["lr"] = now
+        return {"class": type(self.optimizer).__name__, "config": cfg}
+
     def _param_arrays(self):
-        return {f"layer{i}/{k}": v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
+        """``layer{i}/{name}`` -> array: every parameter and every buffer (non-trainable state such as
+        BatchNorm's moving statistics), saved, validated and loaded alike."""
+        return {f"layer{i}/{k}": v for i, layer in enumerate(self.layers)
+                for k, v in list(layer.params.items()) + list(layer.buffers.items())}
 
     @guarded(training=False)
     def save(self, path):
@@ -923,6 +949,8 @@ class NeuralNetwork:
                 a = arrays[f"layer{i}/{k}"]
                 layer.dtype = np.dtype(a.dtype)
                 layer.params[k] = to_device(a, like=layer.params[k])
+            for k in list(layer.buffers):
+                layer.buffers[k] = to_device(arrays[f"layer{i}/{k}"], like=layer.buffers[k])
         self._restore_modes(config, path)
         self.optimizer.reset()
         return self
@@ -960,10 +988,17 @@ class NeuralNetwork:
         try:
             layers = [build_layer(entry) for entry in config["layers"]]
             loss = build_layer(config["loss"])
-            opt = get_optimizer(config["optimizer"]["class"].lower().replace("gradientdescent", "sgd"),
-                                **config["optimizer"]["config"])
+            ocfg = dict(config["optimizer"]["config"])
+            if isinstance(ocfg.get("lr"), dict):
+                from . import schedules  # noqa: PLC0415
+                try:
+                    ocfg["lr"] = schedules.get({"class": ocfg["lr"]["schedule"], "config": ocfg["lr"]["config"]})
+                except ValueError as exc:
+                    raise ModelFileError(f"{path!r}: {exc}") from None
+            opt = get_optimizer(config["optimizer"]["class"].lower().replace("gradientdescent", "sgd"), **ocfg)
             net = cls(layers, loss_fn=loss, optimizer=opt, batch_size=config.get("batch_size", 32),
-                      input_shape=config.get("input_shape"), name=config.get("name", "network"))
+                      input_shape=config.get("input_shape"), name=config.get("name", "network"),
+                      metrics=config.get("metrics"))
         except ModelFileError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:   # ValueError: ShapeError too

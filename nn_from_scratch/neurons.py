@@ -98,6 +98,11 @@ class Linear(_GradNames, Neuron):
         m = _size(list(config["output_shape"])[-1], "output_shape[-1]")
         return {"W": (d + 1, m)}
 
+    def param_views(self, name, array):
+        """The weight tensors an array shaped like parameter ``name`` holds, as Keras sees them
+        (views): ``W[1:]`` the kernel and ``W[0]`` the bias (per-tensor gradient clipping)."""
+        return [array[1:], array[0]] if name == "W" else [array]
+
     def count_params(self):
         """``D*M`` weights plus ``M`` biases; without bias the (always zero) row 0 of ``W`` is not counted."""
         return self.in_features * self.out_features + (self.out_features if self.use_bias else 0)

@@ -15,12 +15,24 @@ Adam (Keras ``Adam``)::
     m <- m + (1 - b1) * (g - m);   v <- v + (1 - b2) * (g^2 - v)
     w <- w - lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
 
+AdaGrad (Keras ``Adagrad``; ``a`` starts at ``initial_accumulator_value``)::
+
+    a <- a + g^2
+    w <- w - lr * g / sqrt(a + eps)
+
+AdamW (Keras ``AdamW``): Adam with decoupled weight decay, ``weight_decay`` 0.004 by default::
+
+    w <- w - lr * wd * w, then the Adam update
+
 RMSProp (Keras ``RMSprop``)::
 
     v <- rho * v + (1 - rho) * g^2
     w <- w - lr * g / sqrt(v + eps)                       (momentum 0)
     u <- momentum * u + lr * g / sqrt(v + eps); w <- w - u   (momentum > 0)
 
+Every optimizer takes ``lr`` as a number or a schedule (``nn_from_scratch.schedules``) and
+``clipnorm`` / ``clipvalue`` / ``global_clipnorm`` (Keras's semantics; see ``Optimizer``).
+``weight_decay`` (decoupled, as Keras) uses the step's rate: ``w <- w - lr_t * wd * w``.
 All updates happen in place on the parameter arrays, on their own backend.
 """
 import math
@@ -29,7 +41,7 @@ from . import kernels, validation
 from .backend import get_array_module
 from .interfaces import Optimizer
 
-__all__ = ["GradientDescent", "SGD", "Adam", "RMSProp", "RMSprop", "get"]
+__all__ = ["GradientDescent", "SGD", "Adam", "AdamW", "AdaGrad", "Adagrad", "RMSProp", "RMSprop", "get"]
 
 
 def _check_range(owner, name, value, lo, hi, lo_open=False, hi_open=False):
@@ -43,21 +55,22 @@ def _check_range(owner, name, value, lo, hi, lo_open=False, hi_open=False):
 
 
 class _Decay(Optimizer):
-    def __init__(self, lr, weight_decay=0.0):
-        super().__init__(lr)
+    def __init__(self, lr, weight_decay=0.0, clipnorm=None, clipvalue=None, global_clipnorm=None):
+        super().__init__(lr, clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm)
         _check_range(type(self).__name__, "weight_decay", weight_decay, 0, math.inf)
         self.weight_decay = float(weight_decay)
 
     def _decay(self, param):
         if self.weight_decay:
-            param -= param * (self.lr * self.weight_decay)
+            param -= param * (self.current_lr * self.weight_decay)
 
 
 class GradientDescent(_Decay):
     """Stochastic gradient descent, optionally with (Nesterov) momentum."""
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
-        super().__init__(lr, weight_decay)
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None):
+        super().__init__(lr, weight_decay, clipnorm, clipvalue, global_clipnorm)
         _check_range("GradientDescent", "momentum", momentum, 0, 1, hi_open=True)
         self.momentum = float(momentum)
         self.nesterov = validation.flag("GradientDescent", "nesterov", nesterov)
@@ -65,11 +78,11 @@ class GradientDescent(_Decay):
     def _update(self, param, grad, key):
         self._decay(param)
         v = self.state(key, param, "velocity") if self.momentum else None
-        kernels.sgd_update(param, grad, v, self.lr, self.momentum, self.nesterov)
+        kernels.sgd_update(param, grad, v, self.current_lr, self.momentum, self.nesterov)
 
     def get_config(self):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
-                "weight_decay": self.weight_decay}
+                "weight_decay": self.weight_decay, **self._clip_config()}
 
 
 SGD = GradientDescent
@@ -78,8 +91,9 @@ SGD = GradientDescent
 class Adam(_Decay):
     """Adam (Kingma & Ba) with Keras's epsilon placement and defaults."""
 
-    def __init__(self, lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, weight_decay=0.0):
-        super().__init__(lr, weight_decay)
+    def __init__(self, lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, weight_decay=0.0,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None):
+        super().__init__(lr, weight_decay, clipnorm, clipvalue, global_clipnorm)
         _check_range("Adam", "beta_1", beta_1, 0, 1, hi_open=True)
         _check_range("Adam", "beta_2", beta_2, 0, 1, hi_open=True)
         _check_range("Adam", "epsilon", epsilon, 0, math.inf, lo_open=True)
@@ -95,7 +109,7 @@ class Adam(_Decay):
         # in float64 Python math it differs from Keras's by ~7e-6 per update (1 - 0.999 in float32)
         dt = param.dtype.type
         b1, b2 = dt(self.beta_1), dt(self.beta_2)
-        alpha = dt(self.lr) * (1 - b2 ** t) ** dt(0.5) / (1 - b1 ** t)
+        alpha = dt(self.current_lr) * (1 - b2 ** t) ** dt(0.5) / (1 - b1 ** t)
         if not self.amsgrad:
             kernels.adam_update(param, grad, m, v, alpha, self.beta_1, self.beta_2, self.epsilon)
             return
@@ -107,14 +121,50 @@ class Adam(_Decay):
 
     def get_config(self):
         return {"lr": self.lr, "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon,
-                "amsgrad": self.amsgrad, "weight_decay": self.weight_decay}
+                "amsgrad": self.amsgrad, "weight_decay": self.weight_decay, **self._clip_config()}
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), Keras's ``AdamW``: each step first
+    ``w <- w - lr * weight_decay * w``, then Adam's update (which never sees the decay)."""
+
+    def __init__(self, lr=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None):
+        super().__init__(lr, beta_1, beta_2, epsilon, amsgrad, weight_decay, clipnorm, clipvalue, global_clipnorm)
+
+
+class AdaGrad(_Decay):
+    """AdaGrad (Duchi et al.) with Keras's ``Adagrad`` defaults: the squared gradients summed from
+    ``initial_accumulator_value``, epsilon inside the square root."""
+
+    def __init__(self, lr=0.001, initial_accumulator_value=0.1, epsilon=1e-7, weight_decay=0.0, clipnorm=None,
+                 clipvalue=None, global_clipnorm=None):
+        super().__init__(lr, weight_decay, clipnorm, clipvalue, global_clipnorm)
+        _check_range("AdaGrad", "initial_accumulator_value", initial_accumulator_value, 0, math.inf)
+        _check_range("AdaGrad", "epsilon", epsilon, 0, math.inf, lo_open=True)
+        self.initial_accumulator_value = float(initial_accumulator_value)
+        self.epsilon = float(epsilon)
+
+    def _update(self, param, grad, key):
+        self._decay(param)
+        a = self.state(key, param, "accumulator", fill=self.initial_accumulator_value)
+        a += grad * grad
+        param -= (grad * param.dtype.type(self.current_lr)) / (a + param.dtype.type(self.epsilon)) ** 0.5
+
+    def get_config(self):
+        return {"lr": self.lr, "initial_accumulator_value": self.initial_accumulator_value,
+                "epsilon": self.epsilon, "weight_decay": self.weight_decay, **self._clip_config()}
+
+
+Adagrad = AdaGrad
 
 
 class RMSProp(_Decay):
     """RMSProp with Keras's defaults (rho=0.9, epsilon inside the square root)."""
 
-    def __init__(self, lr=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False, weight_decay=0.0):
-        super().__init__(lr, weight_decay)
+    def __init__(self, lr=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False, weight_decay=0.0,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None):
+        super().__init__(lr, weight_decay, clipnorm, clipvalue, global_clipnorm)
         _check_range("RMSProp", "rho", rho, 0, 1, hi_open=True)
         _check_range("RMSProp", "momentum", momentum, 0, 1, hi_open=True)
         _check_range("RMSProp", "epsilon", epsilon, 0, math.inf, lo_open=True)
@@ -125,7 +175,7 @@ class RMSProp(_Decay):
         self._decay(param)
         v = self.state(key, param, "velocity")
         if not self.centered and self.momentum == 0:
-            kernels.rmsprop_update(param, grad, v, self.lr, self.rho, self.epsilon)
+            kernels.rmsprop_update(param, grad, v, self.current_lr, self.rho, self.epsilon)
             return
         v *= self.rho
         v += (1 - self.rho) * (grad * grad)
@@ -136,7 +186,7 @@ class RMSProp(_Decay):
             denom = v - a * a + self.epsilon
         else:
             denom = v + self.epsilon
-        increment = (self.lr * grad) / denom ** 0.5
+        increment = (self.current_lr * grad) / denom ** 0.5
         if self.momentum > 0:
             u = self.state(key, param, "momentum")
             u *= self.momentum
@@ -147,13 +197,13 @@ class RMSProp(_Decay):
 
     def get_config(self):
         return {"lr": self.lr, "rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon,
-                "centered": self.centered, "weight_decay": self.weight_decay}
+                "centered": self.centered, "weight_decay": self.weight_decay, **self._clip_config()}
 
 
 RMSprop = RMSProp
 
 _BY_NAME = {"sgd": GradientDescent, "gradientdescent": GradientDescent, "adam": Adam,
-            "rmsprop": RMSProp}
+            "rmsprop": RMSProp, "adamw": AdamW, "adagrad": AdaGrad}
 
 
 def get(spec, **kwargs):

@@ -12,8 +12,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.keras
 
-from nn_from_scratch import (Adam, Convolution, GradientDescent, Linear, MaxPool2D, MSELoss,  # noqa: E402
-                             NeuralNetwork, ReLU, RMSProp, SoftMaxLoss, Tanh, Vectorization, datasets)
+from nn_from_scratch import (AdaGrad, Adam, AdamW, Convolution, GradientDescent, Linear, MaxPool2D,  # noqa: E402
+                             MSELoss, NeuralNetwork, ReLU, RMSProp, SoftMaxLoss, Tanh, Vectorization, datasets)
+from nn_from_scratch import schedules  # noqa: E402
 from nn_from_scratch.crosscheck import TOLERANCES, compare_training  # noqa: E402
 from nn_from_scratch.crosscheck.cli import seed_lab_cnn  # noqa: E402
 from planted_bugs import AdamWithoutBiasCorrection  # noqa: E402
@@ -44,6 +45,48 @@ OPTIMIZERS = {
     "rmsprop": lambda: RMSProp(1e-3),
     "rmsprop_centered_momentum": lambda: RMSProp(5e-4, momentum=0.5, centered=True, weight_decay=0.01),
 }
+
+
+# issue 24: the new optimizers, gradient clipping and learning-rate schedules (each setting clips / moves
+# the rate inside the 60 steps: see test_clipping_and_schedules_act)
+NEW_OPTIMIZERS = {
+    "adagrad": lambda: AdaGrad(0.3),
+    "adamw": lambda: AdamW(2e-3, weight_decay=0.05),
+    "sgd_clipnorm": lambda: GradientDescent(0.5, clipnorm=0.05),
+    "momentum_global_clipnorm": lambda: GradientDescent(0.05, momentum=0.9, global_clipnorm=0.1),
+    "adamw_clipvalue": lambda: AdamW(2e-3, clipvalue=0.002),
+    "rmsprop_clipnorm": lambda: RMSProp(1e-3, clipnorm=0.05),
+    "sgd_exponential": lambda: GradientDescent(schedules.ExponentialDecay(1.0, decay_steps=20, decay_rate=0.7)),
+    "sgd_step_decay": lambda: GradientDescent(schedules.StepDecay(0.5, step_size=20, factor=0.3), momentum=0.5),
+    "sgd_piecewise": lambda: GradientDescent(schedules.PiecewiseConstantDecay([20, 40], [1.0, 0.5, 0.2])),
+    "adam_cosine_warmup": lambda: Adam(schedules.CosineDecay(1e-4, decay_steps=40, alpha=0.1, warmup_target=3e-3,
+                                                             warmup_steps=15), weight_decay=0.01),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_OPTIMIZERS))
+def test_new_optimizers_clipping_and_schedules_match_keras(mnist, name):
+    X, y = mnist
+    report = compare_training(small_cnn(), X, y, steps=60, optimizer=NEW_OPTIMIZERS[name](), batch_size=32, seed=1)
+    assert report.passed, str(report)
+    assert len(report.steps) == 60 and report.max_weight_rel <= TOLERANCES["training"]
+    assert np.mean(report.losses_ours[-10:]) < np.mean(report.losses_ours[:10]) - 0.05
+
+
+def test_clipping_and_schedules_act(mnist):
+    """The settings above are not no-ops: the gradients they see are clipped, the rates move."""
+    X, y = mnist
+    net = small_cnn()
+    out = net.forward(X[:32].astype(np.float32))
+    net.loss_fn.forward(out, y[:32])
+    net.backward(net.loss_fn.backward(), need_input_grad=False)
+    norms = [float(np.linalg.norm(g)) for layer in net.trainable_layers for g in layer.grads.values()]
+    assert min(norms) > 0.05 and np.sqrt(np.sum(np.square(norms))) > 0.1
+    assert max(float(np.abs(g).max()) for layer in net.trainable_layers for g in layer.grads.values()) > 0.002
+    for name in ("sgd_exponential", "sgd_step_decay", "sgd_piecewise", "adam_cosine_warmup"):
+        sched = NEW_OPTIMIZERS[name]().lr
+        rates = {round(sched(s), 12) for s in range(60)}
+        assert len(rates) >= 3, name
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))

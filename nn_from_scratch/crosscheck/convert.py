@@ -43,7 +43,8 @@ from ..interfaces import Node, ShapeError, format_shape
 from ..losses import Loss, MSELoss, SoftMaxLoss
 from ..network import NeuralNetwork
 from ..neurons import Convolution, Linear
-from ..optimizers import Adam, GradientDescent, RMSProp
+from .. import schedules as our_schedules
+from ..optimizers import AdaGrad, Adam, AdamW, GradientDescent, RMSProp
 from ..patches import resolve_padding
 from ..pooling import AvgPool, MaxPool
 from .layout import keras_axis, keras_flatten_permutation, our_axis, to_cf_dims, to_cl_dims
@@ -468,20 +469,43 @@ def keras_loss(loss_fn, sparse=True, dtype=None):
                               "supported: SoftMaxLoss, MSELoss")
 
 
+def keras_schedule(lr):
+    """Keras's counterpart of our learning rate: the number itself, or the same-named schedule."""
+    if isinstance(lr, (int, float)):
+        return float(lr)
+    ks = keras.optimizers.schedules
+    if isinstance(lr, our_schedules.ExponentialDecay):      # StepDecay too (staircase)
+        return ks.ExponentialDecay(lr.initial_learning_rate, lr.decay_steps, lr.decay_rate, staircase=lr.staircase)
+    if isinstance(lr, our_schedules.PiecewiseConstantDecay):
+        return ks.PiecewiseConstantDecay(lr.boundaries, lr.values)
+    if isinstance(lr, our_schedules.CosineDecay):
+        return ks.CosineDecay(lr.initial_learning_rate, lr.decay_steps, alpha=lr.alpha,
+                              warmup_target=lr.warmup_target, warmup_steps=lr.warmup_steps)
+    raise NotImplementedError(f"keras_optimizer: no Keras counterpart for the learning-rate schedule {lr!r}; "
+                              "supported: ExponentialDecay, StepDecay, PiecewiseConstantDecay, CosineDecay")
+
+
 def keras_optimizer(opt):
     """A fresh Keras optimizer with our optimizer's hyperparameters (its state is not copied)."""
     wd = getattr(opt, "weight_decay", 0.0) or None
+    common = {"learning_rate": keras_schedule(opt.lr), "clipnorm": getattr(opt, "clipnorm", None),
+              "clipvalue": getattr(opt, "clipvalue", None), "global_clipnorm": getattr(opt, "global_clipnorm", None)}
     if isinstance(opt, GradientDescent):
-        return keras.optimizers.SGD(learning_rate=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov,
-                                    weight_decay=wd)
+        return keras.optimizers.SGD(momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=wd, **common)
+    if isinstance(opt, AdamW):
+        return keras.optimizers.AdamW(beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon,
+                                      amsgrad=opt.amsgrad, weight_decay=opt.weight_decay, **common)
     if isinstance(opt, Adam):
-        return keras.optimizers.Adam(learning_rate=opt.lr, beta_1=opt.beta_1, beta_2=opt.beta_2,
-                                     epsilon=opt.epsilon, amsgrad=opt.amsgrad, weight_decay=wd)
+        return keras.optimizers.Adam(beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon,
+                                     amsgrad=opt.amsgrad, weight_decay=wd, **common)
     if isinstance(opt, RMSProp):
-        return keras.optimizers.RMSprop(learning_rate=opt.lr, rho=opt.rho, momentum=opt.momentum,
-                                        epsilon=opt.epsilon, centered=opt.centered, weight_decay=wd)
+        return keras.optimizers.RMSprop(rho=opt.rho, momentum=opt.momentum, epsilon=opt.epsilon,
+                                        centered=opt.centered, weight_decay=wd, **common)
+    if isinstance(opt, AdaGrad):
+        return keras.optimizers.Adagrad(initial_accumulator_value=opt.initial_accumulator_value,
+                                        epsilon=opt.epsilon, weight_decay=wd, **common)
     raise NotImplementedError(f"keras_optimizer: no Keras counterpart for {type(opt).__name__}; "
-                              "supported: GradientDescent (SGD), Adam, RMSProp")
+                              "supported: GradientDescent (SGD), Adam, AdamW, RMSProp, AdaGrad")
 
 
 # ----------------------------------------------------------------------------- Keras -> ours
