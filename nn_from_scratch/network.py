@@ -119,7 +119,10 @@ class NeuralNetwork:
     step to float rounding.  The workers are kept between ``fit`` calls while the
     layers keep their settings (``stop_workers`` ends them); while they are there,
     ``predict`` and ``evaluate`` (``fit``'s validation too) split their batches'
-    forward passes over them as well.
+    forward passes over them as well.  Batches are split only in the main thread while no other
+    thread could be inside BLAS (``parallel.split_allowed``); from other threads the steps run
+    whole, with ``workers=1``'s numbers.  One network used from several threads: inference is
+    serialized, concurrent training refused (``concurrency.py``).
     """
 
     def __init__(self, layers, loss_fn=None, optimizer=None, n_input=None, n_output=None,

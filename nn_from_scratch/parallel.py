@@ -38,6 +38,12 @@ layer and the loss say they treat samples independently (the class itself sets
 into at most ``workers`` shards of at least ``MIN_SHARD_PROCESSES`` (processes) or
 ``MIN_SHARD`` (threads) samples.
 
+Where: only where no other thread can be inside BLAS (``split_allowed``: the main thread, every
+other thread a daemon, no other thread in a network method); elsewhere a step runs whole.  A
+process forked from this one disowns the workers it inherits (``os.register_at_fork``); every
+wait on a worker ends by a deadline (``WAIT_MIN_S``), after which the workers are killed and the
+step runs in this process; workers that ended by themselves are reaped at the next split.
+
 The split changes only the order of floating-point additions: for a given batch
 size and shard count the result is deterministic, and it agrees with the one-worker
 step to rounding (tests/test_parallel.py, both kinds: loss, outputs and gradients to

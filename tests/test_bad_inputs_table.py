@@ -455,6 +455,35 @@ def _():
     nf.NeuralNetwork([nf.Linear(4, 7, name="hidden"), nf.ReLU(name="act"), nf.Linear(7, 3, name="out")]).load("m2.npz")
 
 
+# ------------------------------------------------------------------ the cross-check (needs TensorFlow)
+def crosscheck():
+    return pytest.importorskip("nn_from_scratch.crosscheck", reason="the cross-check needs TensorFlow")
+
+
+CC_X = np.ones((6, 4), np.float32)
+table("crosscheck", ValueError, [
+    ("compare-mode", lambda: crosscheck().compare(mlp(), CC_X, mode="bogus"), "compare", "mode", "'bogus'"),
+    ("compare-loss-no-y", lambda: crosscheck().compare(mlp(), CC_X, loss=nf.SoftMaxLoss()), "compare", "y="),
+    ("compare-rtol-neg", lambda: crosscheck().compare(mlp(), CC_X, rtol=-1), "rtol", "-1"),
+    ("compare-rtol-dict", lambda: crosscheck().compare(mlp(), CC_X, rtol={"forward": "x"}), "rtol['forward']"),
+    ("compare-rtol-kind", lambda: crosscheck().compare(mlp(), CC_X, rtol={"speed": 1.0}), "'speed'"),
+    ("training-steps0", lambda: crosscheck().compare_training(mlp(), X4, Y3, steps=0), "compare_training", "steps"),
+    ("training-batch0", lambda: crosscheck().compare_training(mlp(), X4, Y3, batch_size=0), "compare_training",
+     "batch_size", "0"),
+])
+table("crosscheck", TypeError, [
+    ("compare-rtol-str", lambda: crosscheck().compare(mlp(), CC_X, rtol="tight"), "rtol", "'tight'"),
+    ("compare-str", lambda: crosscheck().compare("net", CC_X), "NeuralNetwork", "str"),
+    ("compare-list-of-int", lambda: crosscheck().compare([nf.Linear(4, 3), 5], CC_X), "element 1", "int"),
+    ("training-steps-float", lambda: crosscheck().compare_training(mlp(), X4, Y3, steps=2.5), "compare_training",
+     "steps", "2.5"),
+    ("to_keras-str", lambda: crosscheck().to_keras("x"), "NeuralNetwork", "str"),
+])
+table("crosscheck", nf.ShapeError, [
+    ("compare-x-shape", lambda: crosscheck().compare(mlp(), np.ones((6, 5))), "'hidden'", "(5,)"),
+])
+
+
 # ------------------------------------------------------------------ the table itself
 @pytest.mark.parametrize("call,exc,needles", CASES)
 def test_bad_input_is_refused_clearly(call, exc, needles):
