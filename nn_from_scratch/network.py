@@ -222,9 +222,14 @@ class NeuralNetwork:
             if layer.input_shape is not None and shape is not None:
                 if not _shape_matches(shape, layer.input_shape) and not _shape_matches(layer.input_shape, shape):
                     prev = f"layer {i - 1} ({self.layers[i - 1].name}) outputs" if i else "the network input is"
+                    hint = ""
+                    if i and type(self.layers[i - 1]).compute_output_shape is Node.compute_output_shape:
+                        hint = (f"; {type(self.layers[i - 1]).__name__} does not define compute_output_shape, so "
+                                f"its output is assumed to have its input's shape: if it changes the shape, "
+                                f"define compute_output_shape(self, input_shape) returning the per-sample output shape")
                     raise ShapeError(
                         f"layer {i} ({layer._describe()}) expects samples of shape "
-                        f"{format_shape(layer.input_shape)} but {prev} {format_shape(shape)}"
+                        f"{format_shape(layer.input_shape)} but {prev} {format_shape(shape)}{hint}"
                     )
             known = layer.input_shape if layer.input_shape is not None else shape
             if known is None:
@@ -513,7 +518,14 @@ class NeuralNetwork:
 
         ``recheck=False``: nothing that could change a layer ran since the last split step
         (``fit`` within an epoch), so the split's ``matches`` check is skipped.
-        ``sample_weight``: the batch's weights ``(B,)``; such a batch runs in this process."""
+        ``sample_weight``: the batch's weights ``(B,)``; such a batch runs in this process.
+
+        An optimizer whose ``needs_layer_statistics`` is True at this step (K-FAC: every
+        ``cov_every``-th) runs the pass itself, in this process, layer by layer, to see each
+        layer's input and per-example output gradient (``optimizer.forward_backward``,
+        ``kfac_optim.py``); other optimizers never take this branch."""
+        if getattr(self.optimizer, "needs_layer_statistics", False):
+            return self.optimizer.forward_backward(self, xb, yb, sample_weight=sample_weight)
         shards = shard_count(self, xb.shape[0]) if sample_weight is None else 1
         failed = None
         if shards > 1:
