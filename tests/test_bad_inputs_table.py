@@ -484,9 +484,76 @@ table("crosscheck", nf.ShapeError, [
 ])
 
 
+# ------------------------------------------------------------------ dataset loaders (datasets.py, issue 21's)
+def idx_bytes(array):
+    """An IDX file of a uint8 array (magic 0x08 = unsigned byte, then the dims big-endian)."""
+    a = np.ascontiguousarray(array, dtype=np.uint8)
+    return bytes([0, 0, 8, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape) + a.tobytes()
+
+
+def idx_dir(images, labels, name="d"):
+    os.mkdir(name)
+    for stem, data in (("t10k-images-idx3-ubyte", images), ("t10k-labels-idx1-ubyte", labels)):
+        with open(os.path.join(name, stem), "wb") as f:
+            f.write(data if isinstance(data, bytes) else idx_bytes(data))
+    return name
+
+
+def mnist_npz(x, y=np.zeros(3, np.uint8)):
+    np.savez("mnist.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    return "mnist.npz"
+
+
+def datasets():
+    from nn_from_scratch import datasets as ds
+    return ds
+
+
+def dataset_error():
+    return datasets().DatasetError
+
+
+LOADER_ROWS = [
+    ("idx-5x5", lambda: datasets().load_mnist_idx(idx_dir(np.zeros((3, 5, 5)), np.zeros(3))), "28, 28", "(3, 5, 5)"),
+    ("idx-labels-10", lambda: datasets().load_mnist_idx(idx_dir(np.zeros((3, 28, 28)), np.array([0, 1, 10]))),
+     "labels outside 0..9"),
+    ("idx-count", lambda: datasets().load_mnist_idx(idx_dir(np.zeros((3, 28, 28)), np.zeros(2))), "3 images",
+     "2 labels"),
+    ("idx-truncated", lambda: datasets().load_mnist_idx(idx_dir(idx_bytes(np.zeros((3, 28, 28)))[:-10],
+                                                                np.zeros(3))), "header announces"),
+    ("idx-magic", lambda: datasets().load_mnist_idx(idx_dir(b"hello world!", np.zeros(3))), "not an IDX file"),
+    ("idx-missing", lambda: datasets().load_mnist_idx("no-such-dir"), "no-such-dir"),
+    ("npz-float-300", lambda: datasets().load_mnist_npz(mnist_npz(np.full((3, 28, 28), 300.0))), "300", "0..255"),
+    ("npz-float-neg", lambda: datasets().load_mnist_npz(mnist_npz(np.full((3, 28, 28), -0.5))), "-0.5"),
+    ("npz-nan", lambda: datasets().load_mnist_npz(mnist_npz(np.full((3, 28, 28), np.nan))), "NaN"),
+    ("npz-missing", lambda: datasets().load_mnist_npz("absent-mnist.npz"), "absent-mnist.npz"),
+]
+
+
+def _loader_case(fn):
+    def call():
+        try:
+            return fn()
+        except ImportError as exc:              # pragma: no cover - datasets needs nothing optional here
+            pytest.skip(str(exc))
+    return call
+
+
+for _name, _fn, *_needles in LOADER_ROWS:
+    CASES.append(pytest.param(_loader_case(_fn), "DatasetError", tuple(_needles), id=f"datasets-{_name}"))
+table("datasets", ValueError, [
+    ("split", lambda: datasets().load_mnist("validation"), "split", "'validation'"),
+    ("test_fraction", lambda: datasets().load_mnist("train", test_fraction=1.5), "test_fraction", "1.5"),
+    ("npz-split", lambda: datasets().load_mnist_npz(mnist_npz(np.zeros((3, 28, 28), np.uint8)), split="val"),
+     "split", "'val'"),
+])
+
+
 # ------------------------------------------------------------------ the table itself
 @pytest.mark.parametrize("call,exc,needles", CASES)
 def test_bad_input_is_refused_clearly(call, exc, needles):
+    if exc == "DatasetError":                   # resolved late: datasets.py is imported on first use
+        exc = dataset_error()
     with pytest.raises(exc) as err:
         call()
     assert type(err.value) is exc or issubclass(type(err.value), exc)
