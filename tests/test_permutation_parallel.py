@@ -45,7 +45,10 @@ def test_reference_is_a_real_test(reference):
 
 @pytest.mark.parametrize("n_jobs,backend", [(2, "loky"), (2, "threading"), (1, "sequential")])
 def test_bitwise_reproducible_whatever_n_jobs_and_backend(reference, n_jobs, backend):
+    import threading
     assert_same(run(n_jobs=n_jobs, backend=backend), reference)
+    # no pool thread left behind (it would stop fit's split steps in this process: parallel.split_allowed)
+    assert [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()] == []
 
 
 def test_bitwise_reproducible_on_a_dask_local_cluster(reference):

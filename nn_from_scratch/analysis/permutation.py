@@ -564,9 +564,17 @@ def _parallel(n_jobs, backend, tasks, fn, progress_total, done):
             raise ValueError("permutation_test: backend='dask' needs a running dask.distributed Client: "
                              "create one first, e.g. distributed.Client(address) or "
                              "distributed.Client(distributed.LocalCluster())") from None
-    with joblib.parallel_config(backend=backend, n_jobs=n_jobs):
-        par = joblib.Parallel(return_as="generator_unordered")
-        yield from par(joblib.delayed(fn)(t) for t in tasks)
+    try:
+        with joblib.parallel_config(backend=backend, n_jobs=n_jobs):
+            par = joblib.Parallel(return_as="generator_unordered")
+            yield from par(joblib.delayed(fn)(t) for t in tasks)
+    finally:
+        if backend == "loky":
+            # loky keeps its worker pool, and a non-daemon manager thread, alive for reuse; while that
+            # thread lives, NeuralNetwork.fit in this process will not split its steps over the cores
+            # (parallel.split_allowed), so the pool goes when the test is done
+            from joblib.externals.loky import get_reusable_executor  # noqa: PLC0415
+            get_reusable_executor().shutdown(wait=True)
 
 
 class _Task:
