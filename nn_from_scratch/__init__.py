@@ -16,7 +16,8 @@ from .metrics import (Accuracy, MeanAbsoluteError, MeanSquaredError, Metric, Top
 from .network import DataError, History, NeuralNetwork, TrainingWarning
 from .neurons import Conv1D, Conv2D, Conv3D, Convolution, Dense, Linear
 from .optimizers import SGD, AdaGrad, Adagrad, Adam, AdamW, GradientDescent, RMSProp, RMSprop
-from . import schedules
+from . import regularizers, schedules
+from .regularizers import L1, L1L2, L2
 from .schedules import (CosineDecay, ExponentialDecay, LearningRateSchedule, PiecewiseConstantDecay,
                         StepDecay)
 from .pooling import (AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D,

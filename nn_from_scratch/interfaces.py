@@ -143,7 +143,7 @@ class Node(ABC):
         ``dL/dx`` and returns None; neurons still compute their parameter grads.
         """
         self.check_upstream(upstream)
-        if self.trainable:
+        if isinstance(self, Neuron):      # frozen ones too (trainable = False): the split step sums them
             return self._backward(upstream, need_input_grad)
         return self._backward(upstream) if need_input_grad else None
 
@@ -217,6 +217,9 @@ class Neuron(Node):
     is the dtype the layer computes in; inputs are cast to it.
     """
 
+    #: ``layer.trainable = False`` freezes the layer: optimizers leave its parameters alone,
+    #: ``summary`` counts them as non-trainable, and the setting is saved with the model
+    #: (its gradients are still computed, as they cost little and keep the split step simple)
     trainable = True
 
     def __init__(self, shape=None, name=None, dtype=np.float32):

@@ -33,6 +33,7 @@ import numpy as np
 
 from . import fusion, kernels
 from . import metrics as metrics_mod
+from . import regularizers
 from .callbacks import CallbackList, TerminateOnNaN
 from .backend import get_array_module, read_scalars, read_to_host, to_device, to_numpy
 from .interfaces import Neuron, Node, ShapeError, format_shape
@@ -462,6 +463,14 @@ class NeuralNetwork:
         return loss, out
 
     def _forward_backward(self, xb, yb, recheck=True, sample_weight=None):
+        """``(loss, output)`` of a batch, every neuron's ``grads`` set (``_forward_backward_data``),
+        the layers' weight penalties (``regularizers``) added to the loss and the gradients."""
+        loss, out = self._forward_backward_data(xb, yb, recheck, sample_weight)
+        if regularizers.has_any(self.layers):
+            loss = loss + regularizers.apply(self.layers)
+        return loss, out
+
+    def _forward_backward_data(self, xb, yb, recheck=True, sample_weight=None):
         """``(loss, output)`` of a batch, every neuron's ``grads`` set; split over worker processes
         (or threads) when ``parallel.shard_count`` says so, else the plain loop.
 
@@ -559,6 +568,7 @@ class NeuralNetwork:
             out = self.forward(xb)
             self.loss_fn.forward(out, to_device(y, like=out), validate=False)
             self.backward(self.loss_fn.backward(), need_input_grad=False)
+            regularizers.apply(self.layers)       # the weight penalties' gradients, as training sees them
         return {(layer.name, k): to_numpy(v) for layer in self.trainable_layers for k, v in layer.grads.items()}
 
     # ---------------------------------------------------------------- training
@@ -750,8 +760,9 @@ class NeuralNetwork:
             total_loss = total_loss + self.loss_fn.forward(out, yb, validate=False, sample_weight=wb) * (b - a)
             for i, m in enumerate(run_metrics):
                 sums[i] = sums[i] + m.batch_sum(out, yb)
-        total_loss, *sums = read_scalars(total_loss, *sums, why="validation")  # one read
-        res = {"loss": total_loss / n}
+        pen = regularizers.penalty(self.layers)    # Keras: the loss includes the weight penalties
+        total_loss, pen, *sums = read_scalars(total_loss, pen, *sums, why="validation")  # one read
+        res = {"loss": total_loss / n + pen}
         res.update((m.name, v / n) for m, v in zip(run_metrics, sums))
         return res
 
@@ -783,7 +794,7 @@ class NeuralNetwork:
             out.append(r[0].ljust(w[0]) + r[1].ljust(w[1]) + r[2].rjust(w[2]))
             out.append(line if j == 0 else "-" * sum(w))
         total = self.count_params()
-        trainable = sum(layer.count_params() for layer in self.trainable_layers)
+        trainable = sum(layer.count_params() for layer in self.trainable_layers if getattr(layer, "trainable", True))
         out.append(f"Total params: {total:,}")
         out.append(f"Trainable params: {trainable:,}")
         out.append(f"Non-trainable params: {total - trainable:,}")
@@ -803,6 +814,7 @@ class NeuralNetwork:
             "loss": layer_config(self.loss_fn),
             "optimizer": self._optimizer_config(),
             "metrics": [m if isinstance(m, str) else m.name for m in self.metrics],
+            "trainable": [bool(getattr(layer, "trainable", False)) for layer in self.layers],
             "training": bool(self._training),
             "layer_training": [bool(layer.training) for layer in self.layers],
             # where each random layer's (Dropout's) sequence stands, so that training continues with fresh draws
@@ -867,6 +879,15 @@ class NeuralNetwork:
                 layer.dtype = np.dtype(a.dtype)
                 layer.params[k] = to_device(a, like=layer.params[k])
         self._restore_modes(config, path)
+        frozen = config.get("trainable")
+        if frozen is not None:          # files written before issue 24 have none: layers stay as they are
+            if not isinstance(frozen, list) or len(frozen) != len(self.layers) or \
+                    not all(isinstance(f, bool) for f in frozen):
+                raise ModelFileError(f"{path!r}: the saved trainable flags are damaged: expected "
+                                     f"{len(self.layers)} booleans, received {frozen!r}")
+            for layer, flag in zip(self.layers, frozen):
+                if isinstance(layer, Neuron):
+                    layer.trainable = flag
         self.optimizer.reset()
         return self
 
