@@ -24,6 +24,7 @@ from .pooling import (AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool
                       MaxPool3D)
 from .serialization import ModelFileError
 from .dropout import Dropout
+from .normalization import BatchNorm, BatchNormalization
 
 __version__ = "0.1.0"
 
@@ -41,5 +42,5 @@ __all__ = [
     "LearningRateScheduler", "ReduceLROnPlateau", "TerminateOnNaN", "LambdaCallback",
     "metrics", "Metric", "Accuracy", "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError",
     "confusion_matrix", "plot_confusion_matrix",
-    "Dropout",
+    "Dropout", "BatchNorm", "BatchNormalization",
 ]

@@ -186,6 +186,11 @@ class Node(ABC):
         """Gradients of the last backward pass by parameter name (empty for a Node)."""
         return {}
 
+    @property
+    def buffers(self):
+        """Non-trainable state by name, saved with the model (BatchNorm's moving statistics; else empty)."""
+        return {}
+
     # configuration (for saving and summaries) ----------------------------------
     def get_config(self):
         """Constructor arguments (JSON-able) that rebuild this layer."""

@@ -244,20 +244,25 @@ class NeuralNetwork:
         return sum(layer.count_params() for layer in self.layers)
 
     def get_weights(self, to_host=True):
-        """Copies of every layer's parameters, in order (NumPy arrays unless ``to_host=False``,
+        """Copies of every layer's parameters and buffers (BatchNorm's moving statistics), in order (NumPy arrays unless ``to_host=False``,
         which keeps them on the parameters' device); ``set_weights`` puts them back."""
         conv = to_numpy if to_host else (lambda a: a)
-        return [conv(p).copy() for layer in self.layers for p in layer.params.values()]
+        return [conv(p).copy() for layer in self.layers
+                for p in list(layer.params.values()) + list(layer.buffers.values())]
 
     def set_weights(self, weights):
         """Replace every layer's parameters by ``weights`` (the order of ``get_weights``)."""
         weights = list(weights)
-        slots = [(layer, k) for layer in self.layers for k in layer.params]
+        slots = [s for layer in self.layers for s in
+                 [(layer, k, False) for k in layer.params] + [(layer, k, True) for k in layer.buffers]]
         if len(weights) != len(slots):
             raise ValueError(f"set_weights: this network has {len(slots)} parameter arrays, "
                              f"received {len(weights)}")
-        for (layer, k), w in zip(slots, weights):
-            layer.set_params(**{k: w})
+        for (layer, k, buffer), w in zip(slots, weights):
+            if buffer:
+                layer.set_buffers(**{k: w})
+            else:
+                layer.set_params(**{k: w})
         return self
 
     @property
@@ -794,7 +799,8 @@ class NeuralNetwork:
             out.append(r[0].ljust(w[0]) + r[1].ljust(w[1]) + r[2].rjust(w[2]))
             out.append(line if j == 0 else "-" * sum(w))
         total = self.count_params()
-        trainable = sum(layer.count_params() for layer in self.trainable_layers if getattr(layer, "trainable", True))
+        trainable = sum(layer.count_params() - sum(int(np.prod(b.shape)) for b in layer.buffers.values())
+                        for layer in self.trainable_layers if getattr(layer, "trainable", True))
         out.append(f"Total params: {total:,}")
         out.append(f"Trainable params: {trainable:,}")
         out.append(f"Non-trainable params: {total - trainable:,}")
@@ -839,7 +845,10 @@ class NeuralNetwork:
         return {"class": type(self.optimizer).__name__, "config": cfg}
 
     def _param_arrays(self):
-        return {f"layer{i}/{k}": v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
+        """``layer{i}/{name}`` -> array: every parameter and every buffer (non-trainable state such as
+        BatchNorm's moving statistics), saved, validated and loaded alike."""
+        return {f"layer{i}/{k}": v for i, layer in enumerate(self.layers)
+                for k, v in list(layer.params.items()) + list(layer.buffers.items())}
 
     def save(self, path):
         """Write architecture and weights to ``path`` (.npz), atomically."""
@@ -878,6 +887,8 @@ class NeuralNetwork:
                 a = arrays[f"layer{i}/{k}"]
                 layer.dtype = np.dtype(a.dtype)
                 layer.params[k] = to_device(a, like=layer.params[k])
+            for k in list(layer.buffers):
+                layer.buffers[k] = to_device(arrays[f"layer{i}/{k}"], like=layer.buffers[k])
         self._restore_modes(config, path)
         frozen = config.get("trainable")
         if frozen is not None:          # files written before issue 24 have none: layers stay as they are
