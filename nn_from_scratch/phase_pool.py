@@ -63,7 +63,7 @@ def applies(conv, pool, x):
     """Does ``PhasePool`` compute ``conv -> ReLU -> pool`` on ``x`` (see the module docstring)?"""
     if get_array_module(x) is not np or getattr(x, "ndim", 0) != 4 or x.shape[0] == 0:
         return False
-    if conv.ndim != 2 or conv.stride != (1, 1) or conv.dilation != (1, 1) or "W" not in conv.params:
+    if conv.ndim != 2 or conv.stride != (1, 1) or conv.dilation != (1, 1) or not conv.trainable:
         return False
     if x.shape[1] != conv.in_channels or np.dtype(x.dtype) != conv.dtype:
         return False                                  # the layer's own forward casts or raises
