@@ -15,7 +15,7 @@ from .metrics import (Accuracy, MeanAbsoluteError, MeanSquaredError, Metric, Top
                       plot_confusion_matrix)
 from .network import DataError, History, NeuralNetwork, TrainingWarning
 from .neurons import Conv1D, Conv2D, Conv3D, Convolution, Dense, Linear
-from .optimizers import SGD, AdaGrad, Adagrad, Adam, AdamW, GradientDescent, RMSProp, RMSprop
+from .optimizers import EKFAC, KFAC, SGD, AdaGrad, Adagrad, Adam, AdamW, GradientDescent, RMSProp, RMSprop
 from . import regularizers, schedules
 from .regularizers import L1, L1L2, L2
 from .schedules import (CosineDecay, ExponentialDecay, LearningRateSchedule, PiecewiseConstantDecay,
@@ -25,6 +25,10 @@ from .pooling import (AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool
 from .serialization import ModelFileError
 from .dropout import Dropout
 from .normalization import BatchNorm, BatchNormalization
+from .rectifiers import ELU, GELU, LeakyReLU, Softplus
+from .global_pooling import (GlobalAveragePooling, GlobalAveragePooling1D, GlobalAveragePooling2D,
+                             GlobalAveragePooling3D)
+from .more_losses import MAE, BinaryCrossEntropy, Huber, HuberLoss, MAELoss
 
 __version__ = "0.1.0"
 
@@ -35,12 +39,14 @@ __all__ = [
     "SoftMaxLoss", "MSELoss",
     "Linear", "Dense", "Convolution", "Conv1D", "Conv2D", "Conv3D",
     "MaxPool", "AvgPool", "MaxPool1D", "MaxPool2D", "MaxPool3D", "AvgPool1D", "AvgPool2D", "AvgPool3D",
-    "GradientDescent", "SGD", "Adam", "RMSProp", "RMSprop", "AdamW", "AdaGrad", "Adagrad",
+    "GradientDescent", "SGD", "Adam", "RMSProp", "RMSprop", "AdamW", "AdaGrad", "Adagrad", "KFAC", "EKFAC",
     "schedules", "LearningRateSchedule", "ExponentialDecay", "StepDecay", "PiecewiseConstantDecay", "CosineDecay",
     "NeuralNetwork", "History",
     "callbacks", "Callback", "CallbackError", "EarlyStopping", "ModelCheckpoint", "CSVLogger",
     "LearningRateScheduler", "ReduceLROnPlateau", "TerminateOnNaN", "LambdaCallback",
     "metrics", "Metric", "Accuracy", "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError",
     "confusion_matrix", "plot_confusion_matrix",
-    "Dropout", "BatchNorm", "BatchNormalization",
+    "Dropout", "BatchNorm", "BatchNormalization", "LeakyReLU", "ELU", "GELU", "Softplus",
+    "GlobalAveragePooling", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+    "BinaryCrossEntropy", "Huber", "MAE", "HuberLoss", "MAELoss",
 ]

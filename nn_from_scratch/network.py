@@ -481,7 +481,14 @@ class NeuralNetwork:
 
         ``recheck=False``: nothing that could change a layer ran since the last split step
         (``fit`` within an epoch), so the split's ``matches`` check is skipped.
-        ``sample_weight``: the batch's weights ``(B,)``; such a batch runs in this process."""
+        ``sample_weight``: the batch's weights ``(B,)``; such a batch runs in this process.
+
+        An optimizer whose ``needs_layer_statistics`` is True at this step (K-FAC: every
+        ``cov_every``-th) runs the pass itself, in this process, layer by layer, to see each
+        layer's input and per-example output gradient (``optimizer.forward_backward``,
+        ``kfac_optim.py``); other optimizers never take this branch."""
+        if getattr(self.optimizer, "needs_layer_statistics", False):
+            return self.optimizer.forward_backward(self, xb, yb, sample_weight=sample_weight)
         shards = shard_count(self, xb.shape[0]) if sample_weight is None else 1
         failed = None
         if shards > 1:

@@ -33,6 +33,10 @@ RMSProp (Keras ``RMSprop``)::
 Every optimizer takes ``lr`` as a number or a schedule (``nn_from_scratch.schedules``) and
 ``clipnorm`` / ``clipvalue`` / ``global_clipnorm`` (Keras's semantics; see ``Optimizer``).
 ``weight_decay`` (decoupled, as Keras) uses the step's rate: ``w <- w - lr_t * wd * w``.
+
+K-FAC and EKFAC (natural gradient with Kronecker-factored curvature) live in ``kfac_optim.py``
+and are re-exported here.
+
 All updates happen in place on the parameter arrays, on their own backend.
 """
 import math
@@ -41,7 +45,8 @@ from . import kernels
 from .backend import get_array_module
 from .interfaces import Optimizer
 
-__all__ = ["GradientDescent", "SGD", "Adam", "AdamW", "AdaGrad", "Adagrad", "RMSProp", "RMSprop", "get"]
+__all__ = ["GradientDescent", "SGD", "Adam", "AdamW", "AdaGrad", "Adagrad", "RMSProp", "RMSprop", "KFAC", "EKFAC",
+           "get"]
 
 
 def _check_range(owner, name, value, lo, hi, lo_open=False, hi_open=False):
@@ -201,8 +206,11 @@ class RMSProp(_Decay):
 
 RMSprop = RMSProp
 
+from .kfac_optim import EKFAC, KFAC  # noqa: E402  (K-FAC/EKFAC: their own module, seed 004)
+
 _BY_NAME = {"sgd": GradientDescent, "gradientdescent": GradientDescent, "adam": Adam,
-            "rmsprop": RMSProp, "adamw": AdamW, "adagrad": AdaGrad}
+            "rmsprop": RMSProp, "adamw": AdamW, "adagrad": AdaGrad,
+            "kfac": KFAC, "ekfac": EKFAC}
 
 
 def get(spec, **kwargs):

@@ -1,0 +1,280 @@
+"""KFAC / EKFAC optimizers (kfac_optim.py) and their trainer hook.
+
+References: the Gauss-Newton block of a deep linear least-squares model from central finite
+differences of the network output (exact for outputs linear in a layer's parameters) solved with
+``numpy.linalg``; ``curvature.kfac_factors``/``ekfac_scalings`` (held to their own references in
+test_curvature.py) on the same batch; the plain momentum rule written out in the test.
+"""
+import math
+
+import numpy as np
+import pytest
+
+from nn_from_scratch import (EKFAC, KFAC, Adam, Convolution, Flatten, GradientDescent, Linear, MaxPool, MSELoss,
+                             NeuralNetwork, ReLU, SoftMaxLoss, Tanh)
+from nn_from_scratch import optimizers
+from nn_from_scratch.analysis import curvature as cv
+from nn_from_scratch.analysis import layer_statistics as ls
+from nn_from_scratch.interfaces import Neuron
+from gpu_utils import requires_gpu
+
+F64 = np.float64
+
+
+@pytest.fixture(autouse=True)
+def seeded_layers():
+    """Layers built without a seed draw their weights from one seeded generator (restored after)."""
+    from nn_from_scratch import initializers
+    saved = initializers._global["rng"]
+    initializers.set_seed(20)
+    yield
+    initializers._global["rng"] = saved
+
+
+def close(a, b, tol=1e-10):
+    a, b = np.asarray(a, dtype=F64), np.asarray(b, dtype=F64)
+    scale = max(1e-300, float(np.abs(b).max(initial=0.0)))
+    err = float(np.abs(a - b).max(initial=0.0))
+    assert err <= tol * scale, f"max |difference| {err:.3e} > {tol:.0e} x {scale:.3e}"
+
+
+def _fd_jacobian(net, layer, X, h=0.5):
+    M0 = ls.to_matrix(layer, {k: v.copy() for k, v in layer.params.items()})
+    cols = []
+    for idx in range(M0.size):
+        outs = []
+        for sign in (1, -1):
+            M = M0.copy().reshape(-1)
+            M[idx] += sign * h
+            layer.set_params(**ls.from_matrix(layer, M.reshape(M0.shape)))
+            outs.append(net.predict(X).reshape(X.shape[0], -1))
+        cols.append((outs[0] - outs[1]) / (2 * h))
+    layer.set_params(**ls.from_matrix(layer, M0))
+    return np.stack(cols, axis=2)
+
+
+def test_one_undamped_step_is_the_gauss_newton_step_of_each_block(rng):
+    layers = [Linear(4, 3, dtype=F64, seed=1), Linear(3, 3, dtype=F64, seed=2),
+              Linear(3, 3, dtype=F64, use_bias=False, seed=3)]
+    opt = KFAC(lr=1.0, damping=1e-11, cov_every=1, inv_every=1, fisher="gauss_newton", kl_clip=None, momentum=0.0)
+    net = NeuralNetwork(layers, loss_fn=MSELoss(), optimizer=opt, workers=1)
+    X, y = rng.standard_normal((12, 4)), rng.standard_normal((12, 3))
+    before = {layer.name: ls.to_matrix(layer, {k: v.copy() for k, v in layer.params.items()}) for layer in layers}
+    expected = {}
+    grads = net.gradients(X, y)
+    for layer in layers:
+        J = _fd_jacobian(net, layer, X)
+        GN = np.einsum("ndp,ndq->pq", J, J) * (2.0 / J.shape[1]) / X.shape[0]
+        g = ls.to_matrix(layer, {k[1]: v for k, v in grads.items() if k[0] == layer.name}).reshape(-1)
+        assert np.linalg.cond(GN) < 1e4                     # a well-posed Newton step (seeded weights)
+        expected[layer.name] = -np.linalg.solve(GN, g)
+    assert opt.needs_layer_statistics
+    net.train_step(X, y)
+    for layer in layers:
+        step = ls.to_matrix(layer, dict(layer.params)) - before[layer.name]
+        close(step.reshape(-1), expected[layer.name], 1e-6)
+
+
+def test_kfac_step_is_the_damped_solve_with_kl_clip_and_momentum(rng):
+    """Two steps by hand: V' = (G (x) A + damping I)^-1 V, nu = min(1, sqrt(kl / (lr^2 <V', V>))), momentum."""
+    lin = Linear(3, 2, dtype=F64)
+    opt = KFAC(lr=0.3, damping=0.01, cov_every=1, inv_every=1, decay=0.5, kl_clip=1e-3, momentum=0.9)
+    net = NeuralNetwork([lin], loss_fn=SoftMaxLoss(), optimizer=opt, workers=1)
+    X, y = rng.standard_normal((6, 3)), rng.integers(0, 2, 6)
+    velocity = np.zeros((2, 4))
+    A_run = G_run = None
+    for step in range(2):
+        xb, yb = X[3 * step:3 * step + 3], y[3 * step:3 * step + 3]
+        kf = cv.kfac_factors(net, xb, yb)[lin.name]
+        A_run = kf.A if A_run is None else 0.5 * A_run + 0.5 * kf.A
+        G_run = kf.G if G_run is None else 0.5 * G_run + 0.5 * kf.G
+        V = ls.to_matrix(lin, {"W": net.gradients(xb, yb)[(lin.name, "W")]})
+        Vp = np.linalg.solve(np.kron(G_run, A_run) + 0.01 * np.eye(8), V.reshape(-1)).reshape(2, 4)
+        nu = min(1.0, math.sqrt(1e-3 / (0.3 ** 2 * abs((Vp * V).sum()))))
+        velocity = 0.9 * velocity - 0.3 * nu * Vp
+        expected = ls.to_matrix(lin, {"W": lin.W.copy()}) + velocity
+        net.train_step(xb, yb)
+        close(ls.to_matrix(lin, {"W": lin.W}), expected, 1e-9)
+        assert nu < 1.0 or step == 0       # the clip is active in this example at least once
+        if step == 1:
+            assert nu < 1.0
+
+
+def test_ekfac_without_reestimation_is_kfac_and_with_it_uses_the_batch_scalings(rng):
+    def make(opt):
+        net = NeuralNetwork([Convolution((None, 2, 5, 5), kernel_size=3, output_layers=3, padding=1, seed=1,
+                                         dtype=F64), ReLU(), Flatten(), Linear(75, 3, seed=2, dtype=F64)],
+                            loss_fn=SoftMaxLoss(), optimizer=opt, workers=1)
+        return net
+    X, y = rng.standard_normal((40, 2, 5, 5)), rng.integers(0, 3, 40)
+    k = make(KFAC(lr=0.05, damping=1e-2, cov_every=2, inv_every=4))
+    e = make(EKFAC(lr=0.05, damping=1e-2, cov_every=2, inv_every=4, scale_every=1000))
+    for b in range(8):
+        k.train_step(X[5 * b:5 * b + 5], y[5 * b:5 * b + 5])
+        e.train_step(X[5 * b:5 * b + 5], y[5 * b:5 * b + 5])
+    for lk, le in zip(k.trainable_layers, e.trainable_layers):
+        for name in lk.params:
+            close(le.params[name], lk.params[name], 1e-12)
+    # with re-estimation: the scalings are those of the batch's per-example gradients in the basis in use
+    opt = EKFAC(lr=0.05, damping=1e-2, cov_every=1, inv_every=100, scale_every=1, decay=0.0)
+    net = make(opt)
+    net.train_step(X[:5], y[:5])                         # step 0: statistics and the first basis
+    bases = {layer.name: opt.curvature(layer).factors for layer in net.trainable_layers}
+    for layer in net.trainable_layers:
+        close(opt.curvature(layer).dense(), bases[layer.name].dense(), 1e-12)     # not re-estimated yet
+    ref = cv.ekfac_scalings(net, X[5:10], y[5:10], bases)
+    net.train_step(X[5:10], y[5:10])
+    for layer in net.trainable_layers:
+        close(opt.curvature(layer).scalings, ref[layer.name], 1e-9)
+        assert np.abs(ref[layer.name] - bases[layer.name].eigenvalues()).max() > 1e-6
+
+
+class Scale(Neuron):
+    """y = x * s (elementwise, s: (D,)): a trainable layer K-FAC has no block for."""
+
+    per_sample = True
+
+    def __init__(self, d):
+        super().__init__((None, d), dtype=F64)
+        self._params["s"] = np.linspace(0.5, 1.5, d)
+
+    def _forward(self, x):
+        self._cache["x"] = x
+        return x * self._params["s"]
+
+    def _backward(self, dy, need_input_grad=True):
+        self._grads["s"] = (dy * self._cache["x"]).sum(axis=0)
+        return dy * self._params["s"] if need_input_grad else None
+
+
+def test_other_trainable_layers_get_the_plain_momentum_step(rng):
+    scale = Scale(3)
+    opt = KFAC(lr=0.1, momentum=0.5, cov_every=1)
+    net = NeuralNetwork([scale, Linear(3, 2, dtype=F64)], loss_fn=SoftMaxLoss(), optimizer=opt, workers=1)
+    X, y = rng.standard_normal((4, 3)), rng.integers(0, 2, 4)
+    v = np.zeros(3)
+    for _ in range(2):
+        s0 = scale.params["s"].copy()
+        g = net.gradients(X, y)[(scale.name, "s")]
+        v = 0.5 * v - 0.1 * g
+        net.train_step(X, y)
+        close(scale.params["s"], s0 + v, 1e-12)
+
+
+@pytest.mark.parametrize("opt", [KFAC(lr=0.02, damping=1e-2), EKFAC(lr=0.02, damping=1e-2, scale_every=5),
+                                 KFAC(lr=0.02, damping=1e-2, fisher="mc", cov_every=3, inv_every=9)],
+                         ids=["kfac", "ekfac", "kfac-mc"])
+def test_fit_trains_a_small_cnn(opt, rng):
+    X = rng.standard_normal((96, 1, 6, 6)).astype(np.float32)
+    y = (X[:, 0, :3].sum(axis=(1, 2)) > X[:, 0, 3:].sum(axis=(1, 2))).astype(int)
+    net = NeuralNetwork([Convolution((None, 1, 6, 6), kernel_size=3, output_layers=4, padding=1, seed=0), ReLU(),
+                         MaxPool((None, 4, 6, 6), 2), Flatten(), Linear(36, 2, seed=1)],
+                        loss_fn=SoftMaxLoss(), optimizer=opt, workers=1)
+    hist = net.fit(X, y, epochs=6, batch_size=16, verbose=0, seed=0)
+    loss = hist.history["loss"]
+    assert loss[-1] < 0.5 * loss[0]
+    assert opt.iterations == 36
+    assert all(np.isfinite(p).all() for layer in net.trainable_layers for p in layer.params.values())
+
+
+def test_hook_is_asked_only_on_statistics_steps(rng, monkeypatch):
+    opt = KFAC(cov_every=3)
+    calls = []
+    real = opt.forward_backward
+
+    def spy(net, xb, yb, sample_weight=None):
+        calls.append(opt.iterations)
+        return real(net, xb, yb, sample_weight=sample_weight)
+    monkeypatch.setattr(opt, "forward_backward", spy)
+    net = NeuralNetwork([Linear(3, 2)], loss_fn=SoftMaxLoss(), optimizer=opt, workers=1)
+    net.fit(rng.standard_normal((20, 3)), rng.integers(0, 2, 20), epochs=2, batch_size=4, verbose=0)
+    assert calls == [0, 3, 6, 9]
+    for other in (GradientDescent(), Adam()):
+        assert not getattr(other, "needs_layer_statistics", False)
+
+
+def test_saved_model_keeps_the_optimizer(tmp_path, rng):
+    net = NeuralNetwork([Linear(3, 2)], loss_fn=SoftMaxLoss(), optimizer=EKFAC(lr=0.05, damping=0.01, scale_every=7))
+    path = net.save(str(tmp_path / "m.npz"))
+    back = NeuralNetwork.load(path)
+    assert isinstance(back.optimizer, EKFAC) and back.optimizer.get_config() == net.optimizer.get_config()
+    assert optimizers.get("kfac").get_config() == KFAC().get_config()
+
+
+def test_bad_arguments_are_named():
+    for kwargs, pat in [({"damping": 0}, "damping must be a finite number > 0"),
+                        ({"damping": -1e-3}, "damping must be a finite number > 0"),
+                        ({"damping": float("nan")}, "damping must be a finite number > 0"),
+                        ({"decay": 1.0}, r"decay must be in \[0, 1\)"),
+                        ({"cov_every": 0}, "cov_every must be an int >= 1"),
+                        ({"inv_every": 2.5}, "inv_every must be an int >= 1"),
+                        ({"fisher": "true"}, "fisher must be one of"),
+                        ({"kl_clip": -1.0}, "kl_clip must be a finite number > 0 or None"),
+                        ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+                        ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0")]:
+        with pytest.raises(ValueError, match=pat):
+            KFAC(**kwargs)
+    with pytest.raises(ValueError, match="EKFAC: scale_every must be an int >= 1"):
+        EKFAC(scale_every=0)
+    with pytest.raises(ValueError, match="learning rate must be > 0"):
+        KFAC(lr=0)
+
+
+def test_type2_with_a_squared_loss_is_refused_at_fit(rng):
+    net = NeuralNetwork([Linear(3, 2)], loss_fn=MSELoss(), optimizer=KFAC(fisher="type2"), workers=1)
+    with pytest.raises(ValueError, match="KFAC: fisher='type2'.*SoftMaxLoss.*MSELoss"):
+        net.fit(rng.standard_normal((8, 3)), rng.standard_normal((8, 2)), epochs=1, verbose=0)
+
+
+def test_a_manual_loop_without_the_hook_warns_and_steps_plainly(rng):
+    lin = Linear(3, 2, dtype=F64)
+    opt = KFAC(lr=0.1, momentum=0.0)
+    net = NeuralNetwork([lin, Tanh()], loss_fn=MSELoss(), optimizer=opt, workers=1)
+    X, y = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+    out = net.forward(X)
+    net.loss_fn.forward(out, y)
+    net.backward(net.loss_fn.backward())
+    W0, g = lin.W.copy(), lin.W_grad.copy()
+    with pytest.warns(RuntimeWarning, match="no curvature statistics.*forward_backward"):
+        opt.step(net.layers)
+    close(lin.W, W0 - 0.1 * g, 1e-12)
+
+
+@requires_gpu
+def test_cupy_kfac_training_equals_numpy(gpu, rng):
+    from nn_from_scratch import backend as nnb
+
+    def run():
+        net = NeuralNetwork([Convolution((None, 1, 6, 6), kernel_size=3, output_layers=3, seed=0, dtype=F64), ReLU(),
+                             Flatten(), Linear(48, 2, seed=1, dtype=F64)], loss_fn=SoftMaxLoss(),
+                            optimizer=EKFAC(lr=0.05, damping=1e-2, cov_every=2, inv_every=4, scale_every=3), workers=1)
+        X = rng_x.standard_normal((32, 1, 6, 6))
+        y = (X[:, 0, :3].sum(axis=(1, 2)) > 0).astype(int)
+        net.fit(X, y, epochs=2, batch_size=8, verbose=0, seed=0)
+        return [nnb.to_numpy(p) for layer in net.trainable_layers for p in layer.params.values()]
+    rng_x = np.random.default_rng(5)
+    on_gpu = run()
+    nnb.use("numpy")
+    try:
+        rng_x = np.random.default_rng(5)
+        on_host = run()
+    finally:
+        nnb.use("cupy")
+    for a, b in zip(on_gpu, on_host):
+        close(a, b, 1e-8)
+
+
+def test_learning_rate_schedule_is_read_at_each_step(rng):
+    """lr as a schedule: step t uses schedule(t) (no momentum, no clip: the step is -lr_t * V')."""
+    from nn_from_scratch.schedules import ExponentialDecay
+    lin = Linear(3, 2, dtype=F64)
+    opt = KFAC(lr=ExponentialDecay(0.5, 1, 0.5), damping=0.1, decay=0.0, cov_every=1, inv_every=1, kl_clip=None,
+               momentum=0.0)
+    net = NeuralNetwork([lin], loss_fn=SoftMaxLoss(), optimizer=opt, workers=1)
+    X, y = rng.standard_normal((4, 3)), rng.integers(0, 2, 4)
+    for t in range(3):
+        W0 = lin.W.copy()
+        kf = cv.kfac_factors(net, X, y)[lin.name]
+        V = ls.to_matrix(lin, {"W": net.gradients(X, y)[(lin.name, "W")]})
+        net.train_step(X, y)
+        close(ls.to_matrix(lin, {"W": lin.W - W0}), -0.5 * 0.5 ** t * kf.solve(V, 0.1), 1e-9)
