@@ -41,7 +41,7 @@ from .losses import Loss, SoftMaxLoss, labels_to_indices
 from .optimizers import GradientDescent
 from .optimizers import get as get_optimizer
 from .parallel import make_step, shard_count
-from .serialization import (FORMAT, ModelFileError, build_layer, layer_config, read_model_file,
+from .serialization import (FORMAT, FORMAT_VERSION, ModelFileError, build_layer, layer_config, read_model_file,
                             write_npz_atomic)
 
 __all__ = ["NeuralNetwork", "History", "TrainingWarning", "DataError"]
@@ -858,14 +858,54 @@ class NeuralNetwork:
                 for k, v in list(layer.params.items()) + list(layer.buffers.items())}
 
     def save(self, path):
-        """Write architecture and weights to ``path`` (.npz), atomically."""
-        arrays = {"__format__": np.array(FORMAT), "__config__": np.array(json.dumps(self.get_config()))}
+        """Write architecture, weights and the optimizer's state to ``path`` (.npz), atomically.
+
+        ``NeuralNetwork.load(path)`` then ``fit`` continues exactly (bitwise) as the same ``fit``
+        calls without the save would have (the optimizer's moments and step count, hence a
+        schedule's position, are in the file; see ``serialization``)."""
+        config = self.get_config()
+        config["format_version"] = FORMAT_VERSION
+        iterations, state = self.optimizer.get_state(self.layers)
+        keys = sorted(state, key=lambda k: (k[0], str(k[1]), str(k[2])))
+        config["optimizer_state"] = {"iterations": int(iterations),
+                                     "arrays": [[int(i), str(name), str(slot)] for i, name, slot in keys]}
+        arrays = {"__format__": np.array(FORMAT), "__config__": np.array(json.dumps(config))}
         arrays.update(self._param_arrays())
+        arrays.update((f"optimizer/{n}", state[k]) for n, k in enumerate(keys))
         write_npz_atomic(path, arrays)
         return path
 
+    def _restore_optimizer_state(self, config, opt_arrays, path):
+        """The optimizer's state from the file when the file's optimizer is this one's (same class and
+        settings); otherwise it starts afresh.  Files of version 1 have none."""
+        rec = config.get("optimizer_state")
+        if rec is None:
+            return
+        mine = self._optimizer_config()
+        if config.get("optimizer") != json.loads(json.dumps(mine)):
+            return
+        try:
+            entries = rec["arrays"]
+            if len(entries) != len(opt_arrays) or not isinstance(rec["iterations"], int) or rec["iterations"] < 0:
+                raise ValueError("its record and its arrays disagree")
+            state = {}
+            for n, (i, name, slot) in enumerate(entries):
+                arr = opt_arrays[f"optimizer/{n}"]
+                if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
+                    raise ValueError(f"state {slot!r} of layer {i} parameter {name!r} is not finite floats")
+                state[(int(i), name, slot)] = arr
+            self.optimizer.set_state(self.layers, rec["iterations"], state)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.optimizer.reset()
+            raise ModelFileError(f"{path!r}: the optimizer's saved state is damaged ({exc})") from None
+
     def _load_into(self, path):
         config, arrays = read_model_file(path)
+        version = config.get("format_version", 1)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ModelFileError(f"{path!r} is a model file of format_version {version!r}; this version of "
+                                 f"nn_from_scratch reads versions 1 to {FORMAT_VERSION}")
+        opt_arrays = {k: arrays.pop(k) for k in list(arrays) if k.startswith("optimizer/")}
         mine = self._param_arrays()
         theirs = [c["class"] for c in config.get("layers", [])]
         ours = [type(layer).__name__ for layer in self.layers]
@@ -907,6 +947,7 @@ class NeuralNetwork:
                 if isinstance(layer, Neuron):
                     layer.trainable = flag
         self.optimizer.reset()
+        self._restore_optimizer_state(config, opt_arrays, path)
         return self
 
     def _restore_modes(self, config, path):
@@ -963,7 +1004,10 @@ class NeuralNetwork:
     ``network.load(path)`` loads the weights into this network (the file must
     hold the same architecture); ``NeuralNetwork.load(path)`` builds a new
     network from the file.  A missing, truncated or corrupt file, or one for
-    another architecture, raises ``ModelFileError``.
+    another architecture, raises ``ModelFileError``.  The optimizer's state (moments,
+    step count) comes back when the file's optimizer is this network's (always for
+    ``NeuralNetwork.load``); otherwise it starts afresh.  Files written before the
+    ``format_version`` was recorded (version 1) load as before.
     """
 
     def __repr__(self):

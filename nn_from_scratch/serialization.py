@@ -5,7 +5,15 @@ A model file holds, as plain arrays:
 * ``__format__``: the format name and version (``"nn_from_scratch-model/1"``);
 * ``__config__``: the architecture as JSON text (layer classes and their
   constructor arguments, the loss, the optimizer's settings);
-* ``layer{i}/{param}``: every parameter, in its own dtype (bitwise round trip).
+* ``layer{i}/{param}``: every parameter, in its own dtype (bitwise round trip);
+* ``optimizer/{k}``: the optimizer's state arrays (moments, accumulators), listed in the
+  config's ``optimizer_state`` as ``[layer index, parameter, slot]`` with the step count
+  (which is also a schedule's position), so that ``load`` then ``fit`` goes on exactly as an
+  uninterrupted ``fit`` would.
+
+The config records ``format_version`` (``FORMAT_VERSION``): 2 since issue 24 (optimizer state,
+trainable flags, metrics, regularizers, schedules); files without it are version 1 and still
+load (their optimizer starts afresh).  A file of a newer version is refused by name.
 
 Writes are atomic: the file is written to a temporary name in the target's
 directory, flushed to disk and then renamed over the target, so a crash
@@ -20,10 +28,12 @@ import numpy as np
 
 from .backend import to_numpy
 
-__all__ = ["ModelFileError", "FORMAT", "write_npz_atomic", "read_model_file", "layer_config",
+__all__ = ["ModelFileError", "FORMAT", "FORMAT_VERSION", "write_npz_atomic", "read_model_file", "layer_config",
            "build_layer", "register_layer"]
 
 FORMAT = "nn_from_scratch-model/1"
+#: the layout version inside that format (recorded as ``config["format_version"]``; absent = 1)
+FORMAT_VERSION = 2
 
 _REGISTRY = {}
 
