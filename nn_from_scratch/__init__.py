@@ -11,7 +11,7 @@ from .activations import Flatten, ReLU, Reshape, Sigmoid, Softmax, Tanh, Vectori
 from .initializers import set_seed
 from .interfaces import Neuron, Node, Optimizer, ShapeError
 from .losses import MSELoss, SoftMaxLoss
-from .metrics import (Accuracy, MeanAbsoluteError, MeanSquaredError, Metric, TopKAccuracy, confusion_matrix,
+from .metrics import (Accuracy, BinaryAccuracy, MeanAbsoluteError, MeanSquaredError, Metric, TopKAccuracy, confusion_matrix,
                       plot_confusion_matrix)
 from .network import DataError, History, NeuralNetwork, TrainingWarning
 from .neurons import Conv1D, Conv2D, Conv3D, Convolution, Dense, Linear
@@ -44,7 +44,7 @@ __all__ = [
     "NeuralNetwork", "History",
     "callbacks", "Callback", "CallbackError", "EarlyStopping", "ModelCheckpoint", "CSVLogger",
     "LearningRateScheduler", "ReduceLROnPlateau", "TerminateOnNaN", "LambdaCallback",
-    "metrics", "Metric", "Accuracy", "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError",
+    "metrics", "Metric", "Accuracy", "BinaryAccuracy", "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError",
     "confusion_matrix", "plot_confusion_matrix",
     "Dropout", "BatchNorm", "BatchNormalization", "LeakyReLU", "ELU", "GELU", "Softplus",
     "GlobalAveragePooling", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",

@@ -352,7 +352,7 @@ class Optimizer(ABC):
             self.lr = lr                                  # a schedule: checked when used
         else:
             if isinstance(lr, bool) or not isinstance(lr, (int, float)) and not hasattr(lr, "__float__") \
-                    or not lr > 0 or lr != lr:
+                    or not lr > 0 or lr != lr or lr == float("inf"):
                 raise ValueError(f"{name}: learning rate must be > 0, received {lr!r} (or give a schedule)")
             self.lr = float(lr)
         given = {k: v for k, v in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
@@ -379,8 +379,19 @@ class Optimizer(ABC):
 
     @property
     def learning_rate(self):
-        """The rate the next update will use (a schedule's value at ``iterations``)."""
+        """The rate the next update will use (a schedule's value at ``iterations``); setting it
+        (Keras's name) sets ``lr`` (a finite number > 0, or a schedule)."""
         return self._rate(self.iterations)
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        if callable(value) and not isinstance(value, (int, float)):
+            self.lr = value
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < float("inf")):
+            raise ValueError(f"{type(self).__name__}: learning rate must be > 0, received {value!r} "
+                             "(or give a schedule)")
+        self.lr = float(value)
 
     def step(self, layers):
         """One update of every parameter of every trainable layer (clipped gradients, if asked)."""

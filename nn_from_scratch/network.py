@@ -166,7 +166,7 @@ class NeuralNetwork:
         self.metrics = self._resolve_metrics(metrics, "NeuralNetwork(metrics=)")
 
     def _resolve_metrics(self, specs, where):
-        return metrics_mod.resolve(specs, isinstance(self.loss_fn, SoftMaxLoss), where)
+        return metrics_mod.resolve(specs, self.loss_fn, where)
 
     def _sample_weights(self, sample_weight, class_weight, y, n, where):
         """``(n,)`` float64 host weights from ``sample_weight`` or ``class_weight`` (Keras: a class
@@ -1056,7 +1056,7 @@ class _Trainer:
         self.callbacks = CallbackList([], net, {})
         self.sw = None                   # sample weights (N,) on the host, or None
         self.metrics = []                # metrics besides the loss and accuracy
-        self.val_metrics = metrics_mod.resolve(None, self.classify)
+        self.val_metrics = metrics_mod.resolve(None, net.loss_fn)
 
     def _loss_buffer(self, n):
         """Zeros ``(n,)`` on the parameters' device (and of their array type) for the batch losses."""
