@@ -663,6 +663,11 @@ class NeuralNetwork:
         cbs = [] if callbacks is None else [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
         if stop_on_nonfinite and not any(isinstance(c, TerminateOnNaN) for c in cbs):
             cbs.append(TerminateOnNaN())
+        last = X.shape[0] % batch_size or batch_size      # the size of each epoch's last batch
+        for layer in self.layers:                          # BatchNorm: at least 2 values per channel
+            check = getattr(layer, "check_training_batch", None)
+            if check is not None:
+                check(min(last, X.shape[0]), where=f"fit ({X.shape[0]} samples, batch_size={batch_size})")
         trainer = _Trainer(self, X, y, batch_size, shuffle, seed, verbose, stop_on_nonfinite)
         trainer.sw = sw
         trainer.metrics = [m for m in run_metrics if not isinstance(m, metrics_mod.Accuracy)]
