@@ -224,9 +224,9 @@ def test_learning_rate_setter_and_infinite_rate():
     opt.learning_rate = sch.StepDecay(0.1, 10)
     assert opt.learning_rate == 0.1
     for bad in (float("inf"), -1.0, 0.0):
-        with pytest.raises(ValueError, match="learning rate must be > 0"):
+        with pytest.raises(ValueError, match="learning rate must be (> 0|finite)"):
             opt.learning_rate = bad
-    with pytest.raises(ValueError, match="learning rate must be > 0, received inf"):
+    with pytest.raises(ValueError, match="learning rate must be finite, received inf"):
         nf.SGD(lr=float("inf"))
 
 
