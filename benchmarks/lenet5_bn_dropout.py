@@ -57,8 +57,8 @@ def build(seed):
 def load(n_train):
     for d in DIRS:
         if os.path.isdir(d):
-            X, y = datasets.load_fashion_mnist(d, split="train")
-            Xt, yt = datasets.load_fashion_mnist(d, split="test")
+            X, y = datasets.load_fashion_mnist(split="train", directory=d)
+            Xt, yt = datasets.load_fashion_mnist(split="test", directory=d)
             X = X.reshape(-1, 1, 28, 28).astype(np.float32)
             Xt = Xt.reshape(-1, 1, 28, 28).astype(np.float32)
             return X[:n_train], y[:n_train].astype(np.int64), Xt, yt.astype(np.int64), d
