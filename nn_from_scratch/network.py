@@ -216,9 +216,14 @@ class NeuralNetwork:
             if layer.input_shape is not None and shape is not None:
                 if not _shape_matches(shape, layer.input_shape) and not _shape_matches(layer.input_shape, shape):
                     prev = f"layer {i - 1} ({self.layers[i - 1].name}) outputs" if i else "the network input is"
+                    hint = ""
+                    if i and type(self.layers[i - 1]).compute_output_shape is Node.compute_output_shape:
+                        hint = (f"; {type(self.layers[i - 1]).__name__} does not define compute_output_shape, so "
+                                f"its output is assumed to have its input's shape: if it changes the shape, "
+                                f"define compute_output_shape(self, input_shape) returning the per-sample output shape")
                     raise ShapeError(
                         f"layer {i} ({layer._describe()}) expects samples of shape "
-                        f"{format_shape(layer.input_shape)} but {prev} {format_shape(shape)}"
+                        f"{format_shape(layer.input_shape)} but {prev} {format_shape(shape)}{hint}"
                     )
             known = layer.input_shape if layer.input_shape is not None else shape
             if known is None:
@@ -648,6 +653,11 @@ class NeuralNetwork:
         cbs = [] if callbacks is None else [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
         if stop_on_nonfinite and not any(isinstance(c, TerminateOnNaN) for c in cbs):
             cbs.append(TerminateOnNaN())
+        last = X.shape[0] % batch_size or batch_size      # the size of each epoch's last batch
+        for layer in self.layers:                          # BatchNorm: at least 2 values per channel
+            check = getattr(layer, "check_training_batch", None)
+            if check is not None:
+                check(min(last, X.shape[0]), where=f"fit ({X.shape[0]} samples, batch_size={batch_size})")
         trainer = _Trainer(self, X, y, batch_size, shuffle, seed, verbose, stop_on_nonfinite)
         trainer.sw = sw
         trainer.metrics = [m for m in run_metrics if not isinstance(m, metrics_mod.Accuracy)]
