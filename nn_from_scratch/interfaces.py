@@ -23,12 +23,15 @@ Contracts every layer keeps:
 import contextlib
 import inspect
 import itertools
+import math
+import numbers
 import weakref
 from abc import ABC, abstractmethod
 
 import numpy as np
 
 from .backend import get_array_module, is_device_array, to_device
+from .validation import is_int
 from .serialization import register_layer
 
 __all__ = ["Node", "Neuron", "Optimizer", "ShapeError", "NotReadyError", "LayerDefinitionError", "format_shape"]
@@ -91,19 +94,34 @@ def _auto_name(cls_name):
     return f"{base}_{next(n)}"
 
 
-def sample_shape(shape):
+def sample_shape(shape, owner="a layer", name="shape"):
     """Drop the batch entry of a constructor shape: ``(50, 4, 26, 26) -> (4, 26, 26)``.
 
-    ``None`` (shape not known yet) stays ``None``; an int ``n`` means ``(n,)``.
+    ``None`` (shape not known yet) stays ``None``; an int ``n`` means ``(n,)``.  Every per-sample
+    entry must be an int >= 1 or None (``ShapeError`` naming ``owner`` and ``name`` otherwise:
+    ``Linear(0, 10)``, ``Linear(4.7, 10)``); the batch entry an int >= 0 or None.
     """
     if shape is None:
         return None
-    if isinstance(shape, (int, np.integer)):
-        return (int(shape),)
-    shape = tuple(shape)
-    if len(shape) < 1:
-        raise ShapeError(f"a layer shape needs a batch entry first, got {shape}")
-    return tuple(None if s is None else int(s) for s in shape[1:])
+    if is_int(shape):
+        entries = (None, shape)
+    else:
+        try:
+            entries = tuple(shape)
+        except TypeError:
+            raise ShapeError(f"{owner}: {name} must be an int, a tuple of ints (batch first) or None, received "
+                             f"{type(shape).__name__} {shape!r}") from None
+        if len(entries) < 1:
+            raise ShapeError(f"{owner}: {name} needs a batch entry first, received {shape!r}")
+    batch, rest = entries[0], entries[1:]
+    if batch is not None and not (is_int(batch) and batch >= 0):
+        raise ShapeError(f"{owner}: the batch entry of {name} must be an int or None, received {batch!r} "
+                         f"(in {shape!r})")
+    for s in rest:
+        if s is not None and not (is_int(s) and s >= 1):
+            raise ShapeError(f"{owner}: {name} must hold positive ints (None for an unknown size), received "
+                             f"{shape!r}")
+    return tuple(None if s is None else int(s) for s in rest)
 
 
 class Node(ABC):
@@ -196,7 +214,10 @@ class Node(ABC):
             cls._backward_takes_flag = n is None or n[1] is None or n[1] >= 2
 
     def __init__(self, shape=None, name=None):
-        self.input_shape = sample_shape(shape)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"{type(self).__name__}: name must be a str or None, received {type(name).__name__} "
+                            f"{name!r}")
+        self.input_shape = sample_shape(shape, type(self).__name__)
         self.name = name or _auto_name(type(self).__name__)
         self._cache = {}
         self._out_shape = None
@@ -389,10 +410,18 @@ class Node(ABC):
 
     # -- helpers ----------------------------------------------------------------
     def _as_float(self, x):
-        """Integer/bool input becomes float32; float input keeps its dtype."""
-        if x.dtype.kind in "fc":
+        """Integer/bool input becomes float32; float input keeps its dtype; anything else
+        (complex, objects, text, dates) is refused: a cast would drop or garble it."""
+        if x.dtype.kind == "f":
             return x
+        self._check_real(x)
         return x.astype(np.float32)
+
+    def _check_real(self, x):
+        if x.dtype.kind not in "fiub":
+            raise TypeError(f"{self._describe()} takes real numbers (float, int or bool arrays), received an "
+                            f"array of dtype {x.dtype}" + (" (the imaginary part would be dropped)"
+                                                           if x.dtype.kind == "c" else ""))
 
     # parameters (none for a plain node) -----------------------------------------
     @property
@@ -503,6 +532,7 @@ class Neuron(Node):
 
     def _as_float(self, x):
         if x.dtype != self.dtype:
+            self._check_real(x)
             return x.astype(self.dtype)
         return x
 
@@ -576,6 +606,22 @@ class _StateByLayer:
         return len(self._entries)
 
 
+def check_learning_rate(owner, lr):
+    """``lr`` as a float after checking it is a finite number > 0 (``TypeError``/``ValueError``
+    naming ``owner`` otherwise); a schedule object (callable, not a number: CONTRACTS C6) is
+    returned as it is, its values being checked where they are used."""
+    if callable(lr) and not isinstance(lr, numbers.Number):
+        return lr
+    if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, numbers.Real):
+        raise TypeError(f"{owner}: learning rate lr must be a number (or a schedule), received "
+                        f"{type(lr).__name__} {lr!r}")
+    if not lr > 0:
+        raise ValueError(f"{owner}: learning rate must be > 0, received {lr!r} (lr: a finite number > 0)")
+    if not math.isfinite(lr):
+        raise ValueError(f"{owner}: learning rate must be finite, received {lr!r} (lr: a finite number > 0)")
+    return float(lr)
+
+
 class Optimizer(ABC):
     """Updates the parameters of neurons from their stored gradients.
 
@@ -601,13 +647,7 @@ class Optimizer(ABC):
 
     def __init__(self, lr, clipnorm=None, clipvalue=None, global_clipnorm=None):
         name = type(self).__name__
-        if callable(lr) and not isinstance(lr, (int, float)):
-            self.lr = lr                                  # a schedule: checked when used
-        else:
-            if isinstance(lr, bool) or not isinstance(lr, (int, float)) and not hasattr(lr, "__float__") \
-                    or not lr > 0 or lr != lr:
-                raise ValueError(f"{name}: learning rate must be > 0, received {lr!r} (or give a schedule)")
-            self.lr = float(lr)
+        self.lr = check_learning_rate(name, lr)            # a schedule: checked when used
         given = {k: v for k, v in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
                                    ("global_clipnorm", global_clipnorm)) if v is not None}
         if len(given) > 1:

@@ -435,3 +435,30 @@ def test_a_hand_rolled_difference_agrees_with_the_student_dense(rng):
             W[i, j] = old
             num[i, j] = (plus - minus) / 2e-6
     np.testing.assert_allclose(d.W_grad, num, rtol=1e-7, atol=1e-9)
+
+
+def test_a_neuron_written_with_forward_and_backward_trains(rng):
+    """forward/backward overridden on a Neuron: adopted; the optimizer sees the registered weight."""
+    class Scale(Neuron):
+        def __init__(self, n):
+            super().__init__((None, n), dtype=np.float64)
+            self.add_param("s", np.ones(n))
+
+        def forward(self, x):
+            self.x = x
+            return x * self.s
+
+        def backward(self, dy):
+            self.grads["s"] = (dy * self.x).sum(axis=0)
+            return dy * self.s
+
+    layer = Scale(3)
+    assert Scale._adopted == ("forward", "backward") and not Scale._backward_takes_flag
+    x = rng.standard_normal((5, 3))
+    dy = rng.standard_normal((5, 3))
+    layer.forward(x)
+    assert layer.backward(dy, need_input_grad=False) is None          # dL/dx dropped, dL/ds kept
+    np.testing.assert_allclose(layer.grads["s"], (dy * x).sum(axis=0))
+    assert check_layer(layer, x).passed(TOL)
+    GradientDescent(lr=0.5).step([layer])
+    np.testing.assert_allclose(layer.s, 1 - 0.5 * layer.grads["s"])

@@ -588,6 +588,11 @@ def unpack(network_or_layers, input_shape=None):
             except TypeError:
                 raise TypeError(f"expected a NeuralNetwork, a layer or a list of layers, received "
                                 f"{type(net).__name__}") from None
+        bad = [i for i, layer in enumerate(layers) if not isinstance(layer, Node)]
+        if bad or isinstance(net, (str, bytes)):
+            i = bad[0] if bad else 0
+            raise TypeError(f"expected a NeuralNetwork, a layer or a list of layers, received {type(net).__name__}"
+                            + (f" whose element {i} is {type(layers[i]).__name__}" if layers and bad else ""))
         if layers and isinstance(layers[-1], Loss):
             loss = layers.pop()
         if not layers:
