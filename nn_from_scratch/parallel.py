@@ -32,6 +32,13 @@ of worker (``SPLIT_WITH``):
 Either way BLAS is held to one thread per shard (``threadpoolctl``): the cores are
 taken already.
 
+Training/inference mode and randomness: every message to a copy of the layers carries the
+network's layers' ``training`` flags, and a training step also carries the random state of its
+stochastic layers with the shard's first sample index (``_random_states``): a ``Dropout`` shard
+draws exactly its rows of the whole batch's mask, so masks differ per shard and the split
+result is the unsplit one.  ``BatchNorm`` couples the samples of a batch (the batch statistics):
+it does not declare ``per_sample``, so networks with it are never split.
+
 Which batches are split: on NumPy only (a GPU runs one batch as one), when every
 layer and the loss say they treat samples independently (the class itself sets
 ``per_sample = True``; a subclass must say so again, since it may add state), and
@@ -342,7 +349,7 @@ class ShardedStep:
         for k, _ in states:                     # the network's layers move on as shard 0's did
             net.layers[k].set_random_state(self.replicas[0][k].random_state())
         for k, layer in enumerate(net.layers):
-            if not layer.trainable:
+            if not layer.params:
                 continue
             for name in layer.params:
                 layer.grads[name] = _summed([self.replicas[w][k].grads[name] for w in range(self.shards)])
@@ -432,7 +439,7 @@ def _unpack(buf):
 
 def _param_slots(net):
     """``[(layer index, name, shape, dtype)]`` of every trainable parameter, in a fixed order."""
-    return [(k, name, tuple(p.shape), p.dtype) for k, layer in enumerate(net.layers) if layer.trainable
+    return [(k, name, tuple(p.shape), p.dtype) for k, layer in enumerate(net.layers) if layer.params
             for name, p in layer.params.items()]
 
 
