@@ -47,7 +47,8 @@ import numpy as np
 
 from . import kernels
 from .analysis import layer_statistics as ls
-from .analysis.kronecker import EKFACFactors, KroneckerFactors, check_damping, one_blas_thread, symmetric_eigh
+from .analysis.kronecker import (EKFACFactors, KroneckerFactors, check_damping, one_blas_thread, scalings_sum,
+                                symmetric_eigh)
 from .backend import get_array_module
 from .interfaces import Optimizer
 
@@ -149,6 +150,7 @@ class KFAC(Optimizer):
         return kf
 
     def _new_basis(self, st, layer):
+        st["pre"] = None
         st["eigen"] = (*symmetric_eigh(st["G"], f"the G factor of layer '{layer.name}'"),
                        *symmetric_eigh(st["A"], f"the A factor of layer '{layer.name}'"))
 
@@ -157,8 +159,14 @@ class KFAC(Optimizer):
         return get_array_module(lam_G).outer(lam_G, lam_A) + self.damping
 
     def _precondition(self, st, V):
-        _, Q_G, _, Q_A = st["eigen"]
-        return Q_G @ ((Q_G.T @ V @ Q_A) / self._denominator(st)) @ Q_A.T
+        """``Q_G [(Q_G^T V Q_A) / denominator] Q_A^T`` in ``V``'s dtype (the bases and the reciprocal
+        denominator are cast once per basis/scalings: float32 networks precondition in float32)."""
+        pre = st.get("pre")
+        if pre is None or pre[0].dtype != V.dtype:
+            _, Q_G, _, Q_A = st["eigen"]
+            st["pre"] = pre = (Q_G.astype(V.dtype), Q_A.astype(V.dtype), (1.0 / self._denominator(st)).astype(V.dtype))
+        Q_G, Q_A, inv = pre
+        return Q_G @ ((Q_G.T @ V @ Q_A) * inv) @ Q_A.T
 
     def step(self, layers):
         """One update of every trainable layer (see the module docstring)."""
@@ -186,7 +194,7 @@ class KFAC(Optimizer):
                 else:
                     self._refresh_scalings(st, layer, t)
                 st.pop("batch", None)
-                V = ls.to_matrix(layer, layer.grads).astype(np.float64)
+                V = ls.to_matrix(layer, layer.grads)
                 pre.append((layer, V, self._precondition(st, V)))
             else:
                 if ls.is_supported(layer) and layer.name not in self._warned:
@@ -199,7 +207,7 @@ class KFAC(Optimizer):
         nu = 1.0
         if pre and self.kl_clip is not None:
             xp = get_array_module(pre[0][1])
-            total = sum(xp.abs((Vp * V).sum()) for _, V, Vp in pre) * (lr ** 2)
+            total = sum(xp.abs((Vp * V).sum(dtype=np.float64)) for _, V, Vp in pre) * (lr ** 2)
             with np.errstate(divide="ignore"):
                 nu = xp.minimum(1.0, xp.sqrt(self.kl_clip / total))
         for layer, _, Vp in pre:
@@ -259,6 +267,7 @@ class EKFAC(KFAC):
 
     def _basis_changed(self, st):
         st["scalings"] = None
+        st["pre"] = None
 
     def _refresh_scalings(self, st, layer, t):
         batch = st.get("batch")
@@ -267,15 +276,10 @@ class EKFAC(KFAC):
         a, gs = batch
         _, Q_G, _, Q_A = st["eigen"]
         n = a.shape[0]
-        s = None
-        for lo in range(0, n, self.chunk_examples):
-            ap = a[lo:lo + self.chunk_examples].astype(np.float64) @ Q_A
-            for g in gs:
-                gp = g[lo:lo + self.chunk_examples].astype(np.float64) @ Q_G
-                part = (get_array_module(ap).matmul(gp.transpose(0, 2, 1), ap) ** 2).sum(axis=0)
-                s = part if s is None else s + part
+        s = scalings_sum(a, gs, Q_G, Q_A, self.chunk_examples)
         s /= n
         old = st.get("scalings")
+        st["pre"] = None
         st["scalings"] = s if old is None else self.decay * old + (1 - self.decay) * s
 
     def _denominator(self, st):
