@@ -24,6 +24,10 @@ from .pooling import (AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool
 from .serialization import ModelFileError
 from .dropout import Dropout
 from .normalization import BatchNorm, BatchNormalization
+from .rectifiers import ELU, GELU, LeakyReLU, Softplus
+from .global_pooling import (GlobalAveragePooling, GlobalAveragePooling1D, GlobalAveragePooling2D,
+                             GlobalAveragePooling3D)
+from .more_losses import MAE, BinaryCrossEntropy, Huber, HuberLoss, MAELoss
 
 __version__ = "0.1.0"
 
@@ -41,5 +45,7 @@ __all__ = [
     "LearningRateScheduler", "ReduceLROnPlateau", "TerminateOnNaN", "LambdaCallback",
     "metrics", "Metric", "Accuracy", "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError",
     "confusion_matrix", "plot_confusion_matrix",
-    "Dropout", "BatchNorm", "BatchNormalization",
+    "Dropout", "BatchNorm", "BatchNormalization", "LeakyReLU", "ELU", "GELU", "Softplus",
+    "GlobalAveragePooling", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+    "BinaryCrossEntropy", "Huber", "MAE", "HuberLoss", "MAELoss",
 ]

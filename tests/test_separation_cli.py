@@ -52,3 +52,17 @@ def test_cli_too_many_per_class(capsys, tmp_path):
               "--quiet", "--channels", "2", "2", "--hidden", "4"])
     assert rc == 2
     assert "n_per_class=None" in capsys.readouterr().err
+
+
+def test_benchmark_quick_runs_and_agrees_with_the_baseline(tmp_path, capsys):
+    import importlib.util
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("bench_separation",
+                                                  os.path.join(root, "benchmarks", "bench_separation.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "b.json"
+    assert bench.main(["--quick", "--json", str(out)]) == 0      # 1 means an R differed from the baseline's
+    figures = json.loads(out.read_text())
+    assert figures["mismatches"] == 0 and figures["ours_s"] > 0 and figures["baseline_s"] > 0
+    assert "ratio baseline / ours" in capsys.readouterr().out

@@ -33,6 +33,9 @@ layer's output, and for each layer computes the distances within each class once
 between two classes once per pair, in feature chunks (memory does not grow with a layer's
 width).  A pure reshape (``Vectorization``/``Flatten``, ``Reshape``) has the distances of
 the layer before it, so its values are copied rather than computed again.
+
+On the CuPy backend the forward pass runs on the device (``layer_outputs``) and the outputs
+come to the host; distances and trees are computed with NumPy (not run on a GPU here).
 """
 import contextlib
 import itertools

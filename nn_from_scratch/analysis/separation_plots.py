@@ -216,6 +216,8 @@ def plot_history(history, statistic="mean", layers=None, title=None):
     for i, layer in enumerate(layers):
         vals = [f(history.results[e].values(layer)) for e in epochs]
         ax.plot(epochs, vals, "-o", ms=3, color=cmap(i / max(len(layers) - 1, 1)), label=layer)
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epochs trained")
     ax.set_ylabel(f"{statistic} H over class pairs")
     ax.grid(True, alpha=0.3)

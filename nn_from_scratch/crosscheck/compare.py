@@ -230,6 +230,6 @@ def _report(twin, ours, ref, loss, tol, mode, x, dtype):
     if loss is not None:
         order.append((n, "dL/dx"))
     for i in range(n - 1, -1, -1):
-        order += [(i, "dL/dW"), (i, "dL/db"), (i, "dL/dx")]
+        order += [(i, q) for q in rows[i].checks if q not in ("output", "dL/dx")] + [(i, "dL/dx")]
     target = "labels, " + type(loss).__name__ if loss is not None else "random upstream gradient"
     return CompareReport(rows, order, tol, mode, target, x.shape[0], dtype.name)

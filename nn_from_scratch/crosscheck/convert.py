@@ -19,8 +19,19 @@ ReLU, Sigmoid, Tanh         ReLU(), Activation("sigmoid"), Activation("tanh")
 Softmax(axis)               Softmax(axis mapped to channels-last)
 Vectorization (Flatten)     Permute(to channels-first) + Flatten()   (the flatten-order fix)
 Reshape(target)             Permute(channels-first) + Reshape(target) [+ Permute(channels-last)]
+LeakyReLU(alpha)            LeakyReLU(negative_slope=alpha)
+ELU(alpha)                  ELU(alpha)
+GELU(approximate)           Activation(gelu(approximate=...))
+Softplus                    Activation("softplus")
+GlobalAveragePooling        GlobalAveragePooling{1,2,3}D()
+Dropout(rate)               inference: Dropout(rate) (the identity); training: MaskedDropout, our
+                            layer's mask (inside ``fixed_randomness``) times 1 / (1 - rate)
+BatchNorm                   BatchNormalization(axis=-1, momentum, epsilon), gamma/beta and the
+                            moving statistics copied; runs in our layer's mode (``training=``)
 SoftMaxLoss                 SparseCategoricalCrossentropy / CategoricalCrossentropy(from_logits=True)
 MSELoss                     MeanSquaredError()
+BinaryCrossEntropy          BinaryCrossentropy(from_logits=...)
+Huber(delta) / MAE          Huber(delta) / MeanAbsoluteError()
 GradientDescent/Adam/RMSProp  SGD/Adam/RMSprop with the same hyperparameters (weight decay too)
 ==========================  ===================================================================
 
@@ -40,7 +51,12 @@ from keras import ops
 from ..activations import ReLU, Reshape, Sigmoid, Softmax, Tanh, Vectorization
 from ..backend import to_numpy
 from ..interfaces import Node, ShapeError, format_shape
+from ..dropout import Dropout
+from ..global_pooling import GlobalAveragePooling
 from ..losses import Loss, MSELoss, SoftMaxLoss
+from ..more_losses import MAE, BinaryCrossEntropy, Huber
+from ..normalization import BatchNorm
+from ..rectifiers import ELU, GELU, LeakyReLU, Softplus
 from ..network import NeuralNetwork
 from ..neurons import Convolution, Linear
 from .. import schedules as our_schedules
@@ -53,7 +69,8 @@ __all__ = ["to_keras", "from_keras", "keras_loss", "keras_optimizer", "build_twi
            "ParamMap", "ConstantPadding", "WindowCountScale", "unpack"]
 
 SUPPORTED = ("Linear", "Convolution (1-3D)", "MaxPool", "AvgPool", "ReLU", "Sigmoid", "Tanh", "Softmax",
-             "Vectorization/Flatten", "Reshape")
+             "Vectorization/Flatten", "Reshape", "LeakyReLU", "ELU", "GELU", "Softplus", "GlobalAveragePooling",
+             "Dropout", "BatchNorm")
 
 
 # ----------------------------------------------------------------------------- custom Keras layers
@@ -108,6 +125,35 @@ class WindowCountScale(keras.layers.Layer):
         return {**super().get_config(), "scale": self.scale.tolist()}
 
 
+@keras.saving.register_keras_serializable(package="nn_from_scratch")
+class MaskedDropout(keras.layers.Layer):
+    """Dropout with OUR layer's mask (for the cross-check): ``y = x * m / (1 - rate)`` when training.
+
+    ``source``: our ``Dropout``; its last mask (``source.mask``, ours runs first, inside
+    ``fixed_randomness``) is moved to channels-last.  Inference (``training`` false): the identity,
+    through Keras's own ``Dropout``.
+    """
+
+    def __init__(self, source, **kwargs):
+        super().__init__(**kwargs)
+        self.source = source
+        self.keras_dropout = keras.layers.Dropout(source.rate, dtype=kwargs.get("dtype"))
+
+    def call(self, x, training=None):
+        if not training or self.source.rate == 0:
+            return self.keras_dropout(x, training=False)
+        mask = self.source.mask
+        if mask is None:
+            raise RuntimeError(f"MaskedDropout: {self.source._describe()} has no mask; run our layer first, "
+                               "inside its fixed_randomness()")
+        from .layout import to_keras_layout  # noqa: PLC0415
+        m = ops.convert_to_tensor(to_keras_layout(to_numpy(mask)).astype(np.float64), dtype=x.dtype)
+        return x * m / ops.convert_to_tensor(1.0 - self.source.rate, dtype=x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+
 def window_counts(spatial, pool, stride, pads):
     """Number of real entries in each pooling window ``(*O)`` (zero padding ``pads``)."""
     per_axis = []
@@ -155,8 +201,9 @@ class Group:
         self.params = []         # ParamMap list, filled once the Keras layers are built
 
     def __call__(self, h):
+        training = bool(getattr(self.layer, "training", False))    # our layer's mode (Dropout, BatchNorm)
         for kl in self.keras_layers:
-            h = kl(h)
+            h = kl(h, training=training)
         return h
 
     @property
@@ -321,6 +368,25 @@ def _convert_simple(layer, shape, dtype, name):
             kls.append(keras.layers.Permute(to_cl_dims(len(layer.target_shape)), name=name(layer.name + "_to_cl"),
                                             dtype=dtype))
         return kls, None
+    if isinstance(layer, LeakyReLU):
+        return [keras.layers.LeakyReLU(negative_slope=layer.alpha, name=n, dtype=dtype)], None
+    if isinstance(layer, ELU):
+        return [keras.layers.ELU(alpha=layer.alpha, name=n, dtype=dtype)], None
+    if isinstance(layer, GELU):
+        approximate = layer.approximate
+        return [keras.layers.Activation(lambda v: keras.activations.gelu(v, approximate=approximate), name=n,
+                                        dtype=dtype)], None
+    if isinstance(layer, Softplus):
+        return [keras.layers.Activation("softplus", name=n, dtype=dtype)], None
+    if isinstance(layer, GlobalAveragePooling):
+        if r not in (3, 4, 5):
+            raise ShapeError(f"{layer._describe()} needs (N, C, *S) input, the previous layer gives "
+                             f"{format_shape((None,) + tuple(shape))}")
+        cls = {3: keras.layers.GlobalAveragePooling1D, 4: keras.layers.GlobalAveragePooling2D,
+               5: keras.layers.GlobalAveragePooling3D}[r]
+        return [cls(name=n, dtype=dtype)], None
+    if isinstance(layer, Dropout):
+        return [MaskedDropout(layer, name=n, dtype=dtype)], None
     raise NotImplementedError(
         f"to_keras: no Keras counterpart for {layer._describe()}; supported layers (and their subclasses): "
         f"{', '.join(SUPPORTED)}"
@@ -340,6 +406,10 @@ def _param_maps(layer, carrier):
             ParamMap("b", lambda p: p["W"][0], carrier.bias if layer.use_bias else None, _same, _same, (m,), "W",
                      lambda i: (0, i[0])),
         ]
+    if isinstance(layer, BatchNorm):
+        c = layer.channels
+        return [ParamMap("gamma", lambda p: p["gamma"], carrier.gamma, _same, _same, (c,), "gamma"),
+                ParamMap("beta", lambda p: p["beta"], carrier.beta, _same, _same, (c,), "beta")]
     if isinstance(layer, Convolution):
         out = [ParamMap("W", lambda p: p["W"], carrier.kernel, _conv_kernel_to_ours, _conv_kernel_to_keras,
                         (layer.out_channels, layer.in_channels) + layer.kernel_size, "W")]
@@ -355,6 +425,10 @@ def _set_weights(group, layer):
             continue
         value = pm.to_keras(to_numpy(pm.ours(layer.params)))
         pm.keras_var.assign(np.asarray(value, dtype=pm.keras_var.dtype))
+    if isinstance(layer, BatchNorm) and group.carrier is not None:     # the non-trainable state too
+        for name in ("moving_mean", "moving_variance"):
+            var = getattr(group.carrier, name)
+            var.assign(np.asarray(to_numpy(layer.buffers[name]), dtype=var.dtype))
 
 
 def _layer_dtype(layer, default):
@@ -389,6 +463,10 @@ def build_twin(layers, input_shape, dtype=None):
             kls, carrier = _convert_conv(layer, shape, ldt, name)
         elif isinstance(layer, (MaxPool, AvgPool)):
             kls, carrier = _convert_pool(layer, shape, ldt, name)
+        elif isinstance(layer, BatchNorm):
+            carrier = keras.layers.BatchNormalization(axis=-1, momentum=layer.momentum, epsilon=layer.epsilon,
+                                                      name=name(layer.name), dtype=ldt)
+            kls = [carrier]
         else:
             kls, carrier = _convert_simple(layer, shape, ldt, name)
         out_shape = tuple(layer.compute_output_shape(shape))
@@ -465,8 +543,14 @@ def keras_loss(loss_fn, sparse=True, dtype=None):
         return keras.losses.CategoricalCrossentropy(from_logits=True, **kw)
     if isinstance(loss_fn, MSELoss):
         return keras.losses.MeanSquaredError(**kw)
+    if isinstance(loss_fn, BinaryCrossEntropy):
+        return keras.losses.BinaryCrossentropy(from_logits=loss_fn.from_logits, **kw)
+    if isinstance(loss_fn, Huber):
+        return keras.losses.Huber(delta=loss_fn.delta, **kw)
+    if isinstance(loss_fn, MAE):
+        return keras.losses.MeanAbsoluteError(**kw)
     raise NotImplementedError(f"keras_loss: no Keras counterpart for {type(loss_fn).__name__}; "
-                              "supported: SoftMaxLoss, MSELoss")
+                              "supported: SoftMaxLoss, MSELoss, BinaryCrossEntropy, Huber, MAE")
 
 
 def keras_schedule(lr):

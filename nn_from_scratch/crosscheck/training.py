@@ -93,6 +93,8 @@ def compare_training(network, X, y, steps=100, optimizer=None, batch_size=32, se
         kopt.apply_gradients(zip(tape.gradient(lk, variables), variables))
         return lk
 
+    if graph and any(getattr(layer, "stochastic", False) for layer in layers):
+        graph = False   # Keras's MaskedDropout reads our layer's mask at every step: a traced graph would freeze it
     if graph:   # one traced graph instead of ~200 eager ops per step (much faster; same kernels)
         keras_step = tf.function(keras_step, reduce_retracing=True)
 
