@@ -51,7 +51,7 @@ def ensure_env(extras, reqs):
     if os.path.exists(stamp) and open(stamp).read() == want:
         return
     target = f"{ROOT}[{extras}]" if extras else ROOT
-    print(f"[dev.py] installing nn_from_scratch{'[' + extras + ']' if extras else ''} "
+    print(f"[dev.py] installing nn-from-scratch-edu{'[' + extras + ']' if extras else ''} "
           f"{' '.join(reqs)} into {VENV} (first run only)", flush=True)
     subprocess.check_call([PY, "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", target] + reqs)
     with open(stamp, "w") as f:

@@ -7,6 +7,7 @@ proves the numbers against TensorFlow/Keras.
 from . import backend, callbacks, initializers, metrics
 from .callbacks import (Callback, CallbackError, CSVLogger, EarlyStopping, LambdaCallback,
                         LearningRateScheduler, ModelCheckpoint, ReduceLROnPlateau, TerminateOnNaN)
+from .concurrency import ConcurrentUseError
 from .activations import Flatten, ReLU, Reshape, Sigmoid, Softmax, Tanh, Vectorization
 from .initializers import set_seed
 from .interfaces import Neuron, Node, Optimizer, ShapeError
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "backend", "initializers", "set_seed",
     "Node", "Neuron", "Optimizer", "ShapeError", "DataError", "ModelFileError", "TrainingWarning",
+    "ConcurrentUseError",
     "ReLU", "Sigmoid", "Tanh", "Softmax", "Vectorization", "Flatten", "Reshape",
     "SoftMaxLoss", "MSELoss",
     "Linear", "Dense", "Convolution", "Conv1D", "Conv2D", "Conv3D",

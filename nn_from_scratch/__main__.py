@@ -2,7 +2,8 @@
 
 Commands:
     train        train the seed lab's CNN on MNIST (the main job)
-    crosscheck   compare the seed lab's CNN with Keras, layer by layer and over training
+    crosscheck   compare the seed lab's CNN (or --model FILE.npz) with Keras, layer by layer and over training
+    grade        grade a student's layer (--layer module:Class) or saved model (--model file.npz)
     separation   class separation (Henze-Penrose) at every layer of a CNN, before/after training
 """
 import importlib
@@ -11,6 +12,7 @@ import sys
 COMMANDS = {
     "train": "nn_from_scratch.train",
     "crosscheck": "nn_from_scratch.crosscheck",
+    "grade": "nn_from_scratch.grade",
     "separation": "nn_from_scratch.analysis.separation_cli",
 }
 

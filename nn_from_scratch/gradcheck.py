@@ -41,7 +41,18 @@ jumps, can be 1e-5, and a kink would then pass for a wrong gradient.)
 A random upstream gradient (not all ones) is essential: with ``r = 1`` a
 backward pass that, e.g., sums where it should weight, or transposes a square
 matrix, can still pass.
+
+Randomness: finite differences need ``f`` to be a function of its input.  The
+checks run inside ``fixed_randomness()`` of the layer (of every layer of a
+network), where a stochastic layer (a dropout) reuses one draw of its random
+numbers, and first compute the forward twice at the same point: when the two
+differ the result says which layer is not deterministic (and what to implement)
+instead of reporting kinks or errors, and nothing is checked.
+
+The result says how many coordinates were checked; ``passed(tol)`` is False when
+none were (all at kinks, or a non-deterministic forward), whatever the errors.
 """
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,7 +73,9 @@ class GradCheckResult:
     ``max_rel_error`` is the worst relative error over all checked coordinates,
     ``worst`` is ``(array name, index, analytic, numeric)`` for that coordinate
     (array name ``"x"`` for the input or a parameter name); ``per_array`` has the worst error of each
-    array; ``checked``/``skipped`` count coordinates (skipped = at a kink).
+    array and ``per_array_checked`` how many of its coordinates were checked;
+    ``checked``/``skipped`` count coordinates (skipped = at a kink).  ``problem``
+    says why nothing could be checked (a forward that is not deterministic), else None.
     """
 
     max_rel_error: float = 0.0
@@ -70,14 +83,51 @@ class GradCheckResult:
     per_array: dict = field(default_factory=dict)
     checked: int = 0
     skipped: int = 0
+    per_array_checked: dict = field(default_factory=dict)
+    problem: str = None
 
     def passed(self, tol):
-        return self.checked > 0 and self.max_rel_error <= tol
+        """True when coordinates were checked and every relative error is at most ``tol``."""
+        return self.problem is None and self.checked > 0 and self.max_rel_error <= tol
 
     def __str__(self):
+        if self.problem is not None:
+            return f"NOT CHECKED: {self.problem}"
+        if self.checked == 0:
+            return (f"NOTHING CHECKED: all {self.skipped} coordinates sit at kinks (points where the function "
+                    f"is not differentiable); check at another point")
         where = "-" if self.worst is None else f"{self.worst[0]}{list(self.worst[1])}"
-        return (f"max relative error {self.max_rel_error:.3e} at {where} "
-                f"({self.checked} coordinates checked, {self.skipped} skipped at kinks)")
+        if self.max_rel_error == 0:
+            err = "max relative error 0 (analytic and numerical gradients agree in every digit)"
+        else:
+            err = f"max relative error {self.max_rel_error:.3e} at {where}"
+        arrays = ", ".join(f"{k} {v}" for k, v in self.per_array_checked.items())
+        return (f"{self.checked} coordinates checked ({arrays}; {self.skipped} skipped at kinks): {err}")
+
+
+def _fixed(stack, layers):
+    """Enter ``fixed_randomness()`` of every layer that has it."""
+    for layer in layers:
+        cm = getattr(layer, "fixed_randomness", None)
+        if cm is not None:
+            stack.enter_context(cm())
+
+
+def _not_deterministic(layer, a, b):
+    diff = float(np.max(np.abs(to_numpy(a).astype(np.float64) - to_numpy(b).astype(np.float64)))) \
+        if np.shape(to_numpy(a)) == np.shape(to_numpy(b)) else float("nan")
+    name = getattr(layer, "name", type(layer).__name__)
+    text = (f"forward of {name} ({type(layer).__name__}) is not deterministic: two forwards of the same x "
+            f"differ (by up to {diff:.3g}), so finite differences cannot check its backward. ")
+    if getattr(layer, "stochastic", False):
+        text += ("It is marked stochastic, but its random numbers were drawn again inside fixed_randomness(): "
+                 "draw them with self.random_draw('mask', lambda: ...) or implement fixed_randomness() so that "
+                 "inside it every forward reuses one draw")
+    else:
+        text += ("If it draws random numbers, set the class attribute stochastic = True and implement "
+                 "fixed_randomness() (or draw them with self.random_draw('mask', lambda: ...)), so that inside "
+                 "`with layer.fixed_randomness():` every forward reuses one draw")
+    return text
 
 
 def _pick(size, n_coords, rng):
@@ -90,13 +140,14 @@ def _merge(result, name, arr_shape, flat_idx, ana, num, rel, skipped):
     result.skipped += int(skipped.sum())
     ok = ~skipped
     result.checked += int(ok.sum())
+    result.per_array_checked[name] = int(ok.sum())
     if not ok.any():
         result.per_array[name] = 0.0
         return
     r = np.where(ok, rel, -1.0)
     j = int(np.argmax(r))
     result.per_array[name] = float(r[j])
-    if r[j] >= result.max_rel_error:
+    if r[j] > result.max_rel_error or result.worst is None:
         result.max_rel_error = float(r[j])
         where = tuple(int(i) for i in np.unravel_index(int(flat_idx[j]), arr_shape))
         result.worst = (name, where, float(ana[j]), float(num[j]))
@@ -164,10 +215,19 @@ def check_layer(layer, x, n_coords=None, eps=1e-5, kink_tol=1e-3, seed=0, upstre
     Returns a ``GradCheckResult``.
     """
     _require_float64(layer)
+    with contextlib.ExitStack() as stack:
+        _fixed(stack, [layer])
+        return _check_layer(layer, x, n_coords, eps, kink_tol, seed, upstream, params, floor)
+
+
+def _check_layer(layer, x, n_coords, eps, kink_tol, seed, upstream, params, floor):
     rng = np.random.default_rng(seed)
     like = next(iter(layer.params.values()), x)   # a neuron's data go where its parameters are
     x = to_device(np.array(to_numpy(x), dtype=np.float64), like=like)
+    y_first = to_numpy(layer.forward(x)).copy()
     y = layer.forward(x)
+    if not np.array_equal(y_first, to_numpy(y)):
+        return GradCheckResult(problem=_not_deterministic(layer, y_first, y))
     r = to_device(upstream if upstream is not None else rng.standard_normal(y.shape), like=y)
     x_before, r_before = to_numpy(x).copy(), to_numpy(r).copy()
     dx = layer.backward(r)
@@ -213,8 +273,28 @@ def check_network(network, x, y, n_coords=None, eps=1e-5, kink_tol=1e-3, seed=0,
     """Check the whole chain: d(mean loss)/d(input) and every parameter gradient."""
     for layer in network.trainable_layers:
         _require_float64(layer)
+    with contextlib.ExitStack() as stack:
+        _fixed(stack, list(network.layers) + [network.loss_fn])
+        return _check_network(network, x, y, n_coords, eps, kink_tol, seed, floor)
+
+
+def _first_nondeterministic(network, x):
+    """The first layer whose output differs between two forwards of the same ``x`` (or None)."""
+    a = network.forward(x, return_all=True)
+    a = [to_numpy(o).copy() for o in a]
+    b = network.forward(x, return_all=True)
+    for layer, oa, ob in zip(network.layers, a, b):
+        if not np.array_equal(oa, to_numpy(ob)):
+            return layer, oa, ob
+    return None
+
+
+def _check_network(network, x, y, n_coords, eps, kink_tol, seed, floor):
     rng = np.random.default_rng(seed)
     x = network._to_batch(np.array(to_numpy(x), dtype=np.float64))   # onto the parameters' device
+    culprit = _first_nondeterministic(network, x)
+    if culprit is not None:
+        return GradCheckResult(problem=_not_deterministic(*culprit))
     out = network.forward(x)
     network.loss_fn.forward(out, y)
     dx = network.backward(network.loss_fn.backward())

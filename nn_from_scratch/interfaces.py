@@ -20,16 +20,21 @@ Contracts every layer keeps:
 * bad input raises ``ShapeError``/``ValueError`` naming the layer, what was
   expected and what was received.
 """
+import contextlib
+import inspect
 import itertools
+import math
+import numbers
 import weakref
 from abc import ABC, abstractmethod
 
 import numpy as np
 
 from .backend import get_array_module, is_device_array, to_device
+from .validation import is_int
 from .serialization import register_layer
 
-__all__ = ["Node", "Neuron", "Optimizer", "ShapeError", "NotReadyError", "format_shape"]
+__all__ = ["Node", "Neuron", "Optimizer", "ShapeError", "NotReadyError", "LayerDefinitionError", "format_shape"]
 
 _counters = {}
 
@@ -40,6 +45,42 @@ class ShapeError(ValueError):
 
 class NotReadyError(RuntimeError):
     """``backward`` was called before ``forward`` (nothing is cached)."""
+
+
+class LayerDefinitionError(TypeError):
+    """A layer class (or what its methods returned) breaks the rules of writing a layer.
+
+    Raised when the class is defined (a method with the wrong arguments) or at its
+    first forward/backward (a returned array of the wrong shape, a parameter
+    without a gradient); the message says what to write instead.
+    """
+
+
+#: How a layer is written (quoted by the errors below; README "Writing your own layer").
+_HOW = ("a layer implements _forward(self, x) -> y and _backward(self, dy) -> dx "
+        "(a Neuron: _backward(self, dy, need_input_grad=True), storing self.grads[name] for every "
+        "parameter), and compute_output_shape(self, input_shape) when y's shape differs from x's")
+
+
+def _positional(func):
+    """``(required, maximum)`` positional arguments of ``func`` after ``self`` (maximum None: *args)."""
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):      # a builtin or a C function: nothing to check
+        return None
+    params = list(sig.parameters.values())[1:]
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    pos = [p for p in params if p.kind in kinds]
+    required = sum(p.default is inspect.Parameter.empty for p in pos)
+    varargs = any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in params)
+    return required, None if varargs else len(pos)
+
+
+def _signature_text(func):
+    try:
+        return f"{func.__name__}{inspect.signature(func)}"
+    except (TypeError, ValueError):
+        return func.__name__
 
 
 def format_shape(shape):
@@ -53,19 +94,34 @@ def _auto_name(cls_name):
     return f"{base}_{next(n)}"
 
 
-def sample_shape(shape):
+def sample_shape(shape, owner="a layer", name="shape"):
     """Drop the batch entry of a constructor shape: ``(50, 4, 26, 26) -> (4, 26, 26)``.
 
-    ``None`` (shape not known yet) stays ``None``; an int ``n`` means ``(n,)``.
+    ``None`` (shape not known yet) stays ``None``; an int ``n`` means ``(n,)``.  Every per-sample
+    entry must be an int >= 1 or None (``ShapeError`` naming ``owner`` and ``name`` otherwise:
+    ``Linear(0, 10)``, ``Linear(4.7, 10)``); the batch entry an int >= 0 or None.
     """
     if shape is None:
         return None
-    if isinstance(shape, (int, np.integer)):
-        return (int(shape),)
-    shape = tuple(shape)
-    if len(shape) < 1:
-        raise ShapeError(f"a layer shape needs a batch entry first, got {shape}")
-    return tuple(None if s is None else int(s) for s in shape[1:])
+    if is_int(shape):
+        entries = (None, shape)
+    else:
+        try:
+            entries = tuple(shape)
+        except TypeError:
+            raise ShapeError(f"{owner}: {name} must be an int, a tuple of ints (batch first) or None, received "
+                             f"{type(shape).__name__} {shape!r}") from None
+        if len(entries) < 1:
+            raise ShapeError(f"{owner}: {name} needs a batch entry first, received {shape!r}")
+    batch, rest = entries[0], entries[1:]
+    if batch is not None and not (is_int(batch) and batch >= 0):
+        raise ShapeError(f"{owner}: the batch entry of {name} must be an int or None, received {batch!r} "
+                         f"(in {shape!r})")
+    for s in rest:
+        if s is not None and not (is_int(s) and s >= 1):
+            raise ShapeError(f"{owner}: {name} must hold positive ints (None for an unknown size), received "
+                             f"{shape!r}")
+    return tuple(None if s is None else int(s) for s in rest)
 
 
 class Node(ABC):
@@ -78,6 +134,9 @@ class Node(ABC):
 
     #: Neurons override; used by optimizers and summaries.
     trainable = False
+    #: True on layers whose forward draws random numbers (dropout, noise); such a layer
+    #: makes its forward a deterministic function of x inside ``fixed_randomness()``.
+    stochastic = False
 
     #: Training (True, the default) or inference mode.  Layers whose forward differs between the
     #: two (``Dropout``: random masks / identity; ``BatchNorm``: batch / running statistics) read
@@ -88,10 +147,77 @@ class Node(ABC):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        cls._adopt_public_methods()
+        cls._check_methods()
+        from . import serialization  # noqa: PLC0415
+        known = serialization._REGISTRY.get(cls.__name__)
+        if cls._user_layer and known is not None and not getattr(known, "_user_layer", True):
+            return          # a user's class never replaces a built-in layer of the same name for loading
         register_layer(cls)  # so saved models can name the class
 
+    @classmethod
+    def _adopt_public_methods(cls):
+        """Accept a layer written with ``forward``/``backward`` instead of ``_forward``/``_backward``.
+
+        What students write first is ``def forward(self, x)`` and ``def backward(self, dy)``.
+        When a class defines ``forward`` (or ``backward``) itself and no ``_forward``
+        (``_backward``) exists yet in its ancestry, its method becomes the private one and
+        the public method stays the base class's, which checks shapes, casts integer input,
+        records what backward needs, and then calls it.
+        """
+        if (cls.__module__ or "").startswith("nn_from_scratch"):
+            return                  # the package's own classes (e.g. Loss) define forward/backward on purpose
+        for public, private in (("forward", "_forward"), ("backward", "_backward")):
+            own = cls.__dict__.get(public)
+            if own is None or not callable(own) or private in cls.__dict__:
+                continue
+            if getattr(getattr(cls, private, None), "__isabstractmethod__", False):
+                setattr(cls, private, own)
+                base = next(getattr(b, public) for b in cls.__mro__[1:] if public in b.__dict__)
+                setattr(cls, public, base)
+                cls._adopted = tuple(getattr(cls, "_adopted", ())) + (public,)
+
+    @classmethod
+    def _check_methods(cls):
+        """Refuse, when the class is defined, a ``_forward``/``_backward`` that cannot be called right."""
+        name = cls.__name__
+        # the package's own layers are tested; a user's layer gets its results checked and explained
+        cls._user_layer = not (cls.__module__ or "").startswith("nn_from_scratch")
+        fwd = cls.__dict__.get("_forward")
+        if fwd is not None and callable(fwd) and cls.forward is Node.forward:
+            n = _positional(fwd)
+            if n is not None and (n[0] > 1 or (n[1] is not None and n[1] < 1)):
+                raise LayerDefinitionError(
+                    f"{name}.{_signature_text(fwd)}: forward receives exactly one array, the batch x; write "
+                    f"`def _forward(self, x):` and keep anything else as an attribute set in __init__ "
+                    f"({_HOW})")
+        bwd = cls.__dict__.get("_backward")
+        if bwd is not None and callable(bwd) and cls.backward is Node.backward:
+            n = _positional(bwd)
+            if n is None:
+                return
+            required, maximum = n
+            if maximum is not None and maximum < 1:
+                raise LayerDefinitionError(
+                    f"{name}.{_signature_text(bwd)}: backward receives the upstream gradient dL/dy; write "
+                    f"`def _backward(self, dy):` ({_HOW})")
+            if required > 2 or (required == 2 and not cls.trainable):
+                extra = "" if cls.trainable else " (only a Neuron gets need_input_grad)"
+                raise LayerDefinitionError(
+                    f"{name}.{_signature_text(bwd)}: backward receives only dL/dy{extra}; anything "
+                    f"forward computed (x, masks, ...) must be kept in self._cache in _forward and read "
+                    f"back in _backward. Write `def _backward(self, dy):`"
+                    + (" or `def _backward(self, dy, need_input_grad=True):`" if cls.trainable else "")
+                    + f" ({_HOW})")
+        if bwd is not None and callable(bwd):
+            n = _positional(bwd)
+            cls._backward_takes_flag = n is None or n[1] is None or n[1] >= 2
+
     def __init__(self, shape=None, name=None):
-        self.input_shape = sample_shape(shape)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"{type(self).__name__}: name must be a str or None, received {type(name).__name__} "
+                            f"{name!r}")
+        self.input_shape = sample_shape(shape, type(self).__name__)
         self.name = name or _auto_name(type(self).__name__)
         self._cache = {}
         self._out_shape = None
@@ -130,10 +256,17 @@ class Node(ABC):
     # -- forward / backward -----------------------------------------------------
     def forward(self, x):
         """Compute the layer's output for a batch ``x`` (cached for ``backward``)."""
+        if "_cache" not in self.__dict__:
+            raise LayerDefinitionError(
+                f"{type(self).__name__}.__init__ did not call the base class's __init__: begin it with "
+                f"`super().__init__(shape, name=name)` (a Neuron: `super().__init__(shape, name=name, dtype=dtype)`)")
         self.check_input(x)
         x = self._as_float(x)
         y = self._forward(x)
+        if self._user_layer:
+            self._check_forward_result(x, y)
         self._out_shape = y.shape
+        self._io_shapes = (tuple(x.shape), tuple(y.shape))
         return y
 
     def backward(self, upstream, need_input_grad=True):
@@ -144,8 +277,115 @@ class Node(ABC):
         """
         self.check_upstream(upstream)
         if self.trainable:
-            return self._backward(upstream, need_input_grad)
-        return self._backward(upstream) if need_input_grad else None
+            if self._backward_takes_flag:
+                dx = self._backward(upstream, need_input_grad)
+            else:                                   # written as _backward(self, dy): dx is dropped
+                dx = self._backward(upstream)
+            if self._user_layer:
+                self._check_param_grads()
+            if not need_input_grad:
+                return None
+        elif need_input_grad:
+            dx = self._backward(upstream)
+        else:
+            return None
+        if self._user_layer:
+            self._check_input_grad(dx)
+        return dx
+
+    # -- the checks that explain a user's layer's mistakes (classes outside this package) --------
+    _user_layer = False
+    _backward_takes_flag = True
+
+    def _check_forward_result(self, x, y):
+        name = type(self).__name__
+        if not hasattr(y, "shape") or not hasattr(y, "dtype"):
+            raise LayerDefinitionError(f"{self._describe()}: _forward must return the output array, it returned "
+                                       f"{type(y).__name__}")
+        if y.shape[:1] != x.shape[:1]:
+            raise ShapeError(f"{self._describe()}: _forward returned {y.shape[0] if y.ndim else 'no'} samples for a "
+                             f"batch of {x.shape[0]} (input {format_shape(tuple(x.shape))}, output "
+                             f"{format_shape(tuple(y.shape))}); axis 0 is the batch, keep it")
+        declared = self.compute_output_shape(tuple(x.shape[1:]))
+        if declared is None:
+            return
+        declared = tuple(declared)
+        got = tuple(y.shape[1:])
+        if len(declared) == len(got) and all(d is None or d == g for d, g in zip(declared, got)):
+            return
+        if type(self).compute_output_shape is Node.compute_output_shape:
+            raise ShapeError(
+                f"{self._describe()}: _forward turned samples of shape {format_shape(tuple(x.shape[1:]))} into "
+                f"{format_shape(got)}, but {name} does not define compute_output_shape, so the network assumes "
+                f"its output has its input's shape. Define `def compute_output_shape(self, input_shape):` "
+                f"returning the per-sample output shape (here {got} for input_shape {tuple(x.shape[1:])})")
+        raise ShapeError(
+            f"{self._describe()}: _forward turned samples of shape {format_shape(tuple(x.shape[1:]))} into "
+            f"{format_shape(got)}, but {name}.compute_output_shape({tuple(x.shape[1:])}) says {declared}; "
+            f"make the two agree")
+
+    def _check_input_grad(self, dx):
+        if dx is None:
+            raise LayerDefinitionError(
+                f"{self._describe()}: _backward returned None; it must return dL/dx, an array of the input's shape "
+                f"(only a Neuron called with need_input_grad=False may return None)")
+        if not hasattr(dx, "shape"):
+            raise LayerDefinitionError(f"{self._describe()}: _backward must return dL/dx as an array, it returned "
+                                       f"{type(dx).__name__}")
+        io = self.__dict__.get("_io_shapes")
+        if io is not None and io[1] == tuple(self._out_shape) and tuple(dx.shape) != io[0]:
+            raise ShapeError(
+                f"{self._describe()}: _backward returned dL/dx of shape {format_shape(tuple(dx.shape))}, but the "
+                f"input x had shape {format_shape(io[0])}; dL/dx always has the shape of x")
+
+    def _check_param_grads(self):
+        for pname, p in self.params.items():
+            g = self.grads.get(pname)
+            if g is None:
+                raise LayerDefinitionError(
+                    f"{self._describe()}: _backward stored no gradient for parameter {pname!r}; set "
+                    f"self.grads[{pname!r}] = dL/d{pname} (shape {tuple(p.shape)}) in _backward")
+            if tuple(g.shape) != tuple(p.shape):
+                hint = " (transposed?)" if tuple(g.shape) == tuple(p.shape)[::-1] else ""
+                raise ShapeError(
+                    f"{self._describe()}: the gradient stored for parameter {pname!r} has shape {tuple(g.shape)} "
+                    f"but {pname} has shape {tuple(p.shape)}{hint}; dL/d{pname} always has the parameter's shape")
+
+    # -- randomness ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def fixed_randomness(self):
+        """Inside ``with layer.fixed_randomness():`` forward is a deterministic function of x.
+
+        For a layer without randomness (``stochastic = False``) this changes nothing.
+        A stochastic layer draws its random numbers through ``random_draw(name, draw)``:
+        inside the context the first draw of each name is kept and reused by every
+        later forward (gradient checks perturb x and call forward again: they must
+        see the same mask).  Contexts nest; leaving the outermost forgets the draws.
+        A layer may instead override this method (keeping the same meaning).
+        """
+        depth = self.__dict__.get("_fixed_depth", 0)
+        self._fixed_depth = depth + 1
+        try:
+            yield self
+        finally:
+            self._fixed_depth = depth
+            if depth == 0:
+                self.__dict__.pop("_fixed_draws", None)
+
+    @property
+    def randomness_fixed(self):
+        """True inside ``fixed_randomness()``."""
+        return self.__dict__.get("_fixed_depth", 0) > 0
+
+    def random_draw(self, name, draw):
+        """``draw()`` (a function returning this forward's random numbers, e.g. a mask); inside
+        ``fixed_randomness()`` the first result for ``name`` is reused while its shape fits."""
+        if not self.randomness_fixed:
+            return draw()
+        draws = self.__dict__.setdefault("_fixed_draws", {})
+        if name not in draws:
+            draws[name] = draw()
+        return draws[name]
 
     def check_upstream(self, upstream):
         """Raise unless ``upstream`` can be this layer's ``dL/dy``: a forward ran, same shape as its output."""
@@ -170,10 +410,18 @@ class Node(ABC):
 
     # -- helpers ----------------------------------------------------------------
     def _as_float(self, x):
-        """Integer/bool input becomes float32; float input keeps its dtype."""
-        if x.dtype.kind in "fc":
+        """Integer/bool input becomes float32; float input keeps its dtype; anything else
+        (complex, objects, text, dates) is refused: a cast would drop or garble it."""
+        if x.dtype.kind == "f":
             return x
+        self._check_real(x)
         return x.astype(np.float32)
+
+    def _check_real(self, x):
+        if x.dtype.kind not in "fiub":
+            raise TypeError(f"{self._describe()} takes real numbers (float, int or bool arrays), received an "
+                            f"array of dtype {x.dtype}" + (" (the imaginary part would be dropped)"
+                                                           if x.dtype.kind == "c" else ""))
 
     # parameters (none for a plain node) -----------------------------------------
     @property
@@ -208,6 +456,7 @@ class Node(ABC):
         """Drop the arrays kept for backward (frees memory after inference)."""
         self._cache = {}
         self._out_shape = None
+        self._io_shapes = None
 
     def __repr__(self):
         shape = "?" if self.input_shape is None else format_shape((None,) + self.input_shape)
@@ -217,12 +466,53 @@ class Node(ABC):
 class Neuron(Node):
     """A Node with trainable parameters.
 
-    Subclasses keep parameters in ``self._params`` (name -> array) and write
-    gradients to ``self._grads`` in ``_backward``.  The dtype of the parameters
+    Subclasses register parameters in ``__init__`` with ``self.add_param(name, array)``
+    (kept in ``self.params``, name -> array; readable as ``self.<name>``) and write
+    ``self.grads[name] = dL/d<name>`` for each of them in ``_backward(dy,
+    need_input_grad=True)`` (or ``_backward(dy)``).  The dtype of the parameters
     is the dtype the layer computes in; inputs are cast to it.
     """
 
     trainable = True
+
+    def add_param(self, name, value):
+        """Register the trainable parameter ``name`` with initial ``value`` (cast to the layer's dtype,
+        on the current backend); the optimizers update it in place.  Returns the stored array."""
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"{self._describe()}: a parameter name must be an identifier such as 'W', "
+                             f"received {name!r}")
+        if name in self._params:
+            raise ValueError(f"{self._describe()} already has a parameter {name!r}; use set_params({name}=...) "
+                             f"to replace its value")
+        if not hasattr(value, "shape"):
+            value = np.asarray(value)
+        self._params[name] = to_device(value, dtype=self.dtype).copy()
+        return self._params[name]
+
+    def __getattr__(self, name):
+        # only reached when normal lookup fails: ``self.W`` / ``self.W_grad`` for registered parameters
+        params = self.__dict__.get("_params")
+        if params is not None:
+            if name in params:
+                return params[name]
+            if name.endswith("_grad") and name[:-5] in params:
+                return self.__dict__["_grads"].get(name[:-5])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        params = self.__dict__.get("_params")
+        if params is not None and name in params and not hasattr(type(self), name):
+            self.set_params(**{name: value})       # ``self.W = ...`` replaces the registered parameter
+            return
+        object.__setattr__(self, name, value)
+
+    def check_input(self, x):
+        if self._user_layer and not self._params:
+            raise LayerDefinitionError(
+                f"{self._describe()} is a Neuron (a layer with trainable parameters) but has none registered: "
+                f"in __init__ write `self.add_param('W', initial_array)` (not `self.W = ...`), then use self.W; "
+                f"a layer without parameters subclasses Node instead")
+        self._check_device(x)
 
     def __init__(self, shape=None, name=None, dtype=np.float32):
         super().__init__(shape, name)
@@ -242,12 +532,13 @@ class Neuron(Node):
 
     def _as_float(self, x):
         if x.dtype != self.dtype:
+            self._check_real(x)
             return x.astype(self.dtype)
         return x
 
-    def check_input(self, x):
+    def _check_device(self, x):
         """Also: ``x`` must live where the parameters live (both NumPy or both CuPy)."""
-        super().check_input(x)
+        Node.check_input(self, x)
         p = next(iter(self._params.values()), None)
         if p is not None and is_device_array(x) != is_device_array(p):
             where = {True: "a CuPy (GPU) array", False: "a NumPy (host) array"}
@@ -315,6 +606,22 @@ class _StateByLayer:
         return len(self._entries)
 
 
+def check_learning_rate(owner, lr):
+    """``lr`` as a float after checking it is a finite number > 0 (``TypeError``/``ValueError``
+    naming ``owner`` otherwise); a schedule object (callable, not a number: CONTRACTS C6) is
+    returned as it is, its values being checked where they are used."""
+    if callable(lr) and not isinstance(lr, numbers.Number):
+        return lr
+    if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, numbers.Real):
+        raise TypeError(f"{owner}: learning rate lr must be a number (or a schedule), received "
+                        f"{type(lr).__name__} {lr!r}")
+    if not lr > 0:
+        raise ValueError(f"{owner}: learning rate must be > 0, received {lr!r} (lr: a finite number > 0)")
+    if not math.isfinite(lr):
+        raise ValueError(f"{owner}: learning rate must be finite, received {lr!r} (lr: a finite number > 0)")
+    return float(lr)
+
+
 class Optimizer(ABC):
     """Updates the parameters of neurons from their stored gradients.
 
@@ -340,13 +647,7 @@ class Optimizer(ABC):
 
     def __init__(self, lr, clipnorm=None, clipvalue=None, global_clipnorm=None):
         name = type(self).__name__
-        if callable(lr) and not isinstance(lr, (int, float)):
-            self.lr = lr                                  # a schedule: checked when used
-        else:
-            if isinstance(lr, bool) or not isinstance(lr, (int, float)) and not hasattr(lr, "__float__") \
-                    or not lr > 0 or lr != lr:
-                raise ValueError(f"{name}: learning rate must be > 0, received {lr!r} (or give a schedule)")
-            self.lr = float(lr)
+        self.lr = check_learning_rate(name, lr)            # a schedule: checked when used
         given = {k: v for k, v in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
                                    ("global_clipnorm", global_clipnorm)) if v is not None}
         if len(given) > 1:

@@ -31,9 +31,10 @@ import warnings
 
 import numpy as np
 
-from . import fusion, kernels
+from . import fusion, kernels, validation
 from . import metrics as metrics_mod
 from .callbacks import CallbackList, TerminateOnNaN
+from .concurrency import guarded
 from .backend import get_array_module, read_scalars, read_to_host, to_device, to_numpy
 from .interfaces import Neuron, Node, ShapeError, format_shape
 from .losses import Loss, SoftMaxLoss, labels_to_indices
@@ -118,7 +119,10 @@ class NeuralNetwork:
     step to float rounding.  The workers are kept between ``fit`` calls while the
     layers keep their settings (``stop_workers`` ends them); while they are there,
     ``predict`` and ``evaluate`` (``fit``'s validation too) split their batches'
-    forward passes over them as well.
+    forward passes over them as well.  Batches are split only in the main thread while no other
+    thread could be inside BLAS (``parallel.split_allowed``); from other threads the steps run
+    whole, with ``workers=1``'s numbers.  One network used from several threads: inference is
+    serialized, concurrent training refused (``concurrency.py``).
     """
 
     def __init__(self, layers, loss_fn=None, optimizer=None, n_input=None, n_output=None,
@@ -139,7 +143,9 @@ class NeuralNetwork:
         if not isinstance(self.loss_fn, Loss):
             raise TypeError(f"loss_fn must be a Loss (e.g. SoftMaxLoss), received {type(self.loss_fn).__name__}")
         self.optimizer = get_optimizer(optimizer) if optimizer is not None else GradientDescent(lr=0.01)
-        self.batch_size = int(batch_size)
+        self.batch_size = validation.count("NeuralNetwork", "batch_size", batch_size)
+        if not isinstance(name, str):
+            raise TypeError(f"NeuralNetwork: name must be a str, received {type(name).__name__} {name!r}")
         self.name = name
         if workers != "auto" and not (isinstance(workers, (int, np.integer)) and workers >= 1):
             raise ValueError(f"NeuralNetwork: workers must be 'auto' or an int >= 1, received {workers!r}")
@@ -216,9 +222,14 @@ class NeuralNetwork:
             if layer.input_shape is not None and shape is not None:
                 if not _shape_matches(shape, layer.input_shape) and not _shape_matches(layer.input_shape, shape):
                     prev = f"layer {i - 1} ({self.layers[i - 1].name}) outputs" if i else "the network input is"
+                    hint = ""
+                    if i and type(self.layers[i - 1]).compute_output_shape is Node.compute_output_shape:
+                        hint = (f"; {type(self.layers[i - 1]).__name__} does not define compute_output_shape, so "
+                                f"its output is assumed to have its input's shape: if it changes the shape, "
+                                f"define compute_output_shape(self, input_shape) returning the per-sample output shape")
                     raise ShapeError(
                         f"layer {i} ({layer._describe()}) expects samples of shape "
-                        f"{format_shape(layer.input_shape)} but {prev} {format_shape(shape)}"
+                        f"{format_shape(layer.input_shape)} but {prev} {format_shape(shape)}{hint}"
                     )
             known = layer.input_shape if layer.input_shape is not None else shape
             if known is None:
@@ -373,6 +384,16 @@ class NeuralNetwork:
             X = np.asarray(X)
         if y is not None and not hasattr(y, "shape"):
             y = np.asarray(y)
+        if not hasattr(X, "dtype") or X.dtype.kind not in "fiub":
+            kind = getattr(X, "dtype", type(X).__name__)
+            raise DataError(f"{where}: X must be an array of real numbers (float, int or bool), received {kind}"
+                            + (" (the imaginary part would be dropped)" if getattr(kind, "kind", "") == "c" else
+                               " (an object array may hide None or NaN: convert it with np.asarray(X, float))"
+                               if getattr(kind, "kind", "") == "O" else ""))
+        if X.ndim < 1:
+            raise DataError(f"{where}: X must hold samples along its first axis, received a 0-d array")
+        if y is not None and y.ndim < 1:
+            raise DataError(f"{where}: y must hold one label or target per sample, received a 0-d array")
         batched = self._is_batched(X)
         X = self._adapt(X, batched, where)
         if batched:
@@ -405,8 +426,18 @@ class NeuralNetwork:
         out = self.output_shape
         if isinstance(self.loss_fn, SoftMaxLoss):
             k = out[0] if out is not None else None
-            if y.ndim == 2 and (k is None or y.shape[1] == k):
+            if y.ndim == 2 and (k is None or y.shape[1] == k) and y.shape[1] > 1:
+                if y.dtype.kind not in "fiub":
+                    raise DataError(f"{where} (labels): one-hot rows must be numbers, received dtype {y.dtype}")
                 self._check_finite(y, where + " (labels)")
+                if y.size == 0:
+                    return y
+                xp = get_array_module(y)
+                lo, worst = read_scalars(y.min(), xp.abs(y.sum(axis=1, dtype=np.float64) - 1).max(), why="check")
+                if lo < 0 or worst > 1e-3:
+                    raise DataError(f"{where} (labels): one-hot (or probability) rows must be >= 0 and sum to 1, "
+                                    f"received a smallest entry {float(lo):.4g} and a row sum off by up to "
+                                    f"{float(worst):.4g} (an all-zero row gives loss 0, a negative one a loss < 0)")
                 return y
             if y.ndim == 2 and y.shape[1] == 1:
                 y = y.reshape(-1)
@@ -460,8 +491,23 @@ class NeuralNetwork:
         ts = self.trainable_layers
         return next(iter(ts[0].params.values())) if ts else None
 
+    @guarded(training=True)
     def train_step(self, xb, yb):
-        """One forward/backward/update on a batch already on the right device; returns the loss."""
+        """One forward/backward/update on a batch already on the right device; returns the loss.
+
+        The labels are checked as ``fit`` checks them (range, one-hot rows; label -1 would train
+        on the last class, 7 of 3 fail deep in the loss)."""
+        if not hasattr(xb, "shape") or not hasattr(xb, "dtype"):
+            raise TypeError(f"train_step: xb must be an array (NumPy or CuPy), received {type(xb).__name__}")
+        if not hasattr(yb, "shape"):
+            yb = np.asarray(yb)
+        if xb.dtype.kind not in "fiub":
+            raise DataError(f"train_step: xb must hold real numbers, received dtype {xb.dtype}")
+        if yb.ndim < 1 or xb.ndim < 1 or yb.shape[0] != xb.shape[0]:
+            raise DataError(f"train_step: xb has shape {format_shape(tuple(xb.shape))} but yb has shape "
+                            f"{format_shape(tuple(yb.shape))}; one label or target per sample")
+        if yb.shape[0]:                 # an empty batch: the loss names itself (its own check)
+            yb = to_device(self._check_labels(yb, xb.shape[0], "train_step"), like=xb)
         loss, out = self._forward_backward(xb, yb)
         self.optimizer.step(self.layers)
         return loss, out
@@ -488,8 +534,9 @@ class NeuralNetwork:
                 split = self._sharded
                 if split is None or split.shards != shards or (recheck and not split.matches(self, shards)):
                     self._drop_shards()
-                    self._sharded = make_step(self, shards, xb, yb)
-                return self._sharded.run(self, xb, yb)
+                    self._sharded = make_step(self, shards, xb, yb)     # None: may not split now
+                if self._sharded is not None:
+                    return self._sharded.run(self, xb, yb)
             except Exception as exc:            # once more as one batch: its error names the whole batch
                 failed = exc
                 for layer, state in randoms:    # the same random draws as the split would have used
@@ -520,6 +567,7 @@ class NeuralNetwork:
         self._drop_shards()
 
     # --------------------------------------------------------- analysis hooks
+    @guarded(training=False)
     def layer_outputs(self, x, to_host=True):
         """``{layer name: output}`` for a batch ``x`` (NumPy arrays unless to_host=False), in inference mode."""
         x, _, _ = self._prepare_xy(x, None, "layer_outputs")
@@ -528,6 +576,7 @@ class NeuralNetwork:
         conv = to_numpy if to_host else (lambda a: a)
         return {layer.name: conv(o) for layer, o in zip(self.layers, outs)}
 
+    @guarded(training=False)
     def input_gradient(self, x, y=None, output_index=None, upstream=None, to_host=True):
         """Gradient with respect to the input batch ``x`` of
 
@@ -553,6 +602,12 @@ class NeuralNetwork:
             self.loss_fn.forward(out, to_device(y, like=out), validate=False)
             g = self.loss_fn.backward()
         elif output_index is not None:
+            idx = tuple(output_index) if isinstance(output_index, tuple) else (output_index,)
+            if (len(idx) != out.ndim - 1 or not all(validation.is_int(i) for i in idx)
+                    or not all(-n <= i < n for i, n in zip(idx, out.shape[1:]))):
+                raise ValueError(f"input_gradient: output_index must index one output unit of a sample of shape "
+                                 f"{format_shape(tuple(out.shape[1:]))} (an int, or a tuple of {out.ndim - 1} ints), "
+                                 f"received {output_index!r}")
             g = xp.zeros_like(out)
             g[(slice(None),) + (tuple(output_index) if isinstance(output_index, tuple) else (output_index,))] = 1
         else:
@@ -563,6 +618,7 @@ class NeuralNetwork:
         dx = self.backward(g)
         return to_numpy(dx) if to_host else dx
 
+    @guarded(training=False)
     def gradients(self, x, y):
         """``{(layer name, param name): dL/dparam}`` (NumPy) for one batch, no update; in inference mode."""
         x, y, _ = self._prepare_xy(x, y, "gradients")
@@ -574,6 +630,7 @@ class NeuralNetwork:
         return {(layer.name, k): to_numpy(v) for layer in self.trainable_layers for k, v in layer.grads.items()}
 
     # ---------------------------------------------------------------- training
+    @guarded(training=True)
     def fit(self, X, y, epochs=None, batch_size=None, shuffle=None, validation_data=None, seed=None,
             verbose=1, n_epochs=None, stop_on_nonfinite=True, validation_batch_size=None, callbacks=None,
             validation_split=0.0, metrics=None, class_weight=None, sample_weight=None):
@@ -604,6 +661,17 @@ class NeuralNetwork:
         Every layer trains during ``fit`` (``train()``) and the validation passes infer; each layer
         gets back its previous mode when ``fit`` returns.
         """
+        validation.count("fit", "epochs", epochs, allow_none=True)
+        validation.count("fit", "n_epochs", n_epochs, allow_none=True)
+        validation.count("fit", "batch_size", batch_size, allow_none=True)
+        validation.count("fit", "validation_batch_size", validation_batch_size, allow_none=True)
+        if shuffle is not None:
+            validation.flag("fit", "shuffle", shuffle)
+        validation.flag("fit", "stop_on_nonfinite", stop_on_nonfinite)
+        if not (validation.is_int(verbose) or isinstance(verbose, (bool, np.bool_))) or verbose < 0:
+            raise TypeError(f"fit: verbose must be 0, 1 or True/False, received {verbose!r}")
+        if seed is not None and not isinstance(seed, np.random.Generator):
+            validation.count("fit", "seed", seed, minimum=0)
         if epochs is not None and n_epochs is not None and epochs != n_epochs:
             raise ValueError(f"fit: epochs={epochs} and n_epochs={n_epochs} disagree")
         epochs = int(epochs if epochs is not None else (n_epochs if n_epochs is not None else 1))
@@ -648,6 +716,11 @@ class NeuralNetwork:
         cbs = [] if callbacks is None else [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
         if stop_on_nonfinite and not any(isinstance(c, TerminateOnNaN) for c in cbs):
             cbs.append(TerminateOnNaN())
+        last = X.shape[0] % batch_size or batch_size      # the size of each epoch's last batch
+        for layer in self.layers:                          # BatchNorm: at least 2 values per channel
+            check = getattr(layer, "check_training_batch", None)
+            if check is not None:
+                check(min(last, X.shape[0]), where=f"fit ({X.shape[0]} samples, batch_size={batch_size})")
         trainer = _Trainer(self, X, y, batch_size, shuffle, seed, verbose, stop_on_nonfinite)
         trainer.sw = sw
         trainer.metrics = [m for m in run_metrics if not isinstance(m, metrics_mod.Accuracy)]
@@ -704,6 +777,7 @@ class NeuralNetwork:
             if split is not None:
                 split.rest()
 
+    @guarded(training=False)
     def predict(self, X, batch_size=None, to_host=True, probabilities=False):
         """Outputs of the last layer for ``X`` (``(N, *S)``, or one batch as in the seed lab).
 
@@ -712,6 +786,9 @@ class NeuralNetwork:
         ``probabilities=True``: the probabilities the loss reads the outputs as (``softmax`` of
         the logits for ``SoftMaxLoss``), as ``predict_proba``.
         """
+        validation.count("predict", "batch_size", batch_size, allow_none=True)
+        validation.flag("predict", "to_host", to_host)
+        validation.flag("predict", "probabilities", probabilities)
         X, _, given_batch = self._prepare_xy(X, None, "predict")
         if probabilities and not callable(getattr(self.loss_fn, "probabilities", None)):
             raise TypeError(f"predict: probabilities=True needs a loss that defines probabilities(); "
@@ -728,6 +805,7 @@ class NeuralNetwork:
         """Class probabilities for ``X``: ``predict(X, probabilities=True)`` (rows sum to 1)."""
         return self.predict(X, batch_size=batch_size, to_host=to_host, probabilities=True)
 
+    @guarded(training=False)
     def evaluate(self, X, y, batch_size=None, metrics=None, sample_weight=None, return_dict=False):
         """The mean loss and every metric on ``(X, y)``.
 
@@ -738,6 +816,8 @@ class NeuralNetwork:
         ``metrics``: default the network's.  ``sample_weight``: weighs the loss (not the metrics).
         In inference mode.
         """
+        validation.count("evaluate", "batch_size", batch_size, allow_none=True)
+        validation.flag("evaluate", "return_dict", return_dict)
         X, y, given_batch = self._prepare_xy(X, y, "evaluate")
         run_metrics = self._resolve_metrics(metrics, "evaluate(metrics=)") if metrics is not None else self.metrics
         sw = self._sample_weights(sample_weight, None, y, X.shape[0], "evaluate")
@@ -845,13 +925,19 @@ class NeuralNetwork:
         return {f"layer{i}/{k}": v for i, layer in enumerate(self.layers)
                 for k, v in list(layer.params.items()) + list(layer.buffers.items())}
 
+    @guarded(training=False)
     def save(self, path):
-        """Write architecture and weights to ``path`` (.npz), atomically."""
+        """Write architecture and weights to ``path`` (.npz), atomically (``serialization.py``:
+        temporary files, permissions kept, symbolic links written through).  Weights holding
+        NaN/Inf are saved as they are, with a ``TrainingWarning`` naming them (a diverged model
+        may be worth keeping to look at; loading it warns again)."""
         arrays = {"__format__": np.array(FORMAT), "__config__": np.array(json.dumps(self.get_config()))}
         arrays.update(self._param_arrays())
+        _warn_nonfinite(self, arrays, f"saving {path!r}")
         write_npz_atomic(path, arrays)
         return path
 
+    @guarded(training=True)
     def _load_into(self, path):
         config, arrays = read_model_file(path)
         mine = self._param_arrays()
@@ -877,6 +963,7 @@ class NeuralNetwork:
                     f"{path!r} holds a model of another architecture: layer {i} ({layer._describe()}) has "
                     + ", ".join(f"{k}={theirs_cfg.get(k)!r}" for k in keys) + " in the file but "
                     + ", ".join(f"{k}={ours_cfg.get(k)!r}" for k in keys) + " in this network")
+        _warn_nonfinite(self, arrays, f"loading {path!r}")
         for i, layer in enumerate(self.layers):
             for k in list(layer.params):
                 a = arrays[f"layer{i}/{k}"]
@@ -929,11 +1016,13 @@ class NeuralNetwork:
                 except ValueError as exc:
                     raise ModelFileError(f"{path!r}: {exc}") from None
             opt = get_optimizer(config["optimizer"]["class"].lower().replace("gradientdescent", "sgd"), **ocfg)
-        except (KeyError, TypeError) as exc:
-            raise ModelFileError(f"{path!r}: the architecture record is damaged ({exc})") from None
-        net = cls(layers, loss_fn=loss, optimizer=opt, batch_size=config.get("batch_size", 32),
-                  input_shape=config.get("input_shape"), name=config.get("name", "network"),
-                  metrics=config.get("metrics"))
+            net = cls(layers, loss_fn=loss, optimizer=opt, batch_size=config.get("batch_size", 32),
+                      input_shape=config.get("input_shape"), name=config.get("name", "network"),
+                      metrics=config.get("metrics"))
+        except ModelFileError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:   # ValueError: ShapeError too
+            raise ModelFileError(f"{path!r}: the architecture record is damaged ({type(exc).__name__}: {exc})") from None
         return net._load_into(path)
 
     load = _hybridmethod(_load_into, _load_new.__func__)
@@ -947,6 +1036,15 @@ class NeuralNetwork:
 
     def __repr__(self):
         return f"NeuralNetwork({len(self.layers)} layers, {self.count_params():,} params, loss={type(self.loss_fn).__name__})"
+
+
+def _warn_nonfinite(net, arrays, doing):
+    """A ``TrainingWarning`` when parameter arrays ``{name: array}`` hold NaN/Inf."""
+    bad = [k for k, v in arrays.items() if k.startswith("layer") and getattr(v, "dtype", None) is not None
+           and v.dtype.kind == "f" and not bool(read_scalars(get_array_module(v).isfinite(v).all(), why="check")[0])]
+    if bad:
+        warnings.warn(f"{net.name}: {doing}: parameters {bad} hold NaN/Inf; the network's outputs will be NaN",
+                      TrainingWarning, stacklevel=3)
 
 
 class _Trainer:
@@ -1076,10 +1174,20 @@ class _Trainer:
                     if not math.isfinite(lv) and self.stop_on_nonfinite:
                         stopped = self._nonfinite(epoch, b, lv, pbar)
                         break
+                    if self.stop_on_nonfinite:           # nor a step of non-finite gradients
+                        bad = self._nonfinite_grad()
+                        if bad is not None:
+                            stopped = self._nonfinite(epoch, b, lv, pbar, what=bad)
+                            break
                     hist.batch_loss.append(lv)
                     # smoothed batch loss: a spike shows even when the epoch mean hides it
                     self._check_batch_loss(lv, pbar)
                 net.optimizer.step(net.layers)
+                if not self.defer and self.stop_on_nonfinite:
+                    bad = self._nonfinite_param()
+                    if bad is not None:                 # the update itself overflowed
+                        stopped = self._nonfinite(epoch, b, lv, pbar, what=bad, applied=True)
+                        break
                 seen += m
                 if not fused_sums:
                     sum_loss = sum_loss + loss * m
@@ -1169,10 +1277,37 @@ class _Trainer:
         from tqdm import tqdm  # noqa: PLC0415 - optional at import time
         return tqdm(total=n_batches, desc=f"Epoch {epoch}/{epochs}", unit="batch", leave=True)
 
-    def _nonfinite(self, epoch, batch, value, pbar):
-        kept = ("the weights are those before the failing step" if not self.defer else
-                "the weights may already hold NaN/Inf (on the GPU the loss is read only at progress updates)")
-        msg = (f"training stopped: the loss became {value} at epoch {epoch}, batch {batch + 1}. "
+    def _nonfinite_grad(self):
+        """``"the gradient of <param> of <layer>"`` for the first gradient holding NaN/Inf, else None.
+        One float64 sum per gradient (NaN and Inf survive a sum; float32 values, finite however
+        large, cannot overflow it): no temporary arrays, ~1 pass over the gradients."""
+        for layer in self.net.layers:
+            if getattr(layer, "trainable", False):
+                for name, g in layer.grads.items():
+                    if not math.isfinite(float(g.sum(dtype=np.float64))):
+                        return f"the gradient of {name} in {layer._describe()}"
+        return None
+
+    def _nonfinite_param(self):
+        """The same check of the parameters after an update (``lr * gradient`` beyond the float range)."""
+        for layer in self.net.layers:
+            if getattr(layer, "trainable", False):
+                for name, p in layer.params.items():
+                    if not math.isfinite(float(p.sum(dtype=np.float64))):
+                        return f"parameter {name} of {layer._describe()}"
+        return None
+
+    def _nonfinite(self, epoch, batch, value, pbar, what=None, applied=False):
+        if applied:
+            kept = ("the update itself overflowed (learning rate times gradient beyond the float range), so "
+                    "the weights now hold NaN/Inf")
+        elif not self.defer:
+            kept = "the weights are those before the failing step (the last finite ones)"
+        else:
+            kept = "the weights may already hold NaN/Inf (on the GPU the loss is read only at progress updates)"
+        became = (f"{what} became NaN/Inf (the loss was {value})" if what is not None and not applied else
+                  f"{what} became NaN/Inf" if what is not None else f"the loss became {value}")
+        msg = (f"training stopped: {became} at epoch {epoch}, batch {batch + 1}. "
                f"The learning rate ({self.net.optimizer.lr}) is probably too high for this network; {kept}")
         self._warn(msg, pbar)
         for cb in self.callbacks:
@@ -1185,7 +1320,10 @@ class _Trainer:
 
     def _check_batch_loss(self, loss, pbar):
         """Per-batch losses (CPU): the start level is the mean of the first RISE_WINDOW batches,
-        compared with an exponential average over about as many."""
+        compared with an exponential average over about as many.  Also: a loss risen by orders of
+        magnitude above the lowest so far (``_check_diverging``), which the start level can hide
+        when the loss explodes within the first batches (issue 22: lr=10 drove it to 4.7e12 unwarned)."""
+        self._check_diverging(loss, pbar)
         if len(self.start_losses) < self.RISE_WINDOW:
             self.start_losses.append(loss)
             self.ema = sum(self.start_losses) / len(self.start_losses)
@@ -1195,7 +1333,22 @@ class _Trainer:
         self.ema += (loss - self.ema) / self.RISE_WINDOW
         self._check_rise(self.ema, pbar)
 
+    #: warn when a loss exceeds the lowest seen in this fit by this factor and by DIVERGE_MARGIN
+    DIVERGE_FACTOR, DIVERGE_MARGIN = 100.0, 10.0
+
+    def _check_diverging(self, loss, pbar):
+        low = self.lowest = loss if getattr(self, "lowest", None) is None else min(self.lowest, loss)
+        if getattr(self, "warned_diverge", False) or not (loss > low * self.DIVERGE_FACTOR
+                                                          and loss > low + self.DIVERGE_MARGIN):
+            return
+        self.warned_diverge = True
+        self._warn(f"the training loss is diverging: it rose by orders of magnitude, from {low:.4g} to {loss:.4g}; "
+                   f"the learning rate ({self.net.optimizer.lr}) is too high (or the inputs are far from unit scale)",
+                   pbar)
+
     def _check_rise(self, cur, pbar):
+        if self.defer:
+            self._check_diverging(cur, pbar)
         if self.first_loss is None:
             self.first_loss = cur
             return

@@ -5,13 +5,20 @@ names (``W_grad``, ``b_grad``; ``_W_pd`` is kept for the seed lab's code).
 """
 import numpy as np
 
-from . import initializers, kernels
+from . import initializers, kernels, validation
 from .backend import get_array_module
 from .interfaces import Neuron, ShapeError, format_shape, sample_shape
 from .conv_compute import bias_gradient, choose_algorithm
 from .patches import as_tuple, conv_output_shape, padding_to_json, resolve_padding
 
 __all__ = ["Linear", "Convolution", "Dense", "Conv1D", "Conv2D", "Conv3D"]
+
+
+def _size(value, what):
+    """A positive int from a saved configuration (``param_shapes``), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, received {value!r}")
+    return int(value)
 
 
 def _init_spec(initializer, W_init_range):
@@ -61,8 +68,8 @@ class Linear(_GradNames, Neuron):
     def __init__(self, input_shape, output_shape=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  W_init_range=None, seed=None, dtype=np.float32, name=None):
-        in_shape = sample_shape(input_shape)
-        out_shape = sample_shape(output_shape) if output_shape is not None else None
+        in_shape = sample_shape(input_shape, "Linear", "input_shape")
+        out_shape = sample_shape(output_shape, "Linear", "output_shape") if output_shape is not None else None
         if out_shape is None:
             raise ValueError("Linear needs an output size, e.g. Linear(800, 10) or Linear((N, 800), (N, 10))")
         if len(in_shape) != 1 or len(out_shape) != 1 or None in in_shape + out_shape:
@@ -72,7 +79,7 @@ class Linear(_GradNames, Neuron):
             )
         super().__init__((None,) + in_shape, name=name, dtype=dtype)
         self.in_features, self.out_features = in_shape[0], out_shape[0]
-        self.use_bias = bool(use_bias)
+        self.use_bias = validation.flag(self._describe(), "use_bias", use_bias)
         rng = initializers.default_rng(seed)
         d, m = self.in_features, self.out_features
         kernel = initializers.get(_init_spec(kernel_initializer, W_init_range))((d, m), rng)
@@ -82,6 +89,14 @@ class Linear(_GradNames, Neuron):
 
     def compute_output_shape(self, input_shape):
         return (self.out_features,)
+
+    @classmethod
+    def param_shapes(cls, config):
+        """``{"W": (D + 1, M)}`` for a ``get_config`` record, without building the layer (the model
+        file check, ``serialization.py``)."""
+        d = _size(list(config["input_shape"])[-1], "input_shape[-1]")
+        m = _size(list(config["output_shape"])[-1], "output_shape[-1]")
+        return {"W": (d + 1, m)}
 
     def param_views(self, name, array):
         """The weight tensors an array shaped like parameter ``name`` holds, as Keras sees them
@@ -172,10 +187,15 @@ class Convolution(_GradNames, Neuron):
             output_layers = out_channels
         elif out_channels is not None and out_channels != output_layers:
             raise ValueError(f"Convolution: output_layers={output_layers} and out_channels={out_channels} disagree")
-        if output_layers is None or int(output_layers) < 1:
+        if output_layers is None:
             raise ValueError(f"Convolution needs output_layers (number of filters) >= 1, received {output_layers!r}")
+        validation.count("Convolution", "output_layers (number of filters)", output_layers)
+        validation.count("Convolution", "in_channels", in_channels, allow_none=True)
+        validation.count("Convolution", "ndim", ndim, allow_none=True)
+        if ndim is not None and ndim > 3:
+            raise ValueError(f"Convolution: ndim must be 1, 2 or 3 (spatial axes), received {ndim!r}")
         if input_shape is not None:
-            shp = sample_shape(input_shape)
+            shp = sample_shape(input_shape, "Convolution", "input_shape")
             if len(shp) < 2 or len(shp) > 4:
                 raise ShapeError(
                     f"Convolution input shape must be (N, C, L), (N, C, H, W) or (N, C, D, H, W), "
@@ -204,10 +224,10 @@ class Convolution(_GradNames, Neuron):
             self.stride = as_tuple(stride, nd, "stride")
             self.dilation = as_tuple(dilation, nd, "dilation")
             resolve_padding(padding, (1,) * nd, self.kernel_size, self.stride, self.dilation)  # validate spec
-        except ValueError as exc:
-            raise ValueError(f"{self._describe()}: {exc}") from None
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{self._describe()}: {exc}") from None
         self.padding = padding
-        self.use_bias = bool(use_bias)
+        self.use_bias = validation.flag(self._describe(), "use_bias", use_bias)
         if None not in shp:
             self.compute_output_shape(shp)  # raises early if the kernel does not fit
         rng = initializers.default_rng(seed)
@@ -223,6 +243,18 @@ class Convolution(_GradNames, Neuron):
                 "output_layers": self.out_channels, "use_bias": self.use_bias, "stride": list(self.stride),
                 "padding": padding_to_json(self.padding), "dilation": list(self.dilation),
                 "dtype": self.dtype.name, "name": self.name}
+
+    @classmethod
+    def param_shapes(cls, config):
+        """``{"W": (F, C, *k), "b": (F,)}`` for a ``get_config`` record, without building the layer
+        (the model file check, ``serialization.py``)."""
+        c = _size(list(config["input_shape"])[1], "input_shape[1] (channels)")
+        f = _size(config["output_layers"], "output_layers")
+        k = tuple(_size(v, "kernel_size") for v in config["kernel_size"])
+        shapes = {"W": (f, c) + k}
+        if config.get("use_bias", True):
+            shapes["b"] = (f,)
+        return shapes
 
     # -- shapes -------------------------------------------------------------------
     def _pads(self, spatial):

@@ -6,6 +6,11 @@ each class lives in the module of its kind.
 """
 from .activations import Flatten, ReLU, Reshape, Sigmoid, Softmax, Tanh, Vectorization
 from .losses import Loss, MSELoss, SoftMaxLoss
+from .dropout import Dropout
+from .global_pooling import (GlobalAveragePooling, GlobalAveragePooling1D, GlobalAveragePooling2D,
+                             GlobalAveragePooling3D)
+from .more_losses import MAE, BinaryCrossEntropy, Huber
+from .rectifiers import ELU, GELU, LeakyReLU, Softplus
 from .pooling import (AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D,
                       MaxPool3D)
 
@@ -13,4 +18,6 @@ __all__ = [
     "ReLU", "Sigmoid", "Tanh", "Softmax", "Vectorization", "Flatten", "Reshape",
     "Loss", "SoftMaxLoss", "MSELoss",
     "MaxPool", "AvgPool", "MaxPool1D", "MaxPool2D", "MaxPool3D", "AvgPool1D", "AvgPool2D", "AvgPool3D",
+    "Dropout", "LeakyReLU", "ELU", "GELU", "Softplus", "GlobalAveragePooling", "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D", "GlobalAveragePooling3D", "BinaryCrossEntropy", "Huber", "MAE",
 ]

@@ -134,6 +134,17 @@ class BatchNorm(Neuron):
         """``(C,)`` -> broadcastable against ``x``: ``(1, C, 1, ...)``."""
         return v.reshape((1, -1) + (1,) * (x.ndim - 2))
 
+    def check_training_batch(self, n, where="fit"):
+        """Raise ``DataError`` (before any step) when a training batch of ``n`` samples would give
+        fewer than 2 values per channel (``fit`` checks its smallest batch, the last of each epoch)."""
+        spatial = self.input_shape[1:]
+        if not self.uses_batch_statistics() or None in spatial or n * math.prod(spatial) >= 2:
+            return
+        from .network import DataError  # noqa: PLC0415 - network imports this module's users
+        raise DataError(f"{where}: the last batch of every epoch would hold {n} sample, and {self._describe()} "
+                        "needs at least 2 values per channel in training mode; choose a batch_size that "
+                        "leaves no single sample over, or drop one sample")
+
     def uses_batch_statistics(self):
         """Training mode and not frozen (Keras: ``training and trainable``)."""
         return bool(self.training) and bool(self.trainable)

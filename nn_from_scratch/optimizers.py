@@ -41,7 +41,7 @@ All updates happen in place on the parameter arrays, on their own backend.
 """
 import math
 
-from . import kernels
+from . import kernels, validation
 from .backend import get_array_module
 from .interfaces import Optimizer
 
@@ -50,6 +50,7 @@ __all__ = ["GradientDescent", "SGD", "Adam", "AdamW", "AdaGrad", "Adagrad", "RMS
 
 
 def _check_range(owner, name, value, lo, hi, lo_open=False, hi_open=False):
+    validation.real(owner, name, value)
     ok_lo = value > lo if lo_open else value >= lo
     ok_hi = value < hi if hi_open else value <= hi
     if not (ok_lo and ok_hi):
@@ -77,7 +78,7 @@ class GradientDescent(_Decay):
         super().__init__(lr, weight_decay, clipnorm, clipvalue, global_clipnorm)
         _check_range("GradientDescent", "momentum", momentum, 0, 1, hi_open=True)
         self.momentum = float(momentum)
-        self.nesterov = bool(nesterov)
+        self.nesterov = validation.flag("GradientDescent", "nesterov", nesterov)
 
     def _update(self, param, grad, key):
         self._decay(param)
@@ -102,7 +103,7 @@ class Adam(_Decay):
         _check_range("Adam", "beta_2", beta_2, 0, 1, hi_open=True)
         _check_range("Adam", "epsilon", epsilon, 0, math.inf, lo_open=True)
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
-        self.amsgrad = bool(amsgrad)
+        self.amsgrad = validation.flag("Adam", "amsgrad", amsgrad)
 
     def _update(self, param, grad, key):
         self._decay(param)
@@ -173,7 +174,7 @@ class RMSProp(_Decay):
         _check_range("RMSProp", "momentum", momentum, 0, 1, hi_open=True)
         _check_range("RMSProp", "epsilon", epsilon, 0, math.inf, lo_open=True)
         self.rho, self.momentum, self.epsilon = float(rho), float(momentum), float(epsilon)
-        self.centered = bool(centered)
+        self.centered = validation.flag("RMSProp", "centered", centered)
 
     def _update(self, param, grad, key):
         self._decay(param)

@@ -38,6 +38,12 @@ layer and the loss say they treat samples independently (the class itself sets
 into at most ``workers`` shards of at least ``MIN_SHARD_PROCESSES`` (processes) or
 ``MIN_SHARD`` (threads) samples.
 
+Where: only where no other thread can be inside BLAS (``split_allowed``: the main thread, every
+other thread a daemon, no other thread in a network method); elsewhere a step runs whole.  A
+process forked from this one disowns the workers it inherits (``os.register_at_fork``); every
+wait on a worker ends by a deadline (``WAIT_MIN_S``), after which the workers are killed and the
+step runs in this process; workers that ended by themselves are reaped at the next split.
+
 The split changes only the order of floating-point additions: for a given batch
 size and shard count the result is deterministic, and it agrees with the one-worker
 step to rounding (tests/test_parallel.py, both kinds: loss, outputs and gradients to
@@ -49,9 +55,11 @@ import json
 import math
 import mmap
 import os
+import select
 import signal
 import struct
 import sys
+import threading
 import time
 import warnings
 import weakref
@@ -63,7 +71,7 @@ from . import fusion
 from .backend import get_array_module
 
 __all__ = ["ShardedStep", "ForkedStep", "shard_count", "usable_cores", "is_per_sample", "split_with",
-           "make_step", "config_key", "network_key"]
+           "make_step", "config_key", "network_key", "split_allowed", "activity", "WorkerTimeout"]
 
 #: how shards run: "processes" (forked workers, Linux) or "threads"; see ``split_with``
 SPLIT_WITH = "processes" if sys.platform.startswith("linux") and hasattr(os, "fork") else "threads"
@@ -81,6 +89,77 @@ WORKER_IDLE_S = 60.0
 #: seconds before it blocks: a blocked process took 0.1-0.2 ms to wake on the 2-vCPU VM of
 #: benchmarks/RESULTS.md, and the other side's message is usually less than that away
 SPIN_S = 0.002
+#: the longest this process waits for a worker's reply: ``max(WAIT_MIN_S, WAIT_FACTOR * t)``
+#: with ``t`` the time this process took for its own shard of the same step (a worker's shard
+#: is as large).  Past it the worker is taken as hung (stopped by a signal or a debugger,
+#: swapped out): every worker of the split is killed and reaped, and the step runs again in
+#: this process with a warning; the next split step forks new workers.
+WAIT_MIN_S = 10.0
+WAIT_FACTOR = 50.0
+#: ``close``: how long a worker told to quit may take before it is killed
+QUIT_GRACE_S = 1.0
+
+
+class WorkerTimeout(RuntimeError):
+    """A worker process did not answer in time (see ``WAIT_MIN_S``)."""
+
+
+# ------------------------------------------------------------------ when a batch may be split
+# Forking a process while another thread is inside a multi-threaded OpenBLAS call can hang
+# for ever: OpenBLAS's pre-fork handler joins its thread pool, which is busy with that call
+# (issue 22: ``fit`` in a thread while the main thread ran ``np.linalg.svd`` hung 8 runs in 21).
+# Changing BLAS's process-wide thread count under another thread's call is no better.  So the
+# split step (forking, keeping workers, holding BLAS to one thread) runs only where nothing
+# else can be in BLAS: in the main thread, while every other Python thread is a daemon (the
+# helper threads of Jupyter, tqdm, ...) or one of the split's own, and no other thread is
+# inside a network's method (``activity``).  Anywhere else a step runs whole in the calling
+# thread: the same numbers as ``workers=1``, just not split.  A daemon thread that runs
+# NumPy linear algebra of its own outside this package at the moment of a fork is the one
+# case this cannot see.
+_ACTIVE = {}                       # thread ident -> depth of network methods it is inside
+_ACTIVE_LOCK = threading.Lock()    # held while checking and forking: a thread entering waits
+
+
+class activity:
+    """Context manager around a network's public methods: records that this thread is inside
+    one (``split_allowed`` refuses to split while another thread is); waits while a fork runs."""
+
+    __slots__ = ("ident",)
+
+    def __enter__(self):
+        self.ident = threading.get_ident()
+        with _ACTIVE_LOCK:
+            _ACTIVE[self.ident] = _ACTIVE.get(self.ident, 0) + 1
+        return self
+
+    def __exit__(self, *exc):
+        with _ACTIVE_LOCK:
+            depth = _ACTIVE.get(self.ident, 1) - 1
+            if depth:
+                _ACTIVE[self.ident] = depth
+            else:
+                _ACTIVE.pop(self.ident, None)
+        return False
+
+
+def _others_quiet():
+    """No other thread inside a network method, and every other live thread a daemon or a
+    split's own (``_ACTIVE_LOCK`` held by the caller, or a snapshot is good enough)."""
+    me = threading.get_ident()
+    if any(ident != me for ident in _ACTIVE):
+        return False
+    for t in threading.enumerate():
+        if t.ident == me or t.daemon or t.name.startswith("nn_shard"):
+            continue
+        return False
+    return True
+
+
+def split_allowed():
+    """May a step split its batch here and now (see the comment above ``activity``)?  True in
+    the main thread while no other non-daemon thread is alive and no other thread is inside a
+    network's method."""
+    return threading.current_thread() is threading.main_thread() and _others_quiet()
 
 
 def split_with():
@@ -113,7 +192,7 @@ def shard_count(net, n):
     """How many shards (threads or processes) a training step of ``n`` samples is split into (1: not split)."""
     workers = usable_cores() if net.workers == "auto" else int(net.workers)
     shards = min(workers, n // _min_shard())
-    if shards <= 1 or get_array_module(net._param_like()) is not np:
+    if shards <= 1 or get_array_module(net._param_like()) is not np or not split_allowed():
         return 1
     if not all(is_per_sample(node) for node in list(net.layers) + [net.loss_fn]):
         return 1
@@ -279,8 +358,15 @@ class ShardedStep:
 
 def make_step(net, shards, xb=None, yb=None):
     """A split step of the kind ``split_with()`` names (``xb``, ``yb``: a batch like those it will
-    run, which sizes the forked workers' shared inboxes)."""
-    return ForkedStep(net, shards, xb, yb) if split_with() == "processes" else ShardedStep(net, shards)
+    run, which sizes the forked workers' shared inboxes).  ``None`` when, checked again while no
+    other thread can enter a network's method, splitting is no longer allowed (``split_allowed``)."""
+    _reap()
+    if split_with() != "processes":
+        return ShardedStep(net, shards) if split_allowed() else None
+    with _ACTIVE_LOCK:                  # threads entering a network's method wait for the forks
+        if not split_allowed():
+            return None
+        return ForkedStep(net, shards, xb, yb)
 
 
 def _shard_bounds(n, shards):
@@ -447,19 +533,128 @@ def _worker(conn, net, slots, params, grads, inbox):
 _LIVE = weakref.WeakSet()
 
 
-def _shutdown(conns, pids):
-    """Tell the workers to stop and wait for them (also run when the step is garbage-collected)."""
-    for conn in conns:
+def _ended(pid):
+    """Reap worker ``pid`` if it has exited; True when it is gone (or not this process's child)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done == pid
+
+
+def _kill(pids):
+    """Kill workers ``pids`` (a stopped one too) and reap them."""
+    for pid in pids:
         try:
-            conn.send_bytes(_pack({"op": "quit"}))
-            conn.close()
-        except OSError:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
     for pid in pids:
         try:
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
+
+
+def _shutdown(conns, pids, owner):
+    """Tell the workers to stop and reap them, killing any that has not ended within
+    ``QUIT_GRACE_S`` (also run when the step is garbage-collected, and at exit).  Only in the
+    process that forked them: a process forked from it (a user's ``multiprocessing``) must not
+    stop its parent's workers."""
+    if os.getpid() != owner:
+        return
+    for conn in conns:
+        try:
+            conn.send_bytes(_pack({"op": "quit"}))
+        except (OSError, ValueError):
+            pass
+        try:
+            conn.close()
+        except OSError:
+            pass
+    end = time.monotonic() + QUIT_GRACE_S
+    left = [pid for pid in pids if not _ended(pid)]
+    while left and time.monotonic() < end:
+        time.sleep(0.002)
+        left = [pid for pid in left if not _ended(pid)]
+    _kill(left)
+
+
+def _reap():
+    """Reap the workers of live splits that ended by themselves (``WORKER_IDLE_S``): no zombies
+    are left for longer than until the next split step is made."""
+    me = os.getpid()
+    for step in list(_LIVE):
+        if step.owner == me and step._finalizer.alive:      # a reaped pid leaves: it may be reused
+            step.pids[:] = [pid for pid in step.pids if not _ended(pid)]
+
+
+def _after_fork_in_child():
+    """In any process forked from this one: the splits inherited belong to the parent.  Their
+    pipe ends are closed here (the parent's workers keep talking to the parent only) and they
+    are never used, closed or reaped here; the child forks workers of its own when it trains.
+    The lock guarding forks is made anew (a fork may have happened while it was held), and only
+    this thread's record of network methods it is inside survives (the others did not come)."""
+    global _ACTIVE_LOCK
+    _ACTIVE_LOCK = threading.Lock()
+    me = threading.get_ident()
+    for ident in [i for i in _ACTIVE if i != me]:
+        del _ACTIVE[ident]
+    for step in list(_LIVE):
+        step._disown()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _send(conn, data, deadline):
+    """``conn.send_bytes(data)`` (the same framing), giving up at ``deadline`` (``WorkerTimeout``):
+    a stopped worker does not drain a message larger than the socket's buffer."""
+    if len(data) <= 32768:                 # the worker has read every earlier message: fits at once
+        conn.send_bytes(data)
+        return
+    fd = conn.fileno()
+    view = memoryview(struct.pack("!i", len(data)) + data if len(data) <= 0x7FFFFFFF
+                      else struct.pack("!i", -1) + struct.pack("!Q", len(data)) + data)
+    os.set_blocking(fd, False)
+    try:
+        while view:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([], [fd], [], left)[1]:
+                raise WorkerTimeout("a worker process did not take its shard in time")
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                continue
+    finally:
+        os.set_blocking(fd, True)
+
+
+def _read_exact(fd, n, deadline):
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise WorkerTimeout("a worker process stopped answering in the middle of its reply")
+        k = os.readv(fd, [view[got:]])
+        if k == 0:
+            raise EOFError("the worker process ended in the middle of its reply")
+        got += k
+    return buf
+
+
+def _recv(conn, deadline):
+    """``conn.recv_bytes()`` that gives up at ``deadline`` (``WorkerTimeout``)."""
+    left = deadline - time.monotonic()
+    if not _wait(conn, max(left, 0.0)):
+        raise WorkerTimeout("a worker process did not answer in time")
+    fd = conn.fileno()
+    (n,) = struct.unpack("!i", _read_exact(fd, 4, deadline))
+    if n == -1:
+        (n,) = struct.unpack("!Q", _read_exact(fd, 8, deadline))
+    return _read_exact(fd, n, deadline)
 
 
 class ForkedStep:
@@ -516,8 +711,9 @@ class ForkedStep:
         self.inboxes = [memoryview(self.mem)[start + w * self.inbox_bytes:start + (w + 1) * self.inbox_bytes]
                         for w in range(self.shards - 1)]
         self.conns, self.pids = [], []
+        self.owner = os.getpid()                        # the process whose workers these are
         # registered first, on the lists filled below: a fork failing half-way still stops the others
-        self._finalizer = weakref.finalize(self, _shutdown, self.conns, self.pids)
+        self._finalizer = weakref.finalize(self, _shutdown, self.conns, self.pids, self.owner)
         _LIVE.add(self)
         for w in range(1, self.shards):
             parent_end, child_end = multiprocessing.Pipe()
@@ -543,9 +739,20 @@ class ForkedStep:
         self.blas = ThreadpoolController().select(user_api="blas")
         self._messages = {}                             # (worker, shapes, ...) -> (inbox views, message)
 
+    def _disown(self):
+        """In a process forked from the owner (``_after_fork_in_child``): let go of the parent's
+        workers without a word to them (their pipes' ends here closed, nothing sent or reaped)."""
+        self._finalizer.detach()
+        for conn in self.conns:
+            try:
+                conn.close()
+            except OSError:
+                pass
+        self.owner = None
+
     def matches(self, net, shards):
         """May the next step of ``net`` run on these workers? (See the class docstring.)"""
-        if shards != self.shards or time.monotonic() - self.last_used > REUSE_S:
+        if self.owner != os.getpid() or shards != self.shards or time.monotonic() - self.last_used > REUSE_S:
             return False
         if any(conn.poll() for conn in self.conns):     # readable between steps: the worker ended
             return False
@@ -553,6 +760,8 @@ class ForkedStep:
 
     def rest(self):
         """Between ``fit`` calls: the workers drop their layers' caches (their memory)."""
+        if self.owner != os.getpid():
+            return
         for conn in self.conns:
             try:
                 conn.send_bytes(_pack({"op": "rest"}))
@@ -586,32 +795,66 @@ class ForkedStep:
 
     def _side_by_side(self, net, message, local):
         """Start every worker ``w`` on ``message(w)``, run ``local()`` (this process's shard, BLAS at
-        one thread) meanwhile; ``(local's result, [each worker's reply arrays])``."""
-        self.last_used = time.monotonic()
+        one thread) meanwhile; ``(local's result, [each worker's reply arrays])``.
+
+        Every wait on a worker ends by a deadline (``WAIT_MIN_S``, ``WAIT_FACTOR``): past it the
+        workers are killed and reaped and ``WorkerTimeout`` raised (the caller runs the step in
+        this process and the next split step forks new workers)."""
+        if self.owner != os.getpid():
+            raise RuntimeError("these workers belong to the process this one was forked from")
+        self.last_used = start = time.monotonic()
         for (k, name, _, _), view in zip(self.slots, self.params):
             view[...] = net.layers[k].params[name]
-        for w, conn in enumerate(self.conns, start=1):
-            conn.send_bytes(message(w))
+        try:
+            for w, conn in enumerate(self.conns, start=1):
+                _send(conn, message(w), start + WAIT_MIN_S)
+        except BaseException:
+            self._abort()
+            raise
         blas = [(lib, lib.get_num_threads()) for lib in self.blas.lib_controllers]
+        error = None
         try:
             for lib, _ in blas:                         # one BLAS thread while the workers run
                 lib.set_num_threads(1)
             mine = local()
-        finally:                                        # every worker answered, whatever happened
+        except BaseException as exc:                    # the workers' replies are read all the same
+            error = exc
+        finally:
             for lib, threads in blas:
                 if threads is not None:
                     lib.set_num_threads(threads)
-            replies = []
-            for conn in self.conns:
+        limit = max(WAIT_MIN_S, WAIT_FACTOR * (time.monotonic() - start))
+        deadline = time.monotonic() + limit
+        replies = []
+        try:
+            for conn in self.conns:                     # every worker answered, whatever happened
                 try:
-                    _wait(conn, None)
-                    replies.append(_unpack(conn.recv_bytes()))
+                    replies.append(_unpack(_recv(conn, deadline)))
                 except (EOFError, OSError) as exc:
                     replies.append(({"op": "error", "message": f"the worker process ended ({exc!r})"}, []))
+        except BaseException as exc:                    # WorkerTimeout, KeyboardInterrupt
+            self._abort()
+            if isinstance(exc, WorkerTimeout):
+                raise WorkerTimeout(f"{exc} (waited {time.monotonic() - start:.1f} s, limit {limit:.1f} s "
+                                    "after this process's own shard); the split's workers were killed") from None
+            raise
+        if error is not None:
+            raise error
         for header, _ in replies:
             if header["op"] != "ok":
                 raise RuntimeError(header["message"])
         return mine, [arrays for _, arrays in replies]
+
+    def _abort(self):
+        """Kill and reap every worker now (a hung one does not answer "quit"); the split is unusable."""
+        _kill(self.pids)
+        self._finalizer.detach()                        # reaped already
+        for conn in self.conns:
+            try:
+                conn.close()
+            except OSError:
+                pass
+        self.shards = -1                                # matches() is False from now on
 
     def run(self, net, xb, yb):
         """``(loss, output)`` of the batch; the layers' ``grads`` hold the batch's gradients."""

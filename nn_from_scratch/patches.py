@@ -72,13 +72,22 @@ __all__ = [
 
 
 def as_tuple(value, n, name, minimum=1):
-    """``value`` (int or length-n sequence) as an n-tuple of ints >= minimum."""
-    if isinstance(value, (int, np.integer)):
+    """``value`` (int or length-n sequence) as an n-tuple of ints >= minimum (nothing rounded:
+    ``2.5`` or ``True`` is refused, ``TypeError``)."""
+    def integer(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+    if integer(value):
         out = (int(value),) * n
     else:
-        out = tuple(int(v) for v in value)
-        if len(out) != n:
-            raise ValueError(f"{name} must be an int or a tuple of {n} ints, received {value!r}")
+        try:
+            items = tuple(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an int or a tuple of {n} ints, received {type(value).__name__} "
+                            f"{value!r}") from None
+        if len(items) != n or not all(integer(v) for v in items):
+            raise (ValueError if all(integer(v) for v in items) else TypeError)(
+                f"{name} must be an int or a tuple of {n} ints, received {value!r}")
+        out = tuple(int(v) for v in items)
     if any(v < minimum for v in out):
         raise ValueError(f"{name} must be >= {minimum} along every axis, received {value!r}")
     return out

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from . import kernels
+from . import kernels, validation
 from .backend import get_array_module
 from .interfaces import Node, ShapeError, format_shape
 from .patches import as_tuple, conv_output_shape, pad_input, padding_to_json, patch_view, resolve_padding
@@ -39,8 +39,10 @@ class _Pool(Node):
                                  f"received {shape!r}")
             nd = len(self.input_shape) - 1
         elif ndim is not None:
-            nd = int(ndim)
-        elif not isinstance(pool_size, (int, np.integer)):
+            nd = validation.count(self._describe(), "ndim", ndim)
+            if nd > 3:
+                raise ValueError(f"{self._describe()}: ndim must be 1, 2 or 3 (spatial axes), received {ndim!r}")
+        elif not isinstance(pool_size, (int, np.integer)) and hasattr(pool_size, "__len__"):
             nd = len(pool_size)
         else:
             nd = 2
@@ -52,8 +54,8 @@ class _Pool(Node):
             self.stride = as_tuple(stride if stride is not None else self.pool_size, nd, "stride")
             self.dilation = (1,) * nd
             resolve_padding(padding, (1,) * nd, self.pool_size, self.stride, self.dilation)
-        except ValueError as exc:
-            raise ValueError(f"{self._describe()}: {exc}") from None
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{self._describe()}: {exc}") from None
         self.padding = padding
         pads = resolve_padding(padding, (1,) * nd, self.pool_size, self.stride, self.dilation)
         if any(lo >= k or hi >= k for (lo, hi), k in zip(pads, self.pool_size)):

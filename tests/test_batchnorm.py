@@ -236,6 +236,16 @@ def test_one_sample_in_training_mode_is_named():
     assert conv_bn.forward(np.ones((1, 2, 3, 3), np.float32)).shape == (1, 2, 3, 3)
 
 
+def test_fit_refuses_a_last_batch_of_one_sample_before_training(rng):
+    net = bn_net()
+    w0 = net.get_weights()
+    with pytest.raises(nf.DataError, match=r"fit \(21 samples, batch_size=10\): the last batch of every epoch "
+                                           r"would hold 1 sample, and BatchNorm layer .* needs at least 2 values"):
+        net.fit(rng.standard_normal((21, 6)), rng.integers(0, 3, 21), epochs=1, batch_size=10, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(w0, net.get_weights()))     # nothing trained
+    net.fit(rng.standard_normal((22, 6)), rng.integers(0, 3, 22), epochs=1, batch_size=10, verbose=0)
+
+
 @pytest.mark.parametrize("kw,msg", [
     (dict(shape=(None, None)), "shape must be"), (dict(shape="x"), "shape must be"),
     (dict(shape=4, momentum=1.0), r"momentum must be a number with 0 <= momentum < 1, received 1.0"),

@@ -57,7 +57,8 @@ def test_import_without_tensorflow_gives_install_message(missing):
     env = dict(os.environ, PYTHONPATH=REPO)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert "MESSAGE:" in out.stdout, out.stdout + out.stderr
-    assert "pip install nn_from_scratch[keras]" in out.stdout
+    assert 'pip install -e ".[keras]"' in out.stdout and "python3 dev.py test" in out.stdout
+    assert "pip install nn_from_scratch[" not in out.stdout          # that name is someone else's project
     assert "pip install tensorflow-cpu" in out.stdout
     assert "CORE OK 9" in out.stdout
 

@@ -260,7 +260,8 @@ def test_bundled_digits_other_fraction_and_bad_arguments():
     np.testing.assert_array_equal(np.bincount(y, minlength=10), [50] * 10)
     with pytest.raises(ValueError, match="test_fraction must be in \\(0, 1\\), received 1.5"):
         datasets.load_mnist("test", test_fraction=1.5)
-    with pytest.raises(ValueError, match="split must be 'train', 'test' or 'all', received 'val'"):
+    with pytest.raises(ValueError, match="split must be one of 'train', 'heldout', 'all', 'official_test', "
+                                         "'official_train' .*received 'val'"):
         datasets.load_mnist("val")
 
 
@@ -348,6 +349,111 @@ def test_fashion_mnist_loads():
 
 def test_fashion_mnist_missing_says_how_to_install(tmp_path):
     with pytest.raises(DatasetError) as e:
-        datasets.load_fashion_mnist(tmp_path / "fm", split="test")
+        datasets.load_fashion_mnist("test", directory=tmp_path / "fm")
     assert str(tmp_path / "fm") in str(e.value)
     assert "apt-get install dataset-fashion-mnist" in str(e.value)
+
+
+# ------------------------------------------------ one API: splits by name, directories as arguments
+def test_official_test_set_by_name_from_the_main_jobs_places(tmp_path):
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", small_mnist(5)[0])
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", small_mnist(5)[1])
+    X, y = datasets.load_mnist("official_test", directory=tmp_path)
+    assert X.shape == (5, 1, 28, 28) and list(y) == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(X[:, 0], small_mnist(5)[0] / np.float32(255))
+    with pytest.raises(DatasetError, match="official train set: directory= points to .* neither "
+                                           "train-images-idx3-ubyte"):
+        datasets.load_mnist("official_train", directory=tmp_path)
+    with pytest.raises(ValueError, match="directory= is for the official files"):
+        datasets.load_mnist("train", directory=tmp_path)
+
+
+def test_official_sets_not_found_say_where_they_looked(tmp_path, monkeypatch):
+    import nn_from_scratch.train as train
+    monkeypatch.setattr(train, "PROJECT_ROOT", str(tmp_path / "project"))
+    monkeypatch.delenv("NN_FROM_SCRATCH_MNIST_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(DatasetError) as e:
+        datasets.load_mnist("official_train")
+    msg = str(e.value)
+    assert "train-images-idx3-ubyte[.gz]" in msg and str(tmp_path / "shared" / "data" / "mnist") in msg
+    assert str(tmp_path / "home" / ".keras" / "datasets" / "mnist.npz") in msg and "directory=DIR" in msg
+
+
+def test_heldout_is_the_old_test_split():
+    a, ya = datasets.load_mnist("heldout", normalize=False)
+    b, yb = datasets.load_mnist("test", normalize=False)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ya, yb)
+    assert a.shape == (1000, 1, 28, 28)
+
+
+def _fashion_dir(tmp_path, n_train=20, n_test=10):
+    d = tmp_path / "fashion"
+    d.mkdir()
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images, labels = small_mnist(n, seed=n)
+        write_idx(d / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(d / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return d
+
+
+def test_fashion_mnist_split_and_directory_arguments(tmp_path, monkeypatch):
+    d = _fashion_dir(tmp_path)
+    X, y = datasets.load_fashion_mnist(split="train", directory=d)
+    assert X.shape == (20, 1, 28, 28)
+    assert datasets.load_fashion_mnist("test", d)[0].shape == (10, 1, 28, 28)
+    assert datasets.load_fashion_mnist(d, "test")[0].shape == (10, 1, 28, 28)        # the old order
+    assert datasets.load_fashion_mnist(str(d))[0].shape == (20, 1, 28, 28)           # old: directory only
+    monkeypatch.setenv("NN_FROM_SCRATCH_FASHION_MNIST_DIR", str(d))
+    assert datasets.load_fashion_mnist("test")[0].shape == (10, 1, 28, 28)
+    with pytest.raises(ValueError, match="split must be 'train' or 'test', received 'valid'"):
+        datasets.load_fashion_mnist("valid")
+
+
+def test_fashion_mnist_folder_without_the_file_says_which(tmp_path):
+    d = _fashion_dir(tmp_path)
+    os.remove(d / "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(DatasetError) as e:
+        datasets.load_fashion_mnist("test", directory=d)
+    msg = str(e.value)
+    assert "no t10k-labels-idx1-ubyte[.gz]" in msg and str(d) in msg
+    assert "exists but lacks the file" in msg and "apt-get install" not in msg
+
+
+# --------------------------------- validation: data that is not MNIST is refused, never converted
+@pytest.mark.parametrize("images,labels,match", [
+    (np.zeros((3, 5, 5), np.uint8), np.arange(3), r"expected images of shape \(N, 28, 28\).*found \(3, 5, 5\)"),
+    (np.full((2, 28, 28), 300, np.int16), np.arange(2), r"int16 values in \[300, 300\].*wrap them modulo 256"),
+    (np.full((2, 28, 28), -1, np.int8), np.arange(2), r"int8 values in \[-1, -1\]"),
+    (np.full((2, 28, 28), 0.5, np.float32), np.arange(2), r"not multiples of 1/255"),
+    (np.full((2, 28, 28), 127.5, np.float64), np.arange(2), r"float pixels in \[127.5, 127.5\]"),
+    (np.full((2, 28, 28), 1000.0, np.float32), np.arange(2), r"float pixels in \[1000, 1000\]"),
+    (np.zeros((2, 28, 28), np.uint8), np.array([0, 10]), r"labels outside 0..9 \(found 0 to 10\)"),
+    (np.zeros((2, 28, 28), np.uint8), np.array([0.5, 1.0]), r"labels are not whole numbers"),
+    (np.zeros((2, 28, 28), np.uint8), np.zeros((2, 3)), r"one label per image"),
+])
+def test_files_that_are_not_mnist_are_refused(tmp_path, images, labels, match):
+    np.savez(tmp_path / "mnist.npz", x_train=images, y_train=labels, x_test=images, y_test=labels)
+    with pytest.raises(DatasetError, match=match):
+        datasets.load_mnist_npz(tmp_path / "mnist.npz", "test")
+
+
+def test_idx_with_5x5_images_or_float_pixels_is_refused(tmp_path):
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 5, 5), np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(3, dtype=np.uint8))
+    with pytest.raises(DatasetError, match=r"\(N, 28, 28\).*found \(3, 5, 5\)"):
+        datasets.load_mnist_idx(tmp_path, "test")
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.full((3, 28, 28), 2.5, np.float32))
+    with pytest.raises(DatasetError, match=r"float pixels in \[2.5, 2.5\].*refusing to round or wrap"):
+        datasets.load_mnist_idx(tmp_path, "test")
+
+
+def test_float_pixels_that_are_exact_intensities_are_kept(tmp_path):
+    """Whole numbers 0..255 as floats, or k/255 in [0, 1]: converted exactly, as uint8 would be."""
+    ints = np.random.default_rng(3).integers(0, 256, (4, 28, 28))
+    for stored in (ints.astype(np.float64), (ints / 255.0).astype(np.float32), ints.astype(np.int32)):
+        np.savez(tmp_path / "m.npz", x_train=stored, y_train=np.arange(4), x_test=stored, y_test=np.arange(4))
+        X, _ = datasets.load_mnist_npz(tmp_path / "m.npz", "train", normalize=False)
+        assert X.dtype == np.uint8
+        np.testing.assert_array_equal(X[:, 0], ints)

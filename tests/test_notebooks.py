@@ -95,8 +95,10 @@ def _plots(nb):
     return any(PLOTS.search(execute.source_of(c)) for c in _code_cells(nb))
 
 
-def test_there_is_a_classroom_notebook():
-    assert "lab8_revisited.ipynb" in IDS
+def test_the_classroom_notebooks_are_there():
+    expected = {"lab8_revisited.ipynb", "write_your_own_layer.ipynb", "lab_gradients.ipynb", "lab_convolution.ipynb",
+                "lab_optimizers.ipynb", "lab_regularisation.ipynb"}
+    assert expected <= set(IDS), sorted(expected - set(IDS))
 
 
 def test_kernel_is_this_interpreter(tmp_path):

@@ -27,8 +27,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-INSTALL_HINT = ("install it with `pip install nn_from_scratch[keras]` "
-                "(or directly: `pip install tensorflow-cpu`)")
+INSTALL_HINT = ("from a checkout, install it with `pip install -e \".[keras]\"` (or `python3 dev.py test`, which "
+                "installs it; or directly: `pip install tensorflow-cpu`). The distribution is called "
+                "nn-from-scratch-edu: `pip install nn_from_scratch` would fetch an unrelated project")
 
 try:
     import tensorflow as _tf  # noqa: F401

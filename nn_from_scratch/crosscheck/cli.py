@@ -1,9 +1,14 @@
-"""``python -m nn_from_scratch crosscheck``: the seed lab's CNN against Keras, on MNIST digits.
+"""``python -m nn_from_scratch crosscheck``: the seed lab's CNN (or a saved model) against Keras.
 
 Builds the lab's network (Conv 3x3x4 no bias, ReLU, Conv 7x7x2 no bias, ReLU,
-Vectorization, Linear 800 -> 10), runs ``compare`` on one batch with labels and
+Vectorization, Linear 800 -> 10), or loads ``--model FILE.npz`` (a model saved
+with ``NeuralNetwork.save``; ``--import MODULE`` first imports the modules that
+define its own layers), runs ``compare`` on one batch with labels and
 ``compare_training`` for ``--steps`` steps, prints both tables and exits with
-0 when everything is within tolerance, 1 otherwise.
+0 when everything is within tolerance, 1 otherwise (2: the model cannot be read).
+Data: the bundled MNIST digits when the model takes ``(1, 28, 28)`` images or
+``(784,)`` vectors and gives 10 classes; otherwise seeded random inputs in
+``[0, 1)`` with random labels (or normal targets for ``MSELoss``).
 """
 import argparse
 
@@ -51,10 +56,44 @@ def _parser():
     p.add_argument("--seed", type=int, default=0, help="seed for the weights and the batch order")
     p.add_argument("--lockstep", action="store_true",
                    help="re-sync the Keras weights to ours before every training step (judge each update alone)")
+    p.add_argument("--model", metavar="FILE.npz", default=None,
+                   help="a saved model (NeuralNetwork.save) instead of the seed lab's CNN")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import this module first (a dotted name or a .py path defining the model's own layers)")
     p.add_argument("--mode", choices=("auto", "chained", "isolated"), default="auto",
                    help="layer comparison: outputs end to end and gradients per layer (auto, default), "
                         "everything end to end (chained), or every layer fed our inputs (isolated)")
     return p
+
+
+def _load_model(args):
+    """``(network, X, y, description)`` for ``--model``, or an exit status after printing the error."""
+    import sys  # noqa: PLC0415
+
+    from ..datasets import load_mnist  # noqa: PLC0415
+    from ..grade import GradeError, import_module  # noqa: PLC0415
+    from ..losses import MSELoss  # noqa: PLC0415
+    from ..network import NeuralNetwork  # noqa: PLC0415
+
+    try:
+        for name in args.imports:
+            import_module(name)
+        net = NeuralNetwork.load(args.model)
+    except (GradeError, OSError, ValueError) as exc:
+        print(f"error: cannot read the model {args.model}: {exc}", file=sys.stderr)
+        return 2
+    shape, out = tuple(net.input_shape or ()), tuple(net.output_shape or ())
+    if shape in ((1, 28, 28), (784,)) and out == (10,) and not isinstance(net.loss_fn, MSELoss):
+        X, y = load_mnist("train")
+        return net, X.reshape((len(X),) + shape), y, f"MNIST digits: {len(X)} training images (bundled)"
+    if not shape or None in shape:
+        print(f"error: the model {args.model} does not record its input shape", file=sys.stderr)
+        return 2
+    rng = np.random.default_rng([args.seed, 7])
+    n = max(8 * args.batch_size, 256)
+    X = rng.uniform(0, 1, (n,) + shape).astype(np.float32)
+    y = rng.standard_normal((n,) + out) if isinstance(net.loss_fn, MSELoss) else rng.integers(0, int(np.prod(out)), n)
+    return net, X, y, f"random data: {n} inputs in [0, 1) with random {'targets' if isinstance(net.loss_fn, MSELoss) else 'labels'}"
 
 
 def main(argv=None):
@@ -64,12 +103,22 @@ def main(argv=None):
     from .training import compare_training  # noqa: PLC0415
 
     args = _parser().parse_args(argv)
-    X, y = load_mnist("train")
-    net = seed_lab_cnn(batch_size=args.batch_size, seed=args.seed)
     rng = np.random.default_rng(args.seed)
-    idx = rng.choice(len(X), size=args.batch_size, replace=False)
-    print("Seed lab CNN (course lab 8): Conv 3x3x4 -> ReLU -> Conv 7x7x2 -> ReLU -> Vectorization -> Linear 800->10")
-    print(f"MNIST digits: {len(X)} training images (bundled), batch {args.batch_size}\n")
+    if args.model is None:
+        X, y = load_mnist("train")
+        net = seed_lab_cnn(batch_size=args.batch_size, seed=args.seed)
+        print("Seed lab CNN (course lab 8): Conv 3x3x4 -> ReLU -> Conv 7x7x2 -> ReLU -> Vectorization -> "
+              "Linear 800->10")
+        print(f"MNIST digits: {len(X)} training images (bundled), batch {args.batch_size}\n")
+    else:
+        loaded = _load_model(args)
+        if isinstance(loaded, int):
+            return loaded
+        net, X, y, text = loaded
+        print(f"Model {args.model}: {len(net.layers)} layers, input {net.input_shape}, loss "
+              f"{type(net.loss_fn).__name__}")
+        print(f"{text}, batch {args.batch_size}\n")
+    idx = rng.choice(len(X), size=min(args.batch_size, len(X)), replace=False)
     report = compare(net, X[idx], y[idx], seed=args.seed, mode=args.mode)
     print(report)
     ok = report.passed

@@ -35,6 +35,27 @@ Huber(delta) / MAE          Huber(delta) / MeanAbsoluteError()
 GradientDescent/Adam/RMSProp  SGD/Adam/RMSprop with the same hyperparameters (weight decay too)
 ==========================  ===================================================================
 
+A layer of one's own (any ``Node`` subclass) gives its Keras counterpart with a
+method ``to_keras(self)`` returning a Keras layer or a list of them; it is used
+before the table above, so a subclass of a built-in layer may override it too.
+The conventions it must respect:
+
+* Keras works channels-last: the Keras layers receive ``(N, *S, C)`` where our
+  layer receives ``(N, C, *S)``, and must return ``(N, *S', C')`` where ours
+  returns ``(N, C', *S')``; vectors ``(N, D)`` are the same on both sides.  The
+  harness converts the input, the output and every gradient at the edges, and
+  puts ``Permute`` layers around Flatten/Reshape of ours, not of yours.
+* Parameters: the Keras layers' trainable variables, in order, hold this layer's
+  ``params``, in order.  Each is copied (our current values; also before every
+  training comparison) as is when the shapes are equal, transposed for a 2-D
+  parameter whose transpose has the Keras shape, or as a convolution kernel
+  ``(F, C, *k) <-> (*k, C, F)``; ``keras_param_layout = {"W": "transpose"}`` (or
+  ``"same"``, ``"conv"``) on the class says it explicitly (a square matrix is
+  otherwise taken as is).  The gradients are compared in our layout, named
+  ``dL/d<parameter name>``.
+* dtype: build the Keras layers with ``dtype=`` the layer's dtype if it is
+  float64 (Keras's default is float32; the comparison's tolerances allow it).
+
 Every Keras tensor of rank >= 3 between two of our layers is channels-last,
 so each of our layers corresponds to one *group* of consecutive Keras layers
 (``KerasTwin.groups``); ``compare`` uses the groups to map Keras's
@@ -389,12 +410,76 @@ def _convert_simple(layer, shape, dtype, name):
         return [MaskedDropout(layer, name=n, dtype=dtype)], None
     raise NotImplementedError(
         f"to_keras: no Keras counterpart for {layer._describe()}; supported layers (and their subclasses): "
-        f"{', '.join(SUPPORTED)}"
+        f"{', '.join(SUPPORTED)}. For a layer of your own, define a method to_keras(self) returning the Keras "
+        f"layer (or list of layers) computing the same function, channels-last (see crosscheck/convert.py)"
     )
 
 
 def _same(v):
     return v
+
+
+def _transpose(v):
+    return np.ascontiguousarray(np.asarray(v).T)
+
+
+def _has_own_to_keras(layer):
+    return callable(getattr(type(layer), "to_keras", None))
+
+
+def _convert_custom(layer, shape, dtype, name):
+    """The Keras layers the layer's own ``to_keras()`` returns (validated)."""
+    try:
+        made = layer.to_keras()
+    except Exception as exc:
+        raise type(exc)(f"{layer._describe()}.to_keras() failed: {exc}") from exc
+    kls = list(made) if isinstance(made, (list, tuple)) else [made]
+    if not kls or not all(isinstance(kl, keras.layers.Layer) for kl in kls):
+        raise TypeError(f"{layer._describe()}.to_keras() must return a Keras layer or a list of Keras layers, "
+                        f"received {made!r}")
+    return kls, kls
+
+
+_LAYOUTS = {"same": (_same, _same), "transpose": (_transpose, _transpose),
+            "conv": (_conv_kernel_to_ours, _conv_kernel_to_keras)}
+
+
+def _custom_param_maps(layer, kls):
+    """ParamMaps pairing the layer's ``params`` (in order) with the Keras layers' trainable variables."""
+    variables = [v for kl in kls for v in kl.trainable_variables]
+    names = list(layer.params)
+    if len(variables) != len(names):
+        raise ValueError(
+            f"{layer._describe()}: its parameters {names} must correspond, in order, to the trainable variables "
+            f"of the Keras layers its to_keras() returns, which are "
+            f"{[f'{v.path} {tuple(v.shape)}' for v in variables]}")
+    explicit = dict(getattr(layer, "keras_param_layout", None) or {})
+    maps = []
+    for pname, var in zip(names, variables):
+        ours_shape = tuple(layer.params[pname].shape)
+        kshape = tuple(var.shape)
+        kind = explicit.get(pname)
+        if kind is None:
+            if ours_shape == kshape:
+                kind = "same"
+            elif len(ours_shape) == 2 and ours_shape[::-1] == kshape:
+                kind = "transpose"
+            elif len(ours_shape) >= 3 and tuple(_conv_kernel_to_keras(np.empty(ours_shape)).shape) == kshape:
+                kind = "conv"
+            else:
+                raise ValueError(
+                    f"{layer._describe()}: parameter {pname!r} has shape {ours_shape} but the matching Keras "
+                    f"variable {var.path} has shape {kshape}; set keras_param_layout = {{{pname!r}: 'same' | "
+                    f"'transpose' | 'conv'}} on the class, or return Keras layers whose variables match")
+        if kind not in _LAYOUTS:
+            raise ValueError(f"{layer._describe()}: keras_param_layout[{pname!r}] must be one of {sorted(_LAYOUTS)}, "
+                             f"received {kind!r}")
+        to_ours, to_k = _LAYOUTS[kind]
+        if tuple(to_k(np.empty(ours_shape)).shape) != kshape:
+            raise ValueError(f"{layer._describe()}: parameter {pname!r} {ours_shape} laid out as {kind!r} gives "
+                             f"{tuple(to_k(np.empty(ours_shape)).shape)}, not the Keras variable's {kshape}")
+        maps.append(ParamMap(pname, (lambda p, k=pname: p[k]), var, to_ours, to_k, ours_shape, pname))
+    return maps
 
 
 def _param_maps(layer, carrier):
@@ -457,7 +542,9 @@ def build_twin(layers, input_shape, dtype=None):
                 raise ShapeError(f"{layer._describe()} expects samples of shape {format_shape(exp)} but receives "
                                  f"{format_shape(shape)}")
         ldt = _layer_dtype(layer, dtype)
-        if isinstance(layer, Linear):
+        if _has_own_to_keras(layer):            # the layer's own conversion comes first (C4)
+            kls, carrier = _convert_custom(layer, shape, ldt, name)
+        elif isinstance(layer, Linear):
             kls, carrier = _convert_linear(layer, shape, ldt, name)
         elif isinstance(layer, Convolution):
             kls, carrier = _convert_conv(layer, shape, ldt, name)
@@ -476,7 +563,10 @@ def build_twin(layers, input_shape, dtype=None):
     k_in = tuple(input_shape[1:]) + (input_shape[0],) if len(input_shape) >= 2 else tuple(input_shape)
     model = keras.Sequential([keras.Input(shape=k_in, dtype=dtype)] + all_kls, name=name("nn_from_scratch_twin"))
     for g in groups:
-        if g.carrier is not None:
+        if _has_own_to_keras(g.layer):
+            g.params = _custom_param_maps(g.layer, g.carrier)
+            g.carrier = None
+        elif g.carrier is not None:
             g.params = _param_maps(g.layer, g.carrier)
         _set_weights(g, g.layer)
     return KerasTwin(model, groups, input_shape)
@@ -498,6 +588,11 @@ def unpack(network_or_layers, input_shape=None):
             except TypeError:
                 raise TypeError(f"expected a NeuralNetwork, a layer or a list of layers, received "
                                 f"{type(net).__name__}") from None
+        bad = [i for i, layer in enumerate(layers) if not isinstance(layer, Node)]
+        if bad or isinstance(net, (str, bytes)):
+            i = bad[0] if bad else 0
+            raise TypeError(f"expected a NeuralNetwork, a layer or a list of layers, received {type(net).__name__}"
+                            + (f" whose element {i} is {type(layers[i]).__name__}" if layers and bad else ""))
         if layers and isinstance(layers[-1], Loss):
             loss = layers.pop()
         if not layers:

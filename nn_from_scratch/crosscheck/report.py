@@ -134,12 +134,19 @@ class CompareReport:
                 f"{self.tolerances['forward']:.0e}, gradients {self.tolerances['gradient']:.0e}; "
                 f"'!' = above tolerance")
 
+    @property
+    def quantities(self):
+        """The table's columns: output, dL/dx, dL/dW, dL/db, then other parameters' gradients
+        (a layer of one's own may call its parameters otherwise)."""
+        extra = [q for r in self.rows for q in r.checks if q not in QUANTITIES]
+        return list(QUANTITIES) + list(dict.fromkeys(extra))
+
     def __str__(self):
-        head = ["#", "layer (type)"] + list(QUANTITIES)
+        head = ["#", "layer (type)"] + self.quantities
         lines = []
         for r in self.rows:
             cells = [str(r.index), r.label]
-            for q in QUANTITIES:
+            for q in self.quantities:
                 c = r.checks.get(q)
                 cells.append("-" if c is None else f"{_fmt(c.max_rel)} ({_fmt(c.max_abs)}){'' if c.passed else ' !'}")
             lines.append(cells)
@@ -164,10 +171,10 @@ class CompareReport:
         color = "#1a7f37" if self.passed else "#cf222e"
         parts = [f"<div><b style='color:{color}'>{e(self._title())}</b><br><small>{e(self._legend())}</small>",
                  "<table><thead><tr><th>#</th><th>layer (type)</th><th>keras</th>"
-                 + "".join(f"<th>{e(q)}</th>" for q in QUANTITIES) + "</tr></thead><tbody>"]
+                 + "".join(f"<th>{e(q)}</th>" for q in self.quantities) + "</tr></thead><tbody>"]
         for r in self.rows:
             tds = [f"<td>{r.index}</td><td>{e(r.label)}</td><td><small>{e(r.keras)}</small></td>"]
-            for q in QUANTITIES:
+            for q in self.quantities:
                 c = r.checks.get(q)
                 if c is None:
                     tds.append("<td>-</td>")

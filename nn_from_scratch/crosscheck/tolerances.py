@@ -38,8 +38,14 @@ def resolve_tolerances(rtol=None):
         unknown = set(rtol) - set(tol)
         if unknown:
             raise ValueError(f"unknown tolerance kind(s) {sorted(unknown)}; expected some of {sorted(tol)}")
+        for k, v in rtol.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"rtol[{k!r}] must be a number > 0, received {v!r}")
         tol.update({k: float(v) for k, v in rtol.items()})
         return tol
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)):
+        raise TypeError(f"rtol must be None, a number > 0 or a dict of them by kind, received "
+                        f"{type(rtol).__name__} {rtol!r}")
     v = float(rtol)
     if not v > 0:
         raise ValueError(f"rtol must be > 0, received {rtol!r}")

@@ -59,6 +59,9 @@ def compare_training(network, X, y, steps=100, optimizer=None, batch_size=32, se
     optimizer keeps its own state), so every step starts from identical weights and
     the report measures each update alone; the default runs both freely, a whole run.
     """
+    from .. import validation  # noqa: PLC0415
+    validation.count("compare_training", "steps", steps, minimum=0)
+    validation.count("compare_training", "batch_size", batch_size)
     layers, net_loss, net_opt, shape = unpack(network, input_shape)
     layers = copy_layers(layers)
     loss = copy.deepcopy(loss if loss is not None else (net_loss if net_loss is not None else SoftMaxLoss()))
