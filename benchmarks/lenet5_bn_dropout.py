@@ -18,6 +18,8 @@ permutations ``fit(seed=)`` draws), ``shuffle=False``.  PyTorch gets the same in
 (BatchNorm momentum 0.01 = 1 - Keras's 0.99, eps 1e-3) and the same batches.  Dropout masks
 differ between frameworks (each draws its own), so accuracies agree statistically, not exactly.
 Timings: wall-clock of the training epochs only (no evaluation), samples/s = samples / s.
+``--threads N`` holds every framework to N threads (our BLAS through threadpoolctl, PyTorch's
+``set_num_threads``, TensorFlow's intra-/inter-op pools); default: each framework's own choice.
 """
 import argparse
 import json
@@ -33,6 +35,7 @@ import numpy as np  # noqa: E402
 import nn_from_scratch as nf  # noqa: E402
 from nn_from_scratch import datasets, fusion, parallel  # noqa: E402
 
+THREADS = None
 DIRS = [datasets.FASHION_MNIST_DIR, "/tmp/fmnist/usr/share/datasets/fashion-mnist"]
 
 
@@ -54,8 +57,8 @@ def build(seed):
 def load(n_train):
     for d in DIRS:
         if os.path.isdir(d):
-            X, y = datasets.load_fashion_mnist(d, split="train")
-            Xt, yt = datasets.load_fashion_mnist(d, split="test")
+            X, y = datasets.load_fashion_mnist(split="train", directory=d)
+            Xt, yt = datasets.load_fashion_mnist(split="test", directory=d)
             X = X.reshape(-1, 1, 28, 28).astype(np.float32)
             Xt = Xt.reshape(-1, 1, 28, 28).astype(np.float32)
             return X[:n_train], y[:n_train].astype(np.int64), Xt, yt.astype(np.int64), d
@@ -78,7 +81,12 @@ def run_ours(net, X, y, Xt, yt, epochs, seed):
             times.append(time.perf_counter() - self.t)
 
     t = time.perf_counter()
-    net.fit(X, y, epochs=epochs, batch_size=64, seed=seed, verbose=0, callbacks=[Clock()])
+    if THREADS:
+        from threadpoolctl import threadpool_limits
+        with threadpool_limits(limits=THREADS, user_api="blas"):
+            net.fit(X, y, epochs=epochs, batch_size=64, seed=seed, verbose=0, callbacks=[Clock()])
+    else:
+        net.fit(X, y, epochs=epochs, batch_size=64, seed=seed, verbose=0, callbacks=[Clock()])
     total = time.perf_counter() - t
     accs.append(net.evaluate(Xt, yt)[1])
     return {"epoch_s": times, "train_s": total, "test_accuracy": float(accs[-1]),
@@ -87,6 +95,10 @@ def run_ours(net, X, y, Xt, yt, epochs, seed):
 
 def run_keras(net, X, y, Xt, yt, epochs, seed):
     import keras
+    import tensorflow as tf
+    if THREADS:
+        tf.config.threading.set_intra_op_parallelism_threads(THREADS)
+        tf.config.threading.set_inter_op_parallelism_threads(THREADS)
     from nn_from_scratch.crosscheck import to_keras_layout
     from nn_from_scratch.crosscheck.convert import MaskedDropout, build_twin
     twin = build_twin(net.layers, (1, 28, 28))
@@ -111,7 +123,7 @@ def run_torch(net, X, y, Xt, yt, epochs, seed):
     import torch
     from torch import nn
     torch.manual_seed(seed)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(THREADS or os.cpu_count() or 1)
     L = net.layers
     model = nn.Sequential(
         nn.Conv2d(1, 6, 5, padding=2, bias=False), nn.BatchNorm2d(6, eps=1e-3, momentum=0.01), nn.ReLU(),
@@ -153,11 +165,14 @@ def main(argv=None):
     p.add_argument("--train", type=int, default=60000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frameworks", nargs="+", default=["ours", "keras", "torch"])
+    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    global THREADS
+    THREADS = args.threads
     X, y, Xt, yt, where = load(args.train)
     net = build(args.seed)
-    out = {"data": where, "train": len(X), "test": len(Xt), "epochs": args.epochs, "batch": 64,
+    out = {"threads": args.threads, "data": where, "train": len(X), "test": len(Xt), "epochs": args.epochs, "batch": 64,
            "uptime_before": open("/proc/loadavg").read().split()[:3],
            "fast_paths": {"split_shards_at_batch_64": parallel.shard_count(net, 64),
                           "relu_maxpool_pairs_fused": fusion.fused_pairs(net.layers),

@@ -32,6 +32,13 @@ of worker (``SPLIT_WITH``):
 Either way BLAS is held to one thread per shard (``threadpoolctl``): the cores are
 taken already.
 
+Training/inference mode and randomness: every message to a copy of the layers carries the
+network's layers' ``training`` flags, and a training step also carries the random state of its
+stochastic layers with the shard's first sample index (``_random_states``): a ``Dropout`` shard
+draws exactly its rows of the whole batch's mask, so masks differ per shard and the split
+result is the unsplit one.  ``BatchNorm`` couples the samples of a batch (the batch statistics):
+it does not declare ``per_sample``, so networks with it are never split.
+
 Which batches are split: on NumPy only (a GPU runs one batch as one), when every
 layer and the loss say they treat samples independently (the class itself sets
 ``per_sample = True``; a subclass must say so again, since it may add state), and

@@ -128,6 +128,17 @@ def test_gradient_check_of_a_network_with_dropout(rng):
     assert res.checked > 0 and res.max_rel_error <= 1e-7, res
 
 
+def test_gradcheck_freezes_the_mask_by_itself(rng):
+    """C3: gradcheck enters every layer's fixed_randomness(); a Dropout then checks exactly."""
+    layer = nf.Dropout(0.5, seed=1)
+    res = gc.check_layer(layer, rng.standard_normal((4, 6)), kink_tol=None)
+    assert res.max_rel_error <= 1e-7 and layer.mask is not None and not layer.mask.all(), res
+    net = nf.NeuralNetwork([nf.Linear(5, 6, dtype=np.float64, seed=0), nf.Dropout(0.5, seed=2),
+                            nf.Linear(6, 2, dtype=np.float64, seed=1)], loss_fn=nf.SoftMaxLoss())
+    res = gc.check_network(net, rng.standard_normal((3, 5)), rng.integers(0, 2, 3), kink_tol=None)
+    assert res.max_rel_error <= 1e-7, res
+
+
 @pytest.mark.parametrize("rate", [1.0, -0.1, 1.5, float("nan"), "0.5", True, None])
 def test_bad_rate_is_named(rate):
     with pytest.raises(ValueError, match=r"Dropout layer 'dropout_\d+': rate .* 0 <= rate < 1, received"):

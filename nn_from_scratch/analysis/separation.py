@@ -57,8 +57,10 @@ __all__ = ["henze_penrose", "HPResult", "class_separation", "SeparationResult", 
 #: the name under which the network's input is analysed
 INPUT = "input"
 #: bytes of layer outputs one pass through the network may collect; more layers than fit
-#: are analysed in several passes (each runs the whole network)
-MEMORY_BUDGET = 2 * 2 ** 30
+#: are analysed in several passes (each runs the whole network).  Peak memory is about
+#: max(MEMORY_BUDGET, one layer's outputs) + one more copy of the widest layer (numpy.unique
+#: sorts its rows) + the distance blocks (sum of n_c^2 + n_a n_b float64, 90 MB at 1,000 per class)
+MEMORY_BUDGET = 2 ** 30
 JSON_FORMAT = "nn_from_scratch-separation/1"
 
 
