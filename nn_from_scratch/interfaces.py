@@ -276,7 +276,7 @@ class Node(ABC):
         ``dL/dx`` and returns None; neurons still compute their parameter grads.
         """
         self.check_upstream(upstream)
-        if self.trainable:
+        if isinstance(self, Neuron):      # frozen ones too (trainable = False): the split step sums them
             if self._backward_takes_flag:
                 dx = self._backward(upstream, need_input_grad)
             else:                                   # written as _backward(self, dy): dx is dropped
@@ -473,6 +473,9 @@ class Neuron(Node):
     is the dtype the layer computes in; inputs are cast to it.
     """
 
+    #: ``layer.trainable = False`` freezes the layer: optimizers leave its parameters alone,
+    #: ``summary`` counts them as non-trainable, and the setting is saved with the model
+    #: (its gradients are still computed, as they cost little and keep the split step simple)
     trainable = True
 
     def add_param(self, name, value):
@@ -605,6 +608,11 @@ class _StateByLayer:
     def __len__(self):
         return len(self._entries)
 
+    def peek(self, layer):
+        """The state dictionary of ``layer`` if it has one, else an empty dict (nothing created)."""
+        entry = self._entries.get(id(layer))
+        return entry[1] if entry is not None and entry[0]() is layer else {}
+
 
 def check_learning_rate(owner, lr):
     """``lr`` as a float after checking it is a finite number > 0 (``TypeError``/``ValueError``
@@ -672,8 +680,13 @@ class Optimizer(ABC):
 
     @property
     def learning_rate(self):
-        """The rate the next update will use (a schedule's value at ``iterations``)."""
+        """The rate the next update will use (a schedule's value at ``iterations``); setting it
+        (Keras's name) sets ``lr`` (a finite number > 0, or a schedule)."""
         return self._rate(self.iterations)
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self.lr = check_learning_rate(type(self).__name__, value)
 
     def step(self, layers):
         """One update of every parameter of every trainable layer (clipped gradients, if asked)."""
@@ -747,6 +760,33 @@ class Optimizer(ABC):
         self.iterations = 0
         self._state = _StateByLayer()
         self.current_lr = self._rate(0)
+
+    def get_state(self, layers):
+        """``(iterations, {(layer index, parameter name, slot): array})``: what ``fit`` needs to go on
+        exactly where it stopped (a schedule's position is ``iterations``); saved with the model."""
+        arrays = {}
+        for i, layer in enumerate(layers):
+            for (name, slot), arr in self._state.peek(layer).items():
+                arrays[(i, name, slot)] = arr
+        return self.iterations, arrays
+
+    def set_state(self, layers, iterations, arrays):
+        """Put back ``get_state``'s output (arrays on the parameters' device, each of its parameter's
+        shape and dtype; a mismatch raises ValueError naming it)."""
+        layers = list(layers)
+        self.reset()
+        for (i, name, slot), arr in arrays.items():
+            if not 0 <= i < len(layers) or name not in layers[i].params:
+                raise ValueError(f"{type(self).__name__}: state {slot!r} for layer {i} parameter {name!r}, which "
+                                 "this network does not have")
+            p = layers[i].params[name]
+            if tuple(arr.shape) != tuple(p.shape) or np.dtype(arr.dtype) != np.dtype(p.dtype):
+                raise ValueError(f"{type(self).__name__}: state {slot!r} for {layers[i]._describe()} parameter "
+                                 f"{name!r} is {np.dtype(arr.dtype)}{tuple(arr.shape)} but the parameter is "
+                                 f"{np.dtype(p.dtype)}{tuple(p.shape)}")
+            self._state.of(layers[i])[(name, slot)] = to_device(arr, like=p).copy()
+        self.iterations = int(iterations)
+        self.current_lr = self._rate(max(self.iterations - 1, 0))
 
     def _clip_config(self):
         return {k: getattr(self, k) for k in ("clipnorm", "clipvalue", "global_clipnorm")

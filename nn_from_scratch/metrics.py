@@ -6,6 +6,8 @@ value is the mean over every sample seen, whatever the batch sizes)::
     accuracy          argmax(output) == label                              (classifiers)
     top_k_accuracy    the label is among the k highest outputs (k = 5)      (classifiers)
                       ties count as in (Keras/TF ``in_top_k``): #(outputs > output[label]) < k
+    binary_accuracy   mean over a sample's entries of (p > 0.5) == target    (BinaryCrossEntropy; on logits
+                      p > 0.5 is z > 0); "accuracy" means it for such a network, as in Keras
     mae               mean |output - target| over the entries of a sample   (regression)
     mse               mean (output - target)^2 over the entries of a sample (regression)
 
@@ -24,7 +26,7 @@ import numpy as np
 
 from .backend import get_array_module, to_numpy
 
-__all__ = ["Metric", "Accuracy", "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError", "get",
+__all__ = ["Metric", "Accuracy", "BinaryAccuracy", "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError", "get",
            "known_names", "confusion_matrix", "plot_confusion_matrix"]
 
 
@@ -57,6 +59,28 @@ class Accuracy(Metric):
 
     def batch_sum(self, output, target):
         return (output.argmax(axis=1) == _labels(target)).sum()
+
+
+class BinaryAccuracy(Metric):
+    """Keras's ``binary_accuracy``: per sample the fraction of entries with ``(p > threshold) == t``
+    (``p`` the probability; on logits ``sigmoid(z) > threshold`` is ``z > log(threshold / (1 - threshold))``),
+    averaged over samples.  Targets are 0/1 labels of the output's shape (``(N,)`` for ``(N, 1)``)."""
+
+    classification = "binary"
+
+    def __init__(self, threshold=0.5, from_logits=True, name="binary_accuracy"):
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+            raise ValueError(f"BinaryAccuracy: threshold must be in (0, 1), received {threshold!r}")
+        self.threshold, self.from_logits, self.name = float(threshold), bool(from_logits), name
+
+    def batch_sum(self, output, target):
+        t = target.reshape(output.shape) if target.ndim == 1 and output.ndim == 2 else target
+        cut = np.log(self.threshold / (1 - self.threshold)) if self.from_logits else self.threshold
+        hit = ((output > output.dtype.type(cut)) == (t > 0.5))
+        return hit.reshape(hit.shape[0], -1).mean(axis=1).sum()
+
+    def get_config(self):
+        return {"threshold": self.threshold, "from_logits": self.from_logits}
 
 
 class TopKAccuracy(Metric):
@@ -112,15 +136,31 @@ def known_names():
     return sorted(_ALIASES) + ["top_<k>_accuracy"]
 
 
-def get(spec, classify=True, where="metrics"):
+def _kind(loss):
+    """``True`` (class labels: SoftMaxLoss), ``"binary"`` (0/1 targets: BinaryCrossEntropy) or ``False``."""
+    if isinstance(loss, bool) or loss == "binary":
+        return loss
+    from .losses import SoftMaxLoss  # noqa: PLC0415
+    if isinstance(loss, SoftMaxLoss):
+        return True
+    return "binary" if type(loss).__name__ == "BinaryCrossEntropy" else False
+
+
+def get(spec, classify=True, where="metrics", loss=None):
     """A ``Metric`` from a name or an instance; ``classify`` says whether the network's loss
-    takes class labels (a classifier metric on a regression network, or the reverse, is refused)."""
+    takes class labels (``"binary"``: 0/1 targets of BinaryCrossEntropy); a classifier metric on a
+    regression network, or the reverse, is refused."""
     if isinstance(spec, Metric):
         metric = spec
     elif isinstance(spec, str):
         name = spec.lower()
         m = re.fullmatch(r"top_(\d+)(?:_categorical)?_accuracy", name)
-        if m:
+        if classify == "binary" and name in ("accuracy", "acc", "binary_accuracy"):
+            metric = BinaryAccuracy(from_logits=getattr(loss, "from_logits", True),
+                                    name="binary_accuracy" if name == "binary_accuracy" else "accuracy")
+        elif name == "binary_accuracy":
+            metric = BinaryAccuracy()
+        elif m:
             metric = TopKAccuracy(int(m.group(1)))
         elif name in _ALIASES:
             metric = _ALIASES[name]()
@@ -130,6 +170,12 @@ def get(spec, classify=True, where="metrics"):
     else:
         raise TypeError(f"{where}: a metric is a name or a nn_from_scratch.metrics.Metric, received "
                         f"{type(spec).__name__}")
+    if metric.classification == "binary" or classify == "binary":
+        if metric.classification != classify:
+            raise ValueError(f"{where}: {metric.name!r} " + (
+                "needs 0/1 targets and a BinaryCrossEntropy loss" if metric.classification == "binary" else
+                "does not apply to a BinaryCrossEntropy network (use 'accuracy', 'mae' or 'mse')"))
+        return metric
     if metric.classification and not classify:
         raise ValueError(f"{where}: {metric.name!r} needs class labels, but this network's loss is not a "
                          "classification loss (use 'mae' or 'mse')")
@@ -139,16 +185,20 @@ def get(spec, classify=True, where="metrics"):
     return metric
 
 
-def resolve(specs, classify, where="metrics"):
-    """The metrics of a run: ``accuracy`` first for a classifier (always reported), then the
-    others in the order given, each name once."""
+def resolve(specs, loss, where="metrics"):
+    """The metrics of a run: ``accuracy`` first for a classifier (always reported; binary accuracy
+    for a BinaryCrossEntropy network), then the others in the order given, each name once.
+    ``loss``: the network's loss (or ``True``/``False``/``"binary"``)."""
+    classify = _kind(loss)
     if specs is None:
         specs = []
     elif isinstance(specs, (str, Metric)):
         specs = [specs]
-    out = [Accuracy()] if classify else []
+    out = [Accuracy()] if classify is True else []
+    if classify == "binary":
+        out = [get("accuracy", classify, where, loss)]
     for spec in specs:
-        m = get(spec, classify, where)
+        m = get(spec, classify, where, loss)
         if m.name in [o.name for o in out]:
             continue
         out.append(m)

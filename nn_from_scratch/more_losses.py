@@ -62,6 +62,10 @@ class BinaryCrossEntropy(_ElementwiseLoss):
     def get_config(self):
         return {**super().get_config(), "from_logits": self.from_logits}
 
+    def probabilities(self, prediction):
+        """``sigmoid(z)`` of logits (``from_logits=True``), else the prediction itself (``predict_proba``)."""
+        return stable_sigmoid(prediction) if self.from_logits else prediction
+
     def _prepare_target(self, y, t, validate):
         t = super()._prepare_target(y, t, validate)
         if validate and t.size:

@@ -33,6 +33,7 @@ import numpy as np
 
 from . import fusion, kernels, validation
 from . import metrics as metrics_mod
+from . import regularizers
 from .callbacks import CallbackList, TerminateOnNaN
 from .concurrency import guarded
 from .backend import get_array_module, read_scalars, read_to_host, to_device, to_numpy
@@ -41,7 +42,7 @@ from .losses import Loss, SoftMaxLoss, labels_to_indices
 from .optimizers import GradientDescent
 from .optimizers import get as get_optimizer
 from .parallel import make_step, shard_count
-from .serialization import (FORMAT, ModelFileError, build_layer, layer_config, read_model_file,
+from .serialization import (FORMAT, FORMAT_VERSION, ModelFileError, build_layer, layer_config, read_model_file,
                             write_npz_atomic)
 
 __all__ = ["NeuralNetwork", "History", "TrainingWarning", "DataError"]
@@ -171,7 +172,7 @@ class NeuralNetwork:
         self.metrics = self._resolve_metrics(metrics, "NeuralNetwork(metrics=)")
 
     def _resolve_metrics(self, specs, where):
-        return metrics_mod.resolve(specs, isinstance(self.loss_fn, SoftMaxLoss), where)
+        return metrics_mod.resolve(specs, self.loss_fn, where)
 
     def _sample_weights(self, sample_weight, class_weight, y, n, where):
         """``(n,)`` float64 host weights from ``sample_weight`` or ``class_weight`` (Keras: a class
@@ -513,6 +514,14 @@ class NeuralNetwork:
         return loss, out
 
     def _forward_backward(self, xb, yb, recheck=True, sample_weight=None):
+        """``(loss, output)`` of a batch, every neuron's ``grads`` set (``_forward_backward_data``),
+        the layers' weight penalties (``regularizers``) added to the loss and the gradients."""
+        loss, out = self._forward_backward_data(xb, yb, recheck, sample_weight)
+        if regularizers.has_any(self.layers):
+            loss = loss + regularizers.apply(self.layers)
+        return loss, out
+
+    def _forward_backward_data(self, xb, yb, recheck=True, sample_weight=None):
         """``(loss, output)`` of a batch, every neuron's ``grads`` set; split over worker processes
         (or threads) when ``parallel.shard_count`` says so, else the plain loop.
 
@@ -627,6 +636,7 @@ class NeuralNetwork:
             out = self.forward(xb)
             self.loss_fn.forward(out, to_device(y, like=out), validate=False)
             self.backward(self.loss_fn.backward(), need_input_grad=False)
+            regularizers.apply(self.layers)       # the weight penalties' gradients, as training sees them
         return {(layer.name, k): to_numpy(v) for layer in self.trainable_layers for k, v in layer.grads.items()}
 
     # ---------------------------------------------------------------- training
@@ -842,8 +852,9 @@ class NeuralNetwork:
             total_loss = total_loss + self.loss_fn.forward(out, yb, validate=False, sample_weight=wb) * (b - a)
             for i, m in enumerate(run_metrics):
                 sums[i] = sums[i] + m.batch_sum(out, yb)
-        total_loss, *sums = read_scalars(total_loss, *sums, why="validation")  # one read
-        res = {"loss": total_loss / n}
+        pen = regularizers.penalty(self.layers)    # Keras: the loss includes the weight penalties
+        total_loss, pen, *sums = read_scalars(total_loss, pen, *sums, why="validation")  # one read
+        res = {"loss": total_loss / n + pen}
         res.update((m.name, v / n) for m, v in zip(run_metrics, sums))
         return res
 
@@ -876,7 +887,7 @@ class NeuralNetwork:
             out.append(line if j == 0 else "-" * sum(w))
         total = self.count_params()
         trainable = sum(layer.count_params() - sum(int(np.prod(b.shape)) for b in layer.buffers.values())
-                        for layer in self.trainable_layers)
+                        for layer in self.trainable_layers if getattr(layer, "trainable", True))
         out.append(f"Total params: {total:,}")
         out.append(f"Trainable params: {trainable:,}")
         out.append(f"Non-trainable params: {total - trainable:,}")
@@ -896,6 +907,7 @@ class NeuralNetwork:
             "loss": layer_config(self.loss_fn),
             "optimizer": self._optimizer_config(),
             "metrics": [m if isinstance(m, str) else m.name for m in self.metrics],
+            "trainable": [bool(getattr(layer, "trainable", False)) for layer in self.layers],
             "training": bool(self._training),
             "layer_training": [bool(layer.training) for layer in self.layers],
             # where each random layer's (Dropout's) sequence stands, so that training continues with fresh draws
@@ -927,19 +939,59 @@ class NeuralNetwork:
 
     @guarded(training=False)
     def save(self, path):
-        """Write architecture and weights to ``path`` (.npz), atomically (``serialization.py``:
-        temporary files, permissions kept, symbolic links written through).  Weights holding
-        NaN/Inf are saved as they are, with a ``TrainingWarning`` naming them (a diverged model
-        may be worth keeping to look at; loading it warns again)."""
-        arrays = {"__format__": np.array(FORMAT), "__config__": np.array(json.dumps(self.get_config()))}
+        """Write architecture, weights and the optimizer's state to ``path`` (.npz), atomically
+        (``serialization.py``: temporary files, permissions kept, symbolic links written through).
+        Weights holding NaN/Inf are saved as they are, with a ``TrainingWarning`` naming them (a
+        diverged model may be worth keeping to look at; loading it warns again).
+
+        ``NeuralNetwork.load(path)`` then ``fit`` continues exactly (bitwise) as the same ``fit``
+        calls without the save would have (the optimizer's moments and step count, hence a
+        schedule's position, are in the file; see ``serialization``)."""
+        config = self.get_config()
+        config["format_version"] = FORMAT_VERSION
+        iterations, state = self.optimizer.get_state(self.layers)
+        keys = sorted(state, key=lambda k: (k[0], str(k[1]), str(k[2])))
+        config["optimizer_state"] = {"iterations": int(iterations),
+                                     "arrays": [[int(i), str(name), str(slot)] for i, name, slot in keys]}
+        arrays = {"__format__": np.array(FORMAT), "__config__": np.array(json.dumps(config))}
         arrays.update(self._param_arrays())
         _warn_nonfinite(self, arrays, f"saving {path!r}")
+        arrays.update((f"optimizer/{n}", state[k]) for n, k in enumerate(keys))
         write_npz_atomic(path, arrays)
         return path
+
+    def _restore_optimizer_state(self, config, opt_arrays, path):
+        """The optimizer's state from the file when the file's optimizer is this one's (same class and
+        settings); otherwise it starts afresh.  Files of version 1 have none."""
+        rec = config.get("optimizer_state")
+        if rec is None:
+            return
+        mine = self._optimizer_config()
+        if config.get("optimizer") != json.loads(json.dumps(mine)):
+            return
+        try:
+            entries = rec["arrays"]
+            if len(entries) != len(opt_arrays) or not isinstance(rec["iterations"], int) or rec["iterations"] < 0:
+                raise ValueError("its record and its arrays disagree")
+            state = {}
+            for n, (i, name, slot) in enumerate(entries):
+                arr = opt_arrays[f"optimizer/{n}"]
+                if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
+                    raise ValueError(f"state {slot!r} of layer {i} parameter {name!r} is not finite floats")
+                state[(int(i), name, slot)] = arr
+            self.optimizer.set_state(self.layers, rec["iterations"], state)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.optimizer.reset()
+            raise ModelFileError(f"{path!r}: the optimizer's saved state is damaged ({exc})") from None
 
     @guarded(training=True)
     def _load_into(self, path):
         config, arrays = read_model_file(path)
+        version = config.get("format_version", 1)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ModelFileError(f"{path!r} is a model file of format_version {version!r}; this version of "
+                                 f"nn_from_scratch reads versions 1 to {FORMAT_VERSION}")
+        opt_arrays = {k: arrays.pop(k) for k in list(arrays) if k.startswith("optimizer/")}
         mine = self._param_arrays()
         theirs = [c["class"] for c in config.get("layers", [])]
         ours = [type(layer).__name__ for layer in self.layers]
@@ -972,7 +1024,17 @@ class NeuralNetwork:
             for k in list(layer.buffers):
                 layer.buffers[k] = to_device(arrays[f"layer{i}/{k}"], like=layer.buffers[k])
         self._restore_modes(config, path)
+        frozen = config.get("trainable")
+        if frozen is not None:          # files written before issue 24 have none: layers stay as they are
+            if not isinstance(frozen, list) or len(frozen) != len(self.layers) or \
+                    not all(isinstance(f, bool) for f in frozen):
+                raise ModelFileError(f"{path!r}: the saved trainable flags are damaged: expected "
+                                     f"{len(self.layers)} booleans, received {frozen!r}")
+            for layer, flag in zip(self.layers, frozen):
+                if isinstance(layer, Neuron):
+                    layer.trainable = flag
         self.optimizer.reset()
+        self._restore_optimizer_state(config, opt_arrays, path)
         return self
 
     def _restore_modes(self, config, path):
@@ -1031,7 +1093,10 @@ class NeuralNetwork:
     ``network.load(path)`` loads the weights into this network (the file must
     hold the same architecture); ``NeuralNetwork.load(path)`` builds a new
     network from the file.  A missing, truncated or corrupt file, or one for
-    another architecture, raises ``ModelFileError``.
+    another architecture, raises ``ModelFileError``.  The optimizer's state (moments,
+    step count) comes back when the file's optimizer is this network's (always for
+    ``NeuralNetwork.load``); otherwise it starts afresh.  Files written before the
+    ``format_version`` was recorded (version 1) load as before.
     """
 
     def __repr__(self):
@@ -1089,7 +1154,7 @@ class _Trainer:
         self.callbacks = CallbackList([], net, {})
         self.sw = None                   # sample weights (N,) on the host, or None
         self.metrics = []                # metrics besides the loss and accuracy
-        self.val_metrics = metrics_mod.resolve(None, self.classify)
+        self.val_metrics = metrics_mod.resolve(None, net.loss_fn)
 
     def _loss_buffer(self, n):
         """Zeros ``(n,)`` on the parameters' device (and of their array type) for the batch losses."""

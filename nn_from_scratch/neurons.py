@@ -6,6 +6,7 @@ names (``W_grad``, ``b_grad``; ``_W_pd`` is kept for the seed lab's code).
 import numpy as np
 
 from . import initializers, kernels, validation
+from . import regularizers as _regularizers
 from .backend import get_array_module
 from .interfaces import Neuron, ShapeError, format_shape, sample_shape
 from .conv_compute import bias_gradient, choose_algorithm
@@ -28,7 +29,22 @@ def _init_spec(initializer, W_init_range):
 
 
 class _GradNames:
-    """Public accessors shared by the neurons."""
+    """Public accessors shared by the neurons, and their weight penalties."""
+
+    kernel_regularizer = None
+    bias_regularizer = None
+
+    def _set_regularizers(self, kernel_regularizer, bias_regularizer):
+        self.kernel_regularizer = _regularizers.get(kernel_regularizer, f"{self._describe()}: kernel_regularizer")
+        self.bias_regularizer = _regularizers.get(bias_regularizer, f"{self._describe()}: bias_regularizer")
+
+    def _regularizer_config(self):
+        cfg = {}
+        if self.kernel_regularizer is not None:
+            cfg["kernel_regularizer"] = _regularizers.to_config(self.kernel_regularizer)
+        if self.bias_regularizer is not None:
+            cfg["bias_regularizer"] = _regularizers.to_config(self.bias_regularizer)
+        return cfg
 
     @property
     def W(self):
@@ -67,7 +83,8 @@ class Linear(_GradNames, Neuron):
 
     def __init__(self, input_shape, output_shape=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 W_init_range=None, seed=None, dtype=np.float32, name=None):
+                 W_init_range=None, seed=None, dtype=np.float32, name=None,
+                 kernel_regularizer=None, bias_regularizer=None):
         in_shape = sample_shape(input_shape, "Linear", "input_shape")
         out_shape = sample_shape(output_shape, "Linear", "output_shape") if output_shape is not None else None
         if out_shape is None:
@@ -86,6 +103,16 @@ class Linear(_GradNames, Neuron):
         bias = initializers.get(bias_initializer)((m,), rng) if self.use_bias else np.zeros(m)
         W = np.concatenate([np.asarray(bias, dtype=np.float64)[None, :], kernel], axis=0)
         self._params["W"] = initializers.backend.to_device(W.astype(self.dtype))
+        self._set_regularizers(kernel_regularizer, bias_regularizer)
+
+    def regularized_parts(self):
+        """``(regularizer, parameter, index)``: the kernel ``W[1:]`` and the bias ``W[0]``."""
+        parts = []
+        if self.kernel_regularizer is not None:
+            parts.append((self.kernel_regularizer, "W", slice(1, None)))
+        if self.bias_regularizer is not None and self.use_bias:
+            parts.append((self.bias_regularizer, "W", 0))
+        return parts
 
     def compute_output_shape(self, input_shape):
         return (self.out_features,)
@@ -109,7 +136,8 @@ class Linear(_GradNames, Neuron):
 
     def get_config(self):
         return {"input_shape": [None, self.in_features], "output_shape": [None, self.out_features],
-                "use_bias": self.use_bias, "dtype": self.dtype.name, "name": self.name}
+                "use_bias": self.use_bias, "dtype": self.dtype.name, "name": self.name,
+                **self._regularizer_config()}
 
     @property
     def weight(self):
@@ -182,7 +210,8 @@ class Convolution(_GradNames, Neuron):
     def __init__(self, input_shape=None, kernel_size=3, output_layers=None, use_bias=True,
                  stride=1, padding=0, dilation=1, *, in_channels=None, out_channels=None,
                  ndim=None, kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 W_init_range=None, seed=None, dtype=np.float32, name=None):
+                 W_init_range=None, seed=None, dtype=np.float32, name=None,
+                 kernel_regularizer=None, bias_regularizer=None):
         if output_layers is None:
             output_layers = out_channels
         elif out_channels is not None and out_channels != output_layers:
@@ -237,12 +266,22 @@ class Convolution(_GradNames, Neuron):
         if self.use_bias:
             b = initializers.get(bias_initializer)((self.out_channels,), rng)
             self._params["b"] = initializers.backend.to_device(np.asarray(b, dtype=self.dtype))
+        self._set_regularizers(kernel_regularizer, bias_regularizer)
+
+    def regularized_parts(self):
+        """``(regularizer, parameter, index)``: the kernel ``W`` and the bias ``b``."""
+        parts = []
+        if self.kernel_regularizer is not None:
+            parts.append((self.kernel_regularizer, "W", Ellipsis))
+        if self.bias_regularizer is not None and self.use_bias:
+            parts.append((self.bias_regularizer, "b", Ellipsis))
+        return parts
 
     def get_config(self):
         return {"input_shape": [None] + list(self.input_shape), "kernel_size": list(self.kernel_size),
                 "output_layers": self.out_channels, "use_bias": self.use_bias, "stride": list(self.stride),
                 "padding": padding_to_json(self.padding), "dilation": list(self.dilation),
-                "dtype": self.dtype.name, "name": self.name}
+                "dtype": self.dtype.name, "name": self.name, **self._regularizer_config()}
 
     @classmethod
     def param_shapes(cls, config):

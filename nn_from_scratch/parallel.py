@@ -349,7 +349,7 @@ class ShardedStep:
         for k, _ in states:                     # the network's layers move on as shard 0's did
             net.layers[k].set_random_state(self.replicas[0][k].random_state())
         for k, layer in enumerate(net.layers):
-            if not layer.trainable:
+            if not layer.params:
                 continue
             for name in layer.params:
                 layer.grads[name] = _summed([self.replicas[w][k].grads[name] for w in range(self.shards)])
@@ -439,7 +439,7 @@ def _unpack(buf):
 
 def _param_slots(net):
     """``[(layer index, name, shape, dtype)]`` of every trainable parameter, in a fixed order."""
-    return [(k, name, tuple(p.shape), p.dtype) for k, layer in enumerate(net.layers) if layer.trainable
+    return [(k, name, tuple(p.shape), p.dtype) for k, layer in enumerate(net.layers) if layer.params
             for name, p in layer.params.items()]
 
 

@@ -5,7 +5,15 @@ A model file holds, as plain arrays:
 * ``__format__``: the format name and version (``"nn_from_scratch-model/1"``);
 * ``__config__``: the architecture as JSON text (layer classes and their
   constructor arguments, the loss, the optimizer's settings);
-* ``layer{i}/{param}``: every parameter, in its own dtype (bitwise round trip).
+* ``layer{i}/{param}``: every parameter, in its own dtype (bitwise round trip);
+* ``optimizer/{k}``: the optimizer's state arrays (moments, accumulators), listed in the
+  config's ``optimizer_state`` as ``[layer index, parameter, slot]`` with the step count
+  (which is also a schedule's position), so that ``load`` then ``fit`` goes on exactly as an
+  uninterrupted ``fit`` would.
+
+The config records ``format_version`` (``FORMAT_VERSION``): 2 since issue 24 (optimizer state,
+trainable flags, metrics, regularizers, schedules); files without it are version 1 and still
+load (their optimizer starts afresh).  A file of a newer version is refused by name.
 
 Writes are atomic: the file is written to a temporary name in the target's
 directory, flushed to disk and then renamed over the target, so a crash
@@ -33,7 +41,13 @@ array's ``.npy`` header (``numpy.lib.format``; nothing is decompressed) and chec
 * every parameter array ``layer{i}/{name}`` is float16, float32 or float64, and for a layer
   class that can say which parameters a configuration has (``param_shapes(config)``, a class
   method: ``Linear`` and ``Convolution`` here) the file holds exactly those, of those shapes;
-* any other array is real numbers (float, integer or bool).
+* any other array is real numbers (float, integer or bool);
+* (format_version 2) each optimizer state array ``optimizer/{n}`` is listed in the record and
+  declares exactly the shape and dtype of the parameter it belongs to.
+
+The config records ``format_version`` (``FORMAT_VERSION``): 2 since issue 24 (optimizer state,
+trainable flags, metrics, regularizers, schedules); files without it are version 1 and still
+load (their optimizer starts afresh).  A file of a newer version is refused by name.
 
 Only then are layers built (``NeuralNetwork.load``) and arrays read.
 """
@@ -49,11 +63,13 @@ import numpy as np
 
 from .backend import to_numpy
 
-__all__ = ["ModelFileError", "FORMAT", "write_npz_atomic", "read_model_file", "layer_config",
+__all__ = ["ModelFileError", "FORMAT", "FORMAT_VERSION", "write_npz_atomic", "read_model_file", "layer_config",
            "build_layer", "register_layer", "inspect_npz", "MAX_COMPRESSION_RATIO", "MAX_CONFIG_BYTES",
            "WEIGHT_DTYPES"]
 
 FORMAT = "nn_from_scratch-model/1"
+#: the layout version inside that format (recorded as ``config["format_version"]``; absent = 1)
+FORMAT_VERSION = 2
 #: a deflated member may not declare more than this many times its compressed size (trained
 #: weights deflate by ~1.1x; a zip bomb by ~1000x); stored members must match exactly
 MAX_COMPRESSION_RATIO = 20
@@ -294,9 +310,10 @@ def _check_schema(path, config, specs):
         if got != expected:
             raise ModelFileError(f"{path!r}: layer {i} ({entry['class']}) is described with parameters "
                                  f"{expected} but the file holds {got}")
+    _check_optimizer_state(path, config, specs)
     known = {f"layer{i}/" for i in range(len(config["layers"]))}
     for key, (shape, dtype) in specs.items():
-        if key in ("__format__", "__config__"):
+        if key in ("__format__", "__config__") or key.startswith("optimizer/"):
             continue
         if key.startswith("layer") and "/" in key:
             if key.split("/", 1)[0] + "/" not in known:
@@ -304,6 +321,35 @@ def _check_schema(path, config, specs):
             continue
         if dtype.kind not in "fiub":
             raise ModelFileError(f"{path!r}: array {key!r} has dtype {dtype}; model files hold real numbers only")
+
+
+def _check_optimizer_state(path, config, specs):
+    """The optimizer's state arrays (format_version 2, issue 24) from their headers: each
+    ``optimizer/{n}`` is listed in ``config["optimizer_state"]["arrays"]`` as ``[layer index,
+    parameter, slot]`` and declares exactly that parameter's shape and dtype."""
+    held = sorted(k for k in specs if k.startswith("optimizer/"))
+    rec = config.get("optimizer_state")
+    if rec is None:
+        if held:
+            raise ModelFileError(f"{path!r}: arrays {held[:3]} hold optimizer state but the record lists none")
+        return
+    entries = rec.get("arrays") if isinstance(rec, dict) else None
+    if not isinstance(entries, list) or not isinstance(rec.get("iterations"), int) or rec["iterations"] < 0:
+        raise ModelFileError(f"{path!r}: the optimizer's saved state is damaged (record {rec!r:.120})")
+    if held != sorted(f"optimizer/{n}" for n in range(len(entries))):
+        raise ModelFileError(f"{path!r}: the optimizer's saved state is damaged (its record and its arrays "
+                             f"disagree: {len(entries)} listed, {len(held)} held)")
+    for n, entry in enumerate(entries):
+        ok = isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], int) \
+            and all(isinstance(e, str) for e in entry[1:])
+        param = f"layer{entry[0]}/{entry[1]}" if ok else None
+        if not ok or param not in specs:
+            raise ModelFileError(f"{path!r}: the optimizer's saved state is damaged (entry {n} is {entry!r:.80}, "
+                                 "which names no parameter of the file)")
+        if specs[f"optimizer/{n}"] != specs[param]:
+            (s1, d1), (s2, d2) = specs[f"optimizer/{n}"], specs[param]
+            raise ModelFileError(f"{path!r}: the optimizer's saved state is damaged (state {entry[2]!r} for "
+                                 f"{param} is declared {d1}{s1} but the parameter is {d2}{s2})")
 
 
 def read_model_file(path):

@@ -282,3 +282,28 @@ def test_network_confusion_matrix_and_its_plot(rng):
         assert len(ax.texts) == 16
     finally:
         plt.close(fig)
+
+
+def test_binary_accuracy_matches_keras_and_is_accuracy_for_a_bce_network(rng):
+    z = rng.standard_normal((80, 3)).astype(np.float32)
+    t = (rng.random((80, 3)) < 0.5).astype(np.float32)
+    ref = keras.metrics.BinaryAccuracy()
+    ref.update_state(t, scipy.special.expit(z))
+    assert float(nm.BinaryAccuracy().batch_sum(z, t)) / 80 == pytest.approx(float(ref.result()), abs=1e-7)
+    p = scipy.special.expit(z)
+    ref = keras.metrics.BinaryAccuracy(threshold=0.7)
+    ref.update_state(t, p)
+    assert float(nm.BinaryAccuracy(0.7, from_logits=False).batch_sum(p, t)) / 80 == pytest.approx(
+        float(ref.result()), abs=1e-7)
+    # a BinaryCrossEntropy network: "accuracy" is binary accuracy, predict_proba the sigmoid
+    X = rng.standard_normal((60, 4))
+    yb = (X[:, 0] + X[:, 1] > 0).astype(np.float64)[:, None]
+    net = nf.NeuralNetwork([nf.Linear(4, 1, seed=0)], loss_fn=nf.BinaryCrossEntropy(), optimizer=nf.Adam(0.05))
+    hist = net.fit(X, yb, epochs=3, batch_size=10, verbose=0, validation_split=0.2)
+    assert set(hist.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    loss, acc = net.evaluate(X, yb)
+    out = net.predict(X).astype(np.float64)
+    assert acc == pytest.approx(np.mean((out > 0) == (yb > 0.5)))
+    np.testing.assert_allclose(net.predict_proba(X), scipy.special.expit(out), rtol=1e-5)
+    with pytest.raises(ValueError, match="'top_k_accuracy' does not apply to a BinaryCrossEntropy network"):
+        net.evaluate(X, yb, metrics=["top_k"])

@@ -215,3 +215,26 @@ def test_schedules_clipping_and_metrics_are_saved_with_the_model(tmp_path):
     with pytest.warns(RuntimeWarning, match="cannot be recorded; the file holds its current rate 0.5"):
         odd.save(str(tmp_path / "o.npz"))
     assert nf.NeuralNetwork.load(str(tmp_path / "o.npz")).optimizer.lr == 0.5
+
+
+def test_learning_rate_setter_and_infinite_rate():
+    opt = nf.Adam()
+    opt.learning_rate = 0.05
+    assert opt.lr == 0.05 and opt.learning_rate == 0.05
+    opt.learning_rate = sch.StepDecay(0.1, 10)
+    assert opt.learning_rate == 0.1
+    for bad in (float("inf"), -1.0, 0.0):
+        with pytest.raises(ValueError, match="learning rate must be (> 0|finite)"):
+            opt.learning_rate = bad
+    with pytest.raises(ValueError, match="learning rate must be finite, received inf"):
+        nf.SGD(lr=float("inf"))
+
+
+def test_reduce_lr_on_plateau_refuses_a_scheduled_optimizer():
+    net = nf.NeuralNetwork([nf.Linear(3, 2)], optimizer=nf.SGD(lr=sch.StepDecay(0.1, 10)))
+    cb = nf.ReduceLROnPlateau(monitor="loss", patience=0)
+    cb.set_network(net)
+    cb.on_train_begin({})
+    cb.on_epoch_end(0, {"loss": 1.0})
+    with pytest.raises(ValueError, match="the optimizer's learning rate is a schedule"):
+        cb.on_epoch_end(1, {"loss": 2.0})

@@ -295,11 +295,26 @@ def _require_spatial(layer, shape):
                          f"{shape!r}; pass input_shape=(C, *S) to to_keras/compare")
 
 
+def _keras_regularizer(reg):
+    """Keras's counterpart of one of our weight penalties (``regularizers``), or None."""
+    if reg is None:
+        return None
+    return keras.regularizers.L1L2(l1=reg.l1, l2=reg.l2)
+
+
+def _keras_extras(layer):
+    """Constructor arguments of a Keras Dense/Conv carrying our layer's penalties and freezing."""
+    return {"kernel_regularizer": _keras_regularizer(getattr(layer, "kernel_regularizer", None)),
+            "bias_regularizer": _keras_regularizer(getattr(layer, "bias_regularizer", None)),
+            "trainable": bool(getattr(layer, "trainable", True))}
+
+
 def _convert_linear(layer, shape, dtype, name):
     if len(shape) != 1 or shape[0] != layer.in_features:
         raise ShapeError(f"{layer._describe()} expects input (N, {layer.in_features}), the previous layer "
                          f"gives {format_shape((None,) + tuple(shape))}")
-    dense = keras.layers.Dense(layer.out_features, use_bias=layer.use_bias, name=name(layer.name), dtype=dtype)
+    dense = keras.layers.Dense(layer.out_features, use_bias=layer.use_bias, name=name(layer.name), dtype=dtype,
+                               **_keras_extras(layer))
     return [dense], dense
 
 
@@ -321,7 +336,7 @@ def _convert_conv(layer, shape, dtype, name):
             kls.append(_zero_padding(nd, pads, name(layer.name + "_pad"), dtype))
     conv = _CONV[nd](layer.out_channels, layer.kernel_size, strides=(1,) * nd if both else layer.stride,
                      padding=kpad, dilation_rate=layer.dilation, use_bias=layer.use_bias,
-                     name=name(layer.name), dtype=dtype)
+                     name=name(layer.name), dtype=dtype, **_keras_extras(layer))
     kls.append(conv)
     if both:  # Keras refuses stride > 1 together with dilation > 1: subsample after a stride-1 conv
         kls.append(_MAXP[nd](pool_size=(1,) * nd, strides=layer.stride, padding="valid",

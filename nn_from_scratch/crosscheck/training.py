@@ -9,7 +9,7 @@ Keras's step is a custom train step (traced once with ``tf.function``, as
 ``model.fit`` does; ``graph=False`` runs it eagerly)::
 
     with tf.GradientTape() as tape:
-        loss = keras_loss(y, model(x, training=True))
+        loss = keras_loss(y, model(x, training=True)) + sum(model.losses)   # the weight penalties, if any
     optimizer.apply_gradients(zip(tape.gradient(loss, vars), vars))
 
 With ``lockstep=True`` our weights are copied into the Keras model before every
@@ -30,6 +30,7 @@ import copy
 import numpy as np
 import tensorflow as tf
 
+from .. import regularizers
 from ..backend import to_device, to_numpy
 from ..losses import SoftMaxLoss
 from ..optimizers import GradientDescent
@@ -93,6 +94,8 @@ def compare_training(network, X, y, steps=100, optimizer=None, batch_size=32, se
     def keras_step(xk, yk):
         with tf.GradientTape() as tape:
             lk = kloss(yk, twin.model(xk, training=True))
+            if twin.model.losses:               # the layers' weight penalties (kernel/bias regularizers)
+                lk = lk + tf.add_n(twin.model.losses)
         kopt.apply_gradients(zip(tape.gradient(lk, variables), variables))
         return lk
 
@@ -121,6 +124,8 @@ def compare_training(network, X, y, steps=100, optimizer=None, batch_size=32, se
         g = loss.backward()
         for i in range(len(layers) - 1, -1, -1):
             g = layers[i].backward(g, need_input_grad=i > 0)
+        if regularizers.has_any(layers):        # the penalties in the loss and the gradients, as fit does
+            lo += float(to_numpy(regularizers.apply(layers)))
         opt.step(layers)
         # keras
         lk = float(keras_step(tf.constant(to_keras_layout(xb), dtype=dtype.name), tf.constant(yk_all[idx])))
