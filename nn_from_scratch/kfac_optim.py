@@ -37,7 +37,8 @@ which runs the forward/backward pass in this process, layer by layer (no fused b
 split), keeps each layer's input (the patches come from ``patches.im2col`` of it) and
 per-example output gradient, and leaves the training gradient in the layers as usual.  On the
 other steps, and for every other optimizer, the trainer runs its ordinary (fused, split) step:
-nothing is slower.  A manual loop calls ``optimizer.forward_backward(net, x, y)`` itself instead of
+nothing is slower.  A saved model keeps the momenta and the step count (``get_state``); the
+factors are not saved: after loading, the first step records them again.  A manual loop calls ``optimizer.forward_backward(net, x, y)`` itself instead of
 ``net.forward``/``backward`` when ``optimizer.needs_layer_statistics`` is True.
 """
 import math
@@ -47,9 +48,10 @@ import numpy as np
 
 from . import kernels
 from .analysis import layer_statistics as ls
-from .analysis.kronecker import EKFACFactors, KroneckerFactors, check_damping, one_blas_thread, symmetric_eigh
+from .analysis.kronecker import (EKFACFactors, KroneckerFactors, check_damping, one_blas_thread, scalings_sum,
+                                symmetric_eigh)
 from .backend import get_array_module
-from .interfaces import Optimizer
+from .interfaces import Optimizer, _StateByLayer
 
 __all__ = ["KFAC", "EKFAC"]
 
@@ -93,12 +95,14 @@ class KFAC(Optimizer):
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._warned = set()
+        self._curv = _StateByLayer()     # per layer: factors, eigenbasis, scalings (not saved with a model)
+        self._fresh = True               # no statistics yet: the next step records them, whatever its index
 
     # ------------------------------------------------------------------ the trainer's hook
     @property
     def needs_layer_statistics(self):
         """Must the trainer hand this step's batch to ``forward_backward``?"""
-        return self.iterations % self.cov_every == 0
+        return self._fresh or self.iterations % self.cov_every == 0
 
     def forward_backward(self, net, xb, yb, sample_weight=None):
         """The batch's forward/backward pass (training gradient in the layers), keeping the curvature
@@ -110,6 +114,7 @@ class KFAC(Optimizer):
         rec = ls.record(net, xb, yb, self.fisher, layers, self.mc_samples, self._rng, keep_grads=True,
                         sample_weight=sample_weight)
         n = rec.output.shape[0]
+        self._fresh = False
         with one_blas_thread(get_array_module(rec.output)):
             self._statistics(layers, rec, n)
         return rec.loss, rec.output
@@ -117,10 +122,10 @@ class KFAC(Optimizer):
     def _statistics(self, layers, rec, n):
         update_cov = self.iterations % self.cov_every == 0
         for layer in layers:
-            st = self._state.of(layer)
+            st = self._curv.of(layer)
             a = rec.patches(layer)
             gs = rec.output_gradients(layer)
-            if update_cov:
+            if update_cov or "A" not in st:
                 t = a.shape[1]
                 a2 = a.reshape(-1, a.shape[2])
                 A = (a2.T @ a2).astype(np.float64) / n
@@ -140,7 +145,7 @@ class KFAC(Optimizer):
     def curvature(self, layer):
         """The layer's current curvature: ``KroneckerFactors`` (its eigenbasis the one in use), or
         None before the first statistics."""
-        st = self._state.of(layer)
+        st = self._curv.of(layer)
         if "A" not in st:
             return None
         kf = KroneckerFactors(st["A"], st["G"], layer=layer.name)
@@ -149,6 +154,7 @@ class KFAC(Optimizer):
         return kf
 
     def _new_basis(self, st, layer):
+        st["pre"] = None
         st["eigen"] = (*symmetric_eigh(st["G"], f"the G factor of layer '{layer.name}'"),
                        *symmetric_eigh(st["A"], f"the A factor of layer '{layer.name}'"))
 
@@ -157,8 +163,14 @@ class KFAC(Optimizer):
         return get_array_module(lam_G).outer(lam_G, lam_A) + self.damping
 
     def _precondition(self, st, V):
-        _, Q_G, _, Q_A = st["eigen"]
-        return Q_G @ ((Q_G.T @ V @ Q_A) / self._denominator(st)) @ Q_A.T
+        """``Q_G [(Q_G^T V Q_A) / denominator] Q_A^T`` in ``V``'s dtype (the bases and the reciprocal
+        denominator are cast once per basis/scalings: float32 networks precondition in float32)."""
+        pre = st.get("pre")
+        if pre is None or pre[0].dtype != V.dtype:
+            _, Q_G, _, Q_A = st["eigen"]
+            st["pre"] = pre = (Q_G.astype(V.dtype), Q_A.astype(V.dtype), (1.0 / self._denominator(st)).astype(V.dtype))
+        Q_G, Q_A, inv = pre
+        return Q_G @ ((Q_G.T @ V @ Q_A) * inv) @ Q_A.T
 
     def step(self, layers):
         """One update of every trainable layer (see the module docstring)."""
@@ -178,7 +190,7 @@ class KFAC(Optimizer):
                 if layer.grads.get(name) is None:
                     raise RuntimeError(f"{layer._describe()}: no gradient for parameter {name!r}; call backward() "
                                        "before step()")
-            st = self._state.of(layer)
+            st = self._curv.of(layer)
             if ls.is_supported(layer) and "A" in st:
                 if "eigen" not in st or t % self.inv_every == 0:
                     self._new_basis(st, layer)
@@ -186,7 +198,7 @@ class KFAC(Optimizer):
                 else:
                     self._refresh_scalings(st, layer, t)
                 st.pop("batch", None)
-                V = ls.to_matrix(layer, layer.grads).astype(np.float64)
+                V = ls.to_matrix(layer, layer.grads)
                 pre.append((layer, V, self._precondition(st, V)))
             else:
                 if ls.is_supported(layer) and layer.name not in self._warned:
@@ -199,7 +211,7 @@ class KFAC(Optimizer):
         nu = 1.0
         if pre and self.kl_clip is not None:
             xp = get_array_module(pre[0][1])
-            total = sum(xp.abs((Vp * V).sum()) for _, V, Vp in pre) * (lr ** 2)
+            total = sum(xp.abs((Vp * V).sum(dtype=np.float64)) for _, V, Vp in pre) * (lr ** 2)
             with np.errstate(divide="ignore"):
                 nu = xp.minimum(1.0, xp.sqrt(self.kl_clip / total))
         for layer, _, Vp in pre:
@@ -228,9 +240,12 @@ class KFAC(Optimizer):
         """K-FAC: nothing (EKFAC re-estimates its scalings)."""
 
     def reset(self):
+        """Forget momenta, the step count and the curvature statistics."""
         super().reset()
         self._rng = np.random.default_rng(self.seed)
         self._warned = set()
+        self._curv = _StateByLayer()
+        self._fresh = True
 
     def get_config(self):
         return {"lr": self.lr, "damping": self.damping, "decay": self.decay, "cov_every": self.cov_every,
@@ -251,7 +266,7 @@ class EKFAC(KFAC):
 
     @property
     def needs_layer_statistics(self):
-        return self.iterations % self.cov_every == 0 or self.iterations % self.scale_every == 0
+        return self._fresh or self.iterations % self.cov_every == 0 or self.iterations % self.scale_every == 0
 
     def _keep_batch(self, st, a, gs):
         if (self.iterations % self.scale_every == 0) and self.iterations % self.inv_every != 0:
@@ -259,6 +274,7 @@ class EKFAC(KFAC):
 
     def _basis_changed(self, st):
         st["scalings"] = None
+        st["pre"] = None
 
     def _refresh_scalings(self, st, layer, t):
         batch = st.get("batch")
@@ -267,15 +283,10 @@ class EKFAC(KFAC):
         a, gs = batch
         _, Q_G, _, Q_A = st["eigen"]
         n = a.shape[0]
-        s = None
-        for lo in range(0, n, self.chunk_examples):
-            ap = a[lo:lo + self.chunk_examples].astype(np.float64) @ Q_A
-            for g in gs:
-                gp = g[lo:lo + self.chunk_examples].astype(np.float64) @ Q_G
-                part = (get_array_module(ap).matmul(gp.transpose(0, 2, 1), ap) ** 2).sum(axis=0)
-                s = part if s is None else s + part
+        s = scalings_sum(a, gs, Q_G, Q_A, self.chunk_examples)
         s /= n
         old = st.get("scalings")
+        st["pre"] = None
         st["scalings"] = s if old is None else self.decay * old + (1 - self.decay) * s
 
     def _denominator(self, st):
@@ -287,9 +298,9 @@ class EKFAC(KFAC):
     def curvature(self, layer):
         """``EKFACFactors`` in use (scalings ``lam_G lam_A^T`` until re-estimated), or None."""
         kf = super().curvature(layer)
-        if kf is None or "eigen" not in self._state.of(layer):
+        if kf is None or "eigen" not in self._curv.of(layer):
             return kf
-        return EKFACFactors(kf, self._state.of(layer).get("scalings"))
+        return EKFACFactors(kf, self._curv.of(layer).get("scalings"))
 
     def get_config(self):
         cfg = super().get_config()

@@ -116,6 +116,16 @@ class BatchNorm(Neuron):
         """``4 C`` as Keras counts them: ``2 C`` trainable (gamma, beta), ``2 C`` not (the moving statistics)."""
         return 4 * self.channels
 
+    @classmethod
+    def param_shapes(cls, config):
+        """``{"gamma", "beta", "moving_mean", "moving_variance": (C,)}`` for a ``get_config`` record,
+        without building the layer (the model file check, ``serialization.py``: the moving statistics
+        are validated like the weights)."""
+        c = list(config["shape"])[1]
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1:
+            raise ValueError(f"shape[1] (features/channels) must be a positive integer, received {c!r}")
+        return {name: (int(c),) for name in ("gamma", "beta", "moving_mean", "moving_variance")}
+
     def get_config(self):
         return {"shape": [None] + list(self.input_shape), "momentum": self.momentum, "epsilon": self.epsilon,
                 "dtype": self.dtype.name, "name": self.name}

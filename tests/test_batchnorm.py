@@ -186,6 +186,27 @@ def test_a_file_without_the_statistics_is_refused(tmp_path, rng):
         bn_net().load(path)
 
 
+def test_moving_statistics_of_the_wrong_shape_are_refused_before_building(tmp_path):
+    """C7: the buffers go through the model file's schema check like the weights."""
+    import json
+
+    from nn_from_scratch.serialization import FORMAT, write_npz_atomic
+    net = bn_net()
+    arrays = dict(net._param_arrays())
+    arrays["layer1/moving_variance"] = np.ones(9)
+    path = str(tmp_path / "bad.npz")
+    write_npz_atomic(path, {"__format__": np.array(FORMAT), "__config__": np.array(json.dumps(net.get_config())),
+                            **arrays})
+    with pytest.raises(ModelFileError, match=r"layer 1 \(BatchNorm\) is described with parameters .*"
+                                             r"'moving_variance': \(8,\).* but the file holds .*\(9,\)"):
+        nf.NeuralNetwork.load(path)
+    arrays["layer1/moving_variance"] = np.ones(8, dtype=np.int64)
+    write_npz_atomic(path, {"__format__": np.array(FORMAT), "__config__": np.array(json.dumps(net.get_config())),
+                            **arrays})
+    with pytest.raises(ModelFileError, match=r"layer1/moving_variance .* has dtype int64"):
+        nf.NeuralNetwork.load(path)
+
+
 def test_weights_and_summary_count_the_statistics():
     net = bn_net()
     w = net.get_weights()

@@ -429,3 +429,14 @@ def test_cupy_factors_equal_numpy(gpu, rng):
     for (lg, dg), (lh, dh) in zip(pg.items(), ph.items()):
         for key in dh:
             close(dg[key], dh[key])
+
+
+@pytest.mark.parametrize("shape", [(5, 1, 7, 3), (4, 30, 6, 2)], ids=["projections-first", "gradients-first"])
+def test_scalings_sum_both_orders_equal_a_loop(shape, rng):
+    from nn_from_scratch.analysis.kronecker import scalings_sum
+    n, T, dp, f = shape
+    a, gs = rng.standard_normal((n, T, dp)), [rng.standard_normal((n, T, f)) for _ in range(2)]
+    Q_A = np.linalg.qr(rng.standard_normal((dp, dp)))[0]
+    Q_G = np.linalg.qr(rng.standard_normal((f, f)))[0]
+    ref = sum((Q_G.T @ sum(np.outer(g[i, t], a[i, t]) for t in range(T)) @ Q_A) ** 2 for g in gs for i in range(n))
+    close(scalings_sum(a, gs, Q_G, Q_A, chunk=3), ref)

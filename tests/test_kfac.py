@@ -278,3 +278,17 @@ def test_learning_rate_schedule_is_read_at_each_step(rng):
         V = ls.to_matrix(lin, {"W": net.gradients(X, y)[(lin.name, "W")]})
         net.train_step(X, y)
         close(ls.to_matrix(lin, {"W": lin.W - W0}), -0.5 * 0.5 ** t * kf.solve(V, 0.1), 1e-9)
+
+
+def test_a_trained_model_saves_and_resumes(tmp_path, rng):
+    """Momenta and the step count are saved; the factors are recorded again at the first step after loading."""
+    X, y = rng.standard_normal((32, 3)), rng.integers(0, 2, 32)
+    net = NeuralNetwork([Linear(3, 4), Tanh(), Linear(4, 2)], loss_fn=SoftMaxLoss(),
+                        optimizer=EKFAC(lr=0.05, damping=0.01, cov_every=3, inv_every=6), workers=1)
+    net.fit(X, y, epochs=2, batch_size=8, verbose=0, seed=0)
+    path = net.save(str(tmp_path / "trained.npz"))
+    back = NeuralNetwork.load(path)
+    assert back.optimizer.iterations == 8 and back.optimizer.needs_layer_statistics
+    assert back.optimizer.curvature(back.layers[0]) is None
+    back.fit(X, y, epochs=1, batch_size=8, verbose=0, seed=0)
+    assert back.optimizer.iterations == 12 and back.optimizer.curvature(back.layers[0]) is not None

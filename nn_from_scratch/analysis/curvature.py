@@ -79,7 +79,7 @@ import numpy as np
 
 from ..backend import get_array_module, read_scalars, to_device, to_numpy
 from . import layer_statistics as ls
-from .kronecker import EKFACFactors, KroneckerFactors, check_damping, symmetric_eigh
+from .kronecker import EKFACFactors, KroneckerFactors, check_damping, scalings_sum, symmetric_eigh
 
 __all__ = ["per_example_gradients", "kfac_factors", "fisher_block", "ekfac_scalings", "ekfac_factors",
            "approximation_errors", "KroneckerFactors", "EKFACFactors", "check_damping", "symmetric_eigh",
@@ -218,7 +218,8 @@ def ekfac_scalings(net, X, y, factors, fisher="empirical", mc_samples=1, seed=0,
     """``{layer name: s}``, ``s = (1/N) sum_n (Q_G^T G_n Q_A)^2: (F, Dp)`` in the eigenbasis of
     ``factors`` (a ``kfac_factors`` result), from the real per-example gradients of ``X``.
 
-    Computed as ``sum_t (Q_G^T g_nt)(Q_A^T a_nt)^T`` per example (projections first).
+    Per example ``sum_t (Q_G^T g_nt)(Q_A^T a_nt)^T`` or ``Q_G^T G_n Q_A``, whichever is cheaper
+    (``kronecker.scalings_sum``).
     """
     names = list(factors)
     chosen = ls.select_layers(net, names, "ekfac_scalings")
@@ -227,9 +228,7 @@ def ekfac_scalings(net, X, y, factors, fisher="empirical", mc_samples=1, seed=0,
         n_total += rec.output.shape[0]
         for layer in chosen:
             _, Q_G, _, Q_A = factors[layer.name].eigen()
-            a, gs = _rows64(rec, layer)
-            ap = a @ Q_A
-            s = sum((_per_example(ap, g @ Q_G) ** 2).sum(axis=0) for g in gs)
+            s = scalings_sum(rec.patches(layer), rec.output_gradients(layer), Q_G, Q_A)
             sums[layer.name] = s if sums[layer.name] is None else sums[layer.name] + s
     return {name: sums[name] / n_total for name in names}
 

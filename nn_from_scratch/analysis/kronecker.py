@@ -36,7 +36,8 @@ import numpy as np
 from ..backend import get_array_module, read_scalars
 from ..interfaces import ShapeError
 
-__all__ = ["KroneckerFactors", "EKFACFactors", "symmetric_eigh", "check_damping", "one_blas_thread", "SOLVE_METHODS"]
+__all__ = ["KroneckerFactors", "EKFACFactors", "symmetric_eigh", "check_damping", "one_blas_thread", "scalings_sum",
+           "SOLVE_METHODS"]
 
 SOLVE_METHODS = ("eigen", "pi")
 
@@ -81,6 +82,35 @@ def symmetric_eigh(M, what="factor"):
     with one_blas_thread(xp):
         lam, Q = xp.linalg.eigh((M + M.T) / 2)
     return xp.maximum(lam, 0.0), Q
+
+
+def scalings_sum(a, gs, Q_G, Q_A, chunk=32):
+    """``sum_n sum_c (Q_G^T G_nc Q_A)^2`` (elementwise square; ``(F, Dp)``, float64) for the per-example
+    gradients ``G_nc = sum_t g_nct a_nt^T`` of ``a: (N, T, Dp)`` and each ``g`` in ``gs: [(N, T, F)]``.
+
+    Two orders give the same numbers; the cheaper one is taken per layer (flops per example):
+    projections first, ``(Q_G^T g)(Q_A^T a)^T`` summed over positions: ``T (Dp^2 + F^2 + F Dp)``;
+    per-example gradients first, then projected: ``T F Dp + F Dp^2 + F^2 Dp``.  (A convolution with
+    many positions and few filters: the second; a Linear layer, T = 1: the first.)
+    """
+    xp = get_array_module(a)
+    n, T, dp = a.shape
+    f = Q_G.shape[0]
+    project_first = T * (dp * dp + f * f + f * dp) <= T * f * dp + f * dp * dp + f * f * dp
+    total = None
+    for lo in range(0, n, chunk):
+        a_c = a[lo:lo + chunk].astype(np.float64)
+        if project_first:
+            a_c = a_c @ Q_A
+        for g in gs:
+            g_c = g[lo:lo + chunk].astype(np.float64)
+            if project_first:
+                P = xp.matmul((g_c @ Q_G).transpose(0, 2, 1), a_c)
+            else:
+                P = Q_G.T @ xp.matmul(g_c.transpose(0, 2, 1), a_c) @ Q_A
+            part = (P * P).sum(axis=0)
+            total = part if total is None else total + part
+    return total
 
 
 def _as_matrix(V, shape, where):
