@@ -278,3 +278,24 @@ def test_kept_entries_are_scaled_as_keras_scales_them(rng):
         dropped = (y == 0).sum()
         assert abs(dropped - 0.3 * x.size) < 4.5 * math.sqrt(x.size * 0.21)
     np.testing.assert_array_equal(np.asarray(kd(x, training=False)), x)
+
+
+@pytest.mark.filterwarnings("ignore::nn_from_scratch.TrainingWarning")
+def test_load_then_fit_continues_bitwise_with_dropout_and_batchnorm(tmp_path, rng):
+    """The masks' position (and BatchNorm's statistics, and 24b's optimizer state) travel in the file."""
+    X, y = rng.standard_normal((40, 6)), rng.integers(0, 3, 40)
+
+    def build():
+        return nf.NeuralNetwork([nf.Linear(6, 8, seed=0, use_bias=False), nf.BatchNorm(8), nf.ReLU(),
+                                 nf.Dropout(0.5, seed=3), nf.Linear(8, 3, seed=1)],
+                                loss_fn=nf.SoftMaxLoss(), optimizer=nf.Adam(1e-2))
+    whole = build()
+    whole.fit(X, y, epochs=4, batch_size=10, shuffle=False, verbose=0)
+    half = build()
+    half.fit(X, y, epochs=2, batch_size=10, shuffle=False, verbose=0)
+    path = str(tmp_path / "half.npz")
+    half.save(path)
+    resumed = nf.NeuralNetwork.load(path)
+    resumed.fit(X, y, epochs=2, batch_size=10, shuffle=False, verbose=0)
+    for a, b in zip(whole.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(a, b)
