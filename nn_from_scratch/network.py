@@ -24,6 +24,7 @@ for a validation pass, and the input checks at the start of ``fit``.
 """
 import contextlib
 import functools
+import inspect
 import json
 import math
 import time
@@ -98,6 +99,19 @@ class _hybridmethod:
 
 def _shape_matches(got, expected):
     return len(got) == len(expected) and all(e is None or e == g for g, e in zip(got, expected))
+
+
+def _loss_forward(loss_fn, out, yb, sample_weight):
+    """The batch's loss; ``sample_weight`` is passed only when there are weights, so a loss
+    written against the older ``forward(prediction, target, validate=True)`` still works."""
+    if sample_weight is None:
+        return loss_fn.forward(out, yb, validate=False)
+    params = inspect.signature(loss_fn.forward).parameters
+    if "sample_weight" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise TypeError(f"{type(loss_fn).__name__}.forward(prediction, target, validate) takes no "
+                        "sample_weight: to train with sample_weight/class_weight, accept "
+                        "forward(..., sample_weight=None) and pass it on to Loss.forward")
+    return loss_fn.forward(out, yb, validate=False, sample_weight=sample_weight)
 
 
 class NeuralNetwork:
@@ -553,7 +567,7 @@ class NeuralNetwork:
                 kind = getattr(self._sharded, "kind", "workers")
                 self._drop_shards()             # a fresh split next time (a worker may have died)
         out = self.forward(xb)
-        loss = self.loss_fn.forward(out, yb, validate=False, sample_weight=sample_weight)
+        loss = _loss_forward(self.loss_fn, out, yb, sample_weight)
         self.backward(self.loss_fn.backward(), need_input_grad=False)
         if failed is not None:
             warnings.warn(f"{self.name}: the step split over {shards} {kind} failed ({failed!r}); "
@@ -849,7 +863,7 @@ class NeuralNetwork:
         for a, b, out in self._outputs(X, bs):
             yb = to_device(y[a:b], like=out)
             wb = None if sw is None else to_device(sw[a:b], like=out, dtype=out.dtype)
-            total_loss = total_loss + self.loss_fn.forward(out, yb, validate=False, sample_weight=wb) * (b - a)
+            total_loss = total_loss + _loss_forward(self.loss_fn, out, yb, wb) * (b - a)
             for i, m in enumerate(run_metrics):
                 sums[i] = sums[i] + m.batch_sum(out, yb)
         pen = regularizers.penalty(self.layers)    # Keras: the loss includes the weight penalties
