@@ -444,8 +444,8 @@ def main(argv=None):
         return 2
     print(report)
     if args.json:
-        from .train import _write_json_atomic  # noqa: PLC0415
-        _write_json_atomic(args.json, report.to_json())
+        from .atomic import write_json_atomic  # noqa: PLC0415
+        write_json_atomic(args.json, report.to_json())
         print(f"JSON: {os.path.abspath(args.json)}")
     return 0 if report.passed else 1
 

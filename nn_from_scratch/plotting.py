@@ -23,20 +23,13 @@ itself.  Arrays may be NumPy or CuPy (they are copied to the host); history
 values may be Python floats or 0-d arrays of either library.
 """
 import os
-import tempfile
 
 import numpy as np
 
+from .atomic import atomic_open
 from .backend import to_numpy
 
 __all__ = ["plot_history", "show_images", "plot_filters", "save_figure", "new_figure"]
-
-
-def _umask_mode():
-    """Permissions a newly created file gets (mkstemp would make it private, 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def new_figure(figsize=None, layout="constrained", **kwargs):
@@ -65,18 +58,8 @@ def save_figure(fig, path, dpi=100):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     ext = os.path.splitext(path)[1].lstrip(".").lower() or "png"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="." + ext, dir=directory)
-    try:
-        os.chmod(tmp, _umask_mode())
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=ext, dpi=dpi)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format=ext, dpi=dpi)
     return path
 
 

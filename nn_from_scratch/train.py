@@ -53,13 +53,12 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 
 from . import backend, datasets
+from .atomic import write_json_atomic
 from .examples.networks import seed_lab_cnn
 from .optimizers import get as get_optimizer
-from .plotting import _umask_mode
 
 __all__ = ["build_model", "find_test_set", "mnist_test_locations", "load_data", "run", "main",
            "DEFAULT_LR", "MNIST_DIR_ENV", "PROJECT_ROOT"]
@@ -172,20 +171,6 @@ def load_data(test_dir=None, seed=0):
     return X, y, X_test, y_test, text, False
 
 
-def _write_json_atomic(path, data):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        os.chmod(tmp, _umask_mode())
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 def run(epochs=10, batch_size=16, optimizer="adam", lr=None, seed=0, out="outputs", backend_name=None,
         save=None, test_dir=None, verbose=1, plot=True, print_fn=print):
@@ -230,7 +215,7 @@ def run(epochs=10, batch_size=16, optimizer="adam", lr=None, seed=0, out="output
         result["model"] = net.save(save)
     result["wall_seconds"] = time.perf_counter() - start
     result["summary"] = os.path.join(out, "summary.json")
-    _write_json_atomic(result["summary"], result)
+    write_json_atomic(result["summary"], result)
     return result
 
 

@@ -77,6 +77,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..network import TrainingWarning
+from ..atomic import write_text_atomic
 from ..serialization import write_npz_atomic
 from .gradients import (OUTPUT_MODES, GradientMoments, association_statistic, check_output_mode,
                         gradient_statistics, input_gradients, iter_input_gradients, nonlinearity_statistic)
@@ -451,7 +452,7 @@ class _Checkpoints:
                     f"(it differs in: {', '.join(diff)}); refusing to mix them - use a new directory or the "
                     "original settings")
         else:
-            _write_text_atomic(path, json.dumps(fingerprint, indent=1, sort_keys=True))
+            write_text_atomic(path, json.dumps(fingerprint, indent=1, sort_keys=True))
         self.digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
 
     def _path(self, task):
@@ -475,22 +476,6 @@ class _Checkpoints:
     def store(self, task, stat, digest):
         write_npz_atomic(self._path(task), {"statistic": stat, "experiment": np.array(self.digest),
                                             "init_digest": np.array(digest)})
-
-
-def _write_text_atomic(path, text):
-    import tempfile  # noqa: PLC0415
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------- the test

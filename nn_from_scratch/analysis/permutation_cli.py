@@ -96,7 +96,8 @@ def run(permutations=DEFAULTS["permutations"], jobs=DEFAULTS["jobs"], epochs=DEF
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     from ..plotting import save_figure  # noqa: PLC0415
-    from ..train import _write_json_atomic, load_data  # noqa: PLC0415
+    from ..atomic import write_json_atomic  # noqa: PLC0415
+    from ..train import load_data  # noqa: PLC0415
     from . import permutation as pt  # noqa: PLC0415
 
     t0 = time.perf_counter()
@@ -142,7 +143,7 @@ def run(permutations=DEFAULTS["permutations"], jobs=DEFAULTS["jobs"], epochs=DEF
         "permutation_test_seconds": res.info["wall_time_s"], "total_seconds": time.perf_counter() - t0,
         "files": ["association_maps.png", "result.npz", "summary.json", "checkpoints/"],
     }
-    _write_json_atomic(os.path.join(out, "summary.json"), summary)
+    write_json_atomic(os.path.join(out, "summary.json"), summary)
     print(json.dumps({k: summary[k] for k in ("test_accuracy", "significant_pixels", "blank_pixels",
                                                 "permutation_test_seconds")}, indent=1))
     print(f"wrote {out}/association_maps.png, result.npz, summary.json")

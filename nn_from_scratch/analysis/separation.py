@@ -258,8 +258,8 @@ class SeparationResult:
 
     def to_json(self, path):
         """Write the result to ``path`` (JSON, atomically); returns ``path``."""
-        from ..train import _write_json_atomic  # noqa: PLC0415 - the package's atomic JSON writer
-        _write_json_atomic(os.fspath(path), self._as_json())
+        from ..atomic import write_json_atomic  # noqa: PLC0415 - the package's atomic JSON writer
+        write_json_atomic(os.fspath(path), self._as_json())
         return path
 
     @classmethod

@@ -77,7 +77,7 @@ def run(epochs=5, n_per_class=500, test_per_class=None, out="outputs/separation"
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
     from ..optimizers import Adam  # noqa: PLC0415
-    from ..train import _write_json_atomic  # noqa: PLC0415
+    from ..atomic import write_json_atomic, write_text_atomic  # noqa: PLC0415
     from . import separation as sep  # noqa: PLC0415
     start = time.perf_counter()
     out = os.path.abspath(out)
@@ -133,8 +133,8 @@ def run(epochs=5, n_per_class=500, test_per_class=None, out="outputs/separation"
     text = "\n\n".join(f"{title} (Fisher permutation tests, two-sided, paired sign-flip over the class pairs)\n"
                        f"{table.to_text()}" for title, table in tests.items())
     from ..plotting import save_figure  # noqa: PLC0415
-    _write_text_atomic(os.path.join(out, "tests.txt"), text + "\n")
-    _write_json_atomic(os.path.join(out, "tests.json"), {k: v.records() for k, v in tests.items()})
+    write_text_atomic(os.path.join(out, "tests.txt"), text + "\n")
+    write_json_atomic(os.path.join(out, "tests.json"), {k: v.records() for k, v in tests.items()})
     files += [os.path.join(out, "tests.txt"), os.path.join(out, "tests.json")]
     last = results["test_after"].layers[-1]
     figs = {
@@ -159,24 +159,9 @@ def run(epochs=5, n_per_class=500, test_per_class=None, out="outputs/separation"
                             "n_permutations": n_permutations},
                "mean_H": {k: dict(zip(r.layers, [float(h.mean()) for h in r.H])) for k, r in results.items()},
                "files": files}
-    _write_json_atomic(os.path.join(out, "summary.json"), summary)
+    write_json_atomic(os.path.join(out, "summary.json"), summary)
     summary["tests"] = tests
     return summary
-
-
-def _write_text_atomic(path, text):
-    import tempfile  # noqa: PLC0415
-    from ..plotting import _umask_mode  # noqa: PLC0415
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".txt", dir=os.path.dirname(path))
-    try:
-        os.chmod(tmp, _umask_mode())
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _parser():
