@@ -25,14 +25,7 @@ from nn_from_scratch.patches import gathering_filter, resolve_padding
 F64 = np.float64
 
 
-@pytest.fixture(autouse=True)
-def seeded_layers():
-    """Layers built without a seed draw their weights from one seeded generator (restored after)."""
-    from nn_from_scratch import initializers
-    saved = initializers._global["rng"]
-    initializers.set_seed(20)
-    yield
-    initializers._global["rng"] = saved
+from seeding import seeded_layers  # noqa: E402,F401 - autouse: seeded weights in every test
 
 
 def close(a, b, tol=1e-10):
