@@ -29,7 +29,7 @@ import numpy as np
 
 
 def load_images(n):
-    from nn_from_scratch import datasets  # noqa: PLC0415
+    from nn_from_scratch.data import datasets  # noqa: PLC0415
     from nn_from_scratch.train import find_test_set  # noqa: PLC0415
     X, _ = datasets.load_mnist("all")
     Xt, _, where = find_test_set()

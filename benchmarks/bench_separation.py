@@ -31,7 +31,7 @@ import numpy as np
 
 
 def load():
-    from nn_from_scratch import datasets
+    from nn_from_scratch.data import datasets
     from nn_from_scratch.train import find_test_set
     X, y, where = find_test_set()
     if X is None:

@@ -59,7 +59,7 @@ def load_data(n=None):
     The 5,000 bundled digits (``load_mnist('all')``); ``n`` keeps the first n.
     """
     ensure_repo_on_path()
-    from nn_from_scratch.datasets import load_mnist  # noqa: PLC0415
+    from nn_from_scratch.data.datasets import load_mnist  # noqa: PLC0415
     X, y = load_mnist("all")
     X = np.ascontiguousarray(X, dtype=np.float32)
     y = np.ascontiguousarray(y, dtype=np.int64)

@@ -27,8 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nn_from_scratch import (Convolution, Flatten, GradientDescent, Linear, NeuralNetwork,  # noqa: E402
-                             ReLU, SoftMaxLoss)
+from nn_from_scratch import Convolution, Flatten, GradientDescent, Linear, NeuralNetwork, ReLU, SoftMaxLoss
 from nn_from_scratch.analysis import curvature  # noqa: E402
 
 

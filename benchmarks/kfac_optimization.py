@@ -39,8 +39,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nn_from_scratch import (EKFAC, KFAC, Adam, GradientDescent, Linear, MSELoss,  # noqa: E402
-                             NeuralNetwork, Sigmoid, SoftMaxLoss)
+from nn_from_scratch import (EKFAC, KFAC, Adam, GradientDescent, Linear, MSELoss, NeuralNetwork, Sigmoid,
+                             SoftMaxLoss)
 from nn_from_scratch.examples.networks import lenet5_layers, seed_lab_layers  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def data(model, quick):
         X = X[np.random.default_rng(0).permutation(len(X))]
         n = 400 if quick else 1400
         return X[:n], X[:n], X[1400:], X[1400:]
-    from nn_from_scratch.datasets import load_mnist
+    from nn_from_scratch.data.datasets import load_mnist
     Xtr, ytr = load_mnist("train")
     Xte, yte = load_mnist("test")
     n = 512 if quick else len(ytr)

@@ -33,7 +33,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 import nn_from_scratch as nf  # noqa: E402
-from nn_from_scratch import datasets, fusion, parallel  # noqa: E402
+from nn_from_scratch.data import datasets  # noqa: E402
+from nn_from_scratch.engine import fusion, parallel
 
 THREADS = None
 DIRS = [datasets.FASHION_MNIST_DIR, "/tmp/fmnist/usr/share/datasets/fashion-mnist"]
@@ -99,8 +100,8 @@ def run_keras(net, X, y, Xt, yt, epochs, seed):
     if THREADS:
         tf.config.threading.set_intra_op_parallelism_threads(THREADS)
         tf.config.threading.set_inter_op_parallelism_threads(THREADS)
-    from nn_from_scratch.crosscheck import to_keras_layout
-    from nn_from_scratch.crosscheck.convert import MaskedDropout, build_twin
+    from nn_from_scratch.checks.crosscheck import to_keras_layout
+    from nn_from_scratch.checks.crosscheck.convert import MaskedDropout, build_twin
     twin = build_twin(net.layers, (1, 28, 28))
     layers = [keras.layers.Dropout(kl.source.rate) if isinstance(kl, MaskedDropout) else kl
               for kl in twin.model.layers]

@@ -66,7 +66,7 @@ def profile(net_name, batch, X, y, reps, warmup, sync):
     loss_f, loss_b, step = [], [], []
     clock = time.perf_counter
 
-    from nn_from_scratch import fusion  # noqa: PLC0415
+    from nn_from_scratch.engine import fusion  # noqa: PLC0415
     for rep in range(warmup + reps):
         keep = rep >= warmup
         x, i = xb, 0
@@ -169,7 +169,7 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     if a.unfused:
-        from nn_from_scratch import fusion  # noqa: PLC0415
+        from nn_from_scratch.engine import fusion  # noqa: PLC0415
         fusion.ENABLED = False
     if a.blas_threads is not None and a.blas_threads < 1:
         p.error("--blas-threads must be >= 1")

@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 
 import nn_from_scratch as nf
-from nn_from_scratch import parallel
+from nn_from_scratch.engine import parallel
 
 
 def make(workers, seed=0):

@@ -3,33 +3,48 @@
 Every layer has a hand-written ``forward``/``backward``; the same code runs on
 CuPy arrays on a GPU (``nn_from_scratch.backend``); ``nn_from_scratch.crosscheck``
 proves the numbers against TensorFlow/Keras.
+
+The package's layout (``docs/ARCHITECTURE.md``): ``layers/`` (every layer, one family per
+file), ``engine/`` (what exists only for speed), ``training/`` (the network, trainer and
+optimizers), ``data/``, ``checks/`` (gradient checks, the Keras cross-check, grading) and
+``analysis/`` (permutation tests, class separation, curvature).
 """
-from . import backend, callbacks, initializers, metrics
-from .callbacks import (Callback, CallbackError, CSVLogger, EarlyStopping, LambdaCallback,
-                        LearningRateScheduler, ModelCheckpoint, ReduceLROnPlateau, TerminateOnNaN)
-from .concurrency import ConcurrentUseError
-from .activations import Flatten, ReLU, Reshape, Sigmoid, Softmax, Tanh, Vectorization
-from .initializers import set_seed
-from .interfaces import Neuron, Node, Optimizer, ShapeError
-from .losses import MSELoss, SoftMaxLoss
-from .metrics import (Accuracy, BinaryAccuracy, MeanAbsoluteError, MeanSquaredError, Metric, TopKAccuracy, confusion_matrix,
-                      plot_confusion_matrix)
-from .network import DataError, History, NeuralNetwork, TrainingWarning
-from .neurons import Conv1D, Conv2D, Conv3D, Convolution, Dense, Linear
-from .optimizers import EKFAC, KFAC, SGD, AdaGrad, Adagrad, Adam, AdamW, GradientDescent, RMSProp, RMSprop
-from . import regularizers, schedules
-from .regularizers import L1, L1L2, L2
-from .schedules import (CosineDecay, ExponentialDecay, LearningRateSchedule, PiecewiseConstantDecay,
-                        StepDecay)
-from .pooling import (AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D,
-                      MaxPool3D)
-from .serialization import ModelFileError
-from .dropout import Dropout
-from .normalization import BatchNorm, BatchNormalization
-from .rectifiers import ELU, GELU, LeakyReLU, Softplus
-from .global_pooling import (GlobalAveragePooling, GlobalAveragePooling1D, GlobalAveragePooling2D,
-                             GlobalAveragePooling3D)
-from .more_losses import MAE, BinaryCrossEntropy, Huber, HuberLoss, MAELoss
+from . import _legacy
+
+_legacy.install()           # the flat module paths of earlier versions (nn_from_scratch.network, ...)
+
+from . import backend  # noqa: E402
+from .training import callbacks, metrics
+from .layers import initializers
+from .training.callbacks import (Callback, CallbackError, CSVLogger, EarlyStopping, LambdaCallback,
+                                 LearningRateScheduler, ModelCheckpoint, ReduceLROnPlateau, TerminateOnNaN)
+from .training.concurrency import ConcurrentUseError
+from .layers.reshape import Flatten, Reshape, Vectorization
+from .layers.activations import ReLU, Sigmoid, Softmax, Tanh
+from .layers.initializers import set_seed
+from .layers.base import Neuron, Node, ShapeError
+from .training.optimizer_base import Optimizer
+from .layers.losses import MSELoss, SoftMaxLoss
+from .training.metrics import (Accuracy, BinaryAccuracy, MeanAbsoluteError, MeanSquaredError, Metric,
+                               TopKAccuracy, confusion_matrix, plot_confusion_matrix)
+from .validation import DataError
+from .training.network import History, NeuralNetwork, TrainingWarning
+from .layers.conv import Conv1D, Conv2D, Conv3D, Convolution
+from .layers.dense import Dense, Linear
+from .training.optimizers import EKFAC, KFAC, SGD, AdaGrad, Adagrad, Adam, AdamW, GradientDescent, RMSProp, RMSprop
+from .layers import regularizers
+from .training import schedules
+from .layers.regularizers import L1, L1L2, L2
+from .training.schedules import (CosineDecay, ExponentialDecay, LearningRateSchedule, PiecewiseConstantDecay,
+                                 StepDecay)
+from .layers.pooling import AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D, MaxPool3D
+from .training.serialization import ModelFileError
+from .layers.dropout import Dropout
+from .layers.normalization import BatchNorm, BatchNormalization
+from .layers.rectifiers import ELU, GELU, LeakyReLU, Softplus
+from .layers.global_pooling import (GlobalAveragePooling, GlobalAveragePooling1D, GlobalAveragePooling2D,
+                                    GlobalAveragePooling3D)
+from .layers.more_losses import MAE, BinaryCrossEntropy, Huber, HuberLoss, MAELoss
 
 __version__ = "0.1.0"
 
@@ -52,3 +67,11 @@ __all__ = [
     "GlobalAveragePooling", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
     "BinaryCrossEntropy", "Huber", "MAE", "HuberLoss", "MAELoss",
 ]
+
+
+def __getattr__(name):
+    """``nn_from_scratch.network`` and the other flat module names of earlier versions (``_legacy``)."""
+    if name in _legacy.OLD_PATHS:
+        import importlib  # noqa: PLC0415
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

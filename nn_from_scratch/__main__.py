@@ -12,8 +12,8 @@ import sys
 
 COMMANDS = {
     "train": "nn_from_scratch.train",
-    "crosscheck": "nn_from_scratch.crosscheck",
-    "grade": "nn_from_scratch.grade",
+    "crosscheck": "nn_from_scratch.checks.crosscheck",
+    "grade": "nn_from_scratch.checks.grade",
     "permutation-test": "nn_from_scratch.analysis.permutation_cli",
     "separation": "nn_from_scratch.analysis.separation_cli",
 }

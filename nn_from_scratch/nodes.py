@@ -4,15 +4,15 @@ This module is the import path the course labs use
 (``from nn_from_scratch.nodes import ReLU, SoftMaxLoss, Vectorization``);
 each class lives in the module of its kind.
 """
-from .activations import Flatten, ReLU, Reshape, Sigmoid, Softmax, Tanh, Vectorization
-from .losses import Loss, MSELoss, SoftMaxLoss
-from .dropout import Dropout
-from .global_pooling import (GlobalAveragePooling, GlobalAveragePooling1D, GlobalAveragePooling2D,
-                             GlobalAveragePooling3D)
-from .more_losses import MAE, BinaryCrossEntropy, Huber
-from .rectifiers import ELU, GELU, LeakyReLU, Softplus
-from .pooling import (AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D,
-                      MaxPool3D)
+from .layers.reshape import Flatten, Reshape, Vectorization
+from .layers.activations import ReLU, Sigmoid, Softmax, Tanh
+from .layers.losses import Loss, MSELoss, SoftMaxLoss
+from .layers.dropout import Dropout
+from .layers.global_pooling import (GlobalAveragePooling, GlobalAveragePooling1D, GlobalAveragePooling2D,
+                                    GlobalAveragePooling3D)
+from .layers.more_losses import MAE, BinaryCrossEntropy, Huber
+from .layers.rectifiers import ELU, GELU, LeakyReLU, Softplus
+from .layers.pooling import AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D, MaxPool3D
 
 __all__ = [
     "ReLU", "Sigmoid", "Tanh", "Softmax", "Vectorization", "Flatten", "Reshape",

@@ -55,18 +55,16 @@ import os
 import sys
 import time
 
-from . import backend, datasets
+from . import backend
+from .data import datasets
+from .data.datasets import MNIST_DIR_ENV, PROJECT_ROOT, mnist_test_locations  # noqa: F401 - re-exported
 from .atomic import write_json_atomic
 from .examples.networks import seed_lab_cnn
-from .optimizers import get as get_optimizer
+from .training.optimizers import get as get_optimizer
 
 __all__ = ["build_model", "find_test_set", "mnist_test_locations", "load_data", "run", "main",
            "DEFAULT_LR", "MNIST_DIR_ENV", "PROJECT_ROOT"]
 
-#: Environment variable naming a directory that holds the official MNIST test set.
-MNIST_DIR_ENV = "NN_FROM_SCRATCH_MNIST_DIR"
-#: The checkout this package lives in (``../shared/data/mnist`` is relative to it).
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Default learning rate of each optimizer for this network (see the module docstring).
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.05, "rmsprop": 1e-3}
 DEFAULTS = {"epochs": 10, "batch_size": 16, "optimizer": "adam", "seed": 0, "out": "outputs"}
@@ -91,26 +89,6 @@ def build_model(optimizer="adam", lr=None, batch_size=16, seed=0):
     net = seed_lab_cnn(batch_size=batch_size, optimizer=get_optimizer(name, lr=lr), seed=seed)
     net.name = "seed_lab_cnn"
     return net
-
-
-def mnist_test_locations(test_dir=None, environ=None, root=None, home=None):
-    """Where to look for the official test set: ``[(path, how it was chosen, explicit?)]``, in order.
-
-    ``environ`` (default ``os.environ``), ``root`` (default ``PROJECT_ROOT``) and
-    ``home`` (default ``~``) can be replaced, e.g. in tests.
-    """
-    environ = os.environ if environ is None else environ
-    root = PROJECT_ROOT if root is None else root
-    home = os.path.expanduser("~") if home is None else home
-    found = []
-    if test_dir:
-        found.append((os.fspath(test_dir), "--test-dir", True))
-    if environ.get(MNIST_DIR_ENV):
-        found.append((environ[MNIST_DIR_ENV], f"${MNIST_DIR_ENV}", True))
-    found.append((os.path.normpath(os.path.join(root, "..", "shared", "data", "mnist")),
-                  "../shared/data/mnist next to the project", False))
-    found.append((os.path.join(home, ".keras", "datasets", "mnist.npz"), "Keras's download folder", False))
-    return found
 
 
 def _load_test_from(path):

@@ -48,3 +48,7 @@ def real(owner, name, value):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a real number, received {type(value).__name__} {value!r}")
     return float(value)
+
+
+class DataError(ValueError):
+    """Training/evaluation data that the network cannot use (shape, length, labels, NaN)."""

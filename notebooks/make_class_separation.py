@@ -43,9 +43,9 @@ code("""
 import os, time
 import numpy as np
 import matplotlib.pyplot as plt
-from nn_from_scratch import datasets
+from nn_from_scratch.data import datasets
 from nn_from_scratch.train import find_test_set
-from nn_from_scratch.optimizers import Adam
+from nn_from_scratch.training.optimizers import Adam
 from nn_from_scratch.analysis import separation as sep
 from nn_from_scratch.analysis.separation_cli import separation_cnn
 

@@ -40,9 +40,9 @@ code(r"""
 import os, time
 import numpy as np
 import matplotlib.pyplot as plt
-from nn_from_scratch import (Adam, Convolution, EKFAC, Flatten, GradientDescent, KFAC, Linear,
-                             NeuralNetwork, ReLU, SoftMaxLoss)
-from nn_from_scratch.patches import gathering_filter, im2col
+from nn_from_scratch import (Adam, Convolution, EKFAC, Flatten, GradientDescent, KFAC, Linear, NeuralNetwork,
+                             ReLU, SoftMaxLoss)
+from nn_from_scratch.layers.geometry import gathering_filter, im2col
 from nn_from_scratch.analysis import curvature
 
 FAST = os.environ.get("NN_FROM_SCRATCH_FAST") == "1"

@@ -12,7 +12,7 @@ import pytest
 
 from gpu_utils import GPU_MARKS
 from nn_from_scratch import backend as _nnb
-from nn_from_scratch import kernels as _kernels
+from nn_from_scratch.engine import kernels as _kernels
 
 #: ``pytest.mark.parametrize``-ready list: numpy always, cupy when a GPU is present
 BACKENDS = ["numpy", pytest.param("cupy", marks=GPU_MARKS)]

@@ -16,9 +16,11 @@ class AdamWithoutBiasCorrection(nf.Adam):
 # --- the classic student bugs in layers (python -m nn_from_scratch grade must catch each) -------------
 import numpy as np  # noqa: E402
 
-from nn_from_scratch.activations import ReLU, Vectorization  # noqa: E402
-from nn_from_scratch.losses import SoftMaxLoss  # noqa: E402
-from nn_from_scratch.neurons import Convolution, Linear  # noqa: E402
+from nn_from_scratch.layers.activations import ReLU  # noqa: E402
+from nn_from_scratch.layers.reshape import Vectorization
+from nn_from_scratch.layers.losses import SoftMaxLoss  # noqa: E402
+from nn_from_scratch.layers.conv import Convolution  # noqa: E402
+from nn_from_scratch.layers.dense import Linear
 
 
 class TransposedLinear(Linear):

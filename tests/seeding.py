@@ -6,7 +6,7 @@ import pytest
 @pytest.fixture(autouse=True)
 def seeded_layers():
     """Layers built without a seed draw their weights from one seeded generator (restored after)."""
-    from nn_from_scratch import initializers
+    from nn_from_scratch.layers import initializers
     saved = initializers._global["rng"]
     initializers.set_seed(20)
     yield

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
-from nn_from_scratch import optimizers
-from nn_from_scratch.interfaces import NotReadyError
-from nn_from_scratch.serialization import ModelFileError
+from nn_from_scratch.training import optimizers
+from nn_from_scratch.layers.base import NotReadyError
+from nn_from_scratch.training.serialization import ModelFileError
 
 CASES = []
 
@@ -505,7 +505,7 @@ def mnist_npz(x, y=np.zeros(3, np.uint8)):
 
 
 def datasets():
-    from nn_from_scratch import datasets as ds
+    from nn_from_scratch.data import datasets as ds
     return ds
 
 

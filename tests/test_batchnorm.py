@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
-from nn_from_scratch import gradcheck as gc
-from nn_from_scratch import parallel
-from nn_from_scratch.serialization import ModelFileError
+from nn_from_scratch.checks import gradcheck as gc
+from nn_from_scratch.engine import parallel
+from nn_from_scratch.training.serialization import ModelFileError
 
 #: a few epochs of random problems: "not learning" is expected there
 pytestmark = pytest.mark.filterwarnings("ignore::nn_from_scratch.TrainingWarning")
@@ -179,7 +179,7 @@ def test_a_file_without_the_statistics_is_refused(tmp_path, rng):
     path = str(tmp_path / "bad.npz")
     import json
 
-    from nn_from_scratch.serialization import FORMAT, write_npz_atomic
+    from nn_from_scratch.training.serialization import FORMAT, write_npz_atomic
     write_npz_atomic(path, {"__format__": np.array(FORMAT), "__config__": np.array(json.dumps(net.get_config())),
                             **arrays})
     with pytest.raises(ModelFileError):
@@ -190,7 +190,7 @@ def test_moving_statistics_of_the_wrong_shape_are_refused_before_building(tmp_pa
     """C7: the buffers go through the model file's schema check like the weights."""
     import json
 
-    from nn_from_scratch.serialization import FORMAT, write_npz_atomic
+    from nn_from_scratch.training.serialization import FORMAT, write_npz_atomic
     net = bn_net()
     arrays = dict(net._param_arrays())
     arrays["layer1/moving_variance"] = np.ones(9)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
-from nn_from_scratch import callbacks as cbm
+from nn_from_scratch.training import callbacks as cbm
 
 keras = pytest.importorskip("keras")
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from nn_from_scratch import AvgPool, Convolution, MaxPool
-from nn_from_scratch.gradcheck import check_layer
+from nn_from_scratch.checks.gradcheck import check_layer
 
 CONV_TOL = 1e-7
 MAXPOOL_TOL = 1e-5
@@ -165,7 +165,7 @@ def test_kept_arrangement_and_buffers_leave_no_trace_of_earlier_batches(algorith
 def test_auto_arrangement_on_numpy(geometry, expected):
     """Which arrangement "auto" picks on NumPy (each is held to TF and finite differences
     elsewhere; this pins the choice the benchmarks were measured with)."""
-    from nn_from_scratch.conv_compute import choose_algorithm
+    from nn_from_scratch.engine.conv import choose_algorithm
     layer = Convolution(**geometry)
     x = np.zeros((2, geometry["in_channels"], 14, 14), dtype=np.float32)
     assert type(choose_algorithm(layer, x)).__name__ == expected

@@ -18,13 +18,15 @@ pytestmark = pytest.mark.keras
 
 import keras  # noqa: E402
 
-from nn_from_scratch import (Adam, AvgPool1D, AvgPool2D, AvgPool3D, Convolution, Linear, MaxPool1D,  # noqa: E402
-                             MaxPool2D, MaxPool3D, MSELoss, NeuralNetwork, Node, ReLU, Reshape, Sigmoid, Softmax,
-                             SoftMaxLoss, Tanh, Vectorization, datasets)
-from nn_from_scratch.crosscheck import (TOLERANCES, compare, from_keras, from_keras_layout,  # noqa: E402
-                                        keras_flatten_permutation, relative_error, to_keras, to_keras_layout)
-from nn_from_scratch.crosscheck.cli import main, seed_lab_cnn  # noqa: E402
-from nn_from_scratch.crosscheck.tolerances import measure  # noqa: E402
+from nn_from_scratch import (Adam, AvgPool1D, AvgPool2D, AvgPool3D, Convolution, Linear, MaxPool1D,
+                             MaxPool2D, MaxPool3D, MSELoss, NeuralNetwork, Node, ReLU, Reshape, Sigmoid,
+                             Softmax, SoftMaxLoss, Tanh, Vectorization)
+from nn_from_scratch.data import datasets
+from nn_from_scratch.checks.crosscheck import (TOLERANCES, compare, from_keras, from_keras_layout,
+                                               keras_flatten_permutation, relative_error, to_keras,
+                                               to_keras_layout)
+from nn_from_scratch.checks.crosscheck.cli import main, seed_lab_cnn  # noqa: E402
+from nn_from_scratch.checks.crosscheck.tolerances import measure  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +48,7 @@ def test_import_without_tensorflow_gives_install_message(missing):
         import sys
         sys.modules[{missing!r}] = None          # simulate: not installed
         try:
-            import nn_from_scratch.crosscheck
+            import nn_from_scratch.checks.crosscheck
         except ImportError as exc:
             print("MESSAGE:", exc)
         else:
@@ -437,7 +439,7 @@ def test_cli_runs_the_seed_lab_cnn(capsys):
 
 
 def test_cli_exit_code_is_1_when_a_layer_is_wrong(capsys, monkeypatch):
-    import nn_from_scratch.crosscheck.cli as cli
+    import nn_from_scratch.checks.crosscheck.cli as cli
 
     def broken_lab_cnn(batch_size=50, seed=0):
         return _lab_cnn_with(4, NHWCVectorization((None, 2, 20, 20), name="nhwc_cli"))

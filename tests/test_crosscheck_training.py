@@ -12,11 +12,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.keras
 
-from nn_from_scratch import (AdaGrad, Adam, AdamW, Convolution, GradientDescent, Linear, MaxPool2D,  # noqa: E402
-                             MSELoss, NeuralNetwork, ReLU, RMSProp, SoftMaxLoss, Tanh, Vectorization, datasets)
-from nn_from_scratch import schedules  # noqa: E402
-from nn_from_scratch.crosscheck import TOLERANCES, compare_training  # noqa: E402
-from nn_from_scratch.crosscheck.cli import seed_lab_cnn  # noqa: E402
+from nn_from_scratch import (AdaGrad, Adam, AdamW, Convolution, GradientDescent, Linear, MaxPool2D, MSELoss,
+                             NeuralNetwork, ReLU, RMSProp, SoftMaxLoss, Tanh, Vectorization)
+from nn_from_scratch.data import datasets
+from nn_from_scratch.training import schedules  # noqa: E402
+from nn_from_scratch.checks.crosscheck import TOLERANCES, compare_training  # noqa: E402
+from nn_from_scratch.checks.crosscheck.cli import seed_lab_cnn  # noqa: E402
 from planted_bugs import AdamWithoutBiasCorrection  # noqa: E402
 
 
@@ -155,7 +156,7 @@ def test_lockstep_judges_every_update_from_identical_weights(mnist):
 
 
 def test_sudden_jump_note_points_at_a_kink_like_divergence():
-    from nn_from_scratch.crosscheck.report import StepRecord, TrainingReport
+    from nn_from_scratch.checks.crosscheck.report import StepRecord, TrainingReport
     rels = [1e-7] * 10 + [2e-4, 6e-4, 2e-3, 5e-3]        # clean, then a jump at step 11, then a cascade
     steps = [StepRecord(i + 1, 1.0, 1.0, 0.0, r, "conv.W") for i, r in enumerate(rels)]
     report = TrainingReport(steps, [], 1e-3, GradientDescent(0.1), "SGD()", 32, "float32")

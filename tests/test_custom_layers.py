@@ -7,13 +7,14 @@ C3 (``Node.stochastic``, ``Node.fixed_randomness``) and ``gradcheck`` on a stude
 import numpy as np
 import pytest
 
-from nn_from_scratch.activations import ReLU, Vectorization
-from nn_from_scratch.gradcheck import check_layer, check_network
-from nn_from_scratch.interfaces import LayerDefinitionError, Neuron, Node, ShapeError
-from nn_from_scratch.losses import SoftMaxLoss
-from nn_from_scratch.network import NeuralNetwork
-from nn_from_scratch.neurons import Linear
-from nn_from_scratch.optimizers import GradientDescent
+from nn_from_scratch.layers.activations import ReLU
+from nn_from_scratch.layers.reshape import Vectorization
+from nn_from_scratch.checks.gradcheck import check_layer, check_network
+from nn_from_scratch.layers.base import LayerDefinitionError, Neuron, Node, ShapeError
+from nn_from_scratch.layers.losses import SoftMaxLoss
+from nn_from_scratch.training.network import NeuralNetwork
+from nn_from_scratch.layers.dense import Linear
+from nn_from_scratch.training.optimizers import GradientDescent
 
 TOL = 1e-7
 
@@ -292,12 +293,12 @@ def test_neuron_with_plain_attributes_and_missing_super_init():
 
 
 def test_a_users_class_never_replaces_a_built_in_one_for_loading():
-    from nn_from_scratch import serialization
+    from nn_from_scratch.training import serialization
 
     class Linear(StudentDense):       # a student's class with a built-in's name
         pass
 
-    assert serialization._REGISTRY["Linear"].__module__ == "nn_from_scratch.neurons"
+    assert serialization._REGISTRY["Linear"].__module__ == "nn_from_scratch.layers.dense"
     assert serialization._REGISTRY["StudentDense"] is StudentDense
 
 

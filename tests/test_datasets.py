@@ -13,8 +13,8 @@ import struct
 import numpy as np
 import pytest
 
-from nn_from_scratch import datasets
-from nn_from_scratch.datasets import DatasetError
+from nn_from_scratch.data import datasets
+from nn_from_scratch.data.datasets import DatasetError
 from nn_from_scratch.train import find_test_set, mnist_test_locations
 
 TYPE_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B,
@@ -369,8 +369,7 @@ def test_official_test_set_by_name_from_the_main_jobs_places(tmp_path):
 
 
 def test_official_sets_not_found_say_where_they_looked(tmp_path, monkeypatch):
-    import nn_from_scratch.train as train
-    monkeypatch.setattr(train, "PROJECT_ROOT", str(tmp_path / "project"))
+    monkeypatch.setattr(datasets, "PROJECT_ROOT", str(tmp_path / "project"))
     monkeypatch.delenv("NN_FROM_SCRATCH_MNIST_DIR", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     with pytest.raises(DatasetError) as e:

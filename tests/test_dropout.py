@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
-from nn_from_scratch import gradcheck as gc
-from nn_from_scratch import parallel
-from nn_from_scratch.serialization import ModelFileError
+from nn_from_scratch.checks import gradcheck as gc
+from nn_from_scratch.engine import parallel
+from nn_from_scratch.training.serialization import ModelFileError
 
 
 def test_training_forward_is_the_inverted_dropout_formula(rng):

@@ -10,7 +10,7 @@ import pytest
 import scipy.special
 
 import nn_from_scratch as nf
-from nn_from_scratch import metrics as nm
+from nn_from_scratch.training import metrics as nm
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")

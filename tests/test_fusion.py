@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
-from nn_from_scratch import fusion
-from nn_from_scratch.interfaces import ShapeError
+from nn_from_scratch.engine import fusion
+from nn_from_scratch.layers.base import ShapeError
 
 GEOMETRIES = [
     (1, dict(pool_size=2), (3, 2, 9)),                                    # 1-D, odd length

@@ -29,7 +29,8 @@ import pytest
 import nn_from_scratch as nf
 from nn_from_scratch.examples import networks
 from nn_from_scratch import backend as nnb
-from nn_from_scratch import datasets, network
+from nn_from_scratch.data import datasets
+from nn_from_scratch.training import network
 from gpu_utils import GPU_MARKS, assert_f32_agree, assert_f64_agree
 from test_optimizers import CASES, IDS, STEPS, ParamHolder, _problem
 

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nn_from_scratch as nf
-from nn_from_scratch import kernels
+from nn_from_scratch.engine import kernels
 from nn_from_scratch.backend import to_numpy
-from nn_from_scratch.patches import col2im_reference, im2col_reference
+from nn_from_scratch.layers.geometry import col2im_reference, im2col_reference
 from conv_strategies import geometries, rng_for, seeds
 from gpu_utils import assert_f32_agree, assert_f64_agree, requires_gpu
 
@@ -332,7 +332,7 @@ def test_maxpool_kernel_propagates_nan_like_numpy(gpu):
 def test_conv_kernel_arrangement_equals_the_other_arrangements(gpu, rng, dtype, chunk_bytes):
     """The layer on CuPy: "kernel" (the GPU default) against "patches", "rowshift" and "samplelast",
     same data."""
-    from nn_from_scratch.conv_compute import KernelPatchProduct, PatchProduct, RowShiftProduct, SampleLastProduct
+    from nn_from_scratch.engine.conv import KernelPatchProduct, PatchProduct, RowShiftProduct, SampleLastProduct
     cases = [((5, 3, 11, 9), dict(kernel_size=3, output_layers=4, padding="same")),
              ((4, 2, 13, 12), dict(kernel_size=(3, 2), output_layers=9, stride=(2, 1), padding=((1, 0), 2))),
              ((3, 2, 7, 6, 5), dict(kernel_size=(3, 2, 2), output_layers=3, dilation=(1, 2, 1))),
@@ -360,7 +360,7 @@ def test_conv_kernel_arrangement_equals_the_other_arrangements(gpu, rng, dtype, 
 
 def test_kernel_chunks_stay_under_the_int32_index_limit(monkeypatch):
     """The window kernels index with 32-bit ints: chunks are capped, too-large samples fall back."""
-    from nn_from_scratch.conv_compute import KernelPatchProduct, _kernel_sizes_fit
+    from nn_from_scratch.engine.conv import KernelPatchProduct, _kernel_sizes_fit
     layer = nf.Convolution((None, 3, 10, 10), kernel_size=3, output_layers=4, padding=1)
     pads = layer._pads((10, 10))
     kp = KernelPatchProduct(layer, (8, 3, 10, 10), pads)
@@ -376,7 +376,7 @@ def test_kernel_chunks_stay_under_the_int32_index_limit(monkeypatch):
 
 @requires_gpu
 def test_conv_and_pool_fall_back_beyond_the_int32_index_limit(gpu, rng, monkeypatch):
-    from nn_from_scratch.conv_compute import KernelPatchProduct, choose_algorithm
+    from nn_from_scratch.engine.conv import KernelPatchProduct, choose_algorithm
     x = gpu.asarray(rng.standard_normal((4, 3, 10, 10)).astype(np.float32))
     conv = nf.Convolution((None, 3, 10, 10), kernel_size=3, output_layers=4, padding=1)
     pool = nf.MaxPool(pool_size=2)

@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
-from nn_from_scratch import backend, network
+from nn_from_scratch import backend
+from nn_from_scratch.training import network
 from gpu_utils import FakeClock, ImplicitRead, guard, guard_network
 
 EPOCHS = 3

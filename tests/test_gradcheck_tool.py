@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
-from nn_from_scratch import gradcheck as gc
+from nn_from_scratch.checks import gradcheck as gc
 from nn_from_scratch.backend import to_numpy
-from nn_from_scratch.activations import Softmax
+from nn_from_scratch.layers.activations import Softmax
 
 TOL = 1e-7
 

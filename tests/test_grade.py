@@ -18,14 +18,16 @@ pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
 import planted_bugs  # noqa: E402
-from nn_from_scratch import grade  # noqa: E402
-from nn_from_scratch.activations import ReLU, Vectorization  # noqa: E402
-from nn_from_scratch.crosscheck import compare, compare_training  # noqa: E402
-from nn_from_scratch.interfaces import Neuron, Node  # noqa: E402
-from nn_from_scratch.losses import SoftMaxLoss  # noqa: E402
-from nn_from_scratch.network import NeuralNetwork  # noqa: E402
-from nn_from_scratch.neurons import Convolution, Linear  # noqa: E402
-from nn_from_scratch.optimizers import GradientDescent  # noqa: E402
+from nn_from_scratch.checks import grade  # noqa: E402
+from nn_from_scratch.layers.activations import ReLU  # noqa: E402
+from nn_from_scratch.layers.reshape import Vectorization
+from nn_from_scratch.checks.crosscheck import compare, compare_training  # noqa: E402
+from nn_from_scratch.layers.base import Neuron, Node  # noqa: E402
+from nn_from_scratch.layers.losses import SoftMaxLoss  # noqa: E402
+from nn_from_scratch.training.network import NeuralNetwork  # noqa: E402
+from nn_from_scratch.layers.conv import Convolution  # noqa: E402
+from nn_from_scratch.layers.dense import Linear
+from nn_from_scratch.training.optimizers import GradientDescent  # noqa: E402
 
 pytestmark = pytest.mark.keras
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,7 +198,7 @@ def test_grade_a_correct_trainable_layer_with_training_steps():
 STUDENT = textwrap.dedent('''
     import numpy as np
     import keras
-    from nn_from_scratch.interfaces import Neuron
+    from nn_from_scratch.layers.base import Neuron
 
 
     class Affine(Neuron):
@@ -272,7 +274,7 @@ def test_grade_cli_usage_errors_exit_2(tmp_path, capsys):
 
 
 def test_grade_and_crosscheck_a_saved_model(tmp_path, capsys):
-    from nn_from_scratch.crosscheck import cli
+    from nn_from_scratch.checks.crosscheck import cli
 
     good = NeuralNetwork([Convolution((None, 1, 6, 6), kernel_size=3, output_layers=2, seed=0), ReLU(),
                           Vectorization(), Linear(32, 3, seed=1)], SoftMaxLoss(), optimizer=GradientDescent(0.05))

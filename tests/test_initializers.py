@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
-from nn_from_scratch import initializers as init
+from nn_from_scratch.layers import initializers as init
 
 Z = 6.0
 TRUNC = 0.87962566103423978  # std of a unit normal truncated at +-2

@@ -10,12 +10,12 @@ import math
 import numpy as np
 import pytest
 
-from nn_from_scratch import (EKFAC, KFAC, Adam, Convolution, Flatten, GradientDescent, Linear, MaxPool, MSELoss,
-                             NeuralNetwork, ReLU, SoftMaxLoss, Tanh)
-from nn_from_scratch import optimizers
+from nn_from_scratch import (EKFAC, KFAC, Adam, Convolution, Flatten, GradientDescent, Linear, MaxPool,
+                             MSELoss, NeuralNetwork, ReLU, SoftMaxLoss, Tanh)
+from nn_from_scratch.training import optimizers
 from nn_from_scratch.analysis import curvature as cv
-from nn_from_scratch.analysis import layer_statistics as ls
-from nn_from_scratch.interfaces import Neuron
+from nn_from_scratch.training import layer_statistics as ls
+from nn_from_scratch.layers.base import Neuron
 from gpu_utils import requires_gpu
 
 F64 = np.float64
@@ -259,7 +259,7 @@ def test_cupy_kfac_training_equals_numpy(gpu, rng):
 
 def test_learning_rate_schedule_is_read_at_each_step(rng):
     """lr as a schedule: step t uses schedule(t) (no momentum, no clip: the step is -lr_t * V')."""
-    from nn_from_scratch.schedules import ExponentialDecay
+    from nn_from_scratch.training.schedules import ExponentialDecay
     lin = Linear(3, 2, dtype=F64)
     opt = KFAC(lr=ExponentialDecay(0.5, 1, 0.5), damping=0.1, decay=0.0, cov_every=1, inv_every=1, kl_clip=None,
                momentum=0.0)

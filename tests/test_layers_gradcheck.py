@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
-from nn_from_scratch import gradcheck as gc
+from nn_from_scratch.checks import gradcheck as gc
 from nn_from_scratch.backend import is_device_array
 
 SMOOTH_TOL = 1e-7

@@ -13,8 +13,10 @@ import sys
 import numpy as np
 import pytest
 
+from nn_from_scratch.data import datasets
+
 from nn_from_scratch import backend, train
-from nn_from_scratch.network import NeuralNetwork
+from nn_from_scratch.training.network import NeuralNetwork
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -68,7 +70,7 @@ def test_main_job_reaches_92_percent_on_the_official_test_set(tmp_path):
     assert summary["settings"] == {"epochs": 10, "batch_size": 16, "optimizer": "adam", "lr": 0.001, "seed": 0,
                                    "backend": "numpy"}
     # the printed accuracy is real: recompute it from the saved model with a plain argmax
-    from nn_from_scratch.datasets import load_mnist_idx
+    from nn_from_scratch.data.datasets import load_mnist_idx
     X, y = load_mnist_idx(test_dir, "test")
     net = NeuralNetwork.load(str(model))
     recomputed = float((net.predict(X).argmax(axis=1) == y).mean())
@@ -78,7 +80,7 @@ def test_main_job_reaches_92_percent_on_the_official_test_set(tmp_path):
 
 def test_cli_smoke_one_epoch_with_env_var(tmp_path):
     """--epochs 1, the test set found through NN_FROM_SCRATCH_MNIST_DIR (here: a small mnist.npz)."""
-    from nn_from_scratch.datasets import load_mnist
+    from nn_from_scratch.data.datasets import load_mnist
     Xh, yh = load_mnist("test", normalize=False)          # 1,000 bundled digits as a stand-in test set
     np.savez(tmp_path / "mnist.npz", x_train=Xh[:1, 0], y_train=yh[:1], x_test=Xh[:, 0], y_test=yh)
     out = tmp_path / "o"
@@ -94,7 +96,7 @@ def test_cli_smoke_one_epoch_with_env_var(tmp_path):
 
 
 def test_fallback_holds_out_bundled_digits_and_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train, "PROJECT_ROOT", str(tmp_path / "project"))
+    monkeypatch.setattr(datasets, "PROJECT_ROOT", str(tmp_path / "project"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv(train.MNIST_DIR_ENV, raising=False)
     out = tmp_path / "out"
@@ -107,7 +109,7 @@ def test_fallback_holds_out_bundled_digits_and_says_so(tmp_path, monkeypatch, ca
     m = ACCURACY_LINE.search(text)
     assert m and m.group(2) == "1,000"
     # the held-out digits are the bundled 'test' split, none of which was trained on
-    from nn_from_scratch.datasets import load_mnist
+    from nn_from_scratch.data.datasets import load_mnist
     Xte, yte = load_mnist("test")
     net = NeuralNetwork.load(str(tmp_path / "m.npz"))
     assert abs(100 * float((net.predict(Xte).argmax(1) == yte).mean()) - float(m.group(1))) < 0.006

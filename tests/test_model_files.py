@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
-from nn_from_scratch import serialization
-from nn_from_scratch.serialization import ModelFileError
+from nn_from_scratch.training import serialization
+from nn_from_scratch.training.serialization import ModelFileError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

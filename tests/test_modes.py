@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
-from nn_from_scratch import parallel
-from nn_from_scratch.interfaces import Node
-from nn_from_scratch.serialization import ModelFileError
+from nn_from_scratch.engine import parallel
+from nn_from_scratch.layers.base import Node
+from nn_from_scratch.training.serialization import ModelFileError
 
 
 class ModeProbe(Node):

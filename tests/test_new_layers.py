@@ -10,7 +10,7 @@ import pytest
 from scipy.special import erf
 
 import nn_from_scratch as nf
-from nn_from_scratch import gradcheck as gc
+from nn_from_scratch.checks import gradcheck as gc
 
 ACTIVATIONS = [
     (lambda: nf.LeakyReLU(0.2), lambda x: np.where(x > 0, x, 0.2 * x)),
@@ -177,7 +177,7 @@ def all_new_layers(rng):
 @pytest.mark.parametrize("training", [True, False])
 def test_keras_cross_check_of_every_new_layer_and_loss(training, rng):
     pytest.importorskip("tensorflow")
-    from nn_from_scratch.crosscheck import compare
+    from nn_from_scratch.checks.crosscheck import compare
     layers = all_new_layers(rng)
     for layer in layers:
         layer.training = training
@@ -198,7 +198,7 @@ def test_keras_cross_check_of_every_new_layer_and_loss(training, rng):
 
 def test_keras_cross_check_of_probability_cross_entropy(rng):
     pytest.importorskip("tensorflow")
-    from nn_from_scratch.crosscheck import compare
+    from nn_from_scratch.checks.crosscheck import compare
     layers = [nf.Linear(4, 3, dtype=np.float64, seed=0), nf.Sigmoid()]
     report = compare(layers + [nf.BinaryCrossEntropy(from_logits=False)], rng.standard_normal((5, 4)),
                      rng.integers(0, 2, (5, 3)).astype(np.float64))
@@ -208,7 +208,7 @@ def test_keras_cross_check_of_probability_cross_entropy(rng):
 def test_keras_training_side_by_side_with_batchnorm_and_dropout(rng):
     """Same weights, batches and (through MaskedDropout) masks: the weights stay together step after step."""
     pytest.importorskip("tensorflow")
-    from nn_from_scratch.crosscheck import compare_training
+    from nn_from_scratch.checks.crosscheck import compare_training
     # no bias before the BatchNorm: its gradient is 0 up to rounding noise, which Adam would
     # turn into full-size steps of either sign (in both frameworks, differently)
     layers = [nf.Linear(6, 8, seed=0, dtype=np.float64, use_bias=False), nf.BatchNorm(8, dtype=np.float64, momentum=0.9),

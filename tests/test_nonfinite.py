@@ -38,7 +38,7 @@ def test_huge_inputs_stop_with_the_last_finite_weights():
     """The issue's case: MNIST x1e6 into LeNet-5 with SGD(0.05) (before: 2,119 of 61,706 weights
     NaN after the stop).  A gradient turns non-finite while the loss is still finite: the check
     of the gradients before the update stops it."""
-    from nn_from_scratch import datasets
+    from nn_from_scratch.data import datasets
     X, y = datasets.load_mnist("train")
     X, y = X[:300] * np.float32(1e6), y[:300]
     net = lenet(0.05)

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from conv_strategies import geometries, rng_for, seeds
 from loop_reference import conv_loop, out_size
 from nn_from_scratch import AvgPool, Convolution, MaxPool, ShapeError
-from nn_from_scratch.patches import (col2im, col2im_reference, conv_output_shape, gathering_filter, im2col,
-                                     im2col_reference, resolve_padding)
+from nn_from_scratch.layers.geometry import (col2im, col2im_reference, conv_output_shape, gathering_filter,
+                                             im2col, im2col_reference, resolve_padding)
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -6,8 +6,7 @@ per-sample ``input_gradient`` loop, closed-form identities of a linear network, 
 import numpy as np
 import pytest
 
-from nn_from_scratch import (Convolution, Linear, MSELoss, NeuralNetwork, ReLU, SoftMaxLoss, Tanh,
-                             Vectorization)
+from nn_from_scratch import Convolution, Linear, MSELoss, NeuralNetwork, ReLU, SoftMaxLoss, Tanh, Vectorization
 from nn_from_scratch.analysis import permutation as pt
 
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
-from nn_from_scratch import fusion, gradcheck, phase_pool
-from nn_from_scratch.interfaces import ShapeError
+from nn_from_scratch.engine import fusion, phase_pool
+from nn_from_scratch.checks import gradcheck
+from nn_from_scratch.layers.base import ShapeError
 
 # (C, F, kernel, padding, (H, W), batch): odd and even sizes (an odd conv output drops its last
 # row/column in the pool), rectangular kernels, padding that leaves input rows no plane reads

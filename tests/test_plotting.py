@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from nn_from_scratch import backend  # noqa: E402
-from nn_from_scratch.network import History  # noqa: E402
+from nn_from_scratch.training.network import History  # noqa: E402
 from nn_from_scratch.plotting import plot_filters, plot_history, save_figure, show_images  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 
 from conv_strategies import rng_for, seeds
 from loop_reference import out_size, pool_loop
-from nn_from_scratch import (AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D, MaxPool3D)
+from nn_from_scratch import AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D, MaxPool3D
 from tf_reference import explicit_pairs, tf_pool, tf_same_pairs  # TF is imported lazily, on first use
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None,

@@ -35,7 +35,7 @@ def test_readme_tolerance_table_is_the_harness_s():
     """The published tolerances are the ones compare/compare_training use."""
     import re
     pytest.importorskip("tensorflow")
-    from nn_from_scratch.crosscheck import TOLERANCES
+    from nn_from_scratch.checks.crosscheck import TOLERANCES
     with open(README, encoding="utf-8") as f:
         text = f.read()
     section = text.split("## Cross-check with Keras")[1].split("\n## ")[0]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
-from nn_from_scratch import gradcheck as gc
-from nn_from_scratch import regularizers as reg
+from nn_from_scratch.checks import gradcheck as gc
+from nn_from_scratch.layers import regularizers as reg
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 tf = pytest.importorskip("tensorflow")
@@ -95,7 +95,7 @@ def test_gradients_include_the_penalties_finite_differences(rng):
                          ids=["momentum", "adam"])
 @pytest.mark.parametrize("frozen", [None, 0, 3], ids=["all", "conv_frozen", "dense_frozen"])
 def test_training_with_penalties_and_frozen_layers_matches_keras(rng, opt, frozen):
-    from nn_from_scratch.crosscheck import TOLERANCES, compare_training
+    from nn_from_scratch.checks.crosscheck import TOLERANCES, compare_training
     X = rng.standard_normal((96, 1, 6, 6)).astype(np.float32)
     y = rng.integers(0, 3, 96)
     net = _regularized_net(np.float32, frozen)
@@ -111,7 +111,7 @@ def test_training_with_penalties_and_frozen_layers_matches_keras(rng, opt, froze
 
 
 def test_frozen_layers_are_not_updated_counted_or_forgotten(rng, tmp_path):
-    from nn_from_scratch.crosscheck import to_keras
+    from nn_from_scratch.checks.crosscheck import to_keras
     X, y = blobs(rng)
     net = nf.NeuralNetwork([nf.Linear(5, 8, seed=0, name="a"), nf.ReLU(), nf.Linear(8, 3, seed=1, name="b")],
                            optimizer=nf.Adam(0.01))

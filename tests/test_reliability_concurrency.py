@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
-from nn_from_scratch import parallel
+from nn_from_scratch.engine import parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORK = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -167,7 +167,7 @@ def test_no_split_outside_the_main_thread(processes):
 
 def lenet_trained():
     from nn_from_scratch.examples.networks import lenet5_layers
-    from nn_from_scratch import datasets
+    from nn_from_scratch.data import datasets
     X, y = datasets.load_mnist("train")
     net = nf.NeuralNetwork(lenet5_layers(seed=0), nf.SoftMaxLoss(), optimizer=nf.Adam(1e-3), workers=1)
     with warnings.catch_warnings():

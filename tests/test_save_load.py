@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
-from nn_from_scratch import serialization
+from nn_from_scratch.training import serialization
 from nn_from_scratch.backend import is_device_array, to_numpy
-from nn_from_scratch.serialization import ModelFileError
+from nn_from_scratch.training.serialization import ModelFileError
 
 
 def rich_cnn(dtype=np.float32, seed=0):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
-from nn_from_scratch import schedules as sch
-from nn_from_scratch.serialization import FORMAT_VERSION, read_model_file, write_npz_atomic
+from nn_from_scratch.training import schedules as sch
+from nn_from_scratch.training.serialization import FORMAT_VERSION, read_model_file, write_npz_atomic
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
-from nn_from_scratch import schedules as sch
+from nn_from_scratch.training import schedules as sch
 from test_optimizers import ParamHolder, _assert_close, _problem, _run_keras, _run_ours
 
 

@@ -32,8 +32,10 @@ import warnings
 import numpy as np
 import pytest
 
-from nn_from_scratch import datasets, set_seed
-from nn_from_scratch.network import DataError, TrainingWarning
+from nn_from_scratch.data import datasets
+from nn_from_scratch import set_seed
+from nn_from_scratch.validation import DataError
+from nn_from_scratch.training.network import TrainingWarning
 from nn_from_scratch.train import find_test_set
 
 BEST_CONSTANT_GUESS = 0.1135   # the share of the most frequent digit (1) in the official test set
@@ -68,11 +70,12 @@ def load_data():
 def lab_part1(lr, fix_labels=True, seed=0, evaluate=True):
     """Part 1 of the lab; returns (network, history, accuracy or None when not ``evaluate``)."""
     # In [2] (imports; keras/tensorflow imports dropped)
-    from nn_from_scratch.optimizers import GradientDescent
+    from nn_from_scratch.training.optimizers import GradientDescent
     from nn_from_scratch.examples.simple_nn import NeuralNetwork
     from nn_from_scratch.nodes import ReLU, SoftMaxLoss, Vectorization
-    from nn_from_scratch.neurons import Linear, Convolution
-    from nn_from_scratch.interfaces import Neuron  # noqa: F401
+    from nn_from_scratch.layers.dense import Linear
+    from nn_from_scratch.layers.conv import Convolution
+    from nn_from_scratch.layers.base import Neuron  # noqa: F401
 
     set_seed(seed)  # the lab has no seed; fixed here so that results repeat
 

@@ -5,7 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from nn_from_scratch import Convolution, Flatten, Linear, MaxPool, NeuralNetwork, ReLU, datasets
+from nn_from_scratch import Convolution, Flatten, Linear, MaxPool, NeuralNetwork, ReLU
+from nn_from_scratch.data import datasets
 from nn_from_scratch.analysis import separation as sep
 
 rng0 = np.random.default_rng(0)
@@ -178,7 +179,7 @@ def test_compare_layers_and_stages(unequal):
 def test_separation_history_records_the_epochs_asked_for(unequal):
     X, y = unequal
     net = small_cnn()
-    from nn_from_scratch.optimizers import Adam
+    from nn_from_scratch.training.optimizers import Adam
     net.optimizer = Adam(lr=0.01)
     hist = sep.SeparationHistory(X, y, every=2, layers=["input", "fc1", "fc2"], n_per_class=None)
     net.fit(X, y, epochs=5, batch_size=16, verbose=0, seed=0, callbacks=[hist])

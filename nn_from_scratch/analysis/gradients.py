@@ -47,7 +47,7 @@ _LAYER_STATE = ("_cache", "_out_shape", "_grads", "_workspace", "_pred_shape")
 
 
 def _network_type():
-    from ..network import NeuralNetwork  # noqa: PLC0415 - the analysis package imports lazily
+    from ..training.network import NeuralNetwork  # noqa: PLC0415 - the analysis package imports lazily
     return NeuralNetwork
 
 

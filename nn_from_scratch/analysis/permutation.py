@@ -76,9 +76,9 @@ import warnings
 import numpy as np
 
 from ..backend import to_numpy
-from ..network import TrainingWarning
+from ..training.network import TrainingWarning
 from ..atomic import write_text_atomic
-from ..serialization import write_npz_atomic
+from ..training.serialization import write_npz_atomic
 from .gradients import (OUTPUT_MODES, GradientMoments, association_statistic, check_output_mode,
                         gradient_statistics, input_gradients, iter_input_gradients, nonlinearity_statistic)
 
@@ -331,7 +331,7 @@ def _params_digest(net):
 
 
 def _built(build, seed, where="permutation_test"):
-    from ..network import NeuralNetwork  # noqa: PLC0415
+    from ..training.network import NeuralNetwork  # noqa: PLC0415
     net = build(seed)
     if not isinstance(net, NeuralNetwork):
         raise TypeError(f"{where}: build(seed) must return a NeuralNetwork, it returned {type(net).__name__}")
@@ -507,7 +507,7 @@ def _check_build(build, seed, output, index, statistic):
                          "ignores its seed (or returns copies of one network); each null network needs a fresh "
                          "random initialization from the seed it is given")
     if statistic == "nonlinearity":
-        from ..losses import MSELoss  # noqa: PLC0415
+        from ..layers.losses import MSELoss  # noqa: PLC0415
         shape = net0.output_shape
         if not isinstance(net0.loss_fn, MSELoss) or shape is None or int(np.prod(shape)) != 1:
             raise ValueError(f"{where}: statistic='nonlinearity' needs a regression network with one output and "

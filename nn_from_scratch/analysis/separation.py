@@ -325,7 +325,7 @@ def _inference(net):
 
 
 def _is_reshape(layer):
-    from ..activations import Reshape, Vectorization  # noqa: PLC0415
+    from ..layers.reshape import Reshape, Vectorization  # noqa: PLC0415
     return isinstance(layer, (Vectorization, Reshape))
 
 
@@ -541,5 +541,4 @@ def compare_stages(before, after, paired=True, n_permutations=10000, alternative
 
 # ------------------------------------------------------------------- during training
 from .separation_history import SeparationHistory  # noqa: E402
-from .separation_plots import (plot_heatmap, plot_histograms, plot_history, plot_pca,  # noqa: E402
-                               plot_separation_curve)
+from .separation_plots import plot_heatmap, plot_histograms, plot_history, plot_pca, plot_separation_curve

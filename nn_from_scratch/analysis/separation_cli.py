@@ -30,12 +30,14 @@ def separation_cnn(channels=(8, 16), hidden=64, n_classes=10, batch_size=32, opt
     (the seed's names; its ``softmax`` is in the loss).  The seed's own widths are
     ``channels=(32, 64), hidden=512`` (with padding 1 here instead of its 3).
     """
-    from ..activations import ReLU, Vectorization  # noqa: PLC0415
-    from ..losses import SoftMaxLoss  # noqa: PLC0415
-    from ..network import NeuralNetwork  # noqa: PLC0415
-    from ..neurons import Convolution, Linear  # noqa: PLC0415
-    from ..optimizers import Adam  # noqa: PLC0415
-    from ..pooling import MaxPool  # noqa: PLC0415
+    from ..layers.activations import ReLU  # noqa: PLC0415
+    from ..layers.reshape import Vectorization
+    from ..layers.losses import SoftMaxLoss  # noqa: PLC0415
+    from ..training.network import NeuralNetwork  # noqa: PLC0415
+    from ..layers.conv import Convolution  # noqa: PLC0415
+    from ..layers.dense import Linear
+    from ..training.optimizers import Adam  # noqa: PLC0415
+    from ..layers.pooling import MaxPool  # noqa: PLC0415
     rng = np.random.default_rng(seed)
     c1, c2 = (int(c) for c in channels)
     layers = [
@@ -53,7 +55,7 @@ def separation_cnn(channels=(8, 16), hidden=64, n_classes=10, batch_size=32, opt
 
 
 def _load(test_dir, seed):
-    from .. import datasets  # noqa: PLC0415
+    from ..data import datasets  # noqa: PLC0415
     from ..train import find_test_set  # noqa: PLC0415
     X, y = datasets.load_mnist("all")
     Xt, yt, where = find_test_set(test_dir)
@@ -76,7 +78,7 @@ def run(epochs=5, n_per_class=500, test_per_class=None, out="outputs/separation"
     if "matplotlib.pyplot" not in sys.modules:
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
-    from ..optimizers import Adam  # noqa: PLC0415
+    from ..training.optimizers import Adam  # noqa: PLC0415
     from ..atomic import write_json_atomic, write_text_atomic  # noqa: PLC0415
     from . import separation as sep  # noqa: PLC0415
     start = time.perf_counter()
@@ -205,7 +207,7 @@ def main(argv=None):
     if not args.lr > 0:
         print(f"error: --lr must be > 0, received {args.lr}", file=sys.stderr)
         return 2
-    from .. import datasets  # noqa: PLC0415
+    from ..data import datasets  # noqa: PLC0415
     from .separation import SeparationError  # noqa: PLC0415
     try:
         res = run(epochs=args.epochs, n_per_class=args.n_per_class, test_per_class=args.test_per_class,

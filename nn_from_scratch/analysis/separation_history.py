@@ -9,7 +9,7 @@
 No weights are saved: the callback analyses the network as it is at the end of each
 chosen epoch (in inference mode), always on the same seeded sample.
 """
-from ..callbacks import Callback
+from ..training.callbacks import Callback
 
 __all__ = ["SeparationHistory"]
 

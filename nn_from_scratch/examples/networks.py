@@ -11,13 +11,15 @@ the layers draw their weights one after the other from one generator made from i
 """
 import numpy as np
 
-from ..activations import ReLU, Vectorization
-from ..initializers import default_rng
-from ..losses import SoftMaxLoss
-from ..network import NeuralNetwork
-from ..neurons import Convolution, Linear
-from ..optimizers import GradientDescent
-from ..pooling import MaxPool
+from ..layers.activations import ReLU
+from ..layers.reshape import Vectorization
+from ..layers.initializers import default_rng
+from ..layers.losses import SoftMaxLoss
+from ..training.network import NeuralNetwork
+from ..layers.conv import Convolution
+from ..layers.dense import Linear
+from ..training.optimizers import GradientDescent
+from ..layers.pooling import MaxPool
 
 __all__ = ["seed_lab_layers", "seed_lab_cnn", "lenet5_layers", "SEED_LAB_NAMES"]
 

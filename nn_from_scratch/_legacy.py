@@ -1,0 +1,61 @@
+"""The flat module paths of earlier versions, still importable: ``nn_from_scratch.network`` is
+``nn_from_scratch.training.network`` (the same module object, not a copy), and so on.
+
+Course material written before the package had sub-packages imports them; new code uses the
+paths of ``docs/ARCHITECTURE.md``.  The course labs' own paths (``interfaces``, ``nodes``,
+``neurons``, ``optimizers``, ``examples.simple_nn``) are real re-exporting modules beside this.
+"""
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+
+__all__ = ["OLD_PATHS", "install"]
+
+#: old module (under ``nn_from_scratch.``) -> where it lives now
+OLD_PATHS = {
+    "activations": "layers.activations", "losses": "layers.losses", "more_losses": "layers.more_losses",
+    "pooling": "layers.pooling", "global_pooling": "layers.global_pooling", "dropout": "layers.dropout",
+    "normalization": "layers.normalization", "rectifiers": "layers.rectifiers",
+    "initializers": "layers.initializers", "regularizers": "layers.regularizers",
+    "patches": "engine.patches", "conv_compute": "engine.conv", "fusion": "engine.fusion",
+    "phase_pool": "engine.phase_pool", "kernels": "engine.kernels", "parallel": "engine.parallel",
+    "network": "training.network", "kfac_optim": "training.kfac_optim", "schedules": "training.schedules",
+    "callbacks": "training.callbacks", "metrics": "training.metrics", "serialization": "training.serialization",
+    "concurrency": "training.concurrency", "datasets": "data.datasets", "gradcheck": "checks.gradcheck",
+    "grade": "checks.grade", "crosscheck": "checks.crosscheck",
+}
+_PKG = __name__.rpartition(".")[0]
+
+
+def _target(fullname):
+    """The module now holding ``fullname`` (an old path, or a module inside an old package), else None."""
+    if not fullname.startswith(_PKG + "."):
+        return None
+    head, _, rest = fullname[len(_PKG) + 1:].partition(".")
+    new = OLD_PATHS.get(head)
+    if new is None:
+        return None
+    return f"{_PKG}.{new}" + (f".{rest}" if rest else "")
+
+
+class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds an old path and hands back the module now there (``sys.modules`` then holds it under both names)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        new = _target(fullname)
+        if new is None or importlib.util.find_spec(new) is None:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        return importlib.import_module(_target(spec.name))
+
+    def exec_module(self, module):
+        """Nothing to run: the module was imported under its own name."""
+
+
+def install():
+    """Put the finder on ``sys.meta_path`` (once)."""
+    if not any(isinstance(f, _OldPaths) for f in sys.meta_path):
+        sys.meta_path.append(_OldPaths())

@@ -1,0 +1,27 @@
+"""Every layer, one family per file, each ``forward``/``backward`` the formula of its docstring.
+
+Nothing here knows about the engine, the trainer or the analysis tools (``docs/ARCHITECTURE.md``).
+"""
+from .base import LayerDefinitionError, Neuron, Node, NotReadyError, ShapeError
+from .dense import Dense, Linear
+from .conv import Conv1D, Conv2D, Conv3D, Convolution
+from .pooling import AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D, MaxPool3D
+from .global_pooling import (GlobalAveragePooling, GlobalAveragePooling1D, GlobalAveragePooling2D,
+                             GlobalAveragePooling3D)
+from .activations import ReLU, Sigmoid, Softmax, Tanh
+from .rectifiers import ELU, GELU, LeakyReLU, Softplus
+from .reshape import Flatten, Reshape, Vectorization
+from .losses import Loss, MSELoss, SoftMaxLoss
+from .more_losses import MAE, BinaryCrossEntropy, Huber, HuberLoss, MAELoss
+from .dropout import Dropout
+from .normalization import BatchNorm, BatchNormalization
+
+__all__ = [
+    "Node", "Neuron", "ShapeError", "NotReadyError", "LayerDefinitionError",
+    "Linear", "Dense", "Convolution", "Conv1D", "Conv2D", "Conv3D",
+    "MaxPool", "AvgPool", "MaxPool1D", "MaxPool2D", "MaxPool3D", "AvgPool1D", "AvgPool2D", "AvgPool3D",
+    "GlobalAveragePooling", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+    "ReLU", "Sigmoid", "Tanh", "Softmax", "LeakyReLU", "ELU", "GELU", "Softplus",
+    "Vectorization", "Flatten", "Reshape", "Loss", "SoftMaxLoss", "MSELoss", "BinaryCrossEntropy", "Huber", "MAE",
+    "HuberLoss", "MAELoss", "Dropout", "BatchNorm", "BatchNormalization",
+]

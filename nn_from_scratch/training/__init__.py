@@ -1,0 +1,1 @@
+"""The network and its trainer, optimizers, schedules, callbacks, metrics and model files."""
