@@ -5,3 +5,6 @@ The trainer runs a network through the engine; the engine recognises the layer p
 speed up (exact classes) and runs every other layer's own ``forward``/``backward``.  It reaches
 the layers only through their public interface (``docs/ARCHITECTURE.md``).
 """
+from .runner import Runner  # noqa: E402
+
+__all__ = ["Runner"]

@@ -1,4 +1,4 @@
-"""How ``Convolution`` computes: matrix products with patches, in two arrangements.
+"""The engine's convolution: the layer's formulas (``layers/conv.py``) in faster arrangements.
 
 Both compute, for ``x: (N, C, *S)``, ``W: (F, C, *k)`` and ``g = dL/dy``::
 
@@ -40,11 +40,12 @@ and differ in how much of the patch matrix they copy, and how:
     On a GPU a step is bound by the number of launches, not by arithmetic: this path
     launches ~8 kernels per convolution per step where the two above launch 20-60.
 
-A chunk's patch copy is sized to stay in the CPU cache (``Convolution.chunk_bytes``)
-and lives in a scratch buffer the layer reuses (no allocation per step).  Backward
+A chunk's patch copy is sized to stay in the CPU cache (``SETTINGS["chunk_bytes"]``)
+and lives in a scratch buffer kept per layer (no allocation per step).  Backward
 gathers the patches again rather than keeping them: less memory, and the copy is
 cheap next to the products.
 """
+import contextlib
 import itertools
 import math
 
@@ -52,11 +53,147 @@ import numpy as np
 
 from . import kernels
 from ..backend import get_array_module
-from ..layers.geometry import conv_output_shape
+from ..layers.geometry import conv_output_shape, resolve_padding
 from .patches import make_gatherer
 
 __all__ = ["PatchProduct", "RowShiftProduct", "SampleLastProduct", "KernelPatchProduct", "choose_algorithm",
-           "bias_gradient"]
+           "bias_gradient", "SETTINGS", "settings", "chunks", "ConvContext", "ConvUnit"]
+
+#: How the engine computes convolutions (``settings(...)`` changes them for a ``with`` block):
+#:
+#: * ``algorithm``: "auto", "patches" (whole patch matrices), "rowshift" and "samplelast" (stride 1
+#:   only) or "kernel" (CuPy only: the patch matrix gathered by one kernel; "auto" on CuPy).
+#: * ``chunk_bytes``: bytes of patch copy per chunk of samples: a chunk's patches are built, used and
+#:   dropped while they are still in the CPU cache (2 MB: LeNet-5's training step on one core at 128
+#:   samples 11.1 -> 10.5 ms against 4 MB, 1 MB slower again; benchmarks/RESULTS.md, eighth session).
+#: * ``gpu_chunk_bytes``: the same on a GPU, where the point is few, large kernels.
+#: * ``merge_from_filters``: ``PatchProduct`` lays a chunk's patch matrices side by side, ``(C*K, m*P)``,
+#:   from this many filters on (one product per chunk); with fewer, one product per sample is faster.
+#: * ``dx_strategy``: ``PatchProduct`` with stride 1 computes dL/dx by "auto" (the cheaper estimate),
+#:   "flipped" (convolution of dL/dy with the flipped kernel) or "col2im" (scatter-add).
+#: * ``phase_chunk_bytes``: the chunk budget of a block run by pooling phase (``phase_pool.py``;
+#:   LeNet-5 on one core at 128 samples: 2, 4, 8 and 16 MB within noise; eleventh session).
+SETTINGS = {"algorithm": "auto", "chunk_bytes": 2 << 20, "gpu_chunk_bytes": 256 << 20, "merge_from_filters": 8,
+            "dx_strategy": "auto", "phase_chunk_bytes": 8 << 20}
+_CHOICES = {"algorithm": ("auto", "patches", "rowshift", "samplelast", "kernel"),
+            "dx_strategy": ("auto", "flipped", "col2im")}
+
+
+@contextlib.contextmanager
+def settings(**values):
+    """``with settings(algorithm="rowshift"):`` the engine's convolutions use these ``SETTINGS``."""
+    for name, value in values.items():
+        if name not in SETTINGS:
+            raise KeyError(f"engine.conv.settings: unknown setting {name!r}; the settings are {sorted(SETTINGS)}")
+        if name in _CHOICES and value not in _CHOICES[name]:
+            raise ValueError(f"engine.conv.settings: {name} must be one of {_CHOICES[name]}, received {value!r}")
+        if name not in _CHOICES and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"engine.conv.settings: {name} must be a positive int, received {value!r}")
+    old = dict(SETTINGS)
+    SETTINGS.update(values)
+    try:
+        yield SETTINGS
+    finally:
+        SETTINGS.clear()
+        SETTINGS.update(old)
+
+
+def chunks(n, bytes_per_sample, budget):
+    """(chunk size, [(start, stop), ...]): as few chunks of ``n`` samples as ``budget`` bytes allow,
+    of equal sizes (50 in steps of 49 -> 2 x 25)."""
+    step = max(1, min(n, int(budget // max(1, bytes_per_sample))))
+    step = -(-n // -(-n // step))
+    return step, [(a, min(a + step, n)) for a in range(0, n, step)]
+
+
+class ConvContext:
+    """What the arrangements below read of a ``Convolution`` (passed to them as ``layer``): the
+    layer's public settings (kernel size, stride, padding, dilation, channels), the engine's
+    ``SETTINGS``, and scratch buffers kept for that layer (``_buffer``) with the arrangement chosen
+    for the last input (``arrangement``)."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.workspace = {}
+
+    kernel_size = property(lambda self: self.layer.kernel_size)
+    stride = property(lambda self: self.layer.stride)
+    dilation = property(lambda self: self.layer.dilation)
+    in_channels = property(lambda self: self.layer.in_channels)
+    out_channels = property(lambda self: self.layer.out_channels)
+    ndim = property(lambda self: self.layer.ndim)
+    use_bias = property(lambda self: self.layer.use_bias)
+    algorithm = property(lambda self: SETTINGS["algorithm"])
+    merge_from_filters = property(lambda self: SETTINGS["merge_from_filters"])
+    dx_strategy = property(lambda self: SETTINGS["dx_strategy"])
+
+    def _pads(self, spatial):
+        layer = self.layer
+        return resolve_padding(layer.padding, spatial, layer.kernel_size, layer.stride, layer.dilation)
+
+    def _chunks(self, n, bytes_per_sample, like, budget=None):
+        if budget is None:
+            budget = SETTINGS["gpu_chunk_bytes"] if get_array_module(like) is not np else SETTINGS["chunk_bytes"]
+        return chunks(n, bytes_per_sample, budget)
+
+    def _buffer(self, name, shape, like):
+        """A reused scratch array (patch copies etc.): no allocation, no page faults per step."""
+        buf = self.workspace.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype or type(buf) is not type(like):
+            buf = get_array_module(like).empty(shape, dtype=like.dtype)
+            self.workspace[name] = buf
+        return buf
+
+    def arrangement(self, x):
+        """The arrangement computing the layer on ``x`` (``choose_algorithm``), chosen again only when
+        the input's array type, shape or dtype, the layer's settings or ``SETTINGS`` change (the
+        choice builds index tables: worth keeping at small batches)."""
+        layer = self.layer
+        key = (type(x), tuple(x.shape), x.dtype, kernels.fused_enabled(x), tuple(sorted(SETTINGS.items())),
+               repr(layer.padding), layer.stride, layer.dilation, layer.kernel_size, layer.in_channels,
+               layer.out_channels)
+        held = self.workspace.get("algorithm")
+        if held is None or held[0] != key:
+            held = self.workspace["algorithm"] = (key, choose_algorithm(self, x))
+        return held[1]
+
+
+def check_gradient(layer, g, shape):
+    """Raise unless the upstream gradient ``g`` has the shape ``shape`` of the output the engine computed."""
+    from ..layers.base import ShapeError, format_shape  # noqa: PLC0415
+    if tuple(g.shape) != tuple(shape):
+        raise ShapeError(f"{type(layer).__name__} layer '{layer.name}': the upstream gradient must have the shape "
+                         f"of the last output {format_shape(tuple(shape))}, received {format_shape(tuple(g.shape))}")
+
+
+class ConvUnit:
+    """One ``Convolution`` run by the arrangement ``choose_algorithm`` picks (``runner.py``)."""
+
+    size = 1
+
+    def __init__(self, context):
+        self.context = context
+
+    def forward(self, x):
+        conv = self.context.layer
+        x = conv.prepare_input(x)           # the layer's own checks and cast
+        conv.clear_cache()                  # its own backward must not use an older forward's cache
+        self.arrangement = self.context.arrangement(x)
+        y = self.arrangement.forward(x, conv.params["W"], conv.params.get("b"))
+        self.out_shape = tuple(y.shape)
+        return y
+
+    def backward(self, g, need_input_grad):
+        conv = self.context.layer
+        check_gradient(conv, g, self.out_shape)
+        g = g.astype(conv.dtype, copy=False)
+        algo = self.arrangement
+        dW, dx = algo.backward(g, conv.params["W"], need_input_grad)
+        conv.grads["W"] = dW
+        if conv.use_bias:   # the arrangement may have summed dL/db on the way (KernelPatchProduct)
+            db = getattr(algo, "db", None)
+            conv.grads["b"] = db if db is not None else bias_gradient(g)
+        return dx
 
 
 # _DW_NOTE: dL/dW = g @ cols.T has F (few) rows and a long inner dimension; OpenBLAS computes it
@@ -550,7 +687,8 @@ SAMPLE_LAST_FROM_ROWS = 32
 
 
 def choose_algorithm(layer, x):
-    """Which arrangement computes ``layer`` on ``x`` (``layer.algorithm`` may force one).
+    """Which arrangement computes ``layer`` (a ``ConvContext``) on ``x`` (``SETTINGS["algorithm"]``
+    may force one).
 
     "auto": ``KernelPatchProduct`` for CuPy data (fused kernels on, fewer than 2**31 entries
     in the input and in the batch's patch matrix); otherwise, for stride 1 on NumPy with

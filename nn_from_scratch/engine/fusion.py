@@ -17,32 +17,33 @@ with the same ``y`` and the same ``dL/dx`` bit for bit (tests/test_fusion.py).  
 LeNet-5 at 128 samples on one core the ReLU after the first convolution cost ~0.6 ms of
 ~11 ms a step (forward and backward over 600,000 numbers); fused, it works on 150,000.
 
-How: ``forward(layers, x)`` runs the layers in order, except that for each ``ReLU`` directly
-followed by a ``MaxPool`` (those exact classes: a subclass may change either rule) the ReLU
-stands aside (``ReLU.stand_aside``: checks ``x``, passes it on) and the pool applies it after
-pooling (``MaxPool.forward_relu``).  Each layer's cache records what it did, so ``backward``
-needs no plan: the pool masks ``dL/dy`` before routing it, and the ReLU passes the routed
-gradient through.  Calling the layers one by one (``forward`` of each, as a student's loop or
-``NeuralNetwork.layer_outputs`` does) runs them unfused, and their backward as usual.
+How: the runner (``runner.py``) recognises a ``ReLU`` directly followed by a ``MaxPool`` (those
+exact classes: a subclass may change either rule) and runs them as one unit (``ReluPoolUnit``):
+the engine's max pooling (``pooling.py``), then the ReLU on the pooled output; backward masks
+``dL/dy`` with ``[y > 0]`` and routes it to the maxima.
 
 A ``Convolution`` right before such a pair runs with it, forward and backward, by pooling
 phase where ``phase_pool.applies`` (NumPy, 2-D, stride 1, 2x2 pooling: LeNet-5's two blocks):
 the four phases of every pooling window come out of one matrix product over the input's
-polyphase planes, and ``backward`` (the trainer's: ``NeuralNetwork.backward`` and the split
-step's shards) routes dL/dy straight back through them (``phase_pool.py``).  The three layers'
-caches record it, so their own ``backward`` called one by one still gives the same numbers.
+polyphase planes, and backward routes dL/dy straight back through them (``PhaseBlockUnit``,
+``phase_pool.py``).
 
-``ENABLED = False`` runs every layer on its own (for comparisons); ``PHASES = False`` only the
-convolutions.
+The layers' own code is the reference: each unit's results equal those of the layers run one
+by one (tests/test_fusion.py, tests/test_phase_pool.py).  ``ENABLED = False`` runs ReLU and
+MaxPool each on its own (for comparisons); ``PHASES = False`` no pooling-phase blocks.
 """
 import numpy as np
 
-from . import phase_pool
-from ..layers.activations import ReLU
+from . import kernels, phase_pool
+from ..backend import get_array_module
+from ..layers.activations import ReLU, Sigmoid, Tanh
 from ..layers.conv import Convolution
 from ..layers.pooling import MaxPool
+from .conv import check_gradient, chunks, SETTINGS
+from .pooling import maxpool_backward, maxpool_forward
 
-__all__ = ["forward", "backward", "forward_step", "backward_step", "unit_start", "fused_pairs", "ENABLED", "PHASES"]
+__all__ = ["ENABLED", "PHASES", "pairs", "by_phase", "ReluPoolUnit", "PhaseBlockUnit", "ReluUnit",
+           "ElementwiseUnit"]
 
 #: run ReLU -> MaxPool pairs fused (see the module docstring)
 ENABLED = True
@@ -50,105 +51,112 @@ ENABLED = True
 PHASES = True
 
 
-def _pairs_with_next(layer, following):
+def pairs(layer, following):
+    """Does the engine run ``layer`` with ``following`` as a ``ReLU -> MaxPool`` unit?"""
     return ENABLED and type(layer) is ReLU and type(following) is MaxPool
 
 
-def fused_pairs(layers):
-    """Indices ``i`` of the ReLUs that ``forward`` runs with the ``MaxPool`` at ``i + 1``."""
-    fused, i = [], 0
-    while i + 1 < len(layers):
-        if _pairs_with_next(layers[i], layers[i + 1]):
-            fused.append(i)
-            i += 2
-        else:
-            i += 1
-    return fused
-
-
-def _by_phase(layers, i, x):
-    """Does ``forward`` run ``layers[i:i + 3]`` (``Convolution -> ReLU -> MaxPool``) by pooling phase on ``x``?"""
+def by_phase(layers, i, x):
+    """Does the engine run ``layers[i:i + 3]`` (``Convolution -> ReLU -> MaxPool``) by pooling phase on ``x``?"""
     return (PHASES and i + 2 < len(layers) and type(layers[i]) is Convolution
-            and _pairs_with_next(layers[i + 1], layers[i + 2]) and phase_pool.applies(layers[i], layers[i + 2], x))
+            and pairs(layers[i + 1], layers[i + 2]) and phase_pool.applies(layers[i], layers[i + 2], x))
 
 
-def _phase_forward(conv, relu, pool, x):
-    """``pool(relu(conv(x)))`` by pooling phase; each layer's cache records it (see the module docstring)."""
-    conv.check_input(x)
-    x = conv._as_float(x)
-    key = (tuple(x.shape), x.dtype, conv.kernel_size, repr(conv.padding), conv.use_bias, conv.out_channels,
-           conv.phase_chunk_bytes)
-    held = conv._workspace.get("phase_pool")
-    if held is None or held[0] != key:
-        held = conv._workspace["phase_pool"] = (key, phase_pool.PhasePool(conv, x.shape, x.dtype))
-    plan = held[1]
-    y = plan.forward(x, conv.params["W"], conv.params.get("b"))
-    h_shape = (x.shape[0], conv.out_channels) + plan.conv_out
-    link = (plan,)                                  # one object, held by both ends of the block
-    conv.adopt_phase_forward(x, h_shape, link)
-    relu.stand_aside(np.broadcast_to(np.zeros((), dtype=x.dtype), h_shape))     # checks the shape only
-    pool.adopt_phase_forward(y, h_shape, link)
-    return y
+class ReluPoolUnit:
+    """``relu(maxpool(x))`` for a ``ReLU -> MaxPool`` pair: pooled first, the ReLU on the pooled output."""
+
+    size = 2
+
+    def __init__(self, relu, pool_context):
+        self.relu, self.context = relu, pool_context
+
+    def forward(self, x):
+        relu, pool = self.relu, self.context.layer
+        x = relu.prepare_input(x)
+        x = pool.prepare_input(x)
+        relu.clear_cache()
+        pool.clear_cache()
+        p, self.state = maxpool_forward(self.context, x)     # a new array, this call's own: ReLU in place
+        self.y = get_array_module(p).maximum(p, p.dtype.type(0), out=p)
+        return self.y
+
+    def backward(self, g, need_input_grad):
+        check_gradient(self.context.layer, g, self.y.shape)
+        if not need_input_grad:
+            return None
+        return maxpool_backward(self.context, kernels.relu_backward(g, self.y), self.state)
 
 
-def _ran_by_phase(conv, relu, pool):
-    """Did the last forward of these three layers run them together by pooling phase?"""
-    link = getattr(pool, "_cache", {}).get("phase")
-    return (link is not None and type(conv) is Convolution and conv._cache.get("phase") is link
-            and type(relu) is ReLU and relu._cache.get("y", False) is None)
+class PhaseBlockUnit:
+    """``Convolution -> ReLU -> MaxPool`` by pooling phase (``phase_pool.PhasePool``)."""
+
+    size = 3
+
+    def __init__(self, conv_context, relu, pool):
+        self.context, self.relu, self.pool = conv_context, relu, pool
+
+    def forward(self, x):
+        conv = self.context.layer
+        x = conv.prepare_input(x)
+        key = (tuple(x.shape), x.dtype, conv.kernel_size, repr(conv.padding), conv.use_bias, conv.out_channels,
+               SETTINGS["phase_chunk_bytes"])
+        held = self.context.workspace.get("phase_pool")
+        if held is None or held[0] != key:
+            held = self.context.workspace["phase_pool"] = (key, phase_pool.PhasePool(conv, x.shape, x.dtype))
+        self.plan = held[1]
+        h_shape = (x.shape[0], conv.out_channels) + self.plan.conv_out
+        xp = get_array_module(x)
+        h = xp.broadcast_to(xp.zeros((), dtype=x.dtype), h_shape)    # the shape only: the layers' checks
+        self.relu.check_input(h)
+        self.pool.check_input(h)
+        for layer in (conv, self.relu, self.pool):
+            layer.clear_cache()
+        self.y = self.plan.forward(x, conv.params["W"], conv.params.get("b"))
+        return self.y
+
+    def backward(self, g, need_input_grad):
+        conv = self.context.layer
+        check_gradient(self.pool, g, self.y.shape)
+        dW, db, dx = self.plan.backward(g.astype(conv.dtype, copy=False), conv.params["W"], conv.params.get("b"),
+                                        need_input_grad=need_input_grad)
+        conv.grads["W"] = dW
+        if conv.use_bias:
+            conv.grads["b"] = db
+        return dx
 
 
-def forward_step(layers, i, x):
-    """Run the unit of ``layers`` that starts at ``i`` on ``x``: a block by pooling phase (3
-    layers), a ``ReLU -> MaxPool`` pair (2) or one layer.  Returns ``(output, index after it)``."""
-    layer = layers[i]
-    if _by_phase(layers, i, x):
-        return _phase_forward(layer, layers[i + 1], layers[i + 2], x), i + 3
-    if i + 1 < len(layers) and _pairs_with_next(layer, layers[i + 1]):
-        return layers[i + 1].forward_relu(layer.stand_aside(x)), i + 2
-    return layer.forward(x), i + 1
+class ReluUnit:
+    """A ``ReLU`` on its own: ``dL/dx = dy * [y > 0]`` in one pass (``kernels.relu_backward``)."""
+
+    size = 1
+
+    def __init__(self, relu):
+        self.relu = relu
+
+    def forward(self, x):
+        x = self.relu.prepare_input(x)
+        self.relu.clear_cache()
+        self.y = get_array_module(x).maximum(x, x.dtype.type(0))
+        return self.y
+
+    def backward(self, g, need_input_grad):
+        check_gradient(self.relu, g, self.y.shape)
+        return kernels.relu_backward(g, self.y) if need_input_grad else None
 
 
-def unit_start(layers, i):
-    """The index of the first layer of the unit that ends at ``i`` (for ``backward_step``)."""
-    return i - 2 if i >= 2 and _ran_by_phase(layers[i - 2], layers[i - 1], layers[i]) else i
+class ElementwiseUnit:
+    """``Sigmoid`` or ``Tanh`` on CuPy: the layer's forward, its backward as one fused kernel."""
 
+    size = 1
+    BACKWARD = {Sigmoid: kernels.sigmoid_backward, Tanh: kernels.tanh_backward}
 
-def backward_step(layers, i, g, need_input_grad=True):
-    """Backpropagate ``g`` through the unit of ``layers`` that ends at ``i`` (as the last
-    ``forward`` ran it; ``need_input_grad`` for the unit's first layer).  Returns ``(dL/d(unit's
-    input) or None, index of the layer before the unit)``."""
-    return _backward_unit(layers, unit_start(layers, i), i, g, need_input_grad)
+    def __init__(self, layer):
+        self.layer = layer
 
+    def forward(self, x):
+        self.y = self.layer.forward(x)
+        return self.y
 
-def _backward_unit(layers, first, i, g, need_input_grad):
-    """``backward_step`` of the unit ``layers[first:i + 1]`` (``first``: from ``unit_start``)."""
-    if first == i - 2:
-        conv, pool = layers[first], layers[i]
-        pool.check_upstream(g)
-        plan = pool._cache["phase"][0]
-        dW, db, dx = plan.backward(g.astype(conv.dtype, copy=False), conv.params["W"], conv.params.get("b"),
-                                   need_input_grad=need_input_grad)
-        conv.adopt_phase_grads(dW, db)
-        return dx, first - 1
-    return layers[i].backward(g, need_input_grad=need_input_grad), i - 1
-
-
-def forward(layers, x):
-    """The output of ``layers`` (a sequence) on the batch ``x``, ``ReLU -> MaxPool`` pairs fused
-    (with the convolution before them where ``phase_pool`` applies)."""
-    i = 0
-    while i < len(layers):
-        x, i = forward_step(layers, i, x)
-    return x
-
-
-def backward(layers, upstream, need_input_grad=True):
-    """Backpropagate ``dL/doutput`` through ``layers`` after ``forward``; returns ``dL/dinput``
-    (None with ``need_input_grad=False``).  Each layer's own ``backward``, except the blocks the
-    forward ran by pooling phase: their backward by phase too, in one step."""
-    g, i = upstream, len(layers) - 1
-    while i >= 0:
-        first = unit_start(layers, i)
-        g, i = _backward_unit(layers, first, i, g, first > 0 or need_input_grad)
-    return g
+    def backward(self, g, need_input_grad):
+        check_gradient(self.layer, g, self.y.shape)
+        return self.BACKWARD[type(self.layer)](g, self.y) if need_input_grad else None

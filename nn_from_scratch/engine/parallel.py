@@ -37,11 +37,12 @@ network's layers' ``training`` flags, and a training step also carries the rando
 stochastic layers with the shard's first sample index (``_random_states``): a ``Dropout`` shard
 draws exactly its rows of the whole batch's mask, so masks differ per shard and the split
 result is the unsplit one.  ``BatchNorm`` couples the samples of a batch (the batch statistics):
-it does not declare ``per_sample``, so networks with it are never split.
+it is not in ``PER_SAMPLE``, so networks with it are never split.
 
-Which batches are split: on NumPy only (a GPU runs one batch as one), when every
-layer and the loss say they treat samples independently (the class itself sets
-``per_sample = True``; a subclass must say so again, since it may add state), and
+Which batches are split: on NumPy only (a GPU runs one batch as one), with the engine on, when
+every layer and the loss treat samples independently (their class is one of ``PER_SAMPLE``, or
+a class of the user's own sets ``per_sample = True``; a subclass must say so again, since it may
+add state), and
 into at most ``workers`` shards of at least ``MIN_SHARD_PROCESSES`` (processes) or
 ``MIN_SHARD`` (threads) samples.
 
@@ -74,8 +75,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
-from . import fusion
 from ..backend import get_array_module
+from .runner import Runner
 
 __all__ = ["ShardedStep", "ForkedStep", "shard_count", "usable_cores", "is_per_sample", "split_with",
            "make_step", "config_key", "network_key", "split_allowed", "activity", "WorkerTimeout"]
@@ -190,16 +191,33 @@ def usable_cores():
         return os.cpu_count() or 1
 
 
+def _per_sample_classes():
+    from .. import layers as L  # noqa: PLC0415
+    return frozenset({L.Linear, L.Convolution, L.ReLU, L.Sigmoid, L.Tanh, L.Softmax, L.LeakyReLU, L.ELU, L.GELU,
+                      L.Softplus, L.Dropout, L.MaxPool, L.AvgPool, L.GlobalAveragePooling, L.GlobalAveragePooling1D,
+                      L.GlobalAveragePooling2D, L.GlobalAveragePooling3D, L.Vectorization, L.Reshape,
+                      L.SoftMaxLoss, L.MSELoss,
+                      L.BinaryCrossEntropy, L.Huber, L.MAE})
+
+
+#: the package's classes (exact classes) that map each sample of a batch on its own
+PER_SAMPLE = None
+
+
 def is_per_sample(node):
-    """Does ``node``'s own class declare that it treats the samples of a batch independently?"""
-    return bool(vars(type(node)).get("per_sample", False))
+    """Does ``node`` treat the samples of a batch independently: its class is one of ``PER_SAMPLE``, or
+    a class of the user's own declares ``per_sample = True`` itself?"""
+    global PER_SAMPLE
+    if PER_SAMPLE is None:
+        PER_SAMPLE = _per_sample_classes()
+    return type(node) in PER_SAMPLE or bool(vars(type(node)).get("per_sample", False))
 
 
 def shard_count(net, n):
     """How many shards (threads or processes) a training step of ``n`` samples is split into (1: not split)."""
     workers = usable_cores() if net.workers == "auto" else int(net.workers)
     shards = min(workers, n // _min_shard())
-    if shards <= 1 or get_array_module(net._param_like()) is not np or not split_allowed():
+    if shards <= 1 or not net.engine or get_array_module(net._param_like()) is not np or not split_allowed():
         return 1
     if not all(is_per_sample(node) for node in list(net.layers) + [net.loss_fn]):
         return 1
@@ -275,7 +293,7 @@ def _replica(node):
     """A copy sharing the parameter dictionary (so the very arrays the optimizer updates),
     with fresh caches, gradients and scratch buffers, and its own copy of everything else."""
     memo = {}
-    for name in ("_cache", "_grads", "_workspace"):
+    for name in ("_cache", "_grads"):
         if isinstance(getattr(node, name, None), dict):
             memo[id(getattr(node, name))] = {}
     if isinstance(getattr(node, "_params", None), dict):
@@ -297,6 +315,7 @@ class ShardedStep:
         self.key = network_key(net)
         self.replicas = [[_replica(layer) for layer in net.layers] for _ in range(self.shards)]
         self.losses = [_replica(net.loss_fn) for _ in range(self.shards)]
+        self.runners = [Runner() for _ in range(self.shards)]
         self.pool = ThreadPoolExecutor(max_workers=self.shards - 1, thread_name_prefix="nn_shard")
         from threadpoolctl import ThreadpoolController
         self.blas = ThreadpoolController().select(user_api="blas")
@@ -344,8 +363,9 @@ class ShardedStep:
         bounds, _ = _shard_bounds(xb.shape[0], self.shards)
         for w, replica in enumerate(self.replicas):
             _set_random_states(replica, states, bounds[w])
-        results = self._side_by_side(xb.shape[0], lambda w, s: _forward_backward(self.replicas[w], self.losses[w],
-                                                                                   xb[s], yb[s], weights[w]))
+        results = self._side_by_side(xb.shape[0], lambda w, s: _forward_backward(self.runners[w], self.replicas[w],
+                                                                                   self.losses[w], xb[s], yb[s],
+                                                                                   weights[w]))
         for k, _ in states:                     # the network's layers move on as shard 0's did
             net.layers[k].set_random_state(self.replicas[0][k].random_state())
         for k, layer in enumerate(net.layers):
@@ -359,7 +379,7 @@ class ShardedStep:
     def forward(self, net, xb):
         """The output of the batch (``predict``, ``evaluate``): the shards' forward passes side by side."""
         self._sync_modes(net)
-        outs = self._side_by_side(xb.shape[0], lambda w, s: _forward(self.replicas[w], xb[s]))
+        outs = self._side_by_side(xb.shape[0], lambda w, s: _forward(self.runners[w], self.replicas[w], xb[s]))
         return get_array_module(xb).concatenate(outs, axis=0)
 
 
@@ -476,18 +496,17 @@ def _wait(conn, timeout):
     return True
 
 
-def _forward(layers, x):
-    """The output of one shard through ``layers`` (``ReLU -> MaxPool`` pairs fused, as in
-    ``NeuralNetwork.forward``)."""
-    return fusion.forward(layers, x)
+def _forward(runner, layers, x):
+    """The output of one shard through ``layers``, run by ``runner`` (as ``NeuralNetwork.forward``)."""
+    return runner.forward(layers, x)
 
 
-def _forward_backward(layers, loss_fn, x, y, weight=1.0):
+def _forward_backward(runner, layers, loss_fn, x, y, weight=1.0):
     """``(loss, output)`` of one shard through ``layers``; their ``grads`` are set to ``weight``
     times the shard's (no dL/dx at the input)."""
-    h = _forward(layers, x)
-    loss = loss_fn.forward(h, y, validate=False)
-    fusion.backward(layers, loss_fn.backward(weight), need_input_grad=False)
+    h = runner.forward(layers, x)
+    loss, g = runner.loss(loss_fn, h, y, lambda out, t: loss_fn.forward(out, t, validate=False), weight)
+    runner.backward(layers, g, need_input_grad=False)
     return loss, h
 
 
@@ -500,6 +519,7 @@ def _worker(conn, net, slots, params, grads, inbox):
     Without a message for ``WORKER_IDLE_S`` seconds the worker ends by itself.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is the parent's to handle
+    runner = Runner()                                   # this worker's own scratch buffers
     for (k, name, _, _), view in zip(slots, params):    # this process's layers read the parent's
         net.layers[k]._params[name] = view              # parameters from the shared mirror
     from threadpoolctl import threadpool_limits
@@ -524,9 +544,9 @@ def _worker(conn, net, slots, params, grads, inbox):
             try:
                 with np.errstate(**header["err"]):
                     if header["op"] == "forward":
-                        reply = _pack({"op": "ok"}, [_forward(net.layers, arrays[0])])
+                        reply = _pack({"op": "ok"}, [_forward(runner, net.layers, arrays[0])])
                     else:
-                        loss, out = _forward_backward(net.layers, net.loss_fn, arrays[0], arrays[1],
+                        loss, out = _forward_backward(runner, net.layers, net.loss_fn, arrays[0], arrays[1],
                                                       header["weight"])
                         for (k, name, _, _), g in zip(slots, grads):
                             g[...] = net.layers[k].grads[name]
@@ -871,7 +891,8 @@ class ForkedStep:
         mine, replies = self._side_by_side(
             net, lambda w: self._shard_message(w, {"op": "step", "err": err, "weight": weights[w], "modes": modes,
                                               "random": states, "offset": bounds[w]}, parts[w]),
-            lambda: _forward_backward(net.layers, net.loss_fn, parts[0][0], parts[0][1], weights[0]))
+            lambda: _forward_backward(net._runner, net.layers, net.loss_fn, parts[0][0], parts[0][1],
+                                      weights[0]))
         results = [mine] + [(arrays[0], arrays[1]) for arrays in replies]
         for i, (k, name, _, _) in enumerate(self.slots):
             layer = net.layers[k]
@@ -886,5 +907,5 @@ class ForkedStep:
         mine, replies = self._side_by_side(
             net, lambda w: self._shard_message(w, {"op": "forward", "err": err, "modes": modes},
                                                [xb[bounds[w]:bounds[w + 1]]]),
-            lambda: _forward(net.layers, xb[:bounds[1]]))
+            lambda: _forward(net._runner, net.layers, xb[:bounds[1]]))
         return np.concatenate([mine] + [arrays[0] for arrays in replies], axis=0)

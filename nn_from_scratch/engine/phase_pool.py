@@ -34,18 +34,16 @@ a chunk.  LeNet-5, one core, 128 samples: benchmarks/RESULTS.md, eleventh-sessio
 
 This is the fast path; the reference is the three layers one by one (``Convolution``,
 ``ReLU``, ``MaxPool``), which the TensorFlow cross-checks hold; tests/test_phase_pool.py holds
-this module to them.  ``fusion.forward`` runs a ``Convolution -> ReLU -> MaxPool`` triple here
+this module to them.  The engine (``fusion.PhaseBlockUnit``) runs a ``Convolution -> ReLU -> MaxPool`` triple here
 where ``applies`` says so (NumPy data, 2-D, stride and dilation 1, a 2x2 pool with stride 2 and
-no padding, kernels whose extra multiply-adds stay small: ``MAX_EXTRA``), and ``fusion.backward``
-runs its backward here too.  The forward leaves each of the three layers' caches so that their
-own ``backward`` still works when called one by one (the convolution then recomputes its plain
-arrangement, the pool unpacks its argmax): a student's loop gets the same numbers, slower.
+no padding, kernels whose extra multiply-adds stay small: ``MAX_EXTRA``), forward and backward.
 """
 import numpy as np
 
 from ..backend import get_array_module
 from ..layers.base import ShapeError
-from ..layers.geometry import conv_output_shape
+from ..layers.geometry import conv_output_shape, resolve_padding
+from .conv import SETTINGS, chunks
 
 __all__ = ["applies", "PhasePool", "MAX_EXTRA"]
 
@@ -76,7 +74,7 @@ def applies(conv, pool, x):
         out = conv.compute_output_shape(tuple(x.shape[1:]))[1:]          # (H', W')
     except ShapeError:                                # does not fit: the layer's forward says why
         return False
-    return min(out) >= 2 and not any(lo or hi for lo, hi in pool._pads(out))
+    return min(out) >= 2 and not any(lo or hi for lo, hi in resolve_padding(pool.padding, out, pool.pool_size, pool.stride, pool.dilation))
 
 
 class PhasePool:
@@ -88,7 +86,7 @@ class PhasePool:
         n, C, H, W = self.x_shape
         self.kernel = conv.kernel_size
         self.use_bias = conv.use_bias
-        pads = conv._pads((H, W))
+        pads = resolve_padding(conv.padding, (H, W), conv.kernel_size, conv.stride, conv.dilation)
         self.conv_out = conv_output_shape((H, W), self.kernel, (1, 1), pads, (1, 1))     # (H', W')
         self.U, self.V = self.conv_out[0] // 2, self.conv_out[1] // 2
         self.T = (_taps(self.kernel[0]), _taps(self.kernel[1]))
@@ -99,7 +97,7 @@ class PhasePool:
         self.K1 = self.K + (1 if self.use_bias else 0)
         UV = self.U * self.V
         per_sample = ((self.K1 + 4 * F + 3 * F) * UV + 4 * C * self.R * self.S) * self.dtype.itemsize
-        self.step, self.chunks = conv._chunks(n, per_sample, None, budget=conv.phase_chunk_bytes)
+        self.step, self.chunks = chunks(n, per_sample, SETTINGS["phase_chunk_bytes"])
         self.buffers = {}
         # for each phase (a, b): (input slice, plane slice) along rows and along columns
         self.copies = {}

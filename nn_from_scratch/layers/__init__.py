@@ -1,6 +1,6 @@
 """Every layer, one family per file, each ``forward``/``backward`` the formula of its docstring.
 
-Nothing here knows about the engine, the trainer or the analysis tools (``docs/ARCHITECTURE.md``).
+Nothing here imports the packages above it: the trainer, the analysis tools (``docs/ARCHITECTURE.md``).
 """
 from .base import LayerDefinitionError, Neuron, Node, NotReadyError, ShapeError
 from .dense import Dense, Linear

@@ -5,7 +5,6 @@ caches; shapes are ``x: (N, *S) -> y: (N, *S)`` unless stated.
 """
 import math
 
-from ..engine import kernels
 from ..backend import get_array_module
 from .base import Node, ShapeError, format_shape
 from ..validation import is_int
@@ -21,7 +20,6 @@ class ReLU(Node):
     the next layer holds ``y`` anyway, so this costs no memory).
     """
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def _forward(self, x):
         xp = get_array_module(x)
@@ -30,20 +28,7 @@ class ReLU(Node):
         return y
 
     def _backward(self, dy):
-        y = self._cache["y"]
-        if y is None:               # stood aside for the MaxPool after it, which masked dL/dy already
-            return dy
-        return kernels.relu_backward(dy, y)
-
-    def stand_aside(self, x):
-        """Let the ``MaxPool`` that follows apply this ReLU after pooling (``fusion.py``): check
-        ``x`` as ``forward`` does and return it unchanged; ``backward`` then passes dL/dy through
-        (that layer's ``forward_relu``/``backward`` apply the ReLU and its mask)."""
-        self.check_input(x)
-        x = self._as_float(x)
-        self._cache["y"] = None
-        self._out_shape = x.shape
-        return x
+        return dy * (self._cache["y"] > 0)
 
 
 class Sigmoid(Node):
@@ -53,7 +38,6 @@ class Sigmoid(Node):
     overflows);  ``dL/dx = dL/dy * y * (1 - y)``.  Cache: ``y``.
     """
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def _forward(self, x):
         xp = get_array_module(x)
@@ -64,7 +48,8 @@ class Sigmoid(Node):
         return y
 
     def _backward(self, dy):
-        return kernels.sigmoid_backward(dy, self._cache["y"])
+        y = self._cache["y"]
+        return dy * y * (1 - y)
 
 
 class Tanh(Node):
@@ -73,7 +58,6 @@ class Tanh(Node):
     ``y = tanh(x)``;  ``dL/dx = dL/dy * (1 - y^2)``.  Cache: ``y``.
     """
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def _forward(self, x):
         xp = get_array_module(x)
@@ -82,7 +66,8 @@ class Tanh(Node):
         return y
 
     def _backward(self, dy):
-        return kernels.tanh_backward(dy, self._cache["y"])
+        y = self._cache["y"]
+        return dy * (1 - y * y)
 
 
 class Softmax(Node):
@@ -93,7 +78,6 @@ class Softmax(Node):
     For training a classifier use ``SoftMaxLoss`` on logits instead (stabler).
     """
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def __init__(self, shape=None, axis=-1, name=None):
         super().__init__(shape, name)

@@ -258,14 +258,20 @@ class Node(ABC):
             raise LayerDefinitionError(
                 f"{type(self).__name__}.__init__ did not call the base class's __init__: begin it with "
                 f"`super().__init__(shape, name=name)` (a Neuron: `super().__init__(shape, name=name, dtype=dtype)`)")
-        self.check_input(x)
-        x = self._as_float(x)
+        x = self.prepare_input(x)
         y = self._forward(x)
         if self._user_layer:
             self._check_forward_result(x, y)
         self._out_shape = y.shape
         self._io_shapes = (tuple(x.shape), tuple(y.shape))
         return y
+
+    def prepare_input(self, x):
+        """``x`` as ``forward`` hands it to ``_forward``: checked (``check_input``) and cast (integer
+        input to float32; a neuron's input to its dtype).  For code that computes a layer's formula
+        itself from its parameters and settings."""
+        self.check_input(x)
+        return self._as_float(x)
 
     def backward(self, upstream, need_input_grad=True):
         """Given ``dL/dy`` (same shape as the last output), return ``dL/dx``.

@@ -2,13 +2,10 @@
 import numpy as np
 
 from .. import validation
-from ..backend import get_array_module
 from . import initializers
 from .base import Neuron, ShapeError, format_shape, sample_shape
 from .parameters import _GradNames, _init_spec, _size
-from ..engine import kernels
-from ..engine.conv import bias_gradient, choose_algorithm
-from .geometry import as_tuple, conv_output_shape, padding_to_json, resolve_padding
+from .geometry import as_tuple, col2im, conv_output_shape, im2col, padding_to_json, resolve_padding
 
 __all__ = ["Convolution", "Conv1D", "Conv2D", "Conv3D"]
 
@@ -29,12 +26,9 @@ class Convolution(_GradNames, Neuron):
         dL/db = sum over n and p of g                (F,)
         dL/dx = col2im(W.reshape(F, C*K).T @ g)      (N, C, *S)
 
-    with ``g = dL/dy`` reshaped to ``(N, F, P)``.  How the patches are copied and
-    multiplied (whole patch matrices, or row patches with the first kernel axis as
-    column offsets; chunks that fit the CPU cache; dL/dx by col2im or by the
-    flipped kernel) is chosen per call in ``conv_compute.py``; all variants are
-    the formulas above and the tests hold each of them to TensorFlow.  Cache: the
-    chosen algorithm with the padded (flattened) input.
+    with ``g = dL/dy`` reshaped to ``(N, F, P)``; ``im2col``/``col2im`` are in ``geometry.py``
+    (a strided view of the padded input, one reshape; its adjoint, one slice-add per kernel
+    offset), beside their loop references.  Cache: ``cols`` and the input's shape.
 
     Constructor: the seed's form ``Convolution((batch, C, H, W), kernel_size=3,
     output_layers=4, use_bias=False)``; or ``in_channels=C`` instead of the input
@@ -43,7 +37,6 @@ class Convolution(_GradNames, Neuron):
     ``padding`` an int, per-axis ints or (lo, hi) pairs, ``"valid"`` or ``"same"``.
     """
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def __init__(self, input_shape=None, kernel_size=3, output_layers=None, use_bias=True,
                  stride=1, padding=0, dilation=1, *, in_channels=None, out_channels=None,
@@ -82,7 +75,6 @@ class Convolution(_GradNames, Neuron):
         if ndim is not None and int(ndim) != nd:
             raise ValueError(f"Convolution: ndim={ndim} but the input shape has {nd} spatial axes")
         super().__init__((None,) + shp, name=name, dtype=dtype)
-        self._workspace = {}
         self.ndim = nd
         self.in_channels = int(in_channels)
         self.out_channels = int(output_layers)
@@ -172,109 +164,39 @@ class Convolution(_GradNames, Neuron):
 
     _b_pd = b_grad
 
-    # -- computation (the algorithms are in conv_compute.py) --------------------------
-    #: bytes of patch copy per chunk of samples: a chunk's patches are built, used and
-    #: dropped while they are still in the CPU cache (and memory stays small)
-    #: (2 MB: LeNet-5's training step on one core at 128 samples 11.1 -> 10.5 ms against 4 MB, 1 MB
-    #: slower again; the seed CNN 6.6 -> 6.2 ms; benchmarks/RESULTS.md, eighth-session entry)
-    chunk_bytes = 2 << 20
-    #: the same on a GPU, where the point is few, large kernels rather than cache hits
-    gpu_chunk_bytes = 256 << 20
-    #: "auto", "patches" (whole patch matrices), "rowshift" and "samplelast" (stride 1 only) or
-    #: "kernel" (CuPy only: the patch matrix gathered by one kernel; "auto" on CuPy): see conv_compute
-    algorithm = "auto"
-    #: PatchProduct: from this many filters on, a chunk's patch matrices are laid side by side,
-    #: ``(C*K, m*P)``, and one matrix product serves the chunk; with fewer filters one product
-    #: per sample is faster (measured: benchmarks/RESULTS.md)
-    merge_from_filters = 8
-    #: PatchProduct, stride 1: dL/dx by "auto" (the cheaper estimate), "flipped" (convolution of
-    #: dL/dy with the flipped kernel) or "col2im" (scatter-add); strided: always col2im
-    dx_strategy = "auto"
-
-    #: the same for a block run by pooling phase (``phase_pool.py``): fewer chunks, so its
-    #: backward gathers the rows again less often (LeNet-5's training step on one core at 128
-    #: samples: 2, 4, 8 and 16 MB within noise of each other; benchmarks/RESULTS.md,
-    #: eleventh-session entry)
-    phase_chunk_bytes = 8 << 20
-
-    def _chunks(self, n, bytes_per_sample, like, budget=None):
-        """(chunk size, [(start, stop), ...]): as few chunks as the byte budget allows (default
-        ``chunk_bytes``, ``gpu_chunk_bytes`` on a GPU), equal sizes."""
-        if budget is None:
-            budget = self.gpu_chunk_bytes if get_array_module(like) is not np else self.chunk_bytes
-        step = max(1, min(n, int(budget // max(1, bytes_per_sample))))
-        step = -(-n // -(-n // step))              # balance: 50 in steps of 49 -> 2 x 25
-        return step, [(a, min(a + step, n)) for a in range(0, n, step)]
-
-    def _buffer(self, name, shape, like):
-        """A reused scratch array (patch copies etc.): no allocation, no page faults per step."""
-        buf = self._workspace.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != like.dtype or type(buf) is not type(like):
-            buf = get_array_module(like).empty(shape, dtype=like.dtype)
-            self._workspace[name] = buf
-        return buf
-
-    def clear_cache(self):
-        super().clear_cache()
-        self._workspace = {}
-
-    def _algorithm(self, x):
-        """The arrangement computing ``x`` (``conv_compute.choose_algorithm``), chosen again only
-        when the input's array type, shape or dtype or the layer's settings change (the
-        choice builds index tables: worth keeping at small batches)."""
-        key = (type(x), tuple(x.shape), x.dtype, kernels.fused_enabled(x), self.algorithm, self.merge_from_filters,
-               repr(self.padding), self.stride, self.dilation, self.kernel_size, self.in_channels, self.out_channels)
-        held = self._workspace.get("algorithm")
-        if held is None or held[0] != key:
-            held = self._workspace["algorithm"] = (key, choose_algorithm(self, x))
-        return held[1]
-
+    # -- computation: im2col, then one matrix product ------------------------------------
     def _forward(self, x):
-        self._cache.update(phase=None, phase_input=None)
-        if x.shape[0] == 0:                 # an empty batch: an empty output, zero gradients
-            self._cache["algorithm"] = None
-            self._cache["x_shape"] = tuple(x.shape)
-            return get_array_module(x).empty((0,) + self.compute_output_shape(tuple(x.shape[1:])), dtype=x.dtype)
-        algo = self._algorithm(x)
-        y = algo.forward(x, self._params["W"], self._params.get("b"))
-        self._cache["algorithm"] = algo
-        return y
-
-    def adopt_phase_forward(self, x, y_shape, link):
-        """``fusion`` ran this layer's forward on ``x`` (checked and cast) together with the ReLU and
-        pool after it (``phase_pool.py``), its output of shape ``y_shape`` never formed: the cache
-        says so (``link``, shared with the pool) and keeps ``x`` for this layer's own ``backward``."""
-        self._cache.update(algorithm=None, phase=link, phase_input=x)
-        self._out_shape = tuple(y_shape)
-
-    def adopt_phase_grads(self, dW, db):
-        """The parameter gradients ``fusion.backward`` computed for this layer (``phase_pool.py``)."""
-        self._grads["W"] = dW
+        """``x: (N, C, *S) -> y: (N, F, *O)``: the patch matrix ``cols = im2col(x): (N, C*K, P)``, then
+        ``y[n] = W.reshape(F, C*K) @ cols[n] (+ b)``.  Cache: ``cols`` and the input's shape."""
+        W = self._params["W"]
+        F = W.shape[0]
+        n = x.shape[0]
+        cols = im2col(x, self.kernel_size, self.stride, self.padding, self.dilation)     # (N, C*K, P)
+        y = W.reshape(F, -1) @ cols                                                       # (N, F, P)
         if self.use_bias:
-            self._grads["b"] = db
+            y += self._params["b"].reshape(F, 1)
+        self._cache["cols"] = cols
+        self._cache["x_shape"] = tuple(x.shape)
+        return y.reshape((n, F) + self.compute_output_shape(tuple(x.shape[1:]))[1:])
 
     def _backward(self, dy, need_input_grad=True):
-        dy = dy.astype(self.dtype, copy=False)
-        if self._cache.get("phase") is not None and self._cache["algorithm"] is None:
-            # the forward ran by pooling phase; called on its own, this layer needs its plain
-            # arrangement's cache: that forward again (a student's loop after ``net.forward``)
-            x = self._cache["phase_input"]
-            algo = self._algorithm(x)
-            algo.forward(x, self._params["W"], self._params.get("b"))
-            self._cache["algorithm"] = algo
-        algo = self._cache["algorithm"]
-        if algo is None:                    # the last forward had no samples
-            xp = get_array_module(dy)
-            self._grads["W"] = xp.zeros_like(self._params["W"])
-            if self.use_bias:
-                self._grads["b"] = xp.zeros_like(self._params["b"])
-            return xp.zeros(self._cache["x_shape"], dtype=dy.dtype) if need_input_grad else None
-        dW, dx = algo.backward(dy, self._params["W"], need_input_grad)
-        self._grads["W"] = dW
-        if self.use_bias:   # the arrangement may have summed dL/db on the way (KernelPatchProduct)
-            db = getattr(algo, "db", None)
-            self._grads["b"] = db if db is not None else bias_gradient(dy)
-        return dx
+        """With ``g = dy`` as ``(N, F, P)``::
+
+            dL/dW = sum_n g[n] @ cols[n].T                    (F, C*K) -> (F, C, *k)
+            dL/db = sum of g over samples and positions       (F,)
+            dL/dx = col2im(W.reshape(F, C*K).T @ g)           (N, C, *S)
+        """
+        W = self._params["W"]
+        F = W.shape[0]
+        cols = self._cache["cols"]
+        g = dy.astype(self.dtype, copy=False).reshape(dy.shape[0], F, -1)                # (N, F, P)
+        self._grads["W"] = (g @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(W.shape)
+        if self.use_bias:
+            self._grads["b"] = g.sum(axis=(0, 2))
+        if not need_input_grad:
+            return None
+        dcols = W.reshape(F, -1).T @ g                                                    # (N, C*K, P)
+        return col2im(dcols, self._cache["x_shape"], self.kernel_size, self.stride, self.padding, self.dilation)
 
     def __repr__(self):
         return (f"Convolution({self.in_channels} -> {self.out_channels}, kernel={self.kernel_size}, "

@@ -26,7 +26,6 @@ class Linear(_GradNames, Neuron):
     are the same layer.  Cache: ``x``.
     """
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def __init__(self, input_shape, output_shape=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",

@@ -18,12 +18,12 @@ training forwards (``step``).  The ``u`` of training forward ``step`` come from 
 generator (NumPy's ``Philox``) keyed by ``(seed, step)``, laid out sample after sample: sample
 ``n``'s numbers start at position ``n * D4`` (``D4``: the per-sample size rounded up to Philox's
 4-number blocks), so any run of samples ``[a, b)`` can be drawn on its own, equal to rows
-``a..b`` of the whole batch's draw.  That is what the split step needs (``parallel.py``): each
-shard, in whatever process, is told the step and its first sample's index and draws exactly its
-rows of the batch's mask, so
+``a..b`` of the whole batch's draw.  A part of a batch (samples ``a..b``), wherever it is
+computed, is told the step and its first sample's index (``set_random_state``) and draws
+exactly its rows of the batch's mask, so
 
-* the shards' masks are different (they are different rows of one draw), and
-* the run is the same whatever the split: one process or four, the masks of every sample at every
+* different parts of a batch get different masks (they are different rows of one draw), and
+* the run is the same however a batch is cut into parts: the masks of every sample at every
   step are the same, and the weights agree to float rounding (tests/test_dropout.py).
 
 The masks are drawn on the host (also for CuPy data: a GPU run then uses the very masks a CPU
@@ -53,7 +53,6 @@ class Dropout(Node):
     ``0 <= rate < 1``.  Cache: ``keep = m / (1 - rate)`` (in ``x``'s dtype), or None for the identity.
     """
 
-    per_sample = True   # each sample's mask is its own rows of the step's draw: batches may be split
     stochastic = True   # a random forward (gradcheck and the cross-check use fixed_randomness)
 
     def __init__(self, rate, shape=None, seed=None, name=None):
@@ -88,7 +87,7 @@ class Dropout(Node):
 
     def set_random_state(self, step, sample_offset=0):
         """Continue the mask sequence at ``step``; the next batch's first sample is sample
-        ``sample_offset`` of the step's batch (the split step's shards use it)."""
+        ``sample_offset`` of the step's batch (a part of a batch computed on its own uses it)."""
         if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
             raise ValueError(f"{self._describe()}: the random state must be an integer >= 0, received {step!r}")
         self._step, self._offset = int(step), int(sample_offset)

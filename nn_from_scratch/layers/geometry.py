@@ -35,8 +35,7 @@ total padding ``max((O-1)*s + d*(k-1) + 1 - S, 0)``, the smaller half first).
 ``im2col`` here: a strided view of the padded input (no copy) that one ``reshape``
 turns into the patch matrix; ``col2im`` adds the patch matrix back with one
 strided slice-add per kernel offset.  ``im2col_reference``/``col2im_reference`` are
-plain loops over every index, kept beside them; the tests hold the two equal.  (The
-engine's faster gatherers, ``engine/patches.py``, compute the same matrices.)
+plain loops over every index, kept beside them; the tests hold the two equal.
 """
 import itertools
 import math

@@ -17,7 +17,6 @@ __all__ = ["GlobalAveragePooling", "GlobalAveragePooling1D", "GlobalAveragePooli
 class GlobalAveragePooling(Node):
     """Mean over the spatial axes: ``(N, C, *S) -> (N, C)`` (module docstring); ``ndim``: 1-3 or None (any)."""
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def __init__(self, shape=None, ndim=None, name=None):
         super().__init__(shape, name)
@@ -62,7 +61,6 @@ class GlobalAveragePooling(Node):
 class GlobalAveragePooling1D(GlobalAveragePooling):
     """``GlobalAveragePooling`` of ``(N, C, L)`` data."""
 
-    per_sample = True
 
     def __init__(self, shape=None, name=None):
         super().__init__(shape, ndim=1, name=name)
@@ -74,7 +72,6 @@ class GlobalAveragePooling1D(GlobalAveragePooling):
 class GlobalAveragePooling2D(GlobalAveragePooling):
     """``GlobalAveragePooling`` of ``(N, C, H, W)`` data."""
 
-    per_sample = True
 
     def __init__(self, shape=None, name=None):
         super().__init__(shape, ndim=2, name=name)
@@ -86,7 +83,6 @@ class GlobalAveragePooling2D(GlobalAveragePooling):
 class GlobalAveragePooling3D(GlobalAveragePooling):
     """``GlobalAveragePooling`` of ``(N, C, D, H, W)`` data."""
 
-    per_sample = True
 
     def __init__(self, shape=None, name=None):
         super().__init__(shape, ndim=3, name=name)

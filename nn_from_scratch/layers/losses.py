@@ -12,7 +12,6 @@ unweighted mean's gradient row ``n`` is ``1/N dl_n/dprediction_n``.
 """
 import numpy as np
 
-from ..engine import kernels
 from ..backend import get_array_module, read_scalars, to_device
 from .base import Node, NotReadyError, ShapeError, format_shape
 
@@ -128,11 +127,9 @@ class SoftMaxLoss(Loss):
         L     = -1/N sum_n sum_k t_nk log p_nk
         dL/dz = (softmax(z) - t) / N
 
-    Cache: ``(softmax(z) - t) / N`` (computed with the loss; on the GPU both come
-    from one fused kernel, ``kernels.softmax_xent``).
+    Cache: ``(softmax(z) - t) / N`` (computed with the loss).
     """
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def _prepare_target(self, z, t, validate):
         if z.ndim != 2:
@@ -166,21 +163,23 @@ class SoftMaxLoss(Loss):
 
     def _forward_pair(self, z, target):
         kind, t = target
-        if kind == "index":
-            # one fused kernel on the GPU; the same formulas as below on NumPy
-            loss, self._cache["grad"] = kernels.softmax_xent(z, t)
-            return loss
         xp = get_array_module(z)
         n = z.shape[0]
-        shifted = z - z.max(axis=1, keepdims=True)
+        shifted = z - z.max(axis=1, keepdims=True)          # the row maximum: exp never overflows
         e = xp.exp(shifted)
         s = e.sum(axis=1, keepdims=True)
-        log_p = shifted - xp.log(s)
-        grad = e / s
-        grad -= t
+        log_p = shifted - xp.log(s)                         # log softmax(z)
+        grad = e / s                                        # softmax(z)
+        if kind == "index":                                 # labels t_n: t is onehot(t_n)
+            rows = xp.arange(n)
+            loss = -log_p[rows, t].sum() / n
+            grad[rows, t] -= 1
+        else:
+            loss = -(t * log_p).sum() / n
+            grad -= t
         grad *= z.dtype.type(1.0 / n)
-        self._cache["grad"] = grad          # (softmax(z) - t) / N
-        return -(t * log_p).sum() / n
+        self._cache["grad"] = grad                          # (softmax(z) - t) / N
+        return loss
 
     def _backward(self, upstream):
         return self._cache["grad"] * upstream
@@ -208,7 +207,6 @@ class MSELoss(Loss):
     ``dL/dy = 2 (y - t) / (N*D)``.  Cache: ``y - t``.
     """
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def _prepare_target(self, y, t, validate):
         if tuple(t.shape) != tuple(y.shape):

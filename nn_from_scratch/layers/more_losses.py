@@ -48,7 +48,6 @@ class _ElementwiseLoss(Loss):
 class BinaryCrossEntropy(_ElementwiseLoss):
     """Mean binary cross-entropy; from logits (default, stable) or from probabilities (module docstring)."""
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     #: Keras's clip of probabilities (``keras.config.epsilon()``)
     EPSILON = 1e-7
@@ -100,7 +99,6 @@ class BinaryCrossEntropy(_ElementwiseLoss):
 class Huber(_ElementwiseLoss):
     """Mean Huber loss: quadratic within ``delta`` of the target, linear beyond (module docstring)."""
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def __init__(self, delta=1.0, shape=None, name=None):
         super().__init__(shape, name)
@@ -126,7 +124,6 @@ class Huber(_ElementwiseLoss):
 class MAE(_ElementwiseLoss):
     """Mean absolute error (module docstring)."""
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def _forward_pair(self, y, t):
         xp = get_array_module(y)

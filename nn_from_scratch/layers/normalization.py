@@ -25,8 +25,8 @@ Backward, with ``g = dL/dy`` and sums over the same axes as the statistics::
 Training mode needs at least two values per channel (``M >= 2``; one sample of ``(N, D)`` data
 would normalise to 0): a batch with fewer raises ``ValueError``; use inference mode for single
 samples.  The moving statistics are non-trainable state (``buffers``), saved and loaded with the
-model like the weights.  The layer couples the samples of a batch, so the split step leaves
-networks with BatchNorm unsplit (it does not declare ``per_sample``; ``parallel.py``).
+model like the weights.  The layer couples the samples of a batch: a batch cannot be cut into
+parts computed apart.
 Following Keras, a layer frozen with ``trainable = False`` runs in inference mode.
 Caches: ``xhat``, ``inv = 1 / sqrt(var + eps)``, and whether batch statistics were used.
 """

@@ -1,16 +1,14 @@
 """Max and average pooling for 1, 2 and 3 spatial dimensions.
 
 ``x: (N, C, *S) -> y: (N, C, *O)`` with window ``k`` (default 2), stride ``s``
-(default ``k``), dilation 1 and ``O`` as for a convolution (see ``patches``).
+(default ``k``), dilation 1 and ``O`` as for a convolution (see ``geometry``).
 Both work offset by offset over the ``K`` offsets ``i`` of the window, with
 ``v_i[n, c, o] = x_pad[n, c, o*s + i]``::
 
     MaxPool: y = max_i v_i,          dL/dx_pad[o*s + i] += [i = argmax] * g
     AvgPool: y = sum_i v_i / count,  dL/dx_pad[o*s + i] += g / count
 
-(the backward is col2im of the window gradients, done offset by offset).  On CuPy
-``MaxPool`` runs as one kernel each way (``kernels.maxpool_forward``/``_backward``,
-same rules); the NumPy path is its reference in the GPU tests.
+(the backward is col2im of the window gradients, done offset by offset).
 
 ``MaxPool`` pads with ``-inf`` and routes the gradient to the *first* maximum of
 a window in row-major order (TensorFlow's rule; it matters for ties, e.g. the
@@ -22,7 +20,6 @@ import math
 
 import numpy as np
 
-from ..engine import kernels
 from .. import validation
 from ..backend import get_array_module
 from .base import Node, ShapeError, format_shape
@@ -66,11 +63,6 @@ class _Pool(Node):
                              f"on every side, received padding={padding!r}")
         if self.input_shape is not None and None not in self.input_shape:
             self.compute_output_shape(self.input_shape)
-        self._workspace = {}
-
-    def clear_cache(self):
-        super().clear_cache()
-        self._workspace = {}
 
     def get_config(self):
         return {**super().get_config(), "pool_size": list(self.pool_size), "stride": list(self.stride),
@@ -119,17 +111,6 @@ class _Pool(Node):
         return dx_pad[(slice(None), slice(None)) + tuple(slice(lo, lo + s) for s, (lo, _) in
                                                          zip(x_shape[2:], pads))]
 
-    def _offset_major(self, a, out):
-        """``(K, N, C, *O)`` copy of the windows of ``a``: ``win[i] = a[:, :, o*s + i]``."""
-        xp = get_array_module(a)
-        view = patch_view(a, self.pool_size, self.stride, self.dilation, out)   # (N, C, *k, *O)
-        nd = self.ndim
-        k = math.prod(self.pool_size)
-        win = xp.empty(self.pool_size + tuple(a.shape[:2]) + tuple(out), dtype=a.dtype)
-        order = tuple(range(2, 2 + nd)) + (0, 1) + tuple(range(2 + nd, 2 + 2 * nd))
-        xp.copyto(win, view.transpose(order))
-        return win.reshape((k,) + tuple(a.shape[:2]) + tuple(out))
-
     @property
     def _disjoint(self):
         """Windows never overlap (stride >= window): backward can assign instead of add."""
@@ -139,109 +120,30 @@ class _Pool(Node):
 class MaxPool(_Pool):
     """Max pooling; see the module docstring.  Cache: which offset held each window's maximum.
 
-    The windows are copied once, offset-major: ``win[i] = x_pad[:, :, o*s + i]``
-    (``K`` contiguous slices of the output's shape), so every later pass is a
-    contiguous one::
+    ``patch_view`` of the ``-inf``-padded input is every window at once, ``(N, C, *k, *O)``; laid
+    out as ``win: (N, C, K, *O)`` (offsets row-major), the forward and backward are::
 
-        y = win[0], arg = 0;  for i = 1..K-1:  gt = win[i] > y;  arg = max(arg, i*gt);  y = max(y, win[i])
-        dL/dx_pad[:, :, o*s + i] += dL/dy * [arg == i]
-
-    A strict ``>`` keeps the first maximum (row-major) on ties; ``i*gt`` with ``i``
-    increasing makes ``arg`` the last offset that raised the maximum.  (Arithmetic
-    on masks instead of masked assignment: NumPy's ``where``/``copyto(where=)``
-    branch per element and are several times slower on random masks.)
+        y = max_i win[:, :, i],   arg = argmax_i win[:, :, i]      (argmax: the first maximum)
+        dL/dx_pad[:, :, o*s + i] += dL/dy * [arg == i]            (one slice-add per offset i)
     """
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
-
     def _forward(self, x):
-        xp = get_array_module(x)
         pads, out = self._geometry(x.shape)
-        self._cache["x_shape"] = x.shape
-        self._cache["relu"] = None
-        self._cache["phase"] = None
-        if kernels.fused_enabled(x) and kernels.window_kernels_fit(x.size, x.shape[0] * x.shape[1] * math.prod(out)):
-            # CuPy: one kernel each way (kernels.maxpool_forward / maxpool_backward)
-            geo = kernels.window_geometry(x.shape[1], x.shape[2:], self.pool_size, self.stride, pads,
-                                          self.dilation, out)
-            y, self._cache["argmax"] = kernels.maxpool_forward(xp.ascontiguousarray(x), geo,
-                                                               tuple(x.shape[:2]) + tuple(out))
-            self._cache["geometry"] = geo
-            return y
-        self._cache["geometry"] = None
-        win = self._offset_major(pad_input(x, pads, -np.inf), out)         # (K, N, C, *O)
-        k = win.shape[0]
-        itype = np.uint8 if k < 256 else np.int32
-        y = win[0].copy()
-        arg = xp.zeros(y.shape, dtype=itype)
-        for i in range(1, k):
-            gt = (win[i] > y).view(np.uint8).astype(itype, copy=False)
-            xp.maximum(arg, gt * itype(i), out=arg)
-            xp.maximum(y, win[i], out=y)
+        n, c = x.shape[:2]
+        view = patch_view(pad_input(x, pads, -np.inf), self.pool_size, self.stride, self.dilation, out)
+        win = view.reshape((n, c, math.prod(self.pool_size)) + tuple(out))              # (N, C, K, *O)
+        arg = win.argmax(axis=2)
         self._cache["argmax"] = arg
-        return y
-
-    def forward_relu(self, x):
-        """``relu(maxpool(x))``, equal to ``maxpool(relu(x))`` (``fusion.py``): the ReLU of the
-        layer before, which stood aside, on the pooled output; ``backward`` then masks dL/dy with
-        ``[y > 0]`` before routing it to the maxima (what that ReLU's backward would have done
-        to the routed gradient)."""
-        p = self.forward(x)                             # a new array, this call's own: ReLU in place
-        xp = get_array_module(p)
-        y = xp.maximum(p, p.dtype.type(0), out=p)
-        self._cache["relu"] = y
-        return y
-
-    def adopt_phase_forward(self, y, x_shape, link):
-        """``fusion`` computed ``y = relu(maxpool(x))`` for an input of shape ``x_shape`` by pooling
-        phase (``phase_pool.py``, ``link[0]`` its plan, shared with the convolution): the cache
-        as ``forward_relu`` leaves it, the argmax unpacked from the plan if this layer's own
-        ``backward`` is called."""
-        xp = get_array_module(y)
-        self.check_input(xp.broadcast_to(xp.zeros((), dtype=y.dtype), x_shape))     # the shape only
-        self._cache.update(x_shape=tuple(x_shape), geometry=None, argmax=None, relu=y, phase=link)
-        self._out_shape = tuple(y.shape)
+        self._cache["x_shape"] = tuple(x.shape)
+        return win.max(axis=2)
 
     def _backward(self, dy):
-        xp = get_array_module(dy)
-        if self._cache["relu"] is not None:
-            dy = kernels.relu_backward(dy, self._cache["relu"])
-        if self._cache["argmax"] is None:                    # pooled by phase: the plan holds it
-            self._cache["argmax"] = self._cache["phase"][0].argmax()
         arg, x_shape = self._cache["argmax"], self._cache["x_shape"]
-        if self._cache["geometry"] is not None:
-            return kernels.maxpool_backward(dy, arg, self._cache["geometry"], x_shape)
         pads, out = self._geometry(x_shape)
         dx = self._padded_zeros(dy, x_shape, pads)
-        if self._disjoint:              # each entry in at most one window: one scatter
-            starts, offsets = self._flat_positions(dx.shape, out, xp)
-            where = offsets.take(arg)
-            where += starts
-            dx.reshape(-1)[where.reshape(-1)] = dy.reshape(-1)
-        else:
-            for i, v in enumerate(self._offset_views(dx, out)):
-                v += dy * (arg == i)
+        for i, v in enumerate(self._offset_views(dx, out)):
+            v += dy * (arg == i)
         return self._crop(dx, x_shape, pads)
-
-    def _flat_positions(self, padded_shape, out, xp):
-        """Where the windows lie in the flat padded input ``(N, C, *Sp)``: ``starts: (N, C, *O)``,
-        the flat index of each window's first entry, and ``offsets: (K,)``, that of offset ``i``
-        (row-major, as ``argmax``) from it; window ``o``'s maximum sits at
-        ``starts[o] + offsets[argmax[o]]`` (kept per input shape: ``starts`` is as large as the
-        output, in 64-bit indices)."""
-        key = (tuple(padded_shape), tuple(out), self.pool_size, self.stride, self.dilation, xp.__name__)
-        held = self._workspace.get("positions")
-        if held is None or held[0] != key:
-            step = [math.prod(padded_shape[d + 1:]) for d in range(len(padded_shape))]    # element strides
-            ranges = [np.arange(padded_shape[0]) * step[0], np.arange(padded_shape[1]) * step[1]]
-            ranges += [np.arange(o) * s * st for o, s, st in zip(out, self.stride, step[2:])]
-            starts = np.zeros(tuple(padded_shape[:2]) + tuple(out), dtype=np.intp)
-            for d, r in enumerate(ranges):
-                starts += r.reshape((-1,) + (1,) * (len(ranges) - 1 - d))
-            offsets = np.array([sum(i * d * st for i, d, st in zip(idx, self.dilation, step[2:]))
-                                for idx in itertools.product(*(range(k) for k in self.pool_size))], dtype=np.intp)
-            held = self._workspace["positions"] = (key, xp.asarray(starts), xp.asarray(offsets))
-        return held[1], held[2]
 
 
 class AvgPool(_Pool):
@@ -251,7 +153,6 @@ class AvgPool(_Pool):
     ``dL/dx_pad[:, :, o*s + i] += dL/dy / count``.
     """
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def _counts(self, x, pads, out):
         """Real (non-padding) entries per window, ``(1, 1, *O)``; None without padding."""

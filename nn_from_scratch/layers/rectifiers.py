@@ -40,7 +40,6 @@ def _number(layer, arg, value, lo=None):
 class LeakyReLU(Node):
     """``y = x`` for ``x > 0``, ``alpha * x`` otherwise (Keras's default ``alpha = 0.3``).  Cache: ``x > 0``."""
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def __init__(self, alpha=0.3, shape=None, name=None):
         super().__init__(shape, name)
@@ -63,7 +62,6 @@ class LeakyReLU(Node):
 class ELU(Node):
     """``y = x`` for ``x > 0``, ``alpha (e^x - 1)`` otherwise.  Cache: ``y`` and ``x > 0``."""
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def __init__(self, alpha=1.0, shape=None, name=None):
         super().__init__(shape, name)
@@ -98,7 +96,6 @@ def _erf(x):
 class GELU(Node):
     """Gaussian error linear unit ``y = x Phi(x)``, exact (erf) or ``approximate=True`` (tanh).  Cache: ``x``."""
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     C = 0.044715
 
@@ -141,7 +138,6 @@ class GELU(Node):
 class Softplus(Node):
     """``y = log(1 + e^x)``, computed as ``max(x, 0) + log1p(e^-|x|)``.  Cache: ``x``."""
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def _forward(self, x):
         xp = get_array_module(x)

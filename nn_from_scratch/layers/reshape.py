@@ -16,7 +16,6 @@ class Vectorization(Node):
     ``nn_from_scratch.crosscheck`` accounts for that.  Cache: the input shape.
     """
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def compute_output_shape(self, input_shape):
         n = 1
@@ -41,7 +40,6 @@ Flatten = Vectorization
 class Reshape(Node):
     """Reshape every sample: ``x: (N, *S) -> y: (N, *target)`` with ``prod(S) == prod(target)``."""
 
-    per_sample = True  # samples never meet: batches may be split (parallel.py)
 
     def __init__(self, shape=None, target_shape=None, name=None):
         super().__init__(shape, name)

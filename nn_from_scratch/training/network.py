@@ -9,6 +9,13 @@ Training loop (one step per batch)::
         g = layer.backward(g)
     optimizer.step(layers)                       update in place
 
+That is what runs with ``engine=False``.  With the engine on (the default), the forward and
+backward passes go through ``engine.runner.Runner``, which runs the layer patterns it has fast
+paths for (exact classes: ``Convolution``, ``ReLU -> MaxPool``, ...) by those, every other layer
+by its own code, and splits a batch over worker processes where every layer allows it
+(``engine/parallel.py``); the numbers are the layers' own to float rounding
+(tests/test_engine_switch.py).  ``docs/ARCHITECTURE.md`` draws the whole flow.
+
 Data may be given as whole arrays ``fit(X, y, epochs=, batch_size=)`` (integer or
 one-hot labels) or, as in the seed lab, already cut into batches
 ``fit(X_batches, Y_batches, n_epochs=)`` with ``X_batches: (n_batches, batch, *S)``.
@@ -32,7 +39,8 @@ import warnings
 
 import numpy as np
 
-from ..engine import fusion, kernels
+from ..engine import kernels
+from ..engine.runner import Runner
 from .. import validation
 from ..validation import DataError
 from . import metrics as metrics_mod
@@ -125,10 +133,16 @@ class NeuralNetwork:
     (per sample, e.g. ``(1, 28, 28)``) is needed only when the first layer does
     not know its input size.
 
-    ``workers``: training steps on NumPy split a batch over this many worker
+    ``engine``: True (the default) runs ``fit``, ``train_step``, ``predict``, ``evaluate``,
+    ``forward`` and ``backward`` through the engine (``engine/runner.py``: fast paths for the
+    layer patterns it knows, the worker split); False runs every layer's own ``forward`` and
+    ``backward`` in order, nothing else, e.g. to see the effect of editing ``ReLU.backward`` in
+    ``fit``.  ``net.engine = False`` switches it later.
+
+    ``workers``: with the engine on, training steps on NumPy split a batch over this many worker
     processes on Linux, threads elsewhere (``"auto"``: the usable CPU cores; shards
     of at least ``parallel.MIN_SHARD_PROCESSES`` / ``MIN_SHARD`` samples; 1 turns it
-    off; see ``nn_from_scratch/parallel.py``).  Results agree with the one-worker
+    off; see ``nn_from_scratch/engine/parallel.py``).  Results agree with the one-worker
     step to float rounding.  The workers are kept between ``fit`` calls while the
     layers keep their settings (``stop_workers`` ends them); while they are there,
     ``predict`` and ``evaluate`` (``fit``'s validation too) split their batches'
@@ -139,7 +153,7 @@ class NeuralNetwork:
     """
 
     def __init__(self, layers, loss_fn=None, optimizer=None, n_input=None, n_output=None,
-                 batch_size=32, input_shape=None, name="network", workers="auto", metrics=None):
+                 batch_size=32, input_shape=None, name="network", workers="auto", metrics=None, engine=True):
         layers = list(layers)
         if not layers:
             raise ValueError("NeuralNetwork needs at least one layer")
@@ -164,6 +178,8 @@ class NeuralNetwork:
             raise ValueError(f"NeuralNetwork: workers must be 'auto' or an int >= 1, received {workers!r}")
         self.workers = workers
         self._sharded = None
+        self._runner = Runner()
+        self.engine = engine
         self.history = History()
         self._training = True
         #: set by a callback (``self.network.stop_training = True``) to end ``fit`` after this batch
@@ -182,6 +198,20 @@ class NeuralNetwork:
         #: the metrics ``fit`` and ``evaluate`` report (besides the loss; ``accuracy`` always for a
         #: classifier): names or ``nn_from_scratch.metrics.Metric`` objects (see that module)
         self.metrics = self._resolve_metrics(metrics, "NeuralNetwork(metrics=)")
+
+    @property
+    def engine(self):
+        """True: the passes run through the engine (fast paths, worker split); False: every
+        layer's own ``forward``/``backward`` in order (see the class docstring)."""
+        return self._engine
+
+    @engine.setter
+    def engine(self, on):
+        on = validation.flag("NeuralNetwork", "engine", on)
+        if not on:
+            self._drop_shards()
+        self._runner.clear()
+        self._engine = on
 
     def _resolve_metrics(self, specs, where):
         return metrics_mod.resolve(specs, self.loss_fn, where)
@@ -476,26 +506,32 @@ class NeuralNetwork:
     def forward(self, x, return_all=False):
         """Output of the last layer for a batch (or all layer outputs, in order).
 
-        The output alone: each ``ReLU`` directly followed by a ``MaxPool`` runs as pooling then
-        ReLU, on the pooled output (the same numbers and gradients, less work: ``fusion.py``).
-        ``return_all``: every layer on its own, each output as that layer computes it.
+        With the engine on, through the engine's runner (``engine/runner.py``: e.g. a ``ReLU``
+        directly followed by a ``MaxPool`` runs as pooling then ReLU, on the pooled output, the
+        same numbers and gradients with less work); ``return_all`` then runs no layers together,
+        so that every output exists.  With ``engine=False``, each layer's own ``forward`` in order.
         """
-        if not return_all:
-            return fusion.forward(self.layers, x)
+        if self._engine:
+            return self._runner.forward(self.layers, x, return_all=return_all)
         outs = []
         for layer in self.layers:
             x = layer.forward(x)
             outs.append(x)
-        return outs
+        return outs if return_all else x
 
     def backward(self, upstream, need_input_grad=True):
         """Backpropagate ``dL/doutput`` through every layer; returns ``dL/dinput``.
 
-        Every neuron's ``grads`` hold the parameter gradients afterwards.  Each layer's own
-        ``backward``, except a ``Convolution -> ReLU -> MaxPool`` block that ``forward`` ran by
-        pooling phase: its backward by phase too (``fusion.py``, ``phase_pool.py``).
+        Every neuron's ``grads`` hold the parameter gradients afterwards.  With the engine on, as
+        the runner ran the last ``forward`` (its units' backward, every other layer's own); with
+        ``engine=False``, each layer's own ``backward`` in reverse order.
         """
-        return fusion.backward(self.layers, upstream, need_input_grad)
+        if self._engine:
+            return self._runner.backward(self.layers, upstream, need_input_grad)
+        g = upstream
+        for i in range(len(self.layers) - 1, -1, -1):
+            g = self.layers[i].backward(g, need_input_grad=i > 0 or need_input_grad)
+        return g
 
     def _to_batch(self, X):
         return to_device(X, like=self._param_like(), dtype=self.dtype)
@@ -565,12 +601,21 @@ class NeuralNetwork:
                 kind = getattr(self._sharded, "kind", "workers")
                 self._drop_shards()             # a fresh split next time (a worker may have died)
         out = self.forward(xb)
-        loss = _loss_forward(self.loss_fn, out, yb, sample_weight)
-        self.backward(self.loss_fn.backward(), need_input_grad=False)
+        loss, g = self._loss_and_gradient(out, yb, sample_weight)
+        self.backward(g, need_input_grad=False)
         if failed is not None:
             warnings.warn(f"{self.name}: the step split over {shards} {kind} failed ({failed!r}); "
                           "it ran as one batch instead", RuntimeWarning, stacklevel=3)
         return loss, out
+
+    def _loss_and_gradient(self, out, yb, sample_weight=None):
+        """``(loss, dL/dout)`` of a batch's output: the loss's own ``forward`` and ``backward``,
+        or the engine's fused kernel where it has one (``Runner.loss``)."""
+        compute = lambda o, t: _loss_forward(self.loss_fn, o, t, sample_weight)  # noqa: E731
+        if self._engine and sample_weight is None:
+            return self._runner.loss(self.loss_fn, out, yb, compute)
+        loss = compute(out, yb)
+        return loss, self.loss_fn.backward()
 
     def _drop_shards(self):
         """Let the shard workers (processes or threads) and their copies of the layers go."""

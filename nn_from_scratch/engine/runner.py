@@ -1,0 +1,125 @@
+"""The engine's runner: a list of layers forward and backward, each part by the fastest path there is.
+
+``Runner.forward(layers, x)`` walks the layers in order.  At each position it looks for a pattern
+of *exact* classes it has a fast path for (a student's subclass never matches: it runs its own
+code), longest first:
+
+    Convolution -> ReLU -> MaxPool   by pooling phase (NumPy, 2-D, stride 1, 2x2 pooling)  fusion.PhaseBlockUnit
+    ReLU -> MaxPool                  pooled first, the ReLU on the pooled output            fusion.ReluPoolUnit
+    Convolution                      the faster arrangements of conv.py                    conv.ConvUnit
+    MaxPool                          offset-major windows, one scatter back                 pooling.MaxPoolUnit
+    ReLU                             dL/dx in one pass                                      fusion.ReluUnit
+    Sigmoid, Tanh (CuPy)             dL/dx as one fused kernel                              fusion.ElementwiseUnit
+
+and runs every other layer by its own ``forward``.  It records what it ran (the *tape*), so that
+``Runner.backward`` runs each unit's backward, and every other layer's own ``backward``, in
+reverse.  A unit reads a layer only through its public interface: ``prepare_input`` (the layer's
+checks and cast), its parameters and settings, ``grads`` (where it writes dL/dparam) and
+``clear_cache`` (a layer the engine ran has no cache of its own: its own ``backward`` then says
+that no forward ran, rather than use an older one's).  Each unit computes the layer's formulas and
+is held equal to the layers' own code by the tests (forward, gradients and training:
+tests/test_engine_switch.py and the tests of each unit).
+
+A runner also keeps, per layer, what its fast path reuses from step to step (the convolution
+arrangement chosen for an input shape, scratch buffers, pooling index tables): ``context``.
+``loss`` computes the loss and dL/doutput, with one fused kernel for ``SoftMaxLoss`` on integer
+labels on CuPy.
+"""
+import weakref
+
+from . import fusion, kernels
+from .conv import ConvContext, ConvUnit
+from .pooling import MaxPoolUnit, PoolContext
+from ..layers.activations import ReLU, Sigmoid, Tanh
+from ..layers.conv import Convolution
+from ..layers.losses import SoftMaxLoss
+from ..layers.pooling import MaxPool
+
+__all__ = ["Runner"]
+
+
+class Runner:
+    """Runs sequences of layers through the engine (see the module docstring)."""
+
+    def __init__(self):
+        self._contexts = {}     # id(layer) -> (weak reference, context)
+        self._tape = None       # (ids of the layers, [(first index, unit or None)]) of the last forward
+        self._loss_grad = None
+
+    def context(self, layer, kind):
+        """The ``kind`` (``ConvContext``, ``PoolContext``) kept for ``layer``, made on first use."""
+        held = self._contexts.get(id(layer))
+        if held is not None and held[0]() is layer and type(held[1]) is kind:
+            return held[1]
+        ctx = kind(layer)
+        contexts, key = self._contexts, id(layer)
+
+        def forget(ref):                     # only its own entry: the id may be reused
+            if contexts.get(key, (None,))[0] is ref:
+                del contexts[key]
+        self._contexts[key] = (weakref.ref(layer, forget), ctx)
+        return ctx
+
+    def _unit(self, layers, i, x, fuse):
+        """The unit that runs ``layers[i:]``'s first layer(s) on ``x``, or None (the layer's own code)."""
+        if not hasattr(x, "shape") or not hasattr(x, "dtype") or x.ndim < 1 or x.shape[0] == 0:
+            return None                      # not an array, or no samples: the layer's own code says what
+        layer = layers[i]
+        kind = type(layer)
+        if fuse and fusion.by_phase(layers, i, x):
+            return fusion.PhaseBlockUnit(self.context(layer, ConvContext), layers[i + 1], layers[i + 2])
+        if fuse and i + 1 < len(layers) and fusion.pairs(layer, layers[i + 1]):
+            return fusion.ReluPoolUnit(layer, self.context(layers[i + 1], PoolContext))
+        if kind is Convolution:
+            return ConvUnit(self.context(layer, ConvContext))
+        if kind is MaxPool:
+            return MaxPoolUnit(self.context(layer, PoolContext))
+        if kind is ReLU:
+            return fusion.ReluUnit(layer)
+        if kind in (Sigmoid, Tanh) and kernels.fused_enabled(x):
+            return fusion.ElementwiseUnit(layer)
+        return None
+
+    def forward(self, layers, x, return_all=False):
+        """The output of ``layers`` on the batch ``x`` (recorded for ``backward``).  ``return_all``:
+        every layer's output, in order (units of one layer only, so that each output exists)."""
+        tape, outs = [], []
+        i = 0
+        while i < len(layers):
+            unit = self._unit(layers, i, x, fuse=not return_all)
+            x = layers[i].forward(x) if unit is None else unit.forward(x)
+            tape.append((i, unit))
+            i += 1 if unit is None else unit.size
+            outs.append(x)
+        self._tape = (tuple(map(id, layers)), tape)
+        return outs if return_all else x
+
+    def backward(self, layers, upstream, need_input_grad=True):
+        """Backpropagate ``dL/doutput`` through ``layers`` as the last ``forward`` ran them; returns
+        ``dL/dinput`` (None with ``need_input_grad=False``).  Without a forward of these layers,
+        each layer's own ``backward`` (which says so)."""
+        tape = self._tape
+        if tape is None or tape[0] != tuple(map(id, layers)):
+            tape = (None, [(i, None) for i in range(len(layers))])
+        g = upstream
+        for first, unit in reversed(tape[1]):
+            need = first > 0 or need_input_grad
+            g = layers[first].backward(g, need_input_grad=need) if unit is None else unit.backward(g, need)
+        return g
+
+    def loss(self, loss_fn, out, y, compute, upstream=1.0):
+        """``(loss, dL/dout * upstream)``: ``compute(out, y)`` gives the loss by ``loss_fn``'s own
+        ``forward``, then its ``backward``; a ``SoftMaxLoss`` (that class) on integer labels on CuPy
+        is one fused kernel instead (``kernels.softmax_xent``)."""
+        if (type(loss_fn) is SoftMaxLoss and kernels.fused_enabled(out) and getattr(out, "ndim", 0) == 2
+                and getattr(y, "ndim", 0) == 1 and y.dtype.kind in "iu" and out.shape[0] > 0):
+            loss_fn.clear_cache()
+            loss, grad = kernels.softmax_xent(out, y)
+            return loss, grad * out.dtype.type(upstream) if upstream != 1.0 else grad
+        loss = compute(out, y)
+        return loss, loss_fn.backward(upstream)
+
+    def clear(self):
+        """Forget the last forward and every layer's kept context (scratch buffers, index tables)."""
+        self._contexts.clear()
+        self._tape = None
