@@ -10,13 +10,13 @@
 One training step of ``NeuralNetwork.train_step`` is taken apart with the
 public layer API, in the order the network runs it::
 
-    x, i = fusion.forward_step(layers, i, x)     unit by unit -> "<unit> forward"
+    x, i, unit = runner.forward_step(layers, i, x)   unit by unit -> "<unit> forward"
         (a unit is a layer, a ReLU -> MaxPool pair or a Convolution -> ReLU -> MaxPool
-         block by pooling phase, as NeuralNetwork.forward runs them: fusion.py;
+         block by pooling phase, as the engine runs them in fit: engine/runner.py;
          --unfused: every layer on its own)
     loss = loss_fn.forward(out, y)                           -> "loss forward"
     g = loss_fn.backward()                                   -> "loss backward"
-    g, i = fusion.backward_step(layers, i, g, ...)  reversed -> "<unit> backward"
+    g = runner.backward_step(layers, first, unit, g, ...)  reversed -> "<unit> backward"
     optimizer.step(layers)                                   -> "optimizer step"
 
 Each part is timed with ``time.perf_counter`` (after a device synchronisation
@@ -66,17 +66,18 @@ def profile(net_name, batch, X, y, reps, warmup, sync):
     loss_f, loss_b, step = [], [], []
     clock = time.perf_counter
 
-    from nn_from_scratch.engine import fusion  # noqa: PLC0415
+    runner = net._runner
     for rep in range(warmup + reps):
         keep = rep >= warmup
-        x, i = xb, 0
-        while i < len(layers):        # unit by unit, as NeuralNetwork.forward runs them (fusion.py)
+        x, i, tape = xb, 0, []
+        while i < len(layers):        # unit by unit, as the engine runs them in fit (engine/runner.py)
             sync()
             t = clock()
-            x, stop = fusion.forward_step(layers, i, x)
+            x, stop, unit = runner.forward_step(layers, i, x)
             sync()
             if keep:
                 fwd.setdefault((i, stop), []).append((clock() - t) * 1e3)
+            tape.append((i, stop, unit))
             i = stop
         t = clock()
         loss_fn.forward(x, yb, validate=False)
@@ -88,15 +89,12 @@ def profile(net_name, batch, X, y, reps, warmup, sync):
         if keep:
             loss_f.append((t2 - t) * 1e3)
             loss_b.append((t3 - t2) * 1e3)
-        i = len(layers) - 1
-        while i >= 0:
-            first = fusion.unit_start(layers, i)
+        for first, stop, unit in reversed(tape):
             t = clock()
-            g, _ = fusion.backward_step(layers, i, g, need_input_grad=first > 0)
+            g = runner.backward_step(layers, first, unit, g, need_input_grad=first > 0)
             sync()
             if keep:
-                bwd.setdefault((first, i + 1), []).append((clock() - t) * 1e3)
-            i = first - 1
+                bwd.setdefault((first, stop), []).append((clock() - t) * 1e3)
         t = clock()
         opt.step(layers)
         sync()
@@ -164,7 +162,7 @@ def main(argv=None):
                    help="hold BLAS to N threads (threadpoolctl); a split training step runs each shard "
                         "with 1, so --blas-threads 1 shows a shard's parts; default: the library's own")
     p.add_argument("--unfused", action="store_true",
-                   help="every layer on its own (NeuralNetwork.forward runs ReLU -> MaxPool pairs fused: fusion.py)")
+                   help="every layer on its own (the engine runs ReLU -> MaxPool pairs fused: engine/fusion.py)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)

@@ -58,4 +58,5 @@ class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 def install():
     """Put the finder on ``sys.meta_path`` (once)."""
     if not any(isinstance(f, _OldPaths) for f in sys.meta_path):
-        sys.meta_path.append(_OldPaths())
+        # first, before the file finders: a submodule of an old package path is then the same module too
+        sys.meta_path.insert(0, _OldPaths())

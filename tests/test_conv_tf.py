@@ -22,6 +22,9 @@ CI run): 400 + 60 + 60 TF configurations, 40 loop-reference configurations.
 """
 import numpy as np
 import pytest
+
+from nn_from_scratch.engine import conv as engine_conv
+from engine_helpers import ThroughEngine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -121,7 +124,7 @@ STRATEGIES = [  # (samples per chunk: "one" forces a chunk per sample, algorithm
     ("one", "patches", False, "col2im"), ("one", "patches", True, "flipped"),
     ("all", "patches", True, "col2im"), ("all", "patches", False, "flipped"),
     ("one", "rowshift", False, "auto"), ("all", "rowshift", False, "auto"),
-    ("one", "samplelast", False, "auto"), ("all", "samplelast", False, "auto"),
+    ("one", "samplelast", False, "auto"), ("all", "samplelast", False, "auto"), ("all", "auto", False, "auto"),
 ]
 
 
@@ -130,22 +133,21 @@ STRATEGIES = [  # (samples per chunk: "one" forces a chunk per sample, algorithm
 @given(g=geometries(stride_with_dilation=False), batch=st.integers(2, 4), cin=st.integers(1, 4),
        cout=st.integers(1, 12), bias=st.booleans(), seed=seeds(), strategy=st.sampled_from(STRATEGIES))
 def test_every_internal_strategy_matches_tensorflow(g, batch, cin, cout, bias, seed, strategy):
-    """The fast path's variants (chunking, whole or row patches, merged patch matrices, dL/dx by
-    the flipped kernel or by col2im, the samples-last layout) are all the same convolution: each
-    is held to TF on its own (row patches and samples-last need stride 1; with a stride the layer
-    falls back to whole patches)."""
+    """The engine's variants of the convolution (chunking, whole or row patches, merged patch
+    matrices, dL/dx by the flipped kernel or by col2im, the samples-last layout), run through the
+    engine as ``fit`` runs them, are all the same convolution: each is held to TF on its own (row
+    patches and samples-last need stride 1; with a stride the engine falls back to whole patches)."""
     chunking, algorithm, merged, dx_route = strategy
     rng = rng_for(seed)
     x = rng.standard_normal((batch, cin) + g["spatial"])
     up = rng.standard_normal((batch, cout) + g["out"])
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Convolution, "chunk_bytes", 1 if chunking == "one" else 1 << 40)
-        mp.setattr(Convolution, "merge_from_filters", 1 if merged else 1 << 30)
-        mp.setattr(Convolution, "dx_strategy", dx_route)
-        mp.setattr(Convolution, "algorithm", algorithm)
+    with engine_conv.settings(chunk_bytes=1 if chunking == "one" else 1 << 40,
+                              merge_from_filters=1 if merged else 1 << 30, dx_strategy=dx_route, algorithm=algorithm):
         layer = make_layer(g, cin, cout, bias, "free")
         W, b = random_params(layer, rng)
-        ours = run_ours(layer, x, up)
+        engine = ThroughEngine(layer)
+        ours = run_ours(engine, x, up)
+        assert type(engine.units()[0]).__name__ == "ConvUnit"
     ref = tf_conv(x, W, b, g["stride"], g["tf_padding"], g["dilation"], up)
     check_against(ours, ref, bias, TOL64, f"{g['nd']}-D conv {g} strategy {strategy}")
 

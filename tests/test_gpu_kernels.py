@@ -20,7 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nn_from_scratch as nf
+from nn_from_scratch.engine import conv as engine_conv
 from nn_from_scratch.engine import kernels
+
+from engine_helpers import ThroughEngine
 from nn_from_scratch.backend import to_numpy
 from nn_from_scratch.layers.geometry import col2im_reference, im2col_reference
 from conv_strategies import geometries, rng_for, seeds
@@ -307,10 +310,10 @@ def test_maxpool_kernels_equal_the_numpy_layer(gpu, g, batch, channels, seed, ti
         x = np.maximum(np.round(x), 0)
     make = lambda: nf.MaxPool(pool_size=g["kernel"], stride=g["stride"], padding=g["padding"],  # noqa: E731
                               ndim=g["nd"])
-    host, dev = make(), make()
+    host, dev = make(), ThroughEngine(make())           # the layer's own code on NumPy, the engine on CuPy
     y = host.forward(x)
     y_dev = dev.forward(gpu.asarray(x))
-    assert dev._cache["geometry"] is not None            # the kernel path ran
+    assert dev.units()[0].state[2] is not None           # the kernel path ran (its window geometry)
     assert np.array_equal(to_numpy(y_dev), y)
     dy = rng.standard_normal(y.shape)
     assert_f64_agree(dev.backward(gpu.asarray(dy)), host.backward(dy), f"maxpool dL/dx, {g}")
@@ -320,7 +323,7 @@ def test_maxpool_kernels_equal_the_numpy_layer(gpu, g, batch, channels, seed, ti
 def test_maxpool_kernel_propagates_nan_like_numpy(gpu):
     x = np.arange(32, dtype=np.float32).reshape(1, 2, 4, 4)
     x[0, 0, 1, 1] = np.nan
-    host, dev = nf.MaxPool(pool_size=2), nf.MaxPool(pool_size=2)
+    host, dev = nf.MaxPool(pool_size=2), ThroughEngine(nf.MaxPool(pool_size=2))
     y, y_dev = host.forward(x), to_numpy(dev.forward(gpu.asarray(x)))
     assert np.isnan(y_dev[0, 0, 0, 0]) and np.array_equal(np.isnan(y_dev), np.isnan(y))
     assert np.array_equal(y_dev[~np.isnan(y)], y[~np.isnan(y)])
@@ -330,8 +333,8 @@ def test_maxpool_kernel_propagates_nan_like_numpy(gpu):
 @pytest.mark.parametrize("dtype", DTYPES)
 @requires_gpu
 def test_conv_kernel_arrangement_equals_the_other_arrangements(gpu, rng, dtype, chunk_bytes):
-    """The layer on CuPy: "kernel" (the GPU default) against "patches", "rowshift" and "samplelast",
-    same data."""
+    """The engine's convolution on CuPy: "kernel" (the GPU default) against "patches", "rowshift"
+    and "samplelast", same data, and the layer's own code."""
     from nn_from_scratch.engine.conv import KernelPatchProduct, PatchProduct, RowShiftProduct, SampleLastProduct
     cases = [((5, 3, 11, 9), dict(kernel_size=3, output_layers=4, padding="same")),
              ((4, 2, 13, 12), dict(kernel_size=(3, 2), output_layers=9, stride=(2, 1), padding=((1, 0), 2))),
@@ -343,25 +346,29 @@ def test_conv_kernel_arrangement_equals_the_other_arrangements(gpu, rng, dtype, 
         for algorithm, cls in (("kernel", KernelPatchProduct), ("patches", PatchProduct),
                                ("rowshift", RowShiftProduct), ("samplelast", SampleLastProduct)):
             nf.set_seed(3)
-            layer = nf.Convolution((None,) + shape[1:], dtype=dtype, **kw)
-            layer.algorithm = algorithm
-            if chunk_bytes:
-                layer.gpu_chunk_bytes = chunk_bytes       # several chunks: patches gathered again
-            y = layer.forward(gpu.asarray(x))
-            if algorithm not in ("rowshift", "samplelast") or all(s == 1 for s in layer.stride):
-                assert type(layer._cache["algorithm"]) is cls
-            dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
-            dx = layer.backward(gpu.asarray(dy))
+            layer = ThroughEngine(nf.Convolution((None,) + shape[1:], dtype=dtype, **kw))
+            # several chunks (patches gathered again), or one
+            with engine_conv.settings(algorithm=algorithm, **({"gpu_chunk_bytes": chunk_bytes} if chunk_bytes else {})):
+                y = layer.forward(gpu.asarray(x))
+                if algorithm not in ("rowshift", "samplelast") or all(s == 1 for s in layer.stride):
+                    assert type(layer.arrangement()) is cls
+                dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+                dx = layer.backward(gpu.asarray(dy))
             results[algorithm] = (y, dx, layer.grads["W"], layer.grads["b"])
-        for other in ("patches", "rowshift", "samplelast"):
+        nf.set_seed(3)
+        own = nf.Convolution((None,) + shape[1:], dtype=dtype, **kw)
+        y = own.forward(gpu.asarray(x))
+        dx = own.backward(gpu.asarray(np.random.default_rng(1).standard_normal(y.shape).astype(dtype)))
+        results["layer"] = (y, dx, own.grads["W"], own.grads["b"])
+        for other in ("patches", "rowshift", "samplelast", "layer"):
             for got, ref, what in zip(results["kernel"], results[other], ("y", "dL/dx", "dL/dW", "dL/db")):
                 _agree(dtype)(got, ref, f"{shape} {kw}: {what}, kernel vs {other}")
 
 
 def test_kernel_chunks_stay_under_the_int32_index_limit(monkeypatch):
     """The window kernels index with 32-bit ints: chunks are capped, too-large samples fall back."""
-    from nn_from_scratch.engine.conv import KernelPatchProduct, _kernel_sizes_fit
-    layer = nf.Convolution((None, 3, 10, 10), kernel_size=3, output_layers=4, padding=1)
+    from nn_from_scratch.engine.conv import ConvContext, KernelPatchProduct, _kernel_sizes_fit
+    layer = ConvContext(nf.Convolution((None, 3, 10, 10), kernel_size=3, output_layers=4, padding=1))
     pads = layer._pads((10, 10))
     kp = KernelPatchProduct(layer, (8, 3, 10, 10), pads)
     assert kp.sample_entries == 27 * 100                 # the patch matrix: C*K rows, P columns
@@ -376,17 +383,17 @@ def test_kernel_chunks_stay_under_the_int32_index_limit(monkeypatch):
 
 @requires_gpu
 def test_conv_and_pool_fall_back_beyond_the_int32_index_limit(gpu, rng, monkeypatch):
-    from nn_from_scratch.engine.conv import KernelPatchProduct, choose_algorithm
+    from nn_from_scratch.engine.conv import ConvContext, KernelPatchProduct, choose_algorithm
     x = gpu.asarray(rng.standard_normal((4, 3, 10, 10)).astype(np.float32))
-    conv = nf.Convolution((None, 3, 10, 10), kernel_size=3, output_layers=4, padding=1)
-    pool = nf.MaxPool(pool_size=2)
-    assert type(choose_algorithm(conv, x)) is KernelPatchProduct
+    conv = ThroughEngine(nf.Convolution((None, 3, 10, 10), kernel_size=3, output_layers=4, padding=1))
+    pool = ThroughEngine(nf.MaxPool(pool_size=2))
+    assert type(choose_algorithm(ConvContext(conv.layers[0]), x)) is KernelPatchProduct
     y_kernel, p_kernel = to_numpy(conv.forward(x)), to_numpy(pool.forward(x))
     monkeypatch.setattr(kernels, "INT32_LIMIT", 1000)
-    assert type(choose_algorithm(conv, x)) is not KernelPatchProduct
+    assert type(choose_algorithm(ConvContext(conv.layers[0]), x)) is not KernelPatchProduct
     assert_f32_agree(conv.forward(x), y_kernel, "conv: NumPy-style arrangement on CuPy vs the kernel")
     assert np.array_equal(to_numpy(pool.forward(x)), p_kernel)
-    assert pool._cache["geometry"] is None               # the array-expression path ran
+    assert pool.units()[0].state[2] is None              # the array-expression path ran
 
 
 # ---------------------------------------------------------------- fit's per-batch bookkeeping

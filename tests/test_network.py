@@ -14,8 +14,13 @@ the one-hot path divides by the sum, equal to rounding, not bitwise.
 import re
 import warnings
 
+import itertools
+
 import numpy as np
 import pytest
+
+from engine_helpers import ThroughEngine
+from nn_from_scratch.engine import conv as engine_conv
 
 import nn_from_scratch as nf
 from nn_from_scratch.checks import gradcheck as gc
@@ -518,15 +523,14 @@ def test_empty_batch_passes_through_every_layer(algorithm):
     rng = np.random.default_rng(0)
     layers = networks.lenet5_layers() + [nf.Conv1D(2, 3, 3, padding=1), nf.AvgPool(ndim=1)]
     nets = [layers[:-2], layers[-2:]]
-    for net, shape in zip(nets, [(1, 28, 28), (2, 6)]):
-        for layer in net:
-            if isinstance(layer, nf.Convolution):
-                layer.algorithm = algorithm
+    for (net, shape), path in itertools.product(zip(nets, [(1, 28, 28), (2, 6)]), ("layer", "engine")):
         one = rng.standard_normal((1,) + shape).astype(np.float32)
         empty = one[:0]
         for layer in net:
-            y1 = layer.forward(one)
-            y0 = layer.forward(empty)
+            layer = layer if path == "layer" else ThroughEngine(layer)
+            with engine_conv.settings(algorithm=algorithm):
+                y1 = layer.forward(one)
+                y0 = layer.forward(empty)
             assert y0.shape == (0,) + y1.shape[1:], layer
             dx = layer.backward(np.zeros_like(y0))
             assert dx.shape == empty.shape, layer

@@ -41,9 +41,10 @@ __all__ = ["input_gradients", "iter_input_gradients", "gradient_statistics", "as
 OUTPUT_MODES = ("max_logit", "log_softmax", "logit", "output")
 #: samples per forward/backward pass when ``batch_size`` is not given
 DEFAULT_BATCH = 256
-#: per-layer attributes that a forward/backward pass writes (caches, gradients, scratch
-#: buffers); ``input_gradients`` gives every layer fresh ones and puts the originals back
-_LAYER_STATE = ("_cache", "_out_shape", "_grads", "_workspace", "_pred_shape")
+#: per-layer attributes that a forward/backward pass writes (caches, gradients); ``input_gradients``
+#: gives every layer fresh ones and puts the originals back (and the network's engine runner, which
+#: holds the record of the last forward and the engine's scratch buffers)
+_LAYER_STATE = ("_cache", "_out_shape", "_grads", "_pred_shape")
 
 
 def _network_type():
@@ -65,6 +66,9 @@ def _preserved(net):
     it was: the same cache, gradient and workspace objects, the same ``_out_shape``.
     """
     saved = []
+    runner = getattr(net, "_runner", None)
+    if runner is not None:
+        net._runner = type(runner)()
     for layer in net.layers:
         d = vars(layer)
         state = {k: d[k] for k in _LAYER_STATE if k in d}
@@ -78,6 +82,8 @@ def _preserved(net):
         for layer, state in zip(net.layers, saved):
             for k, v in state.items():
                 setattr(layer, k, v)
+        if runner is not None:
+            net._runner = runner
 
 
 def _output_size(net, where):

@@ -42,7 +42,7 @@ from ..layers.pooling import MaxPool
 from .conv import check_gradient, chunks, SETTINGS
 from .pooling import maxpool_backward, maxpool_forward
 
-__all__ = ["ENABLED", "PHASES", "pairs", "by_phase", "ReluPoolUnit", "PhaseBlockUnit", "ReluUnit",
+__all__ = ["ENABLED", "PHASES", "pairs", "fused_pairs", "by_phase", "ReluPoolUnit", "PhaseBlockUnit", "ReluUnit",
            "ElementwiseUnit"]
 
 #: run ReLU -> MaxPool pairs fused (see the module docstring)
@@ -54,6 +54,18 @@ PHASES = True
 def pairs(layer, following):
     """Does the engine run ``layer`` with ``following`` as a ``ReLU -> MaxPool`` unit?"""
     return ENABLED and type(layer) is ReLU and type(following) is MaxPool
+
+
+def fused_pairs(layers):
+    """Indices ``i`` of the ReLUs the engine runs with the ``MaxPool`` at ``i + 1``."""
+    fused, i = [], 0
+    while i + 1 < len(layers):
+        if pairs(layers[i], layers[i + 1]):
+            fused.append(i)
+            i += 2
+        else:
+            i += 1
+    return fused
 
 
 def by_phase(layers, i, x):

@@ -80,16 +80,29 @@ class Runner:
             return fusion.ElementwiseUnit(layer)
         return None
 
+    def forward_step(self, layers, i, x, fuse=True):
+        """Run the unit of ``layers`` that starts at ``i`` on ``x`` (``fuse=False``: one layer at a
+        time).  Returns ``(output, index after the unit, unit or None)``."""
+        unit = self._unit(layers, i, x, fuse)
+        if unit is None:
+            return layers[i].forward(x), i + 1, None
+        return unit.forward(x), i + unit.size, unit
+
+    def backward_step(self, layers, first, unit, g, need_input_grad=True):
+        """The backward of a unit ``forward_step`` ran (``unit`` None: ``layers[first]``'s own)."""
+        if unit is None:
+            return layers[first].backward(g, need_input_grad=need_input_grad)
+        return unit.backward(g, need_input_grad)
+
     def forward(self, layers, x, return_all=False):
         """The output of ``layers`` on the batch ``x`` (recorded for ``backward``).  ``return_all``:
         every layer's output, in order (units of one layer only, so that each output exists)."""
         tape, outs = [], []
         i = 0
         while i < len(layers):
-            unit = self._unit(layers, i, x, fuse=not return_all)
-            x = layers[i].forward(x) if unit is None else unit.forward(x)
-            tape.append((i, unit))
-            i += 1 if unit is None else unit.size
+            first = i
+            x, i, unit = self.forward_step(layers, i, x, fuse=not return_all)
+            tape.append((first, unit))
             outs.append(x)
         self._tape = (tuple(map(id, layers)), tape)
         return outs if return_all else x
@@ -103,8 +116,7 @@ class Runner:
             tape = (None, [(i, None) for i in range(len(layers))])
         g = upstream
         for first, unit in reversed(tape[1]):
-            need = first > 0 or need_input_grad
-            g = layers[first].backward(g, need_input_grad=need) if unit is None else unit.backward(g, need)
+            g = self.backward_step(layers, first, unit, g, first > 0 or need_input_grad)
         return g
 
     def loss(self, loss_fn, out, y, compute, upstream=1.0):

@@ -1,4 +1,6 @@
 """``Convolution`` (``Conv1D``/``Conv2D``/``Conv3D``): N-d convolution as im2col and one matrix product."""
+import math
+
 import numpy as np
 
 from .. import validation
@@ -189,7 +191,7 @@ class Convolution(_GradNames, Neuron):
         W = self._params["W"]
         F = W.shape[0]
         cols = self._cache["cols"]
-        g = dy.astype(self.dtype, copy=False).reshape(dy.shape[0], F, -1)                # (N, F, P)
+        g = dy.astype(self.dtype, copy=False).reshape(dy.shape[0], F, math.prod(dy.shape[2:]))   # (N, F, P)
         self._grads["W"] = (g @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(W.shape)
         if self.use_bias:
             self._grads["b"] = g.sum(axis=(0, 2))

@@ -8,7 +8,7 @@ The convention (derived in ``curvature.py``'s docstring) in array terms, for a l
     to_matrix(layer, grads) -> (F, Dp)       [W.reshape(F, -1) | b] from the layer's own layout
     from_matrix(layer, M) -> {"W":..., "b":...}  and back
 
-``record(net, X, y, fisher, ...)`` runs one forward pass layer by layer (no fusion: every
+``record(net, X, y, fisher, ...)`` runs one forward pass layer by layer (no layers run together: every
 layer's input is kept) and one backward pass per *column* of the Fisher type's output
 factor, keeping what arrives at each Linear/Convolution output:
 
@@ -234,14 +234,38 @@ class Record:
         return [output_rows(layer, g) for g in self.grads[id(layer)]]
 
 
-def _backward(net, upstream, targets, rec, first_needed):
+class _LayerByLayer:
+    """Each layer's forward and backward on its own (every layer's input and output gradient is
+    seen): through the network's engine runner one layer at a time when its engine is on (its
+    faster convolution and pooling), else by the layers' own code."""
+
+    def __init__(self, net):
+        self.net = net
+        self.runner = getattr(net, "_runner", None) if getattr(net, "engine", False) else None
+        if self.runner is not None:
+            self.runner._tape = None        # what its last forward recorded is about to be overwritten
+        self.units = {}
+
+    def forward(self, i, x):
+        if self.runner is None:
+            return self.net.layers[i].forward(x)
+        y, _, self.units[i] = self.runner.forward_step(self.net.layers, i, x, fuse=False)
+        return y
+
+    def backward(self, i, g, need_input_grad):
+        if self.runner is None:
+            return self.net.layers[i].backward(g, need_input_grad=need_input_grad)
+        return self.runner.backward_step(self.net.layers, i, self.units[i], g, need_input_grad)
+
+
+def _backward(net, upstream, targets, rec, first_needed, run):
     """Layer by layer from the output; keep the upstream at each target layer; stop after ``first_needed``."""
     g = upstream
     for i in range(len(net.layers) - 1, first_needed - 1, -1):
         layer = net.layers[i]
         if id(layer) in rec.grads and id(layer) in targets:
             rec.grads[id(layer)].append(g)
-        g = layer.backward(g, need_input_grad=i > first_needed)
+        g = run.backward(i, g, i > first_needed)
 
 
 def record(net, xb, yb, fisher, layers, mc_samples=1, rng=None, keep_grads=False, sample_weight=None):
@@ -257,10 +281,11 @@ def record(net, xb, yb, fisher, layers, mc_samples=1, rng=None, keep_grads=False
     targets = {id(layer) for layer in layers}
     index = {id(layer): i for i, layer in enumerate(net.layers)}
     x = xb
-    for layer in net.layers:
+    run = _LayerByLayer(net)
+    for i, layer in enumerate(net.layers):
         if id(layer) in targets:
             rec.inputs[id(layer)] = layer._as_float(x) if hasattr(layer, "_as_float") else x
-        x = layer.forward(x)
+        x = run.forward(i, x)
     out = x
     rec.output = out
     trainable = net.trainable_layers
@@ -273,7 +298,7 @@ def record(net, xb, yb, fisher, layers, mc_samples=1, rng=None, keep_grads=False
     n = out.shape[0]
     if fisher == "empirical" or keep_grads:
         mean_grad = net.loss_fn.backward()
-        _backward(net, mean_grad, targets if fisher == "empirical" else set(), rec, first)
+        _backward(net, mean_grad, targets if fisher == "empirical" else set(), rec, first, run)
         if fisher == "empirical":
             for key in rec.grads:
                 rec.grads[key] = [g * n for g in rec.grads[key]]
@@ -282,7 +307,7 @@ def record(net, xb, yb, fisher, layers, mc_samples=1, rng=None, keep_grads=False
             first = min(index[id(layer)] for layer in layers)
     if fisher != "empirical":
         for col in _columns(net, out, fisher, mc_samples, rng):
-            _backward(net, col, targets, rec, first)
+            _backward(net, col, targets, rec, first, run)
     for layer in trainable:
         layer._grads.clear()
         layer._grads.update(saved[id(layer)])

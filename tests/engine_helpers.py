@@ -1,0 +1,32 @@
+"""Run one layer (or a few) through the engine, as ``fit`` does, for tests that hold a fast path
+to the layer's own code, to TensorFlow or to finite differences."""
+from nn_from_scratch.engine.runner import Runner
+
+
+class ThroughEngine:
+    """``layers`` (one layer or a list) whose ``forward``/``backward`` go through an engine ``Runner``;
+    every other attribute is the (first) layer's, so ``gradcheck.check_layer`` takes it as the layer."""
+
+    def __init__(self, layers, runner=None):
+        self.layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+        self.runner = runner if runner is not None else Runner()
+
+    def forward(self, x):
+        return self.runner.forward(self.layers, x)
+
+    def backward(self, g, need_input_grad=True):
+        return self.runner.backward(self.layers, g, need_input_grad)
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def units(self):
+        """The units the last forward ran (None for a layer run by its own code)."""
+        return [unit for _, unit in self.runner._tape[1]]
+
+    def arrangement(self):
+        """The convolution arrangement the last forward used (the first unit's)."""
+        return self.units()[0].arrangement
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["layers"][0], name)
