@@ -5,7 +5,7 @@ r"""Kronecker-factored curvature of Linear and Convolution layers: K-FAC / KFC a
 The convention
 --------------
 A layer is a matrix product.  For a ``Convolution`` with kernel ``W: (F, C, *k)`` (``K = prod(k)``)
-the patch matrix of ``patches.im2col`` (equivalently: the convolution with the *gathering filter*
+the patch matrix of ``layers/geometry.im2col`` (equivalently: the convolution with the *gathering filter*
 ``eye(C*K).reshape(C*K, C, *k)``, with ``groups=1``: every one of its ``C*K`` output channels reads
 one input channel at one kernel offset, so it must see all channels; the seed's ``groups=C_in``
 gave each output channel only one input channel and its 2-D test failed) has rows in the order of

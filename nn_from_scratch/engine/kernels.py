@@ -22,13 +22,15 @@ state, and what the GPU tests compare the fused kernels against
 
 Kernels are compiled on first use (CuPy caches them on disk).
 
-Wired in: ``activations`` (the three backward steps), ``losses.SoftMaxLoss`` with
-integer labels, ``optimizers.GradientDescent``, plain
+Wired in, by the engine's runner (``runner.py``: the layers themselves run the reference
+expressions): the backward steps of ``ReLU``, ``Sigmoid`` and ``Tanh`` (``fusion.ReluUnit``,
+``ElementwiseUnit``), ``SoftMaxLoss`` with integer labels (``Runner.loss``); by the optimizers:
+``optimizers.GradientDescent``, plain
 ``optimizers.RMSProp`` and ``optimizers.Adam`` (without amsgrad); the window kernels
-in ``conv_compute.KernelPatchProduct`` (``Convolution`` on CuPy) and ``MaxPool``.
+in ``engine/conv.KernelPatchProduct`` (``Convolution`` on CuPy) and ``engine/pooling`` (``MaxPool``).
 Why these steps: each replaces 2-60 separate kernel launches and temporaries by one
 pass; matrix products (cuBLAS) and reductions are left to CuPy.  The window kernels'
-references are the loop implementations in ``patches`` and the NumPy ``MaxPool``
+references are the loop implementations in ``layers/geometry`` and the ``MaxPool`` layer
 (they have no array-expression twin on CuPy: ``use_fused(False)`` runs the NumPy
 arrangements on CuPy instead).  See docs/GPU.md.
 """
@@ -280,7 +282,7 @@ def rmsprop_update(p, g, v, lr, rho, epsilon):
 # each.  They exist for the GPU only: there the NumPy-oriented paths (strided views, one slice
 # per kernel offset, products per sample) cost tens of launches per layer, and a training step
 # waits on the launches, not on the arithmetic (benchmarks/RESULTS.md, gpu_kernels.py).  The
-# readable references are ``patches.im2col_reference`` / ``col2im_reference`` and the NumPy
+# readable references are ``layers/geometry.im2col_reference`` / ``col2im_reference`` and the NumPy
 # ``MaxPool``; the GPU tests hold these kernels equal to them.
 #
 # Geometry: every input is seen as 3-d, ``(N, C, S1, S2, S3)``, the missing leading spatial

@@ -34,7 +34,8 @@ a chunk.  LeNet-5, one core, 128 samples: benchmarks/RESULTS.md, eleventh-sessio
 
 This is the fast path; the reference is the three layers one by one (``Convolution``,
 ``ReLU``, ``MaxPool``), which the TensorFlow cross-checks hold; tests/test_phase_pool.py holds
-this module to them.  The engine (``fusion.PhaseBlockUnit``) runs a ``Convolution -> ReLU -> MaxPool`` triple here
+this module to them.  The engine (``fusion.PhaseBlockUnit``) runs a ``Convolution -> ReLU ->
+MaxPool`` triple here
 where ``applies`` says so (NumPy data, 2-D, stride and dilation 1, a 2x2 pool with stride 2 and
 no padding, kernels whose extra multiply-adds stay small: ``MAX_EXTRA``), forward and backward.
 """

@@ -28,6 +28,7 @@ labels on CuPy.
 import weakref
 
 from . import fusion, kernels
+from ..backend import get_array_module
 from .conv import ConvContext, ConvUnit
 from .pooling import MaxPoolUnit, PoolContext
 from ..layers.activations import ReLU, Sigmoid, Tanh
@@ -35,7 +36,13 @@ from ..layers.conv import Convolution
 from ..layers.losses import SoftMaxLoss
 from ..layers.pooling import MaxPool
 
-__all__ = ["Runner"]
+__all__ = ["Runner", "UNIT_NAMES"]
+
+#: how ``Runner.plan`` (and ``NeuralNetwork.summary``) name each fast path
+UNIT_NAMES = {"PhaseBlockUnit": "by pooling phase (engine/phase_pool.py)",
+              "ReluPoolUnit": "pooled first, then the ReLU (engine/fusion.py)",
+              "ConvUnit": "faster arrangements (engine/conv.py)", "MaxPoolUnit": "fast path (engine/pooling.py)",
+              "ReluUnit": "one-pass backward (engine/fusion.py)", "ElementwiseUnit": "fused CuPy kernel (engine/kernels.py)"}
 
 
 class Runner:
@@ -130,6 +137,27 @@ class Runner:
             return loss, grad * out.dtype.type(upstream) if upstream != 1.0 else grad
         loss = compute(out, y)
         return loss, loss_fn.backward(upstream)
+
+    def plan(self, layers, x):
+        """``[(first, stop, what)]``: the runs of ``layers`` the engine would run by a fast path on a
+        batch like ``x`` (only its shape, dtype and array type are read), and by what; the layers
+        not listed run their own code.  Nothing is computed."""
+        xp = get_array_module(x)
+        zero = xp.zeros((), dtype=x.dtype)
+        out, i = [], 0
+        while i < len(layers):
+            unit = self._unit(layers, i, x, fuse=True)
+            size = 1 if unit is None else unit.size
+            if unit is not None:
+                out.append((i, i + size, UNIT_NAMES[type(unit).__name__]))
+            shape = tuple(x.shape)
+            for layer in layers[i:i + size]:
+                shape = (shape[0],) + tuple(layer.compute_output_shape(shape[1:]))
+            if None in shape:
+                break
+            x = xp.broadcast_to(zero, shape)
+            i += size
+        return out
 
     def clear(self):
         """Forget the last forward and every layer's kept context (scratch buffers, index tables)."""

@@ -394,7 +394,9 @@ class Node(ABC):
     def check_upstream(self, upstream):
         """Raise unless ``upstream`` can be this layer's ``dL/dy``: a forward ran, same shape as its output."""
         if self._out_shape is None:
-            raise NotReadyError(f"{self._describe()}: backward() called before forward()")
+            raise NotReadyError(f"{self._describe()}: backward() called before forward(): the layer holds no "
+                                f"forward's cache (NeuralNetwork.forward, running it by a fast path, leaves it "
+                                f"none: call the layer's own forward first, or use the network's backward)")
         if tuple(upstream.shape) != tuple(self._out_shape):
             raise ShapeError(
                 f"{self._describe()}: the upstream gradient must have the shape of the last "

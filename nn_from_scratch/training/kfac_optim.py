@@ -34,7 +34,7 @@ How the trainer feeds it (C5): the optimizer's ``needs_layer_statistics`` is Tru
 where it must see the batch (every ``cov_every``-th, and for EKFAC every ``scale_every``-th);
 on those steps ``NeuralNetwork`` hands the batch to ``optimizer.forward_backward(net, x, y)``,
 which runs the forward/backward pass in this process, layer by layer (no fused blocks, no worker
-split), keeps each layer's input (the patches come from ``patches.im2col`` of it) and
+split), keeps each layer's input (the patches come from ``layers/geometry.im2col`` of it) and
 per-example output gradient, and leaves the training gradient in the layers as usual.  On the
 other steps, and for every other optimizer, the trainer runs its ordinary (fused, split) step:
 nothing is slower.  A saved model keeps the momenta and the step count (``get_state``); the

@@ -949,10 +949,32 @@ class NeuralNetwork:
         out.append(f"Trainable params: {trainable:,}")
         out.append(f"Non-trainable params: {total - trainable:,}")
         out.append(f"Loss: {type(self.loss_fn).__name__}   Optimizer: {self.optimizer!r}")
+        out.append(self._engine_line())
         text = "\n".join(out)
         if print_fn is not None:
             print_fn(text)
         return text
+
+    def engine_plan(self):
+        """``[(first, stop, what)]``: the layers ``fit``/``predict`` run by one of the engine's fast paths
+        instead of their own ``forward``/``backward`` (``layers[first:stop]`` together), on a batch
+        of this network's input shape; empty with ``engine=False`` or an unknown input shape."""
+        shape = self.input_shape
+        if not self._engine or shape is None or None in shape:
+            return []
+        like = self._param_like()
+        xp = get_array_module(like) if like is not None else np
+        dtype = like.dtype if like is not None else np.float32
+        return self._runner.plan(self.layers, xp.broadcast_to(xp.zeros((), dtype=dtype), (1,) + tuple(shape)))
+
+    def _engine_line(self):
+        if not self._engine:
+            return "Engine: off (every layer runs its own forward/backward)"
+        plan = self.engine_plan()
+        if not plan:
+            return "Engine: on; every layer runs its own forward/backward"
+        parts = ["; ".join(f"{' -> '.join(layer.name for layer in self.layers[a:b])} {what}" for a, b, what in plan)]
+        return f"Engine: on (engine=False runs every layer's own code): {parts[0]}"
 
     # ------------------------------------------------------------ save / load
     def get_config(self):

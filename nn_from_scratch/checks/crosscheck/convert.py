@@ -7,7 +7,7 @@ ours                        Keras
 ==========================  ===================================================================
 Linear (W: (D+1, M))        Dense(M): kernel = W[1:], bias = W[0]
 Convolution (W: (F,C,*k))   Conv{1,2,3}D(F, k): kernel = W.transpose(*k axes, C, F), bias = b
-  padding "same"            padding="same" (TensorFlow's rule = ``patches.resolve_padding``)
+  padding "same"            padding="same" (TensorFlow's rule = ``layers/geometry.resolve_padding``)
   padding ints / pairs      ZeroPadding{1,2,3}D(pairs) + padding="valid"
   stride > 1 and dilation   Keras refuses both at once: dilated conv with stride 1, then
                             MaxPooling(pool_size=1, strides=stride) (an exact subsample)
