@@ -49,10 +49,16 @@ class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.spec_from_loader(fullname, self)
 
     def create_module(self, spec):
-        return importlib.import_module(_target(spec.name))
+        module = importlib.import_module(_target(spec.name))
+        spec.loader_state = module.__spec__         # the import system gives the module this alias spec;
+        return module                               # exec_module puts its own back
 
     def exec_module(self, module):
-        """Nothing to run: the module was imported under its own name."""
+        """Nothing to run (the module was imported under its own name): put back its own ``__spec__``,
+        so that its relative imports resolve from its own package."""
+        alias = module.__spec__
+        if alias is not None and alias.loader is self and alias.loader_state is not None:
+            module.__spec__ = alias.loader_state
 
 
 def install():

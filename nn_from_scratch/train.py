@@ -50,7 +50,6 @@ per-epoch figures, final accuracy, times); ``--save PATH`` also writes the
 trained model (``NeuralNetwork.load(PATH)`` reads it back).
 """
 import argparse
-import json
 import os
 import sys
 import time

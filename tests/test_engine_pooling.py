@@ -141,3 +141,16 @@ def test_the_layer_the_unit_ran_has_no_cache_of_its_own():
     y = engine.forward(x)
     with pytest.raises(NotReadyError, match="pool7"):
         pool.backward(np.ones_like(y))
+
+
+# A window holding NaN: the output is NaN either way, and dL/dx goes to its first NaN (the layer's
+# argmax takes NaN as the maximum; the unit's strict ``>`` never sees past it, so it looks again).
+def test_a_window_holding_nan_routes_its_gradient_as_the_layer_does():
+    x = np.array([[[1.0, np.nan, 3.0, 0.0]]])
+    pool = MaxPool(ndim=1, pool_size=4)
+    y0 = pool.forward(x)
+    dx0 = pool.backward(np.ones_like(y0))
+    engine = ThroughEngine(MaxPool(ndim=1, pool_size=4))
+    y = engine.forward(x)
+    np.testing.assert_array_equal(y, y0)                      # both NaN
+    np.testing.assert_array_equal(engine.backward(np.ones_like(y)), dx0)

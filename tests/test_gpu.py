@@ -30,7 +30,7 @@ import nn_from_scratch as nf
 from nn_from_scratch.examples import networks
 from nn_from_scratch import backend as nnb
 from nn_from_scratch.data import datasets
-from nn_from_scratch.training import network
+from nn_from_scratch.training import network, trainer  # noqa: F401
 from gpu_utils import GPU_MARKS, assert_f32_agree, assert_f64_agree
 from test_optimizers import CASES, IDS, STEPS, ParamHolder, _problem
 
@@ -292,7 +292,7 @@ def test_fit_moves_only_batches_and_progress_reads(gpu, mnist, verbose):
         hist = net.fit(X, y, epochs=epochs, batch_size=bs, seed=0, verbose=verbose, validation_data=(Xt, yt))
     elapsed = time.monotonic() - t0
     c = nnb.transfer_counts()
-    refresh = network._Trainer.REFRESH_INTERVAL
+    refresh = trainer._Trainer.REFRESH_INTERVAL
     # device -> host: progress reads (<= elapsed / refresh interval + one per epoch) and one per validation pass
     assert c["reads"]["progress"] <= elapsed / refresh + epochs
     assert c["reads"]["validation"] == epochs
@@ -319,7 +319,7 @@ def test_the_sync_detector_catches_an_implicit_read(gpu):
 
 def test_big_data_set_goes_in_batch_by_batch(gpu, mnist, monkeypatch):
     X, y = mnist[0][:200], mnist[1][:200]
-    monkeypatch.setattr(network._Trainer, "_fits_on_device", lambda self, X: False)
+    monkeypatch.setattr(trainer._Trainer, "_fits_on_device", lambda self, X: False)
     net = seed_lab_network()
     nnb.reset_transfer_counts()
     net.fit(X, y, epochs=1, batch_size=50, seed=0, verbose=0, validation_data=(X[:100], y[:100]))

@@ -1,7 +1,7 @@
 """Host <-> device transfer accounting, tested without a GPU.
 
 During ``fit`` the only device -> host reads allowed are the progress figures at
-the progress bar's refresh rate (``_Trainer.REFRESH_INTERVAL``), the epoch's last
+the progress bar's refresh rate (``trainer._Trainer.REFRESH_INTERVAL``), the epoch's last
 read, one read per validation pass and the input checks at the start.  Every one
 goes through ``backend.read_to_host``, which counts its calls by purpose on every
 backend.  Here, on NumPy:
@@ -28,7 +28,7 @@ import pytest
 
 import nn_from_scratch as nf
 from nn_from_scratch import backend
-from nn_from_scratch.training import network
+from nn_from_scratch.training import network, trainer  # noqa: F401
 from gpu_utils import FakeClock, ImplicitRead, guard, guard_network
 
 EPOCHS = 3
@@ -62,8 +62,8 @@ def counts():
 
 
 def _fit(net, X, y, monkeypatch, clock, defer=None, **kw):
-    monkeypatch.setattr(network._Trainer, "_clock", staticmethod(clock))
-    monkeypatch.setattr(network._Trainer, "DEFER_READS", defer)
+    monkeypatch.setattr(trainer._Trainer, "_clock", staticmethod(clock))
+    monkeypatch.setattr(trainer._Trainer, "DEFER_READS", defer)
     kw.setdefault("epochs", EPOCHS)
     kw.setdefault("batch_size", 8)
     kw.setdefault("verbose", 0)
@@ -106,17 +106,17 @@ def test_frozen_clock_reads_once_per_epoch(rng, monkeypatch, counts):
 
 def test_clock_past_the_interval_reads_every_batch(rng, monkeypatch, counts):
     X, y = blobs(rng)
-    _fit(small_net(), X, y, monkeypatch, FakeClock(network._Trainer.REFRESH_INTERVAL * 1.01))
+    _fit(small_net(), X, y, monkeypatch, FakeClock(trainer._Trainer.REFRESH_INTERVAL * 1.01))
     assert counts()["reads"]["progress"] == EPOCHS * 12
 
 
 @pytest.mark.parametrize("defer", [False, True], ids=["numpy_schedule", "gpu_schedule"])
 def test_reads_are_bounded_by_elapsed_time(rng, monkeypatch, counts, defer):
     X, y = blobs(rng)
-    clock = FakeClock(network._Trainer.REFRESH_INTERVAL / 4)
+    clock = FakeClock(trainer._Trainer.REFRESH_INTERVAL / 4)
     _fit(small_net(), X, y, monkeypatch, clock, defer=defer)
     reads = counts()["reads"]["progress"]
-    bound = clock.elapsed / network._Trainer.REFRESH_INTERVAL + EPOCHS
+    bound = clock.elapsed / trainer._Trainer.REFRESH_INTERVAL + EPOCHS
     assert reads <= bound
     # and it does refresh mid-epoch (12 batches of a quarter interval: every 4th batch)
     assert reads == EPOCHS * 3

@@ -268,3 +268,18 @@ def test_the_readme_has_import_lines():
 def test_a_readme_import_runs(line):
     _needs_keras(line)
     exec(line, {})
+
+
+def test_an_old_path_leaves_the_modules_own_spec_so_its_relative_imports_resolve():
+    """Importing ``nn_from_scratch.metrics`` must not give ``training.metrics`` the alias's ``__spec__``:
+    its lazy relative imports would then warn (``__package__ != __spec__.parent``) or resolve wrongly."""
+    code = ("import importlib, warnings\n"
+            "warnings.simplefilter('error', ImportWarning)\n"
+            "import nn_from_scratch\n"
+            "m = importlib.import_module('nn_from_scratch.metrics')\n"
+            "assert m.__spec__.name == 'nn_from_scratch.training.metrics', m.__spec__.name\n"
+            "m._kind(nn_from_scratch.SoftMaxLoss())\n")
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -70,6 +70,29 @@ def test_im2col_and_col2im_equal_loop_references(g, batch, channels, seed):
     np.testing.assert_array_equal(r, r_before)
 
 
+@settings(max_examples=150, **SETTINGS)
+@given(g=geometries(), batch=st.integers(1, 3), channels=st.integers(1, 3), seed=seeds())
+def test_the_engines_gatherers_equal_the_layers_im2col_and_col2im(g, batch, channels, seed):
+    """``engine/patches.py`` (``FlatShift`` for stride 1, ``StridedPatches`` otherwise) gathers the
+    patch matrix of ``layers/geometry.im2col`` and adds it back as ``col2im`` does (exact, integers)."""
+    from nn_from_scratch.engine.patches import make_gatherer
+    from nn_from_scratch.layers.geometry import as_tuple, resolve_padding
+    rng = rng_for(seed)
+    x = _x(rng, batch, channels, g["spatial"], integer=True)
+    kernel, stride, padding, dilation = _geom_args(g)
+    nd = len(g["spatial"])
+    k, s, d = as_tuple(kernel, nd, "k"), as_tuple(stride, nd, "s"), as_tuple(dilation, nd, "d")
+    gat = make_gatherer(x.shape, k, s, resolve_padding(padding, x.shape[2:], k, s, d), d)
+    want = im2col(x, kernel, stride, padding, dilation)                      # (N, C*K, P)
+    cols = gat.patches(gat.flatten(x))                                        # (N, C*K, P on the gatherer's grid)
+    got = gat.crop(cols).reshape(want.shape)
+    np.testing.assert_array_equal(got, want)
+    r = rng.integers(-9, 10, size=want.shape).astype(np.float64)
+    dsrc = gat.zeros_source(r)
+    gat.scatter_add(dsrc, gat.expand(r.reshape(want.shape[:2] + tuple(g["out"]))))
+    np.testing.assert_array_equal(gat.unflatten(dsrc), col2im(r, x.shape, kernel, stride, padding, dilation))
+
+
 @settings(max_examples=40, **SETTINGS)
 @given(g=geometries(), seed=seeds())
 def test_im2col_col2im_keep_float32(g, seed):

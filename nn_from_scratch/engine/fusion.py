@@ -32,14 +32,12 @@ The layers' own code is the reference: each unit's results equal those of the la
 by one (tests/test_fusion.py, tests/test_phase_pool.py).  ``ENABLED = False`` runs ReLU and
 MaxPool each on its own (for comparisons); ``PHASES = False`` no pooling-phase blocks.
 """
-import numpy as np
-
 from . import kernels, phase_pool
 from ..backend import get_array_module
 from ..layers.activations import ReLU, Sigmoid, Tanh
 from ..layers.conv import Convolution
 from ..layers.pooling import MaxPool
-from .conv import check_gradient, chunks, SETTINGS
+from .settings import SETTINGS, check_gradient
 from .pooling import maxpool_backward, maxpool_forward
 
 __all__ = ["ENABLED", "PHASES", "pairs", "fused_pairs", "by_phase", "ReluPoolUnit", "PhaseBlockUnit", "ReluUnit",

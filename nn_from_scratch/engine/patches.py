@@ -22,12 +22,11 @@ instead of many short strided ones.
 import itertools
 import math
 
-import numpy as np
-
 from ..backend import get_array_module
-from ..layers.geometry import (_geometry, as_tuple, conv_output_shape, pad_input, padding_to_json,  # noqa: F401
-                               patch_view, resolve_padding, im2col, col2im, im2col_reference,
-                               col2im_reference, gathering_filter)
+from ..layers.geometry import conv_output_shape, pad_input, patch_view
+# the geometry the gatherers build on, importable from here as from ``nn_from_scratch.patches`` of earlier versions
+from ..layers.geometry import (as_tuple, col2im, col2im_reference, gathering_filter, im2col,  # noqa: F401
+                               im2col_reference, padding_to_json, resolve_padding)
 
 __all__ = [
     "FlatShift", "StridedPatches", "make_gatherer",

@@ -44,7 +44,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..layers.base import ShapeError
 from ..layers.geometry import conv_output_shape, resolve_padding
-from .conv import SETTINGS, chunks
+from .settings import SETTINGS, chunks
 
 __all__ = ["applies", "PhasePool", "MAX_EXTRA"]
 

@@ -22,7 +22,7 @@ import numpy as np
 from . import kernels
 from ..backend import get_array_module
 from ..layers.geometry import conv_output_shape, pad_input, patch_view, resolve_padding
-from .conv import check_gradient
+from .settings import check_gradient
 
 __all__ = ["PoolContext", "MaxPoolUnit", "maxpool_forward", "maxpool_backward"]
 
@@ -101,6 +101,9 @@ def maxpool_forward(ctx, x):
         gt = (win[i] > y).view(np.uint8).astype(itype, copy=False)
         xp.maximum(arg, gt * itype(i), out=arg)
         xp.maximum(y, win[i], out=y)
+    nan = xp.isnan(y)                   # a window holding NaN: y is NaN, and its first NaN gets the gradient
+    if nan.any():                       # (as the layer's argmax); ``>`` never saw past it
+        arg[nan] = win[:, nan].argmax(axis=0).astype(itype)
     return y, (tuple(x.shape), arg, None)
 
 

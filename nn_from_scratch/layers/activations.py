@@ -3,10 +3,8 @@
 Every class here keeps ``forward``/``backward`` symmetric and names what it
 caches; shapes are ``x: (N, *S) -> y: (N, *S)`` unless stated.
 """
-import math
-
 from ..backend import get_array_module
-from .base import Node, ShapeError, format_shape
+from .base import Node
 from ..validation import is_int
 
 __all__ = ["ReLU", "Sigmoid", "Tanh", "Softmax"]
@@ -19,7 +17,6 @@ class ReLU(Node):
     as in Keras and PyTorch).  Cache: ``y`` (``y > 0`` exactly where ``x > 0``;
     the next layer holds ``y`` anyway, so this costs no memory).
     """
-
 
     def _forward(self, x):
         xp = get_array_module(x)
@@ -37,7 +34,6 @@ class Sigmoid(Node):
     ``y = 1 / (1 + exp(-x)) = (1 + tanh(x / 2)) / 2`` (the tanh form never
     overflows);  ``dL/dx = dL/dy * y * (1 - y)``.  Cache: ``y``.
     """
-
 
     def _forward(self, x):
         xp = get_array_module(x)
@@ -58,7 +54,6 @@ class Tanh(Node):
     ``y = tanh(x)``;  ``dL/dx = dL/dy * (1 - y^2)``.  Cache: ``y``.
     """
 
-
     def _forward(self, x):
         xp = get_array_module(x)
         y = xp.tanh(x)
@@ -77,7 +72,6 @@ class Softmax(Node):
     ``dL/dx = y * (dL/dy - sum_j dL/dy_j * y_j)``.  Cache: ``y``.
     For training a classifier use ``SoftMaxLoss`` on logits instead (stabler).
     """
-
 
     def __init__(self, shape=None, axis=-1, name=None):
         super().__init__(shape, name)

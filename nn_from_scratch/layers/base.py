@@ -22,14 +22,11 @@ Contracts every layer keeps:
 import contextlib
 import inspect
 import itertools
-import math
-import numbers
-import weakref
 from abc import ABC, abstractmethod
 
 import numpy as np
 
-from ..backend import get_array_module, is_device_array, to_device
+from ..backend import is_device_array, to_device
 from ..validation import is_int
 from .registry import _REGISTRY, register_layer
 

@@ -130,7 +130,6 @@ class SoftMaxLoss(Loss):
     Cache: ``(softmax(z) - t) / N`` (computed with the loss).
     """
 
-
     def _prepare_target(self, z, t, validate):
         if z.ndim != 2:
             raise ShapeError(f"{self._describe()} expects logits of shape (N, K), received "
@@ -206,7 +205,6 @@ class MSELoss(Loss):
     ``y, t: (N, *S)``;  ``L = 1/(N*D) sum (y - t)^2`` with ``D = prod(S)``;
     ``dL/dy = 2 (y - t) / (N*D)``.  Cache: ``y - t``.
     """
-
 
     def _prepare_target(self, y, t, validate):
         if tuple(t.shape) != tuple(y.shape):

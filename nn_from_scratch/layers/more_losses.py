@@ -48,7 +48,6 @@ class _ElementwiseLoss(Loss):
 class BinaryCrossEntropy(_ElementwiseLoss):
     """Mean binary cross-entropy; from logits (default, stable) or from probabilities (module docstring)."""
 
-
     #: Keras's clip of probabilities (``keras.config.epsilon()``)
     EPSILON = 1e-7
 
@@ -99,7 +98,6 @@ class BinaryCrossEntropy(_ElementwiseLoss):
 class Huber(_ElementwiseLoss):
     """Mean Huber loss: quadratic within ``delta`` of the target, linear beyond (module docstring)."""
 
-
     def __init__(self, delta=1.0, shape=None, name=None):
         super().__init__(shape, name)
         if isinstance(delta, bool) or not isinstance(delta, (int, float, np.floating, np.integer)) \
@@ -123,7 +121,6 @@ class Huber(_ElementwiseLoss):
 
 class MAE(_ElementwiseLoss):
     """Mean absolute error (module docstring)."""
-
 
     def _forward_pair(self, y, t):
         xp = get_array_module(y)

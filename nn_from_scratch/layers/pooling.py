@@ -153,7 +153,6 @@ class AvgPool(_Pool):
     ``dL/dx_pad[:, :, o*s + i] += dL/dy / count``.
     """
 
-
     def _counts(self, x, pads, out):
         """Real (non-padding) entries per window, ``(1, 1, *O)``; None without padding."""
         if all(lo == 0 and hi == 0 for lo, hi in pads):

@@ -40,7 +40,6 @@ def _number(layer, arg, value, lo=None):
 class LeakyReLU(Node):
     """``y = x`` for ``x > 0``, ``alpha * x`` otherwise (Keras's default ``alpha = 0.3``).  Cache: ``x > 0``."""
 
-
     def __init__(self, alpha=0.3, shape=None, name=None):
         super().__init__(shape, name)
         self.alpha = _number(self, "alpha", alpha, lo=0)
@@ -61,7 +60,6 @@ class LeakyReLU(Node):
 
 class ELU(Node):
     """``y = x`` for ``x > 0``, ``alpha (e^x - 1)`` otherwise.  Cache: ``y`` and ``x > 0``."""
-
 
     def __init__(self, alpha=1.0, shape=None, name=None):
         super().__init__(shape, name)
@@ -95,7 +93,6 @@ def _erf(x):
 
 class GELU(Node):
     """Gaussian error linear unit ``y = x Phi(x)``, exact (erf) or ``approximate=True`` (tanh).  Cache: ``x``."""
-
 
     C = 0.044715
 
@@ -138,14 +135,12 @@ class GELU(Node):
 class Softplus(Node):
     """``y = log(1 + e^x)``, computed as ``max(x, 0) + log1p(e^-|x|)``.  Cache: ``x``."""
 
-
     def _forward(self, x):
         xp = get_array_module(x)
         self._cache["x"] = x
         return xp.maximum(x, x.dtype.type(0)) + xp.log1p(xp.exp(-xp.abs(x)))
 
     def _backward(self, dy):
-        xp = get_array_module(dy)
         return dy * stable_sigmoid(self._cache["x"])
 
 

@@ -16,7 +16,6 @@ class Vectorization(Node):
     ``nn_from_scratch.crosscheck`` accounts for that.  Cache: the input shape.
     """
 
-
     def compute_output_shape(self, input_shape):
         n = 1
         for s in input_shape:
@@ -39,7 +38,6 @@ Flatten = Vectorization
 
 class Reshape(Node):
     """Reshape every sample: ``x: (N, *S) -> y: (N, *target)`` with ``prod(S) == prod(target)``."""
-
 
     def __init__(self, shape=None, target_shape=None, name=None):
         super().__init__(shape, name)

@@ -4,7 +4,6 @@ Concrete optimizers (``SGD``, ``Adam``, ...) are in ``optimizers.py``; each impl
 ``_update(param, grad, key)`` and keeps its per-parameter state (moments, accumulators) in
 ``state(key, like, slot)``.
 """
-import contextlib
 import math
 import numbers
 import weakref
@@ -12,8 +11,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from ..backend import get_array_module, is_device_array, to_device
-from ..validation import is_int
+from ..backend import get_array_module, to_device
 
 __all__ = ["Optimizer", "check_learning_rate"]
 
