@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from nn_from_scratch import Convolution, Flatten, GradientDescent, Linear, NeuralNetwork, ReLU, SoftMaxLoss
 from nn_from_scratch.analysis import curvature  # noqa: E402
+from nn_from_scratch.plotting import save_figure  # noqa: E402
 
 
 def digits():
@@ -101,8 +102,7 @@ def plot(rows, path):
     axes[1].legend(fontsize=7, ncol=2)
     fig.suptitle("Small CNN on digits: relative Frobenius error of the Kronecker approximations per layer")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)                 # atomic: never a half-written file
     print(f"plot: {path}")
 
 

@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from nn_from_scratch import (EKFAC, KFAC, Adam, GradientDescent, Linear, MSELoss, NeuralNetwork, Sigmoid,
                              SoftMaxLoss)
 from nn_from_scratch.examples.networks import lenet5_layers, seed_lab_layers  # noqa: E402
+from nn_from_scratch.plotting import save_figure  # noqa: E402
 
 
 def grid(quick=False):
@@ -184,8 +185,7 @@ def plot(runs, summary, path):
         row[0].legend(fontsize=7)
     fig.suptitle("Best run of each optimizer (dotted: the loss target)")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)                 # atomic: never a half-written file
     print(f"plot: {path}")
 
 

@@ -1,5 +1,7 @@
 """Run one layer (or a few) through the engine, as ``fit`` does, for tests that hold a fast path
 to the layer's own code, to TensorFlow or to finite differences."""
+import os
+
 from nn_from_scratch.engine.runner import Runner
 
 
@@ -30,3 +32,17 @@ class ThroughEngine:
 
     def __getattr__(self, name):
         return getattr(self.__dict__["layers"][0], name)
+
+
+def record_processes(monkeypatch, unit_class, path):
+    """Make ``unit_class.forward`` note, in the file ``path``, the id of every process that runs it
+    (the split step's workers are forked: a file is what they share).  Returns a function giving
+    the set of process ids seen so far."""
+    forward = unit_class.forward
+
+    def recording(self, x):
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return forward(self, x)
+    monkeypatch.setattr(unit_class, "forward", recording)
+    return lambda: {int(p) for p in open(path).read().split()}

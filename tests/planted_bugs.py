@@ -19,8 +19,7 @@ import numpy as np  # noqa: E402
 from nn_from_scratch.layers.activations import ReLU  # noqa: E402
 from nn_from_scratch.layers.reshape import Vectorization
 from nn_from_scratch.layers.losses import SoftMaxLoss  # noqa: E402
-from nn_from_scratch.layers.conv import Convolution  # noqa: E402
-from nn_from_scratch.layers.dense import Linear
+from nn_from_scratch.neurons import Convolution, Linear  # noqa: E402
 
 
 class TransposedLinear(Linear):

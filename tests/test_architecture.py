@@ -11,7 +11,8 @@ counts as the module it names now (``nn_from_scratch.training.network``).
 
 The rules, lowest level first::
 
-    backend.py, validation.py, atomic.py   each other only
+    backend.py, validation.py, atomic.py,  each other only
+    by_layer.py
     data/                                  level 0, data
     layers/                                level 0, layers            (knows nothing above it)
     engine/                                level 0, layers, engine
@@ -30,23 +31,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE_DIR = os.path.join(ROOT, "nn_from_scratch")
 PKG = "nn_from_scratch"
 
-LEVEL0 = ("backend", "validation", "atomic")
+LEVEL0 = ("backend", "validation", "atomic", "by_layer")
 
 #: (name, which files, ("only", allowed) or ("not", forbidden), why); names relative to the package
 RULES = [
     ("level 0", lambda rel: rel in {f"{m}.py" for m in LEVEL0},
      ("only", LEVEL0),
-     "backend.py, validation.py and atomic.py import nothing from the package except each other"),
+     "backend.py, validation.py, atomic.py and by_layer.py import nothing from the package except each other"),
     ("data", lambda rel: rel.startswith("data/"),
      ("only", LEVEL0 + ("data",)),
-     "data/ may import only backend, validation, atomic and data"),
+     "data/ may import only level 0 (backend, validation, atomic, by_layer) and data"),
     ("layers", lambda rel: rel.startswith("layers/"),
      ("only", LEVEL0 + ("layers",)),
-     "layers/ may import only nn_from_scratch.layers.*, backend, validation, atomic "
+     "layers/ may import only nn_from_scratch.layers.* and level 0 (backend, validation, atomic, by_layer) "
      "(layers know nothing above them: not the engine, the trainer, the lab shims or the old flat paths)"),
     ("engine", lambda rel: rel.startswith("engine/"),
      ("only", LEVEL0 + ("layers", "engine")),
-     "engine/ may import only layers, backend, validation, atomic and engine"),
+     "engine/ may import only layers, level 0 and engine"),
     ("training", lambda rel: rel.startswith("training/"),
      ("not", ("analysis", "checks", "data", "examples", "plotting", "train", "__main__")),
      "training/ may not import analysis, checks, data, examples, plotting, train or __main__"),
@@ -291,7 +292,7 @@ def test_layer_files_do_not_mention_the_engine():
 
 
 #: what may stay at the top level of nn_from_scratch/ (everything else lives in a sub-package)
-TOP_LEVEL = {"__init__.py", "__main__.py", "_legacy.py", "backend.py", "validation.py", "atomic.py",
+TOP_LEVEL = {"__init__.py", "__main__.py", "_legacy.py", "backend.py", "validation.py", "atomic.py", "by_layer.py",
              "plotting.py", "train.py", "interfaces.py", "nodes.py", "neurons.py", "optimizers.py"}
 
 

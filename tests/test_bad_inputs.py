@@ -11,7 +11,7 @@ import pytest
 
 import nn_from_scratch as nf
 from nn_from_scratch.examples import networks
-from nn_from_scratch.layers.base import NotReadyError
+from nn_from_scratch.interfaces import NotReadyError
 from nn_from_scratch.training.serialization import ModelFileError
 
 

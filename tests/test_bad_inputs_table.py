@@ -13,7 +13,7 @@ import pytest
 
 import nn_from_scratch as nf
 from nn_from_scratch.training import optimizers
-from nn_from_scratch.layers.base import NotReadyError
+from nn_from_scratch.interfaces import NotReadyError
 from nn_from_scratch.training.serialization import ModelFileError
 
 CASES = []

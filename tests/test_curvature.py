@@ -26,6 +26,7 @@ F64 = np.float64
 
 
 from seeding import seeded_layers  # noqa: E402,F401 - autouse: seeded weights in every test
+from jacobians import fd_output_jacobian
 
 
 def close(a, b, tol=1e-10):
@@ -189,24 +190,8 @@ def test_one_example_T1_kron_equals_dense_block(fisher, rng):
         close(K, ref)
 
 
-def _fd_output_jacobian(net, layer, X, h=0.5):
-    """d output / d vec_r(W~) per example by central differences (exact for outputs linear in W~)."""
-    M0 = ls.to_matrix(layer, {k: v.copy() for k, v in layer.params.items()})
-    cols = []
-    for idx in range(M0.size):
-        outs = []
-        for sign in (1, -1):
-            M = M0.copy().reshape(-1)
-            M[idx] += sign * h
-            layer.set_params(**ls.from_matrix(layer, M.reshape(M0.shape)))
-            outs.append(net.predict(X).reshape(X.shape[0], -1))
-        cols.append((outs[0] - outs[1]) / (2 * h))
-    layer.set_params(**ls.from_matrix(layer, M0))
-    return np.stack(cols, axis=2)                             # (N, D, P)
-
-
 def _gauss_newton(net, layer, X):
-    J = _fd_output_jacobian(net, layer, X)
+    J = fd_output_jacobian(net, layer, X)
     d = J.shape[1]
     return np.einsum("ndp,ndq->pq", J, J) * (2.0 / d) / X.shape[0]     # (1/N) sum J^T (2/D) J
 

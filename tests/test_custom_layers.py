@@ -10,11 +10,11 @@ import pytest
 from nn_from_scratch.layers.activations import ReLU
 from nn_from_scratch.layers.reshape import Vectorization
 from nn_from_scratch.checks.gradcheck import check_layer, check_network
-from nn_from_scratch.layers.base import LayerDefinitionError, Neuron, Node, ShapeError
+from nn_from_scratch.interfaces import LayerDefinitionError, Neuron, Node, ShapeError
 from nn_from_scratch.layers.losses import SoftMaxLoss
 from nn_from_scratch.training.network import NeuralNetwork
-from nn_from_scratch.layers.dense import Linear
-from nn_from_scratch.training.optimizers import GradientDescent
+from nn_from_scratch.neurons import Linear
+from nn_from_scratch.optimizers import GradientDescent
 
 TOL = 1e-7
 

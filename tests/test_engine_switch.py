@@ -63,9 +63,9 @@ def net_3d(seed):
 
 #: network -> the units the engine runs ({first layer index: unit class}; every other layer: None)
 NETWORKS = {
-    "lab-cnn": (lab_cnn, {0: ConvUnit, 1: fusion.ReluUnit, 2: ConvUnit, 3: fusion.ReluUnit}),
-    "lenet5": (lenet5, {0: fusion.PhaseBlockUnit, 3: fusion.PhaseBlockUnit, 8: fusion.ReluUnit,
-                        10: fusion.ReluUnit}),
+    "lab-cnn": (lab_cnn, {0: ConvUnit, 1: fusion.ElementwiseUnit, 2: ConvUnit, 3: fusion.ElementwiseUnit}),
+    "lenet5": (lenet5, {0: fusion.PhaseBlockUnit, 3: fusion.PhaseBlockUnit, 8: fusion.ElementwiseUnit,
+                        10: fusion.ElementwiseUnit}),
     "1d": (net_1d, {0: ConvUnit, 1: fusion.ReluPoolUnit}),
     "3d": (net_3d, {0: ConvUnit, 1: fusion.ReluPoolUnit}),
 }
@@ -257,7 +257,7 @@ def test_a_students_subclass_runs_its_own_code_with_the_engine_on_and_off():
 @pytest.mark.filterwarnings("ignore::nn_from_scratch.TrainingWarning")
 def test_an_edit_of_relu_backward_shows_in_fit_with_the_engine_off(monkeypatch):
     """What the switch is for: a student edits ``ReLU.backward`` (here: returns zeros) and sees it
-    change what ``fit`` trains with ``engine=False``; with the engine on, its ``ReluUnit``
+    change what ``fit`` trains with ``engine=False``; with the engine on, its ``ElementwiseUnit``
     computes the ReLU instead (docs: the engine replaces the exact class ``ReLU``)."""
     _, sample, classes = build("lab-cnn", engine=False)
     X, y = data(sample, classes, N_FIT, seed=3)
@@ -276,7 +276,7 @@ def test_an_edit_of_relu_backward_shows_in_fit_with_the_engine_off(monkeypatch):
     np.testing.assert_array_equal(edited_off[1], start[1])
     assert not np.array_equal(off[0], start[0])
     assert not np.allclose(edited_off[-1], off[-1])
-    # engine on: the edit is not what runs (ReluUnit); the same weights as before
+    # engine on: the edit is not what runs (ElementwiseUnit: the layer's forward, the engine's backward); the same weights as before
     for a, b in zip(edited_on, on):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(on, off):

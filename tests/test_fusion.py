@@ -20,6 +20,7 @@ from nn_from_scratch.engine import fusion
 from nn_from_scratch.engine.conv import ConvUnit
 from nn_from_scratch.engine.pooling import MaxPoolUnit
 from nn_from_scratch.layers.base import NotReadyError, ShapeError
+from engine_helpers import record_processes
 
 GEOMETRIES = [
     (1, dict(pool_size=2), (3, 2, 9)),                                    # 1-D, odd length
@@ -80,7 +81,7 @@ def _assert_same(backend, got, want):
 
 
 FUSED = {0: ConvUnit, 1: fusion.ReluPoolUnit, 3: fusion.ReluPoolUnit, 5: None, 6: None}
-ONE_BY_ONE = {0: ConvUnit, 1: fusion.ReluUnit, 2: MaxPoolUnit, 3: fusion.ReluUnit, 4: MaxPoolUnit, 5: None, 6: None}
+ONE_BY_ONE = {0: ConvUnit, 1: fusion.ElementwiseUnit, 2: MaxPoolUnit, 3: fusion.ElementwiseUnit, 4: MaxPoolUnit, 5: None, 6: None}
 
 
 @pytest.fixture
@@ -192,7 +193,7 @@ def test_only_the_exact_classes_are_fused_and_a_declared_shape_is_still_checked(
     assert layers[0]._cache["y"] is not None
     sub = nf.NeuralNetwork([nf.ReLU(), MyPool(pool_size=2)])
     np.testing.assert_array_equal(sub.forward(x), x.reshape(2, 1, 2, 2, 2, 2).max(axis=(3, 5)).clip(0))
-    assert _units(sub) == {0: fusion.ReluUnit, 1: None}
+    assert _units(sub) == {0: fusion.ElementwiseUnit, 1: None}
     declared = nf.NeuralNetwork([nf.ReLU((None, 1, 4, 5), name="act"), nf.MaxPool(pool_size=2)])
     with pytest.raises(ShapeError, match=r"ReLU layer 'act' expects input of shape \(N, 1, 4, 5\).*\(2, 1, 4, 4\)"):
         declared.forward(x)
@@ -213,22 +214,14 @@ def test_the_split_training_step_runs_the_pairs_fused_too(monkeypatch, tmp_path)
 
     one = net(1, engine=False)
     loss1, _ = one.train_step(X, y)
-    seen = tmp_path / "pids"
-    pair_forward = fusion.ReluPoolUnit.forward
-
-    def recording(self, x):                   # each process that runs the unit notes its pid
-        with open(seen, "a") as f:
-            f.write(f"{os.getpid()}\n")
-        return pair_forward(self, x)
-
-    monkeypatch.setattr(fusion.ReluPoolUnit, "forward", recording)
+    seen = record_processes(monkeypatch, fusion.ReluPoolUnit, tmp_path / "pids")
     split = net(2)
     loss2, _ = split.train_step(X, y)
     assert split._sharded is not None                       # the step was split
     assert _units(split) == {0: ConvUnit, 1: fusion.ReluPoolUnit, 3: None, 4: None}   # this process's shard
     workers = set(split._sharded.pids) if split._sharded.kind == "processes" else set()
     split.stop_workers()
-    pids = {int(p) for p in seen.read_text().split()}
+    pids = seen()
     assert os.getpid() in pids and workers <= pids          # and the workers' shards
     np.testing.assert_allclose(float(loss2), float(loss1), rtol=1e-12)
     for a, b in zip(one.trainable_layers, split.trainable_layers):

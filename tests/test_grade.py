@@ -22,12 +22,11 @@ from nn_from_scratch.checks import grade  # noqa: E402
 from nn_from_scratch.layers.activations import ReLU  # noqa: E402
 from nn_from_scratch.layers.reshape import Vectorization
 from nn_from_scratch.checks.crosscheck import compare, compare_training  # noqa: E402
-from nn_from_scratch.layers.base import Neuron, Node  # noqa: E402
+from nn_from_scratch.interfaces import Neuron, Node  # noqa: E402
 from nn_from_scratch.layers.losses import SoftMaxLoss  # noqa: E402
 from nn_from_scratch.training.network import NeuralNetwork  # noqa: E402
-from nn_from_scratch.layers.conv import Convolution  # noqa: E402
-from nn_from_scratch.layers.dense import Linear
-from nn_from_scratch.training.optimizers import GradientDescent  # noqa: E402
+from nn_from_scratch.neurons import Convolution, Linear  # noqa: E402
+from nn_from_scratch.optimizers import GradientDescent  # noqa: E402
 
 pytestmark = pytest.mark.keras
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -198,7 +197,7 @@ def test_grade_a_correct_trainable_layer_with_training_steps():
 STUDENT = textwrap.dedent('''
     import numpy as np
     import keras
-    from nn_from_scratch.layers.base import Neuron
+    from nn_from_scratch.interfaces import Neuron
 
 
     class Affine(Neuron):

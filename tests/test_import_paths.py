@@ -2,7 +2,7 @@
 
 * the course lab's (seed 001): ``nn_from_scratch.optimizers``, ``.examples.simple_nn``, ``.nodes``,
   ``.neurons``, ``.interfaces``: real modules that re-export the classes from their homes under
-  ``layers/`` and ``training/``; the lab's constructor calls, ``fit`` and ``predict`` run through them;
+  ``layers/`` and ``training/`` (the lab itself runs through them in test_seed_lab.py and test_network.py);
 * the flat module paths of earlier versions (``nn_from_scratch.network``, ``...fusion``, ...):
   ``_legacy.OLD_PATHS``, each the very module object now at its new path;
 * every ``nn_from_scratch`` import the README shows, and the ones it showed before the restructuring.
@@ -14,10 +14,8 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-import nn_from_scratch
 from nn_from_scratch import _legacy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,78 +98,6 @@ def test_seed_imports_are_the_objects_at_their_new_homes():
         exec(line, namespace)
     for name, home in HOMES.items():
         assert namespace[name] is getattr(importlib.import_module(home), name), (name, home)
-
-
-def test_the_seed_lab_builds_fits_and_predicts():
-    """The lab's Part 1 (constructor forms, pre-batched fit, predict on batches without a channel
-    axis) and Part 3's hand-made loop (``forward``/``backward`` per layer, ``isinstance(layer, Neuron)``,
-    ``_W_pd``, ``W[1:, :]``), on a few random digits: tiny, for the paths, not the accuracy."""
-    namespace = {}
-    for line in SEED_IMPORTS:
-        exec(line, namespace)
-    GradientDescent, NeuralNetwork, Neuron = (namespace[k] for k in ("GradientDescent", "NeuralNetwork", "Neuron"))
-    ReLU, SoftMaxLoss, Vectorization = (namespace[k] for k in ("ReLU", "SoftMaxLoss", "Vectorization"))
-    Linear, Convolution = namespace["Linear"], namespace["Convolution"]
-
-    rng = np.random.default_rng(0)
-    n_input, n_output, batch_size, n_channels = 28**2, 10, 4, 1
-    train_X = rng.random((2, batch_size, n_channels, 28, 28))               # (n_batches, batch, C, H, W)
-    train_y = rng.integers(0, n_output, 2 * batch_size)
-    train_y_ohe = np.zeros((len(train_y), n_output))
-    train_y_ohe[np.arange(len(train_y)), train_y] = 1
-    train_y_ohe = train_y_ohe.reshape((train_y.shape[0] // batch_size, batch_size, n_output))
-
-    gds = GradientDescent(lr=0.05)
-    layers = [
-        Convolution(
-            (batch_size, n_channels, 28, 28),
-            kernel_size=3,
-            output_layers=4,
-            use_bias=False
-        ),
-        ReLU((batch_size, 4, 26, 26)),
-        Convolution(
-            (batch_size, 4, 26, 26),
-            kernel_size=7,
-            output_layers=2,
-            use_bias=False
-        ),
-        ReLU((batch_size, 2, 20, 20)),
-        Vectorization((batch_size, 2, 20, 20)),
-        Linear((batch_size, 800), (batch_size, n_output))
-    ]
-    loss_fn = SoftMaxLoss((batch_size, n_output))
-    network = NeuralNetwork(
-        n_input=n_input,
-        n_output=n_output,
-        batch_size=batch_size,
-        optimizer=gds,
-        layers=layers,
-        loss_fn=loss_fn
-    )
-    before = layers[0].W.copy()
-    network.fit(train_X, train_y_ohe, n_epochs=1)
-    assert not np.array_equal(layers[0].W, before), "fit did not update the first convolution"
-
-    test_inputs = rng.random((batch_size, 28, 28))                       # the lab's (50, 28, 28) batches
-    predicts = network.predict(test_inputs)
-    pred_class = np.argmax(predicts, axis=1)
-    assert predicts.shape == (batch_size, n_output) and pred_class.shape == (batch_size,)
-
-    # Part 3: the lab's own loop over the layers
-    state = train_X[0].copy()
-    for layer in layers:
-        state = layer.forward(state)
-    loss_fn.forward(state, train_y_ohe[0])
-    partial_derivative = loss_fn.backward()
-    dL_dw = []
-    for layer in layers[::-1]:
-        partial_derivative = layer.backward(partial_derivative)
-        if isinstance(layer, Neuron):
-            dL_dw.append(layer._W_pd)
-    assert partial_derivative.shape == train_X[0].shape
-    assert [g.shape for g in dL_dw] == [(801, 10), (2, 4, 7, 7), (4, 1, 3, 3)]
-    assert layers[5].W[1:, :].shape == (800, 10) and layers[5].W[0, :].shape == (10,)
 
 
 @pytest.mark.parametrize("shim", SHIMS)

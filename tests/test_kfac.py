@@ -15,13 +15,14 @@ from nn_from_scratch import (EKFAC, KFAC, Adam, Convolution, Flatten, GradientDe
 from nn_from_scratch.training import optimizers
 from nn_from_scratch.analysis import curvature as cv
 from nn_from_scratch.training import layer_statistics as ls
-from nn_from_scratch.layers.base import Neuron
+from nn_from_scratch.interfaces import Neuron
 from gpu_utils import requires_gpu
 
 F64 = np.float64
 
 
 from seeding import seeded_layers  # noqa: E402,F401 - autouse: seeded weights in every test
+from jacobians import fd_output_jacobian
 
 
 def close(a, b, tol=1e-10):
@@ -29,21 +30,6 @@ def close(a, b, tol=1e-10):
     scale = max(1e-300, float(np.abs(b).max(initial=0.0)))
     err = float(np.abs(a - b).max(initial=0.0))
     assert err <= tol * scale, f"max |difference| {err:.3e} > {tol:.0e} x {scale:.3e}"
-
-
-def _fd_jacobian(net, layer, X, h=0.5):
-    M0 = ls.to_matrix(layer, {k: v.copy() for k, v in layer.params.items()})
-    cols = []
-    for idx in range(M0.size):
-        outs = []
-        for sign in (1, -1):
-            M = M0.copy().reshape(-1)
-            M[idx] += sign * h
-            layer.set_params(**ls.from_matrix(layer, M.reshape(M0.shape)))
-            outs.append(net.predict(X).reshape(X.shape[0], -1))
-        cols.append((outs[0] - outs[1]) / (2 * h))
-    layer.set_params(**ls.from_matrix(layer, M0))
-    return np.stack(cols, axis=2)
 
 
 def test_one_undamped_step_is_the_gauss_newton_step_of_each_block(rng):
@@ -56,7 +42,7 @@ def test_one_undamped_step_is_the_gauss_newton_step_of_each_block(rng):
     expected = {}
     grads = net.gradients(X, y)
     for layer in layers:
-        J = _fd_jacobian(net, layer, X)
+        J = fd_output_jacobian(net, layer, X)
         GN = np.einsum("ndp,ndq->pq", J, J) * (2.0 / J.shape[1]) / X.shape[0]
         g = ls.to_matrix(layer, {k[1]: v for k, v in grads.items() if k[0] == layer.name}).reshape(-1)
         assert np.linalg.cond(GN) < 1e4                     # a well-posed Newton step (seeded weights)

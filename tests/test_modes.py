@@ -11,7 +11,7 @@ import pytest
 
 import nn_from_scratch as nf
 from nn_from_scratch.engine import parallel
-from nn_from_scratch.layers.base import Node
+from nn_from_scratch.interfaces import Node
 from nn_from_scratch.training.serialization import ModelFileError
 
 

@@ -27,7 +27,7 @@ from nn_from_scratch.checks import gradcheck as gc
 from nn_from_scratch.engine import kernels
 from nn_from_scratch.backend import to_numpy
 from nn_from_scratch.examples import networks
-from nn_from_scratch.layers.base import Neuron
+from nn_from_scratch.interfaces import Neuron
 
 
 def seed_lab_layers(batch_size=50, use_bias=False):
@@ -378,11 +378,10 @@ def test_per_layer_seed(backend, rng):
 # ---------------------------------------------------------------- seed lab compatibility
 def test_seed_lab_import_paths():
     from nn_from_scratch.examples.simple_nn import NeuralNetwork
-    from nn_from_scratch.layers.base import Neuron as N2
-    from nn_from_scratch.layers.conv import Convolution
-    from nn_from_scratch.layers.dense import Linear
+    from nn_from_scratch.interfaces import Neuron as N2
+    from nn_from_scratch.neurons import Convolution, Linear
     from nn_from_scratch.nodes import ReLU, SoftMaxLoss, Vectorization
-    from nn_from_scratch.training.optimizers import GradientDescent
+    from nn_from_scratch.optimizers import GradientDescent
     assert NeuralNetwork is nf.NeuralNetwork and N2 is Neuron
     assert (Convolution, Linear, ReLU, SoftMaxLoss, Vectorization, GradientDescent) == (
         nf.Convolution, nf.Linear, nf.ReLU, nf.SoftMaxLoss, nf.Vectorization, nf.GradientDescent)

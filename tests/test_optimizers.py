@@ -30,7 +30,7 @@ import pytest
 
 import nn_from_scratch as nf
 from nn_from_scratch.backend import to_numpy
-from nn_from_scratch.training.optimizer_base import Optimizer
+from nn_from_scratch.interfaces import Optimizer
 from planted_bugs import AdamWithoutBiasCorrection
 
 STEPS = 6
@@ -378,7 +378,7 @@ def test_invalid_hyperparameters(make, pattern):
 
 
 def test_optimizer_by_name():
-    from nn_from_scratch.training.optimizers import get
+    from nn_from_scratch.optimizers import get
     assert isinstance(get("adam", lr=0.1), nf.Adam) and get("adam", lr=0.1).lr == 0.1
     assert isinstance(get("SGD"), nf.GradientDescent) and isinstance(get("rmsprop"), nf.RMSProp)
     opt = nf.Adam()

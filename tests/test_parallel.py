@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_info
 import nn_from_scratch as nf
 from nn_from_scratch.engine import parallel
 from nn_from_scratch.examples import networks
-from nn_from_scratch.layers.base import Node
+from nn_from_scratch.interfaces import Node
 
 
 KINDS = ["threads"] + (["processes"] if hasattr(os, "fork") else [])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
-from engine_helpers import ThroughEngine
+from engine_helpers import ThroughEngine, record_processes
 from nn_from_scratch.checks import gradcheck
 from nn_from_scratch.engine import conv as engine_conv
 from nn_from_scratch.engine import fusion, phase_pool
@@ -347,22 +347,14 @@ def test_the_split_training_step_runs_by_phase_too(monkeypatch, tmp_path):
     loss1 = one.train_step(X, y)[0]
     plain = net(1)
     loss_plain = _plain(monkeypatch, lambda: plain.train_step(X, y)[0])
-    seen = tmp_path / "pids"
-    block_forward = fusion.PhaseBlockUnit.forward
-
-    def recording(self, x):                   # each process that runs the unit notes its pid
-        with open(seen, "a") as f:
-            f.write(f"{os.getpid()}\n")
-        return block_forward(self, x)
-
-    monkeypatch.setattr(fusion.PhaseBlockUnit, "forward", recording)
+    seen = record_processes(monkeypatch, fusion.PhaseBlockUnit, tmp_path / "pids")
     split = net(2)
     loss2, _ = split.train_step(X, y)
     assert split._sharded is not None                      # the step was split
     assert _ran_by_phase(split)                            # and this process's shard ran by phase
     workers = set(split._sharded.pids) if split._sharded.kind == "processes" else set()
     split.stop_workers()
-    pids = {int(p) for p in seen.read_text().split()}
+    pids = seen()
     assert os.getpid() in pids and workers <= pids        # and the workers' shards too
     for ref_loss, ref in ((loss1, one), (loss_plain, plain)):
         np.testing.assert_allclose(float(loss2), float(ref_loss), rtol=1e-12)

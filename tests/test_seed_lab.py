@@ -70,12 +70,11 @@ def load_data():
 def lab_part1(lr, fix_labels=True, seed=0, evaluate=True):
     """Part 1 of the lab; returns (network, history, accuracy or None when not ``evaluate``)."""
     # In [2] (imports; keras/tensorflow imports dropped)
-    from nn_from_scratch.training.optimizers import GradientDescent
+    from nn_from_scratch.optimizers import GradientDescent
     from nn_from_scratch.examples.simple_nn import NeuralNetwork
     from nn_from_scratch.nodes import ReLU, SoftMaxLoss, Vectorization
-    from nn_from_scratch.layers.dense import Linear
-    from nn_from_scratch.layers.conv import Convolution
-    from nn_from_scratch.layers.base import Neuron  # noqa: F401
+    from nn_from_scratch.neurons import Linear, Convolution
+    from nn_from_scratch.interfaces import Neuron  # noqa: F401
 
     set_seed(seed)  # the lab has no seed; fixed here so that results repeat
 

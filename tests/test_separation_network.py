@@ -179,7 +179,7 @@ def test_compare_layers_and_stages(unequal):
 def test_separation_history_records_the_epochs_asked_for(unequal):
     X, y = unequal
     net = small_cnn()
-    from nn_from_scratch.training.optimizers import Adam
+    from nn_from_scratch.optimizers import Adam
     net.optimizer = Adam(lr=0.01)
     hist = sep.SeparationHistory(X, y, every=2, layers=["input", "fc1", "fc2"], n_per_class=None)
     net.fit(X, y, epochs=5, batch_size=16, verbose=0, seed=0, callbacks=[hist])

@@ -40,7 +40,7 @@ from ..layers.pooling import MaxPool
 from .settings import SETTINGS, check_gradient
 from .pooling import maxpool_backward, maxpool_forward
 
-__all__ = ["ENABLED", "PHASES", "pairs", "fused_pairs", "by_phase", "ReluPoolUnit", "PhaseBlockUnit", "ReluUnit",
+__all__ = ["ENABLED", "PHASES", "pairs", "fused_pairs", "by_phase", "ReluPoolUnit", "PhaseBlockUnit",
            "ElementwiseUnit"]
 
 #: run ReLU -> MaxPool pairs fused (see the module docstring)
@@ -135,30 +135,12 @@ class PhaseBlockUnit:
         return dx
 
 
-class ReluUnit:
-    """A ``ReLU`` on its own: ``dL/dx = dy * [y > 0]`` in one pass (``kernels.relu_backward``)."""
-
-    size = 1
-
-    def __init__(self, relu):
-        self.relu = relu
-
-    def forward(self, x):
-        x = self.relu.prepare_input(x)
-        self.relu.clear_cache()
-        self.y = get_array_module(x).maximum(x, x.dtype.type(0))
-        return self.y
-
-    def backward(self, g, need_input_grad):
-        check_gradient(self.relu, g, self.y.shape)
-        return kernels.relu_backward(g, self.y) if need_input_grad else None
-
-
 class ElementwiseUnit:
-    """``Sigmoid`` or ``Tanh`` on CuPy: the layer's forward, its backward as one fused kernel."""
+    """``ReLU`` (and ``Sigmoid``/``Tanh`` on CuPy): the layer's own forward, and dL/dx in one pass
+    (``kernels.relu_backward`` etc.: on NumPy without a bool temporary, on CuPy one fused kernel)."""
 
     size = 1
-    BACKWARD = {Sigmoid: kernels.sigmoid_backward, Tanh: kernels.tanh_backward}
+    BACKWARD = {ReLU: kernels.relu_backward, Sigmoid: kernels.sigmoid_backward, Tanh: kernels.tanh_backward}
 
     def __init__(self, layer):
         self.layer = layer
@@ -168,5 +150,5 @@ class ElementwiseUnit:
         return self.y
 
     def backward(self, g, need_input_grad):
-        check_gradient(self.layer, g, self.y.shape)
+        self.layer.check_upstream(g)
         return self.BACKWARD[type(self.layer)](g, self.y) if need_input_grad else None

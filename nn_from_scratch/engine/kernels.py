@@ -23,9 +23,8 @@ state, and what the GPU tests compare the fused kernels against
 Kernels are compiled on first use (CuPy caches them on disk).
 
 Wired in, by the engine's runner (``runner.py``: the layers themselves run the reference
-expressions): the backward steps of ``ReLU``, ``Sigmoid`` and ``Tanh`` (``fusion.ReluUnit``,
-``ElementwiseUnit``), ``SoftMaxLoss`` with integer labels (``Runner.loss``); by the optimizers:
-``optimizers.GradientDescent``, plain
+expressions): the backward steps of ``ReLU``, ``Sigmoid`` and ``Tanh`` (``fusion.ElementwiseUnit``),
+``SoftMaxLoss`` with integer labels (``Runner.loss``); by the optimizers: ``optimizers.GradientDescent``, plain
 ``optimizers.RMSProp`` and ``optimizers.Adam`` (without amsgrad); the window kernels
 in ``engine/conv.KernelPatchProduct`` (``Convolution`` on CuPy) and ``engine/pooling`` (``MaxPool``).
 Why these steps: each replaces 2-60 separate kernel launches and temporaries by one

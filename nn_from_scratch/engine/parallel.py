@@ -75,6 +75,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
+from .. import layers as L
 from ..backend import get_array_module
 from .runner import Runner
 
@@ -191,25 +192,16 @@ def usable_cores():
         return os.cpu_count() or 1
 
 
-def _per_sample_classes():
-    from .. import layers as L  # noqa: PLC0415
-    return frozenset({L.Linear, L.Convolution, L.ReLU, L.Sigmoid, L.Tanh, L.Softmax, L.LeakyReLU, L.ELU, L.GELU,
-                      L.Softplus, L.Dropout, L.MaxPool, L.AvgPool, L.GlobalAveragePooling, L.GlobalAveragePooling1D,
-                      L.GlobalAveragePooling2D, L.GlobalAveragePooling3D, L.Vectorization, L.Reshape,
-                      L.SoftMaxLoss, L.MSELoss,
-                      L.BinaryCrossEntropy, L.Huber, L.MAE})
-
-
-#: the package's classes (exact classes) that map each sample of a batch on its own
-PER_SAMPLE = None
+#: the package's classes (exact classes) that map each sample of a batch on its own (``BatchNorm`` does not)
+PER_SAMPLE = frozenset({L.Linear, L.Convolution, L.ReLU, L.Sigmoid, L.Tanh, L.Softmax, L.LeakyReLU, L.ELU, L.GELU,
+                        L.Softplus, L.Dropout, L.MaxPool, L.AvgPool, L.GlobalAveragePooling, L.GlobalAveragePooling1D,
+                        L.GlobalAveragePooling2D, L.GlobalAveragePooling3D, L.Vectorization, L.Reshape,
+                        L.SoftMaxLoss, L.MSELoss, L.BinaryCrossEntropy, L.Huber, L.MAE})
 
 
 def is_per_sample(node):
     """Does ``node`` treat the samples of a batch independently: its class is one of ``PER_SAMPLE``, or
     a class of the user's own declares ``per_sample = True`` itself?"""
-    global PER_SAMPLE
-    if PER_SAMPLE is None:
-        PER_SAMPLE = _per_sample_classes()
     return type(node) in PER_SAMPLE or bool(vars(type(node)).get("per_sample", False))
 
 

@@ -101,8 +101,8 @@ def maxpool_forward(ctx, x):
         gt = (win[i] > y).view(np.uint8).astype(itype, copy=False)
         xp.maximum(arg, gt * itype(i), out=arg)
         xp.maximum(y, win[i], out=y)
-    nan = xp.isnan(y)                   # a window holding NaN: y is NaN, and its first NaN gets the gradient
-    if nan.any():                       # (as the layer's argmax); ``>`` never saw past it
+    if y.size and xp.isnan(y.min()):    # a window holding NaN: y is NaN there, and (as the layer's argmax)
+        nan = xp.isnan(y)               # its first NaN gets the gradient; ``>`` never saw past it
         arg[nan] = win[:, nan].argmax(axis=0).astype(itype)
     return y, (tuple(x.shape), arg, None)
 

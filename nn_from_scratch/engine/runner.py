@@ -8,8 +8,7 @@ code), longest first:
     ReLU -> MaxPool                  pooled first, the ReLU on the pooled output            fusion.ReluPoolUnit
     Convolution                      the faster arrangements of conv.py                    conv.ConvUnit
     MaxPool                          offset-major windows, one scatter back                 pooling.MaxPoolUnit
-    ReLU                             dL/dx in one pass                                      fusion.ReluUnit
-    Sigmoid, Tanh (CuPy)             dL/dx as one fused kernel                              fusion.ElementwiseUnit
+    ReLU; Sigmoid, Tanh (CuPy)       the layer's forward, dL/dx in one pass (fused on CuPy)   fusion.ElementwiseUnit
 
 and runs every other layer by its own ``forward``.  It records what it ran (the *tape*), so that
 ``Runner.backward`` runs each unit's backward, and every other layer's own ``backward``, in
@@ -25,10 +24,9 @@ arrangement chosen for an input shape, scratch buffers, pooling index tables): `
 ``loss`` computes the loss and dL/doutput, with one fused kernel for ``SoftMaxLoss`` on integer
 labels on CuPy.
 """
-import weakref
-
 from . import fusion, kernels
 from ..backend import get_array_module
+from ..by_layer import StateByLayer
 from .conv import ConvContext, ConvUnit
 from .pooling import MaxPoolUnit, PoolContext
 from ..layers.activations import ReLU, Sigmoid, Tanh
@@ -42,30 +40,22 @@ __all__ = ["Runner", "UNIT_NAMES"]
 UNIT_NAMES = {"PhaseBlockUnit": "by pooling phase (engine/phase_pool.py)",
               "ReluPoolUnit": "pooled first, then the ReLU (engine/fusion.py)",
               "ConvUnit": "faster arrangements (engine/conv.py)", "MaxPoolUnit": "fast path (engine/pooling.py)",
-              "ReluUnit": "one-pass backward (engine/fusion.py)", "ElementwiseUnit": "fused CuPy kernel (engine/kernels.py)"}
+              "ElementwiseUnit": "one-pass backward (engine/kernels.py)"}
 
 
 class Runner:
     """Runs sequences of layers through the engine (see the module docstring)."""
 
     def __init__(self):
-        self._contexts = {}     # id(layer) -> (weak reference, context)
-        self._tape = None       # (ids of the layers, [(first index, unit or None)]) of the last forward
-        self._loss_grad = None
+        self._contexts = StateByLayer()     # layer -> {context kind: context}
+        self._tape = None                   # (ids of the layers, [(first index, unit or None)]) of the last forward
 
     def context(self, layer, kind):
         """The ``kind`` (``ConvContext``, ``PoolContext``) kept for ``layer``, made on first use."""
-        held = self._contexts.get(id(layer))
-        if held is not None and held[0]() is layer and type(held[1]) is kind:
-            return held[1]
-        ctx = kind(layer)
-        contexts, key = self._contexts, id(layer)
-
-        def forget(ref):                     # only its own entry: the id may be reused
-            if contexts.get(key, (None,))[0] is ref:
-                del contexts[key]
-        self._contexts[key] = (weakref.ref(layer, forget), ctx)
-        return ctx
+        held = self._contexts.of(layer)
+        if kind not in held:
+            held[kind] = kind(layer)
+        return held[kind]
 
     def _unit(self, layers, i, x, fuse):
         """The unit that runs ``layers[i:]``'s first layer(s) on ``x``, or None (the layer's own code)."""
@@ -81,9 +71,7 @@ class Runner:
             return ConvUnit(self.context(layer, ConvContext))
         if kind is MaxPool:
             return MaxPoolUnit(self.context(layer, PoolContext))
-        if kind is ReLU:
-            return fusion.ReluUnit(layer)
-        if kind in (Sigmoid, Tanh) and kernels.fused_enabled(x):
+        if kind is ReLU or (kind in (Sigmoid, Tanh) and kernels.fused_enabled(x)):
             return fusion.ElementwiseUnit(layer)
         return None
 
@@ -159,7 +147,12 @@ class Runner:
             i += size
         return out
 
+    def forget_forward(self):
+        """Drop the record of the last forward (its units are about to be overwritten); ``backward``
+        then runs each layer's own, which says that no forward ran.  The kept contexts stay."""
+        self._tape = None
+
     def clear(self):
         """Forget the last forward and every layer's kept context (scratch buffers, index tables)."""
-        self._contexts.clear()
+        self._contexts = StateByLayer()
         self._tape = None

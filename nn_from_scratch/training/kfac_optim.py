@@ -51,7 +51,8 @@ from . import layer_statistics as ls
 from .kronecker import (EKFACFactors, KroneckerFactors, check_damping, one_blas_thread,
                                   scalings_sum, symmetric_eigh)
 from ..backend import get_array_module
-from .optimizer_base import Optimizer, _StateByLayer
+from ..by_layer import StateByLayer
+from .optimizer_base import Optimizer
 
 __all__ = ["KFAC", "EKFAC"]
 
@@ -95,7 +96,7 @@ class KFAC(Optimizer):
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._warned = set()
-        self._curv = _StateByLayer()     # per layer: factors, eigenbasis, scalings (not saved with a model)
+        self._curv = StateByLayer()     # per layer: factors, eigenbasis, scalings (not saved with a model)
         self._fresh = True               # no statistics yet: the next step records them, whatever its index
 
     # ------------------------------------------------------------------ the trainer's hook
@@ -244,7 +245,7 @@ class KFAC(Optimizer):
         super().reset()
         self._rng = np.random.default_rng(self.seed)
         self._warned = set()
-        self._curv = _StateByLayer()
+        self._curv = StateByLayer()
         self._fresh = True
 
     def get_config(self):

@@ -243,7 +243,7 @@ class _LayerByLayer:
         self.net = net
         self.runner = getattr(net, "_runner", None) if getattr(net, "engine", False) else None
         if self.runner is not None:
-            self.runner._tape = None        # what its last forward recorded is about to be overwritten
+            self.runner.forget_forward()    # its units of the last forward are about to be overwritten
         self.units = {}
 
     def forward(self, i, x):

@@ -942,8 +942,8 @@ class NeuralNetwork:
         plan = self.engine_plan()
         if not plan:
             return "Engine: on; every layer runs its own forward/backward"
-        parts = ["; ".join(f"{' -> '.join(layer.name for layer in self.layers[a:b])} {what}" for a, b, what in plan)]
-        return f"Engine: on (engine=False runs every layer's own code): {parts[0]}"
+        runs = "; ".join(f"{' -> '.join(layer.name for layer in self.layers[a:b])} {what}" for a, b, what in plan)
+        return f"Engine: on (engine=False runs every layer's own code): {runs}"
 
     # ------------------------------------------------------------ save / load
     def get_config(self):

@@ -6,52 +6,14 @@ Concrete optimizers (``SGD``, ``Adam``, ...) are in ``optimizers.py``; each impl
 """
 import math
 import numbers
-import weakref
 from abc import ABC, abstractmethod
 
 import numpy as np
 
 from ..backend import get_array_module, to_device
+from ..by_layer import StateByLayer
 
 __all__ = ["Optimizer", "check_learning_rate"]
-
-
-class _StateByLayer:
-    """``layer -> {(parameter name, slot): array}``, by the layer's identity.
-
-    Not a ``WeakKeyDictionary``: that hashes and compares the layers themselves, and a
-    layer's ``==`` is its own business (a ``@dataclass`` layer is unhashable, and two
-    equal ones are still two layers with two sets of momenta).  An entry goes when its
-    layer is garbage-collected; a layer that cannot be weakly referenced (``__slots__``
-    without ``__weakref__``) keeps its entry until ``Optimizer.reset``.
-    """
-
-    def __init__(self):
-        self._entries = {}                              # id(layer) -> (reference, state)
-
-    def of(self, layer):
-        """The state dictionary of ``layer`` (created empty the first time)."""
-        entry = self._entries.get(id(layer))
-        if entry is not None and entry[0]() is layer:
-            return entry[1]
-        key, entries = id(layer), self._entries
-        try:
-            def forget(ref):                            # only its own entry: the id may be reused
-                if entries.get(key, (None,))[0] is ref:
-                    del entries[key]
-            ref = weakref.ref(layer, forget)
-        except TypeError:
-            ref = lambda: layer                         # noqa: E731 - kept alive with the optimizer
-        entries[key] = (ref, {})
-        return entries[key][1]
-
-    def __len__(self):
-        return len(self._entries)
-
-    def peek(self, layer):
-        """The state dictionary of ``layer`` if it has one, else an empty dict (nothing created)."""
-        entry = self._entries.get(id(layer))
-        return entry[1] if entry is not None and entry[0]() is layer else {}
 
 
 def check_learning_rate(owner, lr):
@@ -108,7 +70,7 @@ class Optimizer(ABC):
         self.clipvalue = None if clipvalue is None else float(clipvalue)
         self.global_clipnorm = None if global_clipnorm is None else float(global_clipnorm)
         self.iterations = 0
-        self._state = _StateByLayer()
+        self._state = StateByLayer()
         self.current_lr = self._rate(0)
 
     def _rate(self, step):
@@ -198,7 +160,7 @@ class Optimizer(ABC):
     def reset(self):
         """Forget momenta and the step count."""
         self.iterations = 0
-        self._state = _StateByLayer()
+        self._state = StateByLayer()
         self.current_lr = self._rate(0)
 
     def get_state(self, layers):
