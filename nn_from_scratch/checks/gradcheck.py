@@ -40,7 +40,14 @@ jumps, can be 1e-5, and a kink would then pass for a wrong gradient.)
 
 A random upstream gradient (not all ones) is essential: with ``r = 1`` a
 backward pass that, e.g., sums where it should weight, or transposes a square
-matrix, can still pass.
+matrix, can still pass.  It must also be unrelated to the input: drawn from
+``default_rng(seed)`` it would equal the ``x`` a user draws the same way
+(``rng = np.random.default_rng(0); x = rng.standard_normal(...)``), and a
+LeakyReLU that takes its mask from ``dy`` instead of ``x`` would pass.  So
+``r`` (and the coordinates picked) come from ``upstream_rng(seed)``: the stream
+of ``SeedSequence(seed, spawn_key=(UPSTREAM_KEY,))``, a child stream that no
+``default_rng(int)``, ``default_rng([ints])`` or ``SeedSequence(int)`` a user
+writes produces.
 
 Randomness: finite differences need ``f`` to be a function of its input.  The
 checks run inside ``fixed_randomness()`` of the layer (of every layer of a
@@ -60,7 +67,16 @@ import numpy as np
 from ..backend import read_scalars, to_device, to_numpy
 from ..layers.base import Neuron
 
-__all__ = ["GradCheckResult", "check_layer", "check_loss", "check_network", "numerical_gradient"]
+__all__ = ["GradCheckResult", "check_layer", "check_loss", "check_network", "numerical_gradient", "upstream_rng",
+           "UPSTREAM_KEY"]
+
+#: spawn key of the upstream gradients' stream (a fixed odd 64-bit constant; see the module docstring)
+UPSTREAM_KEY = 0x9E3779B97F4A7C15
+
+
+def upstream_rng(seed=0):
+    """The generator of random upstream gradients for ``seed``: never the stream of ``default_rng(seed)``."""
+    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(UPSTREAM_KEY,)))
 
 #: safety factor on the rounding-noise estimate of a centred difference (see module docstring)
 NOISE_ULPS = 10.0
@@ -221,7 +237,7 @@ def check_layer(layer, x, n_coords=None, eps=1e-5, kink_tol=1e-3, seed=0, upstre
 
 
 def _check_layer(layer, x, n_coords, eps, kink_tol, seed, upstream, params, floor):
-    rng = np.random.default_rng(seed)
+    rng = upstream_rng(seed)
     like = next(iter(layer.params.values()), x)   # a neuron's data go where its parameters are
     x = to_device(np.array(to_numpy(x), dtype=np.float64), like=like)
     y_first = to_numpy(layer.forward(x)).copy()
@@ -253,7 +269,7 @@ def _check_layer(layer, x, n_coords, eps, kink_tol, seed, upstream, params, floo
 
 def check_loss(loss, prediction, target, eps=1e-5, seed=0, floor=1e-12, n_coords=None):
     """Check ``loss.backward(upstream)`` against differences of ``upstream * loss``."""
-    rng = np.random.default_rng(seed)
+    rng = upstream_rng(seed)
     z = to_device(np.array(to_numpy(prediction), dtype=np.float64), like=prediction)  # stays on its backend
     up = float(rng.uniform(0.5, 2.0))
     loss.forward(z, target)
@@ -290,7 +306,7 @@ def _first_nondeterministic(network, x):
 
 
 def _check_network(network, x, y, n_coords, eps, kink_tol, seed, floor):
-    rng = np.random.default_rng(seed)
+    rng = upstream_rng(seed)
     x = network._to_batch(np.array(to_numpy(x), dtype=np.float64))   # onto the parameters' device
     culprit = _first_nondeterministic(network, x)
     if culprit is not None:

@@ -57,8 +57,13 @@ def relative_error(a, b):
     return measure(a, b)[1]
 
 
-def measure(a, b):
-    """``(max abs error, max rel error, index of the worst entry)``; index in ``a``'s layout."""
+def measure(a, b, allowance=None, floor=0.0):
+    """``(max abs error, max rel error, index of the worst entry)``; index in ``a``'s layout.
+
+    ``allowance`` (an array broadcasting against ``a`` along axis 0, or None): a rounding allowance
+    subtracted from every entry's difference before the relative error is taken; ``floor``: the
+    least scale (see ``scales``).
+    """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
@@ -69,10 +74,17 @@ def measure(a, b):
         bad = np.flatnonzero(~(np.isfinite(a) & np.isfinite(b)))[0]
         return math.inf, math.inf, tuple(int(i) for i in np.unravel_index(bad, a.shape))
     diff = np.abs(a - b)
-    flat = int(diff.argmax())
-    worst = diff.reshape(-1)[flat]
-    scale = max(float(np.abs(b).max()), TINY)
-    return float(worst), float(worst) / scale, tuple(int(i) for i in np.unravel_index(flat, a.shape))
+    scale = max(float(np.abs(b).max()), float(floor), TINY)
+    if allowance is None:
+        flat = int(diff.argmax())
+        worst = diff.reshape(-1)[flat]
+        return float(worst), float(worst) / scale, tuple(int(i) for i in np.unravel_index(flat, a.shape))
+    allow = np.broadcast_to(np.asarray(allowance, dtype=np.float64).reshape(
+        (-1,) + (1,) * (a.ndim - 1)) if a.ndim else np.asarray(allowance, dtype=np.float64), a.shape)
+    excess = np.maximum(diff - allow, 0.0)
+    flat = int(excess.argmax()) if excess.any() else int(diff.argmax())
+    return (float(diff.reshape(-1)[flat]), float(excess.reshape(-1)[flat]) / scale,
+            tuple(int(i) for i in np.unravel_index(flat, a.shape)))
 
 
 @dataclass
@@ -92,30 +104,38 @@ class Check:
     ours: float = math.nan
     keras: float = math.nan
     shape: tuple = ()
+    allowance: float = 0.0
 
     @property
     def passed(self):
         return bool(self.max_rel <= self.tol)
 
     @classmethod
-    def of(cls, quantity, ours, ref, tol, array="y", index_map=None):
-        """Measure ``ours`` against ``ref``; ``index_map`` turns the worst index into OUR array's index."""
+    def of(cls, quantity, ours, ref, tol, array="y", index_map=None, allowance=None, floor=0.0):
+        """Measure ``ours`` against ``ref``; ``index_map`` turns the worst index into OUR array's index.
+
+        ``allowance``/``floor``: the rounding allowance per entry of axis 0 and the least scale
+        (``measure``; used for sums over the batch that cancel, see ``scales``).
+        """
         ours = np.asarray(ours)
         ref = np.asarray(ref)
         if ours.shape != ref.shape:
             return cls(quantity, math.inf, math.inf, tol,
                        f"shape {tuple(ours.shape)} (ours) vs {tuple(ref.shape)} (keras)", shape=tuple(ours.shape))
-        mabs, mrel, idx = measure(ours, ref)
+        mabs, mrel, idx = measure(ours, ref, allowance, floor)
         where, o, k = "", math.nan, math.nan
         if idx is not None:
             o, k = float(ours[idx]), float(ref[idx])
             shown = index_map(idx) if index_map is not None else idx
             where = f"{array}[{', '.join(str(i) for i in shown)}]" if shown else array
-        return cls(quantity, mabs, mrel, tol, where, o, k, tuple(ours.shape))
+        allow = 0.0 if allowance is None else float(np.max(allowance))
+        return cls(quantity, mabs, mrel, tol, where, o, k, tuple(ours.shape), allow)
 
     def describe(self):
         status = "ok" if self.passed else "FAIL"
         txt = f"{self.quantity}: rel {self.max_rel:.2e} (abs {self.max_abs:.2e}) vs tol {self.tol:.0e} -> {status}"
+        if self.allowance:
+            txt += f" (rounding allowance {self.allowance:.1e} not counted)"
         if self.where:
             txt += f"; worst at {self.where}: ours {self.ours:.7g}, keras {self.keras:.7g}"
         return txt

@@ -39,6 +39,7 @@ from .compare import _adapt_input, _dtype, _keras_targets, _param_like
 from .convert import build_twin, copy_layers, keras_loss, keras_optimizer, unpack
 from .layout import to_keras_layout
 from .report import StepRecord, TrainingReport
+from .scales import bias_like, term_mass, update_scale
 from .tolerances import TINY, Check, resolve_tolerances
 
 __all__ = ["compare_training"]
@@ -89,7 +90,11 @@ def compare_training(network, X, y, steps=100, optimizer=None, batch_size=32, se
     yk_all, sparse = _keras_targets(loss, y)
     kloss = keras_loss(loss, sparse, dtype)
     like = _param_like(layers)
-    weight_maps = [(g.layer, pm) for g in twin.groups for pm in g.params]
+    weight_maps = [(g.index, g.layer, pm) for g in twin.groups for pm in g.params]
+    bias_maps = {}
+    for g in twin.groups:
+        bias_maps[g.index] = [pm for pm in g.params if bias_like(g.layer, pm.label)]
+    floors = {}
 
     def keras_step(xk, yk):
         with tf.GradientTape() as tape:
@@ -117,12 +122,16 @@ def compare_training(network, X, y, steps=100, optimizer=None, batch_size=32, se
             twin.load_weights_from(layers)
         # ours
         xo = to_device(xb, like=like) if like is not None else xb
-        out = xo
+        out, ins = xo, []
         for layer in layers:
+            ins.append(out)
             out = layer.forward(out)
         lo = float(to_numpy(loss.forward(out, to_device(yb, like=out))))
         g = loss.backward()
         for i in range(len(layers) - 1, -1, -1):
+            for pm in bias_maps.get(i, ()):      # the update mass of bias-like weights (scales)
+                mass = term_mass(layers[i], pm.label, ins[i], g)
+                floors[(i, pm.label)] = floors.get((i, pm.label), 0.0) + update_scale(opt, mass)
             g = layers[i].backward(g, need_input_grad=i > 0)
         if regularizers.has_any(layers):        # the penalties in the loss and the gradients, as fit does
             lo += float(to_numpy(regularizers.apply(layers)))
@@ -131,9 +140,10 @@ def compare_training(network, X, y, steps=100, optimizer=None, batch_size=32, se
         lk = float(keras_step(tf.constant(to_keras_layout(xb), dtype=dtype.name), tf.constant(yk_all[idx])))
         # weights after the step
         step_worst, step_name = 0.0, ""
-        for layer, pm in weight_maps:
+        for i, layer, pm in weight_maps:
             label = f"{layer.name}.{pm.label}"
-            c = Check.of(label, to_numpy(pm.ours(layer.params)), pm.keras_value(), tol, pm.array, pm.index_map)
+            c = Check.of(label, to_numpy(pm.ours(layer.params)), pm.keras_value(), tol, pm.array, pm.index_map,
+                         floor=floors.get((i, pm.label), 0.0))
             if label not in worst or not c.max_rel <= worst[label].max_rel:
                 worst[label] = c
             if not c.max_rel <= step_worst:

@@ -1,0 +1,130 @@
+"""What a difference is measured against when the plain scale says nothing (docs/CROSSCHECK.md, "Tolerances").
+
+Two cases where ``max|ours - keras| / max|keras|`` would fail a correct network:
+
+1. **Gradients that are sums over the batch and cancel.**  A bias gradient
+   ``db_c = sum_{n,s} g[n, c, s]`` (``Linear``/``Convolution`` ``b``, ``BatchNorm``
+   ``beta``; ``gamma``: ``sum g * xhat``) is structurally zero when a
+   ``BatchNorm`` follows (its input gradient sums to zero over every channel).
+   Both frameworks then return rounding noise, of order ``eps * sum|terms|``, and
+   the noise of one against the noise of the other is a "relative error" near 1.
+   No float computation can be judged below its rounding: the difference counted
+   is ``max(|ours - keras| - allowance, 0)`` with the **rounding allowance**::
+
+       allowance_c = ROUNDING_ULPS * eps(dtype) * sum_{n,s} |terms[n, c, s]|
+
+   (``eps`` of float32 6e-8, of float64 2.2e-16); a gradient that is not
+   cancelled is still judged against its own size, and a wrong one (a factor,
+   a sign, a missing sum) differs by about ``sum|terms| / sqrt(M)``, far above.
+2. **BatchNorm in float32.**  Its statistics are sums of ``M = N * prod(S)``
+   values per channel, rounded differently by the two frameworks (blocked vs
+   pairwise summation); the normalised output then differs by about
+   ``eps * sqrt(M) * kappa`` relative, with ``kappa = max_c rms(x_c) / sigma_c``
+   (how far the channel's values sit from zero against their spread: the
+   cancellation in ``x - mu``).  The output, ``dL/dx`` and ``dL/dgamma`` of a
+   ``BatchNorm`` (and, end to end, every output after it) are judged with::
+
+       tol_bn = max(tol, BN_SQRT_M_FACTOR * eps(dtype) * sqrt(M) * kappa)
+
+   Measured on MNIST batches of 32 after a 3x3 convolution (M = 21,632):
+   ``eps * sqrt(M) * kappa`` ~ 9e-6 .. 1e-4 and the observed relative differences
+   2e-5 .. 4e-4, i.e. 3-10x ``eps * sqrt(M) * kappa``; the factor 50 leaves a margin
+   of 5.  In float64 the same rule gives ~1e-12: nothing is loosened there.
+
+In training (``compare_training``) a bias-like weight (``b``, ``beta``, ``gamma``)
+whose gradient cancels follows the accumulated rounding of its updates: it is
+judged against ``max(max|keras|, update mass)``, where the update mass adds, at
+every step, the largest absolute change the step could have made:
+``lr_t * max_c sum|terms_c| / (1 - momentum)`` for SGD, ``lr_t`` for an
+adaptive optimizer (Adam, RMSprop, AdaGrad: their per-coordinate step is
+about ``lr_t`` whatever the gradient's size).
+"""
+import math
+
+import numpy as np
+
+from ...backend import to_numpy
+from ...layers.conv import Convolution
+from ...layers.dense import Linear
+from ...layers.normalization import BatchNorm
+
+__all__ = ["ROUNDING_ULPS", "BN_SQRT_M_FACTOR", "rounding_allowance", "batchnorm_tolerance", "bias_like",
+           "update_scale"]
+
+#: safety factor on ``eps * sum|terms|`` (the sums of 10^4 float32 terms measured differ by ~1-5 of it)
+ROUNDING_ULPS = 64.0
+#: safety factor on ``eps * sqrt(M) * kappa`` for a float32 BatchNorm (measured ratios 3-10)
+BN_SQRT_M_FACTOR = 50.0
+
+
+def _eps(dtype):
+    return float(np.finfo(np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.float32).eps)
+
+
+def _channel_sums(a):
+    """``sum |a|`` over every axis but the channel/feature axis 1 (a ``(N, C, *S)`` or ``(N, D)`` array)."""
+    a = np.abs(np.asarray(a, dtype=np.float64))
+    axes = tuple(i for i in range(a.ndim) if i != 1)
+    return a.sum(axis=axes)
+
+
+def _xhat(layer, x):
+    x = np.asarray(to_numpy(x), dtype=np.float64)
+    axes = tuple(i for i in range(x.ndim) if i != 1)
+    shape = [1] * x.ndim
+    shape[1] = -1
+    if getattr(layer, "training", True) and layer.trainable:
+        mu, var = x.mean(axis=axes), x.var(axis=axes)
+    else:
+        mu = np.asarray(to_numpy(layer.buffers["moving_mean"]), dtype=np.float64)
+        var = np.asarray(to_numpy(layer.buffers["moving_variance"]), dtype=np.float64)
+    return (x - mu.reshape(shape)) / np.sqrt(var.reshape(shape) + layer.epsilon)
+
+
+def bias_like(layer, label):
+    """True for a parameter whose gradient is a sum over the batch of the upstream gradient (or of ``g * xhat``)."""
+    return (isinstance(layer, (Linear, Convolution)) and label == "b") or \
+        (isinstance(layer, BatchNorm) and label in ("beta", "gamma"))
+
+
+def term_mass(layer, label, x_in, upstream):
+    """``sum|terms|`` per channel of a bias-like gradient (None for any other parameter)."""
+    if not bias_like(layer, label) or upstream is None:
+        return None
+    g = np.asarray(to_numpy(upstream), dtype=np.float64)
+    if label == "gamma":
+        return _channel_sums(g * _xhat(layer, x_in))
+    return _channel_sums(g)
+
+
+def rounding_allowance(layer, label, x_in, upstream, dtype, bn_tol=None):
+    """The per-entry allowance of a bias-like parameter gradient (None: none), see the module docstring."""
+    mass = term_mass(layer, label, x_in, upstream)
+    if mass is None:
+        return None
+    rho = ROUNDING_ULPS * _eps(dtype)
+    if label == "gamma" and bn_tol is not None:
+        rho = max(rho, bn_tol)          # xhat itself is known only to tol_bn (case 2)
+    return rho * mass
+
+
+def batchnorm_tolerance(layer, x_in, tol, dtype):
+    """``tol_bn`` of a BatchNorm in training mode on input ``x_in`` (module docstring, case 2); ``tol`` otherwise."""
+    if not isinstance(layer, BatchNorm) or x_in is None:
+        return tol
+    x = np.asarray(to_numpy(x_in), dtype=np.float64)
+    axes = tuple(i for i in range(x.ndim) if i != 1)
+    m = x.size // max(x.shape[1], 1)
+    rms = np.sqrt((x * x).mean(axis=axes))
+    sigma = np.sqrt(x.var(axis=axes) + layer.epsilon)
+    kappa = float(np.max(rms / sigma)) if rms.size else 1.0
+    return max(tol, BN_SQRT_M_FACTOR * _eps(dtype) * math.sqrt(m) * max(kappa, 1.0))
+
+
+def update_scale(opt, mass):
+    """The largest change one optimizer step could make to a bias-like weight with term mass ``mass``."""
+    lr = float(getattr(opt, "current_lr", getattr(opt, "lr", 0.0)))
+    if type(opt).__name__ in ("GradientDescent",):
+        momentum = float(getattr(opt, "momentum", 0.0))
+        return lr * float(np.max(mass)) / max(1.0 - momentum, 1e-3)
+    return lr
