@@ -37,7 +37,10 @@ judged against ``max(max|keras|, update mass)``, where the update mass adds, at
 every step, the largest absolute change the step could have made:
 ``lr_t * max_c sum|terms_c| / (1 - momentum)`` for SGD, ``lr_t`` for an
 adaptive optimizer (Adam, RMSprop, AdaGrad: their per-coordinate step is
-about ``lr_t`` whatever the gradient's size).
+about ``lr_t`` whatever the gradient's size).  An adaptive optimizer also turns
+a gradient that is rounding noise into a full step of about ``lr_t`` in a
+random direction, different in each framework: for such a channel (gradient
+below its rounding allowance) a difference of ``2 lr_t`` per step is not counted.
 """
 import math
 
@@ -61,11 +64,11 @@ def _eps(dtype):
     return float(np.finfo(np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.float32).eps)
 
 
-def _channel_sums(a):
-    """``sum |a|`` over every axis but the channel/feature axis 1 (a ``(N, C, *S)`` or ``(N, D)`` array)."""
-    a = np.abs(np.asarray(a, dtype=np.float64))
+def _channel_sums(a, signed=False):
+    """``sum |a|`` (or ``sum a``) over every axis but the channel/feature axis 1 (``(N, C, *S)``/``(N, D)``)."""
+    a = np.asarray(a, dtype=np.float64)
     axes = tuple(i for i in range(a.ndim) if i != 1)
-    return a.sum(axis=axes)
+    return (a if signed else np.abs(a)).sum(axis=axes)
 
 
 def _xhat(layer, x):
@@ -87,14 +90,15 @@ def bias_like(layer, label):
         (isinstance(layer, BatchNorm) and label in ("beta", "gamma"))
 
 
-def term_mass(layer, label, x_in, upstream):
-    """``sum|terms|`` per channel of a bias-like gradient (None for any other parameter)."""
+def term_mass(layer, label, x_in, upstream, signed=False):
+    """``sum|terms|`` per channel of a bias-like gradient (``signed``: the gradient itself, in float64);
+    None for any other parameter."""
     if not bias_like(layer, label) or upstream is None:
         return None
     g = np.asarray(to_numpy(upstream), dtype=np.float64)
     if label == "gamma":
-        return _channel_sums(g * _xhat(layer, x_in))
-    return _channel_sums(g)
+        return _channel_sums(g * _xhat(layer, x_in), signed)
+    return _channel_sums(g, signed)
 
 
 def rounding_allowance(layer, label, x_in, upstream, dtype, bn_tol=None):
@@ -121,10 +125,18 @@ def batchnorm_tolerance(layer, x_in, tol, dtype):
     return max(tol, BN_SQRT_M_FACTOR * _eps(dtype) * math.sqrt(m) * max(kappa, 1.0))
 
 
-def update_scale(opt, mass):
-    """The largest change one optimizer step could make to a bias-like weight with term mass ``mass``."""
+def update_scale(opt, mass, grad, dtype):
+    """``(floor, allowance)`` that one optimizer step adds for a bias-like weight (module docstring).
+
+    ``mass``/``grad``: ``sum|terms|`` and the gradient per channel.  SGD: the floor grows by the largest
+    change the step could make, ``lr * max(mass) / (1 - momentum)``.  An adaptive optimizer moves every
+    coordinate by about ``lr`` whatever the gradient's size, so a channel whose gradient is rounding
+    noise (``|grad| <= ROUNDING_ULPS * eps * mass``) moves by up to ``lr`` either way in each framework:
+    its allowance grows by ``2 lr``; the floor grows by ``lr``.
+    """
     lr = float(getattr(opt, "current_lr", getattr(opt, "lr", 0.0)))
     if type(opt).__name__ in ("GradientDescent",):
         momentum = float(getattr(opt, "momentum", 0.0))
-        return lr * float(np.max(mass)) / max(1.0 - momentum, 1e-3)
-    return lr
+        return lr * float(np.max(mass)) / max(1.0 - momentum, 1e-3), 0.0
+    noise = np.abs(grad) <= ROUNDING_ULPS * _eps(dtype) * mass
+    return lr, 2.0 * lr * noise

@@ -94,7 +94,7 @@ def compare_training(network, X, y, steps=100, optimizer=None, batch_size=32, se
     bias_maps = {}
     for g in twin.groups:
         bias_maps[g.index] = [pm for pm in g.params if bias_like(g.layer, pm.label)]
-    floors = {}
+    floors, allowances = {}, {}
 
     def keras_step(xk, yk):
         with tf.GradientTape() as tape:
@@ -131,7 +131,10 @@ def compare_training(network, X, y, steps=100, optimizer=None, batch_size=32, se
         for i in range(len(layers) - 1, -1, -1):
             for pm in bias_maps.get(i, ()):      # the update mass of bias-like weights (scales)
                 mass = term_mass(layers[i], pm.label, ins[i], g)
-                floors[(i, pm.label)] = floors.get((i, pm.label), 0.0) + update_scale(opt, mass)
+                floor, allow = update_scale(opt, mass, term_mass(layers[i], pm.label, ins[i], g, signed=True),
+                                            dtype)
+                floors[(i, pm.label)] = floors.get((i, pm.label), 0.0) + floor
+                allowances[(i, pm.label)] = allowances.get((i, pm.label), 0.0) + allow
             g = layers[i].backward(g, need_input_grad=i > 0)
         if regularizers.has_any(layers):        # the penalties in the loss and the gradients, as fit does
             lo += float(to_numpy(regularizers.apply(layers)))
@@ -143,7 +146,7 @@ def compare_training(network, X, y, steps=100, optimizer=None, batch_size=32, se
         for i, layer, pm in weight_maps:
             label = f"{layer.name}.{pm.label}"
             c = Check.of(label, to_numpy(pm.ours(layer.params)), pm.keras_value(), tol, pm.array, pm.index_map,
-                         floor=floors.get((i, pm.label), 0.0))
+                         floor=floors.get((i, pm.label), 0.0), allowance=allowances.get((i, pm.label)))
             if label not in worst or not c.max_rel <= worst[label].max_rel:
                 worst[label] = c
             if not c.max_rel <= step_worst:
