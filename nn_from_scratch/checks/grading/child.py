@@ -77,8 +77,8 @@ class _Session:
         try:
             spec.loader.exec_module(module)
         except SystemExit as exc:
-            return {"ok": False, "stage": "import", "error": f"the module called sys.exit({exc.code!r}) when "
-                                                             f"imported"}, None
+            return {"ok": False, "stage": "exit", "error": f"the module called sys.exit({exc.code!r}) when "
+                                                           f"imported"}, None
         except BaseException as exc:  # noqa: BLE001 - the student's module
             return {"ok": False, "stage": "import", "error": f"importing {h['file']} raised {_short(exc)}"
                                                              f"{_where(exc)}"}, None
@@ -94,7 +94,7 @@ class _Session:
                 layer.astype(np.float64)
                 params = getattr(layer, "params", None) or {}
         except SystemExit as exc:
-            return {"ok": False, "stage": "construct", "error": f"the constructor called sys.exit({exc.code!r})"}, None
+            return {"ok": False, "stage": "exit", "error": f"the constructor called sys.exit({exc.code!r})"}, None
         except BaseException as exc:  # noqa: BLE001
             return {"ok": False, "stage": "construct", "error": f"{h['cls']}(...) raised {_short(exc)}"
                                                                 f"{_where(exc)}"}, None
