@@ -179,3 +179,30 @@ def test_mask_from_dy_fails_compare_on_the_readme_input():
     assert compare(LeakyReLU(0.1), x, input_shape=(3, 5, 5)).passed
     report = compare(LeakyMaskFromDy(0.1), x, input_shape=(3, 5, 5))
     assert not report.passed and report.first_failure.quantity == "dL/dx", str(report)
+
+
+def test_from_keras_converts_batchnormalization_and_dropout():
+    import keras
+
+    from nn_from_scratch.checks.crosscheck import from_keras
+    from nn_from_scratch.layers.dropout import Dropout
+    model = keras.Sequential([keras.Input((8, 8, 2)), keras.layers.Conv2D(3, 3), keras.layers.BatchNormalization(
+        momentum=0.9, epsilon=1e-3), keras.layers.ReLU(), keras.layers.Dropout(0.25), keras.layers.Flatten(),
+        keras.layers.Dense(4)])
+    bn = model.layers[1]
+    rng = np.random.default_rng(5)
+    bn.gamma.assign(rng.uniform(0.5, 2, 3).astype(np.float32))
+    bn.beta.assign(rng.standard_normal(3).astype(np.float32))
+    bn.moving_mean.assign(rng.standard_normal(3).astype(np.float32))
+    bn.moving_variance.assign(rng.uniform(0.5, 2, 3).astype(np.float32))
+    net = from_keras(model)
+    kinds = [type(layer) for layer in net.layers]
+    assert BatchNorm in kinds and Dropout in kinds
+    ours_bn = net.layers[kinds.index(BatchNorm)]
+    np.testing.assert_array_equal(ours_bn.buffers["moving_variance"], bn.moving_variance.numpy())
+    assert ours_bn.momentum == pytest.approx(0.9) and net.layers[kinds.index(Dropout)].rate == 0.25
+    x = rng.standard_normal((5, 8, 8, 2)).astype(np.float32)
+    with net.inference():
+        ours = net.predict(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
+    theirs = model(x, training=False).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)

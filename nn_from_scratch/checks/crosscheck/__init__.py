@@ -50,7 +50,8 @@ if _keras.backend.backend() != "tensorflow":  # pragma: no cover - depends on th
     )
 
 from .compare import compare  # noqa: E402
-from .convert import ConstantPadding, WindowCountScale, from_keras, keras_loss, keras_optimizer, to_keras
+from .convert import ConstantPadding, WindowCountScale, keras_loss, keras_optimizer, to_keras  # noqa: E402
+from .from_keras import from_keras  # noqa: E402
 from .layout import from_keras_layout, keras_flatten_permutation, to_keras_layout  # noqa: E402
 from .report import Check, CompareReport, Failure, LayerRow, TrainingReport  # noqa: E402
 from .tolerances import TOLERANCES, relative_error  # noqa: E402
