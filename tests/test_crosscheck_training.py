@@ -48,7 +48,7 @@ OPTIMIZERS = {
 }
 
 
-# issue 24: the new optimizers, gradient clipping and learning-rate schedules (each setting clips / moves
+# the new optimizers, gradient clipping and learning-rate schedules (each setting clips / moves
 # the rate inside the 60 steps: see test_clipping_and_schedules_act)
 NEW_OPTIMIZERS = {
     "adagrad": lambda: AdaGrad(0.3),

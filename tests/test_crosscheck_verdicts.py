@@ -11,7 +11,6 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from nn_from_scratch.checks.crosscheck import compare, compare_training  # noqa: E402
-from nn_from_scratch.checks.gradcheck import check_layer  # noqa: E402
 from nn_from_scratch.layers.activations import ReLU  # noqa: E402
 from nn_from_scratch.layers.losses import SoftMaxLoss  # noqa: E402
 from nn_from_scratch.layers.normalization import BatchNorm  # noqa: E402
@@ -157,20 +156,6 @@ class LeakyMaskFromDy(LeakyReLU):
 
     def _backward(self, dy):
         return np.where(dy > 0, dy, self.alpha * dy)
-
-
-def test_mask_from_dy_fails_the_gradient_check_on_the_readme_input():
-    """The input a user draws with default_rng(0) is not the upstream gradient the check draws."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((4, 3, 5, 5))
-    assert check_layer(LeakyReLU(0.1), x).passed(1e-7)
-    res = check_layer(LeakyMaskFromDy(0.1), x)
-    assert not res.passed(1e-3), str(res)
-    for seed in range(3):       # whatever seed, whichever ordinary stream the user drew x from
-        for x in (np.random.default_rng(seed).standard_normal((4, 3, 5, 5)),
-                  np.random.default_rng([seed]).standard_normal((4, 3, 5, 5)),
-                  np.random.RandomState(seed).standard_normal((4, 3, 5, 5))):
-            assert not check_layer(LeakyMaskFromDy(0.1), x, seed=seed).passed(1e-3)
 
 
 def test_mask_from_dy_fails_compare_on_the_readme_input():

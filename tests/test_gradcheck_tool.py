@@ -189,3 +189,24 @@ def test_a_one_in_a_million_scale_error_is_still_caught(backend, rng):
     res = gc.check_layer(_square_linear(Off), rng.standard_normal((4, 5)), kink_tol=None)
     assert not res.passed(TOL)
     assert res.per_array["x"] == pytest.approx(1e-6 / 2, rel=0.05)
+
+
+class LeakyMaskFromDy(nf.LeakyReLU):
+    """Bug: the backward takes its mask from dy instead of x."""
+
+    def _backward(self, dy):
+        return np.where(dy > 0, dy, self.alpha * dy)
+
+
+def test_mask_from_dy_fails_the_gradient_check_on_the_readme_input():
+    """The input a user draws with default_rng(0) is not the upstream gradient the check draws."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 5, 5))
+    assert gc.check_layer(nf.LeakyReLU(0.1), x).passed(1e-7)
+    res = gc.check_layer(LeakyMaskFromDy(0.1), x)
+    assert not res.passed(1e-3), str(res)
+    for seed in range(3):       # whatever seed, whichever ordinary stream the user drew x from
+        for x in (np.random.default_rng(seed).standard_normal((4, 3, 5, 5)),
+                  np.random.default_rng([seed]).standard_normal((4, 3, 5, 5)),
+                  np.random.RandomState(seed).standard_normal((4, 3, 5, 5))):
+            assert not gc.check_layer(LeakyMaskFromDy(0.1), x, seed=seed).passed(1e-3)
