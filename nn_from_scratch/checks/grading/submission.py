@@ -147,47 +147,66 @@ def _fd_check(child, case, analytic, eps, kink_tol, tol, points, name="gradient 
     return _check(case, name, ok, points, worst, msg, where)
 
 
-def _grade_case(child, case, points, tols, has_keras):
-    out = []
-    feed = {"x": case.x, "upstream": case.upstream, **{f"p:{k}": v for k, v in case.params.items()}}
-    names = ["output", "input gradient"] + (["parameter gradients"] if case.params else []) + ["gradient check"] \
+def _names(case, has_keras):
+    return ["output", "input gradient"] + (["parameter gradients"] if case.params else []) + ["gradient check"] \
         + (["sgd steps"] if case.sgd is not None else []) + (["keras"] if has_keras else [])
+
+
+def _guarded(case, name, points, run):
+    """``run()`` -> GradeCheck; the student's code raising, or an answer that is not numbers, fails the check.
+    A process that can no longer answer (``_Stop``) ends the submission."""
+    try:
+        return run()
+    except _Stop:
+        raise
+    except RuntimeError as exc:          # the child reported that the student's code raised
+        return _check(case, name, False, points, None, f"raised {exc}")
+    except Exception as exc:  # noqa: BLE001 - whatever the child sent, it is not a valid answer
+        return _check(case, name, False, points, None, f"the answer could not be read: {type(exc).__name__}: {exc}")
+
+
+def _keras_pairs(case, a):
+    k = case.keras
+    pairs = [("output", a.get("y"), k["y"]), ("dL/dx", a.get("dx"), k["dx"])]
+    grads = {name: a.get(f"g:{name}") for name in case.params}
+    for label, (pm, ref) in k["params"].items():
+        try:
+            mine = pm.ours(grads) if all(v is not None for v in grads.values()) else None
+        except (KeyError, IndexError, TypeError):
+            mine = None
+        pairs.append((f"dL/d{label}", mine, ref))
+    return pairs
+
+
+def _grade_case(child, case, points, tols, has_keras):
+    feed = {"x": case.x, "upstream": case.upstream, **{f"p:{k}": v for k, v in case.params.items()}}
     try:
         _, a = _ask(child, {"op": "eval"}, feed)
     except RuntimeError as exc:
-        return [_check(case, n, False, points, None, f"raised {exc}") for n in names]
-    out.append(_compare(case, "output", [("output", a.get("y"), case.ref["y"])], tols["output"], points))
-    out.append(_compare(case, "input gradient", [("dL/dx", a.get("dx"), case.ref["dx"])], tols["input gradient"],
-                        points))
+        return [_check(case, n, False, points, None, f"raised {exc}") for n in _names(case, has_keras)]
+    out = [_guarded(case, "output", points, lambda: _compare(
+        case, "output", [("output", a.get("y"), case.ref["y"])], tols["output"], points)),
+        _guarded(case, "input gradient", points, lambda: _compare(
+            case, "input gradient", [("dL/dx", a.get("dx"), case.ref["dx"])], tols["input gradient"], points))]
     if case.params:
-        out.append(_compare(case, "parameter gradients",
-                            [(f"dL/d{k}", a.get(f"g:{k}"), case.ref[f"g:{k}"]) for k in case.params],
-                            tols["parameter gradients"], points))
+        out.append(_guarded(case, "parameter gradients", points, lambda: _compare(
+            case, "parameter gradients", [(f"dL/d{k}", a.get(f"g:{k}"), case.ref[f"g:{k}"]) for k in case.params],
+            tols["parameter gradients"], points)))
     analytic = {"x": a.get("dx"), **{k: a.get(f"g:{k}") for k in case.params}}
-    try:
-        out.append(_fd_check(child, case, analytic, 1e-5, 1e-3, tols["gradient check"], points))
-    except RuntimeError as exc:
-        out.append(_check(case, "gradient check", False, points, None, f"raised {exc}"))
+    out.append(_guarded(case, "gradient check", points, lambda: _fd_check(
+        child, case, analytic, 1e-5, 1e-3, tols["gradient check"], points)))
     if case.sgd is not None:
         xs, targets, lr, final = case.sgd
-        try:
+
+        def sgd():
             _, b = _ask(child, {"op": "sgd", "lr": lr},
                         {"xs": xs, "targets": targets, **{f"p:{k}": v for k, v in case.params.items()}})
-            out.append(_compare(case, "sgd steps", [(f"weights {k}", b.get(f"p:{k}"), final[f"p:{k}"])
-                                                    for k in case.params], tols["sgd steps"], points))
-        except RuntimeError as exc:
-            out.append(_check(case, "sgd steps", False, points, None, f"raised {exc}"))
+            return _compare(case, "sgd steps", [(f"weights {k}", b.get(f"p:{k}"), final[f"p:{k}"])
+                                                for k in case.params], tols["sgd steps"], points)
+        out.append(_guarded(case, "sgd steps", points, sgd))
     if has_keras:
-        k = case.keras
-        pairs = [("output", a.get("y"), k["y"]), ("dL/dx", a.get("dx"), k["dx"])]
-        grads = {name: a.get(f"g:{name}") for name in case.params}
-        for label, (pm, ref) in k["params"].items():
-            try:
-                mine = pm.ours(grads) if all(v is not None for v in grads.values()) else None
-            except (KeyError, IndexError, TypeError):
-                mine = None
-            pairs.append((f"dL/d{label}", mine, ref))
-        out.append(_compare(case, "keras", pairs, tols["keras"], points))
+        out.append(_guarded(case, "keras", points, lambda: _compare(case, "keras", _keras_pairs(case, a),
+                                                                    tols["keras"], points)))
     return out
 
 
@@ -238,9 +257,7 @@ def grade_submission(sandbox, student, files, spec, cases, points, tols):
             message = f"time limit of {sandbox.timeout:g} s reached: " + message
         seen = {(c.case, c.check) for c in done}
         for case in cases:
-            names = ["output", "input gradient"] + (["parameter gradients"] if case.params else []) + \
-                ["gradient check"] + (["sgd steps"] if case.sgd is not None else []) + (["keras"] if has_keras else [])
-            for n in names:
+            for n in _names(case, has_keras):
                 if (case.label, n) not in seen:
                     done.append(_check(case, n, False, points, None, f"not run: {status}: {message}"))
     res.status, res.message, res.checks, res.output = status, message, done, output
