@@ -2,6 +2,8 @@
 
     PYTHONPATH=. python benchmarks/bench_grading.py [--n 30] [--jobs 2] [--keras]
 
+Each mode runs twice, in the order A B B A.
+
 The 30 submissions cycle through the test suite's fixture folder (correct ones in two styles and the
 classic bugs; no hostile ones: their time is the timeout).  Each mode grades the same batch with the
 same arguments in this run; the figure is wall-clock seconds of the whole ``grade --submissions`` call
@@ -38,8 +40,13 @@ def main(argv=None):
             shutil.copytree(os.path.join(FIXTURES, ORDINARY[i % len(ORDINARY)]), os.path.join(subs, f"s{i:03d}"))
         modes = (["bwrap"] if bwrap_works() else []) + ["rlimits"]
         print(f"{args.n} submissions, --jobs {args.jobs}, keras {'on' if args.keras else 'off'}, "
-              f"{os.cpu_count()} CPUs")
-        for mode in modes:
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        if args.keras:      # the grader imports TensorFlow once per batch: timed apart, before the runs
+            t0 = time.perf_counter()
+            import nn_from_scratch.checks.crosscheck  # noqa: F401
+            print(f"TensorFlow import (once per batch): {time.perf_counter() - t0:.1f} s")
+        totals = {m: [] for m in modes}
+        for mode in modes + modes[::-1]:        # A B B A: the machine's drift cancels in the mean
             out = os.path.join(root, f"out-{mode}")
             argv = ["--submissions", subs, "--layer", "leaky.py:LeakyReLU", "--reference", "LeakyReLU(alpha=0.1)",
                     "--input-shape", "3,5,5", "--out", out, "--jobs", str(args.jobs), "--timeout", "60"] \
@@ -54,7 +61,13 @@ def main(argv=None):
                 sys.stdout = old
                 devnull.close()
             dt = time.perf_counter() - t0
+            totals[mode].append(dt)
             print(f"{mode:8s}: {dt:6.1f} s total, {dt / args.n:5.2f} s per submission (exit {status})")
+        for mode in modes:
+            mean = sum(totals[mode]) / len(totals[mode])
+            print(f"mean {mode:8s}: {mean / args.n:5.2f} s per submission")
+        if len(modes) == 2:
+            print(f"bwrap / rlimits: {sum(totals['bwrap']) / sum(totals['rlimits']):.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
