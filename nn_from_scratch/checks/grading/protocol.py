@@ -85,9 +85,20 @@ def read_message(fd, deadline=None):
     return decode(_read_exact(fd, n, deadline))
 
 
-def write_message(fd, header, arrays=None):
+def write_message(fd, header, arrays=None, deadline=None):
+    """Write one message to ``fd``; with a ``deadline``, ``TimeoutError`` when the reader stops reading
+    (the pipe stays full past it): a process that never reads cannot block the writer."""
     data = encode(header, arrays)
     view = memoryview(data)
     while view:
-        k = os.write(fd, view)
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the process stopped reading before the time limit")
+            _, ready, _ = select.select([], [fd], [], left)
+            if not ready:
+                raise TimeoutError("the process stopped reading before the time limit")
+            k = os.write(fd, view[:select.PIPE_BUF if len(view) > select.PIPE_BUF else len(view)])
+        else:
+            k = os.write(fd, view)
         view = view[k:]

@@ -95,22 +95,21 @@ class Child:
             self.timed_out = True
             raise TimeoutError("time limit reached")
         try:
-            write_message(self.proc.stdin.fileno(), header, arrays)
-        except (BrokenPipeError, OSError) as exc:
-            raise ProtocolError(f"the process is gone ({type(exc).__name__})") from None
-        try:
+            write_message(self.proc.stdin.fileno(), header, arrays, self.deadline)
             return read_message(self.proc.stdout.fileno(), self.deadline)
         except TimeoutError:
             self.timed_out = True
             raise
+        except (BrokenPipeError, OSError) as exc:
+            raise ProtocolError(f"the process is gone ({type(exc).__name__})") from None
 
     def close(self):
         """Stop the process (politely, then by force); ``(returncode, output, bytes printed)``."""
         try:
             if self.proc.poll() is None and not self.timed_out:
                 try:
-                    write_message(self.proc.stdin.fileno(), {"op": "bye"})
-                except OSError:
+                    write_message(self.proc.stdin.fileno(), {"op": "bye"}, deadline=time.monotonic() + 1)
+                except (OSError, TimeoutError):
                     pass
                 try:
                     self.proc.wait(timeout=2)
@@ -169,9 +168,10 @@ class Sandbox:
             return [sys.executable, "-I", "-c", LAUNCHER, self.package_root] + self._limits() + [copy], copy
         cmd = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
                "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+        needed = [self.package_root, sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))]
         for path in self.hide:
-            if self.package_root.startswith(path.rstrip("/") + "/") or path == self.package_root:
-                continue            # never hide the framework itself
+            if any(n == path or n.startswith(path.rstrip("/") + "/") for n in needed):
+                continue            # never hide the framework or the interpreter (the root stays read-only)
             if os.path.isdir(path):
                 cmd += ["--tmpfs", path]
             else:
