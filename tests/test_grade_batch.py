@@ -58,7 +58,7 @@ def test_a_class_of_layers_gets_every_verdict_right(tmp_path, capsys, isolation)
     before = _digest(SUBS)
     out = tmp_path / "out"
     argv = ["--submissions", LEAKY, "--layer", "leaky.py:LeakyReLU", "--reference", "LeakyReLU(alpha=0.1)",
-            "--input-shape", "3,5,5", "--out", str(out), "--timeout", "20", "--memory-mb", "1024", "--jobs", "4",
+            "--input-shape", "3,5,5", "--out", str(out), "--timeout", "12", "--memory-mb", "1024", "--jobs", "4",
             "--skip-keras", "--gradescope"] + (["--no-bwrap"] if isolation == "rlimits" else [])
     assert grade.main(argv) == 1
     text = capsys.readouterr()
@@ -171,3 +171,9 @@ def test_single_layer_mode_exit_statuses_for_bad_paths(tmp_path, capsys):
     assert grade.main(["--layer", f"{LEAKY}/alice/leaky.py:LeakyReLU", "--kwargs", '{"alpha": 0.1}',
                        "--skip-keras", "--input-shape", "6", "--json", str(tmp_path / "g.json")]) == 0
     assert json.loads((tmp_path / "g.json").read_text())["passed"] is True
+
+
+def test_single_layer_mode_a_module_that_exits_at_import_cannot_be_graded(capsys):
+    """In-process, sys.exit(0) at import is a module that cannot be loaded: exit 2, never 0."""
+    assert grade.main(["--layer", f"{LEAKY}/quitter/leaky.py:LeakyReLU", "--skip-keras", "--input-shape", "6"]) == 2
+    assert "sys.exit(0)" in capsys.readouterr().err

@@ -227,6 +227,9 @@ def main(argv=None):
             import_module(name)
         seed = 0 if args.seed is None else args.seed
         if args.layer:
+            print("note: grade --layer runs the layer in this process and compares it with its own Keras "
+                  "counterpart; for students' code use --submissions (each in a sandbox, against a trusted "
+                  "--reference; docs/grading.md)", file=sys.stderr)
             report = grade_layer(load_class(args.layer), args=args.args, kwargs=args.kwargs,
                                  input_shapes=args.input_shape, batch=args.batch or 4, seed=seed,
                                  n_coords=args.coords, gradcheck_tol=args.gradcheck_tol or 1e-6,
