@@ -384,8 +384,8 @@ def test_from_keras_conv1d_causal_and_errors():
     assert relative_error(net.predict(x), m(to_keras_layout(x)).numpy()) <= TOLERANCES["forward"]
     with pytest.raises(ValueError, match="'reshape'.*3 channels"):
         from_keras(keras.Sequential([keras.Input((10, 3)), keras.layers.Reshape((30,), name="reshape")]))
-    with pytest.raises(ValueError, match="'drop'.*no counterpart"):
-        from_keras(keras.Sequential([keras.Input((4,)), keras.layers.Dropout(0.5, name="drop")]))
+    with pytest.raises(ValueError, match="'noise'.*no counterpart"):
+        from_keras(keras.Sequential([keras.Input((4,)), keras.layers.GaussianNoise(0.5, name="noise")]))
     with pytest.raises(ValueError, match="zero padding before max pooling"):
         from_keras(keras.Sequential([keras.Input((6, 6, 1)), keras.layers.ZeroPadding2D(1),
                                      keras.layers.MaxPooling2D()]))

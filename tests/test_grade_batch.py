@@ -141,6 +141,7 @@ def test_single_submission_mode_for_gradescope(tmp_path, capsys):
     (lambda a: a.__setitem__(a.index("--layer") + 1, "../x.py:LeakyReLU"), "relative .py path"),
     (lambda a: a.extend(["--config", os.path.join(GRADING, "missing.toml")]), "cannot read"),
     (lambda a: a.extend(["--jobs", "0"]), "--jobs"),
+    (lambda a: a.__setitem__(a.index("--out") + 1, os.path.join(LEAKY, "grades")), "outside"),
     (lambda a: a.remove("--skip-keras") or a.extend(["--model", "x.npz"]), ""),
 ])
 def test_grading_that_cannot_start_exits_2(tmp_path, capsys, change, message):
@@ -177,3 +178,25 @@ def test_single_layer_mode_a_module_that_exits_at_import_cannot_be_graded(capsys
     """In-process, sys.exit(0) at import is a module that cannot be loaded: exit 2, never 0."""
     assert grade.main(["--layer", f"{LEAKY}/quitter/leaky.py:LeakyReLU", "--skip-keras", "--input-shape", "6"]) == 2
     assert "sys.exit(0)" in capsys.readouterr().err
+
+
+def test_the_keras_check_uses_the_references_twin_not_the_students_to_keras(tmp_path):
+    """erin's layer uses slope 0.01 in forward, backward and its own to_keras: the Keras check still fails."""
+    pytest.importorskip("tensorflow")
+    out = tmp_path / "results"
+    argv = ["--submissions", os.path.join(LEAKY, "erin"), "--single", "--layer", "leaky.py:LeakyReLU",
+            "--reference", "LeakyReLU(alpha=0.1)", "--input-shape", "6", "--out", str(out), "--timeout", "60"]
+    assert grade.main(argv) == 1
+    checks = {c["check"]: c["passed"] for c in json.loads((out / "submission.json").read_text())["checks"]}
+    assert checks == {"output": False, "input gradient": False, "gradient check": True, "keras": False}
+
+
+def test_odd_submission_names_get_safe_output_names(tmp_path, capsys):
+    subs = tmp_path / "subs"
+    (subs / "Jane Doe").mkdir(parents=True)
+    (subs / "Jane Doe" / "leaky.py").write_bytes(open(os.path.join(LEAKY, "alice", "leaky.py"), "rb").read())
+    out = tmp_path / "out"
+    assert grade.main(["--submissions", str(subs), "--layer", "leaky.py:LeakyReLU", "--reference",
+                       "LeakyReLU(alpha=0.1)", "--input-shape", "6", "--out", str(out), "--skip-keras",
+                       "--timeout", "60"]) == 0
+    assert (out / "Jane_Doe.json").exists() and "'Jane Doe'" in capsys.readouterr().err

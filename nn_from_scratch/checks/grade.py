@@ -147,6 +147,9 @@ def _batch(args):
         if v is not None and not v >= lo or (name == "--timeout" and v is not None and v <= 0):
             raise GradeError(f"{name} must be >= {lo}{' and > 0' if name == '--timeout' else ''}, received {v}")
     _check_writable(args.out, "folder")
+    subs_dir, out_dir = os.path.realpath(args.submissions), os.path.realpath(args.out)
+    if out_dir == subs_dir or out_dir.startswith(subs_dir + os.sep) or subs_dir.startswith(out_dir + os.sep):
+        raise GradeError(f"--out {args.out} must lie outside --submissions {args.submissions} (and not contain it)")
     cfg = load_config(args.config)
     st = cfg["settings"]
     ref = parse_reference(args.reference, args.args or None, args.kwargs or None)

@@ -16,6 +16,7 @@ import csv
 import io
 import os
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from ...atomic import write_json_atomic, write_text_atomic
@@ -51,11 +52,18 @@ def discover(folder, file, single=False):
     if not out:
         raise GradeError(f"no submissions in {folder}: expected one subfolder per student (holding {file}) or "
                          f"one .py file per student")
-    for student, _ in out:
-        if not _NAME.match(student):
-            raise GradeError(f"submission name {student!r} cannot be a file name of the outputs; rename it "
-                             f"(letters, digits, _ . @ + -)")
-    return out
+    safe, used = [], set()
+    for student, path in out:
+        name = student if _NAME.match(student) else re.sub(r"[^A-Za-z0-9_.@+-]", "_", student).lstrip("._-") or "x"
+        base, k = name, 2
+        while name in used:
+            name, k = f"{base}_{k}", k + 1
+        used.add(name)
+        if name != student:
+            print(f"note: submission {student!r} is graded as {name!r} (the name of its output files)",
+                  file=sys.stderr)
+        safe.append((name, path))
+    return safe
 
 
 def snapshot(path, file):
