@@ -37,7 +37,7 @@ import time
 import traceback
 
 from .grading.inprocess import KERAS_HINT, grade_layer, grade_model
-from .grading.loading import GradeError, import_module, load_class
+from .loading import GradeError, import_module, load_class
 from .grading.report import GradeCheck, GradeReport
 
 __all__ = ["GradeCheck", "GradeReport", "GradeError", "grade_layer", "grade_model", "load_class", "import_module",

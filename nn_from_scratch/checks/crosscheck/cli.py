@@ -71,7 +71,7 @@ def _load_model(args):
     import sys  # noqa: PLC0415
 
     from ...data.datasets import load_mnist  # noqa: PLC0415
-    from ..grading.loading import GradeError, import_module  # noqa: PLC0415
+    from ..loading import GradeError, import_module  # noqa: PLC0415
     from ...layers.losses import MSELoss  # noqa: PLC0415
     from ...training.network import NeuralNetwork  # noqa: PLC0415
 

@@ -20,7 +20,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from ...atomic import write_json_atomic, write_text_atomic
-from .loading import GradeError
+from ..loading import GradeError
 from .submission import grade_submission
 
 __all__ = ["discover", "snapshot", "grade_class", "write_outputs", "MAX_SUBMISSION_BYTES"]

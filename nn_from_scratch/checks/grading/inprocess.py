@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from .loading import GradeError, load_class
+from ..loading import GradeError, load_class
 from .report import GradeCheck, GradeReport
 
 __all__ = ["grade_layer", "grade_model", "KERAS_HINT"]

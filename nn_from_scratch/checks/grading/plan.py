@@ -18,7 +18,7 @@ import secrets
 
 import numpy as np
 
-from .loading import GradeError, load_class
+from ..loading import GradeError, load_class
 
 __all__ = ["CHECKS", "DEFAULT_POINTS", "DEFAULT_TOLERANCES", "Reference", "parse_reference", "load_config",
            "Case", "build_cases"]
@@ -101,7 +101,7 @@ def load_config(path):
     """The grading config at ``path`` (TOML) as a dict with keys settings, points, tolerances, cases."""
     if path is None:
         return {"settings": {}, "points": dict(DEFAULT_POINTS), "tolerances": dict(DEFAULT_TOLERANCES),
-                "cases": []}
+                "cases": [], "hidden": set()}
     tomllib = _toml()
     try:
         with open(path, "rb") as f:
@@ -110,7 +110,8 @@ def load_config(path):
         raise GradeError(f"cannot read the grading config {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise GradeError(f"the grading config {path} is not valid TOML: {exc}") from None
-    out = {"settings": {}, "points": dict(DEFAULT_POINTS), "tolerances": dict(DEFAULT_TOLERANCES), "cases": []}
+    out = {"settings": {}, "points": dict(DEFAULT_POINTS), "tolerances": dict(DEFAULT_TOLERANCES), "cases": [],
+           "hidden": set()}
     for key, value in raw.items():
         if key in _SETTINGS:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -129,6 +130,12 @@ def load_config(path):
                     raise GradeError(f"config {path}: {key}.{name} must be a number >= 0 (> 0 for a tolerance), "
                                      f"received {v!r}")
                 out[key][check] = float(v)
+        elif key == "hidden":
+            names = [str(v).replace("_", " ") for v in value] if isinstance(value, list) else None
+            if names is None or any(n not in CHECKS for n in names):
+                raise GradeError(f"config {path}: hidden must be a list of check names out of "
+                                 f"{[c.replace(' ', '_') for c in CHECKS]}, received {value!r}")
+            out["hidden"] = set(names)
         elif key == "cases":
             if not isinstance(value, list):
                 raise GradeError(f"config {path}: cases must be an array of tables ([[cases]])")
@@ -144,7 +151,7 @@ def load_config(path):
                 out["cases"].append({"shape": tuple(shape), "hidden": bool(case.get("hidden", False)),
                                      "batch": case.get("batch"), "name": case.get("name")})
         else:
-            raise GradeError(f"config {path}: unknown key {key!r}; known: {sorted(_SETTINGS)} + [points], "
+            raise GradeError(f"config {path}: unknown key {key!r}; known: {sorted(_SETTINGS)}, hidden, [points], "
                              f"[tolerances], [[cases]]")
     return out
 
@@ -152,8 +159,9 @@ def load_config(path):
 class Case:
     """One graded case: the data every submission gets and the reference's answers."""
 
-    def __init__(self, label, hidden, x, upstream, params):
+    def __init__(self, label, hidden, x, upstream, params, hidden_checks=()):
         self.label, self.hidden, self.x, self.upstream, self.params = label, hidden, x, upstream, params
+        self.hidden_checks = set(hidden_checks)   # checks hidden in this case (the config's ``hidden``)
         self.ref = {}           # y, dx, g:NAME
         self.sgd = None         # (xs, targets, lr, final params) for a layer with parameters
         self.keras = None       # y, dx, g:NAME of the reference's Keras twin, or None
@@ -236,7 +244,7 @@ def build_cases(ref, cfg, input_shapes, batch, seed, coords, sgd_steps, sgd_lr, 
         y_shape = tuple(layer.compute_output_shape(shape)) if hasattr(layer, "compute_output_shape") else shape
         upstream = upstream_rng(seed + k).standard_normal((n,) + y_shape)
         label = spec["name"] or f"{'hidden ' if spec['hidden'] else ''}case {k + 1} {shape}"
-        case = Case(label, spec["hidden"], x, upstream, params)
+        case = Case(label, spec["hidden"], x, upstream, params, cfg.get("hidden", ()))
         case.ref = _ref_eval(layer, case)
         pick = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k, 2)))
         arrays = {"x": x.size, **{name: v.size for name, v in params.items()}}

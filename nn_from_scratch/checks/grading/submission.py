@@ -64,7 +64,8 @@ def relative_error(a, b):
 
 def _check(case, name, ok, points, error=None, message="", quantity=""):
     return GradeCheck(case.label, name, bool(ok), quantity=quantity if not ok else "", error=error, message=message,
-                      points=points[name] if ok else 0.0, max_points=points[name], hidden=case.hidden)
+                      points=points[name] if ok else 0.0, max_points=points[name],
+                      hidden=case.hidden or name in case.hidden_checks)
 
 
 def _compare(case, name, pairs, tol, points):

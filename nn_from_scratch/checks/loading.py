@@ -1,4 +1,4 @@
-"""Loading the code under grading: ``module:Class`` specs, modules by dotted name or ``.py`` path.
+"""Loading code to check or grade: ``module:Class`` specs, modules by dotted name or ``.py`` path.
 
 Used in the grader's own process only for trusted code (the instructor's reference, ``--import``
 modules, and the single-layer mode ``grade --layer`` without ``--submissions``, which runs the
