@@ -114,8 +114,8 @@ def rounding_allowance(layer, label, x_in, upstream, dtype, bn_tol=None):
 
 def batchnorm_tolerance(layer, x_in, tol, dtype):
     """``tol_bn`` of a BatchNorm in training mode on input ``x_in`` (module docstring, case 2); ``tol`` otherwise."""
-    if not isinstance(layer, BatchNorm) or x_in is None:
-        return tol
+    if not isinstance(layer, BatchNorm) or x_in is None or not layer.uses_batch_statistics():
+        return tol          # inference mode: the moving statistics, no sums over the batch
     x = np.asarray(to_numpy(x_in), dtype=np.float64)
     axes = tuple(i for i in range(x.ndim) if i != 1)
     m = x.size // max(x.shape[1], 1)
