@@ -169,9 +169,12 @@ class Sandbox:
         cmd = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
                "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
         needed = [self.package_root, sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))]
+        dirs = [p for p in self.hide if os.path.isdir(p)]
         for path in self.hide:
             if any(n == path or n.startswith(path.rstrip("/") + "/") for n in needed):
                 continue            # never hide the framework or the interpreter (the root stays read-only)
+            if any(path != d and path.startswith(d.rstrip("/") + "/") for d in dirs):
+                continue            # inside a hidden folder already (a mount point there would show its name)
             if os.path.isdir(path):
                 cmd += ["--tmpfs", path]
             else:
