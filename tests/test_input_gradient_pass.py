@@ -88,13 +88,13 @@ def test_unrolled_matrix_equals_the_definition_and_the_layer(spatial, k, s, pad,
 
 
 def test_rule_unrolls_large_dense_kernels_only():
-    seed_conv = Convolution((None, 1, 28, 28), kernel_size=15, output_layers=2)
-    assert unrolled_applies(seed_conv, (8, 1, 28, 28), 8)                       # density 0.29, 2.5 MB
+    cnn_conv = Convolution((None, 1, 28, 28), kernel_size=15, output_layers=2)
+    assert unrolled_applies(cnn_conv, (8, 1, 28, 28), 8)                       # density 0.29, 2.5 MB
     assert not unrolled_applies(Convolution((None, 1, 28, 28), kernel_size=3, output_layers=2),
                                 (8, 1, 28, 28), 8)                              # density 0.011: sparse
     big = Convolution((None, 3, 64, 64), kernel_size=15, output_layers=64)
     assert not unrolled_applies(big, (8, 3, 64, 64), 4)                         # dense enough, 3.1 GB: large
-    nnz, rows, cols = unrolled_conv._density(seed_conv, (28, 28))
+    nnz, rows, cols = unrolled_conv._density(cnn_conv, (28, 28))
     assert (nnz, rows, cols) == (2 * 14 * 14 * 225, 784, 392)
 
 
@@ -119,7 +119,7 @@ def dilated(act=Tanh, pool=AvgPool):
             pool(pool_size=2), Vectorization(), Linear(3 * 5 * 5, 4, use_bias=False, seed=2)]
 
 
-def seedlike(act=ReLU, pool=None):
+def large_kernel(act=ReLU, pool=None):
     return [Convolution((None, 1, 12, 12), kernel_size=7, output_layers=2, seed=0), act(), Vectorization(),
             Linear(2 * 36, 6, seed=1)]
 
@@ -132,7 +132,7 @@ def nobias(act=ReLU, pool=None):
 #: name: (layers, sample shape, the convolutions' paths by the rule, with unrolling off)
 NETS = {"lenet_like": (lenet_like, (1, 20, 20), ["flipped", "col2im"], ["flipped", "col2im"]),
         "dilated": (dilated, (2, 12, 12), ["flipped"], ["flipped"]),
-        "seedlike": (seedlike, (1, 12, 12), ["unrolled"], ["flipped"]),
+        "large_kernel": (large_kernel, (1, 12, 12), ["unrolled"], ["flipped"]),
         "nobias": (nobias, (1, 12, 12), ["unrolled"], ["flipped"])}
 
 
@@ -183,7 +183,7 @@ def test_pass_float32_equals_the_layers_own_path_and_float64(name):
 
 
 def test_no_parameter_gradients_are_computed():
-    layers, shape, _ = build("seedlike")
+    layers, shape, _ = build("large_kernel")
     layers2, _, _ = build("lenet_like")
     for ls in (layers, layers2):
         X = np.random.default_rng(0).standard_normal((3,) + ls[0].input_shape)
@@ -196,7 +196,7 @@ def test_no_parameter_gradients_are_computed():
 
 
 def test_new_weights_rebuild_the_matrix():
-    layers, shape, _ = build("seedlike")
+    layers, shape, _ = build("large_kernel")
     X = np.random.default_rng(0).standard_normal((4,) + shape)
     p = InputGradientPass(layers)
     out = p.forward(X)
@@ -213,7 +213,7 @@ def test_new_weights_rebuild_the_matrix():
 
 
 def test_upstream_of_the_wrong_shape_is_named():
-    layers, shape, _ = build("seedlike")
+    layers, shape, _ = build("large_kernel")
     p = InputGradientPass(layers)
     out = p.forward(np.zeros((2,) + shape))
     with pytest.raises(ValueError, match=r"upstream gradient must have the shape of the last output \(2, 6\), received \(2, 5\)"):
@@ -281,7 +281,7 @@ def test_the_permutation_tests_cnn_runs_the_unrolled_matrix(monkeypatch):
 def test_on_each_backend_equals_numpy(backend):
     """CuPy: the pass takes its array module from the data (skipped without a GPU)."""
     ref = {}
-    for name in ("seedlike", "lenet_like"):
+    for name in ("large_kernel", "lenet_like"):
         layers, shape, _ = build(name)
         X = np.random.default_rng(0).standard_normal((5,) + shape)
         ref[name] = ig.input_gradients(NeuralNetwork(layers, SoftMaxLoss(), engine=False), X)
