@@ -15,6 +15,8 @@ least):
   (``engine/input_gradients.py``: no parameter gradients; the convolution as the dense unrolled
   matrix ``A``, ``engine/unrolled_conv.py``);
 * ``ours.statistics``: ``gradient_statistics`` (the same passes, T and V accumulated, D not kept);
+* ``ours.engine.general``: the same pass with the unrolled matrix off (``unrolled_conv.ENABLED``):
+  the engine's convolution forward, dL/dx by the flipped kernel, still no parameter gradients;
 * ``ours.layers``: ``input_gradients`` with ``net.engine = False``: every layer's own
   ``forward``/``backward`` (im2col, col2im, parameter gradients computed and dropped);
 * ``torch.batched``: one forward, ``out.gather(argmax).sum().backward()`` per batch, parameters
@@ -104,6 +106,16 @@ def take_turns(methods, repeats):
     return {k: tuple(v) for k, v in best.items()}
 
 
+def general_path(fn, net, X, bs):
+    """``fn(net, X)`` with the unrolled matrix off: the engine's general input-gradient path."""
+    from nn_from_scratch.engine import unrolled_conv  # noqa: PLC0415
+    unrolled_conv.ENABLED = False
+    try:
+        return fn(net, X, batch_size=bs)
+    finally:
+        unrolled_conv.ENABLED = True
+
+
 def run_dtype(dtype, X32, args, torch):
     from nn_from_scratch.analysis import gradients as ig  # noqa: PLC0415
     from nn_from_scratch.analysis.permutation_cli import build_seed_cnn  # noqa: PLC0415
@@ -114,6 +126,7 @@ def run_dtype(dtype, X32, args, torch):
     plain.engine = False
     methods = {"ours.engine": lambda: ig.input_gradients(net, X, batch_size=args.batch),
                "ours.statistics": lambda: ig.gradient_statistics(net, X, batch_size=args.batch),
+               "ours.engine.general": lambda: general_path(ig.input_gradients, net, X, args.batch),
                "ours.layers": lambda: ig.input_gradients(plain, X, batch_size=args.batch)}
     if torch is not None:
         m = torch_model(net, dtype)
