@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 
-from conftest import BACKENDS  # noqa: F401 - the backend fixture's parameters
 from nn_from_scratch import (AvgPool, Convolution, Linear, MaxPool, NeuralNetwork, ReLU, SoftMaxLoss, Tanh,
                              Vectorization)
 from nn_from_scratch.analysis import gradients as ig
