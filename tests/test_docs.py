@@ -137,3 +137,32 @@ def test_doc_python_blocks_run(page, tmp_path, monkeypatch):
         ran += 1
     if not ran:
         pytest.skip(f"docs/{page}: every block needs what is missing here ({'; '.join(skipped)})")
+
+
+def _page_text(page):
+    with open(os.path.join(DOCS, page), encoding="utf-8") as f:
+        return f.read()
+
+
+def test_published_tolerance_table_is_the_harness_s():
+    """The tolerances docs/checking.md publishes are the ones compare/compare_training use."""
+    pytest.importorskip("tensorflow")
+    from nn_from_scratch.checks.crosscheck import TOLERANCES
+    text = _page_text("checking.md")
+    section = text.split("## Cross-check with Keras")[1].split("\n## ")[0]
+    rows = {m.group(1).strip(): float(m.group(2)) for m in
+            re.finditer(r"^\|([^|]+)\|[^|]+\|\s*`([0-9.e-]+)`\s*\|$", section, flags=re.M)}
+    published = {"forward": rows["forward output of every layer, and the loss value"],
+                 "gradient": rows["dL/dx, dL/dW, dL/db of every layer, dL/dlogits"],
+                 "training": rows["every weight, after each of 100 training steps"]}
+    assert published == TOLERANCES
+    assert "CROSSCHECK.md" in section
+
+
+def test_main_job_options_exist():
+    """Every --option that docs/training.md's table of the main job names is one the job accepts."""
+    from nn_from_scratch.train import _parser
+    section = _page_text("training.md").split("## The main job")[1].split("\n## ")[0]
+    named = set(re.findall(r"`(--[a-z-]+)", section))
+    accepted = {o for a in _parser()._actions for o in a.option_strings}
+    assert len(named) >= 9 and named <= accepted, named - accepted
