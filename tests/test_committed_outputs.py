@@ -51,14 +51,21 @@ def linked_images(path):
     return [m.group(1) for rx in (MD_IMAGE, HTML_IMAGE) for m in rx.finditer(text)]
 
 
-def _ignored_by_git(paths):
-    """The subset of ``paths`` that .gitignore keeps out (empty when git is unavailable)."""
-    if not paths or shutil.which("git") is None or not os.path.isdir(os.path.join(ROOT, ".git")) and \
-            not os.path.isfile(os.path.join(ROOT, ".git")):
-        return set()
+def _in_git():
+    return shutil.which("git") is not None and os.path.exists(os.path.join(ROOT, ".git"))
+
+
+def _not_in_git(paths):
+    """``(untracked, ignored)``: the paths git does not hold (neither committed nor staged), and of
+    those the ones .gitignore keeps out.  Both empty outside a git checkout (an unpacked sdist)."""
+    if not paths or not _in_git():
+        return set(), set()
+    rel = [os.path.relpath(p, ROOT) for p in paths]
+    tracked = subprocess.run(["git", "ls-files", "--"] + rel, cwd=ROOT, capture_output=True, text=True).stdout
+    untracked = set(rel) - set(tracked.splitlines())
     proc = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=ROOT, capture_output=True,
-                          text=True, input="\n".join(os.path.relpath(p, ROOT) for p in paths))
-    return {os.path.join(ROOT, line) for line in proc.stdout.splitlines() if line}
+                          text=True, input="\n".join(sorted(untracked)))
+    return untracked, set(proc.stdout.splitlines())
 
 
 def test_the_scan_finds_images_and_skips_code():
@@ -87,13 +94,13 @@ def test_every_linked_image_is_committed(doc):
             missing.append(link)
         else:
             local.append(target)
-    ignored = _ignored_by_git(local)
-    assert not outside, f"{os.path.relpath(doc, ROOT)} links images outside the repository: {outside}"
-    assert not missing, (f"{os.path.relpath(doc, ROOT)} links images that do not exist: {missing} "
-                         "(commit them under docs/figures/ or benchmarks/results/, or give the command "
-                         "that makes them instead of the image)")
-    assert not ignored, (f"{os.path.relpath(doc, ROOT)} links images that .gitignore keeps out of the "
-                         f"repository: {sorted(os.path.relpath(p, ROOT) for p in ignored)}")
+    untracked, ignored = _not_in_git(local)
+    name = os.path.relpath(doc, ROOT)
+    assert not outside, f"{name} links images outside the repository: {outside}"
+    assert not missing, (f"{name} links images that do not exist: {missing} (commit them under "
+                         "docs/figures/ or benchmarks/results/, or give the command that makes them instead)")
+    assert not ignored, f"{name} links images that .gitignore keeps out of the repository: {sorted(ignored)}"
+    assert not untracked, f"{name} links images that are not committed (git add them): {sorted(untracked)}"
 
 
 def _notebook_outputs(path):
