@@ -61,7 +61,7 @@ from .atomic import write_json_atomic
 from .examples.networks import seed_lab_cnn
 from .training.optimizers import get as get_optimizer
 
-__all__ = ["build_model", "find_test_set", "mnist_test_locations", "load_data", "run", "main",
+__all__ = ["build_model", "display_path", "find_test_set", "mnist_test_locations", "load_data", "run", "main",
            "DEFAULT_LR", "MNIST_DIR_ENV", "PROJECT_ROOT"]
 
 #: Default learning rate of each optimizer for this network (see the module docstring).
@@ -104,26 +104,54 @@ def _load_test_from(path):
     return None
 
 
-def find_test_set(test_dir=None, environ=None, root=None, home=None):
+def display_path(path, start, home=None):
+    """``path`` as a reader should see it, without the machine's layout.
+
+    Relative to the folder ``start`` when that stays within two levels above it
+    (``../../shared/data/mnist`` from a notebook's folder), else ``~/...`` for a
+    path under the home folder (``~/.keras/datasets/mnist.npz``), else the
+    relative path anyway (never an absolute one).
+    """
+    home = os.path.expanduser("~") if home is None else home
+    path = os.path.abspath(path)
+    try:
+        rel = os.path.relpath(path, os.path.abspath(start))
+    except ValueError:                   # another drive on Windows: no relative path exists
+        rel = None
+    if rel is not None and rel.split(os.sep)[:3] != [os.pardir] * 3:
+        return rel
+    home = os.path.abspath(home)
+    if path == home or path.startswith(home + os.sep):
+        return "~" + path[len(home):]
+    return rel if rel is not None else os.path.basename(path)
+
+
+def find_test_set(test_dir=None, environ=None, root=None, home=None, relative_to=None):
     """``(X, y, description)`` of the official MNIST test set, or ``(None, None, places looked)``.
 
     ``X: (10000, 1, 28, 28)`` float32 in [0, 1], ``y: (10000,)`` int64.  A
     location named explicitly (``test_dir`` or the environment variable) that
     does not hold the data raises ``MnistTestSetNotFound``; a corrupt file anywhere
     raises ``datasets.DatasetError`` (naming the file).
+
+    ``relative_to`` (a folder, e.g. ``"."`` in a notebook): the description and
+    the places looked name their paths as ``display_path`` writes them, relative
+    to that folder or under ``~``, so output that is stored and shared (a
+    notebook's) holds no absolute path of the machine that ran it.
     """
     looked = []
     for path, how, explicit in mnist_test_locations(test_dir, environ, root, home):
+        shown = path if relative_to is None else display_path(path, relative_to, home)
         loaded = _load_test_from(path)
         if loaded is None:
             if explicit:
                 raise MnistTestSetNotFound(
                     f"{how} points to {os.path.abspath(path)!r}, which holds neither the MNIST test IDX "
                     "files (t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) nor mnist.npz")
-            looked.append(path)
+            looked.append(shown)
             continue
         X, y = loaded
-        return X, y, f"official MNIST test set, {len(y):,} images, from {path}"
+        return X, y, f"official MNIST test set, {len(y):,} images, from {shown}"
     return None, None, looked
 
 

@@ -24,7 +24,6 @@ import glob
 import hashlib
 import os
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -117,22 +116,11 @@ def record(nb, fast):
 
 
 def write_atomic(nb, path):
+    """Write the notebook whole or not at all, with ordinary permissions (``nn_from_scratch.atomic``)."""
     import nbformat  # noqa: PLC0415
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ipynb", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            nbformat.write(nb, f)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from nn_from_scratch.atomic import atomic_open  # noqa: PLC0415
+    with atomic_open(path, "w") as f:
+        nbformat.write(nb, f)
 
 
 def main(argv=None):

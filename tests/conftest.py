@@ -9,6 +9,7 @@ move them with ``backend.asarray``; results come back with ``backend.to_numpy``.
 """
 import numpy as np
 import pytest
+from hypothesis import settings as _hypothesis_settings
 
 from gpu_utils import GPU_MARKS
 from nn_from_scratch import backend as _nnb
@@ -21,6 +22,12 @@ BACKENDS = ["numpy", pytest.param("cupy", marks=GPU_MARKS)]
 # whatever NN_FROM_SCRATCH_BACKEND says (tests compared against TensorFlow feed host
 # arrays to the layers they build); ``backend``/``gpu`` select CuPy where it applies.
 _nnb.use("numpy")
+
+# Every Hypothesis test is derandomized and keeps no example database, so a run draws the same
+# examples on every machine and every day (tests/test_environment.py checks that no test's own
+# @settings turns either back on).
+_hypothesis_settings.register_profile("nn_from_scratch", derandomize=True, database=None, print_blob=True)
+_hypothesis_settings.load_profile("nn_from_scratch")
 
 
 class BackendUnderTest:

@@ -40,3 +40,20 @@ def test_bad_mode_is_named():
     with pytest.raises(ValueError, match="mode must be 'w' or 'wb', received 'a'"):
         with atomic_open("x", "a"):
             pass
+
+
+def test_atomic_writes_never_touch_the_process_umask(tmp_path, monkeypatch):
+    """Another thread's file created during a write must not see a changed umask: none is made."""
+    from nn_from_scratch import atomic
+    old = os.umask(0o027)
+    try:
+        def forbidden(*_):
+            raise AssertionError("os.umask called during an atomic write")
+        monkeypatch.setattr(os, "umask", forbidden)
+        write_text_atomic(tmp_path / "q.txt", "x")
+        assert atomic.new_file_mode(str(tmp_path)) == 0o640
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "q.txt").st_mode) == 0o640
+    assert sorted(os.listdir(tmp_path)) == ["q.txt"]

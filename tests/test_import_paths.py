@@ -167,9 +167,14 @@ _IMPORT = re.compile(r"^\s*(from\s+nn_from_scratch[\w.]*\s+import\s+.+"
 
 
 def readme_import_lines():
-    """Every ``nn_from_scratch`` import line of README.md's code blocks (parenthesised ones joined)."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        text = f.read()
+    """Every ``nn_from_scratch`` import line of the code blocks of README.md and the documentation
+    pages (``docs/**/*.md``), parenthesised ones joined."""
+    import glob
+    text = ""
+    for path in [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "**", "*.md"),
+                                                                      recursive=True)):
+        with open(path, encoding="utf-8") as f:
+            text += f.read() + "\n"
     found = []
     for m in _FENCE.finditer(text):
         lines = m.group(2).splitlines()

@@ -1,4 +1,4 @@
-"""input_gradients and the gradient statistics (analysis/gradients.py, seed 000).
+"""input_gradients and the gradient statistics (analysis/gradients.py).
 
 References: float64 central finite differences of f(x_i) (5-point stencil), the network's
 per-sample ``input_gradient`` loop, closed-form identities of a linear network, NumPy's mean/var.
@@ -66,8 +66,10 @@ def _mode(mode):
 
 @pytest.mark.parametrize("make,shape", [(dense_net, (5,)), (conv_net, (1, 7, 7))], ids=["dense", "conv"])
 @pytest.mark.parametrize("mode,index", MODES, ids=[m for m, _ in MODES])
-def test_input_gradients_equal_finite_differences(make, shape, mode, index):
+@pytest.mark.parametrize("engine", [True, False], ids=["engine", "layers"])
+def test_input_gradients_equal_finite_differences(make, shape, mode, index, engine):
     net = make()
+    net.engine = engine
     X = data(shape)
     D = pt.input_gradients(net, X, output=_mode(mode), index=index, batch_size=4)
     assert D.shape == X.shape and D.dtype == np.float64

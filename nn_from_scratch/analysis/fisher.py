@@ -15,6 +15,12 @@ and ``p = #{T* as extreme as T} / #rearrangements`` (the observed one included);
 otherwise ``n_permutations`` random ones are drawn and ``p = (1 + #{T* >= T}) / (B + 1)``,
 never 0.  "As extreme" compares with a relative tolerance of 1e-9 so that rearrangements
 equal to the observed one in exact arithmetic count, whatever the rounding.
+
+Bounded work and memory: random rearrangements are drawn in blocks of at most
+``_BLOCK`` rows and at most ``BLOCK_BYTES`` of memory (long inputs get shorter blocks, so
+a paired test on a million values does not ask for gigabytes), and a request of more
+than ``MAX_WORK`` drawn values in all (``n_permutations`` times the number of values) is
+refused with an error that says how long it would be and what to do instead.
 """
 import itertools
 import math
@@ -22,10 +28,14 @@ from collections import namedtuple
 
 import numpy as np
 
-__all__ = ["fisher_test", "FisherResult", "EXACT_LIMIT"]
+__all__ = ["fisher_test", "FisherResult", "EXACT_LIMIT", "MAX_WORK", "BLOCK_BYTES"]
 
 #: enumerate every rearrangement when there are at most this many
 EXACT_LIMIT = 100_000
+#: the most values (``n_permutations`` x number of values) one test may draw: ~10 minutes of work
+MAX_WORK = 20_000_000_000
+#: the most memory one block of random rearrangements may take
+BLOCK_BYTES = 64 * 2 ** 20
 _ALTERNATIVES = ("two-sided", "greater", "less")
 _BLOCK = 2000
 
@@ -52,6 +62,20 @@ def _count(Ts, T, alternative, tol):
     if alternative == "greater":
         return int((Ts >= T - tol).sum())
     return int((Ts <= T + tol).sum())
+
+
+def _block_rows(width):
+    """Rows per block: ``_BLOCK``, fewer when a row of ``width`` float64 values is long."""
+    return max(1, min(_BLOCK, BLOCK_BYTES // (8 * 3 * max(1, width))))
+
+
+def _check_work(n_permutations, width):
+    work = n_permutations * width
+    if work > MAX_WORK:
+        raise ValueError(
+            f"fisher_test: n_permutations={n_permutations} rearrangements of {width} values would draw "
+            f"{work:.3g} random values (at most {MAX_WORK:.3g}, about 10 minutes, are allowed); use fewer "
+            f"permutations (the p-value's resolution is 1/(n_permutations + 1): 10,000 resolves 1e-4)")
 
 
 def fisher_test(a, b, paired=False, n_permutations=10000, alternative="two-sided", seed=0):
@@ -81,9 +105,10 @@ def fisher_test(a, b, paired=False, n_permutations=10000, alternative="two-sided
         if 2 ** n <= EXACT_LIMIT:
             signs = 1.0 - 2.0 * ((np.arange(2 ** n)[:, None] >> np.arange(n)[None, :]) & 1)
             return FisherResult(T, _count(signs @ d / n, T, alternative, tol) / 2 ** n)
-        hits = 0
-        for start in range(0, n_permutations, _BLOCK):
-            k = min(_BLOCK, n_permutations - start)
+        _check_work(n_permutations, n)
+        hits, rows = 0, _block_rows(n)
+        for start in range(0, n_permutations, rows):
+            k = min(rows, n_permutations - start)
             signs = rng.integers(0, 2, size=(k, n)) * 2.0 - 1.0
             hits += _count(signs @ d / n, T, alternative, tol)
         return FisherResult(T, (1 + hits) / (n_permutations + 1))
@@ -100,9 +125,10 @@ def fisher_test(a, b, paired=False, n_permutations=10000, alternative="two-sided
         combos = np.array(list(itertools.combinations(range(N), m)), dtype=np.intp).reshape(-1, m)
         Ts = stats(x[combos].sum(axis=1))
         return FisherResult(T, _count(Ts, T, alternative, tol) / len(combos))
-    hits = 0
-    for start in range(0, n_permutations, _BLOCK):
-        k = min(_BLOCK, n_permutations - start)
+    _check_work(n_permutations, N)
+    hits, rows = 0, _block_rows(N)
+    for start in range(0, n_permutations, rows):
+        k = min(rows, n_permutations - start)
         idx = rng.random((k, N)).argsort(axis=1)[:, :m]
         hits += _count(stats(x[idx].sum(axis=1)), T, alternative, tol)
     return FisherResult(T, (1 + hits) / (n_permutations + 1))

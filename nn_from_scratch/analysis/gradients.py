@@ -1,4 +1,4 @@
-"""Per-sample input gradients of a network, and the statistics built from them (seed 000).
+"""Per-sample input gradients of a network, and the statistics built from them.
 
 ``D[i] = d f(x_i) / d x_i`` for a scalar function ``f`` of the network's output
 (the largest logit, a class's log-probability, one logit, the single output of a
@@ -11,6 +11,12 @@ and with ``g_i`` the upstream row that picks ``f`` for sample ``i`` (a one-hot r
 the sample's own arg-max for ``"max_logit"``, ``e_c - softmax(z_i)`` for
 ``"log_softmax"``) one forward and one backward pass per batch give every sample's
 own gradient.  Nothing per sample, nothing per coordinate.
+
+The passes run through the engine's input-gradient pass (``engine/input_gradients.py``) when
+the network's engine is on: no parameter gradients, and a convolution with a large kernel
+(e.g. 15x15 on 28x28) as one dense matrix, ``y = x @ A`` and ``dL/dx = dL/dy @ A.T``
+(``engine/unrolled_conv.py``).  With ``net.engine = False`` they are the layers' own
+``forward``/``backward``; the two agree to rounding (tests/test_input_gradient_pass.py).
 
 Statistics over the ``N`` samples, per input coordinate ``j`` (Mandel & Barnett 2023,
 ``../shared/research/perm-test-paper.md`` section 2)::
@@ -33,6 +39,7 @@ import numbers
 import numpy as np
 
 from ..backend import get_array_module, to_device, to_numpy
+from ..engine.input_gradients import InputGradientPass
 
 __all__ = ["input_gradients", "iter_input_gradients", "gradient_statistics", "association_statistic",
            "nonlinearity_statistic", "OUTPUT_MODES", "GradientMoments", "check_output_mode"]
@@ -53,7 +60,7 @@ def _network_type():
 
 
 def _inference(net):
-    """``net.inference()`` once the training/inference mode exists (contract C2), else nothing."""
+    """``net.inference()`` where the network has it (layers in inference mode), else nothing."""
     ctx = getattr(net, "inference", None)
     return ctx() if callable(ctx) else contextlib.nullcontext()
 
@@ -177,20 +184,26 @@ def _prepare(net, X, batch_size, where):
 def iter_input_gradients(net, X, output="max_logit", batch_size=None, index=None):
     """Yield ``(start, stop, D[start:stop])`` batch by batch (the batch on the network's device).
 
-    The streaming form of ``input_gradients``: memory holds one batch of gradients.
+    The streaming form of ``input_gradients``: memory holds one batch of gradients.  The
+    parameters are read at every batch (a convolution's unrolled matrix is rebuilt when its
+    weights changed between batches).
     """
     where = "input_gradients"
     if not isinstance(net, _network_type()):
         raise TypeError(f"{where}: net must be a NeuralNetwork, received {type(net).__name__}")
     check_output_mode(net, output, index, where)
     X, bs = _prepare(net, X, batch_size, where)
+    fast = InputGradientPass(net.layers) if getattr(net, "engine", False) else None
     for a in range(0, X.shape[0], bs):
         b = min(a + bs, X.shape[0])
         with _inference(net), _preserved(net):
             xb = to_device(X[a:b], like=net._param_like(), dtype=net.dtype)
-            out = net.forward(xb)
-            g = _upstream(out, output, index, where)
-            dx = net.backward(g)
+            if fast is not None:                 # the engine: dL/dx only, no parameter gradients
+                out = fast.forward(xb)
+                dx = fast.input_gradient(_upstream(out, output, index, where))
+            else:                                # engine=False: the layers' own forward/backward
+                out = net.forward(xb)
+                dx = net.backward(_upstream(out, output, index, where))
         yield a, b, dx
 
 
@@ -199,7 +212,7 @@ def input_gradients(net, X, output="max_logit", batch_size=None, index=None):
 
     ``output`` chooses ``f``:
 
-    * ``"max_logit"``: the largest logit of each sample (the seed's choice);
+    * ``"max_logit"``: the largest logit of each sample (the permutation test's default);
     * ``"log_softmax"``: the log-probability of the predicted class, ``z_c - logsumexp(z)``;
     * ``"logit"`` with ``index=k``: logit ``k``;
     * ``"output"``: the single output of a regression network;
@@ -207,8 +220,9 @@ def input_gradients(net, X, output="max_logit", batch_size=None, index=None):
       given the batch's outputs ``(n, *out_shape)`` and returns rows of the same shape).
 
     One forward and one backward pass per batch of ``batch_size`` samples (default
-    ``DEFAULT_BATCH``), through the network's own ``forward``/``backward``, in inference
-    mode.  The parameters, caches and stored gradients are left as they were.  The
+    ``DEFAULT_BATCH``), in inference mode: the engine's input-gradient pass (no parameter
+    gradients; see the module docstring), or with ``net.engine = False`` the layers' own
+    ``forward``/``backward``.  The parameters, caches and stored gradients are left as they were.  The
     result lives where ``X`` lives (NumPy, or CuPy for CuPy data) in the network's dtype.
     """
     if not hasattr(X, "shape"):

@@ -52,7 +52,7 @@ class LayerDefinitionError(TypeError):
     """
 
 
-#: How a layer is written (quoted by the errors below; README "Writing your own layer").
+#: How a layer is written (quoted by the errors below; docs/custom-layers.md, "Writing your own layer").
 _HOW = ("a layer implements _forward(self, x) -> y and _backward(self, dy) -> dx "
         "(a Neuron: _backward(self, dy, need_input_grad=True), storing self.grads[name] for every "
         "parameter), and compute_output_shape(self, input_shape) when y's shape differs from x's")
