@@ -75,8 +75,10 @@ def parse_reference(spec, args=None, kwargs=None):
             raise GradeError(f"--reference: arguments must be literals (numbers, strings, tuples, lists), "
                              f"received {spec!r}") from None
         ref = Reference(spec, cls, args if args else e_args, kwargs if kwargs else e_kwargs)
-    if not (isinstance(ref.cls, type) and issubclass(ref.cls, Node)):
-        raise GradeError(f"--reference {spec!r} is not a layer class (a subclass of nn_from_scratch Node)")
+    from ...layers.losses import Loss
+    if not (isinstance(ref.cls, type) and issubclass(ref.cls, Node)) or issubclass(ref.cls, Loss):
+        raise GradeError(f"--reference {spec!r} is not a layer class (a subclass of nn_from_scratch Node; losses "
+                         f"are graded one at a time with grade --layer)")
     try:
         ref.build()
     except Exception as exc:  # noqa: BLE001 - say it and stop: nothing can be graded against it
