@@ -5,9 +5,14 @@ Both frameworks get the same input batch ``x`` and the same weights.  Then
 * with labels ``y``: the loss (``SoftMaxLoss`` -> Keras's cross-entropy from
   logits, ``MSELoss`` -> ``MeanSquaredError``) is the scalar that is differentiated;
 * without labels: ``L = sum(output * G)`` with a random upstream gradient ``G``
-  (standard normal, from ``seed``) at the output: every layer's backward then
-  sees a generic upstream gradient (an all-ones one would hide, e.g., a
-  transposed square weight gradient).
+  (standard normal, from ``gradcheck.upstream_rng(seed)``: never the stream of
+  ``default_rng(seed)`` a user draws ``x`` from) at the output: every layer's
+  backward then sees a generic upstream gradient (an all-ones one would hide,
+  e.g., a transposed square weight gradient; one equal to ``x``, a mask taken
+  from ``dy``).
+
+Tolerances: ``tolerances``; sums over the batch that cancel and BatchNorm's
+float32 statistics are judged as ``scales`` says (docs/CROSSCHECK.md, "Tolerances").
 
 Keras's side runs the Keras layers one by one under a ``tf.GradientTape`` and
 asks for the gradient with respect to every intermediate tensor and every
