@@ -67,7 +67,6 @@ import re
 
 import keras
 import numpy as np
-from keras import ops
 
 from ...layers.activations import ReLU, Sigmoid, Softmax, Tanh
 from ...layers.reshape import Reshape, Vectorization
@@ -86,7 +85,7 @@ from ...training import schedules as our_schedules
 from ...training.optimizers import AdaGrad, Adam, AdamW, GradientDescent, RMSProp
 from ...layers.geometry import resolve_padding
 from ...layers.pooling import AvgPool, MaxPool
-from .layout import keras_axis, keras_flatten_permutation, our_axis, to_cf_dims, to_cl_dims
+from .layout import keras_axis, to_cf_dims, to_cl_dims
 
 __all__ = ["to_keras", "keras_loss", "keras_optimizer", "build_twin", "KerasTwin", "Group",
            "ParamMap", "ConstantPadding", "WindowCountScale", "unpack"]

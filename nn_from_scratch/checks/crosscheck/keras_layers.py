@@ -10,6 +10,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from ...backend import to_numpy
+
 __all__ = ["ConstantPadding", "WindowCountScale", "MaskedDropout", "window_counts"]
 
 
