@@ -100,3 +100,25 @@ def test_the_fallback_cleans_its_environment_and_copies(tmp_path):
     finally:
         box.cleanup()
     assert not os.path.exists(box.root)
+
+
+def test_a_bwrap_that_cannot_create_namespaces_falls_back_loudly(tmp_path, monkeypatch, capsys):
+    """Where bwrap exists but fails (no user namespaces), grading still runs, with the warning."""
+    from nn_from_scratch.checks.grading import sandbox
+    fake = tmp_path / "bin" / "bwrap"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(sandbox, "_BWRAP_STATE", {})
+    assert sandbox.bwrap_works() is False
+    subs = tmp_path / "subs" / "alice"
+    subs.mkdir(parents=True)
+    (subs / "leaky.py").write_text(open(ALICE).read())
+    out = tmp_path / "out"
+    assert grade.main(["--submissions", str(subs.parent), "--layer", "leaky.py:LeakyReLU", "--reference",
+                       "LeakyReLU(alpha=0.1)", "--input-shape", "6", "--out", str(out), "--skip-keras",
+                       "--timeout", "60"]) == 0
+    assert "Isolation is WEAKER" in capsys.readouterr().err
+    import json
+    assert json.loads((out / "grading_run.json").read_text())["isolation"] == "rlimits"
