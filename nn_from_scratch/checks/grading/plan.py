@@ -1,8 +1,8 @@
 """What is graded and how: the reference, the grading config, and the numbers the reference gives.
 
 ``--reference SPEC`` is trusted code run in the grader's process: a built-in layer expression
-(``"LeakyReLU(alpha=0.1)"``, ``"Convolution(kernel_size=3, output_layers=4)"``; literal arguments
-only, parsed, never evaluated) or an instructor's ``solution.py:CLASS``.  The students' layers are
+(``"LeakyReLU(alpha=0.1)"``, ``"Convolution(in_channels=3, kernel_size=3, output_layers=4, ndim=2)"``;
+literal arguments only, parsed, never evaluated) or an instructor's ``solution.py:CLASS``.  The students' layers are
 built with the same arguments (the expression's, or ``--args``/``--kwargs``).
 
 The grading config (TOML, docs/grading.md "Config file") sets the secret seed, limits, points,
