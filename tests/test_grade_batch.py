@@ -202,3 +202,41 @@ def test_odd_submission_names_get_safe_output_names(tmp_path, capsys):
                        "LeakyReLU(alpha=0.1)", "--input-shape", "6", "--out", str(out), "--skip-keras",
                        "--timeout", "60"]) == 0
     assert (out / "Jane_Doe.json").exists() and "'Jane Doe'" in capsys.readouterr().err
+
+
+def test_a_convolution_against_a_built_in_reference(tmp_path):
+    """A flipped kernel is self-consistent (the gradient check passes) but not the reference's convolution."""
+    subs = tmp_path / "subs"
+    (subs / "good").mkdir(parents=True)
+    (subs / "good" / "conv.py").write_text("from nn_from_scratch.layers import Convolution  # noqa: F401\n")
+    (subs / "flip").mkdir()
+    (subs / "flip" / "conv.py").write_text(
+        "import numpy as np\n"
+        "from nn_from_scratch.layers import Convolution as _C\n\n\n"
+        "class Convolution(_C):\n"
+        "    def _forward(self, x):\n"
+        "        W = self._params['W']\n"
+        "        self._params['W'] = np.ascontiguousarray(W[..., ::-1, ::-1])\n"
+        "        try:\n"
+        "            return super()._forward(x)\n"
+        "        finally:\n"
+        "            self._params['W'] = W\n\n"
+        "    def _backward(self, dy, need_input_grad=True):\n"
+        "        W = self._params['W']\n"
+        "        self._params['W'] = np.ascontiguousarray(W[..., ::-1, ::-1])\n"
+        "        try:\n"
+        "            dx = super()._backward(dy, need_input_grad)\n"
+        "        finally:\n"
+        "            self._params['W'] = W\n"
+        "        self._grads['W'] = np.ascontiguousarray(self._grads['W'][..., ::-1, ::-1])\n"
+        "        return dx\n")
+    out = tmp_path / "out"
+    assert grade.main(["--submissions", str(subs), "--layer", "conv.py:Convolution", "--reference",
+                       "Convolution(in_channels=3, kernel_size=3, output_layers=4, ndim=2)", "--input-shape",
+                       "3,6,6", "--out", str(out), "--skip-keras", "--timeout", "60"]) == 1
+    with open(out / "grades.csv") as f:
+        rows = {r["student"]: r for r in csv.DictReader(f)}
+    assert float(rows["good"]["score"]) == float(rows["good"]["max_score"]) == 9.0
+    flip = {c["check"]: c["passed"] for c in json.loads((out / "flip.json").read_text())["checks"]}
+    assert flip == {"output": False, "input gradient": False, "parameter gradients": False, "gradient check": True,
+                    "sgd steps": False}
