@@ -298,3 +298,17 @@ def test_grade_and_crosscheck_a_saved_model(tmp_path, capsys):
     assert cli.main(["--model", str(tmp_path / "bad.npz"), "--import", PLANTED, "--steps", "3",
                      "--batch-size", "8"]) == 1
     assert cli.main(["--model", str(tmp_path / "none.npz")]) == 2
+
+
+def test_grade_a_saved_conv_bias_batchnorm_network(tmp_path, capsys):
+    """A correct Conv (with bias) -> BatchNorm -> ReLU model passes every check, float32 and float64 alike
+    (its convolution's bias gradient is zero in exact arithmetic: docs/CROSSCHECK.md, "Tolerances")."""
+    from nn_from_scratch.layers.normalization import BatchNorm
+
+    for dtype in (np.float32, np.float64):
+        net = NeuralNetwork([Convolution((None, 1, 8, 8), kernel_size=3, output_layers=3, seed=0, dtype=dtype),
+                             BatchNorm((None, 3, 6, 6), dtype=dtype), ReLU(), Vectorization(),
+                             Linear(108, 4, seed=1, dtype=dtype)], SoftMaxLoss(), optimizer=GradientDescent(0.05))
+        net.save(tmp_path / "bn.npz")
+        assert grade.main(["--model", str(tmp_path / "bn.npz"), "--steps", "5"]) == 0, capsys.readouterr().out
+        capsys.readouterr()
