@@ -104,6 +104,13 @@ def test_correct_conv_bias_batchnorm_relu_passes_compare_training(mnist, dtype, 
     assert report.passed, str(report)
 
 
+def test_adam_through_a_float32_batchnorm_in_lockstep_for_30_steps(mnist):
+    """Free runs may flip ReLU kinks after a BatchNorm (the report points at the jump); lockstep judges each update."""
+    X, y = mnist
+    report = compare_training(conv_bn(np.float32), X, y, steps=30, batch_size=16, optimizer="adam", lockstep=True)
+    assert report.passed, str(report)
+
+
 #: (network factory, dtype, labels?, expected failing layer index, expected quantity)
 WRONG = {
     "bn inference backward": (lambda d: conv_bn(d, bn=BNInferenceBackward), np.float32, True, 1, "dL/dx"),

@@ -38,10 +38,14 @@ every step, the largest absolute change the step could have made:
 ``lr_t * max_c sum|terms_c| / (1 - momentum)`` for SGD, ``lr_t`` for an
 adaptive optimizer (Adam, RMSprop, AdaGrad: their per-coordinate step is
 about ``lr_t`` whatever the gradient's size).  An adaptive optimizer also turns
-a gradient that is rounding noise into a full step of about ``lr_t`` in a
-random direction, different in each framework: for such a channel (gradient
-below its rounding allowance) a difference of ``2 lr_t`` per step is not counted.
+a gradient that is noise into a full step of about ``lr_t`` in a direction the
+rounding decides, differently in each framework: for every coordinate whose
+gradient is below ``rho * sum|terms|`` (``rho``: ``ROUNDING_ULPS * eps``, or
+``tol_bn`` when a BatchNorm normalises with batch statistics, whose rounding
+reaches every gradient) a difference of ``2 lr_t`` per step is not counted
+(``UpdateTracker``).
 """
+import copy
 import math
 
 import numpy as np
@@ -52,7 +56,7 @@ from ...layers.dense import Linear
 from ...layers.normalization import BatchNorm
 
 __all__ = ["ROUNDING_ULPS", "BN_SQRT_M_FACTOR", "rounding_allowance", "batchnorm_tolerance", "bias_like",
-           "update_scale"]
+           "UpdateTracker"]
 
 #: safety factor on ``eps * sum|terms|`` (the sums of 10^4 float32 terms measured differ by ~1-5 of it)
 ROUNDING_ULPS = 64.0
@@ -125,18 +129,76 @@ def batchnorm_tolerance(layer, x_in, tol, dtype):
     return max(tol, BN_SQRT_M_FACTOR * _eps(dtype) * math.sqrt(m) * max(kappa, 1.0))
 
 
-def update_scale(opt, mass, grad, dtype):
-    """``(floor, allowance)`` that one optimizer step adds for a bias-like weight (module docstring).
+class UpdateTracker:
+    """The floors and allowances of ``compare_training``'s weights (module docstring, "In training").
 
-    ``mass``/``grad``: ``sum|terms|`` and the gradient per channel.  SGD: the floor grows by the largest
-    change the step could make, ``lr * max(mass) / (1 - momentum)``.  An adaptive optimizer moves every
-    coordinate by about ``lr`` whatever the gradient's size, so a channel whose gradient is rounding
-    noise (``|grad| <= ROUNDING_ULPS * eps * mass``) moves by up to ``lr`` either way in each framework:
-    its allowance grows by ``2 lr``; the floor grows by ``lr``.
+    Per step: ``start_step(layers, ins)`` (the noise level ``rho``: ``ROUNDING_ULPS * eps``, or a
+    BatchNorm's ``tol_bn`` where one normalises with batch statistics), then around each layer's
+    backward ``before_backward(i, x_in, g)`` / ``after_backward(i)``.  ``floor(i, label)`` and
+    ``allowance(i, label)`` are what ``Check.of`` takes.
+
+    * SGD: a bias-like weight's floor grows by ``lr * max_c sum|terms_c| / (1 - momentum)``.
+    * Adaptive optimizers (Adam, RMSprop, AdaGrad): a bias-like weight's floor grows by ``lr``; and
+      every coordinate of every weight whose gradient is noise (``|grad| <= rho * sum|terms|``, the
+      term mass of a ``Linear``/``Convolution`` weight being the same gradient computed from ``|x|``
+      and ``|g|``) gets ``2 lr`` more allowance: the optimizer's normalised step moves it by about
+      ``lr`` in a direction the rounding decides, differently in each framework.
     """
-    lr = float(getattr(opt, "current_lr", getattr(opt, "lr", 0.0)))
-    if type(opt).__name__ in ("GradientDescent",):
-        momentum = float(getattr(opt, "momentum", 0.0))
-        return lr * float(np.max(mass)) / max(1.0 - momentum, 1e-3), 0.0
-    noise = np.abs(grad) <= ROUNDING_ULPS * _eps(dtype) * mass
-    return lr, 2.0 * lr * noise
+
+    def __init__(self, groups, opt, dtype):
+        self.opt, self.dtype = opt, dtype
+        self.adaptive = type(opt).__name__ != "GradientDescent"
+        self.momentum = 0.0 if self.adaptive else float(getattr(opt, "momentum", 0.0))
+        self.maps = {g.index: (g.layer, list(g.params)) for g in groups
+                     if g.params and isinstance(g.layer, (Linear, Convolution, BatchNorm))}
+        self.floors, self.allowances, self.rho = {}, {}, ROUNDING_ULPS * _eps(dtype)
+        self._shadows, self._masses = {}, {}
+
+    def start_step(self, layers, ins):
+        rho = ROUNDING_ULPS * _eps(self.dtype)
+        for layer, x in zip(layers, ins):
+            rho = max(rho, batchnorm_tolerance(layer, x, 0.0, self.dtype))
+        self.rho = rho
+
+    def _term_masses(self, i, layer, x_in, g):
+        if isinstance(layer, BatchNorm):
+            return {"gamma": term_mass(layer, "gamma", x_in, g), "beta": term_mass(layer, "beta", x_in, g)}
+        if not self.adaptive:   # SGD needs the bias's mass only: sum |g| per channel
+            return {"b": _channel_sums(to_numpy(g))} if isinstance(layer, Convolution) else \
+                {"W": np.concatenate([_channel_sums(to_numpy(g))[None, :],
+                                      np.zeros((layer.in_features, layer.out_features))])}
+        shadow = self._shadows.get(i)
+        if shadow is None:      # the weight gradients are bilinear in (x, g): from |x| and |g| they are the masses
+            shadow = self._shadows[i] = copy.deepcopy(layer)
+        shadow.forward(abs(x_in))
+        shadow.backward(abs(g), need_input_grad=False)
+        return {k: np.asarray(to_numpy(v), dtype=np.float64) for k, v in shadow.grads.items()}
+
+    def before_backward(self, i, x_in, g):
+        if i in self.maps:
+            self._masses[i] = self._term_masses(i, self.maps[i][0], x_in, g)
+
+    def after_backward(self, i):
+        if i not in self.maps:
+            return
+        layer, pms = self.maps[i]
+        masses = self._masses.pop(i)
+        grads = {k: np.asarray(to_numpy(v), dtype=np.float64) for k, v in layer.grads.items()}
+        lr = float(getattr(self.opt, "current_lr", getattr(self.opt, "lr", 0.0)))
+        for pm in pms:
+            key = (i, pm.label)
+            if self.adaptive:
+                if bias_like(layer, pm.label):
+                    self.floors[key] = self.floors.get(key, 0.0) + lr
+                mass = np.asarray(pm.ours(masses), dtype=np.float64)
+                noise = np.abs(np.asarray(pm.ours(grads), dtype=np.float64)) <= self.rho * mass
+                self.allowances[key] = self.allowances.get(key, 0.0) + 2.0 * lr * noise
+            elif bias_like(layer, pm.label):
+                mass = np.asarray(pm.ours(masses), dtype=np.float64)
+                self.floors[key] = self.floors.get(key, 0.0) + lr * float(np.max(mass)) / max(1 - self.momentum, 1e-3)
+
+    def floor(self, i, label):
+        return self.floors.get((i, label), 0.0)
+
+    def allowance(self, i, label):
+        return self.allowances.get((i, label))

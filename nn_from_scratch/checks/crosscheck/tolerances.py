@@ -60,7 +60,7 @@ def relative_error(a, b):
 def measure(a, b, allowance=None, floor=0.0):
     """``(max abs error, max rel error, index of the worst entry)``; index in ``a``'s layout.
 
-    ``allowance`` (an array broadcasting against ``a`` along axis 0, or None): a rounding allowance
+    ``allowance`` (an array of ``a``'s size, or one broadcasting along axis 0, or None): a rounding allowance
     subtracted from every entry's difference before the relative error is taken; ``floor``: the
     least scale (see ``scales``).
     """
@@ -79,8 +79,11 @@ def measure(a, b, allowance=None, floor=0.0):
         flat = int(diff.argmax())
         worst = diff.reshape(-1)[flat]
         return float(worst), float(worst) / scale, tuple(int(i) for i in np.unravel_index(flat, a.shape))
-    allow = np.broadcast_to(np.asarray(allowance, dtype=np.float64).reshape(
-        (-1,) + (1,) * (a.ndim - 1)) if a.ndim else np.asarray(allowance, dtype=np.float64), a.shape)
+    allow = np.asarray(allowance, dtype=np.float64)
+    if allow.size == a.size:                # one allowance per entry
+        allow = allow.reshape(a.shape)
+    elif a.ndim:                            # one per entry of axis 0 (per channel), or one for all
+        allow = np.broadcast_to(allow.reshape((-1,) + (1,) * (a.ndim - 1)), a.shape)
     excess = np.maximum(diff - allow, 0.0)
     flat = int(excess.argmax()) if excess.any() else int(diff.argmax())
     return (float(diff.reshape(-1)[flat]), float(excess.reshape(-1)[flat]) / scale,

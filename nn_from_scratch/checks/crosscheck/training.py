@@ -39,7 +39,7 @@ from .compare import _adapt_input, _dtype, _keras_targets, _param_like
 from .convert import build_twin, copy_layers, keras_loss, keras_optimizer, unpack
 from .layout import to_keras_layout
 from .report import StepRecord, TrainingReport
-from .scales import bias_like, term_mass, update_scale
+from .scales import UpdateTracker
 from .tolerances import TINY, Check, resolve_tolerances
 
 __all__ = ["compare_training"]
@@ -91,10 +91,7 @@ def compare_training(network, X, y, steps=100, optimizer=None, batch_size=32, se
     kloss = keras_loss(loss, sparse, dtype)
     like = _param_like(layers)
     weight_maps = [(g.index, g.layer, pm) for g in twin.groups for pm in g.params]
-    bias_maps = {}
-    for g in twin.groups:
-        bias_maps[g.index] = [pm for pm in g.params if bias_like(g.layer, pm.label)]
-    floors, allowances = {}, {}
+    tracker = UpdateTracker(twin.groups, opt, dtype)      # floors and allowances of the weights (scales)
 
     def keras_step(xk, yk):
         with tf.GradientTape() as tape:
@@ -128,14 +125,11 @@ def compare_training(network, X, y, steps=100, optimizer=None, batch_size=32, se
             out = layer.forward(out)
         lo = float(to_numpy(loss.forward(out, to_device(yb, like=out))))
         g = loss.backward()
+        tracker.start_step(layers, ins)
         for i in range(len(layers) - 1, -1, -1):
-            for pm in bias_maps.get(i, ()):      # the update mass of bias-like weights (scales)
-                mass = term_mass(layers[i], pm.label, ins[i], g)
-                floor, allow = update_scale(opt, mass, term_mass(layers[i], pm.label, ins[i], g, signed=True),
-                                            dtype)
-                floors[(i, pm.label)] = floors.get((i, pm.label), 0.0) + floor
-                allowances[(i, pm.label)] = allowances.get((i, pm.label), 0.0) + allow
+            tracker.before_backward(i, ins[i], g)
             g = layers[i].backward(g, need_input_grad=i > 0)
+            tracker.after_backward(i)
         if regularizers.has_any(layers):        # the penalties in the loss and the gradients, as fit does
             lo += float(to_numpy(regularizers.apply(layers)))
         opt.step(layers)
@@ -146,7 +140,7 @@ def compare_training(network, X, y, steps=100, optimizer=None, batch_size=32, se
         for i, layer, pm in weight_maps:
             label = f"{layer.name}.{pm.label}"
             c = Check.of(label, to_numpy(pm.ours(layer.params)), pm.keras_value(), tol, pm.array, pm.index_map,
-                         floor=floors.get((i, pm.label), 0.0), allowance=allowances.get((i, pm.label)))
+                         floor=tracker.floor(i, pm.label), allowance=tracker.allowance(i, pm.label))
             if label not in worst or not c.max_rel <= worst[label].max_rel:
                 worst[label] = c
             if not c.max_rel <= step_worst:
