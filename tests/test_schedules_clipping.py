@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import nn_from_scratch as nf
+import nn_from_scratch.optimizers  # noqa: F401  (the lab path, used as nf.optimizers below)
 from nn_from_scratch.training import schedules as sch
 from test_optimizers import ParamHolder, _assert_close, _problem, _run_keras, _run_ours
 
