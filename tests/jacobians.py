@@ -1,7 +1,7 @@
 """A reference shared by the curvature and K-FAC tests: a layer's output Jacobian by central differences."""
 import numpy as np
 
-from nn_from_scratch.training import layer_statistics as ls
+from nn_from_scratch.kfac import statistics as ls
 
 
 def fd_output_jacobian(net, layer, X, h=0.5):

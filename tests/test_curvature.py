@@ -19,7 +19,7 @@ from loop_reference import conv_loop
 from nn_from_scratch import (Convolution, Flatten, Linear, MSELoss, NeuralNetwork, ReLU, ShapeError,
                              SoftMaxLoss, Tanh)
 from nn_from_scratch.analysis import curvature as cv
-from nn_from_scratch.training import layer_statistics as ls
+from nn_from_scratch.kfac import statistics as ls
 from nn_from_scratch.layers.geometry import gathering_filter, resolve_padding
 
 F64 = np.float64
@@ -411,7 +411,7 @@ def test_cupy_factors_equal_numpy(gpu, rng):
 
 @pytest.mark.parametrize("shape", [(5, 1, 7, 3), (4, 30, 6, 2)], ids=["projections-first", "gradients-first"])
 def test_scalings_sum_both_orders_equal_a_loop(shape, rng):
-    from nn_from_scratch.training.kronecker import scalings_sum
+    from nn_from_scratch.kfac.factors import scalings_sum
     n, T, dp, f = shape
     a, gs = rng.standard_normal((n, T, dp)), [rng.standard_normal((n, T, f)) for _ in range(2)]
     Q_A = np.linalg.qr(rng.standard_normal((dp, dp)))[0]

@@ -14,7 +14,7 @@ from nn_from_scratch import (EKFAC, KFAC, Adam, Convolution, Flatten, GradientDe
                              MSELoss, NeuralNetwork, ReLU, SoftMaxLoss, Tanh)
 from nn_from_scratch.training import optimizers
 from nn_from_scratch.analysis import curvature as cv
-from nn_from_scratch.training import layer_statistics as ls
+from nn_from_scratch.kfac import statistics as ls
 from nn_from_scratch.interfaces import Neuron
 from gpu_utils import requires_gpu
 

@@ -78,8 +78,8 @@ import math
 import numpy as np
 
 from ..backend import get_array_module, read_scalars, to_device, to_numpy
-from ..training import layer_statistics as ls
-from ..training.kronecker import EKFACFactors, KroneckerFactors, check_damping, scalings_sum, symmetric_eigh
+from ..kfac import statistics as ls
+from ..kfac.factors import EKFACFactors, KroneckerFactors, check_damping, scalings_sum, symmetric_eigh
 
 __all__ = ["per_example_gradients", "kfac_factors", "fisher_block", "ekfac_scalings", "ekfac_factors",
            "approximation_errors", "KroneckerFactors", "EKFACFactors", "check_damping", "symmetric_eigh",

@@ -47,12 +47,12 @@ import warnings
 import numpy as np
 
 from ..engine import kernels
-from . import layer_statistics as ls
-from .kronecker import (EKFACFactors, KroneckerFactors, check_damping, one_blas_thread,
-                                  scalings_sum, symmetric_eigh)
+from . import statistics as ls
+from .factors import (EKFACFactors, KroneckerFactors, check_damping, one_blas_thread, scalings_sum,
+                      symmetric_eigh)
 from ..backend import get_array_module
 from ..by_layer import StateByLayer
-from .optimizer_base import Optimizer
+from ..training.optimizer_base import Optimizer
 
 __all__ = ["KFAC", "EKFAC"]
 
@@ -65,6 +65,9 @@ def _check_int(owner, name, value):
 
 class KFAC(Optimizer):
     """K-FAC / KFC natural-gradient descent (see the module docstring for the update)."""
+
+    #: the optimizer's names in ``optimizers.get`` / ``NeuralNetwork(optimizer=...)`` (lowercase)
+    names = ("kfac",)
 
     #: EKFAC's re-estimation forms per-example gradients ``(n, F, Dp)`` this many examples at a time
     chunk_examples = 32
@@ -258,6 +261,8 @@ class KFAC(Optimizer):
 class EKFAC(KFAC):
     """Eigenvalue-corrected K-FAC (George et al. 2018): K-FAC's eigenbasis, scalings re-estimated every
     ``scale_every`` steps from real per-example gradients (see the module docstring)."""
+
+    names = ("ekfac",)
 
     def __init__(self, lr=0.01, damping=1e-3, decay=0.95, cov_every=10, inv_every=100, fisher="empirical",
                  kl_clip=1e-3, momentum=0.9, weight_decay=0, scale_every=10, mc_samples=1, seed=0):
