@@ -50,11 +50,45 @@ from ..engine import kernels
 from . import statistics as ls
 from .factors import (EKFACFactors, KroneckerFactors, check_damping, one_blas_thread, scalings_sum,
                       symmetric_eigh)
-from ..backend import get_array_module
+from ..backend import get_array_module, read_scalars
 from ..by_layer import StateByLayer
 from ..training.optimizer_base import Optimizer
+from ..training.trainer import TrainingWarning
 
 __all__ = ["KFAC", "EKFAC"]
+
+
+#: ``KFAC()``'s damping (benchmarks/kfac_defaults.py: 0.1 trained the seed CNN and LeNet-5 to Adam's test
+#: accuracy or better; 1e-3 diverged on LeNet-5)
+_DEFAULT_DAMPING = 0.1
+
+
+class _LossWatch:
+    """The losses of the statistics steps, smoothed: ``add`` says how they diverged (a string) or None.
+
+    Diverged: a loss that is NaN/Inf, or a smoothed loss (exponential average over ``WINDOW`` readings)
+    above ``FACTOR`` times its lowest value so far *and* above it by ``MARGIN`` times the starting
+    level (the first reading): the rise is large both relative to the best loss reached and on the
+    scale of the problem, so that the noise of a low loss (0.2 -> 0.4) is no divergence.
+    """
+
+    FACTOR, MARGIN, WINDOW = 2.0, 0.25, 3
+
+    def __init__(self):
+        self.start = self.ema = self.lowest = None
+        self.warned = False
+
+    def add(self, loss):
+        if not math.isfinite(loss):
+            return f"a batch's loss is {loss}"
+        if self.start is None:
+            self.start = self.ema = self.lowest = loss
+            return None
+        self.ema += (loss - self.ema) / self.WINDOW
+        self.lowest = min(self.lowest, self.ema)
+        if self.ema > self.FACTOR * self.lowest and self.ema - self.lowest > self.MARGIN * abs(self.start):
+            return f"smoothed, it rose from {self.lowest:.4g} to {self.ema:.4g}"
+        return None
 
 
 def _check_int(owner, name, value):
@@ -72,7 +106,7 @@ class KFAC(Optimizer):
     #: EKFAC's re-estimation forms per-example gradients ``(n, F, Dp)`` this many examples at a time
     chunk_examples = 32
 
-    def __init__(self, lr=0.01, damping=1e-3, decay=0.95, cov_every=10, inv_every=100, fisher="empirical",
+    def __init__(self, lr=0.01, damping=0.1, decay=0.95, cov_every=10, inv_every=100, fisher="empirical",
                  kl_clip=1e-3, momentum=0.9, weight_decay=0, mc_samples=1, seed=0):
         super().__init__(lr)
         owner = type(self).__name__
@@ -101,6 +135,7 @@ class KFAC(Optimizer):
         self._warned = set()
         self._curv = StateByLayer()     # per layer: factors, eigenbasis, scalings (not saved with a model)
         self._fresh = True               # no statistics yet: the next step records them, whatever its index
+        self._watch = _LossWatch()
 
     # ------------------------------------------------------------------ the trainer's hook
     @property
@@ -121,18 +156,32 @@ class KFAC(Optimizer):
         self._fresh = False
         with one_blas_thread(get_array_module(rec.output)):
             self._statistics(layers, rec, n)
+        self._check_loss(rec.loss)
         return rec.loss, rec.output
+
+    def _check_loss(self, loss):
+        """Warn once (``TrainingWarning``) when the loss seen on the statistics steps diverges
+        (``_LossWatch``): too little damping is K-FAC's usual cause, and the message says so."""
+        (value,) = read_scalars(loss, why="check")
+        verdict = self._watch.add(value)
+        if verdict is None or self._watch.warned:
+            return
+        self._watch.warned = True
+        name = type(self).__name__
+        warnings.warn(f"{name}: the training loss is diverging under {name} ({verdict}; the loss is read every "
+                      f"{self.cov_every} steps): the damping ({self.damping:g}) is too small for this network's "
+                      f"curvature. Raise damping (the default is {_DEFAULT_DAMPING:g}; more damping is a shorter, "
+                      f"safer step) or lower the learning rate ({self.lr})", TrainingWarning, stacklevel=2)
 
     def _statistics(self, layers, rec, n):
         update_cov = self.iterations % self.cov_every == 0
         for layer in layers:
             st = self._curv.of(layer)
-            a = rec.patches(layer)
+            rows = ls.patch_rows(layer, rec.inputs[id(layer)], bias=False)
             gs = rec.output_gradients(layer)
             if update_cov or "A" not in st:
-                t = a.shape[1]
-                a2 = a.reshape(-1, a.shape[2])
-                A = (a2.T @ a2).astype(np.float64) / n
+                t = rows.shape[1]
+                A = ls.input_factor_sum(layer, rows) / n
                 G = sum((g.reshape(-1, g.shape[2]).T @ g.reshape(-1, g.shape[2])) for g in gs).astype(np.float64)
                 G /= n * t
                 if "A" not in st:
@@ -140,9 +189,9 @@ class KFAC(Optimizer):
                 else:
                     st["A"] = self.decay * st["A"] + (1 - self.decay) * A
                     st["G"] = self.decay * st["G"] + (1 - self.decay) * G
-            self._keep_batch(st, a, gs)
+            self._keep_batch(st, layer, rows, gs)
 
-    def _keep_batch(self, st, a, gs):
+    def _keep_batch(self, st, layer, rows, gs):
         """K-FAC needs nothing more of the batch (EKFAC keeps it for its scalings)."""
 
     # ------------------------------------------------------------------ the update
@@ -250,6 +299,7 @@ class KFAC(Optimizer):
         self._warned = set()
         self._curv = StateByLayer()
         self._fresh = True
+        self._watch = _LossWatch()
 
     def get_config(self):
         return {"lr": self.lr, "damping": self.damping, "decay": self.decay, "cov_every": self.cov_every,
@@ -264,7 +314,7 @@ class EKFAC(KFAC):
 
     names = ("ekfac",)
 
-    def __init__(self, lr=0.01, damping=1e-3, decay=0.95, cov_every=10, inv_every=100, fisher="empirical",
+    def __init__(self, lr=0.01, damping=0.1, decay=0.95, cov_every=10, inv_every=100, fisher="empirical",
                  kl_clip=1e-3, momentum=0.9, weight_decay=0, scale_every=10, mc_samples=1, seed=0):
         super().__init__(lr, damping, decay, cov_every, inv_every, fisher, kl_clip, momentum, weight_decay,
                          mc_samples, seed)
@@ -274,23 +324,34 @@ class EKFAC(KFAC):
     def needs_layer_statistics(self):
         return self._fresh or self.iterations % self.cov_every == 0 or self.iterations % self.scale_every == 0
 
-    def _keep_batch(self, st, a, gs):
+    def _keep_batch(self, st, layer, rows, gs):
         if (self.iterations % self.scale_every == 0) and self.iterations % self.inv_every != 0:
-            st["batch"] = (a, gs)
+            if layer.use_bias:
+                xp = get_array_module(rows)
+                rows = xp.concatenate([rows, xp.ones(rows.shape[:2] + (1,), dtype=rows.dtype)], axis=2)
+            st["batch"] = (rows, gs)
 
     def _basis_changed(self, st):
         st["scalings"] = None
         st["pre"] = None
+        st["rows_basis"] = None
 
     def _refresh_scalings(self, st, layer, t):
-        batch = st.get("batch")
+        """``s_batch = (1/N) sum_n (Q_G^T G_n Q_A)^2`` by ``factors.scalings_sum`` (the Gramian form for a
+        Linear layer, the cheapest exact form for a convolution), in the network's dtype with the bases
+        cast once per eigenbasis; the first estimate in a basis replaces ``lam_G lam_A^T``, later ones
+        are averaged with ``decay``."""
+        batch = st.pop("batch", None)
         if batch is None:
             return
         a, gs = batch
-        _, Q_G, _, Q_A = st["eigen"]
-        n = a.shape[0]
-        s = scalings_sum(a, gs, Q_G, Q_A, self.chunk_examples)
-        s /= n
+        dt = np.result_type(a.dtype, np.float32)
+        cast = st.get("rows_basis")
+        if cast is None or cast[0] != dt:
+            _, Q_G, _, Q_A = st["eigen"]
+            st["rows_basis"] = cast = (dt, Q_G.astype(dt), Q_A.astype(dt))
+        s = scalings_sum(a, gs, cast[1], cast[2], self.chunk_examples)
+        s /= a.shape[0]
         old = st.get("scalings")
         st["pre"] = None
         st["scalings"] = s if old is None else self.decay * old + (1 - self.decay) * s

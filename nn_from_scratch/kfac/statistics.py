@@ -36,10 +36,10 @@ from ..backend import get_array_module, to_device
 from ..layers.losses import MSELoss, SoftMaxLoss
 from ..layers.conv import Convolution
 from ..layers.dense import Linear
-from ..layers.geometry import im2col
+from ..layers.geometry import as_tuple, conv_output_shape, pad_input, patch_view, resolve_padding
 
 __all__ = ["FISHER_TYPES", "SUPPORTED_LAYERS", "is_supported", "select_layers", "check_fisher",
-           "patch_rows", "output_rows", "to_matrix", "from_matrix", "matrix_shape", "n_positions",
+           "patch_rows", "input_factor_sum", "output_rows", "to_matrix", "from_matrix", "matrix_shape", "n_positions",
            "record", "Record"]
 
 FISHER_TYPES = ("empirical", "mc", "type2", "gauss_newton")
@@ -108,18 +108,45 @@ def matrix_shape(layer):
     return layer.out_channels, ck + int(layer.use_bias)
 
 
-def patch_rows(layer, x):
-    """``a: (N, T, Dp)``: the layer's patches for its input ``x``, a 1 appended last with bias."""
+def patch_rows(layer, x, bias=True):
+    """``a: (N, T, Dp)``: the layer's patches for its input ``x``, a 1 appended last with bias
+    (``bias=False``: without it, ``(N, T, C*K)``).  C-contiguous: one copy out of the strided patch view
+    (``layers/geometry.patch_view``), rows ``(t)`` position-major, columns ``(c, i)`` as ``im2col``'s rows."""
     xp = get_array_module(x)
     if isinstance(layer, Linear):
         rows = x.reshape(x.shape[0], 1, -1)
     else:
-        cols = im2col(x, layer.kernel_size, layer.stride, layer.padding, layer.dilation)   # (N, C*K, T)
-        rows = cols.transpose(0, 2, 1)
-    if layer.use_bias:
+        nd = x.ndim - 2
+        kernel, stride, dilation = (as_tuple(v, nd, name) for v, name in ((layer.kernel_size, "kernel_size"),
+                                    (layer.stride, "stride"), (layer.dilation, "dilation")))
+        pads = resolve_padding(layer.padding, x.shape[2:], kernel, stride, dilation)
+        out = conv_output_shape(x.shape[2:], kernel, stride, pads, dilation)
+        view = patch_view(pad_input(x, pads), kernel, stride, dilation, out)       # (N, C, *k, *O)
+        order = (0,) + tuple(range(2 + nd, 2 + 2 * nd)) + (1,) + tuple(range(2, 2 + nd))
+        rows = view.transpose(order).reshape(x.shape[0], math.prod(out), -1)      # (N, *O, C, *k): one copy
+    if bias and layer.use_bias:
         ones = xp.ones(rows.shape[:2] + (1,), dtype=rows.dtype)
         rows = xp.concatenate([rows, ones], axis=2)
     return rows
+
+
+def input_factor_sum(layer, rows):
+    """``sum_nt a_nt a_nt^T: (Dp, Dp)`` in float64 from ``patch_rows(layer, x, bias=False)``: the
+    patch block as one symmetric product (BLAS's ``syrk`` for ``R^T R``) in the rows' dtype, the bias
+    row and column (a 1 appended to every patch) as the patches' sum and the count ``N T``."""
+    xp = get_array_module(rows)
+    R = rows.reshape(-1, rows.shape[-1])
+    body = (R.T @ R).astype(np.float64)
+    if not layer.use_bias:
+        return body
+    d = body.shape[0]
+    A = xp.empty((d + 1, d + 1), dtype=np.float64)
+    A[:d, :d] = body
+    col = R.sum(axis=0, dtype=np.float64)
+    A[:d, d] = col
+    A[d, :d] = col
+    A[d, d] = R.shape[0]
+    return A
 
 
 def output_rows(layer, g):
