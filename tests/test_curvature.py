@@ -409,12 +409,36 @@ def test_cupy_factors_equal_numpy(gpu, rng):
             close(dg[key], dh[key])
 
 
-@pytest.mark.parametrize("shape", [(5, 1, 7, 3), (4, 30, 6, 2)], ids=["projections-first", "gradients-first"])
-def test_scalings_sum_both_orders_equal_a_loop(shape, rng):
-    from nn_from_scratch.kfac.factors import scalings_sum
+@pytest.mark.parametrize("method", [None, "gram", "project", "gradients"])
+@pytest.mark.parametrize("shape", [(5, 1, 7, 3), (4, 30, 6, 2), (6, 4, 5, 3)], ids=["linear", "many-positions", "few"])
+def test_scalings_sum_every_form_equals_the_per_example_definition(shape, method, rng):
+    """``sum_n (Q_G^T G_n Q_A)^2`` with ``G_n = sum_t g_nt a_nt^T`` formed example by example (float64):
+    the Gramian form (no per-example gradient), the projected and the plain per-example forms, and
+    the cheapest one (``method=None``) all equal it, in chunks that do not divide N."""
+    from nn_from_scratch.kfac.factors import scalings_cost, scalings_sum
     n, T, dp, f = shape
     a, gs = rng.standard_normal((n, T, dp)), [rng.standard_normal((n, T, f)) for _ in range(2)]
     Q_A = np.linalg.qr(rng.standard_normal((dp, dp)))[0]
     Q_G = np.linalg.qr(rng.standard_normal((f, f)))[0]
     ref = sum((Q_G.T @ sum(np.outer(g[i, t], a[i, t]) for t in range(T)) @ Q_A) ** 2 for g in gs for i in range(n))
-    close(scalings_sum(a, gs, Q_G, Q_A, chunk=3), ref)
+    got = scalings_sum(a, gs, Q_G, Q_A, chunk=4, method=method)
+    assert got.dtype == np.float64
+    close(got, ref)
+    cost = scalings_cost(T, dp, f)
+    if T == 1:                                      # a Linear layer: the Gramian form is taken
+        assert min(cost, key=cost.get) == "gram"
+    if T == 30:                                     # many positions: a per-example form is cheaper
+        assert min(cost, key=cost.get) != "gram"
+
+
+def test_scalings_sum_float32_rows_are_summed_in_float64(rng):
+    from nn_from_scratch.kfac.factors import scalings_sum
+    a, g = rng.standard_normal((64, 1, 9)), rng.standard_normal((64, 1, 4))
+    Q_A = np.linalg.qr(rng.standard_normal((9, 9)))[0]
+    Q_G = np.linalg.qr(rng.standard_normal((4, 4)))[0]
+    ref = scalings_sum(a, [g], Q_G, Q_A)
+    got = scalings_sum(a.astype(np.float32), [g.astype(np.float32)], Q_G.astype(np.float32), Q_A.astype(np.float32))
+    assert got.dtype == np.float64
+    close(got, ref, 1e-5)
+    with pytest.raises(ValueError, match="scalings_sum: method must be one of"):
+        scalings_sum(a, [g], Q_G, Q_A, method="einsum")
