@@ -20,7 +20,7 @@ def code(text):
 
 
 md(r"""
-# From the gathering filter to K-FAC and EKFAC (seed 004, finished)
+# From the gathering filter to K-FAC and EKFAC
 
 The seed notebook set out to build EKFAC for convolutional layers. Its key idea: the **patch matrix**
 of a convolution is itself a convolution, with an identity "gathering" filter; with it a convolution
@@ -255,7 +255,7 @@ md(r"""
 K-FAC and EKFAC are optimisation-speed tools: fewer steps to a given training loss. Whether that
 buys wall time depends on the statistics' cost against a step (here, tiny layers: cheap; the seed
 CNN's 7x7 convolution with 400 positions and 2 filters is the expensive case), and faster
-optimisation is not better generalisation: see `benchmarks/RESULTS.md` (issue 20) for the seed lab
+optimisation is not better generalisation: see `benchmarks/RESULTS.md` ("K-FAC / EKFAC") for the seed lab
 CNN, LeNet-5 and an autoencoder, every configuration of the grid recorded.
 """)
 

@@ -1,4 +1,4 @@
-"""The issue-20 benchmark scripts run (smoke runs, small sizes) and produce their figures."""
+"""The K-FAC benchmark scripts run (smoke runs, small sizes) and produce their figures."""
 import os
 import sys
 

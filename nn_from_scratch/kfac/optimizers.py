@@ -1,4 +1,5 @@
-"""K-FAC and EKFAC: natural-gradient optimizers with Kronecker-factored curvature (seed 004).
+"""K-FAC and EKFAC: natural-gradient optimizers with Kronecker-factored curvature
+(docs/analysis/curvature.md).
 
 For every ``Linear``/``Convolution`` layer the gradient ``V = [dL/dW.reshape(F, -1) | dL/db]``
 (``analysis/curvature.py`` gives the convention; ``Linear``'s bias row 0 maps to the last column)
@@ -20,26 +21,37 @@ is preconditioned by the damped curvature block, then clipped and applied with m
 ``"mc"``: one more backward pass per sample with labels drawn from the model; ``"type2"``,
 ``"gauss_newton"``: one per output, small nets only).
 
-EKFAC (``scale_every``): the scalings ``s`` start as ``lam_G lam_A^T`` at every new eigenbasis
-(so that until they are re-estimated EKFAC is K-FAC exactly) and are re-estimated every
-``scale_every`` steps from the batch's real per-example gradients in the current basis,
+EKFAC (``scale_every``, by default the statistics steps themselves): the scalings ``s`` start as
+``lam_G lam_A^T`` at every new eigenbasis (so that until they are re-estimated EKFAC is K-FAC
+exactly) and are re-estimated every ``scale_every`` steps from the batch in the current basis,
 ``s_batch = (1/N) sum_n (Q_G^T G_n Q_A)^2`` (the first estimate after a new basis replaces
-``lam_G lam_A^T``, later ones are averaged with ``decay``).
+``lam_G lam_A^T``, later ones are averaged with ``decay``: a running average).  ``s_batch`` is
+computed by ``factors.scalings_sum`` in its cheapest exact form: for a Linear layer the Gramian
+form ``(g~ * g~)^T (a~ * a~)`` of the projected rows, two matrix products for the batch and no
+per-example gradient; for a convolution, the per-example gradients a chunk at a time when that
+is cheaper (many positions).  The bases are cast to the network's dtype once per eigenbasis and the
+preconditioner's reciprocal denominators once per scalings (cached between steps).
+
+Defaults (``KFAC()``, ``EKFAC()``): ``lr=0.01``, ``damping=0.1``, statistics every 10 steps,
+eigenbases every 100 (``benchmarks/kfac_defaults.py``, ``benchmarks/RESULTS.md``).  A loss that
+diverges on the statistics steps (``_LossWatch``) gets one ``TrainingWarning`` that names the
+damping.
 
 Every other trainable layer (pooling and activations have no parameters; a student's own
 neuron, later normalisation layers) gets the plain momentum step ``v <- m v - lr g; w <- w + v``
 (with the same decoupled weight decay): there is no Kronecker block for it.
 
-How the trainer feeds it (C5): the optimizer's ``needs_layer_statistics`` is True on the steps
+How the trainer feeds it: the optimizer's ``needs_layer_statistics`` is True on the steps
 where it must see the batch (every ``cov_every``-th, and for EKFAC every ``scale_every``-th);
 on those steps ``NeuralNetwork`` hands the batch to ``optimizer.forward_backward(net, x, y)``,
 which runs the forward/backward pass in this process, layer by layer (no fused blocks, no worker
-split), keeps each layer's input (the patches come from ``layers/geometry.im2col`` of it) and
+split), keeps each layer's input (the patches come from ``layers/geometry.patch_view`` of it) and
 per-example output gradient, and leaves the training gradient in the layers as usual.  On the
 other steps, and for every other optimizer, the trainer runs its ordinary (fused, split) step:
 nothing is slower.  A saved model keeps the momenta and the step count (``get_state``); the
-factors are not saved: after loading, the first step records them again.  A manual loop calls ``optimizer.forward_backward(net, x, y)`` itself instead of
-``net.forward``/``backward`` when ``optimizer.needs_layer_statistics`` is True.
+factors are not saved: after loading, the first step records them again.  A manual loop calls
+``optimizer.forward_backward(net, x, y)`` itself instead of ``net.forward``/``backward`` when
+``optimizer.needs_layer_statistics`` is True.
 """
 import math
 import warnings
