@@ -286,10 +286,23 @@ def _mlp(opt):
 
 
 def test_the_defaults_are_the_documented_ones():
-    """damping 0.1 and lr 0.01 (benchmarks/kfac_defaults.py; docs/analysis/curvature.md)."""
+    """damping 0.1 and lr 0.01 (benchmarks/kfac_defaults.py; docs/analysis/curvature.md); EKFAC's
+    scalings on the statistics steps (``scale_every=None`` trains as ``scale_every=cov_every``)."""
     for cls in (KFAC, EKFAC):
         cfg = cls().get_config()
         assert cfg["damping"] == 0.1 and cfg["lr"] == 0.01 and cfg["cov_every"] == 10 and cfg["inv_every"] == 100
+    assert EKFAC().scale_every is None
+
+
+def test_ekfac_scalings_on_the_statistics_steps_by_default(rng):
+    X, y = _mlp_task(rng)
+    a, b = _mlp(EKFAC(cov_every=3, inv_every=30)), _mlp(EKFAC(cov_every=3, inv_every=30, scale_every=3))
+    a.fit(X[:96], y[:96], epochs=1, batch_size=8, verbose=0, seed=0)
+    b.fit(X[:96], y[:96], epochs=1, batch_size=8, verbose=0, seed=0)
+    for la, lb in zip(a.trainable_layers, b.trainable_layers):
+        np.testing.assert_array_equal(la.W, lb.W)
+    c = a.optimizer.curvature(a.layers[0])            # re-estimated at steps 3, 6, 9 in the basis of step 0
+    assert np.abs(c.scalings - c.factors.eigenvalues()).max() > 1e-6
 
 
 @pytest.mark.parametrize("cls", [KFAC, EKFAC])

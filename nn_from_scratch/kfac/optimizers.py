@@ -21,8 +21,8 @@ is preconditioned by the damped curvature block, then clipped and applied with m
 ``"mc"``: one more backward pass per sample with labels drawn from the model; ``"type2"``,
 ``"gauss_newton"``: one per output, small nets only).
 
-EKFAC (``scale_every``, by default the statistics steps themselves): the scalings ``s`` start as
-``lam_G lam_A^T`` at every new eigenbasis (so that until they are re-estimated EKFAC is K-FAC
+EKFAC (``scale_every``; ``None``, the default: the statistics steps themselves): the scalings
+``s`` start as ``lam_G lam_A^T`` at every new eigenbasis (so that until they are re-estimated EKFAC is K-FAC
 exactly) and are re-estimated every ``scale_every`` steps from the batch in the current basis,
 ``s_batch = (1/N) sum_n (Q_G^T G_n Q_A)^2`` (the first estimate after a new basis replaces
 ``lam_G lam_A^T``, later ones are averaged with ``decay``: a running average).  ``s_batch`` is
@@ -327,17 +327,22 @@ class EKFAC(KFAC):
     names = ("ekfac",)
 
     def __init__(self, lr=0.01, damping=0.1, decay=0.95, cov_every=10, inv_every=100, fisher="empirical",
-                 kl_clip=1e-3, momentum=0.9, weight_decay=0, scale_every=10, mc_samples=1, seed=0):
+                 kl_clip=1e-3, momentum=0.9, weight_decay=0, scale_every=None, mc_samples=1, seed=0):
         super().__init__(lr, damping, decay, cov_every, inv_every, fisher, kl_clip, momentum, weight_decay,
                          mc_samples, seed)
-        self.scale_every = _check_int("EKFAC", "scale_every", scale_every)
+        #: None: the scalings are re-estimated on the statistics steps themselves (every ``cov_every``)
+        self.scale_every = None if scale_every is None else _check_int("EKFAC", "scale_every", scale_every)
+
+    @property
+    def _scale_every(self):
+        return self.cov_every if self.scale_every is None else self.scale_every
 
     @property
     def needs_layer_statistics(self):
-        return self._fresh or self.iterations % self.cov_every == 0 or self.iterations % self.scale_every == 0
+        return self._fresh or self.iterations % self.cov_every == 0 or self.iterations % self._scale_every == 0
 
     def _keep_batch(self, st, layer, rows, gs):
-        if (self.iterations % self.scale_every == 0) and self.iterations % self.inv_every != 0:
+        if (self.iterations % self._scale_every == 0) and self.iterations % self.inv_every != 0:
             if layer.use_bias:
                 xp = get_array_module(rows)
                 rows = xp.concatenate([rows, xp.ones(rows.shape[:2] + (1,), dtype=rows.dtype)], axis=2)
