@@ -1,4 +1,4 @@
-"""KFAC / EKFAC optimizers (kfac_optim.py) and their trainer hook.
+"""KFAC / EKFAC optimizers (nn_from_scratch/kfac/optimizers.py) and their trainer hook.
 
 References: the Gauss-Newton block of a deep linear least-squares model from central finite
 differences of the network output (exact for outputs linear in a layer's parameters) solved with
