@@ -442,3 +442,35 @@ def test_scalings_sum_float32_rows_are_summed_in_float64(rng):
     close(got, ref, 1e-5)
     with pytest.raises(ValueError, match="scalings_sum: method must be one of"):
         scalings_sum(a, [g], Q_G, Q_A, method="einsum")
+
+
+ROW_WINDOW_GEOMETRIES = [  # (C, (H, W), kernel, stride, padding, dilation, bias)
+    (4, (12, 12), (7, 7), 1, 0, 1, False),          # the seed CNN's second layer, smaller
+    (2, (9, 11), (3, 5), (2, 1), (1, 2), 1, True),
+    (3, (10, 10), (3, 3), 1, "same", 2, True),
+    (1, (8, 7), (2, 3), (1, 3), 0, (2, 1), True),
+]
+
+
+@pytest.mark.parametrize("geom", ROW_WINDOW_GEOMETRIES, ids=lambda g: f"k{g[2]}s{g[3]}p{g[4]}d{g[5]}")
+def test_input_factor_row_windows_equal_the_patch_rows_and_a_loop(geom, rng):
+    """The factor's two forms (one product of the patch rows; the row-window Gramian and its
+    diagonal sums) equal each other and the loop over patches, in float64."""
+    C, spatial, kernel, stride, padding, dilation, bias = geom
+    conv = Convolution((None, C) + spatial, kernel_size=kernel, output_layers=2, stride=stride, padding=padding,
+                       dilation=dilation, use_bias=bias, dtype=F64)
+    X = rng.standard_normal((3, C) + spatial)
+    pairs = resolve_padding(padding, spatial, conv.kernel_size, conv.stride, conv.dilation)
+    ref = _loop_A(X, conv.kernel_size, conv.stride, pairs, conv.dilation, bias) * 3
+    for form in ("patches", "row windows"):
+        close(ls.input_factor_sum(conv, X, form=form), ref)
+    with pytest.raises(ValueError, match="input_factor_sum: form must be"):
+        ls.input_factor_sum(conv, X, form="fft")
+
+
+def test_input_factor_form_takes_the_cheaper():
+    seed_conv2 = Convolution((None, 4, 26, 26), kernel_size=7, output_layers=2, use_bias=False)
+    lenet_conv1 = Convolution((None, 1, 28, 28), kernel_size=5, output_layers=6, padding=2)
+    assert ls.input_factor_form(seed_conv2, (64, 4, 26, 26)) == "row windows"    # 26^2 < 20 * 7^2
+    assert ls.input_factor_form(lenet_conv1, (64, 1, 28, 28)) == "patches"       # 32^2 > 28 * 5^2
+    assert ls.input_factor_form(Linear(3, 2), (5, 3)) == "patches"

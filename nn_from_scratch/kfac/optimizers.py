@@ -189,11 +189,11 @@ class KFAC(Optimizer):
         update_cov = self.iterations % self.cov_every == 0
         for layer in layers:
             st = self._curv.of(layer)
-            rows = ls.patch_rows(layer, rec.inputs[id(layer)], bias=False)
+            x = rec.inputs[id(layer)]
             gs = rec.output_gradients(layer)
             if update_cov or "A" not in st:
-                t = rows.shape[1]
-                A = ls.input_factor_sum(layer, rows) / n
+                t = gs[0].shape[1]
+                A = ls.input_factor_sum(layer, x) / n
                 G = sum((g.reshape(-1, g.shape[2]).T @ g.reshape(-1, g.shape[2])) for g in gs).astype(np.float64)
                 G /= n * t
                 if "A" not in st:
@@ -201,10 +201,10 @@ class KFAC(Optimizer):
                 else:
                     st["A"] = self.decay * st["A"] + (1 - self.decay) * A
                     st["G"] = self.decay * st["G"] + (1 - self.decay) * G
-            self._keep_batch(st, layer, rows, gs)
+            self._keep_batch(st, layer, x, gs)
 
-    def _keep_batch(self, st, layer, rows, gs):
-        """K-FAC needs nothing more of the batch (EKFAC keeps it for its scalings)."""
+    def _keep_batch(self, st, layer, x, gs):
+        """K-FAC needs nothing more of the batch (EKFAC keeps its patch rows for its scalings)."""
 
     # ------------------------------------------------------------------ the update
     def curvature(self, layer):
@@ -341,12 +341,9 @@ class EKFAC(KFAC):
     def needs_layer_statistics(self):
         return self._fresh or self.iterations % self.cov_every == 0 or self.iterations % self._scale_every == 0
 
-    def _keep_batch(self, st, layer, rows, gs):
+    def _keep_batch(self, st, layer, x, gs):
         if (self.iterations % self._scale_every == 0) and self.iterations % self.inv_every != 0:
-            if layer.use_bias:
-                xp = get_array_module(rows)
-                rows = xp.concatenate([rows, xp.ones(rows.shape[:2] + (1,), dtype=rows.dtype)], axis=2)
-            st["batch"] = (rows, gs)
+            st["batch"] = (ls.patch_rows(layer, x), gs)
 
     def _basis_changed(self, st):
         st["scalings"] = None
