@@ -4,6 +4,7 @@ The convention (derived in ``curvature.py``'s docstring) in array terms, for a l
 ``F`` outputs, ``T`` output positions and ``Dp`` patch entries (``C*K``, plus 1 with bias)::
 
     patch_rows(layer, x)  -> a: (N, T, Dp)   a[n, t] = im2col patch (channel-major), 1 appended last
+    input_factor_sum(layer, x) -> sum_nt a a^T: (Dp, Dp)   without forming a (2-D convolutions) when cheaper
     output_rows(layer, g) -> g: (N, T, F)    the layer's output gradient, position-major
     to_matrix(layer, grads) -> (F, Dp)       [W.reshape(F, -1) | b] from the layer's own layout
     from_matrix(layer, M) -> {"W":..., "b":...}  and back
@@ -39,8 +40,8 @@ from ..layers.dense import Linear
 from ..layers.geometry import as_tuple, conv_output_shape, pad_input, patch_view, resolve_padding
 
 __all__ = ["FISHER_TYPES", "SUPPORTED_LAYERS", "is_supported", "select_layers", "check_fisher",
-           "patch_rows", "input_factor_sum", "input_factor_form", "output_rows", "to_matrix", "from_matrix", "matrix_shape", "n_positions",
-           "record", "Record"]
+           "patch_rows", "input_factor_sum", "input_factor_form", "output_rows", "to_matrix", "from_matrix",
+           "matrix_shape", "n_positions", "record", "Record"]
 
 FISHER_TYPES = ("empirical", "mc", "type2", "gauss_newton")
 #: the layer classes the Kronecker factors are defined for (and their subclasses)
