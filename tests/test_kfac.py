@@ -341,15 +341,21 @@ def test_the_loss_watch_verdicts():
     assert w.add(2.3) is None and w.add(float("nan")) == "a batch's loss is nan"
 
 
-def test_kfac_factors_of_the_optimizer_equal_the_analysis_tool(rng):
-    """The optimizer's A (one symmetric product of the patch rows, the bias row from their sums) and G,
-    after one statistics step with decay 0, equal ``curvature.kfac_factors`` of the batch (which
-    test_curvature.py holds to a loop over patches and the gathering-filter convolution)."""
-    layers = [Convolution((None, 2, 6, 6), kernel_size=3, output_layers=3, stride=2, padding=1, seed=1, dtype=F64),
-              ReLU(), Flatten(), Linear(27, 3, seed=2, dtype=F64)]
+@pytest.mark.parametrize("conv_args,form", [(dict(kernel_size=3, stride=2, padding=1), "patches"),
+                                            (dict(kernel_size=5, stride=1, padding=0), "row windows")])
+def test_kfac_factors_of_the_optimizer_equal_the_analysis_tool(conv_args, form, rng):
+    """The optimizer's A (one symmetric product of the patch rows or the row-window Gramian, the bias
+    row from the patches' sums) and G, after one statistics step with decay 0, equal
+    ``curvature.kfac_factors`` of the batch (which test_curvature.py holds to a loop over patches and
+    the gathering-filter convolution)."""
+    conv = Convolution((None, 2, 6, 6) if form == "patches" else (None, 2, 8, 8), output_layers=3, seed=1,
+                       dtype=F64, **conv_args)
+    assert ls.input_factor_form(conv, (7,) + conv.input_shape) == form
+    out = math.prod(conv.compute_output_shape(conv.input_shape))
+    layers = [conv, ReLU(), Flatten(), Linear(out, 3, seed=2, dtype=F64)]
     opt = KFAC(cov_every=1, decay=0.0)
     net = NeuralNetwork(layers, loss_fn=SoftMaxLoss(), optimizer=opt, workers=1)
-    X, y = rng.standard_normal((7, 2, 6, 6)), rng.integers(0, 3, 7)
+    X, y = rng.standard_normal((7,) + conv.input_shape), rng.integers(0, 3, 7)
     ref = cv.kfac_factors(net, X, y)
     net.train_step(X, y)
     for layer in net.trainable_layers:
