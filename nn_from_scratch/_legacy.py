@@ -2,7 +2,8 @@
 ``nn_from_scratch.training.network`` (the same module object, not a copy), and so on.
 
 Course material written before the package had sub-packages imports them; new code uses the
-paths of ``docs/ARCHITECTURE.md``.  The course labs' own paths (``interfaces``, ``nodes``,
+paths of ``docs/ARCHITECTURE.md``.  A dotted old path names a module that moved out of a package
+that still exists (``nn_from_scratch.training.kfac_optim`` is ``nn_from_scratch.kfac.optimizers``).  The course labs' own paths (``interfaces``, ``nodes``,
 ``neurons``, ``optimizers``, ``examples.simple_nn``) are real re-exporting modules beside this.
 """
 import importlib
