@@ -1,4 +1,4 @@
-"""How well do K-FAC and EKFAC approximate the true Fisher blocks of a small CNN, over training? (issue 20)
+"""How well do K-FAC and EKFAC approximate the true Fisher blocks of a small CNN, over training?
 
 A small CNN on ``sklearn.datasets.load_digits`` (1,797 8x8 images, shipped with scikit-learn)::
 

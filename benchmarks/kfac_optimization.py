@@ -1,4 +1,4 @@
-"""Optimisation with K-FAC / EKFAC against SGD + momentum and Adam (issue 20).
+"""Optimisation with K-FAC / EKFAC against SGD + momentum and Adam.
 
 Three models, each trained for a fixed budget of steps by every configuration of a small grid
 (every run recorded)::

@@ -31,7 +31,8 @@ from .validation import DataError
 from .training.network import History, NeuralNetwork, TrainingWarning
 from .layers.conv import Conv1D, Conv2D, Conv3D, Convolution
 from .layers.dense import Dense, Linear
-from .training.optimizers import EKFAC, KFAC, SGD, AdaGrad, Adagrad, Adam, AdamW, GradientDescent, RMSProp, RMSprop
+from .kfac import EKFAC, KFAC
+from .training.optimizers import SGD, AdaGrad, Adagrad, Adam, AdamW, GradientDescent, RMSProp, RMSprop
 from .layers import regularizers
 from .training import schedules
 from .layers.regularizers import L1, L1L2, L2

@@ -2,7 +2,8 @@
 ``nn_from_scratch.training.network`` (the same module object, not a copy), and so on.
 
 Course material written before the package had sub-packages imports them; new code uses the
-paths of ``docs/ARCHITECTURE.md``.  The course labs' own paths (``interfaces``, ``nodes``,
+paths of ``docs/ARCHITECTURE.md``.  A dotted old path names a module that moved out of a package
+that still exists (``nn_from_scratch.training.kfac_optim`` is ``nn_from_scratch.kfac.optimizers``).  The course labs' own paths (``interfaces``, ``nodes``,
 ``neurons``, ``optimizers``, ``examples.simple_nn``) are real re-exporting modules beside this.
 """
 import importlib
@@ -20,10 +21,14 @@ OLD_PATHS = {
     "initializers": "layers.initializers", "regularizers": "layers.regularizers",
     "patches": "engine.patches", "conv_compute": "engine.conv", "fusion": "engine.fusion",
     "phase_pool": "engine.phase_pool", "kernels": "engine.kernels", "parallel": "engine.parallel",
-    "network": "training.network", "kfac_optim": "training.kfac_optim", "schedules": "training.schedules",
+    "network": "training.network", "kfac_optim": "kfac.optimizers", "schedules": "training.schedules",
     "callbacks": "training.callbacks", "metrics": "training.metrics", "serialization": "training.serialization",
     "concurrency": "training.concurrency", "datasets": "data.datasets", "gradcheck": "checks.gradcheck",
     "grade": "checks.grade", "crosscheck": "checks.crosscheck",
+    # modules that moved out of a package that still exists (a dotted old path: the longest match wins)
+    "training.kfac_optim": "kfac.optimizers", "training.kronecker": "kfac.factors",
+    "training.layer_statistics": "kfac.statistics", "analysis.kronecker": "kfac.factors",
+    "analysis.layer_statistics": "kfac.statistics",
 }
 _PKG = __name__.rpartition(".")[0]
 
@@ -32,11 +37,13 @@ def _target(fullname):
     """The module now holding ``fullname`` (an old path, or a module inside an old package), else None."""
     if not fullname.startswith(_PKG + "."):
         return None
-    head, _, rest = fullname[len(_PKG) + 1:].partition(".")
-    new = OLD_PATHS.get(head)
-    if new is None:
-        return None
-    return f"{_PKG}.{new}" + (f".{rest}" if rest else "")
+    parts = fullname[len(_PKG) + 1:].split(".")
+    for k in range(len(parts), 0, -1):
+        new = OLD_PATHS.get(".".join(parts[:k]))
+        if new is not None:
+            rest = ".".join(parts[k:])
+            return f"{_PKG}.{new}" + (f".{rest}" if rest else "")
+    return None
 
 
 class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -20,7 +20,7 @@ def code(text):
 
 
 md(r"""
-# From the gathering filter to K-FAC and EKFAC (seed 004, finished)
+# From the gathering filter to K-FAC and EKFAC
 
 The seed notebook set out to build EKFAC for convolutional layers. Its key idea: the **patch matrix**
 of a convolution is itself a convolution, with an identity "gathering" filter; with it a convolution
@@ -215,13 +215,16 @@ every time, as it must be.
 
 `KFAC` and `EKFAC` are optimizers like the others: `fit` hands them the batch's patches and
 per-example output gradients only on the steps where they update their factors (every
-`cov_every = 10` steps; eigendecompositions every `inv_every = 100`). Same network, same batches:
+`cov_every = 10` steps; eigendecompositions every `inv_every = 100`). They run here with their
+defaults, `KFAC()` and `EKFAC()` (`lr=0.01`, `damping=0.1`: `docs/analysis/curvature.md` says why;
+much less damping, such as 1e-3, diverges on LeNet-5, and K-FAC then warns that the damping is too
+small). Same network, same batches:
 """)
 
 code(r"""
 steps = 60 if FAST else 300
 optimizers = {"SGD+momentum": lambda: GradientDescent(0.05, momentum=0.9), "Adam": lambda: Adam(3e-3),
-              "KFAC": lambda: KFAC(lr=0.03, damping=1e-2), "EKFAC": lambda: EKFAC(lr=0.03, damping=1e-2)}
+              "KFAC": KFAC, "EKFAC": EKFAC}
 curves = {}
 for label, make in optimizers.items():
     net = small_cnn(make(), dtype=np.float32)
@@ -255,7 +258,7 @@ md(r"""
 K-FAC and EKFAC are optimisation-speed tools: fewer steps to a given training loss. Whether that
 buys wall time depends on the statistics' cost against a step (here, tiny layers: cheap; the seed
 CNN's 7x7 convolution with 400 positions and 2 filters is the expensive case), and faster
-optimisation is not better generalisation: see `benchmarks/RESULTS.md` (issue 20) for the seed lab
+optimisation is not better generalisation: see `benchmarks/RESULTS.md` ("K-FAC / EKFAC") for the seed lab
 CNN, LeNet-5 and an autoencoder, every configuration of the grid recorded.
 """)
 

@@ -1,12 +1,12 @@
 """A reference shared by the curvature and K-FAC tests: a layer's output Jacobian by central differences."""
 import numpy as np
 
-from nn_from_scratch.training import layer_statistics as ls
+from nn_from_scratch.kfac import statistics as ls
 
 
 def fd_output_jacobian(net, layer, X, h=0.5):
     """d output / d vec_r(W~) per example by central differences (exact for outputs linear in W~),
-    ``(N, D, P)``: ``W~`` is the layer's parameters as one matrix (``layer_statistics.to_matrix``)."""
+    ``(N, D, P)``: ``W~`` is the layer's parameters as one matrix (``kfac.statistics.to_matrix``)."""
     M0 = ls.to_matrix(layer, {k: v.copy() for k, v in layer.params.items()})
     cols = []
     for idx in range(M0.size):

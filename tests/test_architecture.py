@@ -16,7 +16,9 @@ The rules, lowest level first::
     data/                                  level 0, data
     layers/                                level 0, layers            (knows nothing above it)
     engine/                                level 0, layers, engine
-    training/                              anything but analysis, checks, data, examples, plotting,
+    training/                              anything but kfac, analysis, checks, data, examples,
+                                           plotting, train, __main__
+    kfac/                                  anything but analysis, checks, data, examples, plotting,
                                            train, __main__
     analysis/, checks/, top-level modules  anything
 
@@ -49,8 +51,11 @@ RULES = [
      ("only", LEVEL0 + ("layers", "engine")),
      "engine/ may import only layers, level 0 and engine"),
     ("training", lambda rel: rel.startswith("training/"),
+     ("not", ("kfac", "analysis", "checks", "data", "examples", "plotting", "train", "__main__")),
+     "training/ may not import kfac, analysis, checks, data, examples, plotting, train or __main__"),
+    ("kfac", lambda rel: rel.startswith("kfac/"),
      ("not", ("analysis", "checks", "data", "examples", "plotting", "train", "__main__")),
-     "training/ may not import analysis, checks, data, examples, plotting, train or __main__"),
+     "kfac/ may not import analysis, checks, data, examples, plotting, train or __main__"),
 ]
 
 

@@ -19,7 +19,7 @@ from loop_reference import conv_loop
 from nn_from_scratch import (Convolution, Flatten, Linear, MSELoss, NeuralNetwork, ReLU, ShapeError,
                              SoftMaxLoss, Tanh)
 from nn_from_scratch.analysis import curvature as cv
-from nn_from_scratch.training import layer_statistics as ls
+from nn_from_scratch.kfac import statistics as ls
 from nn_from_scratch.layers.geometry import gathering_filter, resolve_padding
 
 F64 = np.float64
@@ -409,12 +409,68 @@ def test_cupy_factors_equal_numpy(gpu, rng):
             close(dg[key], dh[key])
 
 
-@pytest.mark.parametrize("shape", [(5, 1, 7, 3), (4, 30, 6, 2)], ids=["projections-first", "gradients-first"])
-def test_scalings_sum_both_orders_equal_a_loop(shape, rng):
-    from nn_from_scratch.training.kronecker import scalings_sum
+@pytest.mark.parametrize("method", [None, "gram", "project", "gradients"])
+@pytest.mark.parametrize("shape", [(5, 1, 7, 3), (4, 30, 6, 2), (6, 4, 5, 3)], ids=["linear", "many-positions", "few"])
+def test_scalings_sum_every_form_equals_the_per_example_definition(shape, method, rng):
+    """``sum_n (Q_G^T G_n Q_A)^2`` with ``G_n = sum_t g_nt a_nt^T`` formed example by example (float64):
+    the Gramian form (no per-example gradient), the projected and the plain per-example forms, and
+    the cheapest one (``method=None``) all equal it, in chunks that do not divide N."""
+    from nn_from_scratch.kfac.factors import scalings_cost, scalings_sum
     n, T, dp, f = shape
     a, gs = rng.standard_normal((n, T, dp)), [rng.standard_normal((n, T, f)) for _ in range(2)]
     Q_A = np.linalg.qr(rng.standard_normal((dp, dp)))[0]
     Q_G = np.linalg.qr(rng.standard_normal((f, f)))[0]
     ref = sum((Q_G.T @ sum(np.outer(g[i, t], a[i, t]) for t in range(T)) @ Q_A) ** 2 for g in gs for i in range(n))
-    close(scalings_sum(a, gs, Q_G, Q_A, chunk=3), ref)
+    got = scalings_sum(a, gs, Q_G, Q_A, chunk=4, method=method)
+    assert got.dtype == np.float64
+    close(got, ref)
+    cost = scalings_cost(T, dp, f)
+    if T == 1:                                      # a Linear layer: the Gramian form is taken
+        assert min(cost, key=cost.get) == "gram"
+    if T == 30:                                     # many positions: a per-example form is cheaper
+        assert min(cost, key=cost.get) != "gram"
+
+
+def test_scalings_sum_float32_rows_are_summed_in_float64(rng):
+    from nn_from_scratch.kfac.factors import scalings_sum
+    a, g = rng.standard_normal((64, 1, 9)), rng.standard_normal((64, 1, 4))
+    Q_A = np.linalg.qr(rng.standard_normal((9, 9)))[0]
+    Q_G = np.linalg.qr(rng.standard_normal((4, 4)))[0]
+    ref = scalings_sum(a, [g], Q_G, Q_A)
+    got = scalings_sum(a.astype(np.float32), [g.astype(np.float32)], Q_G.astype(np.float32), Q_A.astype(np.float32))
+    assert got.dtype == np.float64
+    close(got, ref, 1e-5)
+    with pytest.raises(ValueError, match="scalings_sum: method must be one of"):
+        scalings_sum(a, [g], Q_G, Q_A, method="einsum")
+
+
+ROW_WINDOW_GEOMETRIES = [  # (C, (H, W), kernel, stride, padding, dilation, bias)
+    (4, (12, 12), (7, 7), 1, 0, 1, False),          # the seed CNN's second layer, smaller
+    (2, (9, 11), (3, 5), (2, 1), (1, 2), 1, True),
+    (3, (10, 10), (3, 3), 1, "same", 2, True),
+    (1, (8, 7), (2, 3), (1, 3), 0, (2, 1), True),
+]
+
+
+@pytest.mark.parametrize("geom", ROW_WINDOW_GEOMETRIES, ids=lambda g: f"k{g[2]}s{g[3]}p{g[4]}d{g[5]}")
+def test_input_factor_row_windows_equal_the_patch_rows_and_a_loop(geom, rng):
+    """The factor's two forms (one product of the patch rows; the row-window Gramian and its
+    diagonal sums) equal each other and the loop over patches, in float64."""
+    C, spatial, kernel, stride, padding, dilation, bias = geom
+    conv = Convolution((None, C) + spatial, kernel_size=kernel, output_layers=2, stride=stride, padding=padding,
+                       dilation=dilation, use_bias=bias, dtype=F64)
+    X = rng.standard_normal((3, C) + spatial)
+    pairs = resolve_padding(padding, spatial, conv.kernel_size, conv.stride, conv.dilation)
+    ref = _loop_A(X, conv.kernel_size, conv.stride, pairs, conv.dilation, bias) * 3
+    for form in ("patches", "row windows"):
+        close(ls.input_factor_sum(conv, X, form=form), ref)
+    with pytest.raises(ValueError, match="input_factor_sum: form must be"):
+        ls.input_factor_sum(conv, X, form="fft")
+
+
+def test_input_factor_form_takes_the_cheaper():
+    seed_conv2 = Convolution((None, 4, 26, 26), kernel_size=7, output_layers=2, use_bias=False)
+    lenet_conv1 = Convolution((None, 1, 28, 28), kernel_size=5, output_layers=6, padding=2)
+    assert ls.input_factor_form(seed_conv2, (64, 4, 26, 26)) == "row windows"    # 26^2 < 20 * 7^2
+    assert ls.input_factor_form(lenet_conv1, (64, 1, 28, 28)) == "patches"       # 32^2 > 28 * 5^2
+    assert ls.input_factor_form(Linear(3, 2), (5, 3)) == "patches"

@@ -1,4 +1,4 @@
-"""KFAC / EKFAC optimizers (kfac_optim.py) and their trainer hook.
+"""KFAC / EKFAC optimizers (nn_from_scratch/kfac/optimizers.py) and their trainer hook.
 
 References: the Gauss-Newton block of a deep linear least-squares model from central finite
 differences of the network output (exact for outputs linear in a layer's parameters) solved with
@@ -14,7 +14,7 @@ from nn_from_scratch import (EKFAC, KFAC, Adam, Convolution, Flatten, GradientDe
                              MSELoss, NeuralNetwork, ReLU, SoftMaxLoss, Tanh)
 from nn_from_scratch.training import optimizers
 from nn_from_scratch.analysis import curvature as cv
-from nn_from_scratch.training import layer_statistics as ls
+from nn_from_scratch.kfac import statistics as ls
 from nn_from_scratch.interfaces import Neuron
 from gpu_utils import requires_gpu
 
@@ -271,3 +271,129 @@ def test_a_trained_model_saves_and_resumes(tmp_path, rng):
     assert back.optimizer.curvature(back.layers[0]) is None
     back.fit(X, y, epochs=1, batch_size=8, verbose=0, seed=0)
     assert back.optimizer.iterations == 12 and back.optimizer.curvature(back.layers[0]) is not None
+
+
+# ----------------------------------------------------------------------------- defaults and divergence
+def _mlp_task(rng):
+    X = rng.standard_normal((256, 20)).astype(np.float32)
+    y = (X[:, :10].sum(1) > X[:, 10:].sum(1)).astype(int) + 2 * (X[:, 0] > 0)
+    return X, y
+
+
+def _mlp(opt):
+    return NeuralNetwork([Linear(20, 64, seed=0), ReLU(), Linear(64, 64, seed=1), ReLU(), Linear(64, 4, seed=2)],
+                         loss_fn=SoftMaxLoss(), optimizer=opt, workers=1)
+
+
+def test_the_defaults_are_the_documented_ones():
+    """damping 0.1 and lr 0.01 (benchmarks/kfac_defaults.py; docs/analysis/curvature.md); EKFAC's
+    scalings on the statistics steps (``scale_every=None`` trains as ``scale_every=cov_every``)."""
+    for cls in (KFAC, EKFAC):
+        cfg = cls().get_config()
+        assert cfg["damping"] == 0.1 and cfg["lr"] == 0.01 and cfg["cov_every"] == 10 and cfg["inv_every"] == 100
+    assert EKFAC().scale_every is None
+
+
+def test_ekfac_scalings_on_the_statistics_steps_by_default(rng):
+    X, y = _mlp_task(rng)
+    a, b = _mlp(EKFAC(cov_every=3, inv_every=30)), _mlp(EKFAC(cov_every=3, inv_every=30, scale_every=3))
+    a.fit(X[:96], y[:96], epochs=1, batch_size=8, verbose=0, seed=0)
+    b.fit(X[:96], y[:96], epochs=1, batch_size=8, verbose=0, seed=0)
+    for la, lb in zip(a.trainable_layers, b.trainable_layers):
+        np.testing.assert_array_equal(la.W, lb.W)
+    c = a.optimizer.curvature(a.layers[0])            # re-estimated at steps 3, 6, 9 in the basis of step 0
+    assert np.abs(c.scalings - c.factors.eigenvalues()).max() > 1e-6
+
+
+@pytest.mark.parametrize("cls", [KFAC, EKFAC])
+def test_too_little_damping_warns_naming_damping(cls, rng):
+    from nn_from_scratch import TrainingWarning
+    X, y = _mlp_task(rng)
+    net = _mlp(cls(lr=0.3, damping=1e-4, cov_every=2))
+    with pytest.warns(TrainingWarning, match=rf"{cls.__name__}: the training loss is diverging under {cls.__name__}"
+                                             r".*the damping \(0\.0001\) is too small.*Raise damping \(the default "
+                                             r"is 0\.1"):
+        net.fit(X, y, epochs=4, batch_size=32, verbose=0, seed=0)
+
+
+@pytest.mark.parametrize("cls", [KFAC, EKFAC])
+def test_the_defaults_train_without_a_warning(cls, rng):
+    import warnings
+    X, y = _mlp_task(rng)
+    net = _mlp(cls(cov_every=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                  # any warning fails the test
+        hist = net.fit(X, y, epochs=8, batch_size=32, verbose=0, seed=0)
+    loss = hist.history["loss"]
+    assert loss[-1] < 0.1 * loss[0]
+
+
+def test_the_loss_watch_verdicts():
+    from nn_from_scratch.kfac.optimizers import _LossWatch
+    w = _LossWatch()
+    noisy_descent = [2.3, 1.9, 1.2, 0.8, 0.5, 0.3, 0.45, 0.2, 0.35, 0.15, 0.3, 0.2, 0.4]
+    assert [w.add(v) for v in noisy_descent] == [None] * len(noisy_descent)
+    w = _LossWatch()
+    verdicts = [w.add(v) for v in [2.3, 1.5, 1.1, 1.0, 1.6, 2.6, 3.5, 4.0, 4.2]]     # smoothed: lowest 1.48, then 3.37
+    assert verdicts[:5] == [None] * 5 and any(verdicts[5:])
+    assert "rose from" in next(v for v in verdicts if v)
+    w = _LossWatch()
+    assert w.add(2.3) is None and w.add(float("nan")) == "a batch's loss is nan"
+
+
+@pytest.mark.parametrize("conv_args,form", [(dict(kernel_size=3, stride=2, padding=1), "patches"),
+                                            (dict(kernel_size=5, stride=1, padding=0), "row windows")])
+def test_kfac_factors_of_the_optimizer_equal_the_analysis_tool(conv_args, form, rng):
+    """The optimizer's A (one symmetric product of the patch rows or the row-window Gramian, the bias
+    row from the patches' sums) and G, after one statistics step with decay 0, equal
+    ``curvature.kfac_factors`` of the batch (which test_curvature.py holds to a loop over patches and
+    the gathering-filter convolution)."""
+    conv = Convolution((None, 2, 6, 6) if form == "patches" else (None, 2, 8, 8), output_layers=3, seed=1,
+                       dtype=F64, **conv_args)
+    assert ls.input_factor_form(conv, (7,) + conv.input_shape) == form
+    out = math.prod(conv.compute_output_shape(conv.input_shape))
+    layers = [conv, ReLU(), Flatten(), Linear(out, 3, seed=2, dtype=F64)]
+    opt = KFAC(cov_every=1, decay=0.0)
+    net = NeuralNetwork(layers, loss_fn=SoftMaxLoss(), optimizer=opt, workers=1)
+    X, y = rng.standard_normal((7,) + conv.input_shape), rng.integers(0, 3, 7)
+    ref = cv.kfac_factors(net, X, y)
+    net.train_step(X, y)
+    for layer in net.trainable_layers:
+        kf = opt.curvature(layer)
+        close(kf.A, ref[layer.name].A, 1e-12)
+        close(kf.G, ref[layer.name].G, 1e-12)
+
+
+# ----------------------------------------------------------------------------- the package and its names
+def test_names_and_old_paths_reach_the_kfac_package():
+    import importlib
+    import nn_from_scratch.kfac as kfac_pkg
+    from nn_from_scratch.kfac.optimizers import EKFAC as E2, KFAC as K2
+    assert K2 is KFAC and E2 is EKFAC and kfac_pkg.KFAC is KFAC
+    assert type(optimizers.get("kfac")) is KFAC and type(optimizers.get("EKFAC")) is EKFAC
+    assert optimizers.KFAC is KFAC                                   # the attribute it had when it lived there
+    assert type(NeuralNetwork([Linear(3, 2)], loss_fn=SoftMaxLoss(), optimizer="ekfac").optimizer) is EKFAC
+    for old, new in [("training.kfac_optim", "kfac.optimizers"), ("kfac_optim", "kfac.optimizers"),
+                     ("training.kronecker", "kfac.factors"), ("analysis.kronecker", "kfac.factors"),
+                     ("training.layer_statistics", "kfac.statistics"),
+                     ("analysis.layer_statistics", "kfac.statistics")]:
+        assert importlib.import_module(f"nn_from_scratch.{old}") is importlib.import_module(f"nn_from_scratch.{new}")
+    with pytest.raises(ValueError, match="register: the name 'kfac' is taken by KFAC"):
+        optimizers.register("kfac", EKFAC)
+    with pytest.raises(TypeError, match="register: cls must be an Optimizer subclass"):
+        optimizers.register("thing", dict)
+
+
+def test_training_alone_gets_kfac_by_name_in_a_fresh_interpreter():
+    """``training/`` never imports ``kfac/``; the package's import registers it, so a user who imports
+    only ``nn_from_scratch.training.optimizers`` still gets ``"kfac"`` and can load a K-FAC model."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("from nn_from_scratch.training import optimizers as o\n"
+            "import sys\n"
+            "print(type(o.get('kfac')).__name__, type(o.get('ekfac')).__name__, 'nn_from_scratch.kfac' in sys.modules)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["KFAC", "EKFAC", "True"], done.stderr

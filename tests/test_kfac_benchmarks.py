@@ -1,4 +1,4 @@
-"""The issue-20 benchmark scripts run (smoke runs, small sizes) and produce their figures."""
+"""The K-FAC benchmark scripts run (smoke runs, small sizes) and produce their figures."""
 import os
 import sys
 
@@ -27,3 +27,20 @@ def test_optimization_benchmark_quick(tmp_path):
     assert {r["optimizer"] for r in runs} == {"SGD+momentum", "Adam", "KFAC", "EKFAC"}
     assert set(summary["autoencoder"]["step_time_ratio_vs_sgd"]) == {"SGD+momentum", "Adam", "KFAC", "EKFAC"}
     assert (tmp_path / "o.png").stat().st_size > 1000
+
+
+def test_defaults_benchmark_runs(tmp_path):
+    import json
+    import kfac_defaults
+    runs, summary = kfac_defaults.main(["--models", "seed_cnn", "--epochs", "1", "--seeds", "0", "--n-train", "256",
+                                        "--json", str(tmp_path / "d.json")])
+    assert {r["optimizer"] for r in runs} == {"Adam()", "KFAC()", "EKFAC()"}
+    assert all(len(r["test_accuracy"]) == 1 and 0 <= r["test_accuracy"][0] <= 1 for r in runs)
+    assert json.loads((tmp_path / "d.json").read_text())["summary"] == json.loads(json.dumps(summary))
+
+
+def test_step_time_benchmark_runs():
+    import kfac_step_time
+    ratios = kfac_step_time.main("autoencoder", 1)
+    assert set(ratios) == {"SGD+momentum", "KFAC", "EKFAC"} and ratios["SGD+momentum"] == 1.0
+    assert all(r > 0 for r in ratios.values())

@@ -1,4 +1,5 @@
-r"""Kronecker-factored curvature of Linear and Convolution layers: K-FAC / KFC and EKFAC (seed 004).
+r"""Kronecker-factored curvature of Linear and Convolution layers: K-FAC / KFC and EKFAC
+(docs/analysis/curvature.md).
 
 ``from nn_from_scratch.analysis import curvature``
 
@@ -22,7 +23,7 @@ gave each output channel only one input channel and its 2-D test failed) has row
 ``Linear`` keeps its bias in row 0 of ``W: (D + 1, M)`` (``y = x @ W[1:] + W[0]``), so there
 ``F = M``, ``a_n = [x_n, 1]`` and ``W~ = [W[1:].T | W[0]]``: entry ``(f, j)`` of ``W~`` is
 ``W[1 + j, f]`` for ``j < D`` and ``W[0, f]`` for ``j = D`` (``to_matrix``/``from_matrix`` in
-``layer_statistics`` do the mapping both ways).  Parameters are flattened row-major,
+``nn_from_scratch.kfac.statistics`` do the mapping both ways).  Parameters are flattened row-major,
 ``vec_r(W~)``, index ``f*Dp + j``.
 
 Derivation
@@ -58,14 +59,14 @@ Fisher types (``fisher=``)
 per example, each weighted ``1/mc_samples``), ``"type2"`` (the exact expectation over the
 softmax: ``K`` backward passes, deterministic; softmax cross-entropy only) and ``"gauss_newton"``
 (the exact generalised Gauss-Newton matrix: ``type2`` for softmax cross-entropy, the squared
-loss's ``(2/D) I`` output Hessian for ``MSELoss``).  ``layer_statistics`` says how each is made.
+loss's ``(2/D) I`` output Hessian for ``MSELoss``).  ``kfac.statistics`` says how each is made.
 
 EKFAC (George et al. 2018) keeps the eigenbasis ``Q = Q_G (x) Q_A`` of ``kron(G, A)`` and
 re-estimates the eigenvalues from the real per-example gradients::
 
     s = (1/N) sum_n (Q_G^T G_n Q_A)^2 = diag(Q^T F Q)           (F, Dp), elementwise square
 
-(``ekfac_scalings``; the classes are in ``kronecker.py``).
+(``ekfac_scalings``; the classes are in ``nn_from_scratch.kfac.factors``).
 
 Data and mode: ``X, y`` as ``NeuralNetwork.fit`` takes them; everything is computed in float64
 from the network's own forward/backward in inference mode (when the network has one), batch by
@@ -78,8 +79,8 @@ import math
 import numpy as np
 
 from ..backend import get_array_module, read_scalars, to_device, to_numpy
-from ..training import layer_statistics as ls
-from ..training.kronecker import EKFACFactors, KroneckerFactors, check_damping, scalings_sum, symmetric_eigh
+from ..kfac import statistics as ls
+from ..kfac.factors import EKFACFactors, KroneckerFactors, check_damping, scalings_sum, symmetric_eigh
 
 __all__ = ["per_example_gradients", "kfac_factors", "fisher_block", "ekfac_scalings", "ekfac_factors",
            "approximation_errors", "KroneckerFactors", "EKFACFactors", "check_damping", "symmetric_eigh",
@@ -219,7 +220,7 @@ def ekfac_scalings(net, X, y, factors, fisher="empirical", mc_samples=1, seed=0,
     ``factors`` (a ``kfac_factors`` result), from the real per-example gradients of ``X``.
 
     Per example ``sum_t (Q_G^T g_nt)(Q_A^T a_nt)^T`` or ``Q_G^T G_n Q_A``, whichever is cheaper
-    (``kronecker.scalings_sum``).
+    (``kfac.factors.scalings_sum``).
     """
     names = list(factors)
     chosen = ls.select_layers(net, names, "ekfac_scalings")

@@ -34,8 +34,9 @@ Every optimizer takes ``lr`` as a number or a schedule (``nn_from_scratch.schedu
 ``clipnorm`` / ``clipvalue`` / ``global_clipnorm`` (Keras's semantics; see ``Optimizer``).
 ``weight_decay`` (decoupled, as Keras) uses the step's rate: ``w <- w - lr_t * wd * w``.
 
-K-FAC and EKFAC (natural gradient with Kronecker-factored curvature) live in ``kfac_optim.py``
-and are re-exported here.
+K-FAC and EKFAC (natural gradient with Kronecker-factored curvature) live in the package
+``nn_from_scratch.kfac``, above this one; it enters them in the name table with ``register``
+(``get("kfac")``), so that nothing here imports it.
 
 All updates happen in place on the parameter arrays, on their own backend.
 """
@@ -46,8 +47,7 @@ from .. import validation
 from ..backend import get_array_module
 from .optimizer_base import Optimizer
 
-__all__ = ["GradientDescent", "SGD", "Adam", "AdamW", "AdaGrad", "Adagrad", "RMSProp", "RMSprop", "KFAC", "EKFAC",
-           "get"]
+__all__ = ["GradientDescent", "SGD", "Adam", "AdamW", "AdaGrad", "Adagrad", "RMSProp", "RMSprop", "get", "register"]
 
 
 def _check_range(owner, name, value, lo, hi, lo_open=False, hi_open=False):
@@ -208,11 +208,22 @@ class RMSProp(_Decay):
 
 RMSprop = RMSProp
 
-from .kfac_optim import EKFAC, KFAC  # noqa: E402  (K-FAC/EKFAC: their own module, seed 004)
-
 _BY_NAME = {"sgd": GradientDescent, "gradientdescent": GradientDescent, "adam": Adam,
-            "rmsprop": RMSProp, "adamw": AdamW, "adagrad": AdaGrad,
-            "kfac": KFAC, "ekfac": EKFAC}
+            "rmsprop": RMSProp, "adamw": AdamW, "adagrad": AdaGrad}
+
+
+def register(name, cls):
+    """Enter ``cls`` in the name table under ``name`` (lowercase), for ``get(name)`` and for loading a
+    saved model whose optimizer is ``cls``; a package above this one (``nn_from_scratch.kfac``)
+    registers its optimizers when it is imported.  The class also becomes an attribute of this
+    module (``optimizers.KFAC``), as it was when it lived here."""
+    if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
+        raise TypeError(f"register: cls must be an Optimizer subclass, received {cls!r}")
+    key = str(name).lower()
+    if _BY_NAME.get(key, cls) is not cls:
+        raise ValueError(f"register: the name {name!r} is taken by {_BY_NAME[key].__name__}")
+    _BY_NAME[key] = cls
+    globals().setdefault(cls.__name__, cls)
 
 
 def get(spec, **kwargs):

@@ -4,6 +4,7 @@ The convention (derived in ``curvature.py``'s docstring) in array terms, for a l
 ``F`` outputs, ``T`` output positions and ``Dp`` patch entries (``C*K``, plus 1 with bias)::
 
     patch_rows(layer, x)  -> a: (N, T, Dp)   a[n, t] = im2col patch (channel-major), 1 appended last
+    input_factor_sum(layer, x) -> sum_nt a a^T: (Dp, Dp)   without forming a (2-D convolutions) when cheaper
     output_rows(layer, g) -> g: (N, T, F)    the layer's output gradient, position-major
     to_matrix(layer, grads) -> (F, Dp)       [W.reshape(F, -1) | b] from the layer's own layout
     from_matrix(layer, M) -> {"W":..., "b":...}  and back
@@ -36,11 +37,11 @@ from ..backend import get_array_module, to_device
 from ..layers.losses import MSELoss, SoftMaxLoss
 from ..layers.conv import Convolution
 from ..layers.dense import Linear
-from ..layers.geometry import im2col
+from ..layers.geometry import as_tuple, conv_output_shape, pad_input, patch_view, resolve_padding
 
 __all__ = ["FISHER_TYPES", "SUPPORTED_LAYERS", "is_supported", "select_layers", "check_fisher",
-           "patch_rows", "output_rows", "to_matrix", "from_matrix", "matrix_shape", "n_positions",
-           "record", "Record"]
+           "patch_rows", "input_factor_sum", "input_factor_form", "output_rows", "to_matrix", "from_matrix",
+           "matrix_shape", "n_positions", "record", "Record"]
 
 FISHER_TYPES = ("empirical", "mc", "type2", "gauss_newton")
 #: the layer classes the Kronecker factors are defined for (and their subclasses)
@@ -108,18 +109,97 @@ def matrix_shape(layer):
     return layer.out_channels, ck + int(layer.use_bias)
 
 
-def patch_rows(layer, x):
-    """``a: (N, T, Dp)``: the layer's patches for its input ``x``, a 1 appended last with bias."""
+def _conv_geometry(layer, x_shape):
+    """``(kernel, stride, dilation, pads, out)`` of a convolution for an input of shape ``x_shape``."""
+    nd = len(x_shape) - 2
+    kernel, stride, dilation = (as_tuple(v, nd, name) for v, name in ((layer.kernel_size, "kernel_size"),
+                                (layer.stride, "stride"), (layer.dilation, "dilation")))
+    pads = resolve_padding(layer.padding, x_shape[2:], kernel, stride, dilation)
+    return kernel, stride, dilation, pads, conv_output_shape(x_shape[2:], kernel, stride, pads, dilation)
+
+
+def patch_rows(layer, x, bias=True):
+    """``a: (N, T, Dp)``: the layer's patches for its input ``x``, a 1 appended last with bias
+    (``bias=False``: without it, ``(N, T, C*K)``).  C-contiguous: one copy out of the strided patch view
+    (``layers/geometry.patch_view``), rows ``(t)`` position-major, columns ``(c, i)`` as ``im2col``'s rows."""
     xp = get_array_module(x)
     if isinstance(layer, Linear):
         rows = x.reshape(x.shape[0], 1, -1)
     else:
-        cols = im2col(x, layer.kernel_size, layer.stride, layer.padding, layer.dilation)   # (N, C*K, T)
-        rows = cols.transpose(0, 2, 1)
-    if layer.use_bias:
+        nd = x.ndim - 2
+        kernel, stride, dilation, pads, out = _conv_geometry(layer, x.shape)
+        view = patch_view(pad_input(x, pads), kernel, stride, dilation, out)       # (N, C, *k, *O)
+        order = (0,) + tuple(range(2 + nd, 2 + 2 * nd)) + (1,) + tuple(range(2, 2 + nd))
+        rows = view.transpose(order).reshape(x.shape[0], math.prod(out), -1)      # (N, *O, C, *k): one copy
+    if bias and layer.use_bias:
         ones = xp.ones(rows.shape[:2] + (1,), dtype=rows.dtype)
         rows = xp.concatenate([rows, ones], axis=2)
     return rows
+
+
+def _with_bias(layer, body, col, count):
+    """``[[body, col], [col^T, count]]`` with bias (the 1 appended to every patch), else ``body``."""
+    if not layer.use_bias:
+        return body
+    d = body.shape[0]
+    A = get_array_module(body).empty((d + 1, d + 1), dtype=np.float64)
+    A[:d, :d] = body
+    A[:d, d] = col
+    A[d, :d] = col
+    A[d, d] = count
+    return A
+
+
+def input_factor_sum(layer, x, form=None):
+    """``sum_nt a_nt a_nt^T: (Dp, Dp)`` in float64 for the layer's input ``x`` (in ``x``'s dtype, summed
+    in float64), the bias row and column (a 1 appended to every patch) from the patches' sum and the
+    count ``N T``.  Two exact forms (``form``; None: the cheaper, ``input_factor_form``):
+
+    * ``"patches"``: ``R^T R`` of the patch rows ``R = patch_rows(layer, x, bias=False)`` (one
+      symmetric product, BLAS's ``syrk``);
+    * ``"row windows"`` (2-D convolutions): the rows of the padded input that each output row reads,
+      ``Z[(n, y), (c, i, w)] = x_pad[n, c, y s_1 + i d_1, w]`` (kernel row ``i``, every column ``w``),
+      give ``M = Z^T Z``; entry ``((c, i, j), (c', i', j'))`` of the factor is the sum of
+      ``M[(c, i, o s_2 + j d_2), (c', i', o s_2 + j' d_2)]`` over the output columns ``o``: a
+      diagonal of a block of ``M``.  Cheaper when the padded width ``W`` is small against the
+      kernel's (``W^2 < O_2 k_2^2``): no patch copy, ``W^2 / (O_2 k_2^2)`` of the products.
+    """
+    form = input_factor_form(layer, x.shape) if form is None else form
+    if form not in ("patches", "row windows") or (form == "row windows" and x.ndim != 4):
+        raise ValueError(f"input_factor_sum: form must be 'patches', or 'row windows' for a 2-D convolution, "
+                         f"received {form!r} for input shape {tuple(x.shape)}")
+    if isinstance(layer, Linear) or form == "patches":
+        R = patch_rows(layer, x, bias=False)
+        R = R.reshape(-1, R.shape[-1])
+        return _with_bias(layer, (R.T @ R).astype(np.float64), R.sum(axis=0, dtype=np.float64), R.shape[0])
+    xp = get_array_module(x)
+    (kh, kw), (sh, sw), (dh, dw), pads, (oh, ow) = _conv_geometry(layer, x.shape)
+    xpad = pad_input(x, pads)
+    n, c, _, wp = xpad.shape
+    st = xpad.strides
+    Z = xp.lib.stride_tricks.as_strided(xpad, shape=(n, oh, c, kh, wp),
+                                        strides=(st[0], st[2] * sh, st[1], st[2] * dh, st[3]))
+    Z = Z.reshape(n * oh, c * kh * wp)                                                      # one copy
+    M = (Z.T @ Z).astype(np.float64).reshape(c * kh, wp, c * kh, wp)
+    A = xp.empty((c * kh, kw, c * kh, kw), dtype=np.float64)
+    span = sw * (ow - 1) + 1
+    for j in range(kw):
+        for jj in range(kw):
+            block = M[:, j * dw:j * dw + span:sw, :, jj * dw:jj * dw + span:sw]                # (ck, O_2, ck, O_2)
+            A[:, j, :, jj] = xp.diagonal(block, axis1=1, axis2=3).sum(axis=-1)
+    cols = Z.sum(axis=0, dtype=np.float64).reshape(c * kh, wp)
+    col = xp.stack([cols[:, j * dw:j * dw + span:sw].sum(axis=1) for j in range(kw)], axis=1)   # (c kh, kw)
+    d = c * kh * kw
+    return _with_bias(layer, A.reshape(d, d), col.reshape(d), n * oh * ow)
+
+
+def input_factor_form(layer, x_shape):
+    """``"row windows"`` or ``"patches"``: which form ``input_factor_sum`` takes (module docstring)."""
+    if isinstance(layer, Linear) or len(x_shape) != 4:
+        return "patches"
+    (_, kw), _, _, pads, (_, ow) = _conv_geometry(layer, x_shape)
+    wp = x_shape[3] + sum(pads[1])
+    return "row windows" if wp * wp < ow * kw * kw else "patches"
 
 
 def output_rows(layer, g):

@@ -37,7 +37,7 @@ from ..backend import get_array_module, read_scalars
 from ..layers.base import ShapeError
 
 __all__ = ["KroneckerFactors", "EKFACFactors", "symmetric_eigh", "check_damping", "one_blas_thread", "scalings_sum",
-           "SOLVE_METHODS"]
+           "scalings_cost", "SOLVE_METHODS", "SCALING_METHODS"]
 
 SOLVE_METHODS = ("eigen", "pi")
 
@@ -59,7 +59,7 @@ _BLAS = []
 def one_blas_thread(xp=np):
     """A context holding NumPy's BLAS/LAPACK at one thread (``threadpoolctl``; the controller is made
     once; 0.1 ms); a no-op for CuPy (``xp``).  A factor is a few hundred rows at most: on the shared 2-core VM a 129 x 129 ``eigh`` took
-    0.12 s multi-threaded and 0.011 s on one thread (benchmarks/RESULTS.md, issue 20)."""
+    0.12 s multi-threaded and 0.011 s on one thread (benchmarks/RESULTS.md, "K-FAC / EKFAC")."""
     if xp is not np:
         return contextlib.nullcontext()
     if not _BLAS:
@@ -84,32 +84,74 @@ def symmetric_eigh(M, what="factor"):
     return xp.maximum(lam, 0.0), Q
 
 
-def scalings_sum(a, gs, Q_G, Q_A, chunk=32):
+SCALING_METHODS = ("gram", "project", "gradients")
+
+
+def scalings_cost(n_positions, dp, f):
+    """``{method: multiply-adds per example and output column}`` of ``scalings_sum``'s three exact forms
+    (``T`` positions, ``Dp`` patch entries, ``F`` outputs), the projections of the rows included."""
+    T = n_positions
+    return {"gram": T * (dp * dp + f * f) + (T * T * (dp + f + f * dp) if T > 1 else f * dp),   # ties: gram
+            "project": T * (dp * dp + f * f + f * dp),
+            "gradients": T * f * dp + f * dp * dp + f * f * dp}
+
+
+def scalings_sum(a, gs, Q_G, Q_A, chunk=32, method=None):
     """``sum_n sum_c (Q_G^T G_nc Q_A)^2`` (elementwise square; ``(F, Dp)``, float64) for the per-example
     gradients ``G_nc = sum_t g_nct a_nt^T`` of ``a: (N, T, Dp)`` and each ``g`` in ``gs: [(N, T, F)]``.
 
-    Two orders give the same numbers; the cheaper one is taken per layer (flops per example):
-    projections first, ``(Q_G^T g)(Q_A^T a)^T`` summed over positions: ``T (Dp^2 + F^2 + F Dp)``;
-    per-example gradients first, then projected: ``T F Dp + F Dp^2 + F^2 Dp``.  (A convolution with
-    many positions and few filters: the second; a Linear layer, T = 1: the first.)
+    Three exact forms (``method``; ``None``: the cheapest by ``scalings_cost``), with the projected rows
+    ``a~_nt = Q_A^T a_nt`` and ``g~_nt = Q_G^T g_nt``:
+
+    * ``"gram"``, the Gramian form: entry ``(i, j)`` is ``sum_n sum_{t,u} (g~_nti g~_nui)(a~_ntj a~_nuj)``,
+      one product of the position-pair Gramians (``einsum``); no per-example gradient is formed.
+      For a Linear layer (``T = 1``) it is ``(g~ * g~)^T (a~ * a~)``: two matrix products for the batch;
+    * ``"project"``: the projected per-example gradients ``g~_n^T a~_n``, squared and summed;
+    * ``"gradients"``: the per-example gradients first, then projected (a convolution with many
+      positions and few filters).
+
+    The per-example forms run ``chunk`` examples at a time (never ``N`` gradients at once).  The
+    products run in the dtype of ``a`` and ``Q_A`` together (float32 rows and bases: float32; the
+    optimizer of a float32 network), the sum in float64.
     """
     xp = get_array_module(a)
     n, T, dp = a.shape
     f = Q_G.shape[0]
-    project_first = T * (dp * dp + f * f + f * dp) <= T * f * dp + f * dp * dp + f * f * dp
-    total = None
+    if method is None:
+        cost = scalings_cost(T, dp, f)
+        method = min(SCALING_METHODS, key=cost.__getitem__)
+    elif method not in SCALING_METHODS:
+        raise ValueError(f"scalings_sum: method must be one of {SCALING_METHODS} or None, received {method!r}")
+    dt = np.result_type(a.dtype, Q_A.dtype)
+    total = xp.zeros((f, dp), dtype=np.float64)
+    if method == "gram" and T == 1:
+        at = a[:, 0].astype(dt, copy=False) @ Q_A.astype(dt, copy=False)
+        a2 = at * at
+        for g in gs:
+            gt = g[:, 0].astype(dt, copy=False) @ Q_G.astype(dt, copy=False)
+            total += ((gt * gt).T @ a2).astype(np.float64, copy=False)
+        return total
+    Q_A, Q_G = Q_A.astype(dt, copy=False), Q_G.astype(dt, copy=False)
+    if method == "gram":            # the position-pair Gramians of a chunk: chunk * T^2 * (Dp + F) entries
+        chunk = max(1, min(chunk, (1 << 22) // (T * T * (dp + f))))
     for lo in range(0, n, chunk):
-        a_c = a[lo:lo + chunk].astype(np.float64)
-        if project_first:
+        a_c = a[lo:lo + chunk].astype(dt, copy=False)
+        if method != "gradients":
             a_c = a_c @ Q_A
         for g in gs:
-            g_c = g[lo:lo + chunk].astype(np.float64)
-            if project_first:
+            g_c = g[lo:lo + chunk].astype(dt, copy=False)
+            if method == "gram":
+                g_c = g_c @ Q_G
+                # (c, t, u, .): the position-pair products of each example, then one contraction
+                kg = (g_c[:, :, None, :] * g_c[:, None, :, :]).reshape(-1, f)
+                ka = (a_c[:, :, None, :] * a_c[:, None, :, :]).reshape(-1, dp)
+                total += (kg.T @ ka).astype(np.float64, copy=False)
+                continue
+            if method == "project":
                 P = xp.matmul((g_c @ Q_G).transpose(0, 2, 1), a_c)
             else:
                 P = Q_G.T @ xp.matmul(g_c.transpose(0, 2, 1), a_c) @ Q_A
-            part = (P * P).sum(axis=0)
-            total = part if total is None else total + part
+            total += (P * P).sum(axis=0, dtype=np.float64)
     return total
 
 

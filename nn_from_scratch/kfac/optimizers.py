@@ -1,4 +1,5 @@
-"""K-FAC and EKFAC: natural-gradient optimizers with Kronecker-factored curvature (seed 004).
+"""K-FAC and EKFAC: natural-gradient optimizers with Kronecker-factored curvature
+(docs/analysis/curvature.md).
 
 For every ``Linear``/``Convolution`` layer the gradient ``V = [dL/dW.reshape(F, -1) | dL/db]``
 (``analysis/curvature.py`` gives the convention; ``Linear``'s bias row 0 maps to the last column)
@@ -20,26 +21,37 @@ is preconditioned by the damped curvature block, then clipped and applied with m
 ``"mc"``: one more backward pass per sample with labels drawn from the model; ``"type2"``,
 ``"gauss_newton"``: one per output, small nets only).
 
-EKFAC (``scale_every``): the scalings ``s`` start as ``lam_G lam_A^T`` at every new eigenbasis
-(so that until they are re-estimated EKFAC is K-FAC exactly) and are re-estimated every
-``scale_every`` steps from the batch's real per-example gradients in the current basis,
+EKFAC (``scale_every``; ``None``, the default: the statistics steps themselves): the scalings
+``s`` start as ``lam_G lam_A^T`` at every new eigenbasis (so that until they are re-estimated EKFAC is K-FAC
+exactly) and are re-estimated every ``scale_every`` steps from the batch in the current basis,
 ``s_batch = (1/N) sum_n (Q_G^T G_n Q_A)^2`` (the first estimate after a new basis replaces
-``lam_G lam_A^T``, later ones are averaged with ``decay``).
+``lam_G lam_A^T``, later ones are averaged with ``decay``: a running average).  ``s_batch`` is
+computed by ``factors.scalings_sum`` in its cheapest exact form: for a Linear layer the Gramian
+form ``(g~ * g~)^T (a~ * a~)`` of the projected rows, two matrix products for the batch and no
+per-example gradient; for a convolution, the per-example gradients a chunk at a time when that
+is cheaper (many positions).  The bases are cast to the network's dtype once per eigenbasis and the
+preconditioner's reciprocal denominators once per scalings (cached between steps).
+
+Defaults (``KFAC()``, ``EKFAC()``): ``lr=0.01``, ``damping=0.1``, statistics every 10 steps,
+eigenbases every 100 (``benchmarks/kfac_defaults.py``, ``benchmarks/RESULTS.md``).  A loss that
+diverges on the statistics steps (``_LossWatch``) gets one ``TrainingWarning`` that names the
+damping.
 
 Every other trainable layer (pooling and activations have no parameters; a student's own
 neuron, later normalisation layers) gets the plain momentum step ``v <- m v - lr g; w <- w + v``
 (with the same decoupled weight decay): there is no Kronecker block for it.
 
-How the trainer feeds it (C5): the optimizer's ``needs_layer_statistics`` is True on the steps
+How the trainer feeds it: the optimizer's ``needs_layer_statistics`` is True on the steps
 where it must see the batch (every ``cov_every``-th, and for EKFAC every ``scale_every``-th);
 on those steps ``NeuralNetwork`` hands the batch to ``optimizer.forward_backward(net, x, y)``,
 which runs the forward/backward pass in this process, layer by layer (no fused blocks, no worker
-split), keeps each layer's input (the patches come from ``layers/geometry.im2col`` of it) and
+split), keeps each layer's input (the patches come from ``layers/geometry.patch_view`` of it) and
 per-example output gradient, and leaves the training gradient in the layers as usual.  On the
 other steps, and for every other optimizer, the trainer runs its ordinary (fused, split) step:
 nothing is slower.  A saved model keeps the momenta and the step count (``get_state``); the
-factors are not saved: after loading, the first step records them again.  A manual loop calls ``optimizer.forward_backward(net, x, y)`` itself instead of
-``net.forward``/``backward`` when ``optimizer.needs_layer_statistics`` is True.
+factors are not saved: after loading, the first step records them again.  A manual loop calls
+``optimizer.forward_backward(net, x, y)`` itself instead of ``net.forward``/``backward`` when
+``optimizer.needs_layer_statistics`` is True.
 """
 import math
 import warnings
@@ -47,14 +59,48 @@ import warnings
 import numpy as np
 
 from ..engine import kernels
-from . import layer_statistics as ls
-from .kronecker import (EKFACFactors, KroneckerFactors, check_damping, one_blas_thread,
-                                  scalings_sum, symmetric_eigh)
-from ..backend import get_array_module
+from . import statistics as ls
+from .factors import (EKFACFactors, KroneckerFactors, check_damping, one_blas_thread, scalings_sum,
+                      symmetric_eigh)
+from ..backend import get_array_module, read_scalars
 from ..by_layer import StateByLayer
-from .optimizer_base import Optimizer
+from ..training.optimizer_base import Optimizer
+from ..training.trainer import TrainingWarning
 
 __all__ = ["KFAC", "EKFAC"]
+
+
+#: ``KFAC()``'s damping (benchmarks/kfac_defaults.py: 0.1 trained the seed CNN and LeNet-5 to Adam's test
+#: accuracy or better; 1e-3 diverged on LeNet-5)
+_DEFAULT_DAMPING = 0.1
+
+
+class _LossWatch:
+    """The losses of the statistics steps, smoothed: ``add`` says how they diverged (a string) or None.
+
+    Diverged: a loss that is NaN/Inf, or a smoothed loss (exponential average over ``WINDOW`` readings)
+    above ``FACTOR`` times its lowest value so far *and* above it by ``MARGIN`` times the starting
+    level (the first reading): the rise is large both relative to the best loss reached and on the
+    scale of the problem, so that the noise of a low loss (0.2 -> 0.4) is no divergence.
+    """
+
+    FACTOR, MARGIN, WINDOW = 2.0, 0.25, 3
+
+    def __init__(self):
+        self.start = self.ema = self.lowest = None
+        self.warned = False
+
+    def add(self, loss):
+        if not math.isfinite(loss):
+            return f"a batch's loss is {loss}"
+        if self.start is None:
+            self.start = self.ema = self.lowest = loss
+            return None
+        self.ema += (loss - self.ema) / self.WINDOW
+        self.lowest = min(self.lowest, self.ema)
+        if self.ema > self.FACTOR * self.lowest and self.ema - self.lowest > self.MARGIN * abs(self.start):
+            return f"smoothed, it rose from {self.lowest:.4g} to {self.ema:.4g}"
+        return None
 
 
 def _check_int(owner, name, value):
@@ -66,10 +112,13 @@ def _check_int(owner, name, value):
 class KFAC(Optimizer):
     """K-FAC / KFC natural-gradient descent (see the module docstring for the update)."""
 
+    #: the optimizer's names in ``optimizers.get`` / ``NeuralNetwork(optimizer=...)`` (lowercase)
+    names = ("kfac",)
+
     #: EKFAC's re-estimation forms per-example gradients ``(n, F, Dp)`` this many examples at a time
     chunk_examples = 32
 
-    def __init__(self, lr=0.01, damping=1e-3, decay=0.95, cov_every=10, inv_every=100, fisher="empirical",
+    def __init__(self, lr=0.01, damping=0.1, decay=0.95, cov_every=10, inv_every=100, fisher="empirical",
                  kl_clip=1e-3, momentum=0.9, weight_decay=0, mc_samples=1, seed=0):
         super().__init__(lr)
         owner = type(self).__name__
@@ -98,6 +147,7 @@ class KFAC(Optimizer):
         self._warned = set()
         self._curv = StateByLayer()     # per layer: factors, eigenbasis, scalings (not saved with a model)
         self._fresh = True               # no statistics yet: the next step records them, whatever its index
+        self._watch = _LossWatch()
 
     # ------------------------------------------------------------------ the trainer's hook
     @property
@@ -118,18 +168,32 @@ class KFAC(Optimizer):
         self._fresh = False
         with one_blas_thread(get_array_module(rec.output)):
             self._statistics(layers, rec, n)
+        self._check_loss(rec.loss)
         return rec.loss, rec.output
+
+    def _check_loss(self, loss):
+        """Warn once (``TrainingWarning``) when the loss seen on the statistics steps diverges
+        (``_LossWatch``): too little damping is K-FAC's usual cause, and the message says so."""
+        (value,) = read_scalars(loss, why="check")
+        verdict = self._watch.add(value)
+        if verdict is None or self._watch.warned:
+            return
+        self._watch.warned = True
+        name = type(self).__name__
+        warnings.warn(f"{name}: the training loss is diverging under {name} ({verdict}; the loss is read every "
+                      f"{self.cov_every} steps): the damping ({self.damping:g}) is too small for this network's "
+                      f"curvature. Raise damping (the default is {_DEFAULT_DAMPING:g}; more damping is a shorter, "
+                      f"safer step) or lower the learning rate ({self.lr})", TrainingWarning, stacklevel=2)
 
     def _statistics(self, layers, rec, n):
         update_cov = self.iterations % self.cov_every == 0
         for layer in layers:
             st = self._curv.of(layer)
-            a = rec.patches(layer)
+            x = rec.inputs[id(layer)]
             gs = rec.output_gradients(layer)
             if update_cov or "A" not in st:
-                t = a.shape[1]
-                a2 = a.reshape(-1, a.shape[2])
-                A = (a2.T @ a2).astype(np.float64) / n
+                t = gs[0].shape[1]
+                A = ls.input_factor_sum(layer, x) / n
                 G = sum((g.reshape(-1, g.shape[2]).T @ g.reshape(-1, g.shape[2])) for g in gs).astype(np.float64)
                 G /= n * t
                 if "A" not in st:
@@ -137,10 +201,10 @@ class KFAC(Optimizer):
                 else:
                     st["A"] = self.decay * st["A"] + (1 - self.decay) * A
                     st["G"] = self.decay * st["G"] + (1 - self.decay) * G
-            self._keep_batch(st, a, gs)
+            self._keep_batch(st, layer, x, gs)
 
-    def _keep_batch(self, st, a, gs):
-        """K-FAC needs nothing more of the batch (EKFAC keeps it for its scalings)."""
+    def _keep_batch(self, st, layer, x, gs):
+        """K-FAC needs nothing more of the batch (EKFAC keeps its patch rows for its scalings)."""
 
     # ------------------------------------------------------------------ the update
     def curvature(self, layer):
@@ -247,6 +311,7 @@ class KFAC(Optimizer):
         self._warned = set()
         self._curv = StateByLayer()
         self._fresh = True
+        self._watch = _LossWatch()
 
     def get_config(self):
         return {"lr": self.lr, "damping": self.damping, "decay": self.decay, "cov_every": self.cov_every,
@@ -259,33 +324,48 @@ class EKFAC(KFAC):
     """Eigenvalue-corrected K-FAC (George et al. 2018): K-FAC's eigenbasis, scalings re-estimated every
     ``scale_every`` steps from real per-example gradients (see the module docstring)."""
 
-    def __init__(self, lr=0.01, damping=1e-3, decay=0.95, cov_every=10, inv_every=100, fisher="empirical",
-                 kl_clip=1e-3, momentum=0.9, weight_decay=0, scale_every=10, mc_samples=1, seed=0):
+    names = ("ekfac",)
+
+    def __init__(self, lr=0.01, damping=0.1, decay=0.95, cov_every=10, inv_every=100, fisher="empirical",
+                 kl_clip=1e-3, momentum=0.9, weight_decay=0, scale_every=None, mc_samples=1, seed=0):
         super().__init__(lr, damping, decay, cov_every, inv_every, fisher, kl_clip, momentum, weight_decay,
                          mc_samples, seed)
-        self.scale_every = _check_int("EKFAC", "scale_every", scale_every)
+        #: None: the scalings are re-estimated on the statistics steps themselves (every ``cov_every``)
+        self.scale_every = None if scale_every is None else _check_int("EKFAC", "scale_every", scale_every)
+
+    @property
+    def _scale_every(self):
+        return self.cov_every if self.scale_every is None else self.scale_every
 
     @property
     def needs_layer_statistics(self):
-        return self._fresh or self.iterations % self.cov_every == 0 or self.iterations % self.scale_every == 0
+        return self._fresh or self.iterations % self.cov_every == 0 or self.iterations % self._scale_every == 0
 
-    def _keep_batch(self, st, a, gs):
-        if (self.iterations % self.scale_every == 0) and self.iterations % self.inv_every != 0:
-            st["batch"] = (a, gs)
+    def _keep_batch(self, st, layer, x, gs):
+        if (self.iterations % self._scale_every == 0) and self.iterations % self.inv_every != 0:
+            st["batch"] = (ls.patch_rows(layer, x), gs)
 
     def _basis_changed(self, st):
         st["scalings"] = None
         st["pre"] = None
+        st["rows_basis"] = None
 
     def _refresh_scalings(self, st, layer, t):
-        batch = st.get("batch")
+        """``s_batch = (1/N) sum_n (Q_G^T G_n Q_A)^2`` by ``factors.scalings_sum`` (the Gramian form for a
+        Linear layer, the cheapest exact form for a convolution), in the network's dtype with the bases
+        cast once per eigenbasis; the first estimate in a basis replaces ``lam_G lam_A^T``, later ones
+        are averaged with ``decay``."""
+        batch = st.pop("batch", None)
         if batch is None:
             return
         a, gs = batch
-        _, Q_G, _, Q_A = st["eigen"]
-        n = a.shape[0]
-        s = scalings_sum(a, gs, Q_G, Q_A, self.chunk_examples)
-        s /= n
+        dt = np.result_type(a.dtype, np.float32)
+        cast = st.get("rows_basis")
+        if cast is None or cast[0] != dt:
+            _, Q_G, _, Q_A = st["eigen"]
+            st["rows_basis"] = cast = (dt, Q_G.astype(dt), Q_A.astype(dt))
+        s = scalings_sum(a, gs, cast[1], cast[2], self.chunk_examples)
+        s /= a.shape[0]
         old = st.get("scalings")
         st["pre"] = None
         st["scalings"] = s if old is None else self.decay * old + (1 - self.decay) * s
