@@ -41,10 +41,10 @@ from .layers.pooling import AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, M
 from .training.serialization import ModelFileError
 from .layers.dropout import Dropout
 from .layers.normalization import BatchNorm, BatchNormalization
-from .layers.rectifiers import ELU, GELU, LeakyReLU, Softplus
+from .layers.activations import ELU, GELU, LeakyReLU, Softplus
 from .layers.global_pooling import (GlobalAveragePooling, GlobalAveragePooling1D, GlobalAveragePooling2D,
                                     GlobalAveragePooling3D)
-from .layers.more_losses import MAE, BinaryCrossEntropy, Huber, HuberLoss, MAELoss
+from .layers.losses import MAE, BinaryCrossEntropy, Huber, HuberLoss, MAELoss
 
 __version__ = "0.1.0"
 

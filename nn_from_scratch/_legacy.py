@@ -14,9 +14,9 @@ __all__ = ["OLD_PATHS", "install"]
 
 #: old module (under ``nn_from_scratch.``) -> where it lives now
 OLD_PATHS = {
-    "activations": "layers.activations", "losses": "layers.losses", "more_losses": "layers.more_losses",
+    "activations": "layers.activations", "losses": "layers.losses", "more_losses": "layers.losses",
     "pooling": "layers.pooling", "global_pooling": "layers.global_pooling", "dropout": "layers.dropout",
-    "normalization": "layers.normalization", "rectifiers": "layers.rectifiers",
+    "normalization": "layers.normalization", "rectifiers": "layers.activations",
     "initializers": "layers.initializers", "regularizers": "layers.regularizers",
     "patches": "engine.patches", "conv_compute": "engine.conv", "fusion": "engine.fusion",
     "phase_pool": "engine.phase_pool", "kernels": "engine.kernels", "parallel": "engine.parallel",
@@ -24,6 +24,8 @@ OLD_PATHS = {
     "callbacks": "training.callbacks", "metrics": "training.metrics", "serialization": "training.serialization",
     "concurrency": "training.concurrency", "datasets": "data.datasets", "gradcheck": "checks.gradcheck",
     "grade": "checks.grade", "crosscheck": "checks.crosscheck",
+    # modules merged into a neighbour (one family per file): the old module path is the new module
+    "layers.rectifiers": "layers.activations", "layers.more_losses": "layers.losses",
 }
 _PKG = __name__.rpartition(".")[0]
 
@@ -32,11 +34,13 @@ def _target(fullname):
     """The module now holding ``fullname`` (an old path, or a module inside an old package), else None."""
     if not fullname.startswith(_PKG + "."):
         return None
-    head, _, rest = fullname[len(_PKG) + 1:].partition(".")
-    new = OLD_PATHS.get(head)
-    if new is None:
-        return None
-    return f"{_PKG}.{new}" + (f".{rest}" if rest else "")
+    parts = fullname[len(_PKG) + 1:].split(".")
+    for n in range(len(parts), 0, -1):             # the longest old path that is a prefix
+        new = OLD_PATHS.get(".".join(parts[:n]))
+        if new is not None:
+            rest = parts[n:]
+            return f"{_PKG}.{new}" + "".join(f".{r}" for r in rest)
+    return None
 
 
 class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):

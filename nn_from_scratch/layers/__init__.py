@@ -9,10 +9,10 @@ from .pooling import AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1
 from .global_pooling import (GlobalAveragePooling, GlobalAveragePooling1D, GlobalAveragePooling2D,
                              GlobalAveragePooling3D)
 from .activations import ReLU, Sigmoid, Softmax, Tanh
-from .rectifiers import ELU, GELU, LeakyReLU, Softplus
+from .activations import ELU, GELU, LeakyReLU, Softplus
 from .reshape import Flatten, Reshape, Vectorization
 from .losses import Loss, MSELoss, SoftMaxLoss
-from .more_losses import MAE, BinaryCrossEntropy, Huber, HuberLoss, MAELoss
+from .losses import MAE, BinaryCrossEntropy, Huber, HuberLoss, MAELoss
 from .dropout import Dropout
 from .normalization import BatchNorm, BatchNormalization
 

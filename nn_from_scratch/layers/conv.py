@@ -93,10 +93,10 @@ class Convolution(_GradNames, Neuron):
         rng = initializers.default_rng(seed)
         wshape = (self.out_channels, self.in_channels) + self.kernel_size
         W = initializers.get(_init_spec(kernel_initializer, W_init_range))(wshape, rng)
-        self._params["W"] = initializers.backend.to_device(np.asarray(W, dtype=self.dtype))
+        self.add_param("W", np.asarray(W, dtype=self.dtype))
         if self.use_bias:
             b = initializers.get(bias_initializer)((self.out_channels,), rng)
-            self._params["b"] = initializers.backend.to_device(np.asarray(b, dtype=self.dtype))
+            self.add_param("b", np.asarray(b, dtype=self.dtype))
         self._set_regularizers(kernel_regularizer, bias_regularizer)
 
     def regularized_parts(self):

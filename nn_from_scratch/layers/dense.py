@@ -47,7 +47,7 @@ class Linear(_GradNames, Neuron):
         kernel = initializers.get(_init_spec(kernel_initializer, W_init_range))((d, m), rng)
         bias = initializers.get(bias_initializer)((m,), rng) if self.use_bias else np.zeros(m)
         W = np.concatenate([np.asarray(bias, dtype=np.float64)[None, :], kernel], axis=0)
-        self._params["W"] = initializers.backend.to_device(W.astype(self.dtype))
+        self.add_param("W", W.astype(self.dtype))
         self._set_regularizers(kernel_regularizer, bias_regularizer)
 
     def regularized_parts(self):
