@@ -50,6 +50,7 @@ from ..layers.base import Neuron, Node, ShapeError, format_shape
 from ..layers.losses import Loss, SoftMaxLoss, labels_to_indices
 from .optimizers import GradientDescent
 from .optimizers import get as get_optimizer
+from .optimizer_base import optimizer_class
 from ..engine.parallel import make_step, shard_count
 from .trainer import History, TrainingWarning, _Trainer
 from .serialization import (FORMAT, FORMAT_VERSION, ModelFileError, build_layer, layer_config,
@@ -1125,7 +1126,7 @@ class NeuralNetwork:
                     ocfg["lr"] = schedules.get({"class": ocfg["lr"]["schedule"], "config": ocfg["lr"]["config"]})
                 except ValueError as exc:
                     raise ModelFileError(f"{path!r}: {exc}") from None
-            opt = get_optimizer(config["optimizer"]["class"].lower().replace("gradientdescent", "sgd"), **ocfg)
+            opt = optimizer_class(config["optimizer"]["class"])(**ocfg)
             net = cls(layers, loss_fn=loss, optimizer=opt, batch_size=config.get("batch_size", 32),
                       input_shape=config.get("input_shape"), name=config.get("name", "network"),
                       metrics=config.get("metrics"))
