@@ -43,6 +43,8 @@ class ReLU(Node):
     the next layer holds ``y`` anyway, so this costs no memory).
     """
 
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
+
     def _forward(self, x):
         xp = get_array_module(x)
         y = xp.maximum(x, x.dtype.type(0))
@@ -59,6 +61,8 @@ class Sigmoid(Node):
     ``y = 1 / (1 + exp(-x)) = (1 + tanh(x / 2)) / 2`` (the tanh form never
     overflows);  ``dL/dx = dL/dy * y * (1 - y)``.  Cache: ``y``.
     """
+
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
 
     def _forward(self, x):
         xp = get_array_module(x)
@@ -79,6 +83,8 @@ class Tanh(Node):
     ``y = tanh(x)``;  ``dL/dx = dL/dy * (1 - y^2)``.  Cache: ``y``.
     """
 
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
+
     def _forward(self, x):
         xp = get_array_module(x)
         y = xp.tanh(x)
@@ -97,6 +103,8 @@ class Softmax(Node):
     ``dL/dx = y * (dL/dy - sum_j dL/dy_j * y_j)``.  Cache: ``y``.
     For training a classifier use ``SoftMaxLoss`` on logits instead (stabler).
     """
+
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
 
     def __init__(self, shape=None, axis=-1, name=None):
         super().__init__(shape, name)
@@ -135,6 +143,8 @@ def _number(layer, arg, value, lo=None):
 class LeakyReLU(Node):
     """``y = x`` for ``x > 0``, ``alpha * x`` otherwise (Keras's default ``alpha = 0.3``).  Cache: ``x > 0``."""
 
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
+
     def __init__(self, alpha=0.3, shape=None, name=None):
         super().__init__(shape, name)
         self.alpha = _number(self, "alpha", alpha, lo=0)
@@ -155,6 +165,8 @@ class LeakyReLU(Node):
 
 class ELU(Node):
     """``y = x`` for ``x > 0``, ``alpha (e^x - 1)`` otherwise.  Cache: ``y`` and ``x > 0``."""
+
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
 
     def __init__(self, alpha=1.0, shape=None, name=None):
         super().__init__(shape, name)
@@ -188,6 +200,8 @@ def _erf(x):
 
 class GELU(Node):
     """Gaussian error linear unit ``y = x Phi(x)``, exact (erf) or ``approximate=True`` (tanh).  Cache: ``x``."""
+
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
 
     C = 0.044715
 
@@ -229,6 +243,8 @@ class GELU(Node):
 
 class Softplus(Node):
     """``y = log(1 + e^x)``, computed as ``max(x, 0) + log1p(e^-|x|)``.  Cache: ``x``."""
+
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
 
     def _forward(self, x):
         xp = get_array_module(x)

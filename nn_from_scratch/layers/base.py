@@ -59,6 +59,12 @@ class Node(ABC):
     #: makes its forward a deterministic function of x inside ``fixed_randomness()``.
     stochastic = False
 
+    #: True on a class whose forward and backward treat each sample of a batch on its own (no
+    #: statistic across the batch, as ``BatchNorm`` has): a batch may then be cut into parts that run
+    #: side by side (``docs/ARCHITECTURE.md``, "Where to add a layer").  Only the class's own body
+    #: counts: a subclass says so again (it may add state shared across samples).
+    per_sample = False
+
     #: Training (True, the default) or inference mode.  Layers whose forward differs between the
     #: two (``Dropout``: random masks / identity; ``BatchNorm``: batch / running statistics) read
     #: it.  A student's loop calling ``forward`` directly trains; ``NeuralNetwork.train()``,

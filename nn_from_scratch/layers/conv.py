@@ -39,6 +39,8 @@ class Convolution(_GradNames, Neuron):
     ``padding`` an int, per-axis ints or (lo, hi) pairs, ``"valid"`` or ``"same"``.
     """
 
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
+
     def __init__(self, input_shape=None, kernel_size=3, output_layers=None, use_bias=True,
                  stride=1, padding=0, dilation=1, *, in_channels=None, out_channels=None,
                  ndim=None, kernel_initializer="glorot_uniform", bias_initializer="zeros",

@@ -26,6 +26,8 @@ class Linear(_GradNames, Neuron):
     are the same layer.  Cache: ``x``.
     """
 
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
+
     def __init__(self, input_shape, output_shape=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  W_init_range=None, seed=None, dtype=np.float32, name=None,

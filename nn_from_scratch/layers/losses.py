@@ -154,6 +154,8 @@ class SoftMaxLoss(Loss):
     Cache: ``(softmax(z) - t) / N`` (computed with the loss).
     """
 
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
+
     def _prepare_target(self, z, t, validate):
         if z.ndim != 2:
             raise ShapeError(f"{self._describe()} expects logits of shape (N, K), received "
@@ -230,6 +232,8 @@ class MSELoss(Loss):
     ``dL/dy = 2 (y - t) / (N*D)``.  Cache: ``y - t``.
     """
 
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
+
     def _prepare_target(self, y, t, validate):
         if tuple(t.shape) != tuple(y.shape):
             raise ShapeError(
@@ -272,6 +276,8 @@ class _ElementwiseLoss(Loss):
 
 class BinaryCrossEntropy(_ElementwiseLoss):
     """Mean binary cross-entropy; from logits (default, stable) or from probabilities (module docstring)."""
+
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
 
     #: Keras's clip of probabilities (``keras.config.epsilon()``)
     EPSILON = 1e-7
@@ -323,6 +329,8 @@ class BinaryCrossEntropy(_ElementwiseLoss):
 class Huber(_ElementwiseLoss):
     """Mean Huber loss: quadratic within ``delta`` of the target, linear beyond (module docstring)."""
 
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
+
     def __init__(self, delta=1.0, shape=None, name=None):
         super().__init__(shape, name)
         if isinstance(delta, bool) or not isinstance(delta, (int, float, np.floating, np.integer)) \
@@ -346,6 +354,8 @@ class Huber(_ElementwiseLoss):
 
 class MAE(_ElementwiseLoss):
     """Mean absolute error (module docstring)."""
+
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
 
     def _forward_pair(self, y, t):
         xp = get_array_module(y)
