@@ -4,7 +4,7 @@ Commands:
     train        train the seed lab's CNN on MNIST (the main job)
     crosscheck   compare the seed lab's CNN (or --model FILE.npz) with Keras, layer by layer and over training
     grade        grade a student's layer (--layer module:Class) or saved model (--model file.npz)
-    permutation-test   which pixels matter to the seed's CNN, with permutation p-values (seed 000)
+    permutation-test   which pixels matter to the seed's CNN, with permutation p-values (analysis/permutation.py)
     separation   class separation (Henze-Penrose) at every layer of a CNN, before/after training
 """
 import importlib
