@@ -9,8 +9,8 @@ from nn_from_scratch.examples import networks
 def _same(a, b):
     assert [type(layer) for layer in a.layers] == [type(layer) for layer in b.layers]
     def settings(net):      # automatic names count up (convolution_1, convolution_2): not a setting
-        return [{k: v for k, v in layer.get_config().items() if k != "name" or not v.startswith(type(layer).__name__.lower())}
-                for layer in net.layers]
+        return [{k: v for k, v in layer.get_config().items()
+                 if k != "name" or not v.startswith(type(layer).__name__.lower())} for layer in net.layers]
     assert settings(a) == settings(b)
     assert type(a.loss_fn) is type(b.loss_fn) and a.batch_size == b.batch_size
     assert a.optimizer.get_config() == b.optimizer.get_config() and type(a.optimizer) is type(b.optimizer)

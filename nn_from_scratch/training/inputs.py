@@ -20,7 +20,8 @@ from ..layers.base import Node, ShapeError, format_shape
 from ..layers.losses import SoftMaxLoss, labels_to_indices
 from ..validation import DataError
 
-__all__ = ["layer_shapes", "shape_matches", "is_batched", "adapt", "check_finite", "prepare_xy", "check_labels", "sample_weights"]
+__all__ = ["layer_shapes", "shape_matches", "is_batched", "adapt", "check_finite", "prepare_xy", "check_labels",
+           "sample_weights"]
 
 
 def shape_matches(got, expected):

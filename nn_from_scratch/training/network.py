@@ -13,7 +13,7 @@ That is what runs with ``engine=False``.  With the engine on (the default), the 
 backward passes go through ``engine.runner.Runner``, which runs the layer patterns it has fast
 paths for (exact classes: ``Convolution``, ``ReLU -> MaxPool``, ...) by those, every other layer
 by its own code, and splits a batch over worker processes where every layer allows it
-(``engine/parallel.py``); the numbers are the layers' own to float rounding
+(``engine/parallel/``); the numbers are the layers' own to float rounding
 (tests/test_engine_switch.py).  ``docs/ARCHITECTURE.md`` draws the whole flow.
 
 Data may be given as whole arrays ``fit(X, y, epochs=, batch_size=)`` (integer or
@@ -87,7 +87,7 @@ class NeuralNetwork:
     ``workers``: with the engine on, training steps on NumPy split a batch over this many worker
     processes on Linux, threads elsewhere (``"auto"``: the usable CPU cores; shards
     of at least ``parallel.MIN_SHARD_PROCESSES`` / ``MIN_SHARD`` samples; 1 turns it
-    off; see ``nn_from_scratch/engine/parallel.py``).  Results agree with the one-worker
+    off; see ``nn_from_scratch/engine/parallel/``).  Results agree with the one-worker
     step to float rounding.  The workers are kept between ``fit`` calls while the
     layers keep their settings (``stop_workers`` ends them); while they are there,
     ``predict`` and ``evaluate`` (``fit``'s validation too) split their batches'

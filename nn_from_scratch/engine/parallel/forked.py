@@ -93,7 +93,8 @@ class ForkedStep:
                     # and other networks' (a worker must see EOF when its own parent end closes)
                     for c in [c for step in list(workers.LIVE) for c in step.conns]:
                         c.close()
-                    workers.worker_loop(child_end, net, self.slots, self.params, self.grads[w - 1], self.inboxes[w - 1])
+                    workers.worker_loop(child_end, net, self.slots, self.params, self.grads[w - 1],
+                                        self.inboxes[w - 1])
                 except BaseException:                   # pragma: no cover - reported by the parent's EOF
                     code = 1
                 finally:
@@ -152,7 +153,8 @@ class ForkedStep:
             if len(self._messages) >= 64:
                 self._messages.clear()
             inbox = [[a.dtype.str, list(a.shape)] for a in arrays]
-            held = self._messages[key] = (memory.region(self.inboxes[w - 1], specs, 0)[0], wire.pack(dict(header, inbox=inbox)))
+            views = memory.region(self.inboxes[w - 1], specs, 0)[0]
+            held = self._messages[key] = (views, wire.pack(dict(header, inbox=inbox)))
         views, message = held
         for view, a in zip(views, arrays):
             view[...] = a

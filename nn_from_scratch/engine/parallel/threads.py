@@ -91,9 +91,8 @@ class ShardedStep:
         bounds, _ = sharding.bounds(xb.shape[0], self.shards)
         for w, replica in enumerate(self.replicas):
             identity.set_random_states(replica, states, bounds[w])
-        results = self._side_by_side(xb.shape[0], lambda w, s: sharding.forward_backward(self.runners[w], self.replicas[w],
-                                                                                   self.losses[w], xb[s], yb[s],
-                                                                                   weights[w]))
+        results = self._side_by_side(xb.shape[0], lambda w, s: sharding.forward_backward(
+            self.runners[w], self.replicas[w], self.losses[w], xb[s], yb[s], weights[w]))
         for k, _ in states:                     # the network's layers move on as shard 0's did
             net.layers[k].set_random_state(self.replicas[0][k].random_state())
         for k, layer in enumerate(net.layers):
