@@ -22,25 +22,25 @@ one-hot labels) or, as in the seed lab, already cut into batches
 
 The jobs around it have modules of their own (``docs/ARCHITECTURE.md``): the data checks and
 their normalisation (``inputs.py``), ``fit``'s argument checks and the trainer's assembly
-(``fit_setup.py``), the loop (``trainer.py``, with ``epoch_sums.py`` and ``watchdog.py``), model
-files (``model_files.py`` over ``serialization.py``'s format) and the worker split
+(``fit_setup.py``), the loop (``trainer.py``, with ``epoch_sums.py`` and ``watchdog.py``), inference
+in batches for ``predict``/``evaluate`` (``inference.py``), model files (``model_files.py`` over
+``serialization.py``'s format), the summary (``summary.py``) and the worker split
 (``engine/parallel``, held as ``batch_split``).  Host <-> device traffic during ``fit``: see
 ``trainer.py``.
 """
 import contextlib
-import inspect
 
 import numpy as np
 
 from .. import validation
-from ..backend import get_array_module, read_scalars, to_device, to_numpy
+from ..backend import get_array_module, to_device, to_numpy
 from ..engine import parallel
 from ..engine.runner import Runner
 from ..layers import regularizers
 from ..layers.base import Neuron, Node, ShapeError, format_shape
 from ..layers.losses import Loss, SoftMaxLoss
 from ..validation import DataError
-from . import fit_setup, inputs, model_files
+from . import fit_setup, inference, inputs, model_files
 from . import metrics as metrics_mod
 from .concurrency import guarded
 from .history import History, TrainingWarning
@@ -50,19 +50,6 @@ from .serialization import layer_config
 from .summary import summary_text
 
 __all__ = ["NeuralNetwork", "History", "TrainingWarning", "DataError"]
-
-
-def _loss_forward(loss_fn, out, yb, sample_weight):
-    """The batch's loss; ``sample_weight`` is passed only when there are weights, so a loss
-    written against the older ``forward(prediction, target, validate=True)`` still works."""
-    if sample_weight is None:
-        return loss_fn.forward(out, yb, validate=False)
-    params = inspect.signature(loss_fn.forward).parameters
-    if "sample_weight" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        raise TypeError(f"{type(loss_fn).__name__}.forward(prediction, target, validate) takes no "
-                        "sample_weight: to train with sample_weight/class_weight, accept "
-                        "forward(..., sample_weight=None) and pass it on to Loss.forward")
-    return loss_fn.forward(out, yb, validate=False, sample_weight=sample_weight)
 
 
 class NeuralNetwork:
@@ -380,7 +367,7 @@ class NeuralNetwork:
     def _loss_and_gradient(self, out, yb, sample_weight=None):
         """``(loss, dL/dout)`` of a batch's output: the loss's own ``forward`` and ``backward``,
         or the engine's fused kernel where it has one (``Runner.loss``)."""
-        compute = lambda o, t: _loss_forward(self.loss_fn, o, t, sample_weight)  # noqa: E731
+        compute = lambda o, t: inference.loss_value(self.loss_fn, o, t, sample_weight)  # noqa: E731
         if self._engine and sample_weight is None:
             return self.runner.loss(self.loss_fn, out, yb, compute)
         loss = compute(out, yb)
@@ -503,33 +490,6 @@ class NeuralNetwork:
         with self._mode(True):       # fit trains (validation infers), then the previous modes come back
             return trainer.run(epochs, val, val_batch)
 
-    def _batches(self, X, batch_size):
-        for start in range(0, X.shape[0], batch_size):
-            yield start, min(start + batch_size, X.shape[0])
-
-    def _outputs(self, X, bs):
-        """``(a, b, output of X[a:b])`` for each batch of ``bs`` samples, then every cache dropped.
-
-        While the workers that split training steps are there (``fit`` keeps them) and still fit
-        this network, each batch's forward pass is split over them too.  Besides using the cores,
-        this keeps this process's BLAS at one thread: multi-threaded BLAS here leaves its
-        threads spinning for ~0.1 s afterwards, on the core a worker needs (the first steps of
-        each epoch after a validation ran at half speed, benchmarks/RESULTS.md).  Workers are
-        not started for inference.  Runs in inference mode (``inference``).
-        """
-        with self.inference():
-            yield from self._outputs_inferred(X, bs)
-
-    def _outputs_inferred(self, X, bs):
-        self.batch_split.begin_inference(self)
-        try:
-            for a, b in self._batches(X, bs):
-                yield a, b, self.batch_split.forward(self, self._to_batch(X[a:b]), self.forward)
-        finally:
-            for layer in self.layers:
-                layer.clear_cache()
-            self.batch_split.end_inference()
-
     @guarded(training=False)
     def predict(self, X, batch_size=None, to_host=True, probabilities=False):
         """Outputs of the last layer for ``X`` (``(N, *S)``, or one batch as in the seed lab).
@@ -547,7 +507,7 @@ class NeuralNetwork:
             raise TypeError(f"predict: probabilities=True needs a loss that defines probabilities(); "
                             f"{type(self.loss_fn).__name__} does not")
         bs = int(batch_size or given_batch or max(self.batch_size, 256))
-        outs = [out for _, _, out in self._outputs(X, bs)]
+        outs = [out for _, _, out in inference.outputs(self, X, bs)]
         xp = get_array_module(outs[0])
         out = xp.concatenate(outs, axis=0) if len(outs) > 1 else outs[0]
         if probabilities:
@@ -574,32 +534,15 @@ class NeuralNetwork:
         X, y, given_batch = self._prepare_xy(X, y, "evaluate")
         run_metrics = self._resolve_metrics(metrics, "evaluate(metrics=)") if metrics is not None else self.metrics
         sw = self._sample_weights(sample_weight, None, y, X.shape[0], "evaluate")
-        res = self._evaluate_all(X, y, int(batch_size or given_batch or max(self.batch_size, 256)), run_metrics, sw)
+        res = inference.evaluate(self, X, y, int(batch_size or given_batch or max(self.batch_size, 256)), run_metrics, sw)
         if return_dict:
             return res
         values = tuple(res.values())
         return values if len(values) > 1 else (values[0], None)
 
-    def _evaluate_prepared(self, X, y, bs):
-        """``(mean loss, accuracy or None)`` of prepared data."""
-        res = self._evaluate_all(X, y, bs, self._resolve_metrics(None, "evaluate"), None)
-        return res["loss"], res.get("accuracy")
-
     def _evaluate_all(self, X, y, bs, run_metrics, sw):
-        """``{"loss": mean loss, metric name: mean value, ...}`` over prepared data, one read."""
-        n = X.shape[0]
-        total_loss, sums = 0.0, [0] * len(run_metrics)
-        for a, b, out in self._outputs(X, bs):
-            yb = to_device(y[a:b], like=out)
-            wb = None if sw is None else to_device(sw[a:b], like=out, dtype=out.dtype)
-            total_loss = total_loss + _loss_forward(self.loss_fn, out, yb, wb) * (b - a)
-            for i, m in enumerate(run_metrics):
-                sums[i] = sums[i] + m.batch_sum(out, yb)
-        pen = regularizers.penalty(self.layers)    # Keras: the loss includes the weight penalties
-        total_loss, pen, *sums = read_scalars(total_loss, pen, *sums, why="validation")  # one read
-        res = {"loss": total_loss / n + pen}
-        res.update((m.name, v / n) for m, v in zip(run_metrics, sums))
-        return res
+        """``{"loss": ..., metric name: ...}`` over prepared data (``inference.evaluate``)."""
+        return inference.evaluate(self, X, y, bs, run_metrics, sw)
 
     def confusion_matrix(self, X, y, normalize=None, batch_size=None):
         """``C[i, j]``: samples of true class ``i`` the network predicts as ``j`` (``metrics.confusion_matrix``)."""
