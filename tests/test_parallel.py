@@ -439,6 +439,7 @@ def test_the_layers_say_themselves_which_are_per_sample(kind):
                         L.Softplus, L.Dropout, L.MaxPool, L.AvgPool, L.GlobalAveragePooling, L.GlobalAveragePooling1D,
                         L.GlobalAveragePooling2D, L.GlobalAveragePooling3D, L.Vectorization, L.Reshape,
                         L.SoftMaxLoss, L.MSELoss, L.BinaryCrossEntropy, L.Huber, L.MAE}
+    assert parallel.PER_SAMPLE == declared              # the old name, now derived from the declarations
     assert not parallel.is_per_sample(L.BatchNorm(shape=(None, 3))) and parallel.is_per_sample(L.ReLU())
     net = small_net(nf.ReLU())
     assert net.batch_split is not None and net.runner is net._runner and net._sharded is net.batch_split.current

@@ -34,6 +34,7 @@ never split.
 import sys
 import types
 
+from ... import layers as _layers
 from . import policy, wire, workers
 from .allowed import activity, split_allowed
 from .batch_split import BatchSplit, make_step
@@ -46,6 +47,11 @@ from .wire import WorkerTimeout
 
 __all__ = ["BatchSplit", "ShardedStep", "ForkedStep", "shard_count", "usable_cores", "is_per_sample", "split_with",
            "make_step", "config_key", "network_key", "split_allowed", "activity", "WorkerTimeout"]
+
+#: the package's layer classes that may be split, for code that read the list this once was: derived
+#: from the classes' own ``per_sample`` declarations (``Node.per_sample``), which are what counts
+PER_SAMPLE = frozenset(cls for cls in vars(_layers).values()
+                       if isinstance(cls, type) and vars(cls).get("per_sample", False))
 
 #: names set on this package that are read in a module of it: ``parallel.MIN_SHARD = 2`` (and
 #: ``monkeypatch.setattr(parallel, "_pack", spy)``) set them there, where they are read
