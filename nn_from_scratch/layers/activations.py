@@ -1,4 +1,5 @@
-"""Parameter-free element-wise layers: ``ReLU``, ``Sigmoid``, ``Tanh``, ``Softmax``.
+"""Parameter-free element-wise layers: ``ReLU``, ``Sigmoid``, ``Tanh``, ``Softmax``, and ReLU's
+relatives ``LeakyReLU``, ``ELU``, ``GELU``, ``Softplus``.
 
 Every class here keeps ``forward``/``backward`` symmetric and names what it
 caches; shapes are ``x: (N, *S) -> y: (N, *S)`` unless stated.

@@ -1,4 +1,5 @@
-"""Loss nodes: ``loss = forward(prediction, target)``, then ``backward()``.
+"""Loss nodes: ``loss = forward(prediction, target)``, then ``backward()``: ``SoftMaxLoss``,
+``MSELoss``, and ``BinaryCrossEntropy``, ``Huber``, ``MAE`` (means over every entry).
 
 A loss maps a batch to a scalar (the mean over the batch).  ``backward(upstream=1)``
 returns ``dL/dprediction`` with the prediction's shape.
