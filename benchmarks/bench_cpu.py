@@ -13,7 +13,7 @@ samples with plain SGD (lr 0.01) and softmax cross-entropy:
 * ``ours.fit``           ``NeuralNetwork.fit(X, y, epochs=E, batch_size=B, verbose=0)`` (the public API;
                          shuffles, reports loss and accuracy per epoch; default ``workers="auto"``:
                          batches of >= 50 split over the cores in worker processes,
-                         ``nn_from_scratch/parallel.py``);
+                         ``nn_from_scratch/engine/parallel/``);
 * ``ours.fit_1thread``   the same with ``workers=1`` (no split: one process, BLAS at its default);
 * ``ours.train_step``    a Python loop of ``network.train_step(xb, yb)`` over pre-cut batches;
 * ``keras.fit``          ``model.fit`` (channels-last data, metrics=["accuracy"], as the seed lab);

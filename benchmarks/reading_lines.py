@@ -3,13 +3,17 @@
 
     python benchmarks/reading_lines.py [ROOT ...]      # default: this checkout
 
-Two readings (issue 23), each the files one must open, in the order one meets them:
+Two readings, each the files one must open, in the order one meets them:
 
 * ``Convolution.forward``/``backward`` as the layer computes them (the layer's own code);
 * ``fit`` on LeNet-5 with the engine on: the trainer's step down to every function that runs.
 
 Printed per file: its lines (all, and code lines: neither blank nor comment nor docstring), and the
-totals.  Flat layout (before issue 23): ``nn_from_scratch/*.py``; new: ``layers/``, ``engine/``...
+totals.  Three layouts: flat (``nn_from_scratch/*.py``); packages (``layers/``, ``engine/``,
+``training/``, with ``engine/parallel.py`` one file); and packages with one job per file
+(``engine/parallel/`` a package, the trainer's sums and checks, ``fit``'s set-up and the input
+checks in modules of their own).  With forked workers (Linux), ``engine/parallel/threads.py`` is
+not on the path; model files, the summary and the callbacks other than the default are not either.
 """
 import ast
 import io
@@ -31,6 +35,19 @@ READINGS = {
                                       "engine/parallel.py", "engine/kernels.py", "layers/dense.py",
                                       "layers/activations.py", "layers/losses.py", "training/optimizers.py",
                                       "layers/base.py"],
+    },
+    "one job per file": {
+        "Convolution.forward/backward (the layer)": ["layers/conv.py", "layers/geometry.py"],
+        "fit on LeNet-5, engine on": ["training/network.py", "training/fit_setup.py", "training/inputs.py",
+                                      "training/trainer.py", "training/epoch_sums.py", "training/watchdog.py",
+                                      "engine/runner.py", "engine/fusion.py", "engine/phase_pool.py",
+                                      "engine/settings.py", "engine/parallel/batch_split.py",
+                                      "engine/parallel/policy.py", "engine/parallel/allowed.py",
+                                      "engine/parallel/forked.py", "engine/parallel/sharding.py",
+                                      "engine/parallel/identity.py", "engine/parallel/wire.py",
+                                      "engine/parallel/memory.py", "engine/parallel/workers.py", "engine/kernels.py",
+                                      "layers/dense.py", "layers/activations.py", "layers/losses.py",
+                                      "training/optimizers.py", "layers/base.py"],
     },
 }
 
@@ -56,7 +73,8 @@ def main(argv=None):
     roots = (argv if argv is not None else sys.argv[1:]) or [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
     for root in roots:
         pkg = os.path.join(root, "nn_from_scratch")
-        layout = "packages" if os.path.isdir(os.path.join(pkg, "layers")) else "flat"
+        layout = ("one job per file" if os.path.isdir(os.path.join(pkg, "engine", "parallel")) else
+                  "packages" if os.path.isdir(os.path.join(pkg, "layers")) else "flat")
         print(f"{root} ({layout} layout)")
         for reading, files in READINGS[layout].items():
             total = code = 0
@@ -65,8 +83,8 @@ def main(argv=None):
                 text = open(os.path.join(pkg, f)).read()
                 n, c = text.count("\n"), code_lines(text)
                 total, code = total + n, code + c
-                print(f"    {f:28s} {n:5d} lines {c:5d} code")
-            print(f"    {'total, ' + str(len(files)) + ' files':28s} {total:5d} lines {code:5d} code")
+                print(f"    {f:34s} {n:5d} lines {c:5d} code")
+            print(f"    {'total, ' + str(len(files)) + ' files':34s} {total:5d} lines {code:5d} code")
     return 0
 
 

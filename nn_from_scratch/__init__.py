@@ -14,23 +14,19 @@ from . import _legacy
 _legacy.install()           # the flat module paths of earlier versions (nn_from_scratch.network, ...)
 
 from . import backend  # noqa: E402
+from .layers import *  # noqa: E402,F401,F403 - every layer (layers.__all__), so a new layer is exported once
+from .layers import __all__ as _LAYERS  # noqa: E402
 from .training import callbacks, metrics
 from .layers import initializers
 from .training.callbacks import (Callback, CallbackError, CSVLogger, EarlyStopping, LambdaCallback,
                                  LearningRateScheduler, ModelCheckpoint, ReduceLROnPlateau, TerminateOnNaN)
 from .training.concurrency import ConcurrentUseError
-from .layers.reshape import Flatten, Reshape, Vectorization
-from .layers.activations import ReLU, Sigmoid, Softmax, Tanh
 from .layers.initializers import set_seed
-from .layers.base import Neuron, Node, ShapeError
 from .training.optimizer_base import Optimizer
-from .layers.losses import MSELoss, SoftMaxLoss
 from .training.metrics import (Accuracy, BinaryAccuracy, MeanAbsoluteError, MeanSquaredError, Metric,
                                TopKAccuracy, confusion_matrix, plot_confusion_matrix)
 from .validation import DataError
 from .training.network import History, NeuralNetwork, TrainingWarning
-from .layers.conv import Conv1D, Conv2D, Conv3D, Convolution
-from .layers.dense import Dense, Linear
 from .kfac import EKFAC, KFAC
 from .training.optimizers import SGD, AdaGrad, Adagrad, Adam, AdamW, GradientDescent, RMSProp, RMSprop
 from .layers import regularizers
@@ -38,25 +34,13 @@ from .training import schedules
 from .layers.regularizers import L1, L1L2, L2
 from .training.schedules import (CosineDecay, ExponentialDecay, LearningRateSchedule, PiecewiseConstantDecay,
                                  StepDecay)
-from .layers.pooling import AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D, MaxPool3D
 from .training.serialization import ModelFileError
-from .layers.dropout import Dropout
-from .layers.normalization import BatchNorm, BatchNormalization
-from .layers.rectifiers import ELU, GELU, LeakyReLU, Softplus
-from .layers.global_pooling import (GlobalAveragePooling, GlobalAveragePooling1D, GlobalAveragePooling2D,
-                                    GlobalAveragePooling3D)
-from .layers.more_losses import MAE, BinaryCrossEntropy, Huber, HuberLoss, MAELoss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "backend", "initializers", "set_seed",
-    "Node", "Neuron", "Optimizer", "ShapeError", "DataError", "ModelFileError", "TrainingWarning",
-    "ConcurrentUseError",
-    "ReLU", "Sigmoid", "Tanh", "Softmax", "Vectorization", "Flatten", "Reshape",
-    "SoftMaxLoss", "MSELoss",
-    "Linear", "Dense", "Convolution", "Conv1D", "Conv2D", "Conv3D",
-    "MaxPool", "AvgPool", "MaxPool1D", "MaxPool2D", "MaxPool3D", "AvgPool1D", "AvgPool2D", "AvgPool3D",
+    "Optimizer", "DataError", "ModelFileError", "TrainingWarning", "ConcurrentUseError",
     "GradientDescent", "SGD", "Adam", "RMSProp", "RMSprop", "AdamW", "AdaGrad", "Adagrad", "KFAC", "EKFAC",
     "schedules", "LearningRateSchedule", "ExponentialDecay", "StepDecay", "PiecewiseConstantDecay", "CosineDecay",
     "NeuralNetwork", "History",
@@ -64,10 +48,7 @@ __all__ = [
     "LearningRateScheduler", "ReduceLROnPlateau", "TerminateOnNaN", "LambdaCallback",
     "metrics", "Metric", "Accuracy", "BinaryAccuracy", "TopKAccuracy", "MeanAbsoluteError", "MeanSquaredError",
     "confusion_matrix", "plot_confusion_matrix",
-    "Dropout", "BatchNorm", "BatchNormalization", "LeakyReLU", "ELU", "GELU", "Softplus",
-    "GlobalAveragePooling", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-    "BinaryCrossEntropy", "Huber", "MAE", "HuberLoss", "MAELoss",
-]
+] + list(_LAYERS)
 
 
 def __getattr__(name):

@@ -5,7 +5,7 @@ Commands:
     crosscheck   compare the seed lab's CNN (or --model FILE.npz) with Keras, layer by layer and over training
     grade        grade a class (--submissions DIR, each in a sandbox, against --reference), one layer
                  (--layer module:Class) or a saved model (--model file.npz); docs/grading.md
-    permutation-test   which pixels matter to the seed's CNN, with permutation p-values (seed 000)
+    permutation-test   which pixels matter to the seed's CNN, with permutation p-values (analysis/permutation)
     separation   class separation (Henze-Penrose) at every layer of a CNN, before/after training
 """
 import importlib

@@ -15,9 +15,9 @@ __all__ = ["OLD_PATHS", "install"]
 
 #: old module (under ``nn_from_scratch.``) -> where it lives now
 OLD_PATHS = {
-    "activations": "layers.activations", "losses": "layers.losses", "more_losses": "layers.more_losses",
+    "activations": "layers.activations", "losses": "layers.losses", "more_losses": "layers.losses",
     "pooling": "layers.pooling", "global_pooling": "layers.global_pooling", "dropout": "layers.dropout",
-    "normalization": "layers.normalization", "rectifiers": "layers.rectifiers",
+    "normalization": "layers.normalization", "rectifiers": "layers.activations",
     "initializers": "layers.initializers", "regularizers": "layers.regularizers",
     "patches": "engine.patches", "conv_compute": "engine.conv", "fusion": "engine.fusion",
     "phase_pool": "engine.phase_pool", "kernels": "engine.kernels", "parallel": "engine.parallel",
@@ -25,10 +25,12 @@ OLD_PATHS = {
     "callbacks": "training.callbacks", "metrics": "training.metrics", "serialization": "training.serialization",
     "concurrency": "training.concurrency", "datasets": "data.datasets", "gradcheck": "checks.gradcheck",
     "grade": "checks.grade", "crosscheck": "checks.crosscheck",
-    # modules that moved out of a package that still exists (a dotted old path: the longest match wins)
+    # modules that moved into another package (a dotted old path: the longest match wins)
     "training.kfac_optim": "kfac.optimizers", "training.kronecker": "kfac.factors",
     "training.layer_statistics": "kfac.statistics", "analysis.kronecker": "kfac.factors",
     "analysis.layer_statistics": "kfac.statistics",
+    # modules merged into a neighbour (one family per file): the old module path is the new module
+    "layers.rectifiers": "layers.activations", "layers.more_losses": "layers.losses",
 }
 _PKG = __name__.rpartition(".")[0]
 
@@ -38,11 +40,11 @@ def _target(fullname):
     if not fullname.startswith(_PKG + "."):
         return None
     parts = fullname[len(_PKG) + 1:].split(".")
-    for k in range(len(parts), 0, -1):
-        new = OLD_PATHS.get(".".join(parts[:k]))
+    for n in range(len(parts), 0, -1):             # the longest old path that is a prefix
+        new = OLD_PATHS.get(".".join(parts[:n]))
         if new is not None:
-            rest = ".".join(parts[k:])
-            return f"{_PKG}.{new}" + (f".{rest}" if rest else "")
+            rest = parts[n:]
+            return f"{_PKG}.{new}" + "".join(f".{r}" for r in rest)
     return None
 
 

@@ -10,8 +10,8 @@ from .layers.losses import Loss, MSELoss, SoftMaxLoss
 from .layers.dropout import Dropout
 from .layers.global_pooling import (GlobalAveragePooling, GlobalAveragePooling1D, GlobalAveragePooling2D,
                                     GlobalAveragePooling3D)
-from .layers.more_losses import MAE, BinaryCrossEntropy, Huber
-from .layers.rectifiers import ELU, GELU, LeakyReLU, Softplus
+from .layers.losses import MAE, BinaryCrossEntropy, Huber
+from .layers.activations import ELU, GELU, LeakyReLU, Softplus
 from .layers.pooling import AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D, MaxPool3D
 
 __all__ = [

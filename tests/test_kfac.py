@@ -378,10 +378,12 @@ def test_names_and_old_paths_reach_the_kfac_package():
                      ("training.layer_statistics", "kfac.statistics"),
                      ("analysis.layer_statistics", "kfac.statistics")]:
         assert importlib.import_module(f"nn_from_scratch.{old}") is importlib.import_module(f"nn_from_scratch.{new}")
-    with pytest.raises(ValueError, match="register: the name 'kfac' is taken by KFAC"):
-        optimizers.register("kfac", EKFAC)
-    with pytest.raises(TypeError, match="register: cls must be an Optimizer subclass"):
-        optimizers.register("thing", dict)
+    from nn_from_scratch.training.optimizer_base import optimizer_class
+    assert optimizer_class("kfac") is KFAC and optimizer_class("EKFAC") is EKFAC   # the registry, by name
+    with pytest.raises(ValueError, match="'kfac' already names the optimizer KFAC"):
+        class MyKFAC(optimizers.GradientDescent):                      # a user's class cannot take it
+            names = ("kfac",)
+    assert optimizer_class("kfac") is KFAC
 
 
 def test_training_alone_gets_kfac_by_name_in_a_fresh_interpreter():

@@ -31,6 +31,7 @@ import pytest
 import nn_from_scratch as nf
 from nn_from_scratch.backend import to_numpy
 from nn_from_scratch.interfaces import Optimizer
+from gpu_utils import requires_gpu
 from planted_bugs import AdamWithoutBiasCorrection
 
 STEPS = 6
@@ -469,3 +470,81 @@ def test_rules_by_hand(backend, case, dtype):
         rtol, atol = (1e-12, 1e-14) if dtype == np.float64 else (RTOL, ATOL)
         np.testing.assert_allclose(got, expected[t], rtol=rtol, atol=atol, err_msg=f"{case}, step {t + 1}")
     assert np.abs(expected[-1] - init["W"]).max() > 1e-3  # the rule really moved the weights
+
+
+# --- the fused CuPy branch of each _update against its NumPy formula ---------------------------
+@requires_gpu
+@pytest.mark.parametrize("case", sorted(HAND_CASES))
+def test_fused_branch_equals_the_formula_in_update(gpu, case):
+    """On CuPy, ``_update`` runs one fused kernel where it has one (SGD, plain RMSProp, Adam without
+    amsgrad); with the kernels switched off the same ``_update`` runs its NumPy formula on CuPy
+    arrays.  The two agree to float32 rounding at every step (GPU only)."""
+    import cupy
+    from nn_from_scratch.engine import kernels
+    kind, hp = HAND_CASES[case]
+    init, grads = _problem(seed=5, dtype=np.float32)
+    results = {}
+    try:
+        for fused in (True, False):
+            kernels.use_fused(fused)
+            holder, opt, got = ParamHolder(W=cupy.asarray(init["W"])), _make(kind, hp), []
+            for g in grads:
+                holder.grads = {"W": cupy.asarray(g["W"])}
+                opt.step([holder])
+                got.append(to_numpy(holder.params["W"]).copy())
+            results[fused] = got
+    finally:
+        kernels.use_fused(True)
+    for t, (a, b) in enumerate(zip(results[True], results[False])):
+        np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=f"{case}, step {t + 1}")
+
+
+# --- the registry of optimizer names ----------------------------------------------------------
+def test_every_optimizer_is_registered_by_its_names():
+    from nn_from_scratch.training.optimizer_base import optimizer_class, optimizer_names
+    expected = {"sgd": nf.GradientDescent, "gradientdescent": nf.GradientDescent, "adam": nf.Adam,
+                "adamw": nf.AdamW, "adagrad": nf.AdaGrad, "rmsprop": nf.RMSProp, "kfac": nf.KFAC, "ekfac": nf.EKFAC}
+    for name, cls in expected.items():
+        assert optimizer_class(name) is cls and optimizer_class(name.upper()) is cls, name
+        assert name in optimizer_names()
+    assert nf.GradientDescent.names[0] == "sgd"          # the canonical name first
+    # a model file records the class's own name
+    for cls in (nf.GradientDescent, nf.AdamW, nf.RMSProp, nf.KFAC):
+        assert optimizer_class(cls.__name__) is cls
+    with pytest.raises(ValueError, match=r"unknown optimizer 'adamm'; expected one of \[.*'adam'.*'sgd'"):
+        optimizer_class("adamm")
+    with pytest.raises(ValueError, match="unknown optimizer 3"):
+        optimizer_class(3)
+
+
+def test_a_new_optimizer_registers_itself_and_loads_from_a_model_file(tmp_path):
+    from nn_from_scratch.optimizers import get
+
+    class SignDescent(Optimizer):
+        """w <- w - lr sign(g)."""
+
+        names = ("signdescent", "signsgd")
+
+        def __init__(self, lr=0.01):
+            super().__init__(lr)
+
+        def _update(self, param, grad, key):
+            param -= self.current_lr * np.sign(grad)
+
+    assert type(get("signsgd", lr=0.5)) is SignDescent and get("SignDescent").lr == 0.01
+    net = nf.NeuralNetwork([nf.Linear(3, 2)], loss_fn=nf.MSELoss(), optimizer=SignDescent(lr=0.25))
+    path = str(tmp_path / "m.npz")
+    net.save(path)
+    loaded = nf.NeuralNetwork.load(path)
+    assert type(loaded.optimizer) is SignDescent and loaded.optimizer.lr == 0.25
+
+
+def test_names_must_be_lowercase_and_cannot_take_a_built_in_name():
+    with pytest.raises(TypeError, match="lowercase"):
+        type("Loud", (Optimizer,), {"names": ("Loud",), "_update": lambda self, p, g, k: None})
+    with pytest.raises(TypeError, match="tuple"):
+        type("Single", (Optimizer,), {"names": "single", "_update": lambda self, p, g, k: None})
+    with pytest.raises(ValueError, match="'adam' already names the optimizer Adam"):
+        type("MyAdam", (nf.Adam,), {"names": ("adam",)})
+    from nn_from_scratch.training.optimizer_base import optimizer_class
+    assert optimizer_class("adam") is nf.Adam

@@ -427,3 +427,19 @@ def test_a_failing_split_forward_falls_back_to_one_batch_and_says_so(kind, monke
         out = split.predict(X, batch_size=10)
     np.testing.assert_allclose(out, one.predict(X, batch_size=10), rtol=1e-12, atol=1e-14)
     assert split._sharded is None                        # the next training step makes a fresh split
+
+
+def test_the_layers_say_themselves_which_are_per_sample(kind):
+    """``Node.per_sample`` declared in a class's own body replaces a list kept in the engine: the
+    package's classes that may be split are exactly those whose samples never meet."""
+    from nn_from_scratch import layers as L
+    declared = {cls for cls in vars(L).values() if isinstance(cls, type) and issubclass(cls, Node)
+                and vars(cls).get("per_sample", False)}
+    assert declared == {L.Linear, L.Convolution, L.ReLU, L.Sigmoid, L.Tanh, L.Softmax, L.LeakyReLU, L.ELU, L.GELU,
+                        L.Softplus, L.Dropout, L.MaxPool, L.AvgPool, L.GlobalAveragePooling, L.GlobalAveragePooling1D,
+                        L.GlobalAveragePooling2D, L.GlobalAveragePooling3D, L.Vectorization, L.Reshape,
+                        L.SoftMaxLoss, L.MSELoss, L.BinaryCrossEntropy, L.Huber, L.MAE}
+    assert parallel.PER_SAMPLE == declared              # the old name, now derived from the declarations
+    assert not parallel.is_per_sample(L.BatchNorm(shape=(None, 3))) and parallel.is_per_sample(L.ReLU())
+    net = small_net(nf.ReLU())
+    assert net.batch_split is not None and net.runner is net._runner and net._sharded is net.batch_split.current

@@ -16,7 +16,7 @@ One call per data set, the split by name:
   - ``"official_test"``: the official 10,000 test images, looked for where the
     main job looks (``directory`` if given, ``$NN_FROM_SCRATCH_MNIST_DIR``,
     ``../shared/data/mnist`` next to the project, ``~/.keras/datasets/mnist.npz``;
-    see ``nn_from_scratch.train.find_test_set``);
+    see ``nn_from_scratch.data.test_set.find_test_set``);
   - ``"official_train"``: the official 60,000 training images, from the same places.
 
 * ``load_fashion_mnist(split="train"|"test", directory=None)``: Fashion-MNIST

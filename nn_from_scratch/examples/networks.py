@@ -5,6 +5,10 @@
   Vectorization, Linear 800 -> 10, SoftMaxLoss.  Shapes ``(N, 1, 28, 28) -> (N, 10)``.
 * ``lenet5_layers``: LeNet-5 as the benchmarks use it: Conv 6@5x5 pad 2, ReLU, MaxPool 2,
   Conv 16@5x5, ReLU, MaxPool 2, Flatten, Linear 400 -> 120 -> 84 -> 10 with ReLUs.
+* ``separation_cnn``: the class-separation study's CNN (conv 3x3, ReLU, max-pool, twice, then
+  two dense layers), narrower than its seed for a CPU.
+* ``permutation_cnn``: the permutation-test study's CNN (one 15x15 convolution to 2 channels,
+  ReLU, Linear 392 -> 10), trained with SGD and momentum.
 
 ``seed``: None (the global generator, see ``set_seed``), an int or a ``numpy.random.Generator``;
 the layers draw their weights one after the other from one generator made from it.
@@ -18,10 +22,10 @@ from ..layers.losses import SoftMaxLoss
 from ..training.network import NeuralNetwork
 from ..layers.conv import Convolution
 from ..layers.dense import Linear
-from ..training.optimizers import GradientDescent
+from ..training.optimizers import Adam, GradientDescent
 from ..layers.pooling import MaxPool
 
-__all__ = ["seed_lab_layers", "seed_lab_cnn", "lenet5_layers", "SEED_LAB_NAMES"]
+__all__ = ["seed_lab_layers", "seed_lab_cnn", "lenet5_layers", "separation_cnn", "permutation_cnn", "SEED_LAB_NAMES"]
 
 #: layer names of ``seed_lab_layers``
 SEED_LAB_NAMES = ("conv1", "relu1", "conv2", "relu2", "flatten", "linear")
@@ -76,3 +80,34 @@ def lenet5_layers(batch_size=None, seed=None):
         ReLU(name="relu4"),
         Linear(84, 10, seed=rng, name="fc3"),
     ]
+
+
+def separation_cnn(channels=(8, 16), hidden=64, n_classes=10, batch_size=32, optimizer=None, seed=0):
+    """The class-separation study's CNN for ``(N, 1, 28, 28)`` digits (Adam, lr 1e-3, by default).
+
+    Layer names: conv1, relu1, maxpool1, conv2, relu2, maxpool2, flatten, fc1, relu3, fc2
+    (its seed's names; the seed's ``softmax`` is in the loss).  The seed's own widths are
+    ``channels=(32, 64), hidden=512`` (with padding 1 here instead of its 3).
+    """
+    rng = np.random.default_rng(seed)
+    c1, c2 = (int(c) for c in channels)
+    layers = [
+        Convolution((None, 1, 28, 28), kernel_size=3, output_layers=c1, padding=1, seed=rng, name="conv1"),
+        ReLU(name="relu1"), MaxPool(pool_size=2, name="maxpool1"),
+        Convolution((None, c1, 14, 14), kernel_size=3, output_layers=c2, padding=1, seed=rng, name="conv2"),
+        ReLU(name="relu2"), MaxPool(pool_size=2, name="maxpool2"),
+        Vectorization(name="flatten"),
+        Linear(c2 * 49, int(hidden), seed=rng, name="fc1"), ReLU(name="relu3"),
+        Linear(int(hidden), int(n_classes), seed=rng, name="fc2"),
+    ]
+    return NeuralNetwork(layers, loss_fn=SoftMaxLoss(name="softmax_loss"),
+                         optimizer=optimizer if optimizer is not None else Adam(lr=1e-3),
+                         batch_size=batch_size, name="separation_cnn")
+
+
+def permutation_cnn(seed, lr=1e-3, momentum=0.9, batch_size=64):
+    """The permutation-test study's CNN, freshly initialized from ``seed`` (an int: Glorot-uniform
+    weights from ``seed`` for the convolution and ``seed + 1`` for the dense layer, zero biases)."""
+    return NeuralNetwork([Convolution((None, 1, 28, 28), kernel_size=15, output_layers=2, use_bias=True, seed=seed),
+                          ReLU(), Vectorization(), Linear(392, 10, seed=seed + 1)], SoftMaxLoss(),
+                         optimizer=GradientDescent(lr=lr, momentum=momentum), batch_size=batch_size)

@@ -10,16 +10,11 @@ optimizers built on it (docs/analysis/curvature.md).
 
 The package sits above ``training/`` (it uses the optimizer interface and the network's
 layer-by-layer pass) and below ``analysis/`` (``analysis.curvature`` measures the factors
-against the exact Fisher block).  ``training/`` never imports it: importing it enters
-``"kfac"`` and ``"ekfac"`` in the optimizer name table (``training.optimizers.register``).
+against the exact Fisher block).  ``training/`` never imports it: defining ``KFAC`` and ``EKFAC``
+enters ``"kfac"`` and ``"ekfac"`` in the optimizer registry (their ``names``;
+``training.optimizer_base``), as every optimizer class does.
 """
-from ..training import optimizers as _optimizers
 from .factors import EKFACFactors, KroneckerFactors
 from .optimizers import EKFAC, KFAC
 
 __all__ = ["KFAC", "EKFAC", "KroneckerFactors", "EKFACFactors"]
-
-for _cls in (KFAC, EKFAC):
-    for _name in _cls.names:
-        _optimizers.register(_name, _cls)
-del _cls, _name

@@ -1,6 +1,7 @@
 """Every layer, one family per file, each ``forward``/``backward`` the formula of its docstring.
 
 Nothing here imports the packages above it: the trainer, the analysis tools (``docs/ARCHITECTURE.md``).
+A new layer's name goes in ``__all__`` below: the top-level package exports every name listed here.
 """
 from .base import LayerDefinitionError, Neuron, Node, NotReadyError, ShapeError
 from .dense import Dense, Linear
@@ -8,11 +9,9 @@ from .conv import Conv1D, Conv2D, Conv3D, Convolution
 from .pooling import AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D, MaxPool3D
 from .global_pooling import (GlobalAveragePooling, GlobalAveragePooling1D, GlobalAveragePooling2D,
                              GlobalAveragePooling3D)
-from .activations import ReLU, Sigmoid, Softmax, Tanh
-from .rectifiers import ELU, GELU, LeakyReLU, Softplus
+from .activations import ELU, GELU, LeakyReLU, ReLU, Sigmoid, Softmax, Softplus, Tanh
 from .reshape import Flatten, Reshape, Vectorization
-from .losses import Loss, MSELoss, SoftMaxLoss
-from .more_losses import MAE, BinaryCrossEntropy, Huber, HuberLoss, MAELoss
+from .losses import MAE, BinaryCrossEntropy, Huber, HuberLoss, Loss, MAELoss, MSELoss, SoftMaxLoss
 from .dropout import Dropout
 from .normalization import BatchNorm, BatchNormalization
 

@@ -12,112 +12,37 @@ Shapes given to constructors include the batch dimension, as in
 ``ReLU((batch, 4, 26, 26))``; the batch entry never binds (any batch size works,
 ``None`` is allowed).  Only the per-sample part is checked.
 
-Contracts every layer keeps:
+What every layer keeps (``docs/ARCHITECTURE.md``, "Where to add a layer"):
 * ``forward`` and ``backward`` never modify their arguments;
 * float inputs keep their dtype in parameter-free nodes; neurons compute in
   the dtype of their parameters (float32 by default, float64 for checks);
 * bad input raises ``ShapeError``/``ValueError`` naming the layer, what was
   expected and what was received.
+
+What the package does for a student's class (adopting ``forward``/``backward``, the checks that
+explain a mistake) is in ``teaching.py``; shapes and their errors in ``shapes.py``.
 """
 import contextlib
-import inspect
 import itertools
 from abc import ABC, abstractmethod
 
 import numpy as np
 
 from ..backend import is_device_array, to_device
-from ..validation import is_int
+from . import teaching
 from .registry import _REGISTRY, register_layer
+from .shapes import NotReadyError, ShapeError, format_shape, sample_shape
+from .teaching import LayerDefinitionError
 
-__all__ = ["Node", "Neuron", "ShapeError", "NotReadyError", "LayerDefinitionError", "format_shape"]
+__all__ = ["Node", "Neuron", "ShapeError", "NotReadyError", "LayerDefinitionError", "format_shape", "sample_shape"]
 
 _counters = {}
-
-
-class ShapeError(ValueError):
-    """An array reached a layer with a shape that layer cannot take."""
-
-
-class NotReadyError(RuntimeError):
-    """``backward`` was called before ``forward`` (nothing is cached)."""
-
-
-class LayerDefinitionError(TypeError):
-    """A layer class (or what its methods returned) breaks the rules of writing a layer.
-
-    Raised when the class is defined (a method with the wrong arguments) or at its
-    first forward/backward (a returned array of the wrong shape, a parameter
-    without a gradient); the message says what to write instead.
-    """
-
-
-#: How a layer is written (quoted by the errors below; docs/custom-layers.md, "Writing your own layer").
-_HOW = ("a layer implements _forward(self, x) -> y and _backward(self, dy) -> dx "
-        "(a Neuron: _backward(self, dy, need_input_grad=True), storing self.grads[name] for every "
-        "parameter), and compute_output_shape(self, input_shape) when y's shape differs from x's")
-
-
-def _positional(func):
-    """``(required, maximum)`` positional arguments of ``func`` after ``self`` (maximum None: *args)."""
-    try:
-        sig = inspect.signature(func)
-    except (TypeError, ValueError):      # a builtin or a C function: nothing to check
-        return None
-    params = list(sig.parameters.values())[1:]
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    pos = [p for p in params if p.kind in kinds]
-    required = sum(p.default is inspect.Parameter.empty for p in pos)
-    varargs = any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in params)
-    return required, None if varargs else len(pos)
-
-
-def _signature_text(func):
-    try:
-        return f"{func.__name__}{inspect.signature(func)}"
-    except (TypeError, ValueError):
-        return func.__name__
-
-
-def format_shape(shape):
-    """``(None, 1, 28, 28)``-style text; ``None`` stands for 'any batch size'."""
-    return "(" + ", ".join("N" if s is None else str(s) for s in shape) + (",)" if len(shape) == 1 else ")")
 
 
 def _auto_name(cls_name):
     base = cls_name.lower()
     n = _counters.setdefault(base, itertools.count(1))
     return f"{base}_{next(n)}"
-
-
-def sample_shape(shape, owner="a layer", name="shape"):
-    """Drop the batch entry of a constructor shape: ``(50, 4, 26, 26) -> (4, 26, 26)``.
-
-    ``None`` (shape not known yet) stays ``None``; an int ``n`` means ``(n,)``.  Every per-sample
-    entry must be an int >= 1 or None (``ShapeError`` naming ``owner`` and ``name`` otherwise:
-    ``Linear(0, 10)``, ``Linear(4.7, 10)``); the batch entry an int >= 0 or None.
-    """
-    if shape is None:
-        return None
-    if is_int(shape):
-        entries = (None, shape)
-    else:
-        try:
-            entries = tuple(shape)
-        except TypeError:
-            raise ShapeError(f"{owner}: {name} must be an int, a tuple of ints (batch first) or None, received "
-                             f"{type(shape).__name__} {shape!r}") from None
-        if len(entries) < 1:
-            raise ShapeError(f"{owner}: {name} needs a batch entry first, received {shape!r}")
-    batch, rest = entries[0], entries[1:]
-    if batch is not None and not (is_int(batch) and batch >= 0):
-        raise ShapeError(f"{owner}: the batch entry of {name} must be an int or None, received {batch!r} "
-                         f"(in {shape!r})")
-    for s in rest:
-        if s is not None and not (is_int(s) and s >= 1):
-            raise ShapeError(f"{owner}: {name} must hold positive ints (None for an unknown size), received "
-                             f"{shape!r}")
-    return tuple(None if s is None else int(s) for s in rest)
 
 
 class Node(ABC):
@@ -134,6 +59,12 @@ class Node(ABC):
     #: makes its forward a deterministic function of x inside ``fixed_randomness()``.
     stochastic = False
 
+    #: True on a class whose forward and backward treat each sample of a batch on its own (no
+    #: statistic across the batch, as ``BatchNorm`` has): a batch may then be cut into parts that run
+    #: side by side (``docs/ARCHITECTURE.md``, "Where to add a layer").  Only the class's own body
+    #: counts: a subclass says so again (it may add state shared across samples).
+    per_sample = False
+
     #: Training (True, the default) or inference mode.  Layers whose forward differs between the
     #: two (``Dropout``: random masks / identity; ``BatchNorm``: batch / running statistics) read
     #: it.  A student's loop calling ``forward`` directly trains; ``NeuralNetwork.train()``,
@@ -143,70 +74,11 @@ class Node(ABC):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls._adopt_public_methods()
-        cls._check_methods()
+        teaching.prepare_class(cls, Node)      # a student's class: adoption of forward/backward, checks
         known = _REGISTRY.get(cls.__name__)
         if cls._user_layer and known is not None and not getattr(known, "_user_layer", True):
             return          # a user's class never replaces a built-in layer of the same name for loading
         register_layer(cls)  # so saved models can name the class
-
-    @classmethod
-    def _adopt_public_methods(cls):
-        """Accept a layer written with ``forward``/``backward`` instead of ``_forward``/``_backward``.
-
-        What students write first is ``def forward(self, x)`` and ``def backward(self, dy)``.
-        When a class defines ``forward`` (or ``backward``) itself and no ``_forward``
-        (``_backward``) exists yet in its ancestry, its method becomes the private one and
-        the public method stays the base class's, which checks shapes, casts integer input,
-        records what backward needs, and then calls it.
-        """
-        if (cls.__module__ or "").startswith("nn_from_scratch"):
-            return                  # the package's own classes (e.g. Loss) define forward/backward on purpose
-        for public, private in (("forward", "_forward"), ("backward", "_backward")):
-            own = cls.__dict__.get(public)
-            if own is None or not callable(own) or private in cls.__dict__:
-                continue
-            if getattr(getattr(cls, private, None), "__isabstractmethod__", False):
-                setattr(cls, private, own)
-                base = next(getattr(b, public) for b in cls.__mro__[1:] if public in b.__dict__)
-                setattr(cls, public, base)
-                cls._adopted = tuple(getattr(cls, "_adopted", ())) + (public,)
-
-    @classmethod
-    def _check_methods(cls):
-        """Refuse, when the class is defined, a ``_forward``/``_backward`` that cannot be called right."""
-        name = cls.__name__
-        # the package's own layers are tested; a user's layer gets its results checked and explained
-        cls._user_layer = not (cls.__module__ or "").startswith("nn_from_scratch")
-        fwd = cls.__dict__.get("_forward")
-        if fwd is not None and callable(fwd) and cls.forward is Node.forward:
-            n = _positional(fwd)
-            if n is not None and (n[0] > 1 or (n[1] is not None and n[1] < 1)):
-                raise LayerDefinitionError(
-                    f"{name}.{_signature_text(fwd)}: forward receives exactly one array, the batch x; write "
-                    f"`def _forward(self, x):` and keep anything else as an attribute set in __init__ "
-                    f"({_HOW})")
-        bwd = cls.__dict__.get("_backward")
-        if bwd is not None and callable(bwd) and cls.backward is Node.backward:
-            n = _positional(bwd)
-            if n is None:
-                return
-            required, maximum = n
-            if maximum is not None and maximum < 1:
-                raise LayerDefinitionError(
-                    f"{name}.{_signature_text(bwd)}: backward receives the upstream gradient dL/dy; write "
-                    f"`def _backward(self, dy):` ({_HOW})")
-            if required > 2 or (required == 2 and not cls.trainable):
-                extra = "" if cls.trainable else " (only a Neuron gets need_input_grad)"
-                raise LayerDefinitionError(
-                    f"{name}.{_signature_text(bwd)}: backward receives only dL/dy{extra}; anything "
-                    f"forward computed (x, masks, ...) must be kept in self._cache in _forward and read "
-                    f"back in _backward. Write `def _backward(self, dy):`"
-                    + (" or `def _backward(self, dy, need_input_grad=True):`" if cls.trainable else "")
-                    + f" ({_HOW})")
-        if bwd is not None and callable(bwd):
-            n = _positional(bwd)
-            cls._backward_takes_flag = n is None or n[1] is None or n[1] >= 2
 
     def __init__(self, shape=None, name=None):
         if name is not None and not isinstance(name, str):
@@ -258,7 +130,7 @@ class Node(ABC):
         x = self.prepare_input(x)
         y = self._forward(x)
         if self._user_layer:
-            self._check_forward_result(x, y)
+            teaching.check_forward_result(self, x, y, Node)
         self._out_shape = y.shape
         self._io_shapes = (tuple(x.shape), tuple(y.shape))
         return y
@@ -283,7 +155,7 @@ class Node(ABC):
             else:                                   # written as _backward(self, dy): dx is dropped
                 dx = self._backward(upstream)
             if self._user_layer:
-                self._check_param_grads()
+                teaching.check_param_grads(self)
             if not need_input_grad:
                 return None
         elif need_input_grad:
@@ -291,66 +163,12 @@ class Node(ABC):
         else:
             return None
         if self._user_layer:
-            self._check_input_grad(dx)
+            teaching.check_input_grad(self, dx)
         return dx
 
-    # -- the checks that explain a user's layer's mistakes (classes outside this package) --------
+    #: set for every class by ``teaching.prepare_class``: a student's layer gets its results checked
     _user_layer = False
     _backward_takes_flag = True
-
-    def _check_forward_result(self, x, y):
-        name = type(self).__name__
-        if not hasattr(y, "shape") or not hasattr(y, "dtype"):
-            raise LayerDefinitionError(f"{self._describe()}: _forward must return the output array, it returned "
-                                       f"{type(y).__name__}")
-        if y.shape[:1] != x.shape[:1]:
-            raise ShapeError(f"{self._describe()}: _forward returned {y.shape[0] if y.ndim else 'no'} samples for a "
-                             f"batch of {x.shape[0]} (input {format_shape(tuple(x.shape))}, output "
-                             f"{format_shape(tuple(y.shape))}); axis 0 is the batch, keep it")
-        declared = self.compute_output_shape(tuple(x.shape[1:]))
-        if declared is None:
-            return
-        declared = tuple(declared)
-        got = tuple(y.shape[1:])
-        if len(declared) == len(got) and all(d is None or d == g for d, g in zip(declared, got)):
-            return
-        if type(self).compute_output_shape is Node.compute_output_shape:
-            raise ShapeError(
-                f"{self._describe()}: _forward turned samples of shape {format_shape(tuple(x.shape[1:]))} into "
-                f"{format_shape(got)}, but {name} does not define compute_output_shape, so the network assumes "
-                f"its output has its input's shape. Define `def compute_output_shape(self, input_shape):` "
-                f"returning the per-sample output shape (here {got} for input_shape {tuple(x.shape[1:])})")
-        raise ShapeError(
-            f"{self._describe()}: _forward turned samples of shape {format_shape(tuple(x.shape[1:]))} into "
-            f"{format_shape(got)}, but {name}.compute_output_shape({tuple(x.shape[1:])}) says {declared}; "
-            f"make the two agree")
-
-    def _check_input_grad(self, dx):
-        if dx is None:
-            raise LayerDefinitionError(
-                f"{self._describe()}: _backward returned None; it must return dL/dx, an array of the input's shape "
-                f"(only a Neuron called with need_input_grad=False may return None)")
-        if not hasattr(dx, "shape"):
-            raise LayerDefinitionError(f"{self._describe()}: _backward must return dL/dx as an array, it returned "
-                                       f"{type(dx).__name__}")
-        io = self.__dict__.get("_io_shapes")
-        if io is not None and io[1] == tuple(self._out_shape) and tuple(dx.shape) != io[0]:
-            raise ShapeError(
-                f"{self._describe()}: _backward returned dL/dx of shape {format_shape(tuple(dx.shape))}, but the "
-                f"input x had shape {format_shape(io[0])}; dL/dx always has the shape of x")
-
-    def _check_param_grads(self):
-        for pname, p in self.params.items():
-            g = self.grads.get(pname)
-            if g is None:
-                raise LayerDefinitionError(
-                    f"{self._describe()}: _backward stored no gradient for parameter {pname!r}; set "
-                    f"self.grads[{pname!r}] = dL/d{pname} (shape {tuple(p.shape)}) in _backward")
-            if tuple(g.shape) != tuple(p.shape):
-                hint = " (transposed?)" if tuple(g.shape) == tuple(p.shape)[::-1] else ""
-                raise ShapeError(
-                    f"{self._describe()}: the gradient stored for parameter {pname!r} has shape {tuple(g.shape)} "
-                    f"but {pname} has shape {tuple(p.shape)}{hint}; dL/d{pname} always has the parameter's shape")
 
     # -- randomness ---------------------------------------------------------------
     @contextlib.contextmanager
@@ -513,11 +331,8 @@ class Neuron(Node):
         object.__setattr__(self, name, value)
 
     def check_input(self, x):
-        if self._user_layer and not self._params:
-            raise LayerDefinitionError(
-                f"{self._describe()} is a Neuron (a layer with trainable parameters) but has none registered: "
-                f"in __init__ write `self.add_param('W', initial_array)` (not `self.W = ...`), then use self.W; "
-                f"a layer without parameters subclasses Node instead")
+        if self._user_layer:
+            teaching.check_has_params(self)
         self._check_device(x)
 
     def __init__(self, shape=None, name=None, dtype=np.float32):

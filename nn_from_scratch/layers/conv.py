@@ -39,6 +39,8 @@ class Convolution(_GradNames, Neuron):
     ``padding`` an int, per-axis ints or (lo, hi) pairs, ``"valid"`` or ``"same"``.
     """
 
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
+
     def __init__(self, input_shape=None, kernel_size=3, output_layers=None, use_bias=True,
                  stride=1, padding=0, dilation=1, *, in_channels=None, out_channels=None,
                  ndim=None, kernel_initializer="glorot_uniform", bias_initializer="zeros",
@@ -93,10 +95,10 @@ class Convolution(_GradNames, Neuron):
         rng = initializers.default_rng(seed)
         wshape = (self.out_channels, self.in_channels) + self.kernel_size
         W = initializers.get(_init_spec(kernel_initializer, W_init_range))(wshape, rng)
-        self._params["W"] = initializers.backend.to_device(np.asarray(W, dtype=self.dtype))
+        self.add_param("W", np.asarray(W, dtype=self.dtype))
         if self.use_bias:
             b = initializers.get(bias_initializer)((self.out_channels,), rng)
-            self._params["b"] = initializers.backend.to_device(np.asarray(b, dtype=self.dtype))
+            self.add_param("b", np.asarray(b, dtype=self.dtype))
         self._set_regularizers(kernel_regularizer, bias_regularizer)
 
     def regularized_parts(self):

@@ -26,6 +26,8 @@ class Linear(_GradNames, Neuron):
     are the same layer.  Cache: ``x``.
     """
 
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
+
     def __init__(self, input_shape, output_shape=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  W_init_range=None, seed=None, dtype=np.float32, name=None,
@@ -47,7 +49,7 @@ class Linear(_GradNames, Neuron):
         kernel = initializers.get(_init_spec(kernel_initializer, W_init_range))((d, m), rng)
         bias = initializers.get(bias_initializer)((m,), rng) if self.use_bias else np.zeros(m)
         W = np.concatenate([np.asarray(bias, dtype=np.float64)[None, :], kernel], axis=0)
-        self._params["W"] = initializers.backend.to_device(W.astype(self.dtype))
+        self.add_param("W", W.astype(self.dtype))
         self._set_regularizers(kernel_regularizer, bias_regularizer)
 
     def regularized_parts(self):

@@ -53,6 +53,8 @@ class Dropout(Node):
     ``0 <= rate < 1``.  Cache: ``keep = m / (1 - rate)`` (in ``x``'s dtype), or None for the identity.
     """
 
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
+
     stochastic = True   # a random forward (gradcheck and the cross-check use fixed_randomness)
 
     def __init__(self, rate, shape=None, seed=None, name=None):

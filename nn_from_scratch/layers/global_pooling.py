@@ -17,6 +17,8 @@ __all__ = ["GlobalAveragePooling", "GlobalAveragePooling1D", "GlobalAveragePooli
 class GlobalAveragePooling(Node):
     """Mean over the spatial axes: ``(N, C, *S) -> (N, C)`` (module docstring); ``ndim``: 1-3 or None (any)."""
 
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
+
     def __init__(self, shape=None, ndim=None, name=None):
         super().__init__(shape, name)
         if ndim is not None and (isinstance(ndim, bool) or ndim not in (1, 2, 3)):
@@ -60,6 +62,8 @@ class GlobalAveragePooling(Node):
 class GlobalAveragePooling1D(GlobalAveragePooling):
     """``GlobalAveragePooling`` of ``(N, C, L)`` data."""
 
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
+
     def __init__(self, shape=None, name=None):
         super().__init__(shape, ndim=1, name=name)
 
@@ -70,6 +74,8 @@ class GlobalAveragePooling1D(GlobalAveragePooling):
 class GlobalAveragePooling2D(GlobalAveragePooling):
     """``GlobalAveragePooling`` of ``(N, C, H, W)`` data."""
 
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
+
     def __init__(self, shape=None, name=None):
         super().__init__(shape, ndim=2, name=name)
 
@@ -79,6 +85,8 @@ class GlobalAveragePooling2D(GlobalAveragePooling):
 
 class GlobalAveragePooling3D(GlobalAveragePooling):
     """``GlobalAveragePooling`` of ``(N, C, D, H, W)`` data."""
+
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
 
     def __init__(self, shape=None, name=None):
         super().__init__(shape, ndim=3, name=name)

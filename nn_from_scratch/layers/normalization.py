@@ -67,8 +67,8 @@ class BatchNorm(Neuron):
                 raise ValueError(f"{self._describe()}: {arg} must be a number with {want}, received {value!r}")
         self.momentum, self.epsilon = float(momentum), float(epsilon)
         c = self.channels = int(self.input_shape[0])
-        self._params["gamma"] = _backend.to_device(np.ones(c, dtype=self.dtype))
-        self._params["beta"] = _backend.to_device(np.zeros(c, dtype=self.dtype))
+        self.add_param("gamma", np.ones(c, dtype=self.dtype))
+        self.add_param("beta", np.zeros(c, dtype=self.dtype))
         self._buffers = {"moving_mean": _backend.to_device(np.zeros(c, dtype=self.dtype)),
                          "moving_variance": _backend.to_device(np.ones(c, dtype=self.dtype))}
 

@@ -127,6 +127,8 @@ class MaxPool(_Pool):
         dL/dx_pad[:, :, o*s + i] += dL/dy * [arg == i]            (one slice-add per offset i)
     """
 
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
+
     def _forward(self, x):
         pads, out = self._geometry(x.shape)
         n, c = x.shape[:2]
@@ -152,6 +154,8 @@ class AvgPool(_Pool):
     ``y = sum_i v_i / count`` (one pass per window offset ``i``, as for MaxPool);
     ``dL/dx_pad[:, :, o*s + i] += dL/dy / count``.
     """
+
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
 
     def _counts(self, x, pads, out):
         """Real (non-padding) entries per window, ``(1, 1, *O)``; None without padding."""

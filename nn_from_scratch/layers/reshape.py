@@ -16,6 +16,8 @@ class Vectorization(Node):
     ``nn_from_scratch.crosscheck`` accounts for that.  Cache: the input shape.
     """
 
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
+
     def compute_output_shape(self, input_shape):
         n = 1
         for s in input_shape:
@@ -38,6 +40,8 @@ Flatten = Vectorization
 
 class Reshape(Node):
     """Reshape every sample: ``x: (N, *S) -> y: (N, *target)`` with ``prod(S) == prod(target)``."""
+
+    per_sample = True   # samples of a batch never meet in this layer (see Node.per_sample)
 
     def __init__(self, shape=None, target_shape=None, name=None):
         super().__init__(shape, name)

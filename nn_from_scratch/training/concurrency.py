@@ -2,7 +2,7 @@
 
 A layer keeps what its ``backward`` needs in its own caches (``_cache``), written by every
 ``forward``; two threads running the same layers at once would read each other's caches
-(issue 22: two threads calling ``predict`` on one network got 36-54 of 60 predictions wrong).
+(two threads calling ``predict`` on one network got 36-54 of 60 predictions wrong).
 So each network has a guard:
 
 * ``predict``, ``evaluate``, ``layer_outputs``, ``input_gradient``, ``gradients`` take the

@@ -3,6 +3,13 @@
 Concrete optimizers (``SGD``, ``Adam``, ...) are in ``optimizers.py``; each implements
 ``_update(param, grad, key)`` and keeps its per-parameter state (moments, accumulators) in
 ``state(key, like, slot)``.
+
+Every optimizer class registers itself by its names when it is defined, as layers do
+(``names = ("sgd", "gradientdescent")``: lowercase aliases, the first the canonical one; a class
+that declares none is registered under its lowercase class name).  ``optimizer_class(name)``
+finds a class by a name (``optimizers.get`` and model loading use it); ``optimizer_names()``
+lists them.  An optimizer defined anywhere (K-FAC in its own package, a course's own) is known
+once its module is imported.
 """
 import math
 import numbers
@@ -13,12 +20,63 @@ import numpy as np
 from ..backend import get_array_module, to_device
 from ..by_layer import StateByLayer
 
-__all__ = ["Optimizer", "check_learning_rate"]
+__all__ = ["Optimizer", "check_learning_rate", "optimizer_class", "optimizer_names"]
+
+_PACKAGE = __name__.split(".")[0]
+#: name (lowercase) -> optimizer class; filled by ``Optimizer.__init_subclass__``
+_REGISTRY = {}
+
+
+def _is_package_class(cls):
+    module = cls.__module__ or ""
+    return module == _PACKAGE or module.startswith(_PACKAGE + ".")
+
+
+def _register(cls):
+    """Put ``cls`` in the registry under its declared ``names`` (or its lowercase class name)."""
+    declared = cls.__dict__.get("names")
+    if declared is None:
+        if cls.__name__.startswith("_") or getattr(cls._update, "__isabstractmethod__", False):
+            return
+        name = cls.__name__.lower()
+        if name not in _REGISTRY:          # an undeclared name never takes another class's place
+            _REGISTRY[name] = cls
+        return
+    if isinstance(declared, str) or not isinstance(declared, tuple) or not declared or \
+            not all(isinstance(n, str) and n and n == n.lower() for n in declared):
+        raise TypeError(f"{cls.__name__}.names must be a non-empty tuple of lowercase names such as "
+                        f"('sgd', 'gradientdescent'), received {declared!r}")
+    for name in declared:
+        known = _REGISTRY.get(name)
+        if known is not None and known is not cls and _is_package_class(known) and not _is_package_class(cls):
+            raise ValueError(f"{cls.__name__}.names: {name!r} already names the optimizer {known.__name__}; "
+                             f"choose another name")
+    for name in declared:
+        _REGISTRY[name] = cls
+
+
+def optimizer_names():
+    """Every registered optimizer name, sorted."""
+    return sorted(_REGISTRY)
+
+
+def optimizer_class(name):
+    """The optimizer class registered under ``name`` (any case; a class's own name such as
+    ``"GradientDescent"``, as model files record it, works too).  ``ValueError`` listing the known
+    names otherwise."""
+    if isinstance(name, str):
+        cls = _REGISTRY.get(name.lower())
+        if cls is not None:
+            return cls
+        for cls in _REGISTRY.values():                 # a model file names the class itself
+            if cls.__name__ == name:
+                return cls
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {optimizer_names()}")
 
 
 def check_learning_rate(owner, lr):
     """``lr`` as a float after checking it is a finite number > 0 (``TypeError``/``ValueError``
-    naming ``owner`` otherwise); a schedule object (callable, not a number: CONTRACTS C6) is
+    naming ``owner`` otherwise); a schedule object (callable, not a number; ``schedules.py``) is
     returned as it is, its values being checked where they are used."""
     if callable(lr) and not isinstance(lr, numbers.Number):
         return lr
@@ -54,6 +112,14 @@ class Optimizer(ABC):
       of the step's gradients together (NaN when ``G`` is not finite);
     * ``clipvalue``: each entry clipped to ``[-c, c]``.
     """
+
+    #: the lowercase names ``optimizers.get`` and model loading find this class by (the first is the
+    #: canonical one); each class declares its own (see the module docstring)
+    names = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _register(cls)
 
     def __init__(self, lr, clipnorm=None, clipvalue=None, global_clipnorm=None):
         name = type(self).__name__

@@ -35,19 +35,26 @@ Every optimizer takes ``lr`` as a number or a schedule (``nn_from_scratch.schedu
 ``weight_decay`` (decoupled, as Keras) uses the step's rate: ``w <- w - lr_t * wd * w``.
 
 K-FAC and EKFAC (natural gradient with Kronecker-factored curvature) live in the package
-``nn_from_scratch.kfac``, above this one; it enters them in the name table with ``register``
-(``get("kfac")``), so that nothing here imports it.
+``nn_from_scratch.kfac``, above this one; their classes register their names like these
+(``get("kfac")``) when that package is imported (``nn_from_scratch`` imports it), so nothing here
+imports it.  ``optimizers.KFAC`` still reads as it did when they lived here (``__getattr__``).
 
-All updates happen in place on the parameter arrays, on their own backend.
+All updates happen in place on the parameter arrays, on their own backend.  Each ``_update`` is
+the formula above in NumPy; on CuPy, the plain SGD/momentum, Adam and RMSProp updates run as one
+fused kernel instead (``engine/kernels.py``, the same formula; held equal in
+``tests/test_gpu_kernels.py``), the only branch each ``_update`` has for speed.
+
+Each class declares the names ``get`` finds it by (``names``; ``optimizer_base`` keeps the registry).
 """
 import math
 
 from ..engine import kernels
 from .. import validation
 from ..backend import get_array_module
-from .optimizer_base import Optimizer
+from .optimizer_base import Optimizer, optimizer_class, optimizer_names
 
-__all__ = ["GradientDescent", "SGD", "Adam", "AdamW", "AdaGrad", "Adagrad", "RMSProp", "RMSprop", "get", "register"]
+__all__ = ["GradientDescent", "SGD", "Adam", "AdamW", "AdaGrad", "Adagrad", "RMSProp", "RMSprop",
+           "get", "optimizer_class", "optimizer_names"]
 
 
 def _check_range(owner, name, value, lo, hi, lo_open=False, hi_open=False):
@@ -74,6 +81,8 @@ class _Decay(Optimizer):
 class GradientDescent(_Decay):
     """Stochastic gradient descent, optionally with (Nesterov) momentum."""
 
+    names = ("sgd", "gradientdescent")
+
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, clipnorm=None, clipvalue=None,
                  global_clipnorm=None):
         super().__init__(lr, weight_decay, clipnorm, clipvalue, global_clipnorm)
@@ -83,8 +92,20 @@ class GradientDescent(_Decay):
 
     def _update(self, param, grad, key):
         self._decay(param)
-        v = self.state(key, param, "velocity") if self.momentum else None
-        kernels.sgd_update(param, grad, v, self.current_lr, self.momentum, self.nesterov)
+        lr, m = self.current_lr, self.momentum
+        v = self.state(key, param, "velocity") if m else None
+        if kernels.fused_enabled(param, grad, *([] if v is None else [v])):   # CuPy: one kernel
+            kernels.sgd_update(param, grad, v, lr, m, self.nesterov)
+            return
+        if m == 0:
+            param -= lr * grad                          # w <- w - lr g
+            return
+        v *= m                                          # v <- m v - lr g
+        v -= lr * grad
+        if self.nesterov:
+            param += m * v - lr * grad                  # w <- w + m v - lr g
+        else:
+            param += v                                  # w <- w + v
 
     def get_config(self):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
@@ -96,6 +117,8 @@ SGD = GradientDescent
 
 class Adam(_Decay):
     """Adam (Kingma & Ba) with Keras's epsilon placement and defaults."""
+
+    names = ("adam",)
 
     def __init__(self, lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, weight_decay=0.0,
                  clipnorm=None, clipvalue=None, global_clipnorm=None):
@@ -116,14 +139,16 @@ class Adam(_Decay):
         dt = param.dtype.type
         b1, b2 = dt(self.beta_1), dt(self.beta_2)
         alpha = dt(self.current_lr) * (1 - b2 ** t) ** dt(0.5) / (1 - b1 ** t)
-        if not self.amsgrad:
+        if not self.amsgrad and kernels.fused_enabled(param, grad, m, v):   # CuPy: one kernel
             kernels.adam_update(param, grad, m, v, alpha, self.beta_1, self.beta_2, self.epsilon)
             return
-        m += (grad - m) * (1 - self.beta_1)
-        v += (grad * grad - v) * (1 - self.beta_2)
-        v_hat = self.state(key, param, "v_hat")
-        get_array_module(v).maximum(v_hat, v, out=v_hat)
-        param -= (m * alpha) / (v_hat ** 0.5 + self.epsilon)
+        m += (grad - m) * (1 - self.beta_1)             # m <- m + (1 - b1) (g - m)
+        v += (grad * grad - v) * (1 - self.beta_2)      # v <- v + (1 - b2) (g^2 - v)
+        if self.amsgrad:                                # v_hat <- max(v_hat, v)
+            v_hat = self.state(key, param, "v_hat")
+            get_array_module(v).maximum(v_hat, v, out=v_hat)
+            v = v_hat
+        param -= (m * alpha) / (v ** 0.5 + self.epsilon)   # w <- w - alpha m / (sqrt(v) + eps)
 
     def get_config(self):
         return {"lr": self.lr, "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon,
@@ -134,6 +159,8 @@ class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter), Keras's ``AdamW``: each step first
     ``w <- w - lr * weight_decay * w``, then Adam's update (which never sees the decay)."""
 
+    names = ("adamw",)
+
     def __init__(self, lr=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False,
                  clipnorm=None, clipvalue=None, global_clipnorm=None):
         super().__init__(lr, beta_1, beta_2, epsilon, amsgrad, weight_decay, clipnorm, clipvalue, global_clipnorm)
@@ -142,6 +169,8 @@ class AdamW(Adam):
 class AdaGrad(_Decay):
     """AdaGrad (Duchi et al.) with Keras's ``Adagrad`` defaults: the squared gradients summed from
     ``initial_accumulator_value``, epsilon inside the square root."""
+
+    names = ("adagrad",)
 
     def __init__(self, lr=0.001, initial_accumulator_value=0.1, epsilon=1e-7, weight_decay=0.0, clipnorm=None,
                  clipvalue=None, global_clipnorm=None):
@@ -168,6 +197,8 @@ Adagrad = AdaGrad
 class RMSProp(_Decay):
     """RMSProp with Keras's defaults (rho=0.9, epsilon inside the square root)."""
 
+    names = ("rmsprop",)
+
     def __init__(self, lr=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False, weight_decay=0.0,
                  clipnorm=None, clipvalue=None, global_clipnorm=None):
         super().__init__(lr, weight_decay, clipnorm, clipvalue, global_clipnorm)
@@ -180,10 +211,10 @@ class RMSProp(_Decay):
     def _update(self, param, grad, key):
         self._decay(param)
         v = self.state(key, param, "velocity")
-        if not self.centered and self.momentum == 0:
+        if not self.centered and self.momentum == 0 and kernels.fused_enabled(param, grad, v):   # CuPy
             kernels.rmsprop_update(param, grad, v, self.current_lr, self.rho, self.epsilon)
             return
-        v *= self.rho
+        v *= self.rho                                   # v <- rho v + (1 - rho) g^2
         v += (1 - self.rho) * (grad * grad)
         if self.centered:
             a = self.state(key, param, "average_grad")
@@ -192,7 +223,7 @@ class RMSProp(_Decay):
             denom = v - a * a + self.epsilon
         else:
             denom = v + self.epsilon
-        increment = (self.current_lr * grad) / denom ** 0.5
+        increment = (self.current_lr * grad) / denom ** 0.5     # lr g / sqrt(v + eps)
         if self.momentum > 0:
             u = self.state(key, param, "momentum")
             u *= self.momentum
@@ -208,29 +239,22 @@ class RMSProp(_Decay):
 
 RMSprop = RMSProp
 
-_BY_NAME = {"sgd": GradientDescent, "gradientdescent": GradientDescent, "adam": Adam,
-            "rmsprop": RMSProp, "adamw": AdamW, "adagrad": AdaGrad}
 
 
-def register(name, cls):
-    """Enter ``cls`` in the name table under ``name`` (lowercase), for ``get(name)`` and for loading a
-    saved model whose optimizer is ``cls``; a package above this one (``nn_from_scratch.kfac``)
-    registers its optimizers when it is imported.  The class also becomes an attribute of this
-    module (``optimizers.KFAC``), as it was when it lived here."""
-    if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
-        raise TypeError(f"register: cls must be an Optimizer subclass, received {cls!r}")
-    key = str(name).lower()
-    if _BY_NAME.get(key, cls) is not cls:
-        raise ValueError(f"register: the name {name!r} is taken by {_BY_NAME[key].__name__}")
-    _BY_NAME[key] = cls
-    globals().setdefault(cls.__name__, cls)
+def __getattr__(name):
+    """A registered optimizer by its class name (``optimizers.KFAC``, ``optimizers.EKFAC``: registered by
+    ``nn_from_scratch.kfac`` on import), as when those classes lived in this module."""
+    from .optimizer_base import _REGISTRY  # noqa: PLC0415
+    for cls in _REGISTRY.values():
+        if cls.__name__ == name:
+            return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get(spec, **kwargs):
-    """An optimizer from an instance or a name (``"sgd"``, ``"adam"``, ``"rmsprop"``)."""
+    """An optimizer from an instance or a registered name (``"sgd"``, ``"adam"``, ``"rmsprop"``, ...;
+    ``optimizer_base.optimizer_names()`` lists them), built with ``kwargs``."""
     if isinstance(spec, Optimizer):
         return spec
-    try:
-        return _BY_NAME[str(spec).lower()](**kwargs)
-    except KeyError:
-        raise ValueError(f"unknown optimizer {spec!r}; expected one of {sorted(_BY_NAME)}") from None
+    return optimizer_class(spec)(**kwargs)
+

@@ -11,25 +11,15 @@ A model file holds, as plain arrays:
   (which is also a schedule's position), so that ``load`` then ``fit`` goes on exactly as an
   uninterrupted ``fit`` would.
 
-The config records ``format_version`` (``FORMAT_VERSION``): 2 since issue 24 (optimizer state,
-trainable flags, metrics, regularizers, schedules); files without it are version 1 and still
+The config records ``format_version`` (``FORMAT_VERSION``): 2 adds the optimizer state,
+trainable flags, metrics, regularizers and schedules; files without it are version 1 and still
 load (their optimizer starts afresh).  A file of a newer version is refused by name.
 
-Writes are atomic: the file is written to a temporary name in the target's
-directory, flushed to disk and then renamed over the target, so a crash
-mid-save never leaves a half-written file at the target path.  More (issue 22):
+Writes are atomic (``atomic.write_npz_atomic``: a temporary file in the target's directory,
+flushed to disk, renamed over the target; leftovers of killed saves removed; permissions kept;
+symbolic links written through).
 
-* The temporary file is named ``.<target name>.<host>-<pid>-<random>.nnfs-tmp``; a save
-  removes the ones a killed save (``kill -9``, power loss) left for the same target, i.e.
-  those of a process of this host that is no longer running (and the ``.tmp-XXXXXXXX.npz``
-  files of earlier versions, once over an hour old).
-* Re-saving over an existing file keeps its permission bits (a ``0600`` file stays ``0600``);
-  a new file gets ``0666`` less the umask, as ``open`` would give it.
-* A path that is a symbolic link is written through: the file the link points to is
-  replaced (atomically, in its own directory) and the link stays a link.
-* Errors name the path asked for, never the temporary name.
-
-Reading validates before it allocates (issue 22: a 4 KB file declaring ``Linear(20000, 20000)``
+Reading validates before it allocates (a 4 KB file declaring ``Linear(20000, 20000)`` must not
 cost 7.7 GB before any check).  ``read_model_file`` reads only the zip directory and each
 array's ``.npy`` header (``numpy.lib.format``; nothing is decompressed) and checks, raising
 ``ModelFileError`` naming the file:
@@ -45,23 +35,15 @@ array's ``.npy`` header (``numpy.lib.format``; nothing is decompressed) and chec
 * (format_version 2) each optimizer state array ``optimizer/{n}`` is listed in the record and
   declares exactly the shape and dtype of the parameter it belongs to.
 
-The config records ``format_version`` (``FORMAT_VERSION``): 2 since issue 24 (optimizer state,
-trainable flags, metrics, regularizers, schedules); files without it are version 1 and still
-load (their optimizer starts afresh).  A file of a newer version is refused by name.
-
 Only then are layers built (``NeuralNetwork.load``) and arrays read.
 """
 import json
 import os
-import re
-import socket
-import stat
-import time
 import zipfile
 
 import numpy as np
 
-from ..backend import to_numpy
+from ..atomic import _host, check_path as _check_path, write_npz_atomic  # noqa: F401 - re-exported
 from ..layers.registry import _REGISTRY, UnknownLayerError, layer_config, register_layer  # noqa: F401 - re-exported
 from ..layers.registry import build_layer as _build_layer
 
@@ -91,112 +73,6 @@ def build_layer(entry):
         return _build_layer(entry)
     except UnknownLayerError as exc:
         raise ModelFileError(str(exc)) from None
-
-
-_TMP_SUFFIX = ".nnfs-tmp"
-_OLD_TMP = re.compile(r"^\.tmp-[A-Za-z0-9_]{8}\.npz$")     # tempfile.mkstemp names of earlier versions
-_OLD_TMP_AGE_S = 3600.0
-
-
-def _host():
-    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64] or "host"
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:          # someone else's process: alive
-        return True
-    return True
-
-
-def _clean_leftovers(directory, base):
-    """Remove the temporary files that interrupted saves of ``base`` (in ``directory``) left."""
-    prefix, host = f".{base}.", _host()
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    now = time.time()
-    for name in names:
-        full = os.path.join(directory, name)
-        if name.startswith(prefix) and name.endswith(_TMP_SUFFIX):
-            tag = name[len(prefix):-len(_TMP_SUFFIX)]          # host-pid-random
-            parts = tag.rsplit("-", 2)
-            if len(parts) != 3 or parts[0] != host or not parts[1].isdigit() or _alive(int(parts[1])):
-                continue
-        elif _OLD_TMP.match(name):
-            try:
-                if now - os.lstat(full).st_mtime < _OLD_TMP_AGE_S:
-                    continue
-            except OSError:
-                continue
-        else:
-            continue
-        try:
-            os.unlink(full)
-        except OSError:
-            pass
-
-
-def write_npz_atomic(path, arrays):
-    """Write ``arrays`` (name -> array) to ``path`` as .npz, atomically (see the module docstring:
-    temporary files, permissions, symbolic links)."""
-    _check_path("save", path)
-    asked = os.fsdecode(os.fspath(path))
-    target = os.path.realpath(asked)            # through a symbolic link: the link stays
-    if os.path.isdir(target):
-        raise IsADirectoryError(f"cannot save to {asked!r}: it is a directory")
-    directory, base = os.path.split(target)
-    _clean_leftovers(directory, base)
-    try:
-        mode = stat.S_IMODE(os.stat(target).st_mode)        # re-save: keep the file's mode
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    except OSError as exc:
-        raise type(exc)(exc.errno, f"cannot save to {asked!r}: {exc.strerror}") from None
-    tmp = None
-    try:
-        for _ in range(100):
-            tmp = os.path.join(directory, f".{base}.{_host()}-{os.getpid()}-{os.urandom(6).hex()}{_TMP_SUFFIX}")
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                break
-            except FileExistsError:
-                continue
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{k: to_numpy(v) for k, v in arrays.items()})
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-        tmp = None
-        try:                                    # the rename itself to disk
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
-    except OSError as exc:
-        raise type(exc)(exc.errno, f"cannot save to {asked!r}: {exc.strerror or exc}") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-
-
-def _check_path(what, path):
-    if not isinstance(path, (str, bytes, os.PathLike)):
-        raise TypeError(f"{what}: path must be a str, bytes or os.PathLike (pathlib.Path), received "
-                        f"{type(path).__name__} {path!r}")
 
 
 def _bad(path, what):
@@ -311,7 +187,7 @@ def _check_schema(path, config, specs):
 
 
 def _check_optimizer_state(path, config, specs):
-    """The optimizer's state arrays (format_version 2, issue 24) from their headers: each
+    """The optimizer's state arrays (format_version 2) from their headers: each
     ``optimizer/{n}`` is listed in ``config["optimizer_state"]["arrays"]`` as ``[layer index,
     parameter, slot]`` and declares exactly that parameter's shape and dtype."""
     held = sorted(k for k in specs if k.startswith("optimizer/"))

@@ -1,0 +1,107 @@
+"""``BatchSplit``: the one object a network holds for splitting its batches.
+
+``step(net, xb, yb, whole)`` runs a training step split over the workers when ``shard_count``
+allows it, and otherwise, or when the split fails, as one batch (``whole(xb, yb)``, the network's
+own step); ``forward(net, xb, whole)`` does the same for an inference batch, over the workers a
+training split left; ``rest()`` lets the workers drop their caches between ``fit`` calls;
+``close()`` ends them.  The facade owns the two rules that make a failed split harmless: the
+batch runs again as one (its error then names the whole batch), and the stochastic layers get
+back the random state they had, so that the batch draws what the split would have drawn.
+"""
+import warnings
+
+from . import allowed, forked, policy, threads, workers
+
+__all__ = ["BatchSplit", "make_step"]
+
+
+def make_step(net, shards, xb=None, yb=None):
+    """A split step of the kind ``policy.split_with()`` names (``xb``, ``yb``: a batch like those it
+    will run, which sizes the forked workers' shared inboxes).  ``None`` when, checked again while
+    no other thread can enter a network's method, splitting is no longer allowed."""
+    workers.reap()
+    if policy.split_with() != "processes":
+        return threads.ShardedStep(net, shards) if allowed.split_allowed() else None
+    with allowed.ACTIVE_LOCK:           # threads entering a network's method wait for the forks
+        if not allowed.split_allowed():
+            return None
+        return forked.ForkedStep(net, shards, xb, yb)
+
+
+class BatchSplit:
+    """A network's split of its batches over worker processes or threads (see the module docstring).
+
+    ``current``: the split in use (``forked.ForkedStep`` or ``threads.ShardedStep``), or None.
+    """
+
+    def __init__(self):
+        self.current = None
+        self._inference_split = None
+
+    def step(self, net, xb, yb, whole, recheck=True):
+        """``(loss, output)`` of a training batch, every neuron's ``grads`` set: split when
+        ``policy.shard_count`` says so, else (or when the split fails, with a ``RuntimeWarning``)
+        ``whole(xb, yb)``.  ``recheck=False``: nothing that could change a layer ran since the last
+        split step (``fit`` within an epoch), so the split's ``matches`` check is skipped."""
+        shards = policy.shard_count(net, xb.shape[0])
+        failed = None
+        if shards > 1:
+            randoms = [(layer, layer.random_state()) for layer in net.layers if hasattr(layer, "random_state")]
+            try:
+                split = self.current
+                if split is None or split.shards != shards or (recheck and not split.matches(net, shards)):
+                    self.close()
+                    self.current = make_step(net, shards, xb, yb)     # None: may not split now
+                if self.current is not None:
+                    return self.current.run(net, xb, yb)
+            except Exception as exc:            # once more as one batch: its error names the whole batch
+                failed = exc
+                for layer, state in randoms:    # the same random draws as the split would have used
+                    layer.set_random_state(state)
+                kind = getattr(self.current, "kind", "workers")
+                self.close()                    # a fresh split next time (a worker may have died)
+        result = whole(xb, yb)
+        if failed is not None:
+            warnings.warn(f"{net.name}: the step split over {shards} {kind} failed ({failed!r}); "
+                          "it ran as one batch instead", RuntimeWarning, stacklevel=4)
+        return result
+
+    def begin_inference(self, net):
+        """Before a run of inference batches (``predict``, ``evaluate``): use the workers a training
+        split left only while they still fit ``net``.  No workers are started for inference."""
+        split = self.current
+        self._inference_split = split if split is not None and split.matches(net, split.shards) else None
+
+    def forward(self, net, xb, whole):
+        """The output of an inference batch: split over the workers ``begin_inference`` kept when
+        the batch splits into as many shards, else (or when that fails, with a warning) ``whole(xb)``."""
+        split = self._inference_split
+        if split is not None and policy.shard_count(net, xb.shape[0]) == split.shards:
+            try:
+                return split.forward(net, xb)
+            except Exception as exc:    # once more as one batch: its error names the whole batch
+                warnings.warn(f"{net.name}: the forward pass split over {split.shards} {split.kind} "
+                              f"failed ({exc!r}); it ran as one batch instead", RuntimeWarning, stacklevel=5)
+                self.close()
+        return whole(xb)
+
+    def end_inference(self):
+        """After a run of inference batches: the workers used drop their caches."""
+        split, self._inference_split = self._inference_split, None
+        if split is not None:
+            split.rest()
+
+    def rest(self):
+        """Between ``fit`` calls: the workers (kept for the next one) drop their caches."""
+        if self.current is not None:
+            self.current.rest()
+
+    def close(self):
+        """End the workers (processes or threads) and let their copies of the layers go."""
+        self._inference_split = None
+        if self.current is not None:
+            self.current.close()
+            self.current = None
+
+    def __deepcopy__(self, memo):           # a copy of a network starts workers of its own
+        return BatchSplit()
