@@ -1,4 +1,4 @@
-"""Class separation (issue 19): the seed's workload, ours against a straightforward baseline.
+"""Class separation: the reference workload (the PyTorch library's CNN on MNIST), ours against a straightforward baseline.
 
 Workload: 10 classes, 45 pairs, the input and every layer of the seed-shaped CNN
 (``separation_cli.separation_cnn``), every image of the official MNIST test set (about 1,000

@@ -20,7 +20,7 @@ def code(text):
 
 
 md("""
-# Class separation at every layer (seed 003, done right)
+# Class separation at every layer
 
 The seed's library ("Inside the Black Box", arXiv 1907.04223) measures how well each pair of classes
 is separated at the output of every layer with the **Henze-Penrose statistic**, before and after

@@ -1,102 +1,29 @@
-"""Class separation at every layer: the Henze-Penrose statistic and Fisher permutation tests.
+"""The computations of the separation analysis: ``henze_penrose`` (one pair),
+``class_separation`` (every class pair at every layer of a network) and the Fisher tests
+between layers and between stages (``compare_layers``, ``compare_stages``).
 
-For points ``X_a`` (m rows) and ``X_b`` (n rows), rows flattened, ``N = m + n``: build the
-Euclidean minimum spanning tree over all N points and count ``R``, the tree edges that join
-a point of ``a`` to a point of ``b``.  The Henze-Penrose estimate is::
-
-    H = 1 - R (m + n) / (2 m n)
-
-Under the null (both from one distribution) ``E[R] = 2mn/N``, so ``E[H] = 0`` for any m, n;
-H can be negative (less separated than chance) and tends to 1 as the classes separate (its
-largest value is ``1 - N/(2mn)``, at R = 1).  The seed's library used ``1 - 2 min(N/2, R)/N``,
-which agrees only when m = n.  With it come the Friedman-Rafsky z-score from the exact
-permutation mean and variance of R given the tree, and its one-sided p-value
-``Phi(z)`` (normal approximation; small R = separated).
-
-Public names::
-
-    henze_penrose(Xa, Xb, metric="euclidean")            -> HPResult (H, R, m, n, z, p_value, ...)
-    class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, seed=0,
-                     metric="euclidean", batch_size=None)  -> SeparationResult
-    fisher_test(a, b, paired=False, n_permutations=10000, alternative="two-sided", seed=0)
-    compare_layers(result), compare_stages(before, after)  -> Table
-    SeparationHistory(X, y, every=1, layers=None, ...)     a fit callback
-    plot_histograms, plot_separation_curve, plot_heatmap, plot_pca, plot_history
-
-How ``R`` is computed -- distances (float64 Gram products, error bound), exact duplicates
-(merged; ``R`` is the expectation over the ties they create, with ``R_min``/``R_max``),
-the dense Prim tree and the permutation moments -- is written out in ``_mst.py``.
-
-``class_separation`` draws a seeded random sample of each class (``n_per_class=None``: every
-sample), runs it once through the network in inference mode collecting the input and every
-layer's output, and for each layer computes the distances within each class once and
-between two classes once per pair, in feature chunks (memory does not grow with a layer's
-width).  A pure reshape (``Vectorization``/``Flatten``, ``Reshape``) has the distances of
-the layer before it, so its values are copied rather than computed again.
-
-On the CuPy backend the forward pass runs on the device (``layer_outputs``) and the outputs
-come to the host; distances and trees are computed with NumPy (not run on a GPU here).
+This module imports neither the plots (``plots.py``) nor the training callback
+(``history.py``); they import it.  The package docstring (``separation/__init__.py``) gives
+the statistic; ``_mst.py`` how ``R`` is computed.
 """
 import contextlib
 import itertools
-import json
-import os
 
 import numpy as np
 
-from ..backend import to_numpy
+from ...backend import to_numpy
+from ..fisher import EXACT_LIMIT, FisherResult, fisher_test
 from . import _mst
-from ._table import Table
-from .fisher import EXACT_LIMIT, FisherResult, fisher_test
+from .result import INPUT, HPResult, Rows, SeparationError, SeparationResult, _PER_PAIR
 
-__all__ = ["henze_penrose", "HPResult", "class_separation", "SeparationResult", "SeparationError",
-           "fisher_test", "FisherResult", "compare_layers", "compare_stages", "SeparationHistory",
-           "Table", "plot_histograms", "plot_separation_curve", "plot_heatmap", "plot_pca", "plot_history",
-           "EXACT_LIMIT", "MEMORY_BUDGET", "INPUT"]
+__all__ = ["henze_penrose", "class_separation", "compare_layers", "compare_stages", "fisher_test", "FisherResult",
+           "EXACT_LIMIT", "MEMORY_BUDGET"]
 
-#: the name under which the network's input is analysed
-INPUT = "input"
 #: bytes of layer outputs one pass through the network may collect; more layers than fit
 #: are analysed in several passes (each runs the whole network).  Peak memory is about
 #: max(MEMORY_BUDGET, one layer's outputs) + one more copy of the widest layer (numpy.unique
 #: sorts its rows) + the distance blocks (sum of n_c^2 + n_a n_b float64, 90 MB at 1,000 per class)
 MEMORY_BUDGET = 2 ** 30
-JSON_FORMAT = "nn_from_scratch-separation/1"
-
-
-class SeparationError(ValueError):
-    """Data or arguments that the separation analysis cannot use."""
-
-
-# ------------------------------------------------------------------------------ one pair
-class HPResult:
-    """The Henze-Penrose statistic of one pair of samples.
-
-    ``H``, ``R`` (cross edges; the expectation over ties when points coincide), ``m``, ``n``,
-    ``z`` (Friedman-Rafsky), ``p_value`` (one-sided, ``Phi(z)``), ``R_min``/``R_max`` (the
-    range over ties; equal to ``R`` when no two points coincide), ``E_R``/``var_R`` (the
-    permutation moments), ``H_range`` (H at R_max and R_min).
-    """
-
-    __slots__ = ("H", "R", "m", "n", "z", "p_value", "R_min", "R_max", "E_R", "var_R", "C")
-
-    def __init__(self, H, R, m, n, z, p_value, R_min, R_max, E_R, var_R, C):
-        self.H, self.R, self.m, self.n, self.z, self.p_value = H, R, m, n, z, p_value
-        self.R_min, self.R_max, self.E_R, self.var_R, self.C = R_min, R_max, E_R, var_R, C
-
-    @property
-    def H_range(self):
-        N = self.m + self.n
-        f = N / (2.0 * self.m * self.n)
-        return 1.0 - self.R_max * f, 1.0 - self.R_min * f
-
-    def as_dict(self):
-        return {k: getattr(self, k) for k in self.__slots__}
-
-    def __repr__(self):
-        ties = f", R in [{self.R_min:g}, {self.R_max:g}] over ties" if self.R_min != self.R_max else ""
-        return (f"HPResult(H={self.H:.6g}, R={self.R:g}, m={self.m}, n={self.n}, z={self.z:.4g}, "
-                f"p_value={self.p_value:.4g}{ties})")
 
 
 def _flat(X, name):
@@ -158,136 +85,6 @@ def henze_penrose(Xa, Xb, metric="euclidean"):
         return HPResult(**_pair(pts, ga, gb, pts.sqdist(ga[0]), pts.sqdist(gb[0])))
 
 
-# ------------------------------------------------------------------------- the results
-_COLUMNS = ("layer", "class_a", "class_b", "H", "R", "z", "p_value", "m", "n", "R_min", "R_max")
-_PER_PAIR = ("H", "R", "z", "p_value", "R_min", "R_max")
-
-
-class SeparationResult:
-    """Henze-Penrose values of every class pair at every analysed layer.
-
-    ``layers`` (names, network order, ``"input"`` first), ``classes``, ``pairs`` (``(a, b)``
-    with a < b in ``itertools.combinations`` order), and arrays ``H``, ``R``, ``z``,
-    ``p_value``, ``R_min``, ``R_max`` of shape ``(n_layers, n_pairs)``; ``m``, ``n`` per
-    pair; ``info`` (how it was computed); ``name`` (a stage label for plots).
-
-    ``table`` (tidy: layer, class_a, class_b, H, R, z, p_value, m, n, R_min, R_max),
-    ``value(layer, a, b)``, ``values(layer)``, ``matrix(layer)``, ``summary()``,
-    ``to_json(path)`` / ``SeparationResult.from_json(path)``, ``to_pandas()``.
-    """
-
-    def __init__(self, layers, classes, arrays, m, n, info=None, name=None):
-        self.layers = [str(x) for x in layers]
-        self.classes = [int(c) for c in classes]
-        self.pairs = list(itertools.combinations(self.classes, 2))
-        shape = (len(self.layers), len(self.pairs))
-        for key in _PER_PAIR:
-            a = np.asarray(arrays[key], dtype=np.float64).reshape(shape)
-            setattr(self, key, a)
-        self.m = np.asarray(m, dtype=np.int64).reshape(len(self.pairs))
-        self.n = np.asarray(n, dtype=np.int64).reshape(len(self.pairs))
-        self.info = dict(info or {})
-        self.name = name
-
-    # ---- lookups
-    def _layer(self, layer):
-        if layer not in self.layers:
-            raise KeyError(f"no layer {layer!r} in this result; layers: {self.layers}")
-        return self.layers.index(layer)
-
-    def _pair_index(self, a, b):
-        a, b = int(a), int(b)
-        if a == b:
-            raise KeyError(f"a class pair needs two different classes, received {a} and {b}")
-        key = (min(a, b), max(a, b))
-        if key not in self.pairs:
-            raise KeyError(f"no class pair {key} in this result; classes: {self.classes}")
-        return self.pairs.index(key)
-
-    def value(self, layer, a, b):
-        """H of classes ``a`` and ``b`` (either order) at ``layer``."""
-        return float(self.H[self._layer(layer), self._pair_index(a, b)])
-
-    def values(self, layer, statistic="H"):
-        """The per-pair values (``pairs`` order) of ``statistic`` at ``layer``."""
-        if statistic not in _PER_PAIR:
-            raise KeyError(f"statistic must be one of {_PER_PAIR}, received {statistic!r}")
-        return getattr(self, statistic)[self._layer(layer)].copy()
-
-    def matrix(self, layer, statistic="H"):
-        """``(K, K)`` symmetric matrix of ``statistic`` at ``layer`` (classes order), NaN diagonal."""
-        vals = self.values(layer, statistic)
-        K = len(self.classes)
-        M = np.full((K, K), np.nan)
-        pos = {c: i for i, c in enumerate(self.classes)}
-        for (a, b), v in zip(self.pairs, vals):
-            M[pos[a], pos[b]] = M[pos[b], pos[a]] = v
-        return M
-
-    @property
-    def table(self):
-        rows = []
-        for i, layer in enumerate(self.layers):
-            for j, (a, b) in enumerate(self.pairs):
-                rows.append((layer, a, b, float(self.H[i, j]), float(self.R[i, j]), float(self.z[i, j]),
-                             float(self.p_value[i, j]), int(self.m[j]), int(self.n[j]),
-                             float(self.R_min[i, j]), float(self.R_max[i, j])))
-        return Table(_COLUMNS, rows)
-
-    def summary(self):
-        """Per layer: mean, median, min, max of H over the pairs."""
-        rows = [(layer, float(h.mean()), float(np.median(h)), float(h.min()), float(h.max()))
-                for layer, h in zip(self.layers, self.H)]
-        return Table(("layer", "mean", "median", "min", "max"), rows)
-
-    def to_pandas(self):
-        return self.table.to_pandas()
-
-    def __repr__(self):
-        label = f" {self.name!r}" if self.name else ""
-        return (f"SeparationResult{label}: {len(self.layers)} layers x {len(self.pairs)} class pairs "
-                f"(classes {self.classes})\n{self.summary().to_text()}")
-
-    # ---- files
-    def _as_json(self):
-        def clean(a):
-            return [[None if not np.isfinite(v) else float(v) for v in row] for row in a]
-        return {"format": JSON_FORMAT, "name": self.name, "layers": self.layers, "classes": self.classes,
-                "pairs": [list(p) for p in self.pairs], "m": self.m.tolist(), "n": self.n.tolist(),
-                **{k: clean(getattr(self, k)) for k in _PER_PAIR}, "info": self.info}
-
-    def to_json(self, path):
-        """Write the result to ``path`` (JSON, atomically); returns ``path``."""
-        from ..atomic import write_json_atomic  # noqa: PLC0415 - the package's atomic JSON writer
-        write_json_atomic(os.fspath(path), self._as_json())
-        return path
-
-    @classmethod
-    def from_json(cls, path):
-        """Read a result written by ``to_json``; a file that is not one raises ``SeparationError``."""
-        path = os.fspath(path)
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise SeparationError(f"{path!r} is not a readable separation result: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != JSON_FORMAT:
-            raise SeparationError(f"{path!r} is not a separation result (format "
-                                  f"{data.get('format') if isinstance(data, dict) else None!r}, "
-                                  f"expected {JSON_FORMAT!r})")
-        try:
-            arrays = {k: np.array([[np.nan if v is None else v for v in row] for row in data[k]], dtype=np.float64)
-                      for k in _PER_PAIR}
-            res = cls(data["layers"], data["classes"], arrays, data["m"], data["n"], data.get("info"),
-                      data.get("name"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SeparationError(f"{path!r}: the separation result is damaged ({type(exc).__name__}: {exc})") \
-                from None
-        if [list(p) for p in res.pairs] != data.get("pairs"):
-            raise SeparationError(f"{path!r}: the class pairs do not match the classes")
-        return res
-
-
 # ------------------------------------------------------------------------- the network
 def _class_labels(y, n):
     a = np.asarray(to_numpy(y))
@@ -325,7 +122,7 @@ def _inference(net):
 
 
 def _is_reshape(layer):
-    from ..layers.reshape import Reshape, Vectorization  # noqa: PLC0415
+    from ...layers.reshape import Reshape, Vectorization  # noqa: PLC0415
     return isinstance(layer, (Vectorization, Reshape))
 
 
@@ -515,7 +312,7 @@ def compare_layers(result, paired=True, n_permutations=10000, alternative="two-s
         labels.append((a, b))
         vals.append((result.values(a), result.values(b)))
     rows = _compare(vals, labels, paired, n_permutations, alternative, seed)
-    return Table(("layer_from", "layer_to", "mean_from", "mean_to", "change", "statistic", "p_value", "test"), rows)
+    return Rows(("layer_from", "layer_to", "mean_from", "mean_to", "change", "statistic", "p_value", "test"), rows)
 
 
 def compare_stages(before, after, paired=True, n_permutations=10000, alternative="two-sided", seed=0):
@@ -536,9 +333,6 @@ def compare_stages(before, after, paired=True, n_permutations=10000, alternative
     labels = [(layer,) for layer in common]
     vals = [(before.values(layer), after.values(layer)) for layer in common]
     rows = _compare(vals, labels, paired, n_permutations, alternative, seed)
-    return Table(("layer", "mean_before", "mean_after", "change", "statistic", "p_value", "test"), rows)
+    return Rows(("layer", "mean_before", "mean_after", "change", "statistic", "p_value", "test"), rows)
 
 
-# ------------------------------------------------------------------- during training
-from .separation_history import SeparationHistory  # noqa: E402
-from .separation_plots import plot_heatmap, plot_histograms, plot_history, plot_pca, plot_separation_curve
