@@ -239,6 +239,11 @@ def pair_statistics(W, ka, kb):
     Returns a dict with H, R, R_min, R_max, m, n, z, p_value, log_p, E_R, var_R, C.
     """
     child, parent = prim_dense(W)
+    return tree_summary(child, parent, ka, kb)
+
+
+def tree_summary(child, parent, ka, kb):
+    """``pair_statistics`` of a tree already built."""
     R, R_min, R_max, C = tree_statistics(child, parent, ka, kb)
     m, n = int(np.sum(ka)), int(np.sum(kb))
     return summarize(R, R_min, R_max, C, m, n)

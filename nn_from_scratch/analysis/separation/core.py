@@ -13,7 +13,7 @@ import numpy as np
 
 from ...backend import to_numpy
 from ..fisher import EXACT_LIMIT, FisherResult, fisher_test
-from . import _mst
+from . import _mixed, _mst
 from .result import INPUT, HPResult, Rows, SeparationError, SeparationResult, _PER_PAIR
 
 __all__ = ["henze_penrose", "class_separation", "compare_layers", "compare_stages", "fisher_test", "FisherResult",
@@ -47,20 +47,35 @@ def _groups(inverse):
     return ids, counts
 
 
-def _pair(pts, ga, gb, Daa, Dbb):
-    """Statistics of one pair from its classes' distinct points ``(ids, counts)`` and blocks."""
+def _pair(pts, ga, gb, Daa, Dbb, Dab=None, exact_blocks=None, stats=None):
+    """Statistics of one pair from its classes' distinct points ``(ids, counts)`` and blocks.
+
+    ``Dab``: the block of a's against all of b's distinct points when already computed.
+    ``exact_blocks``: given when the blocks are mixed precision (``_mixed``): a function
+    ``(which) -> float64 block`` for the recomputation of a pair the recheck does not certify.
+    """
     ua, ca = ga
     ub, cb = gb
     b_only = ~np.isin(ub, ua, assume_unique=True)
     ub2 = ub[b_only]
-    Dab = pts.sqdist(ua, ub2)
+    Dab = pts.sqdist(ua, ub2) if Dab is None else Dab[:, b_only]
     Dbb2 = Dbb[np.ix_(b_only, b_only)]
     W = np.block([[Daa, Dab], [Dab.T, Dbb2]])
     ka = np.concatenate([ca, np.zeros(len(ub2))])
     kb_a = np.zeros(len(ua))
     kb_a[np.searchsorted(ua, ub[~b_only])] = cb[~b_only]
     kb = np.concatenate([kb_a, cb[b_only]])
-    return _mst.pair_statistics(W, ka, kb)
+    if exact_blocks is None:
+        return _mst.pair_statistics(W, ka, kb)
+    child, parent = _mst.prim_dense(W)
+    ids = np.concatenate([ua, ub2])
+    alpha, beta = _mixed.error_coefficients(pts.d)
+    radius = np.sqrt(pts.norms[ids])
+    if _mixed.certify(W, child, parent, radius, alpha, beta,
+                      lambda u, v: _mixed.exact_sqdist(pts, ids, u, v), stats):
+        return _mst.tree_summary(child, parent, ka, kb)
+    del W
+    return _pair(pts, ga, gb, exact_blocks(ga), exact_blocks(gb))
 
 
 def henze_penrose(Xa, Xb, metric="euclidean"):
@@ -167,7 +182,13 @@ def _collect(net, X, names, batch_size):
         yield out
 
 
-def _layer_stats(Z, slices, metric, where, owned=False):
+#: bytes the mixed-precision distance blocks of one layer may take at once; more class
+#: pairs than fit are done in several rounds (each centres and rounds the points again)
+BLOCK_BUDGET = 512 * 2 ** 20
+PRECISIONS = ("auto", "float64", "float32")
+
+
+def _layer_stats(Z, slices, metric, where, owned=False, precision="float64", info=None):
     """Per-pair statistics of one layer: ``{key: (P,) array}``."""
     Z = Z.reshape(len(Z), -1)
     if Z.dtype.kind == "f":
@@ -178,18 +199,56 @@ def _layer_stats(Z, slices, metric, where, owned=False):
                                   "of the analysed ones); the network is broken at this layer")
     pts = _mst.Points(Z, metric, where=f"layer {where!r}", owned=owned)
     groups = [_groups(pts.inverse[s]) for s in slices]
+    mixed = metric in _mst.GRAM_METRICS and (precision == "float32" or
+                                             (precision == "auto" and pts.d >= _mixed.MIXED_MIN_WIDTH))
+    out = {k: [] for k in _PER_PAIR}
+    pairs = list(itertools.combinations(range(len(slices)), 2))
     with _mst.blas_threads(max(len(g[0]) for g in groups), pts.d):
-        blocks = [pts.sqdist(g[0]) for g in groups]
-        out = {k: [] for k in _PER_PAIR}
-        for i, j in itertools.combinations(range(len(slices)), 2):
-            st = _pair(pts, groups[i], groups[j], blocks[i], blocks[j])
-            for k in _PER_PAIR:
-                out[k].append(st[k])
+        if not mixed:
+            blocks = [pts.sqdist(g[0]) for g in groups]
+            for i, j in pairs:
+                st = _pair(pts, groups[i], groups[j], blocks[i], blocks[j])
+                for k in _PER_PAIR:
+                    out[k].append(st[k])
+            return out
+        ids = [g[0] for g in groups]
+        blocks = _mixed.gram_blocks(pts, ids, [(i, None) for i in range(len(ids))])
+        exact = {}
+
+        def exact_block(g):
+            key = id(g[0])
+            if key not in exact:
+                exact[key] = pts.sqdist(g[0])
+            return exact[key]
+
+        stats = {}
+        used = sum(b.nbytes for b in blocks)
+        rounds, cur, size = [], [], used
+        for i, j in pairs:
+            nb = 8 * len(ids[i]) * len(ids[j])
+            if cur and size + nb > BLOCK_BUDGET:
+                rounds.append(cur)
+                cur, size = [], used
+            cur.append((i, j))
+            size += nb
+        rounds.append(cur)
+        for todo in rounds:
+            cross = _mixed.gram_blocks(pts, ids, todo)
+            for (i, j), Dab in zip(todo, cross):
+                st = _pair(pts, groups[i], groups[j], blocks[i], blocks[j], Dab=Dab, exact_blocks=exact_block,
+                           stats=stats)
+                for k in _PER_PAIR:
+                    out[k].append(st[k])
+            del cross
+    if info is not None:
+        info[where] = {"pairs": stats.get("pairs", 0), "rechecked_edges": stats.get("rechecked_edges", 0),
+                       "rechecked_trees": stats.get("rechecked_trees", 0),
+                       "recomputed_pairs": stats.get("recomputed_pairs", 0), "rounds": len(rounds)}
     return out
 
 
 def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, seed=0, metric="euclidean",
-                     batch_size=None):
+                     batch_size=None, precision="auto"):
     """Henze-Penrose separation of every class pair at the input and every layer of ``net``.
 
     ``X: (N, ...)`` samples the network takes, ``y: (N,)`` integer class indices.
@@ -197,8 +256,13 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
     classes may then have different sizes, which H handles).  ``layers``: names to analyse
     (``"input"`` is the input; default all, in network order).  ``classes``: which classes
     (default every label present).  ``batch_size``: for the forward pass (default
-    ``max(net.batch_size, 256)``).  The network runs in inference mode.  Returns a
-    ``SeparationResult``.
+    ``max(net.batch_size, 256)``).  The network runs in inference mode.  ``precision``:
+    ``"float64"`` computes every distance in float64 Gram products (``_mst.py``);
+    ``"float32"`` uses float32 products with a float64 recheck of near-ties (``_mixed.py``),
+    which gives the same result at about half the cost; ``"auto"`` (default) uses float32
+    products for layers at least ``_mixed.MIXED_MIN_WIDTH`` (4,096) wide.  Returns a
+    ``SeparationResult``; ``info["mixed_precision"]`` counts, per layer, the pairs, the
+    rechecked edges and the pairs recomputed in float64.
     """
     if not (hasattr(net, "layers") and hasattr(net, "layer_outputs")):
         raise SeparationError(f"class_separation: net must be a NeuralNetwork, received {type(net).__name__}")
@@ -239,6 +303,8 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
                 + ", ".join(f"{c}: {sizes[c]}" for c in classes) + f"), or at most {min(short.values())}")
     if not isinstance(metric, str):
         raise SeparationError(f"class_separation: metric must be a string, received {metric!r}")
+    if precision not in PRECISIONS:
+        raise SeparationError(f"class_separation: precision must be one of {PRECISIONS}, received {precision!r}")
     names = _layer_names(net)
     if layers is None:
         chosen = names
@@ -262,11 +328,12 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
     previous = {names[i]: names[i - 1] for i in range(1, len(names))}
     stats = {}
     reuse = {n for n in chosen if n != INPUT and _is_reshape(by_layer[n]) and previous[n] in chosen}
+    mixed_info = {}
     if INPUT in chosen:
-        stats[INPUT] = _layer_stats(Xs, slices, metric, INPUT)
+        stats[INPUT] = _layer_stats(Xs, slices, metric, INPUT, precision=precision, info=mixed_info)
     for outs in _collect(net, Xs, [n for n in chosen if n not in reuse], batch_size):
         for name, Z in outs.items():
-            stats[name] = _layer_stats(Z, slices, metric, name, owned=True)
+            stats[name] = _layer_stats(Z, slices, metric, name, owned=True, precision=precision, info=mixed_info)
         del outs, Z
     for name in chosen:                 # network order: a reshape after a reshape also works
         if name in reuse:
@@ -274,7 +341,8 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
     m = [len(picks[i]) for i, _ in itertools.combinations(range(len(picks)), 2)]
     n = [len(picks[j]) for _, j in itertools.combinations(range(len(picks)), 2)]
     arrays = {k: np.array([stats[name][k] for name in chosen]) for k in _PER_PAIR}
-    info = {"n_per_class": n_per_class, "seed": seed, "metric": metric,
+    info = {"n_per_class": n_per_class, "seed": seed, "metric": metric, "precision": precision,
+            "mixed_precision": mixed_info,
             "class_sizes": {str(c): len(p) for c, p in zip(classes, picks)},
             "available": {str(c): sizes[c] for c in classes},
             "reshape_layers_copied": sorted(reuse), "network": getattr(net, "name", None),
