@@ -153,7 +153,7 @@ def _sample(labels, classes, n_per_class, rng):
     return idx
 
 
-def _collect(net, X, names, batch_size):
+def _collect(net, X, names, batch_size, budget=None):
     """``{name: (N, d) outputs}`` of the analysed layers, in passes that fit ``MEMORY_BUDGET``.
 
     Yields one dict per pass."""
@@ -166,7 +166,7 @@ def _collect(net, X, names, batch_size):
     width = {n: int(np.prod(first[n].shape[1:])) * first[n].dtype.itemsize for n in wanted}
     groups, cur, used = [], [], 0
     for n in wanted:
-        if cur and used + width[n] * len(X) > MEMORY_BUDGET:
+        if cur and used + width[n] * len(X) > (MEMORY_BUDGET if budget is None else budget):
             groups.append(cur)
             cur, used = [], 0
         cur.append(n)
@@ -248,7 +248,7 @@ def _layer_stats(Z, slices, metric, where, owned=False, precision="float64", inf
 
 
 def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, seed=0, metric="euclidean",
-                     batch_size=None, precision="auto"):
+                     batch_size=None, precision="auto", memory_budget=None):
     """Henze-Penrose separation of every class pair at the input and every layer of ``net``.
 
     ``X: (N, ...)`` samples the network takes, ``y: (N,)`` integer class indices.
@@ -260,7 +260,9 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
     ``"float64"`` computes every distance in float64 Gram products (``_mst.py``);
     ``"float32"`` uses float32 products with a float64 recheck of near-ties (``_mixed.py``),
     which gives the same result at about half the cost; ``"auto"`` (default) uses float32
-    products for layers at least ``_mixed.MIXED_MIN_WIDTH`` (4,096) wide.  Returns a
+    products for layers at least ``_mixed.MIXED_MIN_WIDTH`` (4,096) wide.  ``memory_budget``:
+    bytes of layer outputs one forward pass may collect (default ``MEMORY_BUDGET``, 1 GiB);
+    layers that do not fit are collected by further passes.  Returns a
     ``SeparationResult``; ``info["mixed_precision"]`` counts, per layer, the pairs, the
     rechecked edges and the pairs recomputed in float64.
     """
@@ -331,7 +333,7 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
     mixed_info = {}
     if INPUT in chosen:
         stats[INPUT] = _layer_stats(Xs, slices, metric, INPUT, precision=precision, info=mixed_info)
-    for outs in _collect(net, Xs, [n for n in chosen if n not in reuse], batch_size):
+    for outs in _collect(net, Xs, [n for n in chosen if n not in reuse], batch_size, memory_budget):
         for name, Z in outs.items():
             stats[name] = _layer_stats(Z, slices, metric, name, owned=True, precision=precision, info=mixed_info)
         del outs, Z
