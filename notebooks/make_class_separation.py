@@ -116,7 +116,7 @@ fit = net.fit(X, y, epochs=EPOCHS, batch_size=32, seed=0, verbose=0,
               validation_data=(X_test[:2000], y_test[:2000]) if FAST else (X_test, y_test), callbacks=[history])
 print(f"trained {EPOCHS} epoch(s) in {time.perf_counter() - t:.1f} s; test accuracy "
       f"{fit.history['val_accuracy'][-1]:.1%}; separation recorded at epochs {history.epochs}")
-history.plot();
+history.plot()
 """)
 
 code("""
@@ -157,11 +157,11 @@ picture of one layer. The H axis is not clipped at 0: below-chance values would 
 """)
 
 code("""
-sep.plot_histograms({"before": test_before, "after": test_after}, title="Test set: pairwise H per layer");
+sep.plot_histograms({"before": test_before, "after": test_after}, title="Test set: pairwise H per layer")
 """)
 
 code("""
-sep.plot_separation_curve([train_before, test_before, train_after, test_after]);
+sep.plot_separation_curve([train_before, test_before, train_after, test_after])
 """)
 
 code("""
@@ -266,7 +266,7 @@ for name, r in ctrl.items():
     print(f"{name:32s}", "  ".join(f"{l} {h.mean():+.3f}" for l, h in zip(r.layers, r.H)))
 print()
 print(sep.compare_stages(ctrl["test, random labels"], ctrl["train, random labels (fitted)"]))
-sep.plot_separation_curve(ctrl, title="Random-label control: mean H at the last layers");
+sep.plot_separation_curve(ctrl, title="Random-label control: mean H at the last layers")
 """)
 
 md("""

@@ -95,6 +95,11 @@ def test_memory_budget_splits_passes_with_the_same_result(unequal, monkeypatch):
     many = sep.class_separation(net, X, y, n_per_class=None, batch_size=50)
     np.testing.assert_array_equal(one.H, many.H)
     assert sum(calls) > 4 * len(X)
+    monkeypatch.setattr(sep.core, "MEMORY_BUDGET", 2 ** 30)
+    calls.clear()
+    again = sep.class_separation(net, X, y, n_per_class=None, batch_size=50, memory_budget=40_000)
+    np.testing.assert_array_equal(one.H, again.H)
+    assert sum(calls) > 4 * len(X)
 
 
 def test_results_table_matrix_json(unequal, tmp_path):
