@@ -1,11 +1,15 @@
-"""Class separation (issue 19): the seed's workload, ours against a straightforward baseline.
+"""Class separation: the reference workload (the PyTorch library's CNN on MNIST), ours against a straightforward baseline.
 
-Workload: 10 classes, 45 pairs, the input and every layer of the seed-shaped CNN
-(``separation_cli.separation_cnn``), every image of the official MNIST test set (about 1,000
-per class, unequal sizes).
+Workload: 10 classes, 45 pairs, the input and every layer of the reference CNN at its full
+widths (``separation.cli.separation_cnn(channels=(32, 64), hidden=512)``: convolutions of 32
+and 64 channels, a 512-unit hidden layer), every image of the official MNIST test set (about
+1,000 per class, unequal sizes).
 
-* ours: ``class_separation(net, X_test, y_test, n_per_class=None)`` - one forward pass,
-  distances per layer once (float64 Gram blocks), dense Prim per pair;
+* ours: ``class_separation(net, X_test, y_test, n_per_class=None)`` - forward passes that
+  collect the layer outputs (``--memory-budget`` bytes per pass), each class's distance
+  block computed once per layer and reused by its 9 pairs, float32 Gram products with a
+  float64 recheck of near-ties on layers at least 4,096 wide (``--precision``), dense Prim
+  per pair;
 * baseline (written here): the layer outputs from one forward pass too, then per layer and
   per pair ``scipy.spatial.distance.cdist`` on the pair's points and
   ``scipy.sparse.csgraph.minimum_spanning_tree`` (zeros replaced by 1e-300 so that duplicates
@@ -13,16 +17,18 @@ per class, unequal sizes).
   layer and its total is extrapolated (its cost per pair is nearly constant: N^2 d); the R of
   those pairs is checked against ours.
 
-Prints wall times, peak memory (tracemalloc: NumPy's allocations) and the ratio; ``--json``
-writes them.  The machine's load (``os.getloadavg``) is printed with every figure.
+Prints wall and CPU times, peak memory (tracemalloc: NumPy's allocations; and the process's
+peak resident size) and the ratios; ``--json`` writes them.  The machine's load
+(``os.getloadavg``) is printed with every figure.
 
-    PYTHONPATH=$PWD python benchmarks/bench_separation.py
-    PYTHONPATH=$PWD python benchmarks/bench_separation.py --channels 32 64 --hidden 512   # the seed's widths
+    PYTHONPATH=$PWD python benchmarks/bench_separation.py                                  # full widths
+    PYTHONPATH=$PWD python benchmarks/bench_separation.py --channels 8 16 --hidden 64      # narrower
 """
 import argparse
 import itertools
 import json
 import os
+import resource
 import sys
 import time
 import tracemalloc
@@ -59,7 +65,7 @@ def prim_vs_scipy(N=2000, d=50, reps=3):
     from scipy.sparse.csgraph import minimum_spanning_tree
     from scipy.spatial.distance import cdist
 
-    from nn_from_scratch.analysis import _mst
+    from nn_from_scratch.analysis.separation import _mst
     Z = np.random.default_rng(0).standard_normal((N, d))
     D = cdist(Z, Z, "sqeuclidean")
     t = time.perf_counter()
@@ -78,8 +84,10 @@ def prim_vs_scipy(N=2000, d=50, reps=3):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--channels", type=int, nargs=2, default=(8, 16))
-    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--channels", type=int, nargs=2, default=(32, 64))
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--precision", default="auto", choices=("auto", "float64", "float32"))
+    p.add_argument("--memory-budget", type=float, default=1.0, help="GiB of layer outputs per forward pass")
     p.add_argument("--per-class", type=int, default=None, help="samples per class (default: all test images)")
     p.add_argument("--baseline-pairs", type=int, default=2, help="pairs per layer the baseline runs (45: all)")
     p.add_argument("--json", default=None)
@@ -89,7 +97,7 @@ def main(argv=None):
         args.per_class, args.channels, args.hidden, args.baseline_pairs = 20, (2, 2), 8, 1
     prim_s, scipy_s = prim_vs_scipy(N=300 if args.quick else 2000)
     from nn_from_scratch.analysis import separation as sep
-    from nn_from_scratch.analysis.separation_cli import separation_cnn
+    from nn_from_scratch.analysis.separation.cli import separation_cnn
     X, y, where = load()
     net = separation_cnn(tuple(args.channels), args.hidden, seed=0)
     print(f"data: {where}; class sizes {np.bincount(y).tolist()}; per class: {args.per_class or 'all'}")
@@ -98,12 +106,16 @@ def main(argv=None):
 
     tracemalloc.start()
     t, c = time.perf_counter(), time.process_time()
-    res = sep.class_separation(net, X, y, n_per_class=args.per_class, seed=0)
+    res = sep.class_separation(net, X, y, n_per_class=args.per_class, seed=0, precision=args.precision,
+                               memory_budget=int(args.memory_budget * 2 ** 30))
     ours_s, ours_cpu = time.perf_counter() - t, time.process_time() - c
     ours_peak = tracemalloc.get_traced_memory()[1] / 2 ** 20
     tracemalloc.stop()
+    ours_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10
     print(f"ours: {ours_s:.1f} s wall, {ours_cpu:.1f} s CPU (all threads) for {len(res.layers)} layers x "
-          f"{len(res.pairs)} pairs; peak traced memory {ours_peak:.0f} MiB; load {os.getloadavg()}")
+          f"{len(res.pairs)} pairs; peak traced memory {ours_peak:.0f} MiB, process peak RSS {ours_rss:.0f} MiB; "
+          f"load {os.getloadavg()}")
+    print(f"mixed precision: {res.info['mixed_precision']}")
     print(res.summary())
 
     # baseline: same samples (ours records them), one forward pass, then per pair cdist + MST
@@ -150,8 +162,10 @@ def main(argv=None):
           f"ours < 60 s wall: {'met' if ours_s < 60 else 'NOT met'}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"prim_ms": prim_s * 1e3, "scipy_mst_ms": scipy_s * 1e3, "ours_s": ours_s, "ours_cpu_s": ours_cpu, "baseline_cpu_s": base_cpu,
-                       "ours_peak_mib": ours_peak, "baseline_s": base_total,
+            json.dump({"prim_ms": prim_s * 1e3, "scipy_mst_ms": scipy_s * 1e3, "ours_s": ours_s, "ours_cpu_s": ours_cpu,
+                       "baseline_cpu_s": base_cpu, "ours_peak_mib": ours_peak, "ours_peak_rss_mib": ours_rss,
+                       "precision": args.precision, "mixed_precision": res.info["mixed_precision"],
+                       "channels": list(args.channels), "hidden": args.hidden, "baseline_s": base_total,
                        "baseline_note": note, "baseline_peak_mib": base_peak, "per_layer_baseline_s": per_layer,
                        "mismatches": int(mismatches), "load": os.getloadavg()}, f, indent=2)
     return 0 if mismatches == 0 else 1

@@ -1,4 +1,4 @@
-"""Issue 19: the separation statistics validated by simulation (type-I error, null mean, power).
+"""The separation statistics validated by simulation (type-I error, null mean, power).
 
 * Henze-Penrose under the null (two samples of one 5-D Gaussian): mean H (0 within its SE for
   m = n and m != n, where the seed's formula is biased), mean/sd of the Friedman-Rafsky z, and the

@@ -20,9 +20,9 @@ def code(text):
 
 
 md("""
-# Class separation at every layer (seed 003, done right)
+# Class separation at every layer
 
-The seed's library ("Inside the Black Box", arXiv 1907.04223) measures how well each pair of classes
+The reference PyTorch library ("Inside the Black Box", arXiv 1907.04223) measures how well each pair of classes
 is separated at the output of every layer with the **Henze-Penrose statistic**, before and after
 training, and tests the differences with Fisher permutation tests. Its users hand-write a
 `snapshot_forward` copy of the network, save weights at every stage, and get numbers that are wrong
@@ -47,7 +47,7 @@ from nn_from_scratch.data import datasets
 from nn_from_scratch.train import find_test_set
 from nn_from_scratch.training.optimizers import Adam
 from nn_from_scratch.analysis import separation as sep
-from nn_from_scratch.analysis.separation_cli import separation_cnn
+from nn_from_scratch.analysis.separation.cli import separation_cnn
 
 FAST = os.environ.get("NN_FROM_SCRATCH_FAST") == "1"
 t_start = time.perf_counter()
@@ -59,11 +59,11 @@ if X_test is None:
     X, y = datasets.load_mnist("train", test_fraction=0.2, seed=0)
     X_test, y_test = datasets.load_mnist("test", test_fraction=0.2, seed=0)
 else:
-    print(where)
+    print(where.split(", from ")[0])              # (not the folder: it differs between machines)
 print("test images per class:", np.bincount(y_test).tolist())
 
 N_TRAIN = 50 if FAST else 500                     # per class, training digits
-N_TEST = 50 if FAST else None                     # None: every test image (~1,000 per class, unequal)
+N_TEST = 50 if FAST else 300                      # per class, test images (None: every one, ~1,000, unequal)
 EPOCHS = 1 if FAST else 4
 if FAST:                                          # quick mode: train on 1,000 of the digits
     sub = np.concatenate([np.random.default_rng(0).choice(np.flatnonzero(y == c), 100, replace=False) for c in range(10)])
@@ -71,11 +71,12 @@ if FAST:                                          # quick mode: train on 1,000 o
 """)
 
 md("""
-## The network: the seed's shape
+## The network: the reference library's shape
 
 conv 3x3, ReLU, max-pool, conv 3x3, ReLU, max-pool, flatten, dense, ReLU, dense (the softmax is
-inside `SoftMaxLoss`, so the last layer analysed is the logits). Narrower than the seed's
-32/64/512 so that it trains in seconds on a CPU.
+inside `SoftMaxLoss`, so the last layer analysed is the logits). Narrower than the reference's
+32/64/512 so that it trains in seconds on a CPU (`benchmarks/bench_separation.py` runs the full
+widths on all 10,000 test images).
 """)
 
 code("""
@@ -115,7 +116,7 @@ fit = net.fit(X, y, epochs=EPOCHS, batch_size=32, seed=0, verbose=0,
               validation_data=(X_test[:2000], y_test[:2000]) if FAST else (X_test, y_test), callbacks=[history])
 print(f"trained {EPOCHS} epoch(s) in {time.perf_counter() - t:.1f} s; test accuracy "
       f"{fit.history['val_accuracy'][-1]:.1%}; separation recorded at epochs {history.epochs}")
-history.plot();
+history.plot()
 """)
 
 code("""
@@ -126,19 +127,41 @@ test_after.summary()
 """)
 
 md("""
+Every number is in `table`: one row per (layer, class pair), a pandas `DataFrame` when pandas is
+installed (rows of dicts otherwise; slicing gives rows either way). Besides $H$ and $R$ it has the
+Friedman-Rafsky $z$, its one-sided p-value $\\Phi(z)$ and `log10_p`: well separated pairs reach
+$z \\approx -40$ and below, where $\\Phi(z)$ underflows to 0 in floating point while its logarithm
+stays exact, so rank pairs by `log10_p`.
+""")
+
+code("""
+table = test_after.table
+print(type(table).__name__, len(table), "rows")
+table[:3]
+""")
+
+code("""
+fc2 = {k: test_after.values("fc2", k) for k in ("H", "z", "p_value", "log10_p")}
+print("the five most separated class pairs at fc2:")
+for j in np.argsort(fc2["log10_p"])[:5]:
+    print(f"  {test_after.pairs[j]}: H {fc2['H'][j]:.3f}, z {fc2['z'][j]:.1f}, p {fc2['p_value'][j]:.3g}, "
+          f"log10 p {fc2['log10_p'][j]:.1f}")
+""")
+
+md("""
 ## The plots
 
-The seed's histograms (one row per layer, before and after), the mean through the layers for every
+The reference library's histograms (one row per layer, before and after), the mean through the layers for every
 stage (band: quartiles of the 45 pairs), the classes x classes matrix at the last layer, and a PCA
 picture of one layer. The H axis is not clipped at 0: below-chance values would show.
 """)
 
 code("""
-sep.plot_histograms({"before": test_before, "after": test_after}, title="Test set: pairwise H per layer");
+sep.plot_histograms({"before": test_before, "after": test_after}, title="Test set: pairwise H per layer")
 """)
 
 code("""
-sep.plot_separation_curve([train_before, test_before, train_after, test_after]);
+sep.plot_separation_curve([train_before, test_before, train_after, test_after])
 """)
 
 code("""
@@ -157,7 +180,7 @@ md("""
 ## The tests
 
 Fisher permutation tests of the mean of the 45 values. The values at two layers (or two stages) belong
-to the same class pairs, so the **paired sign-flip** test is the right one; the seed's library used
+to the same class pairs, so the **paired sign-flip** test is the right one; the reference library used
 the unpaired test, shown for comparison. p-values are exact when the rearrangements are few, otherwise
 Monte Carlo with $p = (1 + \\#\\{T^* \\ge T\\})/(B+1)$, never 0.
 """)
@@ -180,9 +203,12 @@ md("""
 ## Checking a number by hand, and why unequal class sizes matter
 
 Any value can be recomputed with `henze_penrose` on `net.layer_outputs` (the result records which
-samples it drew). The test set has unequal class sizes (892 fives, 1,135 ones); the seed's formula
+samples it drew). A trained model saved with `net.save("model.npz")` can be analysed from the command
+line without retraining: `python -m nn_from_scratch separation --model model.npz` (add
+`--import mylayers.py` when it has layer classes of its own, `--data samples.npz` for data other than
+MNIST). The test set has unequal class sizes (892 fives, 1,135 ones); the reference library's formula
 $1 - 2\\min(N/2, R)/N$ is biased then. The clearest case is a class split in two unequal random
-halves: no separation, yet the seed's formula reports some.
+halves: no separation, yet the reference library's formula reports some.
 """)
 
 code("""
@@ -198,7 +224,7 @@ cut = len(X1) // 5 if not FAST else 40
 a, b = X1[perm[:cut]], X1[perm[cut:cut + 4 * cut]]
 r = sep.henze_penrose(a, b)
 N = r.m + r.n
-print(f"digit 1 split {r.m} | {r.n}: H = {r.H:+.4f} (z = {r.z:+.2f}),  seed's formula: {1 - 2 * min(N / 2, r.R) / N:+.4f}")
+print(f"digit 1 split {r.m} | {r.n}: H = {r.H:+.4f} (z = {r.z:+.2f}),  reference formula: {1 - 2 * min(N / 2, r.R) / N:+.4f}")
 """)
 
 md("""
@@ -240,7 +266,7 @@ for name, r in ctrl.items():
     print(f"{name:32s}", "  ".join(f"{l} {h.mean():+.3f}" for l, h in zip(r.layers, r.H)))
 print()
 print(sep.compare_stages(ctrl["test, random labels"], ctrl["train, random labels (fitted)"]))
-sep.plot_separation_curve(ctrl, title="Random-label control: mean H at the last layers");
+sep.plot_separation_curve(ctrl, title="Random-label control: mean H at the last layers")
 """)
 
 md("""

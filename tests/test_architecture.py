@@ -333,8 +333,6 @@ def test_only_the_allowed_modules_stay_at_the_top_level():
 #: today's cycles outside the restructured files: (what, a test for a cycle's modules, who removes it).
 #: A cycle is excused when ``test`` holds for the set of its modules (names relative to the package).
 KNOWN_CYCLES = [
-    ("the analysis/separation* circle (separation <-> separation_history, separation_plots)",
-     lambda mods: all(m.startswith("analysis.separation") for m in mods), "the work on analysis/separation"),
 ]
 
 

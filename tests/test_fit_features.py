@@ -276,7 +276,7 @@ def test_network_confusion_matrix_and_its_plot(rng):
     assert np.trace(cm) == round(net.evaluate(X, y)[1] * 60)
     fig = net.plot_confusion_matrix(X, y, class_names=list("abcd"), normalize="true")
     try:
-        assert plt.fignum_exists(fig.number)      # a pyplot figure: it displays in Jupyter
+        assert not plt.fignum_exists(fig.number)  # a Figure not held by pyplot (none left open)
         ax = fig.axes[0]
         assert [t.get_text() for t in ax.get_xticklabels()] == list("abcd")
         assert len(ax.texts) == 16

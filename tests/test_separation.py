@@ -1,6 +1,6 @@
 """henze_penrose and fisher_test against hand cases, SciPy written here, enumeration and simulation.
 
-References used (none of them the code under test): the values of issue 19 and of
+References used (none of them the code under test): the reference values of the research note
 shared/research/hp-separation.md section 5 (computed there with SciPy), SciPy's
 ``minimum_spanning_tree`` on a sparse graph built in ``scipy_R`` below, brute-force
 enumeration of labellings / spanning trees / rearrangements, and simulation under nulls.

@@ -88,20 +88,26 @@ def test_memory_budget_splits_passes_with_the_same_result(unequal, monkeypatch):
     X, y = unequal
     net = small_cnn()
     one = sep.class_separation(net, X, y, n_per_class=None)
-    monkeypatch.setattr(sep, "MEMORY_BUDGET", 40_000)        # less than one layer's outputs: one pass each
+    monkeypatch.setattr(sep.core, "MEMORY_BUDGET", 40_000)        # less than one layer's outputs: one pass each
     calls = []
     real = net.layer_outputs
     monkeypatch.setattr(net, "layer_outputs", lambda x: calls.append(len(x)) or real(x))
     many = sep.class_separation(net, X, y, n_per_class=None, batch_size=50)
     np.testing.assert_array_equal(one.H, many.H)
     assert sum(calls) > 4 * len(X)
+    monkeypatch.setattr(sep.core, "MEMORY_BUDGET", 2 ** 30)
+    calls.clear()
+    again = sep.class_separation(net, X, y, n_per_class=None, batch_size=50, memory_budget=40_000)
+    np.testing.assert_array_equal(one.H, again.H)
+    assert sum(calls) > 4 * len(X)
 
 
 def test_results_table_matrix_json(unequal, tmp_path):
     X, y = unequal
     res = sep.class_separation(small_cnn(), X, y, n_per_class=None, layers=["input", "fc2"])
-    t = res.table
-    assert len(t) == 2 * 6 and t.columns[:9] == ("layer", "class_a", "class_b", "H", "R", "z", "p_value", "m", "n")
+    t = res.rows()
+    assert len(t) == 2 * 6 and t.columns[:10] == ("layer", "class_a", "class_b", "H", "R", "z", "p_value", "log10_p",
+                                                  "m", "n")
     assert t[0]["layer"] == "input" and (t[0]["class_a"], t[0]["class_b"]) == (0, 1)
     assert (t[0]["m"], t[0]["n"]) == (23, 31)
     M = res.matrix("fc2")
@@ -110,7 +116,7 @@ def test_results_table_matrix_json(unequal, tmp_path):
     assert M[2, 3] == res.value("fc2", 3, 2)
     path = res.to_json(tmp_path / "r.json")
     back = sep.SeparationResult.from_json(path)
-    for k in ("H", "R", "z", "p_value", "R_min", "R_max"):
+    for k in ("H", "R", "z", "p_value", "log_p", "R_min", "R_max"):
         np.testing.assert_array_equal(getattr(back, k), getattr(res, k))
     assert back.layers == res.layers and back.classes == res.classes and back.info == res.info
     df = res.to_pandas()
@@ -201,10 +207,12 @@ def test_separation_history_records_the_epochs_asked_for(unequal):
         sep.SeparationHistory(X, y, every=0)
 
 
-def test_plots_return_pyplot_figures(unequal):
+def test_plots_return_figures_not_held_by_pyplot(unequal):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    open_before = plt.get_fignums()
     X, y = unequal
     net = small_cnn()
     a = sep.class_separation(net, X, y, n_per_class=None)
@@ -213,10 +221,14 @@ def test_plots_return_pyplot_figures(unequal):
             sep.plot_heatmap(a, "fc2"), sep.plot_pca(net, X, y, "fc1", n_per_class=10),
             *sep.plot_histograms(a, layers=["input", "fc2"], by_layer=True)]
     for fig in figs:
-        assert plt.fignum_exists(fig.number)          # made by pyplot: displays in Jupyter
-        plt.close(fig)
+        assert isinstance(fig, Figure) and fig.canvas is not None and fig.axes
+    assert plt.get_fignums() == open_before           # none left open in pyplot's registry
     fig = sep.plot_histograms({"before": a, "after": b})
     assert len(fig.axes) == 2 * len(a.layers)
-    plt.close(fig)
+    hist = sep.SeparationHistory(X, y, layers=["fc2"], n_per_class=None)
+    hist.record(0, net)
+    hist.record(1, small_cnn(seed=3))
+    assert isinstance(hist.plot(), Figure) and isinstance(sep.plot_history(hist), Figure)
+    assert plt.get_fignums() == open_before
     with pytest.raises(KeyError, match="no layer"):
         sep.plot_heatmap(a, "nope")

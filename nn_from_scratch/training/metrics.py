@@ -245,8 +245,9 @@ def confusion_matrix(y_true, y_pred, n_classes=None, normalize=None):
 
 
 def plot_confusion_matrix(cm, class_names=None, title=None, cmap="Blues", ax=None):
-    """A pyplot figure of a confusion matrix (rows: true class, columns: predicted), each cell
-    annotated with its value; returns the figure (it displays as a notebook cell's value)."""
+    """A figure of a confusion matrix (rows: true class, columns: predicted), each cell annotated
+    with its value; returns the ``Figure`` (it displays as a notebook cell's value; made by pyplot
+    and detached from its registry, as ``plotting.new_figure`` does, so none is left open)."""
     import matplotlib.pyplot as plt  # noqa: PLC0415 - matplotlib loads only when plotting
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
@@ -256,7 +257,9 @@ def plot_confusion_matrix(cm, class_names=None, title=None, cmap="Blues", ax=Non
     if len(names) != k:
         raise ValueError(f"plot_confusion_matrix: {len(names)} class names for {k} classes")
     if ax is None:
-        fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k), layout="constrained")
+        fig = plt.figure(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k), layout="constrained")
+        plt.close(fig)
+        ax = fig.subplots()
     else:
         fig = ax.figure
     im = ax.imshow(cm, cmap=cmap)

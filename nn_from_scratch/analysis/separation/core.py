@@ -1,102 +1,29 @@
-"""Class separation at every layer: the Henze-Penrose statistic and Fisher permutation tests.
+"""The computations of the separation analysis: ``henze_penrose`` (one pair),
+``class_separation`` (every class pair at every layer of a network) and the Fisher tests
+between layers and between stages (``compare_layers``, ``compare_stages``).
 
-For points ``X_a`` (m rows) and ``X_b`` (n rows), rows flattened, ``N = m + n``: build the
-Euclidean minimum spanning tree over all N points and count ``R``, the tree edges that join
-a point of ``a`` to a point of ``b``.  The Henze-Penrose estimate is::
-
-    H = 1 - R (m + n) / (2 m n)
-
-Under the null (both from one distribution) ``E[R] = 2mn/N``, so ``E[H] = 0`` for any m, n;
-H can be negative (less separated than chance) and tends to 1 as the classes separate (its
-largest value is ``1 - N/(2mn)``, at R = 1).  The seed's library used ``1 - 2 min(N/2, R)/N``,
-which agrees only when m = n.  With it come the Friedman-Rafsky z-score from the exact
-permutation mean and variance of R given the tree, and its one-sided p-value
-``Phi(z)`` (normal approximation; small R = separated).
-
-Public names::
-
-    henze_penrose(Xa, Xb, metric="euclidean")            -> HPResult (H, R, m, n, z, p_value, ...)
-    class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, seed=0,
-                     metric="euclidean", batch_size=None)  -> SeparationResult
-    fisher_test(a, b, paired=False, n_permutations=10000, alternative="two-sided", seed=0)
-    compare_layers(result), compare_stages(before, after)  -> Table
-    SeparationHistory(X, y, every=1, layers=None, ...)     a fit callback
-    plot_histograms, plot_separation_curve, plot_heatmap, plot_pca, plot_history
-
-How ``R`` is computed -- distances (float64 Gram products, error bound), exact duplicates
-(merged; ``R`` is the expectation over the ties they create, with ``R_min``/``R_max``),
-the dense Prim tree and the permutation moments -- is written out in ``_mst.py``.
-
-``class_separation`` draws a seeded random sample of each class (``n_per_class=None``: every
-sample), runs it once through the network in inference mode collecting the input and every
-layer's output, and for each layer computes the distances within each class once and
-between two classes once per pair, in feature chunks (memory does not grow with a layer's
-width).  A pure reshape (``Vectorization``/``Flatten``, ``Reshape``) has the distances of
-the layer before it, so its values are copied rather than computed again.
-
-On the CuPy backend the forward pass runs on the device (``layer_outputs``) and the outputs
-come to the host; distances and trees are computed with NumPy (not run on a GPU here).
+This module imports neither the plots (``plots.py``) nor the training callback
+(``history.py``); they import it.  The package docstring (``separation/__init__.py``) gives
+the statistic; ``_mst.py`` how ``R`` is computed.
 """
 import contextlib
 import itertools
-import json
-import os
 
 import numpy as np
 
-from ..backend import to_numpy
-from . import _mst
-from ._table import Table
-from .fisher import EXACT_LIMIT, FisherResult, fisher_test
+from ...backend import to_numpy
+from ..fisher import EXACT_LIMIT, FisherResult, fisher_test
+from . import _mixed, _mst
+from .result import INPUT, HPResult, Rows, SeparationError, SeparationResult, _PER_PAIR
 
-__all__ = ["henze_penrose", "HPResult", "class_separation", "SeparationResult", "SeparationError",
-           "fisher_test", "FisherResult", "compare_layers", "compare_stages", "SeparationHistory",
-           "Table", "plot_histograms", "plot_separation_curve", "plot_heatmap", "plot_pca", "plot_history",
-           "EXACT_LIMIT", "MEMORY_BUDGET", "INPUT"]
+__all__ = ["henze_penrose", "class_separation", "compare_layers", "compare_stages", "fisher_test", "FisherResult",
+           "EXACT_LIMIT", "MEMORY_BUDGET"]
 
-#: the name under which the network's input is analysed
-INPUT = "input"
 #: bytes of layer outputs one pass through the network may collect; more layers than fit
 #: are analysed in several passes (each runs the whole network).  Peak memory is about
 #: max(MEMORY_BUDGET, one layer's outputs) + one more copy of the widest layer (numpy.unique
 #: sorts its rows) + the distance blocks (sum of n_c^2 + n_a n_b float64, 90 MB at 1,000 per class)
 MEMORY_BUDGET = 2 ** 30
-JSON_FORMAT = "nn_from_scratch-separation/1"
-
-
-class SeparationError(ValueError):
-    """Data or arguments that the separation analysis cannot use."""
-
-
-# ------------------------------------------------------------------------------ one pair
-class HPResult:
-    """The Henze-Penrose statistic of one pair of samples.
-
-    ``H``, ``R`` (cross edges; the expectation over ties when points coincide), ``m``, ``n``,
-    ``z`` (Friedman-Rafsky), ``p_value`` (one-sided, ``Phi(z)``), ``R_min``/``R_max`` (the
-    range over ties; equal to ``R`` when no two points coincide), ``E_R``/``var_R`` (the
-    permutation moments), ``H_range`` (H at R_max and R_min).
-    """
-
-    __slots__ = ("H", "R", "m", "n", "z", "p_value", "R_min", "R_max", "E_R", "var_R", "C")
-
-    def __init__(self, H, R, m, n, z, p_value, R_min, R_max, E_R, var_R, C):
-        self.H, self.R, self.m, self.n, self.z, self.p_value = H, R, m, n, z, p_value
-        self.R_min, self.R_max, self.E_R, self.var_R, self.C = R_min, R_max, E_R, var_R, C
-
-    @property
-    def H_range(self):
-        N = self.m + self.n
-        f = N / (2.0 * self.m * self.n)
-        return 1.0 - self.R_max * f, 1.0 - self.R_min * f
-
-    def as_dict(self):
-        return {k: getattr(self, k) for k in self.__slots__}
-
-    def __repr__(self):
-        ties = f", R in [{self.R_min:g}, {self.R_max:g}] over ties" if self.R_min != self.R_max else ""
-        return (f"HPResult(H={self.H:.6g}, R={self.R:g}, m={self.m}, n={self.n}, z={self.z:.4g}, "
-                f"p_value={self.p_value:.4g}{ties})")
 
 
 def _flat(X, name):
@@ -120,20 +47,35 @@ def _groups(inverse):
     return ids, counts
 
 
-def _pair(pts, ga, gb, Daa, Dbb):
-    """Statistics of one pair from its classes' distinct points ``(ids, counts)`` and blocks."""
+def _pair(pts, ga, gb, Daa, Dbb, Dab=None, exact_blocks=None, stats=None):
+    """Statistics of one pair from its classes' distinct points ``(ids, counts)`` and blocks.
+
+    ``Dab``: the block of a's against all of b's distinct points when already computed.
+    ``exact_blocks``: given when the blocks are mixed precision (``_mixed``): a function
+    ``(which) -> float64 block`` for the recomputation of a pair the recheck does not certify.
+    """
     ua, ca = ga
     ub, cb = gb
     b_only = ~np.isin(ub, ua, assume_unique=True)
     ub2 = ub[b_only]
-    Dab = pts.sqdist(ua, ub2)
+    Dab = pts.sqdist(ua, ub2) if Dab is None else Dab[:, b_only]
     Dbb2 = Dbb[np.ix_(b_only, b_only)]
     W = np.block([[Daa, Dab], [Dab.T, Dbb2]])
     ka = np.concatenate([ca, np.zeros(len(ub2))])
     kb_a = np.zeros(len(ua))
     kb_a[np.searchsorted(ua, ub[~b_only])] = cb[~b_only]
     kb = np.concatenate([kb_a, cb[b_only]])
-    return _mst.pair_statistics(W, ka, kb)
+    if exact_blocks is None:
+        return _mst.pair_statistics(W, ka, kb)
+    child, parent = _mst.prim_dense(W)
+    ids = np.concatenate([ua, ub2])
+    alpha, beta = _mixed.error_coefficients(pts.d)
+    radius = np.sqrt(pts.norms[ids])
+    if _mixed.certify(W, child, parent, radius, alpha, beta,
+                      lambda u, v: _mixed.exact_sqdist(pts, ids, u, v), stats):
+        return _mst.tree_summary(child, parent, ka, kb)
+    del W
+    return _pair(pts, ga, gb, exact_blocks(ga), exact_blocks(gb))
 
 
 def henze_penrose(Xa, Xb, metric="euclidean"):
@@ -156,136 +98,6 @@ def henze_penrose(Xa, Xb, metric="euclidean"):
     ga, gb = _groups(pts.inverse[:m]), _groups(pts.inverse[m:])
     with _mst.blas_threads(max(len(ga[0]), len(gb[0])), pts.d):
         return HPResult(**_pair(pts, ga, gb, pts.sqdist(ga[0]), pts.sqdist(gb[0])))
-
-
-# ------------------------------------------------------------------------- the results
-_COLUMNS = ("layer", "class_a", "class_b", "H", "R", "z", "p_value", "m", "n", "R_min", "R_max")
-_PER_PAIR = ("H", "R", "z", "p_value", "R_min", "R_max")
-
-
-class SeparationResult:
-    """Henze-Penrose values of every class pair at every analysed layer.
-
-    ``layers`` (names, network order, ``"input"`` first), ``classes``, ``pairs`` (``(a, b)``
-    with a < b in ``itertools.combinations`` order), and arrays ``H``, ``R``, ``z``,
-    ``p_value``, ``R_min``, ``R_max`` of shape ``(n_layers, n_pairs)``; ``m``, ``n`` per
-    pair; ``info`` (how it was computed); ``name`` (a stage label for plots).
-
-    ``table`` (tidy: layer, class_a, class_b, H, R, z, p_value, m, n, R_min, R_max),
-    ``value(layer, a, b)``, ``values(layer)``, ``matrix(layer)``, ``summary()``,
-    ``to_json(path)`` / ``SeparationResult.from_json(path)``, ``to_pandas()``.
-    """
-
-    def __init__(self, layers, classes, arrays, m, n, info=None, name=None):
-        self.layers = [str(x) for x in layers]
-        self.classes = [int(c) for c in classes]
-        self.pairs = list(itertools.combinations(self.classes, 2))
-        shape = (len(self.layers), len(self.pairs))
-        for key in _PER_PAIR:
-            a = np.asarray(arrays[key], dtype=np.float64).reshape(shape)
-            setattr(self, key, a)
-        self.m = np.asarray(m, dtype=np.int64).reshape(len(self.pairs))
-        self.n = np.asarray(n, dtype=np.int64).reshape(len(self.pairs))
-        self.info = dict(info or {})
-        self.name = name
-
-    # ---- lookups
-    def _layer(self, layer):
-        if layer not in self.layers:
-            raise KeyError(f"no layer {layer!r} in this result; layers: {self.layers}")
-        return self.layers.index(layer)
-
-    def _pair_index(self, a, b):
-        a, b = int(a), int(b)
-        if a == b:
-            raise KeyError(f"a class pair needs two different classes, received {a} and {b}")
-        key = (min(a, b), max(a, b))
-        if key not in self.pairs:
-            raise KeyError(f"no class pair {key} in this result; classes: {self.classes}")
-        return self.pairs.index(key)
-
-    def value(self, layer, a, b):
-        """H of classes ``a`` and ``b`` (either order) at ``layer``."""
-        return float(self.H[self._layer(layer), self._pair_index(a, b)])
-
-    def values(self, layer, statistic="H"):
-        """The per-pair values (``pairs`` order) of ``statistic`` at ``layer``."""
-        if statistic not in _PER_PAIR:
-            raise KeyError(f"statistic must be one of {_PER_PAIR}, received {statistic!r}")
-        return getattr(self, statistic)[self._layer(layer)].copy()
-
-    def matrix(self, layer, statistic="H"):
-        """``(K, K)`` symmetric matrix of ``statistic`` at ``layer`` (classes order), NaN diagonal."""
-        vals = self.values(layer, statistic)
-        K = len(self.classes)
-        M = np.full((K, K), np.nan)
-        pos = {c: i for i, c in enumerate(self.classes)}
-        for (a, b), v in zip(self.pairs, vals):
-            M[pos[a], pos[b]] = M[pos[b], pos[a]] = v
-        return M
-
-    @property
-    def table(self):
-        rows = []
-        for i, layer in enumerate(self.layers):
-            for j, (a, b) in enumerate(self.pairs):
-                rows.append((layer, a, b, float(self.H[i, j]), float(self.R[i, j]), float(self.z[i, j]),
-                             float(self.p_value[i, j]), int(self.m[j]), int(self.n[j]),
-                             float(self.R_min[i, j]), float(self.R_max[i, j])))
-        return Table(_COLUMNS, rows)
-
-    def summary(self):
-        """Per layer: mean, median, min, max of H over the pairs."""
-        rows = [(layer, float(h.mean()), float(np.median(h)), float(h.min()), float(h.max()))
-                for layer, h in zip(self.layers, self.H)]
-        return Table(("layer", "mean", "median", "min", "max"), rows)
-
-    def to_pandas(self):
-        return self.table.to_pandas()
-
-    def __repr__(self):
-        label = f" {self.name!r}" if self.name else ""
-        return (f"SeparationResult{label}: {len(self.layers)} layers x {len(self.pairs)} class pairs "
-                f"(classes {self.classes})\n{self.summary().to_text()}")
-
-    # ---- files
-    def _as_json(self):
-        def clean(a):
-            return [[None if not np.isfinite(v) else float(v) for v in row] for row in a]
-        return {"format": JSON_FORMAT, "name": self.name, "layers": self.layers, "classes": self.classes,
-                "pairs": [list(p) for p in self.pairs], "m": self.m.tolist(), "n": self.n.tolist(),
-                **{k: clean(getattr(self, k)) for k in _PER_PAIR}, "info": self.info}
-
-    def to_json(self, path):
-        """Write the result to ``path`` (JSON, atomically); returns ``path``."""
-        from ..atomic import write_json_atomic  # noqa: PLC0415 - the package's atomic JSON writer
-        write_json_atomic(os.fspath(path), self._as_json())
-        return path
-
-    @classmethod
-    def from_json(cls, path):
-        """Read a result written by ``to_json``; a file that is not one raises ``SeparationError``."""
-        path = os.fspath(path)
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise SeparationError(f"{path!r} is not a readable separation result: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != JSON_FORMAT:
-            raise SeparationError(f"{path!r} is not a separation result (format "
-                                  f"{data.get('format') if isinstance(data, dict) else None!r}, "
-                                  f"expected {JSON_FORMAT!r})")
-        try:
-            arrays = {k: np.array([[np.nan if v is None else v for v in row] for row in data[k]], dtype=np.float64)
-                      for k in _PER_PAIR}
-            res = cls(data["layers"], data["classes"], arrays, data["m"], data["n"], data.get("info"),
-                      data.get("name"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SeparationError(f"{path!r}: the separation result is damaged ({type(exc).__name__}: {exc})") \
-                from None
-        if [list(p) for p in res.pairs] != data.get("pairs"):
-            raise SeparationError(f"{path!r}: the class pairs do not match the classes")
-        return res
 
 
 # ------------------------------------------------------------------------- the network
@@ -325,7 +137,7 @@ def _inference(net):
 
 
 def _is_reshape(layer):
-    from ..layers.reshape import Reshape, Vectorization  # noqa: PLC0415
+    from ...layers.reshape import Reshape, Vectorization  # noqa: PLC0415
     return isinstance(layer, (Vectorization, Reshape))
 
 
@@ -341,7 +153,7 @@ def _sample(labels, classes, n_per_class, rng):
     return idx
 
 
-def _collect(net, X, names, batch_size):
+def _collect(net, X, names, batch_size, budget=None):
     """``{name: (N, d) outputs}`` of the analysed layers, in passes that fit ``MEMORY_BUDGET``.
 
     Yields one dict per pass."""
@@ -354,7 +166,7 @@ def _collect(net, X, names, batch_size):
     width = {n: int(np.prod(first[n].shape[1:])) * first[n].dtype.itemsize for n in wanted}
     groups, cur, used = [], [], 0
     for n in wanted:
-        if cur and used + width[n] * len(X) > MEMORY_BUDGET:
+        if cur and used + width[n] * len(X) > (MEMORY_BUDGET if budget is None else budget):
             groups.append(cur)
             cur, used = [], 0
         cur.append(n)
@@ -370,7 +182,13 @@ def _collect(net, X, names, batch_size):
         yield out
 
 
-def _layer_stats(Z, slices, metric, where, owned=False):
+#: bytes the mixed-precision distance blocks of one layer may take at once; more class
+#: pairs than fit are done in several rounds (each centres and rounds the points again)
+BLOCK_BUDGET = 512 * 2 ** 20
+PRECISIONS = ("auto", "float64", "float32")
+
+
+def _layer_stats(Z, slices, metric, where, owned=False, precision="float64", info=None):
     """Per-pair statistics of one layer: ``{key: (P,) array}``."""
     Z = Z.reshape(len(Z), -1)
     if Z.dtype.kind == "f":
@@ -381,18 +199,56 @@ def _layer_stats(Z, slices, metric, where, owned=False):
                                   "of the analysed ones); the network is broken at this layer")
     pts = _mst.Points(Z, metric, where=f"layer {where!r}", owned=owned)
     groups = [_groups(pts.inverse[s]) for s in slices]
+    mixed = metric in _mst.GRAM_METRICS and (precision == "float32" or
+                                             (precision == "auto" and pts.d >= _mixed.MIXED_MIN_WIDTH))
+    out = {k: [] for k in _PER_PAIR}
+    pairs = list(itertools.combinations(range(len(slices)), 2))
     with _mst.blas_threads(max(len(g[0]) for g in groups), pts.d):
-        blocks = [pts.sqdist(g[0]) for g in groups]
-        out = {k: [] for k in _PER_PAIR}
-        for i, j in itertools.combinations(range(len(slices)), 2):
-            st = _pair(pts, groups[i], groups[j], blocks[i], blocks[j])
-            for k in _PER_PAIR:
-                out[k].append(st[k])
+        if not mixed:
+            blocks = [pts.sqdist(g[0]) for g in groups]
+            for i, j in pairs:
+                st = _pair(pts, groups[i], groups[j], blocks[i], blocks[j])
+                for k in _PER_PAIR:
+                    out[k].append(st[k])
+            return out
+        ids = [g[0] for g in groups]
+        blocks = _mixed.gram_blocks(pts, ids, [(i, None) for i in range(len(ids))])
+        exact = {}
+
+        def exact_block(g):
+            key = id(g[0])
+            if key not in exact:
+                exact[key] = pts.sqdist(g[0])
+            return exact[key]
+
+        stats = {}
+        used = sum(b.nbytes for b in blocks)
+        rounds, cur, size = [], [], used
+        for i, j in pairs:
+            nb = 8 * len(ids[i]) * len(ids[j])
+            if cur and size + nb > BLOCK_BUDGET:
+                rounds.append(cur)
+                cur, size = [], used
+            cur.append((i, j))
+            size += nb
+        rounds.append(cur)
+        for todo in rounds:
+            cross = _mixed.gram_blocks(pts, ids, todo)
+            for (i, j), Dab in zip(todo, cross):
+                st = _pair(pts, groups[i], groups[j], blocks[i], blocks[j], Dab=Dab, exact_blocks=exact_block,
+                           stats=stats)
+                for k in _PER_PAIR:
+                    out[k].append(st[k])
+            del cross
+    if info is not None:
+        info[where] = {"pairs": stats.get("pairs", 0), "rechecked_edges": stats.get("rechecked_edges", 0),
+                       "rechecked_trees": stats.get("rechecked_trees", 0),
+                       "recomputed_pairs": stats.get("recomputed_pairs", 0), "rounds": len(rounds)}
     return out
 
 
 def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, seed=0, metric="euclidean",
-                     batch_size=None):
+                     batch_size=None, precision="auto", memory_budget=None):
     """Henze-Penrose separation of every class pair at the input and every layer of ``net``.
 
     ``X: (N, ...)`` samples the network takes, ``y: (N,)`` integer class indices.
@@ -400,8 +256,15 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
     classes may then have different sizes, which H handles).  ``layers``: names to analyse
     (``"input"`` is the input; default all, in network order).  ``classes``: which classes
     (default every label present).  ``batch_size``: for the forward pass (default
-    ``max(net.batch_size, 256)``).  The network runs in inference mode.  Returns a
-    ``SeparationResult``.
+    ``max(net.batch_size, 256)``).  The network runs in inference mode.  ``precision``:
+    ``"float64"`` computes every distance in float64 Gram products (``_mst.py``);
+    ``"float32"`` uses float32 products with a float64 recheck of near-ties (``_mixed.py``),
+    which gives the same result at about half the cost; ``"auto"`` (default) uses float32
+    products for layers at least ``_mixed.MIXED_MIN_WIDTH`` (4,096) wide.  ``memory_budget``:
+    bytes of layer outputs one forward pass may collect (default ``MEMORY_BUDGET``, 1 GiB);
+    layers that do not fit are collected by further passes.  Returns a
+    ``SeparationResult``; ``info["mixed_precision"]`` counts, per layer, the pairs, the
+    rechecked edges and the pairs recomputed in float64.
     """
     if not (hasattr(net, "layers") and hasattr(net, "layer_outputs")):
         raise SeparationError(f"class_separation: net must be a NeuralNetwork, received {type(net).__name__}")
@@ -442,6 +305,8 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
                 + ", ".join(f"{c}: {sizes[c]}" for c in classes) + f"), or at most {min(short.values())}")
     if not isinstance(metric, str):
         raise SeparationError(f"class_separation: metric must be a string, received {metric!r}")
+    if precision not in PRECISIONS:
+        raise SeparationError(f"class_separation: precision must be one of {PRECISIONS}, received {precision!r}")
     names = _layer_names(net)
     if layers is None:
         chosen = names
@@ -465,11 +330,12 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
     previous = {names[i]: names[i - 1] for i in range(1, len(names))}
     stats = {}
     reuse = {n for n in chosen if n != INPUT and _is_reshape(by_layer[n]) and previous[n] in chosen}
+    mixed_info = {}
     if INPUT in chosen:
-        stats[INPUT] = _layer_stats(Xs, slices, metric, INPUT)
-    for outs in _collect(net, Xs, [n for n in chosen if n not in reuse], batch_size):
+        stats[INPUT] = _layer_stats(Xs, slices, metric, INPUT, precision=precision, info=mixed_info)
+    for outs in _collect(net, Xs, [n for n in chosen if n not in reuse], batch_size, memory_budget):
         for name, Z in outs.items():
-            stats[name] = _layer_stats(Z, slices, metric, name, owned=True)
+            stats[name] = _layer_stats(Z, slices, metric, name, owned=True, precision=precision, info=mixed_info)
         del outs, Z
     for name in chosen:                 # network order: a reshape after a reshape also works
         if name in reuse:
@@ -477,7 +343,8 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
     m = [len(picks[i]) for i, _ in itertools.combinations(range(len(picks)), 2)]
     n = [len(picks[j]) for _, j in itertools.combinations(range(len(picks)), 2)]
     arrays = {k: np.array([stats[name][k] for name in chosen]) for k in _PER_PAIR}
-    info = {"n_per_class": n_per_class, "seed": seed, "metric": metric,
+    info = {"n_per_class": n_per_class, "seed": seed, "metric": metric, "precision": precision,
+            "mixed_precision": mixed_info,
             "class_sizes": {str(c): len(p) for c, p in zip(classes, picks)},
             "available": {str(c): sizes[c] for c in classes},
             "reshape_layers_copied": sorted(reuse), "network": getattr(net, "name", None),
@@ -515,7 +382,7 @@ def compare_layers(result, paired=True, n_permutations=10000, alternative="two-s
         labels.append((a, b))
         vals.append((result.values(a), result.values(b)))
     rows = _compare(vals, labels, paired, n_permutations, alternative, seed)
-    return Table(("layer_from", "layer_to", "mean_from", "mean_to", "change", "statistic", "p_value", "test"), rows)
+    return Rows(("layer_from", "layer_to", "mean_from", "mean_to", "change", "statistic", "p_value", "test"), rows)
 
 
 def compare_stages(before, after, paired=True, n_permutations=10000, alternative="two-sided", seed=0):
@@ -536,9 +403,6 @@ def compare_stages(before, after, paired=True, n_permutations=10000, alternative
     labels = [(layer,) for layer in common]
     vals = [(before.values(layer), after.values(layer)) for layer in common]
     rows = _compare(vals, labels, paired, n_permutations, alternative, seed)
-    return Table(("layer", "mean_before", "mean_after", "change", "statistic", "p_value", "test"), rows)
+    return Rows(("layer", "mean_before", "mean_after", "change", "statistic", "p_value", "test"), rows)
 
 
-# ------------------------------------------------------------------- during training
-from .separation_history import SeparationHistory  # noqa: E402
-from .separation_plots import plot_heatmap, plot_histograms, plot_history, plot_pca, plot_separation_curve
