@@ -6,7 +6,7 @@ Commands:
     grade        grade a class (--submissions DIR, each in a sandbox, against --reference), one layer
                  (--layer module:Class) or a saved model (--model file.npz); docs/grading.md
     permutation-test   which pixels matter to the seed's CNN, with permutation p-values (analysis/permutation)
-    separation   class separation (Henze-Penrose) at every layer of a CNN, before/after training
+    separation   class separation (Henze-Penrose) at every layer: a CNN before/after training, or --model FILE.npz
 """
 import importlib
 import sys
@@ -16,7 +16,7 @@ COMMANDS = {
     "crosscheck": "nn_from_scratch.checks.crosscheck",
     "grade": "nn_from_scratch.checks.grade",
     "permutation-test": "nn_from_scratch.analysis.permutation_cli",
-    "separation": "nn_from_scratch.analysis.separation_cli",
+    "separation": "nn_from_scratch.analysis.separation.cli",
 }
 
 
