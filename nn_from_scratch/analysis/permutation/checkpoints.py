@@ -111,5 +111,5 @@ def fingerprint(X, y, fit_kwargs, statistic, output, index, seed, features, init
         out.update({"null": "conditional", "groups": digest_array(np.asarray(conditional["groups"])),
                     "sampler": sampler if isinstance(sampler, str) else
                     f"callable:{getattr(sampler, '__module__', '?')}.{getattr(sampler, '__qualname__', repr(sampler))}",
-                    "sequential": conditional["sequential"]})
+                    "sequential": conditional["sequential"], "tested": conditional.get("tested")})
     return out

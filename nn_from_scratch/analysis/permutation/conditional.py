@@ -47,7 +47,20 @@ def _workers(n_jobs, backend):
     return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)
 
 
-def _draws(X, flat, n_groups, sampler):
+def _check_tested(tested, n_groups):
+    if tested is None:
+        return list(range(n_groups))
+    try:
+        ids = [int(g) for g in tested]
+        ok = all(int(g) == g and not isinstance(g, bool) for g in tested)
+    except (TypeError, ValueError):
+        ok, ids = False, []
+    if not ok or not ids or len(set(ids)) != len(ids) or not all(0 <= g < n_groups for g in ids):
+        raise ValueError(f"permutation_test: tested must be distinct group ids in [0, {n_groups}), received {tested!r}")
+    return sorted(ids)
+
+
+def _draws(X, flat, n_groups, sampler, tested):
     """The ``ConditionalDraws`` of the test: the residual fits made here, once per group."""
     where = "permutation_test"
     if isinstance(sampler, str):
@@ -60,42 +73,44 @@ def _draws(X, flat, n_groups, sampler):
     draws = ConditionalDraws(sampler, flat, n_groups, X.shape[1:])
     if sampler == "residual":
         gram = functools.lru_cache(maxsize=1)(lambda: gram_of(X))
-        draws.fits = [fit_residual(X, draws.mask(g), gram) for g in range(n_groups)]
+        draws.fits = [fit_residual(X, draws.mask(g), gram) if g in tested else None for g in range(n_groups)]
     return draws
 
 
 def conditional_test(build, X, y, fit_kwargs, B, seed, output, index, batch_size, n_jobs, backend, checkpoint_dir,
-                     progress, net0, init_digest, example, groups, sampler, sequential):
+                     progress, net0, init_digest, example, groups, sampler, sequential, tested=None):
     """``permutation_test(..., null="conditional")``: see the module docstring."""
     from threadpoolctl import threadpool_limits  # noqa: PLC0415
     t_start = time.perf_counter()
     shape = stat_shape(net0, X)
     flat, G = check_groups(groups, X.shape[1:], shape)
+    tested = _check_tested(tested, G)
     Xh = np.asarray(to_numpy(X))
     with threadpool_limits(limits=1):
-        draws = _draws(Xh, flat, G, sampler)
+        draws = _draws(Xh, flat, G, sampler, tested)
         if not isinstance(sampler, str):            # a bad user sampler fails here, before any training
-            draws.draw(Xh, 0, replicate_seeds(seed, (REDUCED_KEY, 0))[2])
+            draws.draw(Xh, tested[0], replicate_seeds(seed, (REDUCED_KEY, 0))[2])
     group_map = flat.reshape(X.shape[1:])
     fp = fingerprint(X, y, fit_kwargs, "association", output, index, seed, None, init_digest,
-                     conditional={"groups": group_map, "sampler": sampler, "sequential": sequential})
+                     conditional={"groups": group_map, "sampler": sampler, "sequential": sequential,
+                                  "tested": tested})
     ckpt = Checkpoints(checkpoint_dir, fp) if checkpoint_dir is not None else None
     fn = Task(run_task, build=build, X=Xh, y=y, fit_kwargs=fit_kwargs, seed=seed, statistic="association",
               output=output, index=index, batch_size=batch_size, conditional=draws)
     obs_task = ("obs", None, 0)
     shape_of = lambda t: shape if t == obs_task else (1,)  # noqa: E731
     results, digests = {}, {}
-    bar = progress_bar(progress, 1 + G * B, 0)
+    bar = progress_bar(progress, 1 + len(tested) * B, 0)
     resumed = 0
     try:
         with threadpool_limits(limits=1), pool(backend):
             if sequential is None:
-                tasks = [obs_task] + [("cond", g, b) for g in range(G) for b in range(1, B + 1)]
+                tasks = [obs_task] + [("cond", g, b) for g in tested for b in range(1, B + 1)]
                 resumed += execute(tasks, fn, ckpt, n_jobs, backend, shape_of, results, digests, bar)
             else:
                 resumed += execute([obs_task], fn, ckpt, n_jobs, backend, shape_of, results, digests, bar)
                 T0 = group_sums(results[obs_task], flat, G)
-                resumed += _sequential_rounds(T0, G, B, sequential, _workers(n_jobs, backend),
+                resumed += _sequential_rounds(T0, tested, B, sequential, _workers(n_jobs, backend),
                                               lambda ts: execute(ts, fn, ckpt, n_jobs, backend, shape_of, results,
                                                                  digests, bar), results)
     finally:
@@ -103,28 +118,30 @@ def conditional_test(build, X, y, fit_kwargs, B, seed, output, index, batch_size
             bar.close()
     check_distinct_starts(list(results), digests)
     T0 = group_sums(results[obs_task], flat, G)
+    T0[np.setdiff1d(np.arange(G), tested)] = np.nan        # untested groups: no p-value
     null = np.full((B, G), np.nan)
     for (kind, g, b), stat in results.items():
         if kind == "cond":
             null[b - 1, g] = stat[0]
     if sequential is not None:                     # replicates past a group's stop are not part of its test
-        for g in range(G):
+        for g in tested:
             _, L = sequential_stop(T0[g], null[:, g], sequential, B)
             null[L:, g] = np.nan
-    fits = [None if draws.fits is None else {"method": f.method, "penalty": f.penalty} for f in (draws.fits or [])]
+    fits = [{"method": f.method, "penalty": f.penalty} for f in (draws.fits or []) if f is not None]
+    sampler_fits = sorted({(f["method"], f["penalty"]) for f in fits}, key=str) if fits else None
     info = {"null": "conditional", "statistic": "association", "output": fp["output"], "index": index, "seed": seed,
             "n_permutations": B, "n_samples": int(X.shape[0]), "fit_kwargs": fp["fit_kwargs"], "n_groups": G,
-            "sampler": fp["sampler"], "sampler_fits": sorted({(f["method"], f["penalty"]) for f in fits}, key=str)
-            if fits else None, "sequential": sequential, "n_jobs": n_jobs, "backend": backend,
-            "wall_time_s": time.perf_counter() - t_start, "replicates_resumed": resumed,
-            "n_fits": len(results), "n_fits_used": 1 + int((~np.isnan(null)).sum()), "fingerprint": fp}
+            "tested": tested, "sampler": fp["sampler"], "sampler_fits": sampler_fits, "sequential": sequential,
+            "n_jobs": n_jobs, "backend": backend, "wall_time_s": time.perf_counter() - t_start,
+            "replicates_resumed": resumed, "n_fits": len(results),
+            "n_fits_used": 1 + int((~np.isnan(null)).sum()), "fingerprint": fp}
     return PermutationTestResult(T0, null, "association", example=example, info=info, scope="conditional",
                                  groups=group_map, sequential=sequential)
 
 
-def _sequential_rounds(T0, G, B, h, workers, run, results):
+def _sequential_rounds(T0, tested, B, h, workers, run, results):
     """Draw replicates round by round until every group's sequential rule applies; returns resumed count."""
-    next_b = {g: 1 for g in range(G)}
+    next_b = {g: 1 for g in tested}
     resumed = 0
     first = True
     while next_b:

@@ -26,7 +26,7 @@ def _check_int(name, value, low):
 def permutation_test(build, X, y, fit_kwargs, n_permutations=99, statistic="association", output="max_logit",
                      n_jobs=1, backend="loky", seed=0, checkpoint_dir=None, progress=True, *, index=None,
                      features=None, batch_size=None, example=None, null="labels", groups=None, sampler="residual",
-                     sequential=None):
+                     sequential=None, tested=None):
     """Which inputs matter: gradient statistics with a null from networks retrained on permuted data.
 
     ``build(seed)`` returns a fresh untrained ``NeuralNetwork`` (initialized from ``seed``);
@@ -46,7 +46,8 @@ def permutation_test(build, X, y, fit_kwargs, n_permutations=99, statistic="asso
       or Besag-Clifford's sequential p-value with ``sequential=h``.  ``groups``: None (every input
       its own group), or an integer map of one sample's shape with ids ``0..G-1``
       (``patch_groups``).  ``sampler``: ``"residual"`` (default), ``"marginal"``, or a callable
-      ``sampler(X, group_mask, rng) -> X_tilde``.  Association statistic only.
+      ``sampler(X, group_mask, rng) -> X_tilde``.  ``tested``: the group ids to test (default
+      all; the others get NaN).  Association statistic only.
 
     ``n_jobs``/``backend`` go to joblib (``"loky"`` processes, ``"threading"``, ``"dask"`` - a
     running ``distributed.Client`` - or ``"sequential"``); the result is bitwise the same for
@@ -79,7 +80,8 @@ def permutation_test(build, X, y, fit_kwargs, n_permutations=99, statistic="asso
     if not isinstance(null, str) or null not in NULLS:
         raise ValueError(f"{where}: null must be one of {NULLS}, received {null!r}")
     if null == "labels":
-        for name, value, default in (("groups", groups, None), ("sequential", sequential, None)):
+        for name, value, default in (("groups", groups, None), ("sequential", sequential, None),
+                                     ("tested", tested, None)):
             if value is not default:
                 raise ValueError(f"{where}: {name}= belongs to null='conditional' (per-group nulls); the label "
                                  f"permutation test has one global null - received {name}={value!r} with null='labels'")
@@ -112,7 +114,7 @@ def permutation_test(build, X, y, fit_kwargs, n_permutations=99, statistic="asso
                   batch_size=batch_size, n_jobs=n_jobs, backend=backend, checkpoint_dir=checkpoint_dir,
                   progress=progress, net0=net0, init_digest=init_digest, example=example)
     if null == "conditional":
-        return conditional_test(groups=groups, sampler=sampler, sequential=sequential, **common)
+        return conditional_test(groups=groups, sampler=sampler, sequential=sequential, tested=tested, **common)
     return _labels_test(statistic=statistic, features=features, **common)
 
 

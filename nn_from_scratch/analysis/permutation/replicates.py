@@ -188,4 +188,11 @@ class ConditionalDraws:
             return marginal_sampler(X, self.mask(j), rng)
         view = np.asarray(X).view()
         view.flags.writeable = False            # a sampler that writes into X fails loudly
-        return check_sampler_output(X, self.sampler(view, self.mask(j), rng), self.mask(j), j)
+        try:
+            out = self.sampler(view, self.mask(j), rng)
+        except ValueError as exc:
+            if "read-only" not in str(exc):
+                raise
+            raise ValueError(f"permutation_test: sampler must return a new array and leave X unchanged; it tried to "
+                             f"write into X (read-only) for group {j}: {exc}") from None
+        return check_sampler_output(X, out, self.mask(j), j)
