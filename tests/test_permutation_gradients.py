@@ -1,4 +1,4 @@
-"""input_gradients and the gradient statistics (analysis/gradients.py, seed 000).
+"""input_gradients and the gradient statistics (analysis/gradients.py).
 
 References: float64 central finite differences of f(x_i) (5-point stencil), the network's
 per-sample ``input_gradient`` loop, closed-form identities of a linear network, NumPy's mean/var.
