@@ -1,4 +1,4 @@
-"""Validity of the permutation tests by simulation: type-I error and power (issue 18).
+"""Validity of the permutation tests by simulation: type-I error and power.
 
     PYTHONPATH=$PWD python benchmarks/permutation_validity.py --replicates 200 --out perm_validity/
     PYTHONPATH=$PWD python benchmarks/permutation_validity.py --quick          # a few replicates

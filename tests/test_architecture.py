@@ -460,7 +460,6 @@ def test_the_cycle_checker_finds_lazy_and_indirect_cycles(tmp_path):
 MAX_LINES = 700
 #: today's longer files outside the restructured ones, each to be split by the work on it
 LONG_FILES = {
-    "analysis/permutation.py": "the work on analysis/permutation",
 }
 
 

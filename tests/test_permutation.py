@@ -1,4 +1,4 @@
-"""permutation_test, its p-values, adjustments, result file and figures (seed 000).
+"""permutation_test, its p-values, adjustments, result file and figures.
 
 References: hand-computed small cases, statsmodels' multipletests, a naive loop of the
 Westfall-Young definition written here, and a recorder of every (sample, label) pair that

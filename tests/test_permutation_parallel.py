@@ -142,3 +142,48 @@ def test_replicates_train_on_one_blas_thread_without_split_step_workers(capsys):
     X, y = make_data()
     net, _ = pt.train_replicate(build_mlp, X, y, FIT, seed=0, key=1)
     assert net.workers == 1 and net._sharded is None                        # no forked split-step workers
+
+
+# ------------------------------------------------------------------ the conditional test
+def run_conditional(**kw):
+    X, y = make_data()
+    args = dict(n_permutations=4, output="output", progress=False, seed=11, null="conditional")
+    args.update(kw)
+    return pt.permutation_test(args.pop("build", build_mlp), X, y, FIT, **args)
+
+
+@pytest.fixture(scope="module")
+def conditional_reference():
+    return run_conditional(), run_conditional(sequential=1)
+
+
+@pytest.mark.parametrize("n_jobs,backend", [(2, "loky"), (2, "threading"), (1, "sequential")])
+def test_conditional_bitwise_reproducible_whatever_n_jobs_and_backend(conditional_reference, n_jobs, backend):
+    full, seq = conditional_reference
+    assert_same(run_conditional(n_jobs=n_jobs, backend=backend), full)
+    other = run_conditional(n_jobs=n_jobs, backend=backend, sequential=1)      # other round sizes, same answer
+    assert_same(other, seq)
+    assert seq.fits_per_group().tolist() == other.fits_per_group().tolist()
+
+
+def test_conditional_on_a_dask_local_cluster(conditional_reference):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cl, \
+            distributed.Client(cl):
+        res = run_conditional(n_jobs=2, backend="dask")
+    assert_same(res, conditional_reference[0])
+
+
+def test_conditional_checkpoints_resume_and_refuse_other_groups(conditional_reference, tmp_path):
+    d = tmp_path / "ckpt"
+    first = run_conditional(checkpoint_dir=d)
+    assert_same(first, conditional_reference[0])
+    names = sorted(f for f in os.listdir(d) if f.startswith("replicate-"))
+    assert len(names) == 1 + 3 * 4 and "replicate-g000002-b000004.npz" in names
+    again = run_conditional(checkpoint_dir=d)
+    assert again.info["replicates_resumed"] == 1 + 3 * 4
+    assert_same(again, first)
+    with pytest.raises(pt.CheckpointError, match="another experiment.*groups"):
+        run_conditional(checkpoint_dir=d, groups=np.array([0, 0, 1]))
+    with pytest.raises(pt.CheckpointError, match="another experiment.*sampler"):
+        run_conditional(checkpoint_dir=d, sampler="marginal")

@@ -1,0 +1,246 @@
+"""``PermutationTestResult``: what ``permutation_test`` returns (docs/analysis/permutation.md, "result").
+
+Three scopes, each saying plainly which question it answers:
+
+* ``"global"`` (``null="labels"``, association): the labels permuted; exact for
+  ``H0: y independent of all of X``; its per-feature p-values do NOT localise;
+* ``"nonlinearity"`` (``null="labels"``, ``statistic="nonlinearity"``): per feature,
+  ``H0_j: the network's output is linear in x_j``;
+* ``"conditional"`` (``null="conditional"``): per group ``G`` of inputs,
+  ``H0_G: y independent of X_G given the other inputs``: which inputs matter.
+"""
+import json
+import numbers
+import os
+
+import numpy as np
+
+from ...training.serialization import write_npz_atomic
+from .pvalues import METHODS, benjamini_hochberg, holm, max_t, permutation_p_values, sequential_p_values
+
+__all__ = ["PermutationTestResult", "STATISTICS", "SCOPES", "STATEMENTS"]
+
+STATISTICS = ("association", "nonlinearity")
+SCOPES = ("global", "nonlinearity", "conditional")
+_FORMAT = "nn_from_scratch-permutation-test/1"
+
+#: the plain statement of each scope (summary, CLI, plots)
+STATEMENTS = {
+    "global": ("GLOBAL test (labels permuted): exact for H0 'y is independent of ALL of X'. Its per-input "
+               "p-values do not localise - they do not say which inputs matter (every input of a network "
+               "that learnt anything beats networks trained on shuffled labels). For which inputs matter, "
+               "use null='conditional'."),
+    "nonlinearity": ("Per-feature NONLINEARITY test (residuals of a model linear in x_j permuted): H0_j 'the "
+                     "network's output is linear in x_j', feature by feature."),
+    "conditional": ("CONDITIONAL test per group of inputs (the group redrawn given all other inputs, networks "
+                    "refitted): H0_G 'y is independent of X_G given the other inputs'. A small p says that the "
+                    "group carries information about y that the other inputs do not: it localises. Exact with "
+                    "the true conditional law; with an estimated sampler, calibrated by simulation."),
+}
+
+
+class PermutationTestResult:
+    """What ``permutation_test`` returns.
+
+    ``statistic``: the observed network's statistic, shape ``input_shape`` (global and
+    nonlinearity tests) or ``(G,)`` (conditional: one value per group);
+    ``null_distribution``: ``(B, *statistic.shape)`` (conditional with sequential stopping:
+    NaN after a group's stop); ``p_values``; ``scope``; ``groups`` (the conditional test's
+    group map, of one sample's shape); ``sequential`` (``h`` or None); ``adjusted(method)``
+    and ``significant(alpha, method)``; ``save``/``load`` (``.npz``, no pickle); ``plot``.
+    ``example``: an input drawn beside the maps (the data's first sample by default);
+    ``info``: the settings (statistic, output, seed, recipe, fingerprint, timings, fits).
+    """
+
+    def __init__(self, statistic, null_distribution, statistic_name="association", example=None, info=None, *,
+                 scope=None, groups=None, sequential=None):
+        self.statistic = np.asarray(statistic, dtype=np.float64)
+        self.null_distribution = np.asarray(null_distribution, dtype=np.float64)
+        if self.null_distribution.ndim < 1 or tuple(self.null_distribution.shape[1:]) != self.statistic.shape:
+            raise ValueError(f"PermutationTestResult: null_distribution must have shape (B, "
+                             f"*{self.statistic.shape}), received {tuple(self.null_distribution.shape)}")
+        if statistic_name not in STATISTICS:
+            raise ValueError(f"PermutationTestResult: statistic_name must be one of {STATISTICS}, received "
+                             f"{statistic_name!r}")
+        if scope is None:
+            scope = "global" if statistic_name == "association" else "nonlinearity"
+        if scope not in SCOPES:
+            raise ValueError(f"PermutationTestResult: scope must be one of {SCOPES}, received {scope!r}")
+        self.statistic_name = statistic_name
+        self.scope = scope
+        self.groups = None
+        if scope == "conditional":
+            g = np.asarray(groups) if groups is not None else None
+            if g is None or g.dtype.kind not in "iu" or self.statistic.ndim != 1 or \
+                    int(g.max()) + 1 != self.statistic.size:
+                raise ValueError(f"PermutationTestResult: scope='conditional' needs groups, an integer map with ids "
+                                 f"0..{self.statistic.size - 1} (statistic of shape {self.statistic.shape}), "
+                                 f"received {None if g is None else (g.dtype, g.shape)}")
+            self.groups = g.astype(np.int64)
+        elif groups is not None or sequential is not None:
+            raise ValueError("PermutationTestResult: groups and sequential belong to scope='conditional', received "
+                             f"scope={scope!r}")
+        self.sequential = None if sequential is None else int(sequential)
+        self.example = None if example is None else np.asarray(example)
+        self.info = dict(info or {})
+        if self.sequential is not None:
+            self.p_values = sequential_p_values(self.statistic, self.null_distribution, self.sequential)
+        else:
+            self.p_values = permutation_p_values(self.statistic, self.null_distribution)
+
+    @property
+    def n_permutations(self):
+        return int(self.null_distribution.shape[0])
+
+    @property
+    def input_shape(self):
+        """One sample's shape (for the conditional test: the group map's)."""
+        return self.groups.shape if self.groups is not None else self.statistic.shape
+
+    @property
+    def n_groups(self):
+        """The number of tested units: groups (conditional) or inputs."""
+        return int(self.statistic.size)
+
+    @property
+    def statement(self):
+        """The plain sentence of which null was tested and what its p-values mean."""
+        return STATEMENTS[self.scope]
+
+    @property
+    def joint_null(self):
+        """True when one set of null networks gave every feature's null (the global test): max-T applies."""
+        return self.scope == "global"
+
+    def _default_method(self):
+        return "maxT" if self.joint_null else "holm"
+
+    def adjusted(self, method="maxT"):
+        """Adjusted p-values: ``"holm"``, ``"bh"`` (SciPy's ``false_discovery_control``), ``"maxT"``
+        (Westfall-Young step-down from the joint null: the global test only), ``"bonferroni"`` or ``"none"``."""
+        if method not in METHODS:
+            raise ValueError(f"adjusted: method must be one of {METHODS}, received {method!r}")
+        p = self.p_values
+        if method == "none":
+            return p.copy()
+        if method == "bonferroni":
+            return np.minimum(1.0, p * int((~np.isnan(p)).sum()))
+        if method == "holm":
+            return holm(p)
+        if method == "bh":
+            return benjamini_hochberg(p)
+        if self.scope == "conditional":
+            raise ValueError("adjusted: method='maxT' needs one joint null distribution of all groups; the "
+                             "conditional test draws a separate null for every group (no joint null across "
+                             "groups): use method 'holm' (family-wise error) or 'bh' (false discovery rate), "
+                             "received 'maxT'")
+        if not self.joint_null:
+            raise ValueError("adjusted: method='maxT' needs a joint null of all features (the association "
+                             "test); the nonlinearity test's nulls are fitted feature by feature: use "
+                             "'holm' or 'bh'")
+        return max_t(self.statistic, self.null_distribution)
+
+    def significant(self, alpha=0.05, method=None):
+        """Boolean array ``adjusted(method) <= alpha`` (``method`` None: ``"maxT"`` for the global
+        test, ``"holm"`` otherwise); NaN (untested) entries are False."""
+        if not (isinstance(alpha, numbers.Real) and 0 < alpha < 1):
+            raise ValueError(f"significant: alpha must be in (0, 1), received {alpha!r}")
+        adj = self.adjusted(method or self._default_method())
+        return np.nan_to_num(adj, nan=2.0) <= alpha
+
+    def map(self, values):
+        """Per-group ``values (G,)`` spread over the group map (one sample's shape); others: as given."""
+        values = np.asarray(values)
+        return values[self.groups] if self.groups is not None else values
+
+    def summary(self, alpha=0.05, method=None):
+        """A JSON-able dictionary of the settings and the headline numbers (with the scope's statement)."""
+        method = method or self._default_method()
+        sig = self.significant(alpha, method)
+        p = self.p_values
+        out = {
+            "scope": self.scope, "statement": self.statement,
+            "statistic": self.statistic_name, "n_permutations": self.n_permutations,
+            "input_shape": list(self.input_shape), "alpha": alpha, "method": method,
+            "n_features": int(np.prod(self.input_shape)), "n_tested": int((~np.isnan(p)).sum()),
+            "n_significant": int(sig.sum()), "n_raw_p_below_alpha": int((np.nan_to_num(p, nan=2.0) <= alpha).sum()),
+            "min_p": float(np.nanmin(p)) if np.isfinite(p).any() else None,
+            "smallest_attainable_p": 1.0 / (self.n_permutations + 1),
+        }
+        if self.scope == "conditional":
+            out.update({"n_groups": self.n_groups, "sequential": self.sequential,
+                        "fits_per_group": self.fits_per_group().tolist(), "p_values": p.tolist()})
+        out["info"] = self.info
+        return out
+
+    def fits_per_group(self):
+        """Null replicates each group's p-value uses (conditional test; B without sequential stopping)."""
+        return (~np.isnan(self.null_distribution)).sum(axis=0).reshape(-1)
+
+    # ------------------------------------------------------------- files
+    def save(self, path):
+        """Write the result to ``path`` (``.npz``), atomically; ``PermutationTestResult.load`` reads it."""
+        arrays = {"__format__": np.array(_FORMAT), "statistic": self.statistic,
+                  "null_distribution": self.null_distribution, "p_values": self.p_values,
+                  "statistic_name": np.array(self.statistic_name), "scope": np.array(self.scope),
+                  "info": np.array(json.dumps(self.info, default=_json_default))}
+        if self.example is not None:
+            arrays["example"] = self.example
+        if self.groups is not None:
+            arrays["groups"] = self.groups
+        if self.sequential is not None:
+            arrays["sequential"] = np.array(self.sequential)
+        write_npz_atomic(path, arrays)
+        return path
+
+    @classmethod
+    def load(cls, path):
+        """Read a file written by ``save`` (``allow_pickle=False``); a damaged file raises ``ValueError``."""
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"PermutationTestResult.load: no file at {os.path.abspath(path)!r}")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+        except Exception as exc:            # zipfile/pickle/format errors: one clear message
+            raise ValueError(f"PermutationTestResult.load: {path!r} is not a readable .npz file "
+                             f"({type(exc).__name__}: {exc})") from None
+        fmt = arrays.get("__format__")
+        if fmt is None or str(fmt) != _FORMAT:
+            raise ValueError(f"PermutationTestResult.load: {path!r} is not a permutation-test result (format "
+                             f"{None if fmt is None else str(fmt)!r}, expected {_FORMAT!r})")
+        missing = [k for k in ("statistic", "null_distribution", "statistic_name", "info") if k not in arrays]
+        if missing:
+            raise ValueError(f"PermutationTestResult.load: {path!r} lacks {missing}")
+        seq = arrays.get("sequential")
+        res = cls(arrays["statistic"], arrays["null_distribution"], str(arrays["statistic_name"]),
+                  example=arrays.get("example"), info=json.loads(str(arrays["info"])),
+                  scope=str(arrays["scope"]) if "scope" in arrays else None, groups=arrays.get("groups"),
+                  sequential=None if seq is None else int(seq))
+        if "p_values" in arrays and not np.array_equal(res.p_values, arrays["p_values"], equal_nan=True):
+            raise ValueError(f"PermutationTestResult.load: {path!r} is inconsistent (its p-values do not follow "
+                             "from its statistic and null distribution)")
+        return res
+
+    def plot(self, alpha=0.05, method=None, example=None, feature_names=None):
+        """Image inputs: the statistic map and the ``-log10 p`` map side by side with an example input;
+        tabular inputs: a bar chart of ``-log10 p`` with the significance threshold.  The title names
+        the scope (global / conditional).  Returns the figure."""
+        from .. import permutation_plots  # noqa: PLC0415 - matplotlib only when plotting
+        method = method or self._default_method()
+        self.adjusted(method)                       # a refused method (maxT, conditional) fails here, clearly
+        return permutation_plots.plot_result(self, alpha=alpha, method=method, example=example,
+                                             feature_names=feature_names)
+
+    def __repr__(self):
+        extra = f", groups={self.n_groups}" if self.scope == "conditional" else ""
+        return (f"PermutationTestResult({self.scope}, {self.statistic_name}, input_shape={self.input_shape}"
+                f"{extra}, B={self.n_permutations}, min p={np.nanmin(self.p_values):.3g})")
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return repr(o)
