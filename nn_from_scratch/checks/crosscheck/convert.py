@@ -467,7 +467,7 @@ def build_twin(layers, input_shape, dtype=None):
                 raise ShapeError(f"{layer._describe()} expects samples of shape {format_shape(exp)} but receives "
                                  f"{format_shape(shape)}")
         ldt = _layer_dtype(layer, dtype)
-        if _has_own_to_keras(layer):            # the layer's own conversion comes first (C4)
+        if _has_own_to_keras(layer):            # the layer's own conversion comes first (docs/CROSSCHECK.md)
             kls, carrier = _convert_custom(layer, shape, ldt, name)
         elif isinstance(layer, Linear):
             kls, carrier = _convert_linear(layer, shape, ldt, name)
