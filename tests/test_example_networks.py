@@ -1,33 +1,49 @@
-"""The example networks of ``examples/networks.py`` are the ones the studies build by hand:
-the same layers, settings and initial weights (so the study command lines can build theirs here)."""
+"""The example networks of ``examples/networks.py``, held to the studies' specifications (layer by
+layer, parameter counts computed by hand), and the study command lines build theirs there."""
 import numpy as np
 import pytest
 
+from nn_from_scratch import Convolution, GradientDescent, Linear, MaxPool, ReLU, SoftMaxLoss, Vectorization
 from nn_from_scratch.examples import networks
 
 
-def _same(a, b):
-    assert [type(layer) for layer in a.layers] == [type(layer) for layer in b.layers]
-    def settings(net):      # automatic names count up (convolution_1, convolution_2): not a setting
-        return [{k: v for k, v in layer.get_config().items()
-                 if k != "name" or not v.startswith(type(layer).__name__.lower())} for layer in net.layers]
-    assert settings(a) == settings(b)
-    assert type(a.loss_fn) is type(b.loss_fn) and a.batch_size == b.batch_size
-    assert a.optimizer.get_config() == b.optimizer.get_config() and type(a.optimizer) is type(b.optimizer)
+def test_the_study_command_lines_build_the_example_networks():
+    from nn_from_scratch.analysis.permutation_cli import build_seed_cnn
+    from nn_from_scratch.analysis.separation_cli import separation_cnn
+    assert separation_cnn is networks.separation_cnn
+    a, b = build_seed_cnn(7, lr=0.01, momentum=0.5, batch_size=16), networks.permutation_cnn(7, 0.01, 0.5, 16)
     for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(wa, wb)
 
 
-@pytest.mark.parametrize("kw", [{}, {"channels": (4, 6), "hidden": 12, "seed": 3, "batch_size": 8}])
-def test_separation_cnn_is_the_separation_studys(kw):
-    from nn_from_scratch.analysis.separation_cli import separation_cnn
-    _same(networks.separation_cnn(**kw), separation_cnn(**kw))
-    assert networks.separation_cnn(**kw).name == "separation_cnn"
+@pytest.mark.parametrize("channels, hidden", [((8, 16), 64), ((32, 64), 512)])
+def test_separation_cnn_is_the_specified_network(channels, hidden):
+    c1, c2 = channels
+    net = networks.separation_cnn(channels=channels, hidden=hidden, seed=3, batch_size=8)
+    assert [layer.name for layer in net.layers] == ["conv1", "relu1", "maxpool1", "conv2", "relu2", "maxpool2",
+                                                    "flatten", "fc1", "relu3", "fc2"]
+    assert [type(layer) for layer in net.layers] == [Convolution, ReLU, MaxPool, Convolution, ReLU, MaxPool,
+                                                     Vectorization, Linear, ReLU, Linear]
+    # 3x3 convolutions with padding 1 keep 28 and 14; each 2x2 pool halves
+    counts = [c1 * 9 + c1, 0, 0, c2 * c1 * 9 + c2, 0, 0, 0, (c2 * 49 + 1) * hidden, 0, (hidden + 1) * 10]
+    assert [layer.count_params() for layer in net.layers] == counts
+    out = net.predict(np.zeros((2, 1, 28, 28), np.float32))
+    assert out.shape == (2, 10) and net.name == "separation_cnn" and net.batch_size == 8
+    assert isinstance(net.loss_fn, SoftMaxLoss) and net.optimizer.get_config()["lr"] == pytest.approx(1e-3)
+    same, other = networks.separation_cnn(channels, hidden, seed=3), networks.separation_cnn(channels, hidden, seed=4)
+    assert all(np.array_equal(x, y) for x, y in zip(net.get_weights(), same.get_weights()))
+    assert not all(np.array_equal(x, y) for x, y in zip(net.get_weights(), other.get_weights()))
 
 
-@pytest.mark.parametrize("seed", [0, 7])
-def test_permutation_cnn_is_the_permutation_studys(seed):
-    from nn_from_scratch.analysis.permutation_cli import build_seed_cnn
-    _same(networks.permutation_cnn(seed), build_seed_cnn(seed))
-    _same(networks.permutation_cnn(seed, lr=0.01, momentum=0.5, batch_size=16),
-          build_seed_cnn(seed, lr=0.01, momentum=0.5, batch_size=16))
+def test_permutation_cnn_is_the_specified_network():
+    net = networks.permutation_cnn(5, lr=0.01, momentum=0.5, batch_size=16)
+    assert [type(layer) for layer in net.layers] == [Convolution, ReLU, Vectorization, Linear]
+    # 15x15 kernels, 2 filters on 28x28 -> (2, 14, 14) = 392 features -> 10 classes
+    assert [layer.count_params() for layer in net.layers] == [2 * 225 + 2, 0, 0, 393 * 10]
+    assert isinstance(net.optimizer, GradientDescent) and net.batch_size == 16
+    assert net.optimizer.get_config()["lr"] == pytest.approx(0.01)
+    assert net.optimizer.get_config()["momentum"] == pytest.approx(0.5)
+    conv, dense = net.layers[0], net.layers[3]
+    limit = np.sqrt(6 / (225 + 2 * 225))                   # Glorot-uniform: fan_in 1*225, fan_out 2*225
+    assert np.abs(conv.W).max() <= limit and np.abs(conv.W).max() > 0.8 * limit
+    assert not np.any(conv.b) and not np.any(dense.W[0])   # zero biases (the Linear's row 0)

@@ -45,6 +45,8 @@ import time
 
 import numpy as np
 
+from ..examples.networks import permutation_cnn
+
 __all__ = ["build_seed_cnn", "seed_inputs", "seed_loop_network", "main", "run", "DEFAULTS"]
 
 DEFAULTS = {"permutations": 99, "jobs": 1, "epochs": 3, "batch_size": 64, "lr": 1e-3, "momentum": 0.9,
@@ -55,11 +57,8 @@ DEFAULT_METHOD = {"labels": "maxT", "conditional": "bh"}
 
 
 def build_seed_cnn(seed, lr=DEFAULTS["lr"], momentum=DEFAULTS["momentum"], batch_size=DEFAULTS["batch_size"]):
-    """The seed's CNN, freshly initialized from ``seed`` (Glorot-uniform weights, zero biases)."""
-    from .. import Convolution, GradientDescent, Linear, NeuralNetwork, ReLU, SoftMaxLoss, Vectorization  # noqa: PLC0415
-    return NeuralNetwork([Convolution((None, 1, 28, 28), kernel_size=15, output_layers=2, use_bias=True, seed=seed),
-                          ReLU(), Vectorization(), Linear(392, 10, seed=seed + 1)], SoftMaxLoss(),
-                         optimizer=GradientDescent(lr=lr, momentum=momentum), batch_size=batch_size)
+    """The seed's CNN, freshly initialized from ``seed`` (``examples.networks.permutation_cnn``)."""
+    return permutation_cnn(seed, lr=lr, momentum=momentum, batch_size=batch_size)
 
 
 class _SeedCNN:

@@ -33,38 +33,9 @@ import time
 
 import numpy as np
 
+from ...examples.networks import separation_cnn  # the study's network, built in one place (re-exported)
+
 __all__ = ["separation_cnn", "run", "run_model", "main"]
-
-
-def separation_cnn(channels=(8, 16), hidden=64, n_classes=10, batch_size=32, optimizer=None, seed=0):
-    """The seed's CNN shape for ``(N, 1, 28, 28)`` digits, with narrower layers for a CPU.
-
-    Layer names: conv1, relu1, maxpool1, conv2, relu2, maxpool2, flatten, fc1, relu3, fc2
-    (the seed's names; its ``softmax`` is in the loss).  The seed's own widths are
-    ``channels=(32, 64), hidden=512`` (with padding 1 here instead of its 3).
-    """
-    from ...layers.activations import ReLU  # noqa: PLC0415
-    from ...layers.reshape import Vectorization
-    from ...layers.losses import SoftMaxLoss  # noqa: PLC0415
-    from ...training.network import NeuralNetwork  # noqa: PLC0415
-    from ...layers.conv import Convolution  # noqa: PLC0415
-    from ...layers.dense import Linear
-    from ...training.optimizers import Adam  # noqa: PLC0415
-    from ...layers.pooling import MaxPool  # noqa: PLC0415
-    rng = np.random.default_rng(seed)
-    c1, c2 = (int(c) for c in channels)
-    layers = [
-        Convolution((None, 1, 28, 28), kernel_size=3, output_layers=c1, padding=1, seed=rng, name="conv1"),
-        ReLU(name="relu1"), MaxPool(pool_size=2, name="maxpool1"),
-        Convolution((None, c1, 14, 14), kernel_size=3, output_layers=c2, padding=1, seed=rng, name="conv2"),
-        ReLU(name="relu2"), MaxPool(pool_size=2, name="maxpool2"),
-        Vectorization(name="flatten"),
-        Linear(c2 * 49, int(hidden), seed=rng, name="fc1"), ReLU(name="relu3"),
-        Linear(int(hidden), int(n_classes), seed=rng, name="fc2"),
-    ]
-    return NeuralNetwork(layers, loss_fn=SoftMaxLoss(name="softmax_loss"),
-                         optimizer=optimizer if optimizer is not None else Adam(lr=1e-3),
-                         batch_size=batch_size, name="separation_cnn")
 
 
 def _load(test_dir, seed):
