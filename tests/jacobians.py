@@ -1,4 +1,4 @@
-"""A reference shared by the curvature and K-FAC tests: a layer's output Jacobian by central differences."""
+"""References shared by the tests: a layer's output Jacobian, and a gradient, by central differences."""
 import numpy as np
 
 from nn_from_scratch.kfac import statistics as ls
@@ -19,3 +19,16 @@ def fd_output_jacobian(net, layer, X, h=0.5):
         cols.append((outs[0] - outs[1]) / (2 * h))
     layer.set_params(**ls.from_matrix(layer, M0))
     return np.stack(cols, axis=2)
+
+
+def finite_difference(f, x, h=1e-3):
+    """The gradient of the scalar ``f`` at ``x`` by 5-point central differences: error O(h^4) +
+    O(eps/h), ~1e-12 for the smooth float64 functions the tests use."""
+    g = np.zeros_like(x)
+    for j in np.ndindex(x.shape):
+        def at(t):
+            xx = x.copy()
+            xx[j] += t
+            return f(xx)
+        g[j] = (-at(2 * h) + 8 * at(h) - 8 * at(-h) + at(-2 * h)) / (12 * h)
+    return g

@@ -17,6 +17,7 @@ from nn_from_scratch.engine import unrolled_conv
 from nn_from_scratch.engine.input_gradients import ConvInputUnit, InputGradientPass
 from nn_from_scratch.engine.unrolled_conv import UnrolledConv, unrolled_applies, unrolled_matrix
 from nn_from_scratch.layers.geometry import resolve_padding
+from jacobians import finite_difference
 
 
 def plain(layers, X, g):
@@ -222,18 +223,6 @@ def test_upstream_of_the_wrong_shape_is_named():
 
 
 # -- input_gradients: finite differences, both paths ----------------------------------------------------
-def finite_difference(f, x, h=1e-3):
-    """5-point central differences (error O(h^4) + O(eps/h), ~1e-12 here)."""
-    g = np.zeros_like(x)
-    for j in np.ndindex(x.shape):
-        def at(t):
-            xx = x.copy()
-            xx[j] += t
-            return f(xx)
-        g[j] = (-at(2 * h) + 8 * at(h) - 8 * at(-h) + at(-2 * h)) / (12 * h)
-    return g
-
-
 @pytest.mark.parametrize("engine", [True, False], ids=["engine", "layers"])
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_input_gradients_equal_finite_differences(name, engine):

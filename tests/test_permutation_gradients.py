@@ -8,6 +8,7 @@ import pytest
 
 from nn_from_scratch import Convolution, Linear, MSELoss, NeuralNetwork, ReLU, SoftMaxLoss, Tanh, Vectorization
 from nn_from_scratch.analysis import permutation as pt
+from jacobians import finite_difference
 
 
 def dense_net():
@@ -41,18 +42,6 @@ def scalar_f(net, mode, index=None, weights=None):
             return z.max() - (np.log(np.exp(z - z.max()).sum()) + z.max())
         return float(z @ weights)
     return f
-
-
-def finite_difference(f, x, h=1e-3):
-    """5-point central differences: error O(h^4) + O(eps/h), ~1e-12 here."""
-    g = np.zeros_like(x)
-    for j in np.ndindex(x.shape):
-        def at(t):
-            xx = x.copy()
-            xx[j] += t
-            return f(xx)
-        g[j] = (-at(2 * h) + 8 * at(h) - 8 * at(-h) + at(-2 * h)) / (12 * h)
-    return g
 
 
 W_CALL = np.array([0.3, -1.2, 0.7, 2.0])
