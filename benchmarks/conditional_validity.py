@@ -28,27 +28,19 @@ stopped run resumes).
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from permutation_validity import mechanism  # noqa: E402  (g: linear, x^2 - 1, |x| - sqrt(2/pi))
+
 ALPHA = 0.05
 B = 19
 T1_BETA = {"linear": 0.5, "quadratic": 0.5, "abs": 1.0}
 T2_ACTIVE, T2_TESTED = 5, {"active": 5, "up": 1, "left": 4, "right": 6, "down": 9, "far stroke": 14, "blank corner": 0}
-
-
-def _g(name, x):
-    if name == "linear":
-        return x
-    if name == "quadratic":
-        return x * x - 1
-    if name == "abs":
-        return np.abs(x) - math.sqrt(2 / math.pi)
-    raise ValueError(f"unknown mechanism {name!r}")
 
 
 def mlp(seed, p, hidden=8):
@@ -107,7 +99,7 @@ def t1_data(rng, mech, rho, n, p=6):
     cov = np.eye(p)
     cov[0, 1] = cov[1, 0] = rho
     X = rng.multivariate_normal(np.zeros(p), cov, size=n)
-    y = T1_BETA[mech] * _g(mech, X[:, 0]) + 0.5 * X[:, 2] + rng.standard_normal(n)
+    y = T1_BETA[mech] * mechanism(mech, X[:, 0]) + 0.5 * X[:, 2] + rng.standard_normal(n)
     X = (X - X.mean(0)) / X.std(0)
     y = (y - y.mean()) / y.std()
     return X.astype(np.float32), y.reshape(-1, 1).astype(np.float32)
