@@ -28,12 +28,6 @@ ABSOLUTE_PATH = re.compile(
     r"(?<![\w.~-])/(?:work|home|root|tmp|Users|mnt|opt|var|srv|scratch)/"
     r"|(?<![\w])[A-Za-z]:\\\\?[A-Za-z_]")
 
-#: Notebooks whose stored outputs are re-executed by other engineers (their source
-#: line must become ``find_test_set(relative_to=".")``); the test still runs and
-#: reports them, without failing the suite until they are re-executed.
-REEXECUTED_ELSEWHERE = set()
-
-
 def _documents():
     pages = sorted(glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True))
     return [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "benchmarks", "RESULTS.md")] + pages
@@ -137,10 +131,7 @@ def test_the_absolute_path_pattern_can_fail():
 
 def _notebook_params():
     for path in sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb"))):
-        name = os.path.basename(path)
-        marks = [pytest.mark.xfail(strict=False, reason="re-executed by their owners")] \
-            if name in REEXECUTED_ELSEWHERE else []
-        yield pytest.param(path, id=name, marks=marks)
+        yield pytest.param(path, id=os.path.basename(path))
 
 
 @pytest.mark.parametrize("notebook", list(_notebook_params()))

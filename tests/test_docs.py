@@ -27,12 +27,6 @@ DOCS = os.path.join(ROOT, "docs")
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
 REQUIRES = re.compile(r"\A\s*#\s*requires:\s*(\w+)")
 
-#: Pages whose examples are being rewritten by their owners in another branch: their
-#: blocks still run and report, without failing the suite, until that branch lands.
-#: pages whose examples are known not to run yet, with the reason (none today)
-PENDING_ELSEWHERE = {}
-
-
 def _mkdocs_missing():
     for module in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python"):
         try:
@@ -98,10 +92,7 @@ def _page_params():
     for page in pages():
         if not python_blocks(page):
             continue
-        marks = []
-        if os.path.basename(page) in PENDING_ELSEWHERE:
-            marks.append(pytest.mark.xfail(strict=False, reason=PENDING_ELSEWHERE[os.path.basename(page)]))
-        yield pytest.param(page, id=page, marks=marks)
+        yield pytest.param(page, id=page)
 
 
 def test_the_docs_have_examples():
