@@ -24,15 +24,16 @@ Statistics (``analysis/gradients.py``): with ``D_ij = d f(x_i) / d x_j`` (``inpu
 
 The package, one concept per module: ``pvalues`` (p-values, sequential p-values,
 adjustments), ``result`` (``PermutationTestResult``), ``groups`` (``patch_groups``),
-``samplers``, ``replicates`` (seeds, training one replicate), ``checkpoints``, ``parallel``
-(joblib backends), ``conditional`` (the conditional test), ``core`` (``permutation_test``).
+``samplers``, ``replicates`` (seeds, training one replicate), ``recipe`` (per-replicate callbacks, the
+recipe's description), ``checkpoints``, ``parallel`` (workers, deadlines), ``guards`` (memory,
+diverged replicates), ``conditional`` (the conditional test), ``core`` (``permutation_test``).
 """
 from ..gradients import (OUTPUT_MODES, GradientMoments, association_statistic, gradient_statistics, input_gradients,
                          iter_input_gradients, nonlinearity_statistic)
 from .checkpoints import CheckpointError
 from .core import NULLS, permutation_test
 from .groups import patch_groups
-from .parallel import BACKENDS
+from .parallel import BACKENDS, ReplicateDeadlineWarning
 from .pvalues import (METHODS, benjamini_hochberg, holm, max_t, permutation_p_values, sequential_p_values,
                       smallest_adjusted_p)
 from .replicates import replicate_seeds, train_replicate
@@ -44,4 +45,4 @@ __all__ = ["input_gradients", "iter_input_gradients", "association_statistic", "
            "permutation_p_values", "holm", "benjamini_hochberg", "max_t", "replicate_seeds", "train_replicate",
            "OUTPUT_MODES", "STATISTICS", "BACKENDS", "METHODS", "CheckpointError",
            "NULLS", "SCOPES", "STATEMENTS", "SAMPLERS", "patch_groups", "sequential_p_values", "smallest_adjusted_p",
-           "residual_sampler", "marginal_sampler"]
+           "residual_sampler", "marginal_sampler", "ReplicateDeadlineWarning"]

@@ -24,27 +24,21 @@ sizes (replicates past a group's stop are run by a round but not used: NaN in th
 """
 import functools
 import math
-import os
 import time
 
 import numpy as np
 
 from ...backend import to_numpy
-from .checkpoints import Checkpoints, fingerprint
+from .checkpoints import Checkpoints, fingerprint, task_name
 from .groups import check_groups, group_sums
-from .parallel import Task, check_distinct_starts, execute, pool, progress_bar, stat_shape
+from .guards import check_result_memory, warn_diverged
+from .parallel import Replicates, Runner, Task, check_distinct_starts, execute, progress_bar, stat_shape
 from .pvalues import sequential_stop
 from .replicates import REDUCED_KEY, ConditionalDraws, replicate_seeds, run_task
 from .result import PermutationTestResult
 from .samplers import SAMPLERS, fit_residual, gram_of
 
 __all__ = ["conditional_test"]
-
-
-def _workers(n_jobs, backend):
-    if backend == "sequential" or n_jobs == 1 and backend != "dask":
-        return 1
-    return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)
 
 
 def _check_tested(tested, n_groups):
@@ -78,13 +72,15 @@ def _draws(X, flat, n_groups, sampler, tested):
 
 
 def conditional_test(build, X, y, fit_kwargs, B, seed, output, index, batch_size, n_jobs, backend, checkpoint_dir,
-                     progress, net0, init_digest, example, groups, sampler, sequential, tested=None):
+                     progress, net0, init_digest, example, groups, sampler, sequential, tested=None, deadline=None):
     """``permutation_test(..., null="conditional")``: see the module docstring."""
     from threadpoolctl import threadpool_limits  # noqa: PLC0415
     t_start = time.perf_counter()
     shape = stat_shape(net0, X)
     flat, G = check_groups(groups, X.shape[1:], shape)
     tested = _check_tested(tested, G)
+    n_tasks = 1 + len(tested) * B
+    check_result_memory(B, n_tasks, 1, B * G)
     Xh = np.asarray(to_numpy(X))
     with threadpool_limits(limits=1):
         draws = _draws(Xh, flat, G, sampler, tested)
@@ -99,34 +95,44 @@ def conditional_test(build, X, y, fit_kwargs, B, seed, output, index, batch_size
               output=output, index=index, batch_size=batch_size, conditional=draws)
     obs_task = ("obs", None, 0)
     shape_of = lambda t: shape if t == obs_task else (1,)  # noqa: E731
-    results, digests = {}, {}
-    bar = progress_bar(progress, 1 + len(tested) * B, 0)
+    reps = Replicates()
+    results = reps.results
+    bar = progress_bar(progress, n_tasks, 0)
     resumed = 0
+
+    def tasks():                                # drawn lazily by the workers
+        yield obs_task
+        for g in tested:
+            for b in range(1, B + 1):
+                yield ("cond", g, b)
+
     try:
-        with threadpool_limits(limits=1), pool(backend):
+        with threadpool_limits(limits=1), Runner(fn, n_jobs, backend, n_tasks, deadline) as runner:
             if sequential is None:
-                tasks = [obs_task] + [("cond", g, b) for g in tested for b in range(1, B + 1)]
-                resumed += execute(tasks, fn, ckpt, n_jobs, backend, shape_of, results, digests, bar)
+                resumed += execute(tasks(), runner, ckpt, shape_of, reps, bar)
             else:
-                resumed += execute([obs_task], fn, ckpt, n_jobs, backend, shape_of, results, digests, bar)
+                resumed += execute([obs_task], runner, ckpt, shape_of, reps, bar)
                 T0 = group_sums(results[obs_task], flat, G)
-                resumed += _sequential_rounds(T0, tested, B, sequential, _workers(n_jobs, backend),
-                                              lambda ts: execute(ts, fn, ckpt, n_jobs, backend, shape_of, results,
-                                                                 digests, bar), results)
+                resumed += _sequential_rounds(T0, tested, B, sequential, runner.workers,
+                                              lambda ts: execute(ts, runner, ckpt, shape_of, reps, bar), results)
     finally:
         if bar is not None:
             bar.close()
-    check_distinct_starts(list(results), digests)
+    check_distinct_starts(results, reps.digests)
     T0 = group_sums(results[obs_task], flat, G)
     T0[np.setdiff1d(np.arange(G), tested)] = np.nan        # untested groups: no p-value
     null = np.full((B, G), np.nan)
     for (kind, g, b), stat in results.items():
         if kind == "cond":
             null[b - 1, g] = stat[0]
+    used = {g: B for g in tested}
     if sequential is not None:                     # replicates past a group's stop are not part of its test
         for g in tested:
             _, L = sequential_stop(T0[g], null[:, g], sequential, B)
             null[L:, g] = np.nan
+            used[g] = max(L, next((b + 1 for b in range(B) if ("cond", g, b + 1) in reps.diverged
+                                   and np.isnan(null[b, g])), 0))
+    warn_diverged(reps.diverged, obs_task, used=lambda t: t == obs_task or t[2] <= used[t[1]])
     fits = [{"method": f.method, "penalty": f.penalty} for f in (draws.fits or []) if f is not None]
     sampler_fits = sorted({(f["method"], f["penalty"]) for f in fits}, key=str) if fits else None
     info = {"null": "conditional", "statistic": "association", "output": fp["output"], "index": index, "seed": seed,
@@ -134,7 +140,8 @@ def conditional_test(build, X, y, fit_kwargs, B, seed, output, index, batch_size
             "tested": tested, "sampler": fp["sampler"], "sampler_fits": sampler_fits, "sequential": sequential,
             "n_jobs": n_jobs, "backend": backend, "wall_time_s": time.perf_counter() - t_start,
             "replicates_resumed": resumed, "n_fits": len(results),
-            "n_fits_used": 1 + int((~np.isnan(null)).sum()), "fingerprint": fp}
+            "n_fits_used": 1 + int((~np.isnan(null)).sum()),
+            "diverged_replicates": sorted(task_name(t) for t in reps.diverged), "fingerprint": fp}
     return PermutationTestResult(T0, null, "association", example=example, info=info, scope="conditional",
                                  groups=group_map, sequential=sequential)
 
@@ -157,6 +164,6 @@ def _sequential_rounds(T0, tested, B, h, workers, run, results):
         for g in active:
             column = [results[("cond", g, b)][0] for b in range(1, next_b[g])]
             stopped, _ = sequential_stop(T0[g], np.asarray(column, dtype=np.float64), h, B)
-            if stopped:
+            if stopped or next_b[g] > B:           # (a NaN statistic - a diverged replicate - never stops it)
                 del next_b[g]
     return resumed

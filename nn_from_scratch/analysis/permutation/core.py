@@ -6,9 +6,12 @@ import time
 import numpy as np
 
 from ...backend import to_numpy
-from .checkpoints import Checkpoints, fingerprint
+from .checkpoints import Checkpoints, fingerprint, task_name
 from .conditional import conditional_test
-from .parallel import BACKENDS, Task, check_distinct_starts, execute, pool, progress_bar, stat_shape
+from .guards import check_result_memory, warn_diverged
+from .parallel import (BACKENDS, Replicates, Runner, Task, check_deadline, check_distinct_starts, execute,
+                       progress_bar, resolve_n_jobs, stat_shape)
+from .recipe import check_fit_kwargs
 from .replicates import check_build, fit_reduced, params_digest, run_task
 from .result import STATISTICS, PermutationTestResult
 
@@ -26,7 +29,7 @@ def _check_int(name, value, low):
 def permutation_test(build, X, y, fit_kwargs, n_permutations=99, statistic="association", output="max_logit",
                      n_jobs=1, backend="loky", seed=0, checkpoint_dir=None, progress=True, *, index=None,
                      features=None, batch_size=None, example=None, null="labels", groups=None, sampler="residual",
-                     sequential=None, tested=None):
+                     sequential=None, tested=None, deadline=None):
     """Which inputs matter: gradient statistics with a null from networks retrained on permuted data.
 
     ``build(seed)`` returns a fresh untrained ``NeuralNetwork`` (initialized from ``seed``);
@@ -49,9 +52,12 @@ def permutation_test(build, X, y, fit_kwargs, n_permutations=99, statistic="asso
       ``sampler(X, group_mask, rng) -> X_tilde``.  ``tested``: the group ids to test (default
       all; the others get NaN).  Association statistic only.
 
-    ``n_jobs``/``backend`` go to joblib (``"loky"`` processes, ``"threading"``, ``"dask"`` - a
-    running ``distributed.Client`` - or ``"sequential"``); the result is bitwise the same for
-    any of them.  ``checkpoint_dir``: each finished replicate is written there atomically and a
+    ``n_jobs``/``backend``: parallel replicates (``"loky"`` processes, ``"threading"``, ``"dask"``
+    - a running ``distributed.Client`` - or ``"sequential"``); the result is bitwise the same for
+    any of them.  ``n_jobs`` follows joblib (``-1``: every core) and is capped at the number of
+    replicates and at 2 x the cores (the cluster's threads for dask).  ``deadline`` (seconds,
+    default 60): a replicate a worker has not returned after ``max(deadline, 10 x the slowest
+    replicate so far)`` is run in this process instead, with a warning (``parallel.py``).  ``checkpoint_dir``: each finished replicate is written there atomically and a
     rerun resumes.  ``progress``: a tqdm bar counting networks.  Keyword-only extras:
     ``index`` (for ``output="logit"``), ``features`` (the nonlinearity test: which columns to
     test, default all), ``batch_size`` (of the gradient passes), ``example`` (an input drawn
@@ -75,8 +81,13 @@ def permutation_test(build, X, y, fit_kwargs, n_permutations=99, statistic="asso
         raise ValueError(f"{where}: statistic must be one of {STATISTICS}, received {statistic!r}")
     if backend not in BACKENDS:
         raise ValueError(f"{where}: backend must be one of {BACKENDS}, received {backend!r}")
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral) or n_jobs == 0:
-        raise ValueError(f"{where}: n_jobs must be a non-zero integer (-1: all cores), received {n_jobs!r}")
+    if backend != "dask":              # (dask: the cluster's threads are counted when the test starts)
+        resolve_n_jobs(n_jobs, backend, 1, where, quiet=True)
+    elif isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral) or n_jobs == 0:
+        raise ValueError(f"{where}: n_jobs must be a non-zero integer (-1: every core, -2: all but one, ...), "
+                         f"received {n_jobs!r}")
+    check_deadline(deadline, where)
+    check_fit_kwargs(fit_kwargs)
     if not isinstance(null, str) or null not in NULLS:
         raise ValueError(f"{where}: null must be one of {NULLS}, received {null!r}")
     if null == "labels":
@@ -112,14 +123,14 @@ def permutation_test(build, X, y, fit_kwargs, n_permutations=99, statistic="asso
         example = to_numpy(X[0])
     common = dict(build=build, X=X, y=y, fit_kwargs=fit_kwargs, B=B, seed=seed, output=output, index=index,
                   batch_size=batch_size, n_jobs=n_jobs, backend=backend, checkpoint_dir=checkpoint_dir,
-                  progress=progress, net0=net0, init_digest=init_digest, example=example)
+                  progress=progress, net0=net0, init_digest=init_digest, example=example, deadline=deadline)
     if null == "conditional":
         return conditional_test(groups=groups, sampler=sampler, sequential=sequential, tested=tested, **common)
     return _labels_test(statistic=statistic, features=features, **common)
 
 
 def _labels_test(build, X, y, fit_kwargs, B, seed, output, index, batch_size, n_jobs, backend, checkpoint_dir,
-                 progress, net0, init_digest, example, statistic, features):
+                 progress, net0, init_digest, example, statistic, features, deadline):
     """The label-permutation tests: global association, or per-feature nonlinearity."""
     where = "permutation_test"
     n = X.shape[0]
@@ -139,29 +150,43 @@ def _labels_test(build, X, y, fit_kwargs, B, seed, output, index, batch_size, n_
         feats = None
     from threadpoolctl import threadpool_limits  # noqa: PLC0415
 
+    shape = stat_shape(net0, X)
+    size = int(np.prod(shape))
+    n_tasks = 1 + B * (len(feats) if feats else 1)
+    check_result_memory(B, n_tasks, size, B * size)
     fp = fingerprint(X, y, fit_kwargs, statistic, output, index, seed, feats, init_digest)
     ckpt = Checkpoints(checkpoint_dir, fp) if checkpoint_dir is not None else None
     t_start = time.perf_counter()
-    shape = stat_shape(net0, X)
+    obs_task = ("obs", None, 0) if statistic == "nonlinearity" else ("assoc", None, 0)
+
+    def tasks():                                # drawn lazily by the workers
+        yield obs_task
+        if statistic == "nonlinearity":
+            for j in feats:
+                for b in range(1, B + 1):
+                    yield ("nonlin", j, b)
+        else:
+            for b in range(1, B + 1):
+                yield ("assoc", None, b)
+
     with threadpool_limits(limits=1):         # the threading/sequential/in-process replicates too
         reduced = None
         if statistic == "nonlinearity":
             reduced = {j: fit_reduced(build, X, y, fit_kwargs, seed, j, output) for j in feats}
-            tasks = [("obs", None, 0)] + [("nonlin", j, b) for j in feats for b in range(1, B + 1)]
-        else:
-            tasks = [("assoc", None, b) for b in range(0, B + 1)]
-        results, digests = {}, {}
+        reps = Replicates()
         fn = Task(run_task, build=build, X=X, y=y, fit_kwargs=fit_kwargs, seed=seed, statistic=statistic,
                   output=output, index=index, batch_size=batch_size, reduced=reduced)
-        bar = progress_bar(progress, len(tasks), 0)
+        bar = progress_bar(progress, n_tasks, 0)
         try:
-            with pool(backend):
-                resumed = execute(tasks, fn, ckpt, n_jobs, backend, lambda t: shape, results, digests, bar)
+            with Runner(fn, n_jobs, backend, n_tasks, deadline) as runner:
+                resumed = execute(tasks(), runner, ckpt, lambda t: shape, reps, bar)
         finally:
             if bar is not None:
                 bar.close()
-    check_distinct_starts(tasks, digests)
-    observed = results[tasks[0]]
+    results = reps.results
+    check_distinct_starts(results, reps.digests)
+    warn_diverged(reps.diverged, obs_task)
+    observed = results[obs_task]
     if statistic == "association":
         null = np.stack([results[("assoc", None, b)] for b in range(1, B + 1)])
     else:
@@ -174,6 +199,7 @@ def _labels_test(build, X, y, fit_kwargs, B, seed, output, index, batch_size, n_
     info = {"null": "labels", "statistic": statistic, "output": fp["output"], "index": index, "seed": seed,
             "n_permutations": B, "n_samples": int(n), "fit_kwargs": fp["fit_kwargs"],
             "features": feats, "n_jobs": n_jobs, "backend": backend, "wall_time_s": time.perf_counter() - t_start,
-            "replicates_resumed": resumed, "n_fits": len(tasks) + (2 * len(feats) if feats else 0),
+            "replicates_resumed": resumed, "n_fits": n_tasks + (2 * len(feats) if feats else 0),
+            "diverged_replicates": sorted(task_name(t) for t in reps.diverged),
             "fingerprint": fp}
     return PermutationTestResult(observed, null, statistic, example=example, info=info)

@@ -18,9 +18,10 @@ from ...backend import to_numpy
 from ...training.network import TrainingWarning
 from ..gradients import check_output_mode, gradient_statistics
 from .groups import group_sums
+from .recipe import fresh_fit_kwargs
 from .samplers import check_sampler_output, draw_residual, marginal_sampler
 
-__all__ = ["replicate_seeds", "train_replicate", "run_task", "fit_reduced", "check_build", "params_digest",
+__all__ = ["replicate_seeds", "train_replicate", "run_task", "diverged", "fit_reduced", "check_build", "params_digest",
            "REDUCED_KEY"]
 
 REDUCED_KEY = 1 << 30          # spawn keys of the reduced-model fits: (REDUCED_KEY + j, round)
@@ -72,7 +73,7 @@ def train_replicate(build, X, y, fit_kwargs, seed, key=0, permute=None):
         net = _built(build, build_seed)
         digest = params_digest(net)
         yy = y[np.random.default_rng(perm_seed).permutation(len(y))] if permute else y
-        kwargs = {"verbose": 0, **dict(fit_kwargs or {})}
+        kwargs = {"verbose": 0, **fresh_fit_kwargs(fit_kwargs)}      # its own callbacks (recipe.py)
         net.fit(X, yy, seed=fit_seed, **kwargs)
     return net, digest
 
@@ -82,9 +83,18 @@ def _statistic_of(net, X, statistic, output, index, batch_size):
     return to_numpy(s[statistic]).astype(np.float64)
 
 
+def diverged(net, stat):
+    """Did this replicate's training diverge: a NaN/Inf loss in its history, or a NaN/Inf statistic?"""
+    history = getattr(net, "history", None)
+    losses = list(getattr(history, "history", {}).get("loss", [])) + list(getattr(history, "batch_loss", []) or [])
+    bad_loss = any(not np.isfinite(float(to_numpy(v))) for v in losses)
+    return bool(bad_loss or not np.isfinite(stat).all())
+
+
 def run_task(task, build, X, y, fit_kwargs, seed, statistic, output, index, batch_size, reduced=None,
              conditional=None):
-    """One replicate: ``task = (kind, j, b)``; returns ``(task, statistic array, init digest, seconds)``."""
+    """One replicate: ``task = (kind, j, b)``; returns ``(task, statistic array, init digest, diverged,
+    seconds)`` (``diverged``: see ``diverged``)."""
     from threadpoolctl import threadpool_limits  # noqa: PLC0415
     t0 = time.perf_counter()
     kind, j, b = task
@@ -97,15 +107,16 @@ def run_task(task, build, X, y, fit_kwargs, seed, statistic, output, index, batc
             Xb = conditional.draw(X, j, replicate_seeds(seed, (b, j))[2])
             net, digest = train_replicate(build, Xb, y, fit_kwargs, seed, key=(b, j), permute=False)
             stat = _statistic_of(net, Xb, statistic, output, index, batch_size)
+            bad = diverged(net, stat)
             stat = group_sums(stat, conditional.flat_groups, conditional.n_groups)[j:j + 1]
-            return task, stat, digest, time.perf_counter() - t0
+            return task, stat, digest, bad, time.perf_counter() - t0
         else:                                   # nonlinearity null of feature j: y_b = h + e[pi_b]
             h, e = reduced[j]
             perm = np.random.default_rng(replicate_seeds(seed, b)[2]).permutation(len(e))
             yb = (h + e[perm]).astype(y.dtype, copy=False)
             net, digest = train_replicate(build, X, yb, fit_kwargs, seed, key=(b, j), permute=False)
         stat = _statistic_of(net, X, statistic, output, index, batch_size)
-    return task, stat, digest, time.perf_counter() - t0
+    return task, stat, digest, diverged(net, stat), time.perf_counter() - t0
 
 
 def fit_reduced(build, X, y, fit_kwargs, seed, j, output, rounds=2):
