@@ -29,3 +29,21 @@ def slow_build_mlp(seed, p=3, hidden=8):
 
 
 FIT = {"epochs": 20, "batch_size": 60}
+
+
+def stopping_build_mlp(seed, p=3, hidden=8):
+    """``build_mlp`` whose worker process stops itself (SIGSTOP) when it builds seed
+    ``PERM_STOP_SEED``, unless it is the process ``PERM_STOP_PARENT`` (the test's, which then
+    builds it normally): a stopped loky worker."""
+    import signal
+    if os.environ.get("PERM_STOP_SEED") == str(seed) and str(os.getpid()) != os.environ.get("PERM_STOP_PARENT"):
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return build_mlp(seed, p, hidden)
+
+
+def diverging_build_mlp(seed, p=3, hidden=8):
+    """``build_mlp``, with a learning rate that makes training diverge for seed ``PERM_DIVERGE_SEED``."""
+    net = build_mlp(seed, p, hidden)
+    if os.environ.get("PERM_DIVERGE_SEED") == str(seed):
+        net.optimizer.lr = 1e30
+    return net

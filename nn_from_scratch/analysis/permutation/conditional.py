@@ -107,7 +107,7 @@ def conditional_test(build, X, y, fit_kwargs, B, seed, output, index, batch_size
                 yield ("cond", g, b)
 
     try:
-        with threadpool_limits(limits=1), Runner(fn, n_jobs, backend, n_tasks, deadline) as runner:
+        with threadpool_limits(limits=1), Runner(fn, n_jobs, backend, n_tasks, deadline, seconds_of=lambda r: r[-1]) as runner:
             if sequential is None:
                 resumed += execute(tasks(), runner, ckpt, shape_of, reps, bar)
             else:

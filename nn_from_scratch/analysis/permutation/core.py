@@ -178,7 +178,7 @@ def _labels_test(build, X, y, fit_kwargs, B, seed, output, index, batch_size, n_
                   output=output, index=index, batch_size=batch_size, reduced=reduced)
         bar = progress_bar(progress, n_tasks, 0)
         try:
-            with Runner(fn, n_jobs, backend, n_tasks, deadline) as runner:
+            with Runner(fn, n_jobs, backend, n_tasks, deadline, seconds_of=lambda r: r[-1]) as runner:
                 resumed = execute(tasks(), runner, ckpt, lambda t: shape, reps, bar)
         finally:
             if bar is not None:

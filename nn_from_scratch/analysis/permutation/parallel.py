@@ -12,8 +12,9 @@ files them by task, so the result does not depend on the order.
   than the number of tasks is reported with a ``ResourceWarning``.
 * Tasks are drawn lazily from the iterable given: at most one per worker is in flight.
 * Deadline: a replicate not back ``limit`` seconds after it was handed out, ``limit =
-  max(deadline, DEADLINE_FACTOR x the slowest replicate of this test so far)`` (``DEADLINE_FACTOR
-  x deadline`` while none has finished; ``deadline`` defaults to ``DEADLINE_FLOOR_S``), is
+  max(deadline, DEADLINE_FACTOR x the slowest replicate of this test so far)`` (the time a
+  worker reports it took; ``DEADLINE_FACTOR x deadline`` while none has come back, which
+  leaves the workers time to start; ``deadline`` defaults to ``DEADLINE_FLOOR_S``), is
   abandoned with a ``ReplicateDeadlineWarning`` and run in this process.  A replicate is a pure
   function of its seeds, so the result is bitwise the same.  An abandoned loky worker is killed
   when the test ends; an abandoned dask worker gets no more tasks of this test; a thread is
@@ -177,8 +178,8 @@ class _Threads:
 class Runner:
     """The workers of one test (a context manager; ``run(tasks)`` may be called several times)."""
 
-    def __init__(self, fn, n_jobs, backend, n_tasks, deadline=None, where="permutation_test"):
-        self.fn, self.backend, self.where = fn, backend, where
+    def __init__(self, fn, n_jobs, backend, n_tasks, deadline=None, where="permutation_test", seconds_of=None):
+        self.fn, self.backend, self.where, self.seconds_of = fn, backend, where, seconds_of
         self.floor = check_deadline(deadline, where)
         self.client = _dask_client(where) if backend == "dask" else None
         capacity = sum(self.client.nthreads().values()) or 1 if self.client is not None else None
@@ -296,7 +297,7 @@ class Runner:
                 for f in done:
                     task, t0 = inflight.pop(f)
                     result = f.result()
-                    took = time.monotonic() - t0
+                    took = time.monotonic() - t0 if self.seconds_of is None else self.seconds_of(result)
                     self.slowest = took if self.slowest is None else max(self.slowest, took)
                     yield result
                 now = time.monotonic()

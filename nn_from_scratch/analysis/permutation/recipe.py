@@ -90,7 +90,9 @@ def fresh_fit_kwargs(fit_kwargs):
     Callback, _, _ = _callback_classes()
     out = dict(fit_kwargs or {})
     cbs = out.get("callbacks")
-    if cbs is not None and not isinstance(cbs, (str, bytes)) and hasattr(cbs, "__iter__"):
+    if isinstance(cbs, Callback):
+        out["callbacks"] = copy_callback(cbs, 0)
+    elif cbs is not None and not isinstance(cbs, (str, bytes)) and hasattr(cbs, "__iter__"):
         out["callbacks"] = [copy_callback(cb, i) if isinstance(cb, Callback) else cb for i, cb in enumerate(cbs)]
     return out
 

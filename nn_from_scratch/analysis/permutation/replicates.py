@@ -64,9 +64,18 @@ def train_replicate(build, X, y, fit_kwargs, seed, key=0, permute=None):
 
     ``key=0`` is the observed network (trained on ``(X, y)``); ``permute=True`` (the default
     for ``key != 0``) trains on ``y[pi]`` with the replicate's permutation.  Returns
-    ``(network, initial-parameters digest)``.  BLAS runs on one thread.
+    ``(network, initial-parameters digest)``.  BLAS runs on one thread; the callbacks of
+    ``fit_kwargs`` are copied for this replicate (``recipe.py``).
     """
+    net, digest, _ = _train(build, X, y, fit_kwargs, seed, key, permute)
+    return net, digest
+
+
+def _train(build, X, y, fit_kwargs, seed, key=0, permute=None):
+    """``train_replicate``, also saying whether training stopped at a NaN/Inf loss."""
     from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+    from ...training.callbacks import Callback, TerminateOnNaN  # noqa: PLC0415
     build_seed, fit_seed, perm_seed = replicate_seeds(seed, key)
     permute = (key != 0) if permute is None else permute
     with threadpool_limits(limits=1):
@@ -74,8 +83,14 @@ def train_replicate(build, X, y, fit_kwargs, seed, key=0, permute=None):
         digest = params_digest(net)
         yy = y[np.random.default_rng(perm_seed).permutation(len(y))] if permute else y
         kwargs = {"verbose": 0, **fresh_fit_kwargs(fit_kwargs)}      # its own callbacks (recipe.py)
+        cbs = kwargs.get("callbacks")
+        cbs = [] if cbs is None else [cbs] if isinstance(cbs, Callback) else list(cbs)
+        if kwargs.get("stop_on_nonfinite", True) and not any(isinstance(c, TerminateOnNaN) for c in cbs):
+            cbs.append(TerminateOnNaN())              # what fit adds itself; kept here to read its verdict
+            kwargs["callbacks"] = cbs
         net.fit(X, yy, seed=fit_seed, **kwargs)
-    return net, digest
+    stopped = any(isinstance(c, TerminateOnNaN) and c.value is not None for c in cbs)
+    return net, digest, stopped
 
 
 def _statistic_of(net, X, statistic, output, index, batch_size):
@@ -83,12 +98,13 @@ def _statistic_of(net, X, statistic, output, index, batch_size):
     return to_numpy(s[statistic]).astype(np.float64)
 
 
-def diverged(net, stat):
-    """Did this replicate's training diverge: a NaN/Inf loss in its history, or a NaN/Inf statistic?"""
+def diverged(net, stat, stopped=False):
+    """Did this replicate's training diverge: stopped at a NaN/Inf loss (``stopped``), a NaN/Inf loss in
+    its history (``stop_on_nonfinite=False``), or a NaN/Inf statistic?"""
     history = getattr(net, "history", None)
     losses = list(getattr(history, "history", {}).get("loss", [])) + list(getattr(history, "batch_loss", []) or [])
     bad_loss = any(not np.isfinite(float(to_numpy(v))) for v in losses)
-    return bool(bad_loss or not np.isfinite(stat).all())
+    return bool(stopped or bad_loss or not np.isfinite(stat).all())
 
 
 def run_task(task, build, X, y, fit_kwargs, seed, statistic, output, index, batch_size, reduced=None,
@@ -102,21 +118,21 @@ def run_task(task, build, X, y, fit_kwargs, seed, statistic, output, index, batc
         if b != 0:      # a null network (permuted labels, redrawn inputs) may stay near chance: no warning
             warnings.simplefilter("ignore", TrainingWarning)
         if kind == "assoc" or b == 0:
-            net, digest = train_replicate(build, X, y, fit_kwargs, seed, key=b)
+            net, digest, stopped = _train(build, X, y, fit_kwargs, seed, key=b)
         elif kind == "cond":                    # conditional null of group j: X_j redrawn, y kept
             Xb = conditional.draw(X, j, replicate_seeds(seed, (b, j))[2])
-            net, digest = train_replicate(build, Xb, y, fit_kwargs, seed, key=(b, j), permute=False)
+            net, digest, stopped = _train(build, Xb, y, fit_kwargs, seed, key=(b, j), permute=False)
             stat = _statistic_of(net, Xb, statistic, output, index, batch_size)
-            bad = diverged(net, stat)
+            bad = diverged(net, stat, stopped)
             stat = group_sums(stat, conditional.flat_groups, conditional.n_groups)[j:j + 1]
             return task, stat, digest, bad, time.perf_counter() - t0
         else:                                   # nonlinearity null of feature j: y_b = h + e[pi_b]
             h, e = reduced[j]
             perm = np.random.default_rng(replicate_seeds(seed, b)[2]).permutation(len(e))
             yb = (h + e[perm]).astype(y.dtype, copy=False)
-            net, digest = train_replicate(build, X, yb, fit_kwargs, seed, key=(b, j), permute=False)
+            net, digest, stopped = _train(build, X, yb, fit_kwargs, seed, key=(b, j), permute=False)
         stat = _statistic_of(net, X, statistic, output, index, batch_size)
-    return task, stat, digest, diverged(net, stat), time.perf_counter() - t0
+    return task, stat, digest, diverged(net, stat, stopped), time.perf_counter() - t0
 
 
 def fit_reduced(build, X, y, fit_kwargs, seed, j, output, rounds=2):
