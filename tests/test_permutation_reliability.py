@@ -133,13 +133,15 @@ def test_a_stopped_dask_worker_is_overtaken_and_gets_no_more_tasks(reference):
         os.kill(stopped, signal.SIGSTOP)
         try:
             t0 = time.monotonic()
-            with pytest.warns(pt.ReplicateDeadlineWarning, match="dask"):
+            with pytest.warns(pt.ReplicateDeadlineWarning, match="dask") as record:
                 res = run(n_jobs=2, backend="dask", deadline=2.0)
             took = time.monotonic() - t0
         finally:
             os.kill(stopped, signal.SIGCONT)
     assert took < 90
     assert_same(res, reference)
+    late = [w for w in record if issubclass(w.category, pt.ReplicateDeadlineWarning)]
+    assert len(late) == 1                  # the stopped worker was given one replicate, then no more
 
 
 def test_deadline_is_checked():
@@ -173,9 +175,9 @@ def test_n_jobs_resolution(n_jobs, backend, n_tasks, expected):
 
 def test_n_jobs_above_the_cap_is_capped_with_a_warning():
     cap = par.JOBS_PER_CORE * par.usable_cores()
-    with pytest.warns(ResourceWarning, match=f"n_jobs=1000 capped at {cap} workers"):
+    with pytest.warns(UserWarning, match=f"n_jobs=1000 capped at {cap} workers"):
         assert par.resolve_n_jobs(1000, "loky", 10 ** 6) == cap
-    with pytest.warns(ResourceWarning, match="n_jobs=50 capped at 8.*dask"):
+    with pytest.warns(UserWarning, match="n_jobs=50 capped at 8.*dask"):
         assert par.resolve_n_jobs(50, "dask", 100, capacity=8) == 8
 
 
@@ -195,7 +197,7 @@ def test_n_jobs_1000_starts_a_bounded_number_of_threads(reference):
         seen.append(threading.active_count())
         return build_mlp(seed)
     base = threading.active_count()
-    with pytest.warns(ResourceWarning, match="capped"):
+    with pytest.warns(UserWarning, match="capped"):
         res = run(build=build, n_jobs=1000, backend="threading")
     assert max(seen) <= base + par.JOBS_PER_CORE * par.usable_cores()
     assert_same(res, reference)

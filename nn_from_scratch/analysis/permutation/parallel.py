@@ -9,7 +9,7 @@ files them by task, so the result does not depend on the order.
   ``-2`` all but one, ...; 0 and values below ``-cores`` are refused) capped at the number of
   tasks and at ``JOBS_PER_CORE`` x the usable cores (loky, threading: the replicates are
   CPU-bound, more workers only cost memory) or at the cluster's threads (dask); a cap other
-  than the number of tasks is reported with a ``ResourceWarning``.
+  than the number of tasks is reported with a warning.
 * Tasks are drawn lazily from the iterable given: at most one per worker is in flight.
 * Deadline: a replicate not back ``limit`` seconds after it was handed out, ``limit =
   max(deadline, DEADLINE_FACTOR x the slowest replicate of this test so far)`` (the time a
@@ -102,7 +102,7 @@ def resolve_n_jobs(n_jobs, backend, n_tasks, where="permutation_test", capacity=
         n = n_jobs
     if n > capacity and not quiet:
         warnings.warn(f"{where}: n_jobs={n_jobs} capped at {capacity} workers ({what}): more workers than that "
-                      "only cost memory", ResourceWarning, stacklevel=3)
+                      "only cost memory", UserWarning, stacklevel=3)
     n = min(n, capacity)
     return max(1, min(n, max(1, int(n_tasks))))
 
