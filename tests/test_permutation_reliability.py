@@ -51,6 +51,9 @@ def assert_same(a, b):
     np.testing.assert_array_equal(a.p_values, b.p_values)
 
 
+two_cores = pytest.mark.skipif(par.usable_cores() < 2, reason="n_jobs is capped at the usable cores: needs 2")
+
+
 def build_seed(b):
     return pt.replicate_seeds(SEED, b)[0]
 
@@ -66,6 +69,7 @@ def sleepy_build(seed):
     return build_mlp(seed)
 
 
+@two_cores
 def test_a_sleeping_thread_worker_is_overtaken_in_process(reference):
     _release.clear()
     t0 = time.monotonic()
@@ -109,6 +113,7 @@ def _alive(pid):
         return False
 
 
+@two_cores
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_stopped_loky_worker_is_overtaken_and_killed(reference, monkeypatch):
     monkeypatch.setenv("PERM_STOP_SEED", str(build_seed(3)))
@@ -162,12 +167,12 @@ def test_deadline_rule():
 
 # ------------------------------------------------------------------ n_jobs, lazy tasks
 @pytest.mark.parametrize("n_jobs,backend,n_tasks,expected", [
-    (1, "loky", 10, 1), (2, "threading", 10, 2), (3, "loky", 2, 2),             # capped at the tasks
+    (1, "loky", 10, 1), (-1, "threading", 1, 1), (-1, "loky", 2, "min(cores,2)"),             # capped at the tasks
     (-1, "loky", 100, "cores"), (-2, "threading", 100, "cores-1"), (5, "sequential", 10, 1),
 ])
 def test_n_jobs_resolution(n_jobs, backend, n_tasks, expected):
     cores = par.usable_cores()
-    want = {"cores": cores, "cores-1": max(1, cores - 1)}.get(expected, expected)
+    want = {"cores": cores, "cores-1": max(1, cores - 1), "min(cores,2)": min(cores, 2)}.get(expected, expected)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert par.resolve_n_jobs(n_jobs, backend, n_tasks) == want
@@ -229,6 +234,7 @@ def test_an_absurd_number_of_permutations_is_refused_before_anything_runs():
     assert time.monotonic() - t0 < 10 and len(calls) <= 4                       # only the checking builds
 
 
+@two_cores
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_no_loky_worker_outlives_a_killed_run(tmp_path):
     script = textwrap.dedent("""

@@ -55,7 +55,7 @@ def permutation_test(build, X, y, fit_kwargs, n_permutations=99, statistic="asso
     ``n_jobs``/``backend``: parallel replicates (``"loky"`` processes, ``"threading"``, ``"dask"``
     - a running ``distributed.Client`` - or ``"sequential"``); the result is bitwise the same for
     any of them.  ``n_jobs`` follows joblib (``-1``: every core) and is capped at the number of
-    replicates and at 2 x the cores (the cluster's threads for dask).  ``deadline`` (seconds,
+    replicates and at the usable cores (the cluster's threads for dask).  ``deadline`` (seconds,
     default 60): a replicate a worker has not returned after ``max(deadline, 10 x the slowest
     replicate so far)`` is run in this process instead, with a warning (``parallel.py``).  ``checkpoint_dir``: each finished replicate is written there atomically and a
     rerun resumes.  ``progress``: a tqdm bar counting networks.  Keyword-only extras:

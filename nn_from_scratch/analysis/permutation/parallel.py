@@ -7,8 +7,8 @@ files them by task, so the result does not depend on the order.
 
 * Workers: ``n_jobs`` (joblib's convention for negative values: ``-1`` every usable core,
   ``-2`` all but one, ...; 0 and values below ``-cores`` are refused) capped at the number of
-  tasks and at ``JOBS_PER_CORE`` x the usable cores (loky, threading: the replicates are
-  CPU-bound, more workers only cost memory) or at the cluster's threads (dask); a cap other
+  tasks and at ``JOBS_PER_CORE`` x the usable cores (loky, threading: a replicate is
+  CPU-bound on one BLAS thread, more workers than cores only cost memory and time) or at the cluster's threads (dask); a cap other
   than the number of tasks is reported with a warning.
 * Tasks are drawn lazily from the iterable given: at most one per worker is in flight.
 * Deadline: a replicate not back ``limit`` seconds after it was handed out, ``limit =
@@ -42,7 +42,7 @@ __all__ = ["BACKENDS", "Runner", "Task", "Replicates", "ReplicateDeadlineWarning
 BACKENDS = ("loky", "threading", "dask", "sequential")
 DEADLINE_FLOOR_S = 60.0
 DEADLINE_FACTOR = 10.0
-JOBS_PER_CORE = 2
+JOBS_PER_CORE = 1
 IDLE_TIMEOUT_S = 10
 
 
@@ -89,7 +89,8 @@ def resolve_n_jobs(n_jobs, backend, n_tasks, where="permutation_test", capacity=
         return 1
     cores = usable_cores()
     if capacity is None:                                  # loky, threading
-        base, capacity, what = cores, JOBS_PER_CORE * cores, f"{JOBS_PER_CORE} x {cores} usable cores"
+        base, capacity = cores, JOBS_PER_CORE * cores
+        what = f"{cores} usable cores" if JOBS_PER_CORE == 1 else f"{JOBS_PER_CORE} x {cores} usable cores"
     else:                                                 # dask: the cluster's threads
         base, what = capacity, f"the {capacity} threads of the dask cluster"
     if n_jobs < 0:
