@@ -193,7 +193,7 @@ def check_build(build, seed, output, index, statistic):
 
 
 class ConditionalDraws:
-    """How the conditional test redraws group ``j`` (picklable: the joblib workers receive it).
+    """How the conditional test redraws group ``j`` (picklable: the worker processes receive it).
 
     ``sampler``: ``"residual"`` (fits made once, here, in ``fits``), ``"marginal"``, or a user
     callable ``sampler(X, group_mask, rng) -> X_tilde`` (called per replicate, output checked).
