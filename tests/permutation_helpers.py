@@ -47,3 +47,10 @@ def diverging_build_mlp(seed, p=3, hidden=8):
     if os.environ.get("PERM_DIVERGE_SEED") == str(seed):
         net.optimizer.lr = 1e30
     return net
+
+
+def failing_build_mlp(seed, p=3, hidden=8):
+    """``build_mlp`` that raises for seed ``PERM_FAIL_SEED`` (an error inside a worker)."""
+    if os.environ.get("PERM_FAIL_SEED") == str(seed):
+        raise RuntimeError(f"build failed for seed {seed}")
+    return build_mlp(seed, p, hidden)

@@ -25,7 +25,8 @@ from nn_from_scratch.callbacks import (CSVLogger, EarlyStopping, LambdaCallback,
                                        ModelCheckpoint, ReduceLROnPlateau, TerminateOnNaN)
 from nn_from_scratch.training.callbacks import Callback
 from nn_from_scratch.training.history import TrainingWarning
-from permutation_helpers import FIT, build_mlp, diverging_build_mlp, make_data, stopping_build_mlp
+from permutation_helpers import (FIT, build_mlp, diverging_build_mlp, failing_build_mlp, make_data, slow_build_mlp,
+                                stopping_build_mlp)
 
 B = 6
 SEED = 11
@@ -147,6 +148,36 @@ def test_a_stopped_dask_worker_is_overtaken_and_gets_no_more_tasks(reference):
     assert_same(res, reference)
     late = [w for w in record if issubclass(w.category, pt.ReplicateDeadlineWarning)]
     assert len(late) == 1                  # the stopped worker was given one replicate, then no more
+
+
+def test_a_killed_dask_worker_still_gives_the_reference(reference, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    monkeypatch.setenv("PERM_TEST_SLEEP", "0.3")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  worker_class=distributed.Nanny) as cl, distributed.Client(cl) as client:
+        victim = sorted(client.run(os.getpid).values())[0]
+        killer = threading.Timer(1.5, os.kill, (victim, signal.SIGKILL))
+        killer.start()
+        try:
+            res = run(build=slow_build_mlp, n_jobs=2, backend="dask", deadline=30.0)
+        finally:
+            killer.cancel()
+    assert not _alive(victim)
+    assert_same(res, reference)
+
+
+@pytest.mark.parametrize("backend", ["threading", "loky", "sequential"])
+def test_an_error_in_a_worker_reaches_the_caller_and_leaves_no_worker(backend, monkeypatch):
+    import threading as th
+    monkeypatch.setenv("PERM_FAIL_SEED", str(build_seed(4)))
+    before = {p for p, _ in _children(os.getpid())}
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=f"build failed for seed {build_seed(4)}"):
+        run(build=failing_build_mlp, n_jobs=2, backend=backend)
+    assert time.monotonic() - t0 < 60
+    time.sleep(0.5)
+    assert [p for p, s in _children(os.getpid()) if p not in before and s != "Z"] == []
+    assert [t.name for t in th.enumerate() if t.name.startswith("nnfs-replicate")] == []
 
 
 def test_deadline_is_checked():
