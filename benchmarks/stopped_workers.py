@@ -24,7 +24,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from nn_from_scratch.analysis import permutation as pt  # noqa: E402
-from permutation_helpers import FIT, build_mlp, make_data, slow_build_mlp, stopping_build_mlp  # noqa: E402,F401
+from permutation_helpers import FIT, build_mlp, make_data, stopping_build_mlp  # noqa: E402
 
 SEED = 11
 _release = threading.Event()
