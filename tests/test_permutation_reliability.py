@@ -434,6 +434,20 @@ def test_dead_temporary_files_beside_complete_replicates_are_removed(reference, 
     assert not stale.exists() and live.exists()          # a running writer's file is left alone
 
 
+def test_replicate_files_of_the_earlier_format_resume(reference, tmp_path):
+    """Files written before replicates carried the ``diverged`` mark still load."""
+    d = tmp_path / "ckpt"
+    run(checkpoint_dir=d)
+    for name in os.listdir(d):
+        if name.startswith("replicate-"):
+            with np.load(d / name) as f:
+                arrays = {k: f[k] for k in ("statistic", "experiment", "init_digest")}
+            np.savez(d / name, **arrays)
+    again = run(checkpoint_dir=d)
+    assert again.info["replicates_resumed"] == B + 1
+    assert_same(again, reference)
+
+
 def test_a_checkpoint_holding_nan_is_recomputed(reference, tmp_path):
     d = tmp_path / "ckpt"
     run(checkpoint_dir=d)
