@@ -41,5 +41,6 @@ def warn_diverged(diverged, observed, used=None, where="permutation_test"):
                                                                  else "")
         parts.append(f"{len(nulls)} null replicate(s) diverged in training (NaN/Inf loss or statistic): {names}; "
                      "their statistics are used as computed (a NaN makes the p-values it enters NaN)")
-    warnings.warn(f"{where}: " + "; ".join(parts) + " - the recipe is unstable on this data (lower the learning "
-                  "rate, clip gradients, or change the initialization)", TrainingWarning, stacklevel=3)
+    warnings.warn(f"{where}: " + "; ".join(parts) + " - a NaN/Inf loss means the recipe is unstable on this data "
+                  "(lower the learning rate, clip gradients, or change the initialization); a NaN/Inf statistic "
+                  "with finite losses comes from the output= being differentiated", TrainingWarning, stacklevel=3)
