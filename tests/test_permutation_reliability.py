@@ -481,3 +481,10 @@ def test_diverged_replicates_in_the_conditional_test_are_named(monkeypatch):
     with pytest.warns(TrainingWarning, match=r"1 null replicate\(s\) diverged.*g000000-b000001"):
         res = run(build=diverging_build_mlp, null="conditional", n_permutations=3, sequential=2)
     assert res.info["diverged_replicates"] == ["g000000-b000001"]
+
+
+def test_a_diverged_observed_network_is_named(monkeypatch):
+    monkeypatch.setenv("PERM_DIVERGE_SEED", str(build_seed(0)))
+    with pytest.warns(TrainingWarning, match="the observed network's training diverged"):
+        res = run(build=diverging_build_mlp, n_permutations=2)
+    assert res.info["diverged_replicates"] == ["b000000"]
