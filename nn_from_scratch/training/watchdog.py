@@ -203,8 +203,10 @@ def chance_verdict(losses, accuracies, k, chance, n, rules=LossWatchdog):
         return None
     if well_above_chance(accuracies[-1], chance, n, rules) or improving(losses, accuracies, chance, n, rules):
         return None
-    return (f"and the last epoch did not improve on the one before (loss {losses[-2]:.4g} -> {loss:.4g}, accuracy "
-            f"{100 * accuracies[-2]:.1f} % -> {100 * accuracies[-1]:.1f} %)")
+    trend = f"loss {losses[-2]:.4g} -> {loss:.4g}, accuracy {100 * accuracies[-2]:.1f} % -> {100 * accuracies[-1]:.1f} %"
+    if loss <= (1 - rules.FALL_FRACTION) * losses[-2]:
+        return f"and the accuracy did not rise beyond its noise in the last epoch ({trend})"
+    return f"and the loss stopped falling in the last epoch ({trend})"
 
 
 def rising_epochs(losses, last=False, factor=LossWatchdog.RISE_FACTOR, margin=LossWatchdog.RISE_MARGIN):
