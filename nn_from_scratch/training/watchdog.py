@@ -13,8 +13,8 @@
 * the network is **not learning**: from the second epoch on, softmax cross-entropy is above
   ``CHANCE_FRACTION`` of ``ln K`` (the loss of predicting every class with probability 1/K), the
   training accuracy is not well above chance (``well_above_chance``) and the fit is not still
-  improving (``improving``: the loss fell by ``FALL_FRACTION`` over the last epoch while the
-  accuracy rose beyond its noise).  The rule and its table of cases are in ``docs/training.md``,
+  improving (``improving``: the loss fell by ``FALL_FRACTION`` over the last epoch, the accuracy did
+  not fall, and the loss is below ``ln K`` or the accuracy rose beyond its noise).  The rule and its table of cases are in ``docs/training.md``,
   "Training warnings"; ``chance_verdict`` and ``rising_epochs`` judge recorded histories.
 
 It also finds the first **non-finite** gradient or parameter of a step (``nonfinite_grad``,
@@ -43,8 +43,9 @@ class LossWatchdog:
     #: ... unless the training accuracy is well above chance (``well_above_chance``: this share of
     #: the way from the chance accuracy to 1, and at least ACCURACY_SIGMAS standard errors) ...
     ABOVE_CHANCE, ACCURACY_SIGMAS = 0.1, 4.0
-    #: ... or the fit is improving: the loss fell by this fraction over the last epoch and the
-    #: accuracy rose by ACCURACY_SIGMAS standard errors (``improving``)
+    #: ... or the fit is improving: the loss fell by this fraction over the last epoch, the accuracy
+    #: did not fall, and the loss is below ln(K) or the accuracy rose by ACCURACY_SIGMAS standard
+    #: errors (``improving``)
     FALL_FRACTION = 0.01
 
     def __init__(self, net, warn):
@@ -179,15 +180,18 @@ def well_above_chance(accuracy, chance, n, rules=LossWatchdog):
     return accuracy >= chance + max(rules.ABOVE_CHANCE * (1 - chance), rules.ACCURACY_SIGMAS * se)
 
 
-def improving(losses, accuracies, chance, n, rules=LossWatchdog):
-    """True when the last epoch still improved: the loss fell by ``FALL_FRACTION`` of its value and
-    the accuracy rose by ``ACCURACY_SIGMAS`` standard errors (a loss falling back to the level of a
-    constant guess after a spike, the accuracy falling with it, is no improvement)."""
+def improving(losses, accuracies, chance, n, k=None, rules=LossWatchdog):
+    """True when the last epoch still improved: the loss fell by ``FALL_FRACTION`` of its value, the
+    accuracy did not fall, and either the loss is below ``ln k`` (better than the uniform guess, and
+    still falling: learning slowly) or the accuracy rose by ``ACCURACY_SIGMAS`` standard errors.  A loss
+    falling back towards the level of a constant guess after a spike, the accuracy falling with it
+    or staying at chance, is no improvement."""
     if len(losses) < 2 or len(accuracies) < 2:
         return False
     se = math.sqrt(chance * (1 - chance) / max(int(n), 1))
-    return (losses[-1] <= (1 - rules.FALL_FRACTION) * losses[-2]
-            and accuracies[-1] - accuracies[-2] >= rules.ACCURACY_SIGMAS * se)
+    if not (losses[-1] <= (1 - rules.FALL_FRACTION) * losses[-2] and accuracies[-1] >= accuracies[-2]):
+        return False
+    return (k is not None and losses[-1] < math.log(k)) or accuracies[-1] - accuracies[-2] >= rules.ACCURACY_SIGMAS * se
 
 
 def chance_verdict(losses, accuracies, k, chance, n, rules=LossWatchdog):
@@ -201,11 +205,12 @@ def chance_verdict(losses, accuracies, k, chance, n, rules=LossWatchdog):
     loss = losses[-1]
     if not (math.isfinite(loss) and loss >= rules.CHANCE_FRACTION * math.log(k)):
         return None
-    if well_above_chance(accuracies[-1], chance, n, rules) or improving(losses, accuracies, chance, n, rules):
+    if well_above_chance(accuracies[-1], chance, n, rules) or improving(losses, accuracies, chance, n, k, rules):
         return None
     trend = f"loss {losses[-2]:.4g} -> {loss:.4g}, accuracy {100 * accuracies[-2]:.1f} % -> {100 * accuracies[-1]:.1f} %"
     if loss <= (1 - rules.FALL_FRACTION) * losses[-2]:
-        return f"and the accuracy did not rise beyond its noise in the last epoch ({trend})"
+        return (f"and in the last epoch the loss fell but the accuracy {'fell' if accuracies[-1] < accuracies[-2] else 'did not rise beyond its noise'} "
+                f"({trend})")
     return f"and the loss stopped falling in the last epoch ({trend})"
 
 
