@@ -191,3 +191,15 @@ def test_keras_builds_the_same_model_and_the_converters_take_it():
     np.testing.assert_allclose(twin.predict(cc.to_keras_layout(X), verbose=0), net.predict(X), rtol=1e-4, atol=1e-5)
     back = cc.from_keras(twin)
     assert_same_weights(back, nf.NeuralNetwork(explicit_cnn(seed=2)))
+
+
+def test_a_first_layer_with_free_spatial_sizes_is_completed_by_the_data():
+    """``Conv2D(1, 8, 3)`` knows its channels, not the image size; the Dense after the flatten needs it:
+    the first predict builds it from the data (the lab's missing channel axis added as usual)."""
+    net = nf.NeuralNetwork([nf.Conv2D(1, 8, 3, seed=0), nf.ReLU(), nf.Flatten(), nf.Dense(10, seed=1)])
+    assert not net.built and net.input_shape == (1, None, None)
+    X = np.random.default_rng(0).standard_normal((5, 28, 28)).astype(np.float32)      # no channel axis
+    out = net.predict(X)
+    assert out.shape == (5, 10) and net.built and net.input_shape == (1, 28, 28)
+    assert net.layers[-1].W.shape == (8 * 26 * 26 + 1, 10)
+    np.testing.assert_array_equal(net.layers[-1].W, nf.Linear(8 * 26 * 26, 10, seed=1).W)

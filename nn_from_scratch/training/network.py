@@ -300,10 +300,12 @@ class NeuralNetwork:
     # ------------------------------------------------------------ input checks
     def _prepare_xy(self, X, y, where):
         """``(X, y, batch)``: the data checked and normalised for this network (``inputs.prepare_xy``).
-        Layers still without their sizes (no ``input_shape`` was known) are built from the data's."""
-        if not self.built and self.input_shape is None and hasattr(X, "shape") and getattr(X, "ndim", 0) >= 2:
-            lead = 2 if inputs.is_batched(X, None, self.layers[0]) else 1
-            self.build(tuple(X.shape[lead:]))
+        Layers still without their sizes (the input shape was not known in full) are built from the
+        data's sample shape first, and the data checked again against the built network."""
+        out = inputs.prepare_xy(X, y, where, self.input_shape, self.layers[0], self.output_shape, self.loss_fn)
+        if self.built:
+            return out
+        self.build(tuple(out[0].shape[1:]))
         return inputs.prepare_xy(X, y, where, self.input_shape, self.layers[0], self.output_shape, self.loss_fn)
 
     def _check_labels(self, y, n, where):
