@@ -153,3 +153,16 @@ def test_labels_without_information_are_called_not_learning():
     hist, msgs = fit_warnings(net, X, y, epochs=3, batch_size=50, seed=0)
     assert any("not learning" in m and "no lower than chance level" in m for m in msgs), (hist.history, msgs)
     assert not any("rising" in m for m in msgs)
+
+
+@pytest.mark.parametrize("reads,expected", [
+    ([1.0, 1.0, 2.6, 1.1, 1.0, 2.7, 1.0], []),          # single reads above twice the start: passes
+    ([1.0, 1.1, 2.6, 2.7, 2.9], ["rising"]),             # three reads in a row: warned
+    ([1.0, 0.8, 0.6, 0.5], []),
+], ids=["running mean, single spikes", "running mean, lasting rise", "running mean, falling"])
+def test_deferred_reads_table(reads, expected):
+    """On CuPy the loss is read as the epoch's running mean about every 0.1 s (``running_loss``)."""
+    dog, msgs = watchdog()
+    for v in reads:
+        dog.running_loss(v, None)
+    assert [w for w in ("rising", "diverging") if any(f"is {w}" in m for m in msgs)] == expected, msgs

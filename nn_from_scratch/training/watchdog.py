@@ -3,8 +3,9 @@
 ``LossWatchdog`` watches the losses ``fit`` sees and warns (``TrainingWarning``, once each) when
 
 * the loss is **rising**: the smoothed loss exceeds its starting level by ``RISE_FACTOR`` and by
-  ``RISE_MARGIN`` for ``RISE_WINDOW`` progress reads in a row (per batch on NumPy, where each
-  batch's loss is read at once; per progress read on CuPy), or an epoch's loss exceeds the lowest
+  ``RISE_MARGIN`` for ``RISE_WINDOW`` batches in a row (on NumPy, where each batch's loss is read at
+  once), or the epoch's running mean for ``RISE_READS`` progress reads in a row (on CuPy, about
+  ``REFRESH_INTERVAL`` apart: the mean is smooth already), or an epoch's loss exceeds the lowest
   earlier epoch's by as much in two epochs in a row, or in the last epoch of the fit (a single
   epoch's spike that the next epoch takes back is an oscillation, not a rise);
 * the loss is **diverging**: it rose by orders of magnitude above the lowest seen in this fit
@@ -14,8 +15,9 @@
   ``CHANCE_FRACTION`` of ``ln K`` (the loss of predicting every class with probability 1/K), the
   training accuracy is not well above chance (``well_above_chance``) and the fit is not still
   improving (``improving``: the loss fell by ``FALL_FRACTION`` over the last epoch, the accuracy did
-  not fall, and the loss is below ``ln K`` or the accuracy rose beyond its noise).  The rule and its table of cases are in ``docs/training.md``,
-  "Training warnings"; ``chance_verdict`` and ``rising_epochs`` judge recorded histories.
+  not fall, and the loss is below ``ln K`` or the accuracy rose beyond its noise).  The rule and
+  its table of cases are in ``docs/training.md``, "Training warnings"; ``chance_verdict`` and
+  ``rising_epochs`` judge recorded histories.
 
 It also finds the first **non-finite** gradient or parameter of a step (``nonfinite_grad``,
 ``nonfinite_param``) and words the message with which training stops (``stop_message``).
@@ -36,6 +38,8 @@ class LossWatchdog:
     #: batches averaged for the starting level; the smoothed loss is an exponential average
     #: over about as many batches
     RISE_WINDOW = 20
+    #: progress reads in a row with the running mean risen (deferred reads, CuPy)
+    RISE_READS = 3
     #: warn when a loss exceeds the lowest seen in this fit by this factor and by DIVERGE_MARGIN
     DIVERGE_FACTOR, DIVERGE_MARGIN = 100.0, 10.0
     #: the chance-level warning: an epoch's loss (epoch >= 2) above this fraction of ln(K) ...
@@ -73,12 +77,12 @@ class LossWatchdog:
                 self.first_loss = self.ema
             return
         self.ema += (loss - self.ema) / self.RISE_WINDOW
-        self._rise(self.ema, pbar)
+        self._rise(self.ema, pbar, self.RISE_WINDOW)
 
     def running_loss(self, cur, pbar):
         """The epoch's running mean loss at a progress read (deferred reads, CuPy)."""
         self._diverging(cur, pbar)
-        self._rise(cur, pbar)
+        self._rise(cur, pbar, self.RISE_READS)
 
     def epoch_loss(self, losses, last=False):
         """The epoch losses of this fit so far (``rising_epochs``); ``last``: the fit's last epoch."""
@@ -95,12 +99,12 @@ class LossWatchdog:
                   f"the learning rate ({self.net.optimizer.lr}) is too high (or the inputs are far from unit scale)",
                   pbar)
 
-    def _rise(self, cur, pbar):
+    def _rise(self, cur, pbar, needed):
         if self.first_loss is None:
             self.first_loss = cur
             return
         self.risen_reads = self.risen_reads + 1 if self.risen(self.first_loss, cur) else 0
-        if not self.warned_rise and self.risen_reads >= self.RISE_WINDOW:
+        if not self.warned_rise and self.risen_reads >= needed:
             self._warn_rise(self.first_loss, cur, pbar)
 
     def _warn_rise(self, before, after, pbar):
