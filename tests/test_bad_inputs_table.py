@@ -58,7 +58,9 @@ table("Linear", ValueError, [
     ("seed-form-in0", lambda: nf.Linear((5, 0), (5, 10)), "Linear", "input_shape", "(5, 0)"),
     ("seed-form-out0", lambda: nf.Linear((5, 10), (5, 0)), "Linear", "output_shape", "(5, 0)"),
     ("seed-form-float", lambda: nf.Linear((5, 7.5), (5, 10)), "Linear", "input_shape", "7.5"),
-    ("no-output", lambda: nf.Linear(10), "Linear", "output size"),
+    ("no-output", lambda: nf.Linear(), "Linear", "output size"),
+    ("one-shape", lambda: nf.Linear((5, 800)), "Linear", "one shape", "Linear(10)"),
+    ("twice", lambda: nf.Linear(800, 10, out_features=10), "Linear", "output size is given twice"),
     ("images", lambda: nf.Linear((5, 2, 3), (5, 4)), "Linear", "vectors"),
     ("batch-float", lambda: nf.Linear((2.5, 10), (5, 4)), "Linear", "batch entry", "2.5"),
 ])
@@ -94,7 +96,7 @@ table("Convolution", ValueError, [
     ("ndim0", lambda: nf.Convolution(in_channels=1, out_channels=4, kernel_size=3, ndim=0), "ndim", "0"),
     ("ndim-disagree", lambda: nf.Convolution(SEED, 3, 4, ndim=3), "ndim=3"),
     ("in-disagree", lambda: nf.Convolution(SEED, 3, 4, in_channels=3), "in_channels=3"),
-    ("no-input", lambda: nf.Convolution(kernel_size=3, output_layers=4), "in_channels"),
+    ("no-filters", lambda: nf.Convolution(kernel_size=3), "output_layers"),
     ("conv1d-stride-axes", lambda: nf.Conv1D(1, 4, 3, stride=(1, 1)), "stride", "(1, 1)"),
 ])
 table("Convolution", TypeError, [

@@ -3,7 +3,7 @@
 Nothing here imports the packages above it: the trainer, the analysis tools (``docs/ARCHITECTURE.md``).
 A new layer's name goes in ``__all__`` below: the top-level package exports every name listed here.
 """
-from .base import LayerDefinitionError, Neuron, Node, NotReadyError, ShapeError
+from .base import LayerDefinitionError, Neuron, Node, NotBuiltError, NotReadyError, ShapeError
 from .dense import Dense, Linear
 from .conv import Conv1D, Conv2D, Conv3D, Convolution
 from .pooling import AvgPool, AvgPool1D, AvgPool2D, AvgPool3D, MaxPool, MaxPool1D, MaxPool2D, MaxPool3D
@@ -16,7 +16,7 @@ from .dropout import Dropout
 from .normalization import BatchNorm, BatchNormalization
 
 __all__ = [
-    "Node", "Neuron", "ShapeError", "NotReadyError", "LayerDefinitionError",
+    "Node", "Neuron", "ShapeError", "NotReadyError", "NotBuiltError", "LayerDefinitionError",
     "Linear", "Dense", "Convolution", "Conv1D", "Conv2D", "Conv3D",
     "MaxPool", "AvgPool", "MaxPool1D", "MaxPool2D", "MaxPool3D", "AvgPool1D", "AvgPool2D", "AvgPool3D",
     "GlobalAveragePooling", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",

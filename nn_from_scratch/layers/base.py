@@ -31,10 +31,11 @@ import numpy as np
 from ..backend import is_device_array, to_device
 from . import teaching
 from .registry import _REGISTRY, register_layer
-from .shapes import NotReadyError, ShapeError, format_shape, sample_shape
+from .shapes import NotBuiltError, NotReadyError, ShapeError, format_shape, not_built_message, sample_shape
 from .teaching import LayerDefinitionError
 
-__all__ = ["Node", "Neuron", "ShapeError", "NotReadyError", "LayerDefinitionError", "format_shape", "sample_shape"]
+__all__ = ["Node", "Neuron", "ShapeError", "NotReadyError", "NotBuiltError", "LayerDefinitionError", "format_shape",
+           "sample_shape"]
 
 _counters = {}
 
@@ -72,6 +73,11 @@ class Node(ABC):
     #: ``predict``/``evaluate``/``layer_outputs``/``input_gradient`` infer), or set it on one layer.
     training = True
 
+    #: False on a layer whose input size is inferred (``Linear(10)``, ``BatchNorm()``) until ``build``
+    #: ran: the network builds it from the previous layer's output (``docs/layers.md``, "Shapes
+    #: inferred"), or its first ``forward`` from the batch's shape
+    built = True
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         teaching.prepare_class(cls, Node)      # a student's class: adoption of forward/backward, checks
@@ -93,6 +99,18 @@ class Node(ABC):
     def compute_output_shape(self, input_shape):
         """Per-sample output shape for a per-sample input shape (default: same)."""
         return input_shape
+
+    def build(self, input_shape):
+        """Complete a layer whose input size was not given from the per-sample ``input_shape`` of its
+        input (its parameters drawn now, as the explicit form draws them at construction).  A layer
+        that knows its sizes has nothing to do; layers with inferred sizes override ``_build``."""
+        if self.built:
+            return
+        self._build(tuple(input_shape))
+        self.built = True
+
+    def _build(self, input_shape):
+        """Set the sizes and create the parameters for per-sample ``input_shape`` (lazy layers)."""
 
     @property
     def output_shape(self):
@@ -127,6 +145,8 @@ class Node(ABC):
             raise LayerDefinitionError(
                 f"{type(self).__name__}.__init__ did not call the base class's __init__: begin it with "
                 f"`super().__init__(shape, name=name)` (a Neuron: `super().__init__(shape, name=name, dtype=dtype)`)")
+        if not self.built and hasattr(x, "shape"):
+            self.build(tuple(x.shape[1:]))       # a lazy layer used on its own: the batch gives its size
         x = self.prepare_input(x)
         y = self._forward(x)
         if self._user_layer:
@@ -345,7 +365,18 @@ class Neuron(Node):
 
     @property
     def params(self):
+        if not self._params and not self.built:
+            raise NotBuiltError(not_built_message(self._describe(), self._explicit_example()))
         return self._params
+
+    def _explicit_example(self):
+        """How to write this layer with its input size given (for ``NotBuiltError``)."""
+        return f"see help({type(self).__name__})"
+
+    def require_built(self, what):
+        """Raise ``NotBuiltError`` naming ``what`` (e.g. ``"count_params"``) while the layer is unbuilt."""
+        if not self.built:
+            raise NotBuiltError(not_built_message(self._describe(), self._explicit_example(), what))
 
     @property
     def grads(self):

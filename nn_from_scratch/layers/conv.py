@@ -34,7 +34,11 @@ class Convolution(_GradNames, Neuron):
 
     Constructor: the seed's form ``Convolution((batch, C, H, W), kernel_size=3,
     output_layers=4, use_bias=False)``; or ``in_channels=C`` instead of the input
-    shape (spatial size then free), and ``out_channels`` for ``output_layers``.
+    shape (spatial size then free), and ``out_channels`` for ``output_layers``; or neither
+    (``Convolution(kernel_size=3, output_layers=4)``, as Keras's ``Conv2D(4, 3)``): the input
+    channels (and, for an int ``kernel_size``, the number of spatial axes) come from the input when
+    the network is built, and ``W``/``b`` are drawn then, with the same values for a given ``seed``
+    as the explicit form (``docs/layers.md``, "Shapes inferred").
     ``kernel_size``, ``stride``, ``dilation`` take an int or a per-axis tuple;
     ``padding`` an int, per-axis ints or (lo, hi) pairs, ``"valid"`` or ``"same"``.
     """
@@ -57,6 +61,7 @@ class Convolution(_GradNames, Neuron):
         validation.count("Convolution", "ndim", ndim, allow_none=True)
         if ndim is not None and ndim > 3:
             raise ValueError(f"Convolution: ndim must be 1, 2 or 3 (spatial axes), received {ndim!r}")
+        self._ndim_given = ndim is not None
         if input_shape is not None:
             shp = sample_shape(input_shape, "Convolution", "input_shape")
             if len(shp) < 2 or len(shp) > 4:
@@ -69,37 +74,70 @@ class Convolution(_GradNames, Neuron):
             in_channels = shp[0]
             nd = len(shp) - 1
         else:
-            if in_channels is None:
-                raise ValueError("Convolution needs an input shape (N, C, *S) or in_channels=")
             if ndim is None:
                 ndim = len(kernel_size) if not isinstance(kernel_size, (int, np.integer)) else 2
             nd = int(ndim)
-            shp = (int(in_channels),) + (None,) * nd
+            shp = None if in_channels is None else (int(in_channels),) + (None,) * nd
         if ndim is not None and int(ndim) != nd:
             raise ValueError(f"Convolution: ndim={ndim} but the input shape has {nd} spatial axes")
-        super().__init__((None,) + shp, name=name, dtype=dtype)
+        super().__init__(None if shp is None else (None,) + shp, name=name, dtype=dtype)
         self.ndim = nd
-        self.in_channels = int(in_channels)
+        self.in_channels = None if in_channels is None else int(in_channels)
         self.out_channels = int(output_layers)
+        self._kernel_arg, self._stride_arg, self._dilation_arg = kernel_size, stride, dilation
+        self._set_geometry(nd, padding)
+        self.use_bias = validation.flag(self._describe(), "use_bias", use_bias)
+        if shp is not None and None not in shp:
+            self.compute_output_shape(shp)  # raises early if the kernel does not fit
+        self._init = (_init_spec(kernel_initializer, W_init_range), bias_initializer)
+        initializers.get(self._init[0])              # an unknown initializer is refused here, built or not
+        initializers.get(bias_initializer)
+        self._seed = seed
+        self._set_regularizers(kernel_regularizer, bias_regularizer)
+        if shp is None:
+            self.built = False      # Conv2D(4, 3) as Keras: the input channels come from the input (build)
+        else:
+            self._make_params(initializers.default_rng(seed))
+
+    def _set_geometry(self, nd, padding):
         try:
-            self.kernel_size = as_tuple(kernel_size, nd, "kernel_size")
-            self.stride = as_tuple(stride, nd, "stride")
-            self.dilation = as_tuple(dilation, nd, "dilation")
+            self.kernel_size = as_tuple(self._kernel_arg, nd, "kernel_size")
+            self.stride = as_tuple(self._stride_arg, nd, "stride")
+            self.dilation = as_tuple(self._dilation_arg, nd, "dilation")
             resolve_padding(padding, (1,) * nd, self.kernel_size, self.stride, self.dilation)  # validate spec
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"{self._describe()}: {exc}") from None
         self.padding = padding
-        self.use_bias = validation.flag(self._describe(), "use_bias", use_bias)
-        if None not in shp:
-            self.compute_output_shape(shp)  # raises early if the kernel does not fit
-        rng = initializers.default_rng(seed)
+
+    def _make_params(self, rng):
+        """Draw ``W`` then ``b`` from ``rng``: the same draws whether the input channels were given or
+        inferred, so one seed gives the same weights in both forms."""
         wshape = (self.out_channels, self.in_channels) + self.kernel_size
-        W = initializers.get(_init_spec(kernel_initializer, W_init_range))(wshape, rng)
+        W = initializers.get(self._init[0])(wshape, rng)
         self.add_param("W", np.asarray(W, dtype=self.dtype))
         if self.use_bias:
-            b = initializers.get(bias_initializer)((self.out_channels,), rng)
+            b = initializers.get(self._init[1])((self.out_channels,), rng)
             self.add_param("b", np.asarray(b, dtype=self.dtype))
-        self._set_regularizers(kernel_regularizer, bias_regularizer)
+
+    def _build(self, input_shape):
+        nd = len(input_shape) - 1
+        if not 1 <= nd <= 3 or input_shape[0] is None or (self._ndim_given and nd != self.ndim):
+            want = (f"(N, C, {', '.join('S' * self.ndim)})" if self._ndim_given
+                    else "(N, C, L), (N, C, H, W) or (N, C, D, H, W)")
+            raise ShapeError(f"{self._describe()} takes input of shape {want} with C known, received samples of "
+                             f"shape {format_shape((None,) + tuple(input_shape))}")
+        if nd != self.ndim:              # an int kernel_size said nothing of the number of axes: the input does
+            self.ndim = nd
+            self._set_geometry(nd, self.padding)
+        self.in_channels = int(input_shape[0])
+        self.input_shape = (self.in_channels,) + (None,) * nd
+        if None not in input_shape:
+            self.compute_output_shape(tuple(input_shape))  # the kernel must fit
+        self._make_params(initializers.default_rng(self._seed))
+
+    def _explicit_example(self):
+        return (f"Convolution((N, C, H, W), kernel_size={self.kernel_size[0] if len(set(self.kernel_size)) == 1 else self.kernel_size}, "
+                f"output_layers={self.out_channels}) or in_channels=C")
 
     def regularized_parts(self):
         """``(regularizer, parameter, index)``: the kernel ``W`` and the bias ``b``."""
@@ -111,6 +149,7 @@ class Convolution(_GradNames, Neuron):
         return parts
 
     def get_config(self):
+        self.require_built("get_config (saving)")
         return {"input_shape": [None] + list(self.input_shape), "kernel_size": list(self.kernel_size),
                 "output_layers": self.out_channels, "use_bias": self.use_bias, "stride": list(self.stride),
                 "padding": padding_to_json(self.padding), "dilation": list(self.dilation),
@@ -158,7 +197,7 @@ class Convolution(_GradNames, Neuron):
 
     @property
     def b(self):
-        return self._params.get("b")
+        return self.params.get("b")
 
     @property
     def b_grad(self):
@@ -202,7 +241,7 @@ class Convolution(_GradNames, Neuron):
         return col2im(dcols, self._cache["x_shape"], self.kernel_size, self.stride, self.padding, self.dilation)
 
     def __repr__(self):
-        return (f"Convolution({self.in_channels} -> {self.out_channels}, kernel={self.kernel_size}, "
+        return (f"Convolution({'?' if self.in_channels is None else self.in_channels} -> {self.out_channels}, kernel={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding!r}, dilation={self.dilation}, "
                 f"use_bias={self.use_bias}, name={self.name!r})")
 

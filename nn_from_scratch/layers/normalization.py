@@ -37,6 +37,7 @@ import numpy as np
 
 from ..backend import get_array_module, to_device
 from .initializers import backend as _backend
+from ..validation import is_int
 from .base import Neuron, ShapeError, format_shape, sample_shape
 
 __all__ = ["BatchNorm", "BatchNormalization"]
@@ -45,20 +46,36 @@ __all__ = ["BatchNorm", "BatchNormalization"]
 class BatchNorm(Neuron):
     """Batch normalisation over axis 1 of ``(N, D)`` or ``(N, C, *S)`` data (module docstring).
 
-    ``BatchNorm(shape, momentum=0.99, epsilon=1e-3, dtype=float32, name=None)``, ``shape``
-    ``(N, D)``/``(N, C, *S)`` (spatial sizes may be None) or the number of features.
+    ``BatchNorm(shape=None, momentum=0.99, epsilon=1e-3, dtype=float32, name=None)``, ``shape``:
+
+    * ``C`` (an int): ``C`` features of ``(N, C)`` input or ``C`` channels of ``(N, C, *S)`` input,
+      as PyTorch's ``BatchNorm2d(C)``; the rank comes from the input when the network is built;
+    * nothing: ``C`` too comes from the input (Keras's ``BatchNormalization()``);
+    * ``(N, D)``/``(N, C, *S)`` (spatial sizes may be None): that input shape exactly.
+
+    A ``C`` that differs from the input's raises ``ShapeError`` showing the form to write
+    (``docs/layers.md``, "Shapes inferred").
     Parameters ``gamma``, ``beta``: ``(C,)``; buffers ``moving_mean``, ``moving_variance``: ``(C,)``.
     """
 
-    def __init__(self, shape, momentum=0.99, epsilon=1e-3, dtype=np.float32, name=None):
+    def __init__(self, shape=None, momentum=0.99, epsilon=1e-3, dtype=np.float32, name=None):
         super().__init__(None, name=name, dtype=dtype)
-        try:
-            self.input_shape = sample_shape(shape)
-        except (ShapeError, TypeError, ValueError):
-            self.input_shape = None
-        if not self.input_shape or self.input_shape[0] is None or self.input_shape[0] < 1:
-            raise ShapeError(f"{self._describe()}: shape must be (N, D), (N, C, *S) or the number of "
-                             f"features D, with D/C known, received {shape!r}")
+        c = None
+        if shape is not None and is_int(shape):
+            if shape < 1:
+                raise ShapeError(f"{self._describe()}: the number of features/channels must be >= 1, received "
+                                 f"{shape!r}")
+            c = int(shape)          # BatchNorm(8): 8 channels (axis 1) of input of any rank, as PyTorch/Keras
+        elif shape is not None:
+            try:
+                self.input_shape = sample_shape(shape)
+            except (ShapeError, TypeError, ValueError):
+                self.input_shape = None
+            if not self.input_shape or self.input_shape[0] is None or self.input_shape[0] < 1:
+                raise ShapeError(f"{self._describe()}: shape must be the number of features/channels C "
+                                 f"(BatchNorm(8)), (N, D), (N, C, *S), or nothing (BatchNorm(): C from the "
+                                 f"input), with D/C known, received {shape!r}")
+            c = self.input_shape[0]
         for arg, value, ok in (("momentum", momentum, lambda v: 0 <= v < 1),
                                ("epsilon", epsilon, lambda v: v > 0)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
@@ -66,22 +83,51 @@ class BatchNorm(Neuron):
                 want = "0 <= momentum < 1" if arg == "momentum" else "epsilon > 0"
                 raise ValueError(f"{self._describe()}: {arg} must be a number with {want}, received {value!r}")
         self.momentum, self.epsilon = float(momentum), float(epsilon)
-        c = self.channels = int(self.input_shape[0])
+        self.channels = c
+        if self.input_shape is None:
+            self.built = False      # the rank (and for BatchNorm() the channels) come from the input (build)
+        if c is not None:
+            self._make_params(c)
+
+    def _make_params(self, c):
+        """gamma = 1, beta = 0, moving mean 0, moving variance 1, all ``(C,)`` (no random draw)."""
         self.add_param("gamma", np.ones(c, dtype=self.dtype))
         self.add_param("beta", np.zeros(c, dtype=self.dtype))
         self._buffers = {"moving_mean": _backend.to_device(np.zeros(c, dtype=self.dtype)),
                          "moving_variance": _backend.to_device(np.ones(c, dtype=self.dtype))}
 
+    def _build(self, input_shape):
+        if len(input_shape) < 1 or input_shape[0] is None:
+            raise ShapeError(f"{self._describe()} normalises axis 1 of (N, D) or (N, C, *S) input with D/C known, "
+                             f"received samples of shape {format_shape((None,) + tuple(input_shape))}")
+        c = int(input_shape[0])
+        if self.channels is not None and c != self.channels:
+            form = (f"BatchNorm({c})" if len(input_shape) == 1 else
+                    f"BatchNorm({c}) or BatchNorm((None, {c}{', None' * (len(input_shape) - 1)}))")
+            raise ShapeError(f"{self._describe()} was given {self.channels} "
+                             f"{'features' if len(input_shape) == 1 else 'channels'} but its input has {c} (samples "
+                             f"of shape {format_shape((None,) + tuple(input_shape))}; axis 1 is normalised): write "
+                             f"{form}, or BatchNorm() to take the size from the input")
+        self.input_shape = (c,) + (None,) * (len(input_shape) - 1)
+        if self.channels is None:
+            self.channels = c
+            self._make_params(c)
+
+    def _explicit_example(self):
+        return "BatchNorm(C) or BatchNorm((None, C, None, None))"
+
     # -- state --------------------------------------------------------------------------------
     @property
     def buffers(self):
         """Non-trainable state by name: ``moving_mean``, ``moving_variance`` (the optimizer leaves them)."""
+        if self.channels is None:
+            self.require_built("buffers")
         return self._buffers
 
     def set_buffers(self, **values):
         """Replace buffers by arrays of the same shapes (cast to the layer dtype, copied)."""
         for k, v in values.items():
-            if k not in self._buffers:
+            if k not in self.buffers:
                 raise KeyError(f"{self._describe()} has no buffer {k!r}; it has {sorted(self._buffers)}")
             old = self._buffers[k]
             if tuple(v.shape) != tuple(old.shape):
@@ -92,28 +138,30 @@ class BatchNorm(Neuron):
 
     @property
     def gamma(self):
-        return self._params["gamma"]
+        return self.params["gamma"]
 
     @property
     def beta(self):
-        return self._params["beta"]
+        return self.params["beta"]
 
     @property
     def moving_mean(self):
-        return self._buffers["moving_mean"]
+        return self.buffers["moving_mean"]
 
     @property
     def moving_variance(self):
-        return self._buffers["moving_variance"]
+        return self.buffers["moving_variance"]
 
     def astype(self, dtype):
         super().astype(dtype)
-        for k, v in self._buffers.items():
+        for k, v in self.__dict__.get("_buffers", {}).items():
             self._buffers[k] = v.astype(self.dtype)
         return self
 
     def count_params(self):
         """``4 C`` as Keras counts them: ``2 C`` trainable (gamma, beta), ``2 C`` not (the moving statistics)."""
+        if self.channels is None:
+            self.require_built("count_params")
         return 4 * self.channels
 
     @classmethod
@@ -121,18 +169,25 @@ class BatchNorm(Neuron):
         """``{"gamma", "beta", "moving_mean", "moving_variance": (C,)}`` for a ``get_config`` record,
         without building the layer (the model file check, ``serialization.py``: the moving statistics
         are validated like the weights)."""
-        c = list(config["shape"])[1]
+        c = config["shape"] if is_int(config["shape"]) else list(config["shape"])[1]
         if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1:
             raise ValueError(f"shape[1] (features/channels) must be a positive integer, received {c!r}")
         return {name: (int(c),) for name in ("gamma", "beta", "moving_mean", "moving_variance")}
 
     def get_config(self):
-        return {"shape": [None] + list(self.input_shape), "momentum": self.momentum, "epsilon": self.epsilon,
+        if self.channels is None:
+            self.require_built("get_config (saving)")
+        shape = self.channels if self.input_shape is None else [None] + list(self.input_shape)
+        return {"shape": shape, "momentum": self.momentum, "epsilon": self.epsilon,
                 "dtype": self.dtype.name, "name": self.name}
 
     # -- forward / backward -------------------------------------------------------------------
     def check_input(self, x):
-        if hasattr(x, "ndim") and x.ndim != len(self.input_shape) + 1:
+        if self.input_shape is None and hasattr(x, "ndim"):        # BatchNorm(C), rank still open
+            if x.ndim < 2 or x.shape[1] != self.channels:
+                raise ShapeError(f"{self._describe()} normalises {self.channels} features/channels along axis 1, "
+                                 f"received {format_shape(tuple(x.shape))}")
+        elif hasattr(x, "ndim") and x.ndim != len(self.input_shape) + 1:
             raise ShapeError(f"{self._describe()} expects input of shape "
                              f"{format_shape((None,) + self.input_shape)}, received {format_shape(tuple(x.shape))}")
         super().check_input(x)
@@ -147,7 +202,7 @@ class BatchNorm(Neuron):
     def check_training_batch(self, n, where="fit"):
         """Raise ``DataError`` (before any step) when a training batch of ``n`` samples would give
         fewer than 2 values per channel (``fit`` checks its smallest batch, the last of each epoch)."""
-        spatial = self.input_shape[1:]
+        spatial = self.input_shape[1:] if self.input_shape is not None else (None,)
         if not self.uses_batch_statistics() or None in spatial or n * math.prod(spatial) >= 2:
             return
         from ..validation import DataError  # noqa: PLC0415

@@ -40,7 +40,7 @@ class _GradNames:
 
     @property
     def W(self):
-        return self._params["W"]
+        return self.params["W"]     # through ``params``: an unbuilt layer says why there is no W yet
 
     @W.setter
     def W(self, value):

@@ -29,7 +29,15 @@ __all__ = ["MaxPool", "AvgPool", "MaxPool1D", "MaxPool2D", "MaxPool3D", "AvgPool
 
 
 class _Pool(Node):
-    def __init__(self, shape=None, pool_size=2, stride=None, padding="valid", ndim=None, name=None):
+    def __init__(self, shape=None, pool_size=None, stride=None, padding="valid", ndim=None, name=None):
+        if validation.is_int(shape) and not isinstance(shape, bool):
+            # MaxPool(2) as Keras's MaxPooling2D(2): an int is the window (a per-sample shape (2,) has no channel axis)
+            if pool_size is not None:
+                raise ValueError(f"{type(self).__name__}({shape!r}, pool_size={pool_size!r}): an int first argument is "
+                                 "the pool size; give it once")
+            shape, pool_size = None, shape
+        if pool_size is None:
+            pool_size = 2
         super().__init__(shape, name)
         if self.input_shape is not None:
             if len(self.input_shape) not in (2, 3, 4):

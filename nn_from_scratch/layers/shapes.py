@@ -2,11 +2,13 @@
 
 ``sample_shape`` drops the batch entry of a constructor shape; ``format_shape`` writes a shape
 as the errors show it (``(N, 1, 28, 28)``); ``ShapeError`` is what a layer raises for an array
-of a shape it cannot take.
+of a shape it cannot take; ``NotBuiltError`` what a layer whose input size is inferred
+(``Linear(10)``, ``Convolution(kernel_size=3, output_layers=4)``, ``BatchNorm()``) raises when its
+parameters are asked for before that size is known (``docs/layers.md``, "Shapes inferred").
 """
 from ..validation import is_int
 
-__all__ = ["ShapeError", "NotReadyError", "format_shape", "sample_shape"]
+__all__ = ["ShapeError", "NotReadyError", "NotBuiltError", "format_shape", "sample_shape", "not_built_message"]
 
 
 class ShapeError(ValueError):
@@ -15,6 +17,19 @@ class ShapeError(ValueError):
 
 class NotReadyError(RuntimeError):
     """``backward`` was called before ``forward`` (nothing is cached)."""
+
+
+class NotBuiltError(RuntimeError):
+    """A layer whose input size is inferred was used (parameters, count, save) before it knew that size."""
+
+
+def not_built_message(describe, example, what=None):
+    """The text of a ``NotBuiltError``: which layer, why, and the two ways out."""
+    doing = f"{what}: " if what else ""
+    return (f"{doing}{describe} has no parameters yet: its input size is inferred when the network is built. "
+            f"Give the network's input shape (NeuralNetwork(layers, input_shape=(1, 28, 28)), per sample), "
+            f"or run fit/predict once (the first batch's shape builds it), or give the size to the layer "
+            f"itself ({example})")
 
 
 def format_shape(shape):

@@ -201,12 +201,16 @@ def sample_weights(sample_weight, class_weight, y, n, where, output_shape, loss)
     return table[labels.astype(np.int64)]
 
 
-def layer_shapes(layers, input_shape):
+def layer_shapes(layers, input_shape, build=None):
     """Per-sample output shape of each of ``layers`` (None where unknown) for samples of
-    ``input_shape``; ``ShapeError`` naming the layers when neighbours do not fit together."""
+    ``input_shape``; ``ShapeError`` naming the layers when neighbours do not fit together.
+    ``build(i, layer, shape)``, when given, is called first for each layer whose input size is
+    inferred (``layer.built`` False) with its input's shape (None where unknown)."""
     shapes = []
     shape = input_shape
     for i, layer in enumerate(layers):
+        if build is not None and not layer.built:
+            build(i, layer, shape)
         if layer.input_shape is not None and shape is not None:
             if not shape_matches(shape, layer.input_shape) and not shape_matches(layer.input_shape, shape):
                 prev = f"layer {i - 1} ({layers[i - 1].name}) outputs" if i else "the network input is"

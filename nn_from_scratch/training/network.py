@@ -118,8 +118,8 @@ class NeuralNetwork:
         self._training = True
         #: set by a callback (``self.network.stop_training = True``) to end ``fit`` after this batch
         self.stop_training = False
-        self.input_shape = tuple(input_shape) if input_shape is not None else layers[0].input_shape
-        self._shapes = inputs.layer_shapes(self.layers, self.input_shape)
+        self._shapes = None
+        self.build(input_shape if input_shape is not None else layers[0].input_shape)
         if n_input is not None and self.input_shape is not None and None not in self.input_shape:
             if int(np.prod(self.input_shape)) != int(n_input):
                 raise ShapeError(f"n_input={n_input} but the first layer takes samples of shape "
@@ -169,6 +169,42 @@ class NeuralNetwork:
         return inputs.sample_weights(sample_weight, class_weight, y, n, where, self.output_shape, self.loss_fn)
 
     # ------------------------------------------------------------------ shapes
+    def build(self, input_shape):
+        """Infer every layer's shapes from the per-sample ``input_shape`` (e.g. ``(1, 28, 28)``), and
+        complete the layers whose input size was not given (``Linear(10)``, ``BatchNorm()``,
+        ``Convolution(kernel_size=3, output_layers=4)``: ``docs/layers.md``, "Shapes inferred") from
+        the output of the layer before, in order.  The constructor does this; ``fit``/``predict``/
+        ``evaluate`` do it from their data's shape when the input shape was unknown.  Returns self."""
+        if input_shape is not None:
+            if validation.is_int(input_shape):
+                input_shape = (input_shape,)
+            try:
+                input_shape = tuple(input_shape)
+                bad = not input_shape or any(s is not None and not (validation.is_int(s) and s >= 1)
+                                             for s in input_shape)
+            except TypeError:
+                bad = True
+            if bad:
+                raise ShapeError(f"NeuralNetwork: input_shape must be the shape of one sample, without the batch "
+                                 f"(e.g. (1, 28, 28) or (784,)), positive ints or None, received {input_shape!r}")
+            input_shape = tuple(None if s is None else int(s) for s in input_shape)
+        self.input_shape = input_shape
+
+        def build_layer(i, layer, shape):
+            if shape is not None and len(shape) and shape[0] is not None:
+                layer.build(shape)              # a ShapeError here is a real misfit (e.g. Linear after a Conv)
+
+        self._shapes = inputs.layer_shapes(self.layers, self.input_shape, build=build_layer)
+        if self.input_shape is None and self.layers[0].input_shape is not None:
+            self.input_shape = self.layers[0].input_shape
+        self.runner.clear()
+        return self
+
+    @property
+    def built(self):
+        """True when every layer knows its sizes (has its parameters): see ``build``."""
+        return all(layer.built for layer in self.layers)
+
     @property
     def output_shape(self):
         return self._shapes[-1]
@@ -263,7 +299,13 @@ class NeuralNetwork:
 
     # ------------------------------------------------------------ input checks
     def _prepare_xy(self, X, y, where):
-        """``(X, y, batch)``: the data checked and normalised for this network (``inputs.prepare_xy``)."""
+        """``(X, y, batch)``: the data checked and normalised for this network (``inputs.prepare_xy``).
+        Layers still without their sizes (the input shape was not known in full) are built from the
+        data's sample shape first, and the data checked again against the built network."""
+        out = inputs.prepare_xy(X, y, where, self.input_shape, self.layers[0], self.output_shape, self.loss_fn)
+        if self.built:
+            return out
+        self.build(tuple(out[0].shape[1:]))
         return inputs.prepare_xy(X, y, where, self.input_shape, self.layers[0], self.output_shape, self.loss_fn)
 
     def _check_labels(self, y, n, where):
@@ -633,5 +675,7 @@ class NeuralNetwork:
     """
 
     def __repr__(self):
+        if not self.built:
+            return f"NeuralNetwork({len(self.layers)} layers, not built yet, loss={type(self.loss_fn).__name__})"
         return f"NeuralNetwork({len(self.layers)} layers, {self.count_params():,} params, loss={type(self.loss_fn).__name__})"
 

@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from ..backend import get_array_module, read_scalars, to_device
+from ..backend import get_array_module, read_scalars, read_to_host, to_device
 from ..layers.losses import SoftMaxLoss
 from . import metrics as metrics_mod
 from .callbacks import CallbackList, TerminateOnNaN
@@ -130,9 +130,10 @@ class _Trainer:
                 print(f"Epoch {epoch}/{epochs}, " + ", ".join(f"{k}: {v:.4f}" for k, v in logs.items()),
                       flush=True)
             if len(hist.history["loss"]) > 1:
-                self.watchdog.epoch_loss(hist.history["loss"][-2], logs["loss"])
+                self.watchdog.epoch_loss(hist.history["loss"], last=epoch == epochs)
             if self.classify and epoch >= 2:
-                self.watchdog.chance(logs["loss"], epoch)
+                self.watchdog.chance(hist.history["loss"], hist.history["accuracy"], epoch, self.X.shape[0],
+                                     self._label_shares)
             if cbl:
                 logged = set(logs)
                 cbl.call("on_epoch_end", epoch - 1, logs)
@@ -227,6 +228,15 @@ class _Trainer:
         first = bad[0] if bad else b
         hist.batch_loss.extend(batch_losses[:first].tolist())
         return self._stop(epoch, first, float(batch_losses[first]) if bad else cur, pbar)
+
+    def _label_shares(self):
+        """The share of each class among the training labels (one reduction, one read; the chance check)."""
+        y = self.y
+        xp = get_array_module(y)
+        counts = (xp.bincount(y.astype(xp.int64).ravel()) if y.ndim == 1 else y.sum(axis=0, dtype=xp.float64))
+        (counts,) = read_to_host(counts, why="check")
+        counts = np.atleast_1d(counts)
+        return (counts / max(float(counts.sum()), 1.0)).tolist()
 
     def _progress(self, epoch, epochs, n_batches):
         if not self.verbose:
