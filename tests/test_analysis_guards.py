@@ -1,0 +1,150 @@
+"""The analysis tools refuse what would be silently wrong or would exhaust memory, before any work.
+
+Silent cases that became errors (each once returned a plausible but wrong result): a negative or
+zero ``batch_size`` (uninitialised memory read as layer outputs; the default used), ``layers=[]``
+(an empty result), a callable ``output=`` returning NaN (every statistic NaN), a result file with
+negative counts or H = 7.0.  Memory: the need is estimated from the sizes alone and a request
+above the limit is refused with the size and the way out, checked here with the allocation
+traced (nothing big is allocated before the refusal).
+"""
+import itertools
+import json
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import nn_from_scratch as nf
+from nn_from_scratch.analysis import separation as sep
+from nn_from_scratch.analysis.separation import core
+
+
+def mlp():
+    return nf.NeuralNetwork([nf.Linear(4, 6, name="hidden"), nf.ReLU(name="act"), nf.Linear(6, 3, name="out")],
+                            loss_fn=nf.SoftMaxLoss(), optimizer=nf.SGD(0.1), workers=1)
+
+
+X = np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32)
+Y = np.arange(30) % 3
+
+
+@pytest.mark.parametrize("bs", [-1, 0, 2.5, True, "8"])
+def test_class_separation_batch_size_is_checked_not_defaulted(bs):
+    with pytest.raises(sep.SeparationError, match=rf"batch_size must be an int >= 1 .*received {bs!r}"):
+        sep.class_separation(mlp(), X, Y, n_per_class=None, batch_size=bs)
+
+
+def test_class_separation_any_valid_batch_size_gives_the_same_result():
+    """Guards the other direction: batch size 1 (every sample alone) equals one batch of all."""
+    net = mlp()
+    a = sep.class_separation(net, X, Y, n_per_class=None, batch_size=1)
+    b = sep.class_separation(net, X, Y, n_per_class=None, batch_size=30)
+    np.testing.assert_array_equal(a.H, b.H)
+    assert np.isfinite(a.H).all() and a.H.shape == (4, 3)
+
+
+def test_class_separation_refuses_an_empty_layer_list():
+    with pytest.raises(sep.SeparationError, match=r"layers=\[\] names no layer.*'hidden'"):
+        sep.class_separation(mlp(), X, Y, n_per_class=None, layers=[])
+
+
+def test_distance_memory_estimate_matches_the_blocks_of_a_pair():
+    # two classes: own blocks m^2 + n^2, the cross block m n, the joint matrix (m + n)^2
+    assert core.distance_bytes([3, 5]) == 8 * (9 + 25 + 15 + 64)
+    # three classes: every own block, plus the largest pair's cross and joint blocks
+    assert core.distance_bytes([2, 7, 4]) == 8 * (4 + 49 + 16 + 28 + 121)
+
+
+def test_class_separation_on_2x20000_points_is_refused_before_allocating():
+    """The audit's case: 2 x 20,000 points need about 22 GB; refused by name, quickly, with ~no memory."""
+    Xb = np.zeros((40_000, 4), np.float32)
+    Xb[:, 0] = np.arange(40_000)
+    yb = np.arange(40_000) % 2
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(sep.SeparationError, match=r"need 20\.9 GiB .*MAX_DISTANCE_BYTES.*smaller n_per_class"):
+            sep.class_separation(mlp(), Xb, yb, n_per_class=None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - t0 < 5 and peak < 50 * 2 ** 20, peak
+
+
+def test_henze_penrose_memory_guard(monkeypatch):
+    monkeypatch.setattr(core, "MAX_DISTANCE_BYTES", core.distance_bytes([10, 10]) - 1)
+    with pytest.raises(sep.SeparationError, match="henze_penrose: the distance blocks .*fewer points"):
+        sep.henze_penrose(np.zeros((10, 2)), np.ones((10, 2)))
+    monkeypatch.setattr(core, "MAX_DISTANCE_BYTES", core.distance_bytes([10, 10]))
+    assert sep.henze_penrose(np.zeros((10, 2)), np.ones((10, 2))).H == pytest.approx(1 - 20 / 200)
+
+
+# ---------------------------------------------------------------------- result files
+def _written(tmp_path):
+    res = sep.class_separation(mlp(), X, Y, n_per_class=None, layers=["input", "out"])
+    path = res.to_json(tmp_path / "r.json")
+    return res, json.loads(path.read_text())
+
+
+def _edited(tmp_path, data, **change):
+    data = dict(data, **change)
+    p = tmp_path / "edited.json"
+    p.write_text(json.dumps(data))
+    return p
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda d: {"m": [-5] + d["m"][1:]}, "'m' holds the sample count -5"),
+    (lambda d: {"n": [0] + d["n"][1:]}, "'n' holds the sample count 0"),
+    (lambda d: {"m": [2.5] + d["m"][1:]}, "'m' must be 3 integer sample counts"),
+    (lambda d: {"H": [[7.0] + r[1:] for r in d["H"]]}, "H must be equal to 1 - R"),
+    (lambda d: {"p_value": [[1.5] + r[1:] for r in d["p_value"]]}, "p_value must be in [0, 1], found 1.5"),
+    (lambda d: {"log_p": [[0.5] + r[1:] for r in d["log_p"]]}, "log_p must be <= 0"),
+    (lambda d: {"R": [[-1.0] + r[1:] for r in d["R"]]}, "R must be in [R_min, R_max]"),
+    (lambda d: {"R_min": [[-1.0] + r[1:] for r in d["R_min"]]}, "R_min must be >= 0"),
+    (lambda d: {"R_max": [[1e6] + r[1:] for r in d["R_max"]]}, "R_max must be <= m + n - 1"),
+    (lambda d: {"H": d["H"][:1]}, "'H' must be 2 rows (layers) of 3 values"),
+    (lambda d: {"z": [r[:2] for r in d["z"]]}, "'z' must be 2 rows (layers) of 3 values"),
+    (lambda d: {"H": [["x"] + r[1:] for r in d["H"]]}, "'H' holds values that are not numbers"),
+    (lambda d: {"R": [[None] + r[1:] for r in d["R"]]}, "'R' has missing values"),
+    (lambda d: {"classes": [0, 0, 1]}, "distinct integers"),
+    (lambda d: {"classes": [0, 1, "2"]}, "distinct integers"),
+    (lambda d: {"layers": []}, "non-empty list of layer names"),
+    (lambda d: {"layers": ["input", "input"]}, "names a layer twice"),
+    (lambda d: {"pairs": d["pairs"][::-1]}, "do not match the classes"),
+    (lambda d: {"pairs": d["pairs"][:2]}, "3 classes make 3 pairs, the file lists 2"),
+])
+def test_from_json_validates_counts_ranges_and_shapes(tmp_path, change, needle):
+    res, data = _written(tmp_path)
+    assert sep.SeparationResult.from_json(_edited(tmp_path, data)).layers == res.layers   # unedited: loads
+    with pytest.raises(sep.SeparationError, match="damaged") as err:
+        sep.SeparationResult.from_json(_edited(tmp_path, data, **change(data)))
+    assert needle in str(err.value)
+
+
+def test_from_json_of_10000_classes_is_refused_before_building_pairs(tmp_path):
+    """A 59 KB file listing 10,000 classes once built 5 x 10^7 pairs before any check."""
+    data = {"format": sep.JSON_FORMAT, "layers": ["input"], "classes": list(range(10_000)), "pairs": [[0, 1]],
+            "m": [5], "n": [5], **{k: [[0.0]] for k in ("H", "R", "z", "p_value", "log_p", "R_min", "R_max")}}
+    p = tmp_path / "many.json"
+    p.write_text(json.dumps(data))
+    assert 40_000 < p.stat().st_size < 100_000
+    t0 = time.perf_counter()
+    with pytest.raises(sep.SeparationError, match="10000 classes make 49995000 pairs, the file lists 1"):
+        sep.SeparationResult.from_json(p)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_from_json_refuses_a_file_above_the_size_limit(tmp_path, monkeypatch):
+    from nn_from_scratch.analysis.separation import result
+    res, data = _written(tmp_path)
+    p = _edited(tmp_path, data)
+    monkeypatch.setattr(result, "MAX_JSON_BYTES", p.stat().st_size - 1)
+    with pytest.raises(sep.SeparationError, match="larger than a separation result may be"):
+        sep.SeparationResult.from_json(p)
+
+
+def test_from_json_pairs_follow_itertools_order(tmp_path):
+    res, data = _written(tmp_path)
+    assert data["pairs"] == [list(p) for p in itertools.combinations([0, 1, 2], 2)]
