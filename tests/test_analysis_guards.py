@@ -148,3 +148,34 @@ def test_from_json_refuses_a_file_above_the_size_limit(tmp_path, monkeypatch):
 def test_from_json_pairs_follow_itertools_order(tmp_path):
     res, data = _written(tmp_path)
     assert data["pairs"] == [list(p) for p in itertools.combinations([0, 1, 2], 2)]
+
+
+# ---------------------------------------------------------------------- input gradients, curvature
+def test_callable_output_returning_nan_is_refused_by_name():
+    from nn_from_scratch.analysis.gradients import gradient_statistics, input_gradients
+    net = mlp()
+    with pytest.raises(ValueError, match=r"callable output= returned 18 NaN/Inf value\(s\) of 18"):
+        input_gradients(net, X[:6], output=lambda out: out * np.nan)
+    with pytest.raises(ValueError, match=r"callable output= returned 1 NaN/Inf"):
+        gradient_statistics(net, X[:6], output=lambda out: np.where(np.arange(18).reshape(6, 3) == 4, np.inf, 1.0))
+    with pytest.raises(ValueError, match="must return real numbers, it returned dtype complex128"):
+        input_gradients(net, X[:6], output=lambda out: out.astype(np.complex128))
+    # a finite upstream is accepted and gives the same as the named mode it spells out
+    D = input_gradients(net, X[:6], output=lambda out: (out == out.max(axis=1, keepdims=True)).astype(out.dtype))
+    np.testing.assert_array_equal(D, input_gradients(net, X[:6], output="max_logit"))
+
+
+def test_kfac_factors_of_a_10000_wide_linear_is_refused_before_any_pass():
+    """The audit's Linear(10000, 10000) has the same A; 2 outputs keep the test's own weights small."""
+    from nn_from_scratch.analysis.curvature import MAX_FACTOR_SIZE, kfac_factors
+    net = nf.NeuralNetwork([nf.Linear(10_000, 2, name="big")], loss_fn=nf.SoftMaxLoss(), workers=1)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"layer 'big' has factors A of 10001 x 10001 and G of 2 x 2; "
+                                         r"building them needs about 2\.24 GiB .*max_factor_size=8192"):
+        kfac_factors(net, np.ones((2, 10_000), np.float32), np.array([0, 1]))
+    assert time.perf_counter() - t0 < 1 and MAX_FACTOR_SIZE == 8192
+    small = nf.NeuralNetwork([nf.Linear(4, 3, name="s")], loss_fn=nf.SoftMaxLoss(), workers=1)
+    with pytest.raises(ValueError, match="max_factor_size=4 on a side"):
+        kfac_factors(small, X[:6], Y[:6], max_factor_size=4)
+    f = kfac_factors(small, X[:6], Y[:6], max_factor_size=5)["s"]
+    assert f.A.shape == (5, 5) and f.G.shape == (3, 3)
