@@ -179,3 +179,70 @@ def test_kfac_factors_of_a_10000_wide_linear_is_refused_before_any_pass():
         kfac_factors(small, X[:6], Y[:6], max_factor_size=4)
     f = kfac_factors(small, X[:6], Y[:6], max_factor_size=5)["s"]
     assert f.A.shape == (5, 5) and f.G.shape == (3, 3)
+
+
+# ---------------------------------------------------------------------- permutation-test result files
+def _result_file(tmp_path, extra=None, drop=(), replace=None):
+    """A saved result, rewritten with ``extra`` members added, ``drop`` removed, ``replace`` swapped."""
+    from nn_from_scratch.analysis.permutation import PermutationTestResult
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good.npz"
+    PermutationTestResult(rng.random((3, 4)), rng.random((9, 3, 4))).save(good)
+    with np.load(good, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files if k not in drop}
+    arrays.update(replace or {})
+    arrays.update(extra or {})
+    path = tmp_path / "edited.npz"
+    np.savez(path, **arrays)
+    return good, path
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(extra={"junk": np.zeros(3)}), "unknown member(s) ['junk']"),
+    (dict(drop=("info",)), "it lacks ['info']"),
+    (dict(drop=("__format__",)), "no __format__"),
+    (dict(replace={"info": np.zeros(3)}), "info must be one text value"),
+    (dict(replace={"statistic": np.array(["a", "b"])}), "statistic must have a dtype of kind 'f'"),
+    (dict(replace={"null_distribution": np.zeros((9, 4, 3))}), "null_distribution must have shape (B >= 1, *(3, 4))"),
+    (dict(replace={"null_distribution": np.zeros((0, 3, 4))}), "null_distribution must have shape (B >= 1"),
+    (dict(replace={"p_values": np.zeros(12)}), "p_values must have the statistic's shape (3, 4)"),
+    (dict(replace={"info": np.array("[1, 2]")}), "info must be a JSON object"),
+    (dict(replace={"info": np.array("{not json")}), "its info is not JSON"),
+    (dict(replace={"statistic": np.full((3, 4), np.inf)}), "statistic holds infinite values"),
+    (dict(replace={"p_values": np.full((3, 4), 0.5)}), "inconsistent"),
+])
+def test_permutation_result_load_checks_members_and_contents(tmp_path, kw, needle):
+    from nn_from_scratch.analysis.permutation import PermutationTestResult
+    good, path = _result_file(tmp_path, **kw)
+    assert PermutationTestResult.load(good).statistic.shape == (3, 4)
+    with pytest.raises(ValueError, match="PermutationTestResult.load") as err:
+        PermutationTestResult.load(path)
+    assert needle in str(err.value), str(err.value)
+
+
+def test_permutation_result_zip_bomb_is_refused_fast_without_decompressing(tmp_path):
+    """An unknown member of 256 MiB of zeros deflated to ~250 KB: refused from the zip directory alone
+    (the audit's 2 MB / 2 GiB bomb took 12.7 s and 2.1 GB; benchmarks/result_file_checks.py)."""
+    import io
+    import zipfile
+    from nn_from_scratch.analysis.permutation import PermutationTestResult
+    good, _ = _result_file(tmp_path)
+    n = 256 << 20
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": (n,)})
+    with zipfile.ZipFile(good, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("junk.npy", "w", force_zip64=True) as f:
+            f.write(buf.getvalue())
+            chunk = bytes(16 << 20)
+            for _ in range(n // len(chunk)):
+                f.write(chunk)
+    assert good.stat().st_size < 2 << 20
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(ValueError, match=r"member 'junk.npy' would inflate .* zip bomb"):
+            PermutationTestResult.load(good)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - t0 < 1.0 and peak < 4 << 20, peak
