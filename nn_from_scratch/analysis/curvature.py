@@ -128,6 +128,8 @@ def _session(net):
 
 def _records(net, X, y, fisher, layers, mc_samples, seed, batch_size, where):
     ls.check_fisher(fisher, net.loss_fn, where, mc_samples)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{where}: seed must be an int >= 0, received {seed!r}")
     rng = np.random.default_rng(seed)
     with _session(net):
         for xb, yb in _batches(net, X, y, batch_size, where):
@@ -224,6 +226,8 @@ def fisher_block(net, X, y, layer, fisher="empirical", mc_samples=1, seed=0, bat
     over them too.  Refuses layers with more than ``max_params`` parameters.
     """
     target = _resolve_one(net, layer, "fisher_block")
+    if isinstance(max_params, (bool, np.bool_)) or not isinstance(max_params, (int, np.integer)) or max_params < 1:
+        raise ValueError(f"fisher_block: max_params must be an int >= 1, received {max_params!r}")
     F, Dp = ls.matrix_shape(target)
     P = F * Dp
     if P > int(max_params):
@@ -247,6 +251,9 @@ def ekfac_scalings(net, X, y, factors, fisher="empirical", mc_samples=1, seed=0,
     Per example ``sum_t (Q_G^T g_nt)(Q_A^T a_nt)^T`` or ``Q_G^T G_n Q_A``, whichever is cheaper
     (``kfac.factors.scalings_sum``).
     """
+    if not isinstance(factors, dict) or not all(isinstance(f, KroneckerFactors) for f in factors.values()):
+        raise TypeError(f"ekfac_scalings: factors must be the dict {{layer name: KroneckerFactors}} that "
+                        f"kfac_factors returns, received {type(factors).__name__}")
     names = list(factors)
     chosen = ls.select_layers(net, names, "ekfac_scalings")
     sums, n_total = {name: None for name in names}, 0

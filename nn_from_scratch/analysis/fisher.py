@@ -45,9 +45,15 @@ FisherResult.__doc__ = "``(statistic, p_value)`` of ``fisher_test``; statistic =
 
 def _values(x, name):
     try:
-        a = np.asarray(x, dtype=np.float64)
+        raw = np.asarray(x)
     except (TypeError, ValueError):
-        raise TypeError(f"fisher_test: {name} must be numbers, received {type(x).__name__}") from None
+        raw = None
+    if raw is None or raw.dtype.kind not in "fiub":
+        got = type(x).__name__ if raw is None else f"{type(x).__name__} of dtype {raw.dtype}"
+        raise TypeError(f"fisher_test: {name} must be real numbers (an array or a list of one shape), received "
+                        f"{got}" + (" (the imaginary part would be dropped)" if raw is not None and
+                                    raw.dtype.kind == "c" else ""))
+    a = raw.astype(np.float64)
     a = a.ravel()
     if a.size == 0:
         raise ValueError(f"fisher_test: {name} is empty")
@@ -92,6 +98,10 @@ def fisher_test(a, b, paired=False, n_permutations=10000, alternative="two-sided
     if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) \
             or n_permutations < 1:
         raise ValueError(f"fisher_test: n_permutations must be an int >= 1, received {n_permutations!r}")
+    if not isinstance(paired, (bool, np.bool_)):
+        raise TypeError(f"fisher_test: paired must be True or False, received {type(paired).__name__} {paired!r}")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"fisher_test: seed must be an int >= 0, received {seed!r}")
     rng = np.random.default_rng(seed)
     scale = max(1.0, float(np.abs(a).max()), float(np.abs(b).max()))
     tol = 1e-9 * scale

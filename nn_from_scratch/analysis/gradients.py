@@ -40,6 +40,7 @@ import numpy as np
 
 from ..backend import get_array_module, read_scalars, to_device, to_numpy
 from ..engine.input_gradients import InputGradientPass
+from ..validation import as_array
 
 __all__ = ["input_gradients", "iter_input_gradients", "gradient_statistics", "association_statistic",
            "nonlinearity_statistic", "OUTPUT_MODES", "GradientMoments", "check_output_mode"]
@@ -236,8 +237,7 @@ def input_gradients(net, X, output="max_logit", batch_size=None, index=None):
     ``forward``/``backward``.  The parameters, caches and stored gradients are left as they were.  The
     result lives where ``X`` lives (NumPy, or CuPy for CuPy data) in the network's dtype.
     """
-    if not hasattr(X, "shape"):
-        X = np.asarray(X)
+    X = as_array("input_gradients", "X", X)
     xp = get_array_module(X)
     D = None
     for a, b, dx in iter_input_gradients(net, X, output, batch_size, index):

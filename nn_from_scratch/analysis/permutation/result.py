@@ -203,6 +203,9 @@ class PermutationTestResult:
         float arrays of matching shapes); after reading, the info is a JSON object and the p-values
         follow from the statistic and the null distribution."""
         from ...training.serialization import ModelFileError, inspect_npz  # noqa: PLC0415
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"PermutationTestResult.load: path must be a str or pathlib.Path, received "
+                            f"{type(path).__name__} {path!r}")
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"PermutationTestResult.load: no file at {os.path.abspath(path)!r}")

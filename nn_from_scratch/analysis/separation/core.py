@@ -12,6 +12,7 @@ import itertools
 import numpy as np
 
 from ...backend import to_numpy
+from ...validation import as_array
 from ..fisher import EXACT_LIMIT, FisherResult, fisher_test
 from . import _mixed, _mst
 from .result import INPUT, HPResult, Rows, SeparationError, SeparationResult, _PER_PAIR
@@ -55,8 +56,23 @@ def _check_distance_memory(sizes, where, hint):
             f"{MAX_DISTANCE_BYTES / 2 ** 30:.3g} GiB); {hint}")
 
 
+def _check_metric(metric, where):
+    """A string naming ``GRAM_METRICS`` or a metric ``scipy.spatial.distance.cdist`` knows."""
+    if not isinstance(metric, str):
+        raise SeparationError(f"{where}: metric must be a string, received {metric!r}")
+    if metric in _mst.GRAM_METRICS:
+        return
+    from scipy.spatial.distance import cdist  # noqa: PLC0415
+    try:
+        cdist(np.eye(2), np.eye(2)[::-1], metric=metric)
+    except ValueError as exc:
+        if "nknown" in str(exc):
+            raise SeparationError(f"{where}: metric must be 'euclidean', 'sqeuclidean', 'cosine' or another "
+                                  f"scipy.spatial.distance.cdist metric, received {metric!r}") from None
+
+
 def _flat(X, name):
-    a = np.asarray(to_numpy(X))
+    a = np.asarray(to_numpy(as_array("henze_penrose", name, X)))
     if a.dtype.kind not in "fiub":
         raise SeparationError(f"henze_penrose: {name} must hold numbers, received dtype {a.dtype}")
     if a.ndim == 0:
@@ -118,8 +134,7 @@ def henze_penrose(Xa, Xb, metric="euclidean"):
     if A.shape[1] != B.shape[1]:
         raise SeparationError(f"henze_penrose: Xa and Xb must have points of the same size, received "
                               f"{A.shape[1]} and {B.shape[1]} values per point")
-    if not isinstance(metric, str):
-        raise SeparationError(f"henze_penrose: metric must be a string, received {metric!r}")
+    _check_metric(metric, "henze_penrose")
     m = len(A)
     _check_distance_memory([len(A), len(B)], "henze_penrose",
                            "pass fewer points (a random subsample of each sample estimates H as well)")
@@ -308,7 +323,7 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
     """
     if not (hasattr(net, "layers") and hasattr(net, "layer_outputs")):
         raise SeparationError(f"class_separation: net must be a NeuralNetwork, received {type(net).__name__}")
-    Xh = np.asarray(to_numpy(X))
+    Xh = np.asarray(to_numpy(as_array("class_separation", "X", X)))
     if Xh.ndim < 2 or len(Xh) == 0:
         raise SeparationError(f"class_separation: X must hold samples along its first axis, received shape "
                               f"{Xh.shape}")
@@ -347,8 +362,7 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
                 ", ".join(f"class {c} has only {k} samples" for c, k in short.items()) +
                 f"; pass n_per_class=None to use every sample (sizes: "
                 + ", ".join(f"{c}: {sizes[c]}" for c in classes) + f"), or at most {min(short.values())}")
-    if not isinstance(metric, str):
-        raise SeparationError(f"class_separation: metric must be a string, received {metric!r}")
+    _check_metric(metric, "class_separation")
     _check_int("batch_size", batch_size, 1)
     _check_int("memory_budget", memory_budget, 1)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:

@@ -152,6 +152,10 @@ class SeparationResult:
         return self.layers.index(layer)
 
     def _pair_index(self, a, b):
+        for name, c in (("a", a), ("b", b)):
+            if isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)):
+                raise KeyError(f"class {name} must be an integer class index, received {c!r}; classes: "
+                               f"{self.classes}")
         a, b = int(a), int(b)
         if a == b:
             raise KeyError(f"a class pair needs two different classes, received {a} and {b}")
@@ -232,7 +236,14 @@ class SeparationResult:
     def to_json(self, path):
         """Write the result to ``path`` (JSON, atomically); returns ``path``."""
         from ...atomic import write_json_atomic  # noqa: PLC0415 - the package's atomic JSON writer
-        write_json_atomic(os.fspath(path), self._as_json())
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"SeparationResult.to_json: path must be a str or pathlib.Path, received "
+                            f"{type(path).__name__} {path!r}")
+        try:
+            write_json_atomic(os.fspath(path), self._as_json())
+        except OSError as exc:
+            raise type(exc)(exc.errno, f"SeparationResult.to_json: cannot write {os.fspath(path)!r} "
+                                       f"({exc.strerror})") from None
         return path
 
     @classmethod
@@ -244,6 +255,9 @@ class SeparationResult:
         counts have the sizes the classes and layers give, counts >= 1, ``0 <= p_value <= 1``,
         ``log_p <= 0``, ``0 <= R_min <= R <= R_max <= m + n - 1`` and ``H = 1 - R (m + n) / (2 m n)``.
         """
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"SeparationResult.from_json: path must be a str or pathlib.Path, received "
+                            f"{type(path).__name__} {path!r}")
         path = os.fspath(path)
         try:
             size = os.path.getsize(path)
