@@ -110,7 +110,9 @@ def main():
         if args.old:
             t_old, rss_old, what = child(path, True)
             print(f"former reader (np.load of every member): {t_old:.2f} s, peak RSS growth {rss_old:.0f} MiB "
-                  f"({what}); ratio {t_old / t_child:.0f}x time, {rss_old / max(rss, 0.1):.0f}x memory")
+                  f"({what}); {t_old / t_child:.0f}x the refusal's time" +
+                  (f", {rss_old / rss:.0f}x its memory" if rss >= 1 else
+                   "; the refusal's RSS growth is below ru_maxrss's resolution"))
         data = {"format": JSON_FORMAT, "layers": ["input"], "classes": list(range(10_000)), "pairs": [[0, 1]],
                 "m": [5], "n": [5], **{k: [[0.0]] for k in ("H", "R", "z", "p_value", "log_p", "R_min", "R_max")}}
         jpath = os.path.join(d, "many.json")
