@@ -49,11 +49,11 @@ accuracy per epoch, train and held-out) and ``summary.json`` (settings, data,
 per-epoch figures, final accuracy, times); ``--save PATH`` also writes the
 trained model (``NeuralNetwork.load(PATH)`` reads it back).
 """
-import argparse
 import os
 import sys
 import time
 
+from .cli_errors import ArgumentParser, command, check_options, output_directory, output_file, run as _run_cli
 from . import backend
 from .data import datasets
 from .data.datasets import MNIST_DIR_ENV, PROJECT_ROOT, mnist_test_locations  # noqa: F401 - re-exported
@@ -134,7 +134,7 @@ def run(epochs=10, batch_size=16, optimizer="adam", lr=None, seed=0, out="output
 
 
 def _parser():
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m nn_from_scratch train",
         description="Train the seed lab's CNN on the 5,000 bundled MNIST digits and report accuracy on the "
                     "official MNIST test set (or on held-out bundled digits when it cannot be found).")
@@ -156,6 +156,7 @@ def _parser():
     return p
 
 
+@command("python -m nn_from_scratch train")
 def main(argv=None):
     args = _parser().parse_args(argv)
     for name in ("epochs", "batch_size"):
@@ -166,6 +167,10 @@ def main(argv=None):
     if args.lr is not None and not args.lr > 0:
         print(f"error: --lr must be > 0, received {args.lr}", file=sys.stderr)
         return 2
+    check_options(args, {"seed": ("int>=", 0)})
+    output_directory(args.out)
+    if args.save:
+        output_file(args.save, "--save")
     try:
         res = run(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                   seed=args.seed, out=args.out, backend_name=args.backend, save=args.save,
@@ -188,4 +193,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_run_cli(main))

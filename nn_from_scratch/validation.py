@@ -7,7 +7,9 @@ rounded (``2.7`` filters), wrapped or replaced by a default (``batch_size=0``).
 * ``count(owner, name, value)``: an int ``>= minimum`` (bools and floats refused, even
   ``2.0``: a size computed as a float is usually a bug upstream);
 * ``flag(owner, name, value)``: a bool (``"False"`` would be true);
-* ``real(owner, name, value)``: a real number (not a bool, not a string).
+* ``real(owner, name, value)``: a real number (not a bool, not a string);
+* ``as_array(owner, name, value)``: an array, or a nested list of one shape (a ragged list of
+  samples, or None, is a ``DataError`` naming the argument).
 
 ``TypeError`` for the wrong kind of value, ``ValueError`` for a value out of range.
 """
@@ -15,7 +17,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["count", "flag", "real", "is_int"]
+__all__ = ["count", "flag", "real", "is_int", "as_array"]
 
 
 def is_int(value):
@@ -52,3 +54,19 @@ def real(owner, name, value):
 
 class DataError(ValueError):
     """Training/evaluation data that the network cannot use (shape, length, labels, NaN)."""
+
+
+def as_array(owner, name, value):
+    """``value`` itself when it is an array (NumPy, CuPy: anything with a shape), else ``np.asarray(value)``;
+    ``DataError`` for None and for ragged nested lists (samples of different shapes)."""
+    if hasattr(value, "shape"):
+        return value
+    if value is None:
+        raise DataError(f"{owner}: {name} must be an array, received None")
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError):
+        lengths = sorted({len(v) for v in value if hasattr(v, "__len__")}) if hasattr(value, "__iter__") else []
+        raise DataError(f"{owner}: {name} must be an array whose samples all have one shape, received a ragged "
+                        f"{type(value).__name__} (sample lengths {lengths[:6]}); pad or crop them to one shape") \
+            from None

@@ -308,7 +308,7 @@ def test_layer_files_do_not_mention_the_engine():
 
 #: what may stay at the top level of nn_from_scratch/ (everything else lives in a sub-package)
 TOP_LEVEL = {"__init__.py", "__main__.py", "_legacy.py", "backend.py", "validation.py", "atomic.py", "by_layer.py",
-             "plotting.py", "train.py", "interfaces.py", "nodes.py", "neurons.py", "optimizers.py"}
+             "plotting.py", "train.py", "interfaces.py", "nodes.py", "neurons.py", "optimizers.py", "cli_errors.py"}
 
 
 def test_every_package_directory_has_an_init():

@@ -47,3 +47,29 @@ def test_short_inputs_keep_their_numbers_block_for_block():
         Ts = s / 25 - (x.sum() - s) / 25
         hits += int((np.abs(Ts) >= abs(T) - 1e-9 * max(1.0, np.abs(x).max())).sum())
     assert got.p_value == (1 + hits) / 4501
+
+
+def test_exact_or_random_is_decided_without_a_huge_binomial():
+    """comb(200000, 100000) alone took a second; the decision uses log C(N, m) first, and agrees
+    with the exact count at the limit's edges."""
+    import math
+    import time
+    for N, m in [(20, 10), (19, 9), (18, 9), (17, 8), (100, 2), (448, 2), (449, 2), (50, 1)]:
+        assert fisher._n_splits_at_most(N, m, fisher.EXACT_LIMIT) == (math.comb(N, m) <= fisher.EXACT_LIMIT)
+    a = np.arange(100_000.0)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="fewer permutations"):
+        fisher_test(a, a + 1, n_permutations=10 ** 12)
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_unpaired_work_bound_counts_the_sort():
+    """The unpaired test sorts each draw (about 6 times the paired cost per value): its bound is
+    MAX_WORK / UNPAIRED_COST values, the paired one MAX_WORK; both refuse one past the bound."""
+    n = 50
+    limit_unpaired = fisher.MAX_WORK // fisher.UNPAIRED_COST // (2 * n)
+    a, b = np.arange(float(n)), np.arange(float(n)) + 0.5
+    with pytest.raises(ValueError, match="for the unpaired test, which sorts each draw"):
+        fisher_test(a, b, n_permutations=limit_unpaired + 1)
+    with pytest.raises(ValueError, match="fewer permutations"):
+        fisher_test(a, b, paired=True, n_permutations=fisher.MAX_WORK // n + 1)

@@ -84,11 +84,15 @@ from ..kfac.factors import EKFACFactors, KroneckerFactors, check_damping, scalin
 
 __all__ = ["per_example_gradients", "kfac_factors", "fisher_block", "ekfac_scalings", "ekfac_factors",
            "approximation_errors", "KroneckerFactors", "EKFACFactors", "check_damping", "symmetric_eigh",
-           "MAX_BLOCK_PARAMS"]
+           "MAX_BLOCK_PARAMS", "MAX_FACTOR_SIZE"]
 
 #: ``fisher_block`` refuses layers with more parameters than this (a dense 4096 x 4096 float64
 #: block is 128 MiB); raise it with ``max_params=``
 MAX_BLOCK_PARAMS = 4096
+#: ``kfac_factors`` refuses layers whose factor ``A`` (``Dp x Dp``) or ``G`` (``F x F``) would be
+#: larger than this on a side (8192: 512 MiB per float64 factor, about three copies at once while
+#: they are summed); raise it with ``max_factor_size=``
+MAX_FACTOR_SIZE = 8192
 
 
 def _inference(net):
@@ -102,9 +106,10 @@ def _batches(net, X, y, batch_size, where):
         raise ValueError(f"{where}: labels/targets y are needed")
     X, y, given = net._prepare_xy(X, y, where)
     n = X.shape[0]
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                   or batch_size < 1):
+        raise ValueError(f"{where}: batch_size must be an int >= 1 or None (one batch), received {batch_size!r}")
     bs = n if batch_size is None else int(batch_size)
-    if bs < 1:
-        raise ValueError(f"{where}: batch_size must be >= 1 or None (one batch), received {batch_size!r}")
     for a in range(0, n, bs):
         xb = net._to_batch(X[a:a + bs])
         yield xb, to_device(y[a:a + bs], like=xb)
@@ -123,6 +128,8 @@ def _session(net):
 
 def _records(net, X, y, fisher, layers, mc_samples, seed, batch_size, where):
     ls.check_fisher(fisher, net.loss_fn, where, mc_samples)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{where}: seed must be an int >= 0, received {seed!r}")
     rng = np.random.default_rng(seed)
     with _session(net):
         for xb, yb in _batches(net, X, y, batch_size, where):
@@ -160,10 +167,30 @@ def per_example_gradients(net, X, y, batch_size=None, layers=None):
     return out
 
 
-def kfac_factors(net, X, y, fisher="empirical", mc_samples=1, seed=0, batch_size=None, layers=None):
+def _check_factor_sizes(chosen, max_factor_size, where):
+    if isinstance(max_factor_size, bool) or not isinstance(max_factor_size, (int, np.integer)) \
+            or max_factor_size < 1:
+        raise ValueError(f"{where}: max_factor_size must be an int >= 1, received {max_factor_size!r}")
+    for layer in chosen:
+        F, Dp = ls.matrix_shape(layer)
+        if max(F, Dp) > max_factor_size:
+            need = 3 * 8 * (F * F + Dp * Dp)
+            raise ValueError(
+                f"{where}: layer '{layer.name}' has factors A of {Dp} x {Dp} and G of {F} x {F}; building them "
+                f"needs about {need / 2 ** 30:.3g} GiB (float64, three copies while summing), above the limit "
+                f"max_factor_size={int(max_factor_size)} on a side; pass layers= without it, or raise "
+                f"max_factor_size= to build it anyway")
+
+
+def kfac_factors(net, X, y, fisher="empirical", mc_samples=1, seed=0, batch_size=None, layers=None,
+                 max_factor_size=MAX_FACTOR_SIZE):
     """``{layer name: KroneckerFactors}`` with ``A``, ``G`` of the convention (module docstring),
-    over the whole of ``X`` (accumulated exactly over batches of ``batch_size``)."""
+    over the whole of ``X`` (accumulated exactly over batches of ``batch_size``).
+
+    Refuses, before any pass, a layer whose ``A`` or ``G`` would be larger than
+    ``max_factor_size`` on a side (``MAX_FACTOR_SIZE``)."""
     chosen = ls.select_layers(net, layers, "kfac_factors")
+    _check_factor_sizes(chosen, max_factor_size, "kfac_factors")
     sums = {layer.name: None for layer in chosen}
     n_total, T = 0, {}
     for rec in _records(net, X, y, fisher, chosen, mc_samples, seed, batch_size, "kfac_factors"):
@@ -199,6 +226,8 @@ def fisher_block(net, X, y, layer, fisher="empirical", mc_samples=1, seed=0, bat
     over them too.  Refuses layers with more than ``max_params`` parameters.
     """
     target = _resolve_one(net, layer, "fisher_block")
+    if isinstance(max_params, (bool, np.bool_)) or not isinstance(max_params, (int, np.integer)) or max_params < 1:
+        raise ValueError(f"fisher_block: max_params must be an int >= 1, received {max_params!r}")
     F, Dp = ls.matrix_shape(target)
     P = F * Dp
     if P > int(max_params):
@@ -222,6 +251,9 @@ def ekfac_scalings(net, X, y, factors, fisher="empirical", mc_samples=1, seed=0,
     Per example ``sum_t (Q_G^T g_nt)(Q_A^T a_nt)^T`` or ``Q_G^T G_n Q_A``, whichever is cheaper
     (``kfac.factors.scalings_sum``).
     """
+    if not isinstance(factors, dict) or not all(isinstance(f, KroneckerFactors) for f in factors.values()):
+        raise TypeError(f"ekfac_scalings: factors must be the dict {{layer name: KroneckerFactors}} that "
+                        f"kfac_factors returns, received {type(factors).__name__}")
     names = list(factors)
     chosen = ls.select_layers(net, names, "ekfac_scalings")
     sums, n_total = {name: None for name in names}, 0

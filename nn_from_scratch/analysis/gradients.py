@@ -38,8 +38,9 @@ import numbers
 
 import numpy as np
 
-from ..backend import get_array_module, to_device, to_numpy
+from ..backend import get_array_module, read_scalars, to_device, to_numpy
 from ..engine.input_gradients import InputGradientPass
+from ..validation import as_array
 
 __all__ = ["input_gradients", "iter_input_gradients", "gradient_statistics", "association_statistic",
            "nonlinearity_statistic", "OUTPUT_MODES", "GradientMoments", "check_output_mode"]
@@ -151,7 +152,18 @@ def _upstream(out, output, index, where):
             got = tuple(g.shape) if hasattr(g, "shape") else type(g).__name__
             raise ValueError(f"{where}: the callable output= must return an upstream gradient of the output's "
                              f"shape {tuple(out.shape)}, it returned {got}")
-        return to_device(g, like=out, dtype=out.dtype)
+        kind = getattr(getattr(g, "dtype", None), "kind", None)
+        if kind not in ("f", "i", "u", "b"):
+            raise ValueError(f"{where}: the callable output= must return real numbers, it returned dtype "
+                             f"{getattr(g, 'dtype', None)}")
+        g = to_device(g, like=out, dtype=out.dtype)
+        (bad,) = read_scalars((~get_array_module(g).isfinite(g)).sum(), why="analysis")
+        if bad:
+            bad = int(bad)
+            raise ValueError(f"{where}: the callable output= returned {bad} NaN/Inf value(s) of "
+                             f"{int(g.size)} for a batch of outputs of shape {tuple(out.shape)}; every "
+                             "statistic would be NaN (check the function, e.g. a log of 0)")
+        return g
     _check_out_shape(tuple(out.shape[1:]), output, index, where)
     n = out.shape[0]
     if output == "output":
@@ -225,8 +237,7 @@ def input_gradients(net, X, output="max_logit", batch_size=None, index=None):
     ``forward``/``backward``.  The parameters, caches and stored gradients are left as they were.  The
     result lives where ``X`` lives (NumPy, or CuPy for CuPy data) in the network's dtype.
     """
-    if not hasattr(X, "shape"):
-        X = np.asarray(X)
+    X = as_array("input_gradients", "X", X)
     xp = get_array_module(X)
     D = None
     for a, b, dx in iter_input_gradients(net, X, output, batch_size, index):

@@ -36,7 +36,6 @@ the significant pixels or patches outlined), ``result.npz`` (``PermutationTestRe
 significant pixels or patches by method, the p-values of the always-blank pixels or patches,
 fits, timings) and ``checkpoints/`` (a stopped run resumes: run the same command again).
 """
-import argparse
 import json
 import math
 import os
@@ -45,6 +44,7 @@ import time
 
 import numpy as np
 
+from ..cli_errors import ArgumentParser, command, check_options, output_directory, run as _run_cli
 from ..examples.networks import permutation_cnn
 
 __all__ = ["build_seed_cnn", "seed_inputs", "seed_loop_network", "main", "run", "DEFAULTS"]
@@ -217,8 +217,9 @@ def run(permutations=DEFAULTS["permutations"], jobs=DEFAULTS["jobs"], epochs=DEF
     return summary
 
 
+@command("python -m nn_from_scratch permutation-test")
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m nn_from_scratch permutation-test",
+    ap = ArgumentParser(prog="python -m nn_from_scratch permutation-test",
                                  description="Which pixels matter to the seed's CNN on the bundled MNIST digits: the "
                                              "global label-permutation test, or the conditional test per patch.")
     ap.add_argument("--null", default=DEFAULTS["null"], choices=["labels", "conditional"],
@@ -248,6 +249,7 @@ def main(argv=None):
         if name != "jobs" and v < 1 or name == "jobs" and v == 0:
             ap.error(f"--{name.replace('_', '-')} must be {'a non-zero integer' if name == 'jobs' else '>= 1'}, "
                      f"received {v}")
+    check_options(args, {"seed": ("int>=", 0), "lr": ("float>", 0.0), "n_train": ("int>=", 20)})
     if not 0 < args.alpha < 1:
         ap.error(f"--alpha must be in (0, 1), received {args.alpha}")
     if args.null == "conditional":
@@ -261,6 +263,7 @@ def main(argv=None):
     elif args.sequential is not None:
         ap.error(f"--sequential belongs to --null conditional, received --sequential {args.sequential} with "
                  "--null labels")
+    output_directory(args.out)
     run(permutations=args.permutations, jobs=args.jobs, epochs=args.epochs, out=args.out, seed=args.seed,
         batch_size=args.batch_size, lr=args.lr, backend=args.backend, test_dir=args.test_dir,
         progress=not args.no_progress, n_train=args.n_train, null=args.null, patch=args.patch,
@@ -269,4 +272,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_run_cli(main))

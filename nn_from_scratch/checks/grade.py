@@ -36,6 +36,7 @@ import sys
 import time
 import traceback
 
+from ..cli_errors import ArgumentParser, command, run as _run_cli
 from .grading.inprocess import KERAS_HINT, grade_layer, grade_model
 from .loading import GradeError, import_module, load_class
 from .grading.report import GradeCheck, GradeReport
@@ -73,7 +74,7 @@ def _json_arg(kind):
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m nn_from_scratch grade",
+    p = ArgumentParser(prog="python -m nn_from_scratch grade",
                                 description="Grade a class of student layers (--submissions, each in a sandbox, "
                                             "against --reference), one layer or a saved model; exit 0 = all "
                                             "passed, 1 = a check failed, 2 = grading could not start.")
@@ -208,6 +209,7 @@ def _student_table(r):
     return lines
 
 
+@command("python -m nn_from_scratch grade")
 def main(argv=None):
     """Run the grading; returns the exit status (0 passed, 1 failed, 2 could not grade)."""
     try:
@@ -264,4 +266,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_run_cli(main))

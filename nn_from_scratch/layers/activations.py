@@ -115,11 +115,20 @@ class Softmax(Node):
             raise ValueError(f"{self._describe()}: axis 0 is the batch axis; softmax runs over a sample's axis "
                              "(axis=-1 or >= 1)")
         self.axis = int(axis)
+        if self.input_shape is not None:
+            self._check_axis(len(self.input_shape) + 1)
+
+    def _check_axis(self, ndim):
+        """The axis must name a sample's axis of a batch of rank ``ndim``: 1..ndim-1 or -(ndim-1)..-1."""
+        if not (1 <= self.axis < ndim or -ndim < self.axis <= -1):
+            raise ValueError(f"{self._describe()}: axis={self.axis} is out of range for batches of rank {ndim} "
+                             f"(samples of rank {ndim - 1}); use an axis in 1..{ndim - 1} or -{ndim - 1}..-1")
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis}
 
     def _forward(self, x):
+        self._check_axis(x.ndim)
         xp = get_array_module(x)
         z = x - x.max(axis=self.axis, keepdims=True)
         e = xp.exp(z)

@@ -232,6 +232,10 @@ class Node(ABC):
             raise NotReadyError(f"{self._describe()}: backward() called before forward(): the layer holds no "
                                 f"forward's cache (NeuralNetwork.forward, running it by a fast path, leaves it "
                                 f"none: call the layer's own forward first, or use the network's backward)")
+        if not hasattr(upstream, "shape") or not hasattr(upstream, "dtype"):
+            raise TypeError(f"{self._describe()}: the upstream gradient must be an array (NumPy or CuPy) of the "
+                            f"last output's shape {format_shape(tuple(self._out_shape))}, received "
+                            f"{type(upstream).__name__} (convert it with np.asarray)")
         if tuple(upstream.shape) != tuple(self._out_shape):
             raise ShapeError(
                 f"{self._describe()}: the upstream gradient must have the shape of the last "
@@ -401,8 +405,15 @@ class Neuron(Node):
             )
 
     def astype(self, dtype):
-        """Convert parameters (and later computation) to ``dtype``; returns self."""
-        self.dtype = np.dtype(dtype)
+        """Convert parameters (and later computation) to ``dtype`` (a float type); returns self."""
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            dt = None
+        if dt is None or dt.kind != "f":
+            raise TypeError(f"{self._describe()}.astype: dtype must be a floating type (float32, float64, "
+                            f"float16), received {dtype!r}; integer parameters cannot be trained")
+        self.dtype = dt
         for k, v in self._params.items():
             self._params[k] = v.astype(self.dtype)
         self._grads = {}
@@ -415,6 +426,11 @@ class Neuron(Node):
             if k not in self._params:
                 raise KeyError(f"{self._describe()} has no parameter {k!r}; it has {sorted(self._params)}")
             old = self._params[k]
+            if not hasattr(v, "shape") or not hasattr(v, "dtype"):
+                raise TypeError(f"{self._describe()}: parameter {k!r} must be an array (NumPy or CuPy) of shape "
+                                f"{tuple(old.shape)}, received {type(v).__name__} (convert it with np.asarray)")
+            if v.dtype.kind not in "fiub":
+                raise TypeError(f"{self._describe()}: parameter {k!r} must hold real numbers, received dtype {v.dtype}")
             if tuple(v.shape) != tuple(old.shape):
                 raise ShapeError(
                     f"{self._describe()}: parameter {k!r} must have shape {tuple(old.shape)}, "

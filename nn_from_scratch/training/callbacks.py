@@ -37,6 +37,8 @@ import os
 
 import numpy as np
 
+from .. import validation
+
 __all__ = ["Callback", "CallbackError", "CallbackList", "EarlyStopping", "ModelCheckpoint", "CSVLogger",
            "LearningRateScheduler", "ReduceLROnPlateau", "TerminateOnNaN", "LambdaCallback"]
 
@@ -184,6 +186,20 @@ def _check_number(owner, name, value, lo=0.0, lo_open=False, integer=False):
     return int(value) if integer else float(value)
 
 
+def _check_path(owner, name, value):
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{owner}: {name} must be a file path (str or pathlib.Path), received "
+                        f"{type(value).__name__} {value!r}")
+    return os.fspath(value)
+
+
+def _check_finite(owner, name, value):
+    v = validation.real(owner, name, value)
+    if not math.isfinite(v):
+        raise ValueError(f"{owner}: {name} must be a finite number, received {value!r}")
+    return v
+
+
 class _Monitor(Callback):
     """Shared by the callbacks that watch one logged quantity (``monitor``)."""
 
@@ -250,10 +266,10 @@ class EarlyStopping(_Monitor):
         self.patience = _check_number("EarlyStopping", "patience", patience, integer=True)
         self.start_from_epoch = _check_number("EarlyStopping", "start_from_epoch", start_from_epoch, integer=True)
         if baseline is not None:
-            baseline = float(baseline)
+            baseline = _check_finite("EarlyStopping", "baseline", baseline)
         self.baseline = baseline
         self.verbose = verbose
-        self.restore_best_weights = bool(restore_best_weights)
+        self.restore_best_weights = validation.flag("EarlyStopping", "restore_best_weights", restore_best_weights)
         self._reset()
 
     def _reset(self):
@@ -303,13 +319,14 @@ class ModelCheckpoint(_Monitor):
 
     def __init__(self, path, monitor="val_loss", verbose=0, save_best_only=False, mode="auto",
                  initial_value_threshold=None):
-        path = os.fspath(path)
+        path = _check_path("ModelCheckpoint", "path", path)
         super().__init__(monitor, mode, 0)
         self.path = path
         self.verbose = verbose
-        self.save_best_only = bool(save_best_only)
-        self.initial_value_threshold = (None if initial_value_threshold is None
-                                        else float(initial_value_threshold))
+        self.save_best_only = validation.flag("ModelCheckpoint", "save_best_only", save_best_only)
+        self.initial_value_threshold = (None if initial_value_threshold is None else
+                                        _check_finite("ModelCheckpoint", "initial_value_threshold",
+                                                      initial_value_threshold))
         self.best = self.initial_value_threshold
         self.saved = []
 
@@ -358,11 +375,11 @@ class CSVLogger(Callback):
     """
 
     def __init__(self, filename, separator=",", append=False):
-        self.filename = os.fspath(filename)
+        self.filename = _check_path("CSVLogger", "filename", filename)
         if not isinstance(separator, str) or len(separator) != 1:
             raise ValueError(f"CSVLogger: separator must be one character, received {separator!r}")
         self.sep = separator
-        self.append = bool(append)
+        self.append = validation.flag("CSVLogger", "append", append)
         self._file = self._writer = self.keys = None
 
     def on_train_begin(self, logs=None):

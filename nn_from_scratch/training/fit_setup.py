@@ -70,6 +70,8 @@ def prepare(net, X, y, epochs=None, batch_size=None, shuffle=None, validation_da
     with these arguments (``NeuralNetwork.fit`` documents them)."""
     epochs = _check_arguments(epochs, n_epochs, batch_size, validation_batch_size, shuffle, stop_on_nonfinite,
                               verbose, seed)
+    if y is None:
+        raise validation.DataError("fit: y (the labels or targets, one per sample of X) is required, received None")
     X, y, given_batch = net._prepare_xy(X, y, "fit")
     batch_size = int(batch_size or given_batch or net.batch_size)
     if shuffle is None:

@@ -18,7 +18,7 @@ import numpy as np
 from ..backend import get_array_module, read_scalars, to_numpy
 from ..layers.base import Node, ShapeError, format_shape
 from ..layers.losses import SoftMaxLoss, labels_to_indices
-from ..validation import DataError
+from ..validation import DataError, as_array
 
 __all__ = ["layer_shapes", "shape_matches", "is_batched", "adapt", "check_finite", "prepare_xy", "check_labels",
            "sample_weights"]
@@ -77,10 +77,9 @@ def check_finite(X, where):
 def prepare_xy(X, y, where, input_shape, first_layer, output_shape, loss):
     """``(X, y, batch)``: checked data as flat ``(N, *S)`` samples and labels (``y`` may be None), and
     the batch size of pre-batched data (None for flat data); see the module docstring."""
-    if not hasattr(X, "shape"):
-        X = np.asarray(X)
-    if y is not None and not hasattr(y, "shape"):
-        y = np.asarray(y)
+    X = as_array(where, "X", X)
+    if y is not None:
+        y = as_array(where, "y", y)
     if not hasattr(X, "dtype") or X.dtype.kind not in "fiub":
         kind = getattr(X, "dtype", type(X).__name__)
         raise DataError(f"{where}: X must be an array of real numbers (float, int or bool), received {kind}"

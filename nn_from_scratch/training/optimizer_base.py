@@ -170,6 +170,11 @@ class Optimizer(ABC):
                     raise RuntimeError(
                         f"{layer._describe()}: no gradient for parameter {name!r}; call backward() before step()"
                     )
+                if not hasattr(grad, "shape") or tuple(grad.shape) != tuple(param.shape):
+                    got = tuple(grad.shape) if hasattr(grad, "shape") else type(grad).__name__
+                    raise ValueError(f"{type(self).__name__}.step: the gradient of {layer._describe()} parameter "
+                                     f"{name!r} must be an array of the parameter's shape {tuple(param.shape)}, "
+                                     f"received {got}")
                 items.append((layer, name, param, grad))
         grads = self._clip(items) if (self.clipnorm or self.clipvalue or self.global_clipnorm) else \
             [g for *_, g in items]

@@ -79,11 +79,22 @@ def _bad(path, what):
     return ModelFileError(f"{path!r} is not a readable model file (truncated or corrupt?): {what}")
 
 
-def inspect_npz(path):
+def inspect_npz(path, kind="model file"):
     """``{name: (shape, dtype)}`` of every array of the ``.npz`` file ``path``, from the zip
     directory and the ``.npy`` headers only (nothing decompressed, nothing allocated), after
     checking that each declared array is exactly what its member holds (see the module
-    docstring); ``ModelFileError`` otherwise."""
+    docstring); ``ModelFileError`` otherwise, its message calling the file a ``kind``.
+    Every ``.npz`` reader of the package (models, analysis results) checks its files with it."""
+    try:
+        return _inspect_npz(path)
+    except ModelFileError as exc:
+        if kind == "model file":
+            raise
+        msg = str(exc).replace("is not a readable model file", f"is not a readable {kind}", 1)
+        raise ModelFileError(msg.replace("model files hold numbers only", f"a {kind} holds none")) from None
+
+
+def _inspect_npz(path):
     from numpy.lib import format as npy
     size = os.path.getsize(path)
     try:

@@ -1,11 +1,13 @@
 """``permutation_test``: the entry point, its argument checks, and the label-permutation nulls
 (docs/analysis/permutation.md).  The conditional null is in ``conditional.py``."""
 import numbers
+import os
 import time
 
 import numpy as np
 
 from ...backend import to_numpy
+from ...validation import as_array
 from .checkpoints import Checkpoints, fingerprint, task_name
 from .conditional import conditional_test
 from .guards import check_result_memory, warn_diverged
@@ -24,6 +26,18 @@ def _check_int(name, value, low):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"permutation_test: {name} must be an integer >= {low}, received {value!r}")
     return int(value)
+
+
+def _check_fit_kwargs(fit_kwargs, where):
+    """Every key is an argument of ``NeuralNetwork.fit`` (checked before any network is trained)."""
+    import inspect  # noqa: PLC0415
+
+    from ...training.network import NeuralNetwork  # noqa: PLC0415
+    known = set(inspect.signature(NeuralNetwork.fit).parameters) - {"self", "X", "y"}
+    unknown = sorted(str(k) for k in fit_kwargs if k not in known)
+    if unknown:
+        raise TypeError(f"{where}: fit_kwargs has {unknown}, not arguments of NeuralNetwork.fit; its arguments are "
+                        f"{sorted(known)}")
 
 
 def permutation_test(build, X, y, fit_kwargs, n_permutations=99, statistic="association", output="max_logit",
@@ -110,8 +124,16 @@ def permutation_test(build, X, y, fit_kwargs, n_permutations=99, statistic="asso
                              "chooses what is tested with groups= (received features)")
         if sequential is not None:
             _check_int("sequential", sequential, 1)
-    X = X if hasattr(X, "shape") else np.asarray(X)
-    y = y if hasattr(y, "shape") else np.asarray(y)
+    _check_fit_kwargs(fit_kwargs, where)
+    if not isinstance(progress, (bool, np.bool_)):
+        raise TypeError(f"{where}: progress must be True or False, received {type(progress).__name__} {progress!r}")
+    if checkpoint_dir is not None:
+        if not isinstance(checkpoint_dir, (str, os.PathLike)):
+            raise TypeError(f"{where}: checkpoint_dir must be a directory path (str or pathlib.Path) or None, "
+                            f"received {type(checkpoint_dir).__name__} {checkpoint_dir!r}")
+        if os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
+            raise ValueError(f"{where}: checkpoint_dir {os.fspath(checkpoint_dir)!r} is a file, not a directory")
+    X, y = as_array(where, "X", X), as_array(where, "y", y)
     if X.ndim < 1 or y.ndim < 1 or X.shape[0] != y.shape[0]:
         raise ValueError(f"{where}: X and y must hold the same number of samples, received X of shape "
                          f"{tuple(X.shape)} and y of shape {tuple(y.shape)}")
@@ -121,6 +143,11 @@ def permutation_test(build, X, y, fit_kwargs, n_permutations=99, statistic="asso
     init_digest = params_digest(net0)
     if example is None:
         example = to_numpy(X[0])
+    else:
+        example = as_array(where, "example", example)
+        if int(np.prod(example.shape)) != int(np.prod(X.shape[1:])):
+            raise ValueError(f"{where}: example must be one input of shape {tuple(X.shape[1:])} (drawn beside the "
+                             f"maps), received shape {tuple(example.shape)}")
     common = dict(build=build, X=X, y=y, fit_kwargs=fit_kwargs, B=B, seed=seed, output=output, index=index,
                   batch_size=batch_size, n_jobs=n_jobs, backend=backend, checkpoint_dir=checkpoint_dir,
                   progress=progress, net0=net0, init_digest=init_digest, example=example, deadline=deadline)

@@ -195,26 +195,45 @@ class PermutationTestResult:
 
     @classmethod
     def load(cls, path):
-        """Read a file written by ``save`` (``allow_pickle=False``); a damaged file raises ``ValueError``."""
+        """Read a file written by ``save`` (``allow_pickle=False``); a damaged file raises ``ValueError``.
+
+        Before anything is decompressed the archive is checked as model files are
+        (``training.serialization.inspect_npz``: members, declared sizes, compression ratio), then
+        every member against what ``save`` writes (``_check_members``: known names, text fields,
+        float arrays of matching shapes); after reading, the info is a JSON object and the p-values
+        follow from the statistic and the null distribution."""
+        from ...training.serialization import ModelFileError, inspect_npz  # noqa: PLC0415
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"PermutationTestResult.load: path must be a str or pathlib.Path, received "
+                            f"{type(path).__name__} {path!r}")
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"PermutationTestResult.load: no file at {os.path.abspath(path)!r}")
+        if os.path.isdir(path):
+            raise ValueError(f"PermutationTestResult.load: {path!r} is a directory, not a result file")
         try:
+            specs = inspect_npz(path, kind=".npz file")
+            _check_members(path, specs)
             with np.load(path, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
-        except Exception as exc:            # zipfile/pickle/format errors: one clear message
+                arrays = {k: f[k] for k in specs}
+        except ModelFileError as exc:
+            raise ValueError(f"PermutationTestResult.load: {exc}") from None
+        except Exception as exc:            # zipfile/format errors: one clear message
             raise ValueError(f"PermutationTestResult.load: {path!r} is not a readable .npz file "
                              f"({type(exc).__name__}: {exc})") from None
-        fmt = arrays.get("__format__")
-        if fmt is None or str(fmt) != _FORMAT:
-            raise ValueError(f"PermutationTestResult.load: {path!r} is not a permutation-test result (format "
-                             f"{None if fmt is None else str(fmt)!r}, expected {_FORMAT!r})")
-        missing = [k for k in ("statistic", "null_distribution", "statistic_name", "info") if k not in arrays]
-        if missing:
-            raise ValueError(f"PermutationTestResult.load: {path!r} lacks {missing}")
+        try:
+            info = json.loads(str(arrays["info"]))
+        except ValueError as exc:
+            raise ValueError(f"PermutationTestResult.load: {path!r}: its info is not JSON ({exc})") from None
+        if not isinstance(info, dict):
+            raise ValueError(f"PermutationTestResult.load: {path!r}: its info must be a JSON object, found "
+                             f"{type(info).__name__}")
+        for key in ("statistic", "null_distribution"):
+            if np.isinf(arrays[key]).any():
+                raise ValueError(f"PermutationTestResult.load: {path!r}: {key} holds infinite values")
         seq = arrays.get("sequential")
         res = cls(arrays["statistic"], arrays["null_distribution"], str(arrays["statistic_name"]),
-                  example=arrays.get("example"), info=json.loads(str(arrays["info"])),
+                  example=arrays.get("example"), info=info,
                   scope=str(arrays["scope"]) if "scope" in arrays else None, groups=arrays.get("groups"),
                   sequential=None if seq is None else int(seq))
         if "p_values" in arrays and not np.array_equal(res.p_values, arrays["p_values"], equal_nan=True):
@@ -236,6 +255,47 @@ class PermutationTestResult:
         extra = f", groups={self.n_groups}" if self.scope == "conditional" else ""
         return (f"PermutationTestResult({self.scope}, {self.statistic_name}, input_shape={self.input_shape}"
                 f"{extra}, B={self.n_permutations}, min p={np.nanmin(self.p_values):.3g})")
+
+
+#: what ``save`` writes: text fields, and arrays with the dtype kinds they may have
+_TEXT = ("__format__", "statistic_name", "scope", "info")
+_ARRAYS = {"statistic": "f", "null_distribution": "f", "p_values": "f", "example": "fiub", "groups": "iu",
+           "sequential": "iu"}
+
+
+def _check_members(path, specs):
+    """Raise ``ValueError`` unless the declared members are those ``save`` writes, of sane shapes."""
+    from ...training.serialization import MAX_CONFIG_BYTES  # noqa: PLC0415
+
+    def bad(what):
+        return ValueError(f"PermutationTestResult.load: {path!r} is not a permutation-test result: {what}")
+
+    unknown = sorted(set(specs) - set(_TEXT) - set(_ARRAYS))
+    if unknown:
+        raise bad(f"unknown member(s) {unknown[:5]} (a result holds {sorted(_TEXT + tuple(_ARRAYS))})")
+    fmt = specs.get("__format__")
+    if fmt is None:
+        raise bad(f"no __format__ (expected {_FORMAT!r})")
+    missing = [k for k in ("statistic", "null_distribution", "statistic_name", "info") if k not in specs]
+    if missing:
+        raise bad(f"it lacks {missing}")
+    for key in _TEXT:
+        if key in specs:
+            shape, dtype = specs[key]
+            if dtype.kind not in "US" or shape != () or dtype.itemsize > MAX_CONFIG_BYTES:
+                raise bad(f"{key} must be one text value of at most {MAX_CONFIG_BYTES} bytes, declared "
+                          f"{dtype}{shape}")
+    for key, kinds in _ARRAYS.items():
+        if key in specs and specs[key][1].kind not in kinds:
+            raise bad(f"{key} must have a dtype of kind {kinds!r}, declared {specs[key][1]}")
+    S = specs["statistic"][0]
+    B = specs["null_distribution"][0]
+    if len(B) < 1 or B[0] < 1 or tuple(B[1:]) != S:
+        raise bad(f"null_distribution must have shape (B >= 1, *{S}) for a statistic of shape {S}, declared {B}")
+    if "p_values" in specs and specs["p_values"][0] != S:
+        raise bad(f"p_values must have the statistic's shape {S}, declared {specs['p_values'][0]}")
+    if "sequential" in specs and specs["sequential"][0] != ():
+        raise bad(f"sequential must be one integer, declared shape {specs['sequential'][0]}")
 
 
 def _json_default(o):

@@ -25,7 +25,6 @@ previous one), ``histograms.png``, ``curve.png``, ``heatmap_<last layer>.png`` a
 
 Exit status: 0 done, 2 bad options or unreadable model/data.
 """
-import argparse
 import json
 import os
 import sys
@@ -33,6 +32,7 @@ import time
 
 import numpy as np
 
+from ...cli_errors import ArgumentParser, command, check_options, output_directory, run as _run_cli
 from ...examples.networks import separation_cnn  # the study's network, built in one place (re-exported)
 
 __all__ = ["separation_cnn", "run", "run_model", "main"]
@@ -259,7 +259,7 @@ def run_model(model, imports=(), data=None, n_per_class=None, out="outputs/separ
 
 
 def _parser():
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m nn_from_scratch separation",
         description="Train a CNN of the reference library's shape on the bundled MNIST digits and write the class "
                     "separation (Henze-Penrose) of every layer before and after training, on the training digits "
@@ -302,6 +302,7 @@ def _error(text):
     return 2
 
 
+@command("python -m nn_from_scratch separation")
 def main(argv=None):
     args = _parser().parse_args(argv)
     if args.model is None:
@@ -327,6 +328,10 @@ def main(argv=None):
         return _error(f"--test-per-class must be >= 2, received {args.test_per_class}")
     if args.lr is not None and not args.lr > 0:
         return _error(f"--lr must be > 0, received {args.lr}")
+    check_options(args, {"seed": ("int>=", 0)})
+    if args.channels is not None and min(args.channels) < 1:
+        return _error(f"--channels must be two integers >= 1, received {args.channels}")
+    output_directory(args.out)
     from ...data import datasets  # noqa: PLC0415
     from .result import SeparationError  # noqa: PLC0415
     try:
@@ -352,4 +357,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_run_cli(main))

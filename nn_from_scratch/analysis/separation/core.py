@@ -12,12 +12,13 @@ import itertools
 import numpy as np
 
 from ...backend import to_numpy
+from ...validation import as_array
 from ..fisher import EXACT_LIMIT, FisherResult, fisher_test
 from . import _mixed, _mst
 from .result import INPUT, HPResult, Rows, SeparationError, SeparationResult, _PER_PAIR
 
 __all__ = ["henze_penrose", "class_separation", "compare_layers", "compare_stages", "fisher_test", "FisherResult",
-           "EXACT_LIMIT", "MEMORY_BUDGET"]
+           "EXACT_LIMIT", "MEMORY_BUDGET", "MAX_DISTANCE_BYTES", "distance_bytes"]
 
 #: bytes of layer outputs one pass through the network may collect; more layers than fit
 #: are analysed in several passes (each runs the whole network).  Peak memory is about
@@ -25,9 +26,53 @@ __all__ = ["henze_penrose", "class_separation", "compare_layers", "compare_stage
 #: sorts its rows) + the distance blocks (sum of n_c^2 + n_a n_b float64, 90 MB at 1,000 per class)
 MEMORY_BUDGET = 2 ** 30
 
+#: the most memory the distance blocks of one layer may need (``distance_bytes``); a larger
+#: request is refused before anything is allocated, naming the size and the way out (fewer
+#: samples per class).  Raise it (``core.MAX_DISTANCE_BYTES = ...``) on a machine with the memory.
+MAX_DISTANCE_BYTES = 8 * 2 ** 30
+
+
+def distance_bytes(sizes):
+    """Upper bound of the float64 memory the distance blocks of one layer take for classes of
+    ``sizes`` points: every class's own block (kept for all its pairs) plus, for the largest
+    pair, its cross block and the joint matrix Prim's tree is built on (``_pair``)::
+
+        8 * (sum_c n_c^2 + max_(a, b) (n_a n_b + (n_a + n_b)^2))
+
+    Exact duplicates are merged first, so the real need can only be smaller.
+    """
+    sizes = sorted((int(k) for k in sizes), reverse=True)
+    own = sum(k * k for k in sizes)
+    a, b = (sizes + [0, 0])[:2]
+    return 8 * (own + a * b + (a + b) ** 2)
+
+
+def _check_distance_memory(sizes, where, hint):
+    need = distance_bytes(sizes)
+    if need > MAX_DISTANCE_BYTES:
+        raise SeparationError(
+            f"{where}: the distance blocks of {len(sizes)} classes of up to {max(sizes)} points would need "
+            f"{need / 2 ** 30:.3g} GiB ({need} bytes; at most MAX_DISTANCE_BYTES = "
+            f"{MAX_DISTANCE_BYTES / 2 ** 30:.3g} GiB); {hint}")
+
+
+def _check_metric(metric, where):
+    """A string naming ``GRAM_METRICS`` or a metric ``scipy.spatial.distance.cdist`` knows."""
+    if not isinstance(metric, str):
+        raise SeparationError(f"{where}: metric must be a string, received {metric!r}")
+    if metric in _mst.GRAM_METRICS:
+        return
+    from scipy.spatial.distance import cdist  # noqa: PLC0415
+    try:
+        cdist(np.eye(2), np.eye(2)[::-1], metric=metric)
+    except ValueError as exc:
+        if "nknown" in str(exc):
+            raise SeparationError(f"{where}: metric must be 'euclidean', 'sqeuclidean', 'cosine' or another "
+                                  f"scipy.spatial.distance.cdist metric, received {metric!r}") from None
+
 
 def _flat(X, name):
-    a = np.asarray(to_numpy(X))
+    a = np.asarray(to_numpy(as_array("henze_penrose", name, X)))
     if a.dtype.kind not in "fiub":
         raise SeparationError(f"henze_penrose: {name} must hold numbers, received dtype {a.dtype}")
     if a.ndim == 0:
@@ -89,9 +134,10 @@ def henze_penrose(Xa, Xb, metric="euclidean"):
     if A.shape[1] != B.shape[1]:
         raise SeparationError(f"henze_penrose: Xa and Xb must have points of the same size, received "
                               f"{A.shape[1]} and {B.shape[1]} values per point")
-    if not isinstance(metric, str):
-        raise SeparationError(f"henze_penrose: metric must be a string, received {metric!r}")
+    _check_metric(metric, "henze_penrose")
     m = len(A)
+    _check_distance_memory([len(A), len(B)], "henze_penrose",
+                           "pass fewer points (a random subsample of each sample estimates H as well)")
     dtype = np.result_type(A.dtype, B.dtype, np.float32)
     pts = _mst.Points(np.concatenate([A.astype(dtype), B.astype(dtype)]), metric, where="henze_penrose",
                       owned=True)
@@ -121,6 +167,15 @@ def _class_labels(y, n):
     if (a < 0).any():
         raise SeparationError(f"class_separation: y must be class indices >= 0, received {int(a.min())}")
     return a
+
+
+def _check_int(name, value, low):
+    """``value`` is None or an int >= ``low`` (not a bool, not a float that would be rounded)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise SeparationError(f"class_separation: {name} must be an int >= {low} or None (the default), "
+                              f"received {value!r}")
 
 
 def _layer_names(net):
@@ -157,7 +212,7 @@ def _collect(net, X, names, batch_size, budget=None):
     """``{name: (N, d) outputs}`` of the analysed layers, in passes that fit ``MEMORY_BUDGET``.
 
     Yields one dict per pass."""
-    bs = int(batch_size or max(getattr(net, "batch_size", 32), 256))
+    bs = int(batch_size) if batch_size is not None else max(int(getattr(net, "batch_size", 32) or 32), 256)
     wanted = [n for n in names if n != INPUT]
     if not wanted:
         return
@@ -268,7 +323,7 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
     """
     if not (hasattr(net, "layers") and hasattr(net, "layer_outputs")):
         raise SeparationError(f"class_separation: net must be a NeuralNetwork, received {type(net).__name__}")
-    Xh = np.asarray(to_numpy(X))
+    Xh = np.asarray(to_numpy(as_array("class_separation", "X", X)))
     if Xh.ndim < 2 or len(Xh) == 0:
         raise SeparationError(f"class_separation: X must hold samples along its first axis, received shape "
                               f"{Xh.shape}")
@@ -279,9 +334,13 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
         classes = present.tolist()
     else:
         try:
-            classes = sorted({int(c) for c in classes})
-        except (TypeError, ValueError):
-            raise SeparationError(f"class_separation: classes must be class indices, received {classes!r}") from None
+            given = list(classes) if not isinstance(classes, (str, bytes)) else None
+        except TypeError:
+            given = None
+        if given is None or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) for c in given):
+            raise SeparationError(f"class_separation: classes must be a list of integer class indices (or None: "
+                                  f"every class), received {classes!r}")
+        classes = sorted({int(c) for c in given})
         missing = [c for c in classes if c not in sizes]
         if missing:
             raise SeparationError(f"class_separation: classes {missing} have no samples in y (present: "
@@ -303,9 +362,12 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
                 ", ".join(f"class {c} has only {k} samples" for c, k in short.items()) +
                 f"; pass n_per_class=None to use every sample (sizes: "
                 + ", ".join(f"{c}: {sizes[c]}" for c in classes) + f"), or at most {min(short.values())}")
-    if not isinstance(metric, str):
-        raise SeparationError(f"class_separation: metric must be a string, received {metric!r}")
-    if precision not in PRECISIONS:
+    _check_metric(metric, "class_separation")
+    _check_int("batch_size", batch_size, 1)
+    _check_int("memory_budget", memory_budget, 1)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SeparationError(f"class_separation: seed must be an int >= 0, received {seed!r}")
+    if not isinstance(precision, str) or precision not in PRECISIONS:
         raise SeparationError(f"class_separation: precision must be one of {PRECISIONS}, received {precision!r}")
     names = _layer_names(net)
     if layers is None:
@@ -313,10 +375,21 @@ def class_separation(net, X, y, n_per_class=1000, layers=None, classes=None, see
     else:
         if isinstance(layers, str):
             layers = [layers]
+        try:
+            layers = list(layers)
+        except TypeError:
+            raise SeparationError(f"class_separation: layers must be layer names (a list of strings) or None (every "
+                                  f"layer), received {layers!r}") from None
+        if not layers:
+            raise SeparationError(f"class_separation: layers=[] names no layer to analyse; pass None for every "
+                                  f"layer, or some of {names}")
         unknown = [n for n in layers if n not in names]
         if unknown:
             raise SeparationError(f"class_separation: unknown layer name(s) {unknown}; the layers are {names}")
         chosen = [n for n in names if n in set(layers)]
+    _check_distance_memory([sizes[c] if n_per_class is None else n_per_class for c in classes],
+                           "class_separation", "pass a smaller n_per_class (a seeded random sample of each class, "
+                           "the default 1000)")
     rng = np.random.default_rng(seed)
     picks = _sample(labels, classes, n_per_class, rng)
     order = np.concatenate(picks)

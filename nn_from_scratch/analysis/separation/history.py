@@ -9,6 +9,9 @@
 No weights are saved: the callback analyses the network as it is at the end of each
 chosen epoch (in inference mode), always on the same seeded sample.
 """
+import numpy as np
+
+from ...validation import as_array
 from ...training.callbacks import Callback
 
 __all__ = ["SeparationHistory"]
@@ -28,6 +31,18 @@ class SeparationHistory(Callback):
         super().__init__()
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"SeparationHistory: every must be an int >= 1, received {every!r}")
+        if not isinstance(before_training, (bool, np.bool_)):
+            raise TypeError(f"SeparationHistory: before_training must be True or False, received "
+                            f"{type(before_training).__name__} {before_training!r}")
+        if n_per_class is not None and (isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer))
+                                        or n_per_class < 2):
+            raise ValueError(f"SeparationHistory: n_per_class must be an int >= 2 or None (every sample), received "
+                             f"{n_per_class!r}")
+        X, y = as_array("SeparationHistory", "X", X), as_array("SeparationHistory", "y", y)
+        if X.ndim < 2 or y.ndim < 1 or len(X) != len(y):
+            raise ValueError(f"SeparationHistory: X (samples along the first axis) and y (one class index per "
+                             f"sample) must have the same length, received X of shape {tuple(X.shape)} and y of "
+                             f"shape {tuple(y.shape)}")
         self.X, self.y, self.every = X, y, every
         self.kwargs = dict(n_per_class=n_per_class, layers=layers, classes=classes, seed=seed, metric=metric,
                            batch_size=batch_size)

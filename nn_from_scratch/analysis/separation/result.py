@@ -19,7 +19,7 @@ import numpy as np
 
 from .._table import Table
 
-__all__ = ["HPResult", "SeparationResult", "SeparationError", "Rows", "INPUT", "JSON_FORMAT"]
+__all__ = ["HPResult", "SeparationResult", "SeparationError", "Rows", "INPUT", "JSON_FORMAT", "MAX_JSON_BYTES"]
 
 #: the name under which the network's input is analysed
 INPUT = "input"
@@ -58,10 +58,6 @@ def _pandas():
     except ImportError:
         return None
     return pandas
-
-
-class SeparationError(ValueError):
-    """Data or arguments that the separation analysis cannot use."""
 
 
 # ------------------------------------------------------------------------------ one pair
@@ -156,6 +152,10 @@ class SeparationResult:
         return self.layers.index(layer)
 
     def _pair_index(self, a, b):
+        for name, c in (("a", a), ("b", b)):
+            if isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)):
+                raise KeyError(f"class {name} must be an integer class index, received {c!r}; classes: "
+                               f"{self.classes}")
         a, b = int(a), int(b)
         if a == b:
             raise KeyError(f"a class pair needs two different classes, received {a} and {b}")
@@ -236,32 +236,118 @@ class SeparationResult:
     def to_json(self, path):
         """Write the result to ``path`` (JSON, atomically); returns ``path``."""
         from ...atomic import write_json_atomic  # noqa: PLC0415 - the package's atomic JSON writer
-        write_json_atomic(os.fspath(path), self._as_json())
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"SeparationResult.to_json: path must be a str or pathlib.Path, received "
+                            f"{type(path).__name__} {path!r}")
+        try:
+            write_json_atomic(os.fspath(path), self._as_json())
+        except OSError as exc:
+            raise type(exc)(exc.errno, f"SeparationResult.to_json: cannot write {os.fspath(path)!r} "
+                                       f"({exc.strerror})") from None
         return path
 
     @classmethod
     def from_json(cls, path):
-        """Read a result written by ``to_json``; a file that is not one raises ``SeparationError``."""
+        """Read a result written by ``to_json``; a file that is not one raises ``SeparationError``.
+
+        Checked before anything is built (``_check_json``): the file's size (at most
+        ``MAX_JSON_BYTES``), the classes (distinct integers), that the pairs, arrays and sample
+        counts have the sizes the classes and layers give, counts >= 1, ``0 <= p_value <= 1``,
+        ``log_p <= 0``, ``0 <= R_min <= R <= R_max <= m + n - 1`` and ``H = 1 - R (m + n) / (2 m n)``.
+        """
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"SeparationResult.from_json: path must be a str or pathlib.Path, received "
+                            f"{type(path).__name__} {path!r}")
         path = os.fspath(path)
         try:
+            size = os.path.getsize(path)
+            if size > MAX_JSON_BYTES:
+                raise SeparationError(f"{path!r}: {size} bytes is larger than a separation result may be "
+                                      f"(MAX_JSON_BYTES = {MAX_JSON_BYTES})")
             with open(path) as f:
                 data = json.load(f)
         except (OSError, ValueError) as exc:
+            if isinstance(exc, SeparationError):
+                raise
             raise SeparationError(f"{path!r} is not a readable separation result: {exc}") from None
         if not isinstance(data, dict) or data.get("format") != JSON_FORMAT:
             raise SeparationError(f"{path!r} is not a separation result (format "
                                   f"{data.get('format') if isinstance(data, dict) else None!r}, "
                                   f"expected {JSON_FORMAT!r})")
+        arrays = _check_json(path, data)
+        return cls(data["layers"], data["classes"], arrays, data["m"], data["n"], data.get("info"),
+                   data.get("name"))
+
+
+#: the largest separation-result file ``from_json`` reads (100 classes, 20 layers: about 15 MB)
+MAX_JSON_BYTES = 256 * 2 ** 20
+
+
+def _check_json(path, data):
+    """The per-pair arrays of a parsed result file, after checking its sizes, counts and ranges."""
+    def bad(what):
+        return SeparationError(f"{path!r}: the separation result is damaged: {what}")
+
+    layers, classes, pairs = data.get("layers"), data.get("classes"), data.get("pairs")
+    if not isinstance(layers, list) or not layers or not all(isinstance(x, str) for x in layers):
+        raise bad(f"'layers' must be a non-empty list of layer names, found {str(layers)[:80]}")
+    if len(set(layers)) != len(layers):
+        raise bad(f"'layers' names a layer twice: {layers}")
+    if not isinstance(classes, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in classes) \
+            or len(set(classes)) != len(classes) or len(classes) < 2:
+        raise bad(f"'classes' must be a list of at least 2 distinct integers, found {str(classes)[:80]}")
+    K, L = len(classes), len(layers)
+    P = K * (K - 1) // 2
+    if not isinstance(pairs, list) or len(pairs) != P:
+        raise bad(f"{K} classes make {P} pairs, the file lists "
+                  f"{len(pairs) if isinstance(pairs, list) else type(pairs).__name__}")
+    if pairs != [list(p) for p in itertools.combinations(classes, 2)]:
+        raise bad("the class pairs do not match the classes")
+    counts = {}
+    for key in ("m", "n"):
+        v = data.get(key)
+        if not isinstance(v, list) or len(v) != P or not all(isinstance(k, int) and not isinstance(k, bool)
+                                                               for k in v):
+            raise bad(f"'{key}' must be {P} integer sample counts (one per pair), found {str(v)[:80]}")
+        if v and min(v) < 1:
+            raise bad(f"'{key}' holds the sample count {min(v)}; counts are >= 1")
+        counts[key] = np.array(v, dtype=np.float64)
+    arrays = {}
+    for key in _PER_PAIR:
+        rows = data.get(key)
+        if rows is None and key in _OPTIONAL:
+            continue
+        if not isinstance(rows, list) or len(rows) != L or \
+                not all(isinstance(r, list) and len(r) == P for r in rows):
+            raise bad(f"'{key}' must be {L} rows (layers) of {P} values (pairs)")
         try:
-            arrays = {k: np.array([[np.nan if v is None else v for v in row] for row in data[k]], dtype=np.float64)
-                      for k in _PER_PAIR if k in data or k not in _OPTIONAL}
-            res = cls(data["layers"], data["classes"], arrays, data["m"], data["n"], data.get("info"),
-                      data.get("name"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SeparationError(f"{path!r}: the separation result is damaged ({type(exc).__name__}: {exc})") \
-                from None
-        if [list(p) for p in res.pairs] != data.get("pairs"):
-            raise SeparationError(f"{path!r}: the class pairs do not match the classes")
-        return res
-
-
+            a = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise bad(f"'{key}' holds values that are not numbers") from None
+        if not np.isfinite(a[~np.isnan(a)]).all():
+            raise bad(f"'{key}' holds infinite values")
+        arrays[key] = a
+    for key in ("H", "R", "R_min", "R_max"):
+        if np.isnan(arrays[key]).any():
+            raise bad(f"'{key}' has missing values (every pair has one)")
+    m, n = counts["m"], counts["n"]
+    N = m + n
+    checks = [
+        ("p_value", (arrays["p_value"] >= 0) & (arrays["p_value"] <= 1), "in [0, 1]"),
+        ("R_min", arrays["R_min"] >= 0, ">= 0"),
+        ("R", (arrays["R"] >= arrays["R_min"] - 1e-9 * N) & (arrays["R"] <= arrays["R_max"] + 1e-9 * N),
+         "in [R_min, R_max]"),
+        ("R_max", arrays["R_max"] <= (N - 1) * (1 + 1e-12), "<= m + n - 1 (the tree's edges)"),
+        ("H", np.abs(arrays["H"] - (1.0 - arrays["R"] * N / (2.0 * m * n))) <= 1e-9 * (1.0 + N * N / (m * n)),
+         "equal to 1 - R (m + n) / (2 m n)"),
+    ]
+    if "log_p" in arrays:
+        checks.append(("log_p", arrays["log_p"] <= 0, "<= 0"))
+    for key, ok, want in checks:
+        vals = arrays[key]
+        wrong = ~ok & ~np.isnan(vals)
+        if wrong.any():
+            i, j = (int(t[0]) for t in np.nonzero(wrong))
+            raise bad(f"{key} must be {want}, found {float(vals[i, j])!r} at layer {layers[i]!r}, pair "
+                      f"{tuple(pairs[j])}")
+    return arrays

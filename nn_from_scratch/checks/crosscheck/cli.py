@@ -10,10 +10,10 @@ Data: the bundled MNIST digits when the model takes ``(1, 28, 28)`` images or
 ``(784,)`` vectors and gives 10 classes; otherwise seeded random inputs in
 ``[0, 1)`` with random labels (or normal targets for ``MSELoss``).
 """
-import argparse
 
 import numpy as np
 
+from ...cli_errors import ArgumentParser, command, check_options
 from ...examples import networks as examples
 from ...training.optimizers import Adam, GradientDescent, RMSProp
 
@@ -44,7 +44,7 @@ def seed_lab_cnn(batch_size=50, seed=0, optimizer=None):
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m nn_from_scratch crosscheck",
+    p = ArgumentParser(prog="python -m nn_from_scratch crosscheck",
                                 description="Compare the seed lab's CNN with Keras: every output and gradient "
                                             "layer by layer, then a whole training run.")
     p.add_argument("--steps", type=int, default=100, help="training steps to compare (default 100)")
@@ -96,6 +96,7 @@ def _load_model(args):
     return net, X, y, f"random data: {n} inputs in [0, 1) with random {'targets' if isinstance(net.loss_fn, MSELoss) else 'labels'}"
 
 
+@command("python -m nn_from_scratch crosscheck")
 def main(argv=None):
     """Run the cross-check; returns the exit code (0 all passed, 1 otherwise)."""
     from ...data.datasets import load_mnist  # noqa: PLC0415
@@ -103,6 +104,8 @@ def main(argv=None):
     from .training import compare_training  # noqa: PLC0415
 
     args = _parser().parse_args(argv)
+    check_options(args, {"steps": ("int>=", 1), "batch_size": ("int>=", 1), "seed": ("int>=", 0),
+                         "lr": ("float>", 0.0), "weight_decay": ("float>=", 0.0)})
     rng = np.random.default_rng(args.seed)
     if args.model is None:
         X, y = load_mnist("train")
