@@ -4,6 +4,8 @@
 of *exact* classes it has a fast path for (a student's subclass never matches: it runs its own
 code), longest first:
 
+    Convolution -> BatchNorm -> ReLU -> MaxPool   inference mode: folded, by pooling phase  batchnorm_fold.FoldedPhaseUnit
+    Convolution -> BatchNorm         inference mode: one convolution, BatchNorm folded in   batchnorm_fold.FoldedConvUnit
     Convolution -> ReLU -> MaxPool   by pooling phase (NumPy, 2-D, stride 1, 2x2 pooling)  fusion.PhaseBlockUnit
     ReLU -> MaxPool                  pooled first, the ReLU on the pooled output            fusion.ReluPoolUnit
     Convolution                      the faster arrangements of conv.py                    conv.ConvUnit
@@ -24,7 +26,7 @@ arrangement chosen for an input shape, scratch buffers, pooling index tables): `
 ``loss`` computes the loss and dL/doutput, with one fused kernel for ``SoftMaxLoss`` on integer
 labels on CuPy.
 """
-from . import fusion, kernels
+from . import batchnorm_fold, fusion, kernels
 from ..backend import get_array_module
 from ..by_layer import StateByLayer
 from .conv import ConvContext, ConvUnit
@@ -37,7 +39,9 @@ from ..layers.pooling import MaxPool
 __all__ = ["Runner", "UNIT_NAMES"]
 
 #: how ``Runner.plan`` (and ``NeuralNetwork.summary``) name each fast path
-UNIT_NAMES = {"PhaseBlockUnit": "by pooling phase (engine/phase_pool.py)",
+UNIT_NAMES = {"FoldedPhaseUnit": "BatchNorm folded into the convolution, by pooling phase (engine/batchnorm_fold.py)",
+              "FoldedConvUnit": "BatchNorm folded into the convolution (engine/batchnorm_fold.py)",
+              "PhaseBlockUnit": "by pooling phase (engine/phase_pool.py)",
               "ReluPoolUnit": "pooled first, then the ReLU (engine/fusion.py)",
               "ConvUnit": "faster arrangements (engine/conv.py)", "MaxPoolUnit": "fast path (engine/pooling.py)",
               "ElementwiseUnit": "one-pass backward (engine/kernels.py)"}
@@ -63,6 +67,11 @@ class Runner:
             return None                      # not an array, or no samples: the layer's own code says what
         layer = layers[i]
         kind = type(layer)
+        if fuse and batchnorm_fold.folds(layers, i, x):
+            context = self.context(layer, ConvContext)
+            if batchnorm_fold.folds_by_phase(layers, i, x):
+                return batchnorm_fold.FoldedPhaseUnit(context, layers[i + 1], layers[i + 2], layers[i + 3])
+            return batchnorm_fold.FoldedConvUnit(context, layers[i + 1])
         if fuse and fusion.by_phase(layers, i, x):
             return fusion.PhaseBlockUnit(self.context(layer, ConvContext), layers[i + 1], layers[i + 2])
         if fuse and i + 1 < len(layers) and fusion.pairs(layer, layers[i + 1]):
