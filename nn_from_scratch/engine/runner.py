@@ -7,6 +7,7 @@ code), longest first:
     Convolution -> BatchNorm -> ReLU -> MaxPool   inference mode: folded, by pooling phase  batchnorm_fold.FoldedPhaseUnit
     Convolution -> BatchNorm         inference mode: one convolution, BatchNorm folded in   batchnorm_fold.FoldedConvUnit
     Convolution -> ReLU -> MaxPool   by pooling phase (NumPy, 2-D, stride 1, 2x2 pooling)  fusion.PhaseBlockUnit
+    BatchNorm -> ReLU -> MaxPool     training mode: pooled first, normalised after       batchnorm_block.BatchNormPoolUnit
     ReLU -> MaxPool                  pooled first, the ReLU on the pooled output            fusion.ReluPoolUnit
     Convolution                      the faster arrangements of conv.py                    conv.ConvUnit
     MaxPool                          offset-major windows, one scatter back                 pooling.MaxPoolUnit
@@ -26,7 +27,7 @@ arrangement chosen for an input shape, scratch buffers, pooling index tables): `
 ``loss`` computes the loss and dL/doutput, with one fused kernel for ``SoftMaxLoss`` on integer
 labels on CuPy.
 """
-from . import batchnorm_fold, fusion, kernels
+from . import batchnorm_block, batchnorm_fold, fusion, kernels
 from ..backend import get_array_module
 from ..by_layer import StateByLayer
 from .conv import ConvContext, ConvUnit
@@ -39,7 +40,8 @@ from ..layers.pooling import MaxPool
 __all__ = ["Runner", "UNIT_NAMES"]
 
 #: how ``Runner.plan`` (and ``NeuralNetwork.summary``) name each fast path
-UNIT_NAMES = {"FoldedPhaseUnit": "BatchNorm folded into the convolution, by pooling phase (engine/batchnorm_fold.py)",
+UNIT_NAMES = {"BatchNormPoolUnit": "pooled first, then normalised and the ReLU (engine/batchnorm_block.py)",
+              "FoldedPhaseUnit": "BatchNorm folded into the convolution, by pooling phase (engine/batchnorm_fold.py)",
               "FoldedConvUnit": "BatchNorm folded into the convolution (engine/batchnorm_fold.py)",
               "PhaseBlockUnit": "by pooling phase (engine/phase_pool.py)",
               "ReluPoolUnit": "pooled first, then the ReLU (engine/fusion.py)",
@@ -74,6 +76,8 @@ class Runner:
             return batchnorm_fold.FoldedConvUnit(context, layers[i + 1])
         if fuse and fusion.by_phase(layers, i, x):
             return fusion.PhaseBlockUnit(self.context(layer, ConvContext), layers[i + 1], layers[i + 2])
+        if fuse and batchnorm_block.applies(layers, i, x):
+            return batchnorm_block.BatchNormPoolUnit(layer, layers[i + 1], self.context(layers[i + 2], PoolContext))
         if fuse and i + 1 < len(layers) and fusion.pairs(layer, layers[i + 1]):
             return fusion.ReluPoolUnit(layer, self.context(layers[i + 1], PoolContext))
         if kind is Convolution:
