@@ -168,3 +168,22 @@ def test_bad_upstream_gradient_names_the_pool():
     net.forward(x)
     with pytest.raises(nf.ShapeError, match="MaxPool"):
         net.backward(np.zeros((1, 2)))
+
+
+def test_a_replaced_forward_keeps_the_layers():
+    """A BatchNorm whose instance ``_forward`` was replaced (the worker split installs its exchange of
+    batch statistics there) runs by that code: neither the block nor the fold computes it."""
+    layers = _layers(*CASES[0])
+    x, g = _data(layers, CASES[0][2])
+    calls = []
+    own = layers[1]._forward
+
+    def hooked(v):
+        calls.append(1)
+        return own(v)
+    layers[1].__dict__["_forward"] = hooked
+    for training in (True, False):
+        net = nf.NeuralNetwork(layers).train(training)
+        net.forward(x)
+        assert [type(u).__name__ for _, u in net.runner._tape[1] if u is not None][:1] == ["ConvUnit"]
+    assert len(calls) == 2

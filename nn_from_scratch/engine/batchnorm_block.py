@@ -48,9 +48,15 @@ def applies(layers, i, x):
     if not (BLOCK and i + 2 < len(layers) and type(layers[i]) is BatchNorm and fusion.pairs(layers[i + 1], layers[i + 2])):
         return False
     bn = layers[i]
-    if not bn.uses_batch_statistics() or getattr(x, "ndim", 0) < 3 or len(bn.input_shape) != x.ndim - 1:
+    if _replaced(bn) or not bn.uses_batch_statistics() or getattr(x, "ndim", 0) < 3 or len(bn.input_shape) != x.ndim - 1:
         return False
     return x.shape[1] == bn.channels and np.dtype(x.dtype) == bn.dtype and x.size // bn.channels >= 2
+
+
+def _replaced(layer):
+    """The instance's ``_forward``/``_backward`` were replaced (the worker split's exchange of batch
+    statistics installs its own there, ``engine/parallel``): a unit computing the layer would bypass them."""
+    return "_forward" in vars(layer) or "_backward" in vars(layer)
 
 
 def _channel_sums(a):

@@ -33,7 +33,7 @@ convolution ran: ``batchnorm_block.py`` handles that case.
 """
 import numpy as np
 
-from . import fusion, phase_pool
+from . import batchnorm_block, fusion, phase_pool
 from ..backend import get_array_module
 from ..layers.conv import Convolution
 from ..layers.normalization import BatchNorm
@@ -51,7 +51,7 @@ def folds(layers, i, x):
     if not (FOLD and i + 1 < len(layers) and type(layers[i]) is Convolution and type(layers[i + 1]) is BatchNorm):
         return False
     conv, bn = layers[i], layers[i + 1]
-    if bn.uses_batch_statistics() or bn.dtype != conv.dtype or bn.channels != conv.out_channels:
+    if batchnorm_block._replaced(bn) or bn.uses_batch_statistics() or bn.dtype != conv.dtype or bn.channels != conv.out_channels:
         return False                  # batch statistics, a cast between the two, or a mismatch its layer names
     if getattr(x, "ndim", 0) != conv.ndim + 2 or len(bn.input_shape) != conv.ndim + 1:
         return False
