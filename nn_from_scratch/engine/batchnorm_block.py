@@ -48,6 +48,8 @@ def applies(layers, i, x):
     if not (BLOCK and i + 2 < len(layers) and type(layers[i]) is BatchNorm and fusion.pairs(layers[i + 1], layers[i + 2])):
         return False
     bn = layers[i]
+    if get_array_module(x) is not np:
+        return False                  # NumPy only: choosing the pooled-first path reads gamma's signs (a device sync on CuPy)
     if _replaced(bn) or not bn.uses_batch_statistics() or getattr(x, "ndim", 0) < 3 or len(bn.input_shape) != x.ndim - 1:
         return False
     return x.shape[1] == bn.channels and np.dtype(x.dtype) == bn.dtype and x.size // bn.channels >= 2
