@@ -9,6 +9,7 @@ import pytest
 
 import nn_from_scratch as nf
 from nn_from_scratch.engine.batchnorm_fold import FoldedPhaseUnit
+from nn_from_scratch.layers.base import NotReadyError
 from nn_from_scratch.examples import networks
 
 
@@ -92,3 +93,30 @@ def test_batchnorm_network_predicts_through_the_fold():
     finally:
         FoldedPhaseUnit.forward = forward
     assert seen == [net.layers[0].name, net.layers[4].name]
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_forward_only_equals_the_recorded_forward_bit_for_bit(name):
+    """``Runner.forward(for_backward=False)`` (what ``predict`` runs) skips the pooling phases the
+    backward reads: the outputs are the same numbers; nothing is recorded for a backward."""
+    net = NETWORKS[name]().eval()
+    X = np.random.default_rng(3).uniform(0, 1, (70, 1, 28, 28)).astype(np.float32)
+    kept = net.runner.forward(net.layers, X)
+    assert net.runner._tape is not None
+    only = net.runner.forward(net.layers, X, for_backward=False)
+    np.testing.assert_array_equal(only, kept)
+    assert net.runner._tape is None
+    with pytest.raises(NotReadyError):                       # a layer the engine ran has no cache
+        net.backward(np.ones_like(only))
+
+
+def test_phase_pool_refuses_a_backward_after_a_forward_only_pass():
+    from nn_from_scratch.engine import phase_pool
+    conv = nf.Convolution(in_channels=1, out_channels=2, kernel_size=5, seed=0)
+    plan = phase_pool.PhasePool(conv, (3, 1, 12, 12), np.float32)
+    x = np.random.default_rng(0).normal(size=(3, 1, 12, 12)).astype(np.float32)
+    y = plan.forward(x, conv.params["W"], conv.params["b"], for_backward=False)
+    with pytest.raises(RuntimeError, match="for_backward=True"):
+        plan.backward(np.ones_like(y), conv.params["W"], conv.params["b"])
+    with pytest.raises(RuntimeError, match="for_backward=True"):
+        plan.argmax()

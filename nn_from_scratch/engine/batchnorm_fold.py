@@ -154,6 +154,7 @@ class FoldedPhaseUnit:
     with the ReLU and the 2x2 pooling by pooling phase (``phase_pool.PhasePool``)."""
 
     size = 4
+    for_backward = True      # False (set by the runner): the pooling's phases are not kept
 
     def __init__(self, conv_context, bn, relu, pool):
         self.context, self.bn, self.relu, self.pool = conv_context, bn, relu, pool
@@ -169,7 +170,7 @@ class FoldedPhaseUnit:
         self.plan = held[1]
         x = _start(conv, bn, x, (x.shape[0], conv.out_channels) + self.plan.conv_out, (self.relu, self.pool))
         self.fold = Fold(conv, bn)
-        self.y = self.plan.forward(x, self.fold.W_folded, self.fold.b_folded)
+        self.y = self.plan.forward(x, self.fold.W_folded, self.fold.b_folded, for_backward=self.for_backward)
         return self.y
 
     def backward(self, g, need_input_grad):

@@ -88,10 +88,13 @@ class Runner:
             return fusion.ElementwiseUnit(layer)
         return None
 
-    def forward_step(self, layers, i, x, fuse=True):
+    def forward_step(self, layers, i, x, fuse=True, for_backward=True):
         """Run the unit of ``layers`` that starts at ``i`` on ``x`` (``fuse=False``: one layer at a
-        time).  Returns ``(output, index after the unit, unit or None)``."""
+        time; ``for_backward=False``: no backward will follow, a unit may skip what only the backward
+        reads).  Returns ``(output, index after the unit, unit or None)``."""
         unit = self._unit(layers, i, x, fuse)
+        if unit is not None and not for_backward:
+            unit.for_backward = False
         if unit is None:
             return layers[i].forward(x), i + 1, None
         return unit.forward(x), i + unit.size, unit
@@ -102,17 +105,19 @@ class Runner:
             return layers[first].backward(g, need_input_grad=need_input_grad)
         return unit.backward(g, need_input_grad)
 
-    def forward(self, layers, x, return_all=False):
+    def forward(self, layers, x, return_all=False, for_backward=True):
         """The output of ``layers`` on the batch ``x`` (recorded for ``backward``).  ``return_all``:
-        every layer's output, in order (units of one layer only, so that each output exists)."""
+        every layer's output, in order (units of one layer only, so that each output exists).
+        ``for_backward=False`` (``predict``, ``evaluate``): nothing is recorded, and the units keep
+        only what the output needs (``phase_pool.py``: the maxima without their phases)."""
         tape, outs = [], []
         i = 0
         while i < len(layers):
             first = i
-            x, i, unit = self.forward_step(layers, i, x, fuse=not return_all)
+            x, i, unit = self.forward_step(layers, i, x, fuse=not return_all, for_backward=for_backward)
             tape.append((first, unit))
             outs.append(x)
-        self._tape = (tuple(map(id, layers)), tape)
+        self._tape = (tuple(map(id, layers)), tape) if for_backward else None
         return outs if return_all else x
 
     def backward(self, layers, upstream, need_input_grad=True):

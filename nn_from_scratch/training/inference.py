@@ -6,7 +6,9 @@ network, each batch's forward pass is split over them too (``BatchSplit.forward`
 using the cores, this keeps this process's BLAS at one thread: multi-threaded BLAS here leaves
 its threads spinning for ~0.1 s afterwards, on the core a worker needs (the first steps of each
 epoch after a validation ran at half speed, benchmarks/RESULTS.md).  Workers are not started for
-inference.  ``evaluate`` sums the loss (with the weight penalties, as Keras) and the metrics over
+inference.  No backward follows these forward passes: through the engine they run with
+``for_backward=False`` (``Runner.forward``: nothing recorded for a backward, the units skip what only
+the backward reads).  ``evaluate`` sums the loss (with the weight penalties, as Keras) and the metrics over
 the batches and reads them in one device -> host read.
 """
 import inspect
@@ -30,15 +32,25 @@ def loss_value(loss_fn, out, yb, sample_weight):
     return loss_fn.forward(out, yb, validate=False, sample_weight=sample_weight)
 
 
+def _forward_only(net):
+    """``net``'s forward for batches no backward follows: the engine's runner told so, when the
+    network's ``forward`` is ``NeuralNetwork``'s own with the engine on; else ``net.forward``."""
+    from .network import NeuralNetwork  # noqa: PLC0415 - network.py imports this module
+    if net.engine and type(net).forward is NeuralNetwork.forward:
+        return lambda xb: net.runner.forward(net.layers, xb, for_backward=False)
+    return net.forward
+
+
 def outputs(net, X, bs):
     """``(a, b, output of X[a:b])`` for each batch of ``bs`` samples of prepared data ``X``, in
     inference mode; then every cache dropped (see the module docstring)."""
     with net.inference():
         net.batch_split.begin_inference(net)
+        forward = _forward_only(net)
         try:
             for a in range(0, X.shape[0], bs):
                 b = min(a + bs, X.shape[0])
-                yield a, b, net.batch_split.forward(net, net._to_batch(X[a:b]), net.forward)
+                yield a, b, net.batch_split.forward(net, net._to_batch(X[a:b]), forward)
         finally:
             for layer in net.layers:
                 layer.clear_cache()
