@@ -4,6 +4,7 @@ vs Keras ``predict``, on the lab CNN, LeNet-5 and LeNet-5 with BatchNorm and Dro
 
     PYTHONPATH=$PWD python benchmarks/bench_inference.py                      # batch 256 and 1,000
     PYTHONPATH=$PWD python benchmarks/bench_inference.py --nets lenet5 --batches 256 --repeats 3
+    PYTHONPATH=$PWD python benchmarks/bench_inference.py --cpu-time          # one thread each, CPU time
     PYTHONPATH=$PWD python benchmarks/bench_inference.py --profile lenet5_bn  # cProfile of our predict
 
 The networks (``(N, 1, 28, 28)`` MNIST digits, float32, channels-first for us and PyTorch):
@@ -125,10 +126,14 @@ def torch_evaluate(model, torch, Xt, yt, bs):
     return loss / n, correct / n
 
 
+#: the clock of the timed passes: wall clock, or this thread's CPU time (``--cpu-time``)
+CLOCK = time.perf_counter
+
+
 def best_rate(fn, n, repeats_done):
-    t = time.perf_counter()
+    t = CLOCK()
     fn()
-    repeats_done.append(n / (time.perf_counter() - t))
+    repeats_done.append(n / (CLOCK() - t))
 
 
 def run(names, batches, repeats, frameworks, print_fn=print):
@@ -200,9 +205,17 @@ def main(argv=None):
     p.add_argument("--frameworks", nargs="+", default=["torch", "keras"], choices=["torch", "keras"],
                    help="which to compare with (ours always runs)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--cpu-time", action="store_true",
+                   help="one thread each (BLAS, PyTorch), timed by this thread's CPU time: steadier on a shared "
+                        "machine; Keras is left out (its work runs on TensorFlow's own threads)")
     p.add_argument("--profile", choices=NETS, default=None, help="cProfile our predict at the first --batches")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.thread_time
+        args.threads = 1
+        args.frameworks = [f for f in args.frameworks if f != "keras"]
     if args.threads:
         from threadpoolctl import threadpool_limits  # noqa: PLC0415
         threadpool_limits(limits=args.threads, user_api="blas")
