@@ -120,3 +120,17 @@ def test_phase_pool_refuses_a_backward_after_a_forward_only_pass():
         plan.backward(np.ones_like(y), conv.params["W"], conv.params["b"])
     with pytest.raises(RuntimeError, match="for_backward=True"):
         plan.argmax()
+
+
+def test_a_subclass_forward_is_what_predict_runs():
+    """A network subclass that overrides ``forward`` gets it called by ``predict`` (not the engine's
+    forward-only pass behind its back)."""
+    class Doubling(nf.NeuralNetwork):
+        def forward(self, x, return_all=False):
+            return 2 * super().forward(x, return_all)
+
+    layers = networks.lenet5_layers(seed=0)
+    X = np.random.default_rng(4).uniform(0, 1, (10, 1, 28, 28)).astype(np.float32)
+    plain = nf.NeuralNetwork(layers, loss_fn=nf.SoftMaxLoss(), input_shape=(1, 28, 28)).predict(X)
+    doubled = Doubling(layers, loss_fn=nf.SoftMaxLoss(), input_shape=(1, 28, 28)).predict(X)
+    np.testing.assert_array_equal(doubled, 2 * plain)

@@ -35,8 +35,8 @@ def loss_value(loss_fn, out, yb, sample_weight):
 def _forward_only(net):
     """``net``'s forward for batches no backward follows: the engine's runner told so, when the
     network's ``forward`` is ``NeuralNetwork``'s own with the engine on; else ``net.forward``."""
-    from .network import NeuralNetwork  # noqa: PLC0415 - network.py imports this module
-    if net.engine and type(net).forward is NeuralNetwork.forward:
+    own = getattr(type(net).forward, "__qualname__", None) == "NeuralNetwork.forward"   # not a subclass's
+    if net.engine and own:
         return lambda xb: net.runner.forward(net.layers, xb, for_backward=False)
     return net.forward
 
