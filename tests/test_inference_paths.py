@@ -134,3 +134,38 @@ def test_a_subclass_forward_is_what_predict_runs():
     plain = nf.NeuralNetwork(layers, loss_fn=nf.SoftMaxLoss(), input_shape=(1, 28, 28)).predict(X)
     doubled = Doubling(layers, loss_fn=nf.SoftMaxLoss(), input_shape=(1, 28, 28)).predict(X)
     np.testing.assert_array_equal(doubled, 2 * plain)
+
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+class _Probe(nf.ReLU):
+    """A ReLU subclass (runs its own code) that notes the BLAS thread counts its forward sees."""
+
+    seen = []
+
+    def forward(self, x):
+        _Probe.seen.append(_blas_threads())
+        return super().forward(x)
+
+
+def test_predict_holds_blas_to_one_thread_in_the_main_thread_only():
+    import threading
+    from threadpoolctl import threadpool_limits
+    from nn_from_scratch.training import inference
+    assert inference.BLAS_THREADS == 1
+    net = nf.NeuralNetwork([nf.Linear(4, 3, seed=0), _Probe()], loss_fn=nf.SoftMaxLoss())
+    X = np.ones((8, 4), dtype=np.float32)
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        _Probe.seen.clear()
+        net.predict(X, batch_size=4)
+        assert _Probe.seen and all(counts == [1] * len(before) for counts in _Probe.seen)
+        assert _blas_threads() == before                     # given back
+        _Probe.seen.clear()
+        t = threading.Thread(target=net.predict, args=(X,))  # elsewhere the process's setting is left alone
+        t.start()
+        t.join()
+        assert _Probe.seen == [before]
