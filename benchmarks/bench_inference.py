@@ -136,8 +136,8 @@ def best_rate(fn, n, repeats_done):
     repeats_done.append(n / (CLOCK() - t))
 
 
-def run(names, batches, repeats, frameworks, print_fn=print):
-    X, y = common.load_data()
+def run(names, batches, repeats, frameworks, print_fn=print, samples=None):
+    X, y = common.load_data(samples)
     n = X.shape[0]
     torch = tf_keras = None
     if "torch" in frameworks:
@@ -151,18 +151,19 @@ def run(names, batches, repeats, frameworks, print_fn=print):
     for name in names:
         net = build_ours(name)
         ref = net.predict(X[:512], batch_size=256)
+        m = ref.shape[0]
         todo = {"ours.predict": lambda bs: net.predict(X, batch_size=bs),
                 "ours.evaluate": lambda bs: net.evaluate(X, y, batch_size=bs)}
         if torch is not None:
             model = torch_twin(net, torch)
             Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-            got = torch_predict(model, torch, Xt[:512], 256).numpy()
+            got = torch_predict(model, torch, Xt[:m], 256).numpy()
             assert np.allclose(got, ref, rtol=1e-3, atol=1e-4), f"{name}: PyTorch's twin disagrees"
             todo["torch.predict"] = lambda bs: torch_predict(model, torch, Xt, bs)
             todo["torch.evaluate"] = lambda bs: torch_evaluate(model, torch, Xt, yt, bs)
         if tf_keras is not None:
             kmodel = build_twin(net.layers, (1, 28, 28)).model
-            got = kmodel.predict(Xk[:512], batch_size=256, verbose=0)
+            got = kmodel.predict(Xk[:m], batch_size=256, verbose=0)
             assert np.allclose(got, ref, rtol=1e-3, atol=1e-4), f"{name}: Keras's twin disagrees"
             todo["keras.predict"] = lambda bs: kmodel.predict(Xk, batch_size=bs, verbose=0)
         for bs in batches:
@@ -205,6 +206,7 @@ def main(argv=None):
     p.add_argument("--frameworks", nargs="+", default=["torch", "keras"], choices=["torch", "keras"],
                    help="which to compare with (ours always runs)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--samples", type=int, default=None, help="predict the first N digits (default all 5,000)")
     p.add_argument("--cpu-time", action="store_true",
                    help="one thread each (BLAS, PyTorch), timed by this thread's CPU time: steadier on a shared "
                         "machine; Keras is left out (its work runs on TensorFlow's own threads)")
@@ -225,7 +227,7 @@ def main(argv=None):
     if args.profile:
         return profile(args.profile, args.batches[0])
     print(f"load before: {open('/proc/loadavg').read().split()[:3]}", flush=True)
-    res = run(args.nets, args.batches, args.repeats, args.frameworks)
+    res = run(args.nets, args.batches, args.repeats, args.frameworks, samples=args.samples)
     print(f"load after: {open('/proc/loadavg').read().split()[:3]}", flush=True)
     if args.json:
         common.write_json(args.json, res)
