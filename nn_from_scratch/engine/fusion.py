@@ -101,6 +101,7 @@ class PhaseBlockUnit:
     """``Convolution -> ReLU -> MaxPool`` by pooling phase (``phase_pool.PhasePool``)."""
 
     size = 3
+    for_backward = True      # False (set by the runner): the pooling's phases are not kept
 
     def __init__(self, conv_context, relu, pool):
         self.context, self.relu, self.pool = conv_context, relu, pool
@@ -121,7 +122,7 @@ class PhaseBlockUnit:
         self.pool.check_input(h)
         for layer in (conv, self.relu, self.pool):
             layer.clear_cache()
-        self.y = self.plan.forward(x, conv.params["W"], conv.params.get("b"))
+        self.y = self.plan.forward(x, conv.params["W"], conv.params.get("b"), for_backward=self.for_backward)
         return self.y
 
     def backward(self, g, need_input_grad):

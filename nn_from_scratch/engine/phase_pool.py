@@ -111,7 +111,7 @@ class PhasePool:
                     self.copies[a, b] = (rows, cols)
                     covered[rows[0], cols[0]] = True
         self.covers_input = bool(covered.all())   # else dL/dx is zero where no plane reads x
-        self.x = None
+        self.x, self.for_backward = None, True
         self.held = {}                            # chunk size -> the chunk its rows buffer holds
 
     @staticmethod
@@ -171,34 +171,45 @@ class PhasePool:
             return self._buffer("rows", (self.K1, self.U, self.V, m), fill=1).reshape(self.K1, -1)
         return self._rows(x, a0, a1)
 
-    def forward(self, x, W, b):
+    def forward(self, x, W, b, for_backward=True):
         """``y = relu(maxpool(conv(x)))``, ``(N, F, U, V)`` (a new array); the maxima and their
-        phases are kept per chunk (samples last) for ``backward`` and ``argmax``."""
+        phases are kept per chunk (samples last) for ``backward`` and ``argmax``.
+        ``for_backward=False`` (``predict``, ``evaluate``): only the maxima, three passes per chunk
+        instead of eleven; ``backward`` and ``argmax`` then refuse."""
         n, F = x.shape[0], W.shape[0]
         UV = self.U * self.V
         Wbig = self._wbig(W, b)
         self.x, self.held = x, {}
+        self.for_backward = for_backward
         y = np.empty((n, F, self.U, self.V), dtype=x.dtype)
         for ci, (a0, a1) in enumerate(self.chunks):
             m = a1 - a0
             Q = self._rows(x, a0, a1)
             O = np.matmul(Wbig, Q, out=self._buffer("out", (4 * F, UV * m))).reshape(4, F, UV * m)
             best = self._buffer(("best", ci), (F, UV * m))
-            arg = self._buffer(("arg", ci), (F, UV * m), np.uint8)
-            gt = self._buffer("gt", (F, UV * m), np.bool_)
             np.maximum(O[0], O[1], out=best)
-            np.greater(O[1], O[0], out=gt)
-            np.copyto(arg, gt.view(np.uint8))
+            if for_backward:
+                arg = self._buffer(("arg", ci), (F, UV * m), np.uint8)
+                gt = self._buffer("gt", (F, UV * m), np.bool_)
+                np.greater(O[1], O[0], out=gt)
+                np.copyto(arg, gt.view(np.uint8))
             for i in (2, 3):                   # strict >: the first maximum (row-major) stays,
-                np.greater(O[i], best, out=gt)  # i * gt with i rising: the last phase that raised it
+                if for_backward:               # i * gt with i rising: the last phase that raised it
+                    np.greater(O[i], best, out=gt)
                 np.maximum(best, O[i], out=best)
-                np.maximum(arg, gt.view(np.uint8) * np.uint8(i), out=arg)
+                if for_backward:
+                    np.maximum(arg, gt.view(np.uint8) * np.uint8(i), out=arg)
             np.maximum(best, best.dtype.type(0), out=best)                  # the ReLU
             y[a0:a1] = np.moveaxis(best.reshape(F, self.U, self.V, m), -1, 0)
         return y
 
+    def _require_backward_state(self):
+        if self.x is None or not self.for_backward:
+            raise RuntimeError("PhasePool: no forward kept what the backward needs (run forward with for_backward=True)")
+
     def argmax(self):
         """``(N, F, U, V)``: the phase ``2a + b`` of each window's maximum (``MaxPool``'s argmax)."""
+        self._require_backward_state()
         F = self.F
         arg = np.empty((self.x.shape[0], F, self.U, self.V), dtype=np.uint8)
         for ci, (a0, a1) in enumerate(self.chunks):
@@ -208,6 +219,7 @@ class PhasePool:
 
     def backward(self, dy, W, b, need_input_grad=True):
         """``(dL/dW, dL/db or None, dL/dx or None)`` from ``dy = dL/dy``, ``(N, F, U, V)``."""
+        self._require_backward_state()
         x = self.x
         F, C, kh, kw = W.shape
         U, V, K = self.U, self.V, self.K

@@ -4,7 +4,10 @@
 of *exact* classes it has a fast path for (a student's subclass never matches: it runs its own
 code), longest first:
 
+    Convolution -> BatchNorm -> ReLU -> MaxPool   inference mode: folded, by pooling phase  batchnorm_fold.FoldedPhaseUnit
+    Convolution -> BatchNorm         inference mode: one convolution, BatchNorm folded in   batchnorm_fold.FoldedConvUnit
     Convolution -> ReLU -> MaxPool   by pooling phase (NumPy, 2-D, stride 1, 2x2 pooling)  fusion.PhaseBlockUnit
+    BatchNorm -> ReLU -> MaxPool     training mode: pooled first, normalised after       batchnorm_block.BatchNormPoolUnit
     ReLU -> MaxPool                  pooled first, the ReLU on the pooled output            fusion.ReluPoolUnit
     Convolution                      the faster arrangements of conv.py                    conv.ConvUnit
     MaxPool                          offset-major windows, one scatter back                 pooling.MaxPoolUnit
@@ -24,7 +27,7 @@ arrangement chosen for an input shape, scratch buffers, pooling index tables): `
 ``loss`` computes the loss and dL/doutput, with one fused kernel for ``SoftMaxLoss`` on integer
 labels on CuPy.
 """
-from . import fusion, kernels
+from . import batchnorm_block, batchnorm_fold, fusion, kernels
 from ..backend import get_array_module
 from ..by_layer import StateByLayer
 from .conv import ConvContext, ConvUnit
@@ -37,7 +40,10 @@ from ..layers.pooling import MaxPool
 __all__ = ["Runner", "UNIT_NAMES"]
 
 #: how ``Runner.plan`` (and ``NeuralNetwork.summary``) name each fast path
-UNIT_NAMES = {"PhaseBlockUnit": "by pooling phase (engine/phase_pool.py)",
+UNIT_NAMES = {"BatchNormPoolUnit": "pooled first, then normalised and the ReLU (engine/batchnorm_block.py)",
+              "FoldedPhaseUnit": "BatchNorm folded into the convolution, by pooling phase (engine/batchnorm_fold.py)",
+              "FoldedConvUnit": "BatchNorm folded into the convolution (engine/batchnorm_fold.py)",
+              "PhaseBlockUnit": "by pooling phase (engine/phase_pool.py)",
               "ReluPoolUnit": "pooled first, then the ReLU (engine/fusion.py)",
               "ConvUnit": "faster arrangements (engine/conv.py)", "MaxPoolUnit": "fast path (engine/pooling.py)",
               "ElementwiseUnit": "one-pass backward (engine/kernels.py)"}
@@ -63,8 +69,15 @@ class Runner:
             return None                      # not an array, or no samples: the layer's own code says what
         layer = layers[i]
         kind = type(layer)
+        if fuse and batchnorm_fold.folds(layers, i, x):
+            context = self.context(layer, ConvContext)
+            if batchnorm_fold.folds_by_phase(layers, i, x):
+                return batchnorm_fold.FoldedPhaseUnit(context, layers[i + 1], layers[i + 2], layers[i + 3])
+            return batchnorm_fold.FoldedConvUnit(context, layers[i + 1])
         if fuse and fusion.by_phase(layers, i, x):
             return fusion.PhaseBlockUnit(self.context(layer, ConvContext), layers[i + 1], layers[i + 2])
+        if fuse and batchnorm_block.applies(layers, i, x):
+            return batchnorm_block.BatchNormPoolUnit(layer, layers[i + 1], self.context(layers[i + 2], PoolContext))
         if fuse and i + 1 < len(layers) and fusion.pairs(layer, layers[i + 1]):
             return fusion.ReluPoolUnit(layer, self.context(layers[i + 1], PoolContext))
         if kind is Convolution:
@@ -75,10 +88,13 @@ class Runner:
             return fusion.ElementwiseUnit(layer)
         return None
 
-    def forward_step(self, layers, i, x, fuse=True):
+    def forward_step(self, layers, i, x, fuse=True, for_backward=True):
         """Run the unit of ``layers`` that starts at ``i`` on ``x`` (``fuse=False``: one layer at a
-        time).  Returns ``(output, index after the unit, unit or None)``."""
+        time; ``for_backward=False``: no backward will follow, a unit may skip what only the backward
+        reads).  Returns ``(output, index after the unit, unit or None)``."""
         unit = self._unit(layers, i, x, fuse)
+        if unit is not None and not for_backward:
+            unit.for_backward = False
         if unit is None:
             return layers[i].forward(x), i + 1, None
         return unit.forward(x), i + unit.size, unit
@@ -89,17 +105,19 @@ class Runner:
             return layers[first].backward(g, need_input_grad=need_input_grad)
         return unit.backward(g, need_input_grad)
 
-    def forward(self, layers, x, return_all=False):
+    def forward(self, layers, x, return_all=False, for_backward=True):
         """The output of ``layers`` on the batch ``x`` (recorded for ``backward``).  ``return_all``:
-        every layer's output, in order (units of one layer only, so that each output exists)."""
+        every layer's output, in order (units of one layer only, so that each output exists).
+        ``for_backward=False`` (``predict``, ``evaluate``): nothing is recorded, and the units keep
+        only what the output needs (``phase_pool.py``: the maxima without their phases)."""
         tape, outs = [], []
         i = 0
         while i < len(layers):
             first = i
-            x, i, unit = self.forward_step(layers, i, x, fuse=not return_all)
+            x, i, unit = self.forward_step(layers, i, x, fuse=not return_all, for_backward=for_backward)
             tape.append((first, unit))
             outs.append(x)
-        self._tape = (tuple(map(id, layers)), tape)
+        self._tape = (tuple(map(id, layers)), tape) if for_backward else None
         return outs if return_all else x
 
     def backward(self, layers, upstream, need_input_grad=True):
