@@ -10,22 +10,39 @@ back the random state they had, so that the batch draws what the split would hav
 """
 import warnings
 
-from . import allowed, forked, policy, threads, workers
+from . import allowed, forked, identity, policy, rebuild, threads, workers
 
 __all__ = ["BatchSplit", "make_step"]
 
 
-def make_step(net, shards, xb=None, yb=None):
+def make_step(net, shards, xb=None, yb=None, recipes=None):
     """A split step of the kind ``policy.split_with()`` names (``xb``, ``yb``: a batch like those it
-    will run, which sizes the forked workers' shared inboxes).  ``None`` when, checked again while
-    no other thread can enter a network's method, splitting is no longer allowed."""
+    will run, which sizes the process workers' shared inboxes).  ``None`` when, checked again while
+    no other thread can enter a network's method, splitting is no longer allowed.
+
+    Processes are forked from this one only while it runs no other thread (``allowed.alone``: a
+    fork cannot then copy a lock another thread holds); otherwise the clean fork server starts
+    them from the network's recipe (``server.py``, ``rebuild.py``), and a network that cannot be
+    rebuilt there (a layer class of the user's) splits over threads when its shards are at least
+    ``policy.MIN_SHARD`` samples, else runs whole.  ``recipes``: a cache ``{network_key: recipe}``."""
     workers.reap()
     if policy.split_with() != "processes":
         return threads.ShardedStep(net, shards) if allowed.split_allowed() else None
     with allowed.ACTIVE_LOCK:           # threads entering a network's method wait for the forks
         if not allowed.split_allowed():
             return None
-        return forked.ForkedStep(net, shards, xb, yb)
+        if allowed.alone():
+            return forked.ForkedStep(net, shards, xb, yb)
+    key = identity.network_key(net)
+    recipes = {} if recipes is None else recipes
+    if key not in recipes:
+        recipes.clear()
+        recipes[key] = rebuild.recipe(net)
+    if recipes[key] is not None:
+        return forked.ForkedStep(net, shards, xb, yb, recipe=recipes[key])
+    if xb is not None and len(xb) // shards >= policy.MIN_SHARD:
+        return threads.ShardedStep(net, shards)
+    return None
 
 
 class BatchSplit:
@@ -37,6 +54,7 @@ class BatchSplit:
     def __init__(self):
         self.current = None
         self._inference_split = None
+        self._recipes = {}              # network_key -> rebuild.recipe (None: cannot be rebuilt)
 
     def step(self, net, xb, yb, whole, recheck=True):
         """``(loss, output)`` of a training batch, every neuron's ``grads`` set: split when
@@ -51,7 +69,7 @@ class BatchSplit:
                 split = self.current
                 if split is None or split.shards != shards or (recheck and not split.matches(net, shards)):
                     self.close()
-                    self.current = make_step(net, shards, xb, yb)     # None: may not split now
+                    self.current = make_step(net, shards, xb, yb, self._recipes)    # None: not now
                 if self.current is not None:
                     return self.current.run(net, xb, yb)
             except Exception as exc:            # once more as one batch: its error names the whole batch

@@ -17,7 +17,7 @@ import weakref
 
 import numpy as np
 
-from . import identity, memory, policy, sharding, wire, workers
+from . import allowed, identity, memory, policy, server, sharding, wire, workers
 
 __all__ = ["ForkedStep"]
 
@@ -53,8 +53,7 @@ class ForkedStep:
 
     kind = "processes"
 
-    def __init__(self, net, shards, xb=None, yb=None):
-        import multiprocessing
+    def __init__(self, net, shards, xb=None, yb=None, recipe=None):
         from threadpoolctl import ThreadpoolController
         self.shards = int(shards)
         self.key = identity.network_key(net)
@@ -66,20 +65,49 @@ class ForkedStep:
         if xb is not None and yb is not None:
             shard = -(-len(xb) // self.shards)
             self.inbox_bytes = memory.layout([((2 * shard,) + a.shape[1:], a.dtype) for a in (xb, yb)], 0)[1]
-        self.mem = mmap.mmap(-1, size * self.shards + self.inbox_bytes * (self.shards - 1))  # MAP_SHARED|ANONYMOUS
+        total = size * self.shards + self.inbox_bytes * (self.shards - 1)
+        #: how the workers start: forked from this process ("fork", only while it runs no other thread:
+        #: ``allowed.alone``) or by the clean fork server from a recipe of the network ("server")
+        self.launch = "fork" if recipe is None else "server"
+        self.server = server.get() if recipe is not None else None
+        memfd = None
+        if self.server is None:
+            self.mem = mmap.mmap(-1, total)             # MAP_SHARED|ANONYMOUS: shared across fork
+        else:                                           # a file the server's workers are handed
+            memfd = os.memfd_create("nn_from_scratch-split", os.MFD_CLOEXEC)
+            os.ftruncate(memfd, total)
+            self.mem = mmap.mmap(memfd, total)
         self.params, end = memory.views(self.mem, self.slots, 0)
-        self.grads = []
+        self.grads, self.grad_starts = [], []
         for _ in range(1, self.shards):
+            self.grad_starts.append(end)
             views, end = memory.views(self.mem, self.slots, end)
             self.grads.append(views)
-        start = -(-end // 64) * 64
+        self.inbox_start = start = -(-end // 64) * 64
         self.inboxes = [memoryview(self.mem)[start + w * self.inbox_bytes:start + (w + 1) * self.inbox_bytes]
                         for w in range(self.shards - 1)]
         self.conns, self.pids = [], []
         self.owner = os.getpid()                        # the process whose workers these are
-        # registered first, on the lists filled below: a fork failing half-way still stops the others
-        self._finalizer = weakref.finalize(self, workers.shutdown, self.conns, self.pids, self.owner)
+        # registered first, on the lists filled below: a start failing half-way still stops the others
+        self._finalizer = weakref.finalize(self, workers.shutdown, self.conns, self.pids, self.owner, self.server)
         workers.LIVE.add(self)
+        try:
+            if self.server is None:
+                self._fork(net)
+            else:
+                self._serve(recipe, memfd, total)
+        except BaseException:
+            self._abort()
+            raise
+        finally:
+            if memfd is not None:
+                os.close(memfd)
+        self.blas = ThreadpoolController().select(user_api="blas")
+        self._messages = {}                             # (worker, shapes, ...) -> (inbox views, message)
+
+    def _fork(self, net):
+        """Fork the workers from this process (each inherits ``net`` and the shared memory)."""
+        import multiprocessing
         for w in range(1, self.shards):
             parent_end, child_end = multiprocessing.Pipe()
             with warnings.catch_warnings():             # Python 3.12+: fork of a threaded process
@@ -102,8 +130,29 @@ class ForkedStep:
             child_end.close()
             self.conns.append(parent_end)
             self.pids.append(pid)
-        self.blas = ThreadpoolController().select(user_api="blas")
-        self._messages = {}                             # (worker, shapes, ...) -> (inbox views, message)
+
+    def _serve(self, recipe, memfd, total):
+        """Have the fork server start the workers; each builds its layers from ``recipe`` (``rebuild.py``)
+        and maps the shared memory ``memfd``; wait until every one is ready."""
+        from multiprocessing.connection import Connection
+        from ..settings import SETTINGS
+        deadline = time.monotonic() + policy.WAIT_MIN_S
+        slots = [[k, name, list(shape), dtype.str] for k, name, shape, dtype in self.slots]
+        settings = {name: getattr(policy, name) for name in ("SPIN_S", "WORKER_IDLE_S")}
+        for w in range(1, self.shards):
+            pid, fd = self.server.start(memfd, deadline)
+            self.pids.append(pid)
+            conn = Connection(fd)
+            self.conns.append(conn)
+            wire.send(conn, wire.pack({"op": "build", "recipe": recipe, "slots": slots, "size": total,
+                                       "grads_at": self.grad_starts[w - 1], "policy": settings,
+                                       "settings": dict(SETTINGS),
+                                       "inbox": [self.inbox_start + (w - 1) * self.inbox_bytes, self.inbox_bytes]}),
+                      deadline)
+        for conn in self.conns:
+            header, _ = wire.unpack(wire.recv(conn, deadline))
+            if header.get("op") != "ready":
+                raise RuntimeError(f"a worker could not build its copy of the network: {header.get('message')}")
 
     def _disown(self):
         """In a process forked from the owner (``_after_fork_in_child``): let go of the parent's
@@ -178,7 +227,9 @@ class ForkedStep:
         except BaseException:
             self._abort()
             raise
-        blas = [(lib, lib.get_num_threads()) for lib in self.blas.lib_controllers]
+        # one BLAS thread for this process's shard while the workers run; never while another thread
+        # could be inside BLAS (setting its thread count under a running call can hang: ``allowed.py``)
+        blas = [(lib, lib.get_num_threads()) for lib in self.blas.lib_controllers] if allowed.alone() else []
         error = None
         try:
             for lib, _ in blas:                         # one BLAS thread while the workers run
@@ -214,7 +265,7 @@ class ForkedStep:
 
     def _abort(self):
         """Kill and reap every worker now (a hung one does not answer "quit"); the split is unusable."""
-        workers.kill(self.pids)
+        workers.kill(self.pids, self.server)
         self._finalizer.detach()                        # reaped already
         for conn in self.conns:
             try:

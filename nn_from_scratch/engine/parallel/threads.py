@@ -5,6 +5,7 @@ Each thread runs its shard through a replica of the layers that shares the param
 operations, but between them the threads queue for it: shards below ``policy.MIN_SHARD`` (64)
 samples lose more than the second core gains.  BLAS is held to one thread per shard.
 """
+import contextlib
 import copy
 from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from ...backend import get_array_module
 from ..runner import Runner
-from . import identity, sharding
+from . import allowed, identity, sharding
 
 __all__ = ["ShardedStep", "replica"]
 
@@ -74,7 +75,9 @@ class ShardedStep:
         def one(w):
             with np.errstate(**err):                  # NumPy's error state is per thread
                 return work(w, slice(bounds[w], bounds[w + 1]))
-        with self.blas.limit(limits=1):
+        # BLAS at one thread per shard, unless another thread could be inside BLAS (setting its
+        # thread count under a running call can hang: ``allowed.py``)
+        with self.blas.limit(limits=1) if allowed.alone() else contextlib.nullcontext():
             futures = [self.pool.submit(one, w) for w in range(1, self.shards)]
             try:
                 results = [one(0)]

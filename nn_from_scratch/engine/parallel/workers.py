@@ -79,8 +79,12 @@ def ended(pid):
     return done == pid
 
 
-def kill(pids):
-    """Kill workers ``pids`` (a stopped one too) and reap them."""
+def kill(pids, server=None):
+    """Kill workers ``pids`` (a stopped one too) and reap them (``server``: the fork server whose
+    workers they are does it)."""
+    if server is not None:
+        server.finish(list(pids), 0.0)
+        return
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -93,11 +97,12 @@ def kill(pids):
             pass
 
 
-def shutdown(conns, pids, owner):
+def shutdown(conns, pids, owner, server=None):
     """Tell the workers to stop and reap them, killing any that has not ended within
     ``policy.QUIT_GRACE_S`` (also run when the step is garbage-collected, and at exit).  Only in the
     process that forked them: a process forked from it (a user's ``multiprocessing``) must not
-    stop its parent's workers."""
+    stop its parent's workers.  ``server``: the fork server that started them, which waits, kills
+    and reaps in their stead (they are its children)."""
     if os.getpid() != owner:
         return
     for conn in conns:
@@ -109,6 +114,9 @@ def shutdown(conns, pids, owner):
             conn.close()
         except OSError:
             pass
+    if server is not None:
+        server.finish(list(pids), policy.QUIT_GRACE_S)
+        return
     end = time.monotonic() + policy.QUIT_GRACE_S
     left = [pid for pid in pids if not ended(pid)]
     while left and time.monotonic() < end:
@@ -122,7 +130,7 @@ def reap():
     are left for longer than until the next split step is made."""
     me = os.getpid()
     for step in list(LIVE):
-        if step.owner == me and step._finalizer.alive:      # a reaped pid leaves: it may be reused
+        if step.owner == me and step._finalizer.alive and step.server is None:   # a reaped pid leaves
             step.pids[:] = [pid for pid in step.pids if not ended(pid)]
 
 
