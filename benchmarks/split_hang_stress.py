@@ -1,0 +1,145 @@
+"""Can the batch split hang on a lock another thread holds?  Sequences run many times, each in a
+fresh process under a timeout, counting hangs and wrong results.
+
+Sequences (``--sequences``):
+
+* ``daemon_blas``: a daemon thread of the user's calls ``np.linalg.svd`` in a loop while the main
+  thread trains a small CNN with Dropout split over worker processes (float64, Adam), then
+  predicts; the losses, weights and predictions must equal the one-worker run's (1e-12).  The
+  process has another thread, so its workers come from the clean fork server (``launch ==
+  "server"``), which the run checks;
+* ``daemon_blas_bn``: the same with BatchNorm in the network (the split's batch statistics);
+* ``user_class``: the same, with a layer class defined in ``__main__`` (the fork server cannot
+  rebuild it): the split must use threads or run whole, never fork;
+* ``earlier``: one round of ``reliability_sequences.py`` (``fit`` in a thread beside ``svd`` in the
+  main thread, two networks in two threads, parent and forked child training at once).
+
+``--force-fork`` makes the daemon sequences fork their workers from the threaded process as the
+split did before (to measure what the fork server prevents).  Each run gets ``--timeout`` seconds;
+a run past it is a hang (killed), a non-zero exit a failure.  Prints one line per sequence:
+
+    python benchmarks/split_hang_stress.py --runs 100 --timeout 60
+"""
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+import warnings
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEQUENCES = ("daemon_blas", "daemon_blas_bn", "user_class", "earlier")
+
+
+def child(sequence, seed, force_fork):
+    """One run of a daemon sequence in this (fresh) process; exit status 0 when all is right."""
+    import nn_from_scratch as nf
+    from nn_from_scratch.engine import parallel
+    from nn_from_scratch.engine.parallel import allowed
+    warnings.filterwarnings("ignore", category=nf.TrainingWarning)
+    parallel.MIN_SHARD_PROCESSES = 10
+    parallel.MIN_SHARD = 10
+    if force_fork:
+        allowed.alone = lambda: True            # the old rule: fork whatever else runs
+
+    class Scale(nf.ReLU):                       # a user's layer class (in __main__)
+        per_sample = True
+
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(60, 200))
+
+    def blas():
+        r = np.random.default_rng(seed + 1)
+        while True:
+            np.linalg.svd(r.random((size, size)))
+
+    threading.Thread(target=blas, daemon=True).start()
+    X, y = rng.standard_normal((240, 1, 12, 12)), rng.integers(0, 10, 240)
+
+    def make(workers):
+        act = Scale() if sequence == "user_class" else nf.ReLU()
+        norm = [nf.BatchNorm((None, 4, None, None))] if sequence == "daemon_blas_bn" else []
+        layers = [nf.Conv2D(1, 4, 3, seed=seed)] + norm + [act, nf.MaxPool(pool_size=2), nf.Flatten(),
+                                                            nf.Dropout(0.2, seed=seed + 2), nf.Linear(100, 10, seed=seed + 1)]
+        return nf.NeuralNetwork(layers, nf.SoftMaxLoss(), optimizer=nf.Adam(1e-2), workers=workers).astype(np.float64)
+
+    net, ref = make("auto"), make(1)
+    loss = net.fit(X, y, epochs=2, batch_size=60, seed=seed, verbose=0).history["loss"]
+    split = net.batch_split.current
+    kind = "whole" if split is None else f"{split.kind}/{getattr(split, 'launch', '-')}"
+    out = net.predict(X)
+    ref_loss = ref.fit(X, y, epochs=2, batch_size=60, seed=seed, verbose=0).history["loss"]
+    ref_out = ref.predict(X)
+    bad = []
+    if not np.allclose(loss, ref_loss, rtol=1e-12, atol=0):
+        bad.append(f"losses {loss} != {ref_loss}")
+    for a, b in zip(net.layers, ref.layers):
+        for name in a.params:
+            if not np.allclose(a.params[name], b.params[name], rtol=1e-10, atol=1e-13):
+                bad.append(f"{a.name}.{name}")
+    if not np.allclose(out, ref_out, rtol=1e-10, atol=1e-13):
+        bad.append("predictions")
+    expected = {"daemon_blas": "processes/server", "daemon_blas_bn": "processes/server",
+                "user_class": ("threads/-", "whole")}[sequence]
+    if force_fork:
+        expected = "processes/fork"
+    if kind not in (expected if isinstance(expected, tuple) else (expected,)):
+        bad.append(f"split kind {kind}, expected {expected}")
+    net.stop_workers()
+    print(f"{sequence} seed {seed}: {kind} {'OK' if not bad else bad}", flush=True)
+    return 1 if bad else 0
+
+
+def one_run(sequence, seed, timeout, force_fork):
+    """``"ok"``, ``"hang"`` or ``"fail: ..."`` of one run in a fresh process."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if sequence == "earlier":
+        args = [os.path.join(ROOT, "benchmarks", "reliability_sequences.py"), "--repeats", "1"]
+    else:
+        args = [os.path.abspath(__file__), "--child", sequence, "--seed", str(seed)] + \
+               (["--force-fork"] if force_fork else [])
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)                  # the run and its workers (the fork server has its own session)
+        proc.communicate()
+        return "hang"
+    if proc.returncode != 0:
+        return "fail: " + out.strip().splitlines()[-1][:300] if out.strip() else f"fail: status {proc.returncode}"
+    return "ok"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--sequences", default=",".join(SEQUENCES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--force-fork", action="store_true")
+    ap.add_argument("--child", choices=SEQUENCES[:3])
+    args = ap.parse_args(argv)
+    if args.child:
+        return child(args.child, args.seed, args.force_fork)
+    total_bad = 0
+    for sequence in args.sequences.split(","):
+        counts, start, notes = {"ok": 0, "hang": 0, "fail": 0}, time.perf_counter(), []
+        for i in range(args.runs):
+            result = one_run(sequence, args.seed + i, args.timeout, args.force_fork)
+            counts[result.split(":")[0]] += 1
+            if result != "ok":
+                notes.append(f"run {i}: {result}")
+        total_bad += counts["hang"] + counts["fail"]
+        print(f"{sequence}{' (forced fork)' if args.force_fork else ''}: {args.runs} runs in "
+              f"{time.perf_counter() - start:.0f} s: {counts['hang']} hangs, {counts['fail']} failures", flush=True)
+        for note in notes[:5]:
+            print("   ", note, flush=True)
+    return 1 if total_bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
