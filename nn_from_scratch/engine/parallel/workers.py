@@ -15,23 +15,30 @@ import weakref
 import numpy as np
 
 from ..runner import Runner
-from . import allowed, identity, memory, policy, sharding, wire
+from . import allowed, identity, memory, policy, sharding, sync, wire
 
 __all__ = ["worker_loop", "LIVE", "shutdown", "kill", "reap", "ended", "after_fork_in_child"]
 
 
-def worker_loop(conn, net, slots, params, grads, inbox):
+def worker_loop(conn, net, slots, params, grads, inbox, bslots=(), buffers=()):
     """The loop of a forked worker: shards in (its shared ``inbox``, or the pipe when a shard
     does not fit), gradients (shared memory) and outputs (pipe) out.
 
     Messages: "step" (a shard's forward and backward), "forward" (a shard's output only: ``predict``
     and ``evaluate``), "rest" (between ``fit`` calls: drop the caches), "quit".
-    Without a message for ``policy.WORKER_IDLE_S`` seconds the worker ends by itself.
+    Without a message for ``policy.WORKER_IDLE_S`` seconds the worker ends by itself.  Layers that
+    couple the samples (``BatchNorm``) exchange their partial statistics with this process in the
+    middle of a step ("sync" messages, ``sync.py``); their moving statistics are the parent's
+    (``buffers``, shared memory), which only the parent updates.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is the parent's to handle
     runner = Runner()                                   # this worker's own scratch buffers
     for (k, name, _, _), view in zip(slots, params):    # this process's layers read the parent's
         net.layers[k]._params[name] = view              # parameters from the shared mirror
+    for (k, name, _, _), view in zip(bslots, buffers):
+        net.layers[k]._buffers[name] = view
+    if sync.install(net.layers, sync.WorkerExchange(conn), owner=False):
+        runner = sync.SplitRunner()
     from threadpoolctl import threadpool_limits
     with threadpool_limits(limits=1, user_api="blas"):
         while True:
