@@ -44,13 +44,9 @@ from . import policy, wire
 __all__ = ["SYNCED", "supported", "has_synced", "combine", "BatchNormSync", "installed", "SplitRunner",
            "ParentExchange", "WorkerExchange", "ThreadExchange"]
 
-#: the layer classes (exact) whose batch coupling the split reproduces
+#: the layer classes (exact) whose batch coupling the split reproduces (``policy.synced`` says so)
 SYNCED = (BatchNorm,)
-
-
-def supported(node):
-    """May a split run ``node`` although it is not per-sample?"""
-    return type(node) in SYNCED
+supported = policy.synced
 
 
 def has_synced(layers):
