@@ -215,3 +215,19 @@ def test_a_jupyter_kernel_still_splits_and_agrees():
     assert report["workers_alive"] == [True], report
     np.testing.assert_allclose(report["loss"], report["ref_loss"], rtol=1e-12, atol=0)
     assert report["weights_diff"] < 1e-12 and report["moving_diff"] < 1e-12 and report["predict_diff"] < 1e-12, report
+
+
+@LINUX
+def test_a_server_that_cannot_start_leaves_threads_or_whole_steps_with_one_warning(other_thread, monkeypatch):
+    from nn_from_scratch.engine.parallel import server
+    monkeypatch.setattr(server, "SERVER", None)
+    monkeypatch.setattr(server, "FAILED", None)
+    monkeypatch.setattr(server, "BOOT", "import sys; sys.exit(3)")      # a Python that cannot start it
+    X, y = data()
+    net = cnn("auto")
+    with pytest.warns(RuntimeWarning, match="failed") as record:
+        assert_same_training(net, cnn(1), X, y)
+    assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+    assert not server.usable()
+    assert net.batch_split.current is None or net.batch_split.current.kind == "threads"
+    net.stop_workers()

@@ -11,7 +11,7 @@ back the random state they had, so that the batch draws what the split would hav
 """
 import warnings
 
-from . import allowed, forked, identity, policy, rebuild, threads, workers
+from . import allowed, forked, identity, policy, rebuild, server, threads, workers
 
 __all__ = ["BatchSplit", "make_step"]
 
@@ -39,8 +39,12 @@ def make_step(net, shards, xb=None, yb=None, recipes=None):
     if key not in recipes:
         recipes.clear()
         recipes[key] = rebuild.recipe(net)
-    if recipes[key] is not None:
-        return forked.ForkedStep(net, shards, xb, yb, recipe=recipes[key])
+    if recipes[key] is not None and server.usable():
+        try:
+            return forked.ForkedStep(net, shards, xb, yb, recipe=recipes[key])
+        except Exception:
+            recipes[key] = None         # not again for this network: threads or whole from now on
+            raise
     if xb is not None and len(xb) // shards >= policy.MIN_SHARD:
         return threads.ShardedStep(net, shards)
     return None

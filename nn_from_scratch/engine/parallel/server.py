@@ -28,6 +28,7 @@ but the calling one and the split's own (``allowed.alone``); otherwise they come
 Only workers' pids in this server's care are ever signalled (the server checks), so a pid
 reused by another process is never killed.
 """
+import atexit
 import json
 import mmap
 import os
@@ -140,17 +141,38 @@ class Server:
 
 SERVER = None
 SERVER_LOCK = threading.Lock()
+#: why the server could not be started in this process (then it is not tried again: ``usable``)
+FAILED = None
+
+
+def usable():
+    """Has starting the server not failed in this process (``FAILED``)?"""
+    return FAILED is None or FAILED[0] != os.getpid()
 
 
 def get():
     """This process's fork server, started when first asked for (or again after it ended)."""
-    global SERVER
+    global SERVER, FAILED
     with SERVER_LOCK:
         if SERVER is None or not SERVER.alive():
             if SERVER is not None and SERVER.owner == os.getpid():
                 SERVER.close()
-            SERVER = Server()
+            SERVER = None
+            try:
+                SERVER = Server()
+            except BaseException as exc:
+                FAILED = (os.getpid(), repr(exc))
+                raise
         return SERVER
+
+
+def close_at_exit():
+    """At exit: end this process's server (it would end at its socket's EOF anyway) and reap it."""
+    if SERVER is not None and SERVER.owner == os.getpid():
+        SERVER.close()
+
+
+atexit.register(close_at_exit)
 
 
 def after_fork_in_child():
