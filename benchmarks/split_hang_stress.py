@@ -16,7 +16,10 @@ Sequences (``--sequences``):
 
 ``--force-fork`` makes the daemon sequences fork their workers from the threaded process as the
 split did before (to measure what the fork server prevents).  Each run gets ``--timeout`` seconds;
-a run past it is a hang (killed), a non-zero exit a failure.  Prints one line per sequence:
+a run past it is a hang (killed; with ``STRESS_SHOW_HANGS=1`` its output and every thread's stack by
+gdb are printed first), a non-zero exit a failure, and so is a worker or fork server of the run
+still alive ``ORPHAN_S`` seconds after it ended.  The run's output goes to a file, not a pipe.
+Prints one line per sequence:
 
     python benchmarks/split_hang_stress.py --runs 100 --timeout 60
 """
@@ -32,10 +35,14 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQUENCES = ("daemon_blas", "daemon_blas_bn", "user_class", "earlier")
+ORPHAN_S = 5.0
 
 
-def child(sequence, seed, force_fork):
-    """One run of a daemon sequence in this (fresh) process; exit status 0 when all is right."""
+def child(sequence, seed, force_fork, timeout):
+    """One run of a daemon sequence in this (fresh) process; exit status 0 when all is right.  Past
+    80 % of ``timeout`` every thread's stack is printed (what a hang was waiting for)."""
+    import faulthandler
+    faulthandler.dump_traceback_later(0.8 * timeout, exit=False)
     import nn_from_scratch as nf
     from nn_from_scratch.engine import parallel
     from nn_from_scratch.engine.parallel import allowed
@@ -91,29 +98,88 @@ def child(sequence, seed, force_fork):
         expected = "processes/fork"
     if kind not in (expected if isinstance(expected, tuple) else (expected,)):
         bad.append(f"split kind {kind}, expected {expected}")
+    from nn_from_scratch.engine.parallel import server
+    started = list(getattr(split, "pids", [])) + ([server.SERVER.proc.pid] if server.SERVER is not None else [])
     net.stop_workers()
     print(f"{sequence} seed {seed}: {kind} {'OK' if not bad else bad}", flush=True)
+    print("PIDS " + " ".join(map(str, started)), flush=True)
     return 1 if bad else 0
 
 
+def descendants(pid):
+    """The pids of every live process below ``pid`` (its fork server included: another session)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stacks(pid):
+    """Every thread's C stack of ``pid`` (gdb), when gdb is there: what a hang waits for."""
+    try:
+        return subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt 25"], capture_output=True,
+                              text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "(no gdb)"
+
+
 def one_run(sequence, seed, timeout, force_fork):
-    """``"ok"``, ``"hang"`` or ``"fail: ..."`` of one run in a fresh process."""
+    """``"ok"``, ``"hang"`` or ``"fail: ..."`` of one run in a fresh process (its output in a file: a
+    worker left behind cannot hold a pipe open)."""
+    import tempfile
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if sequence == "earlier":
         args = [os.path.join(ROOT, "benchmarks", "reliability_sequences.py"), "--repeats", "1"]
     else:
-        args = [os.path.abspath(__file__), "--child", sequence, "--seed", str(seed)] + \
+        args = [os.path.abspath(__file__), "--child", sequence, "--seed", str(seed), "--timeout", str(timeout)] + \
                (["--force-fork"] if force_fork else [])
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)                  # the run and its workers (the fork server has its own session)
-        proc.communicate()
-        return "hang"
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            below = descendants(proc.pid)
+            if os.environ.get("STRESS_SHOW_HANGS"):
+                log.seek(0)
+                print(f"--- hang of {sequence} seed {seed}; below it: {below}\n" + log.read()[-3000:], flush=True)
+                for pid in [proc.pid] + below:
+                    print(f"--- stacks of {pid}:\n{stacks(pid)[-6000:]}", flush=True)
+            for pid in [proc.pid] + below:
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+            proc.wait()
+            return "hang"
+        log.seek(0)
+        out = log.read()
     if proc.returncode != 0:
         return "fail: " + out.strip().splitlines()[-1][:300] if out.strip() else f"fail: status {proc.returncode}"
+    # no worker or fork server outlives the run by more than ORPHAN_S seconds
+    pids = [int(p) for line in out.splitlines() if line.startswith("PIDS ") for p in line.split()[1:]]
+    end = time.monotonic() + ORPHAN_S
+    while time.monotonic() < end and any(os.path.exists(f"/proc/{p}") for p in pids):
+        time.sleep(0.05)
+    left = [p for p in pids if os.path.exists(f"/proc/{p}")]
+    if left:
+        for p in left:
+            try:
+                os.kill(p, 9)
+            except ProcessLookupError:
+                pass
+        return f"fail: processes {left} outlived the run by {ORPHAN_S} s"
     return "ok"
 
 
@@ -127,7 +193,7 @@ def main(argv=None):
     ap.add_argument("--child", choices=SEQUENCES[:3])
     args = ap.parse_args(argv)
     if args.child:
-        return child(args.child, args.seed, args.force_fork)
+        return child(args.child, args.seed, args.force_fork, args.timeout)
     total_bad = 0
     for sequence in args.sequences.split(","):
         counts, start, notes = {"ok": 0, "hang": 0, "fail": 0}, time.perf_counter(), []
