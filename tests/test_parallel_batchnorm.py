@@ -160,3 +160,24 @@ def test_a_stopped_worker_mid_exchange_reruns_the_step_and_updates_moving_stats_
         for name in a.buffers:
             np.testing.assert_allclose(a.buffers[name], b.buffers[name], rtol=1e-12, err_msg=name)
     net.stop_workers()
+
+
+def test_no_fused_engine_unit_covers_a_synced_batchnorm(monkeypatch):
+    """A fused block computing BatchNorm itself (Convolution -> BatchNorm -> ReLU -> MaxPool) would
+    bypass the exchange: the split's runner takes the first layer's own unit instead, and runs the
+    BatchNorm by its (hooked) code."""
+    from nn_from_scratch.engine.runner import Runner
+
+    class Unit:
+        def __init__(self, size):
+            self.size = size
+
+    def fake(self, layers, i, x, fuse):
+        return Unit(4 if fuse and i == 0 else 1)
+    monkeypatch.setattr(Runner, "_unit", fake)
+    layers = [nf.Conv2D(1, 4, 3, seed=0), nf.BatchNorm((None, 4, None, None)), nf.ReLU(), nf.MaxPool(pool_size=2)]
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    assert Runner()._unit(layers, 0, x, True).size == 4          # the plain runner fuses the four
+    assert sync.SplitRunner()._unit(layers, 0, x, True).size == 1
+    assert sync.SplitRunner()._unit(layers, 1, x, True) is None   # the BatchNorm: its own code
+    assert sync.SplitRunner()._unit(layers, 2, x, True).size == 1
