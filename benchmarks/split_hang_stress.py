@@ -11,12 +11,15 @@ Sequences (``--sequences``):
 * ``daemon_blas_bn``: the same with BatchNorm in the network (the split's batch statistics; SGD);
 * ``user_class``: the same, with a layer class defined in ``__main__`` (the fork server cannot
   rebuild it): the split must use threads or run whole, never fork;
+* ``daemon_blas_unsplit``: the control: ``daemon_blas`` with ``workers=1`` (no split at all);
 * ``earlier``: one round of ``reliability_sequences.py`` (``fit`` in a thread beside ``svd`` in the
   main thread, two networks in two threads, parent and forked child training at once).
 
 ``--force-fork`` makes the daemon sequences fork their workers from the threaded process as the
 split did before (to measure what the fork server prevents).  Each run gets ``--timeout`` seconds;
-a run past it is a hang (killed; with ``STRESS_SHOW_HANGS=1`` its output and every thread's stack by
+a run past it is a hang (killed; counted apart as an *exit hang* when the run had printed its
+result: it hung in the interpreter's exit, where OpenBLAS's library destructor joins its thread
+pool while the user's daemon thread may be inside BLAS, split or not: see the control; with ``STRESS_SHOW_HANGS=1`` its output and every thread's stack by
 gdb are printed first), a non-zero exit a failure, and so is a worker or fork server of the run
 still alive ``ORPHAN_S`` seconds after it ended.  The run's output goes to a file, not a pipe.
 Prints one line per sequence:
@@ -34,7 +37,7 @@ import warnings
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SEQUENCES = ("daemon_blas", "daemon_blas_bn", "user_class", "earlier")
+SEQUENCES = ("daemon_blas", "daemon_blas_bn", "user_class", "earlier", "daemon_blas_unsplit")
 ORPHAN_S = 5.0
 
 
@@ -76,7 +79,7 @@ def child(sequence, seed, force_fork, timeout):
         optimizer = nf.SGD(0.1) if norm else nf.Adam(1e-2)
         return nf.NeuralNetwork(layers, nf.SoftMaxLoss(), optimizer=optimizer, workers=workers).astype(np.float64)
 
-    net, ref = make("auto"), make(1)
+    net, ref = make(1 if sequence == "daemon_blas_unsplit" else "auto"), make(1)
     loss = net.fit(X, y, epochs=2, batch_size=60, seed=seed, verbose=0).history["loss"]
     split = net.batch_split.current
     kind = "whole" if split is None else f"{split.kind}/{getattr(split, 'launch', '-')}"
@@ -93,7 +96,7 @@ def child(sequence, seed, force_fork, timeout):
     if not np.allclose(out, ref_out, rtol=1e-10, atol=1e-13):
         bad.append("predictions")
     expected = {"daemon_blas": "processes/server", "daemon_blas_bn": "processes/server",
-                "user_class": ("threads/-", "whole")}[sequence]
+                "user_class": ("threads/-", "whole"), "daemon_blas_unsplit": "whole"}[sequence]
     if force_fork:
         expected = "processes/fork"
     if kind not in (expected if isinstance(expected, tuple) else (expected,)):
@@ -162,7 +165,9 @@ def one_run(sequence, seed, timeout, force_fork):
                 except ProcessLookupError:
                     pass
             proc.wait()
-            return "hang"
+            log.seek(0)
+            done = any(line.startswith("PIDS") or "rounds in" in line for line in log.read().splitlines())
+            return "exit-hang" if done else "hang"
         log.seek(0)
         out = log.read()
     if proc.returncode != 0:
@@ -190,13 +195,13 @@ def main(argv=None):
     ap.add_argument("--sequences", default=",".join(SEQUENCES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--force-fork", action="store_true")
-    ap.add_argument("--child", choices=SEQUENCES[:3])
+    ap.add_argument("--child", choices=[s for s in SEQUENCES if s != "earlier"])
     args = ap.parse_args(argv)
     if args.child:
         return child(args.child, args.seed, args.force_fork, args.timeout)
     total_bad = 0
     for sequence in args.sequences.split(","):
-        counts, start, notes = {"ok": 0, "hang": 0, "fail": 0}, time.perf_counter(), []
+        counts, start, notes = {"ok": 0, "hang": 0, "exit-hang": 0, "fail": 0}, time.perf_counter(), []
         for i in range(args.runs):
             result = one_run(sequence, args.seed + i, args.timeout, args.force_fork)
             counts[result.split(":")[0]] += 1
@@ -204,7 +209,8 @@ def main(argv=None):
                 notes.append(f"run {i}: {result}")
         total_bad += counts["hang"] + counts["fail"]
         print(f"{sequence}{' (forced fork)' if args.force_fork else ''}: {args.runs} runs in "
-              f"{time.perf_counter() - start:.0f} s: {counts['hang']} hangs, {counts['fail']} failures", flush=True)
+              f"{time.perf_counter() - start:.0f} s: {counts['hang']} hangs, {counts['fail']} failures, "
+              f"{counts['exit-hang']} exit hangs", flush=True)
         for note in notes[:5]:
             print("   ", note, flush=True)
     return 1 if total_bad else 0
