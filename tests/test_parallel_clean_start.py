@@ -152,7 +152,7 @@ def test_a_stopped_server_worker_is_killed_and_the_step_recomputed(other_thread,
 
 @LINUX
 def test_daemon_blas_sequences_never_hang_small_seeded_run():
-    """The issue's sequence (a daemon thread in ``np.linalg.svd`` while ``fit`` splits) and a user's
+    """The daemon-BLAS sequence (a daemon thread in ``np.linalg.svd`` while ``fit`` splits) and a user's
     class beside it, 3 fresh processes each under a timeout (benchmarks/RESULTS.md: 100 each)."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "benchmarks/split_hang_stress.py", "--runs", "3", "--timeout", "90",

@@ -42,6 +42,13 @@ class ForkedStep:
     * Gradients are added up here as in ``ShardedStep`` (each shard's already weighted by its
       size).  ``forward`` (inference) sends a "forward" message instead and gets outputs only.
       An error in a worker comes back as a message; the caller then re-runs the batch as one.
+    * Workers start by ``fork`` from this process only while it runs no other thread
+      (``allowed.alone``); otherwise the fork server (``server.py``) starts them from the network's
+      recipe (``rebuild.py``, given as ``recipe``) and they map the shared memory from a ``memfd``.
+    * ``BatchNorm`` layers (``sync.py``): during a step the workers send their partial batch
+      statistics at each such layer ("sync" messages) and wait; this process, running its own
+      shard with the hook installed on the network's layers, combines them with its own and sends
+      the whole batch's back.  Their moving statistics reach the workers as the parameters do.
     * The workers outlive a ``fit`` call (a fork costs ~0.1 s): the next step reuses them
       while ``matches`` holds, i.e. the network's layers, loss and their public settings
       are those the workers copied (``network_key``), the workers are alive and the split
