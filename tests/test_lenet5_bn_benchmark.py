@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from nn_from_scratch.engine import parallel
+
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 sys.path.insert(0, BENCH)
 import lenet5_bn_dropout as bench  # noqa: E402
@@ -23,7 +25,10 @@ def test_lenet5_bn_dropout_benchmark_runs(tmp_path):
     bench.main(["--epochs", "1", "--train", "128", "--frameworks", "ours", "keras", "--json", out])
     with open(out) as f:
         r = json.load(f)
-    assert r["fast_paths"]["split_shards_at_batch_64"] == 1            # BatchNorm: unsplit
+    # BatchNorm networks split too (engine/parallel/sync.py), into as many shards as plain ones
+    assert r["fast_paths"]["split_shards_at_batch_64"] == parallel.shard_count(bench.build(0), 64)
+    assert r["fast_paths"]["split_shards_at_batch_64"] == min(parallel.usable_cores(), 64 // parallel.policy.min_shard()) \
+        or not parallel.split_allowed()
     assert r["fast_paths"]["relu_maxpool_pairs_fused"] == [6, 2][::-1]
     for fw in ("ours", "keras"):
         assert 0 <= r[fw]["test_accuracy"] <= 1 and r[fw]["samples_per_s"] > 0

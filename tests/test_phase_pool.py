@@ -17,6 +17,7 @@ from engine_helpers import ThroughEngine, record_processes
 from nn_from_scratch.checks import gradcheck
 from nn_from_scratch.engine import conv as engine_conv
 from nn_from_scratch.engine import fusion, phase_pool
+from nn_from_scratch.engine.parallel import allowed
 from nn_from_scratch.engine.pooling import MaxPoolUnit
 from nn_from_scratch.layers.base import NotReadyError, ShapeError
 
@@ -336,6 +337,9 @@ def test_the_split_training_step_runs_by_phase_too(monkeypatch, tmp_path):
     parameters equal the one-worker step's of the layers' own code (float64, to rounding)."""
     X = np.random.default_rng(1).standard_normal((60, 1, 12, 12))
     y = np.arange(60) % 3
+    # workers forked from this process (they inherit the recording patch), even beside an earlier
+    # test's idle helper threads (engine/parallel/allowed.py: ``alone``)
+    monkeypatch.setattr(allowed, "alone", lambda: True)
 
     def net(workers, engine=True):
         layers = [nf.Convolution(in_channels=1, out_channels=3, kernel_size=5, padding=2, seed=2, dtype=np.float64),

@@ -44,6 +44,8 @@ def test_thread_and_fork_sequences_neither_hang_nor_differ():
 @pytest.fixture
 def processes(monkeypatch):
     monkeypatch.setattr(parallel, "SPLIT_WITH", "processes")
+    # workers forked from this process, even beside an earlier test's idle helper threads
+    monkeypatch.setattr(parallel.allowed, "alone", lambda: True)
     monkeypatch.setattr(parallel, "MIN_SHARD_PROCESSES", 2)
     if not parallel.split_allowed():
         pytest.skip("another non-daemon thread is alive: splits are off here (as designed)")

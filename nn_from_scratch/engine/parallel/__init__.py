@@ -16,20 +16,28 @@ The rest, one concern per module:
 * ``policy.py``: which batches are split, into how many shards, by which kind of worker; the
   settings (``MIN_SHARD``, ``SPLIT_WITH``, deadlines...), which may be set on this package
   (``parallel.MIN_SHARD = 2``) and are read when used;
-* ``allowed.py``: only where no other thread can be inside BLAS (``split_allowed``, ``activity``);
+* ``allowed.py``: only where no other thread can be inside BLAS (``split_allowed``, ``activity``),
+  and workers forked from this process only while it runs no other thread (``alone``);
 * ``identity.py``: what the workers' copies must still agree on with the network (``network_key``),
   the training modes and random states each message carries;
 * ``threads.py``: ``ShardedStep``, shards in threads (off Linux);
-* ``forked.py``: ``ForkedStep``, shards in forked processes (Linux), with ``memory.py`` (the
+* ``forked.py``: ``ForkedStep``, shards in worker processes (Linux), with ``memory.py`` (the
   shared-memory layout), ``wire.py`` (the messages, no pickle) and ``workers.py`` (the worker
-  loop, reaping, killing, disowning after a fork).
+  loop, reaping, killing, disowning after a fork).  The workers are forked from this process
+  while it runs a single thread, else started by ``server.py`` (a fork server in a fresh
+  interpreter, which no lock held here can reach) from the network's recipe (``rebuild.py``:
+  layer configs as JSON; a network with a user's layer class splits over threads instead);
+* ``sync.py``: layers that couple the samples (``BatchNorm``): the shards exchange partial batch
+  statistics, so that every shard normalises with the whole batch's.
 
 Training/inference mode and randomness: every message to a copy of the layers carries the
 network's layers' ``training`` flags, and a training step also the random state of its
 stochastic layers with the shard's first sample index: a ``Dropout`` shard draws exactly its
 rows of the whole batch's mask, so the split result is the unsplit one.  ``BatchNorm`` couples
-the samples of a batch (the batch statistics): it is not per-sample, so networks with it are
-never split.
+the samples of a batch (the batch statistics): its shards exchange per-channel counts, means and
+sums of squared deviations and, backward, the two per-channel sums (``sync.py``), so the split
+result is again the whole batch's to rounding; only the exact class is split so (a subclass keeps
+its network whole).
 """
 import sys
 import types

@@ -1,11 +1,12 @@
-"""Where a step may split its batch: only where no other thread can be inside BLAS.
+"""Where a step may split its batch, and whether its workers may be forked from this process.
 
 ``activity`` (a context manager around every public method of a network) records which threads
-are inside one; ``split_allowed`` says whether the calling thread may split now.
+are inside one; ``split_allowed`` says whether the calling thread may split now; ``alone`` whether
+this process runs no other thread, so that it may fork workers and set BLAS's thread count.
 """
 import threading
 
-__all__ = ["activity", "split_allowed", "reset_after_fork"]
+__all__ = ["activity", "split_allowed", "alone", "reset_after_fork"]
 
 # Forking a process while another thread is inside a multi-threaded OpenBLAS call can hang
 # for ever: OpenBLAS's pre-fork handler joins its thread pool, which is busy with that call
@@ -15,9 +16,11 @@ __all__ = ["activity", "split_allowed", "reset_after_fork"]
 # else can be in BLAS: in the main thread, while every other Python thread is a daemon (the
 # helper threads of Jupyter, tqdm, ...) or one of the split's own, and no other thread is
 # inside a network's method (``activity``).  Anywhere else a step runs whole in the calling
-# thread: the same numbers as ``workers=1``, just not split.  A daemon thread that runs
-# NumPy linear algebra of its own outside this package at the moment of a fork is the one
-# case this cannot see.
+# thread: the same numbers as ``workers=1``, just not split.  A daemon thread may still be
+# inside BLAS (``np.linalg.svd`` in a loop; Jupyter's kernel always has daemon threads), so
+# workers are forked from this process, and BLAS's thread count changed, only while this
+# process runs no other thread at all (``alone``); otherwise they come from a fork server
+# started from a clean state (``server.py``), which no held lock can reach.
 ACTIVE = {}                        # thread ident -> depth of network methods it is inside
 ACTIVE_LOCK = threading.Lock()     # held while checking and forking: a thread entering waits
 
@@ -55,6 +58,13 @@ def others_quiet():
             continue
         return False
     return True
+
+
+def alone():
+    """Does this process run no Python thread but the calling one and the split's own idle pool
+    (``nn_shard`` threads)?  Then nothing else can hold a lock at a fork, nor be inside BLAS."""
+    me = threading.get_ident()
+    return all(t.ident == me or t.name.startswith("nn_shard") for t in threading.enumerate())
 
 
 def split_allowed():

@@ -6,26 +6,48 @@ own step); ``forward(net, xb, whole)`` does the same for an inference batch, ove
 training split left; ``rest()`` lets the workers drop their caches between ``fit`` calls;
 ``close()`` ends them.  The facade owns the two rules that make a failed split harmless: the
 batch runs again as one (its error then names the whole batch), and the stochastic layers get
-back the random state they had, so that the batch draws what the split would have drawn.
+back the random state they had, so that the batch draws what the split would have drawn (the
+``BatchNorm`` layers their moving statistics, so that the batch updates them once).
 """
 import warnings
 
-from . import allowed, forked, policy, threads, workers
+from . import allowed, forked, identity, policy, rebuild, server, threads, workers
 
 __all__ = ["BatchSplit", "make_step"]
 
 
-def make_step(net, shards, xb=None, yb=None):
+def make_step(net, shards, xb=None, yb=None, recipes=None):
     """A split step of the kind ``policy.split_with()`` names (``xb``, ``yb``: a batch like those it
-    will run, which sizes the forked workers' shared inboxes).  ``None`` when, checked again while
-    no other thread can enter a network's method, splitting is no longer allowed."""
+    will run, which sizes the process workers' shared inboxes).  ``None`` when, checked again while
+    no other thread can enter a network's method, splitting is no longer allowed.
+
+    Processes are forked from this one only while it runs no other thread (``allowed.alone``: a
+    fork cannot then copy a lock another thread holds); otherwise the clean fork server starts
+    them from the network's recipe (``server.py``, ``rebuild.py``), and a network that cannot be
+    rebuilt there (a layer class of the user's) splits over threads when its shards are at least
+    ``policy.MIN_SHARD`` samples, else runs whole.  ``recipes``: a cache ``{network_key: recipe}``."""
     workers.reap()
     if policy.split_with() != "processes":
         return threads.ShardedStep(net, shards) if allowed.split_allowed() else None
     with allowed.ACTIVE_LOCK:           # threads entering a network's method wait for the forks
         if not allowed.split_allowed():
             return None
-        return forked.ForkedStep(net, shards, xb, yb)
+        if allowed.alone():
+            return forked.ForkedStep(net, shards, xb, yb)
+    key = identity.network_key(net)
+    recipes = {} if recipes is None else recipes
+    if key not in recipes:
+        recipes.clear()
+        recipes[key] = rebuild.recipe(net)
+    if recipes[key] is not None and server.usable():
+        try:
+            return forked.ForkedStep(net, shards, xb, yb, recipe=recipes[key])
+        except Exception:
+            recipes[key] = None         # not again for this network: threads or whole from now on
+            raise
+    if xb is not None and len(xb) // shards >= policy.MIN_SHARD:
+        return threads.ShardedStep(net, shards)
+    return None
 
 
 class BatchSplit:
@@ -37,6 +59,7 @@ class BatchSplit:
     def __init__(self):
         self.current = None
         self._inference_split = None
+        self._recipes = {}              # network_key -> rebuild.recipe (None: cannot be rebuilt)
 
     def step(self, net, xb, yb, whole, recheck=True):
         """``(loss, output)`` of a training batch, every neuron's ``grads`` set: split when
@@ -47,17 +70,20 @@ class BatchSplit:
         failed = None
         if shards > 1:
             randoms = [(layer, layer.random_state()) for layer in net.layers if hasattr(layer, "random_state")]
+            buffers = [(layer, dict(layer.buffers)) for layer in net.layers if getattr(layer, "buffers", None)]
             try:
                 split = self.current
                 if split is None or split.shards != shards or (recheck and not split.matches(net, shards)):
                     self.close()
-                    self.current = make_step(net, shards, xb, yb)     # None: may not split now
+                    self.current = make_step(net, shards, xb, yb, self._recipes)    # None: not now
                 if self.current is not None:
                     return self.current.run(net, xb, yb)
             except Exception as exc:            # once more as one batch: its error names the whole batch
                 failed = exc
                 for layer, state in randoms:    # the same random draws as the split would have used
                     layer.set_random_state(state)
+                for layer, held in buffers:     # moving statistics as before the split (updated once)
+                    layer.buffers.update(held)
                 kind = getattr(self.current, "kind", "workers")
                 self.close()                    # a fresh split next time (a worker may have died)
         result = whole(xb, yb)

@@ -17,7 +17,7 @@ import weakref
 
 import numpy as np
 
-from . import identity, memory, policy, sharding, wire, workers
+from . import allowed, identity, memory, policy, server, sharding, sync, wire, workers
 
 __all__ = ["ForkedStep"]
 
@@ -42,6 +42,13 @@ class ForkedStep:
     * Gradients are added up here as in ``ShardedStep`` (each shard's already weighted by its
       size).  ``forward`` (inference) sends a "forward" message instead and gets outputs only.
       An error in a worker comes back as a message; the caller then re-runs the batch as one.
+    * Workers start by ``fork`` from this process only while it runs no other thread
+      (``allowed.alone``); otherwise the fork server (``server.py``) starts them from the network's
+      recipe (``rebuild.py``, given as ``recipe``) and they map the shared memory from a ``memfd``.
+    * ``BatchNorm`` layers (``sync.py``): during a step the workers send their partial batch
+      statistics at each such layer ("sync" messages) and wait; this process, running its own
+      shard with the hook installed on the network's layers, combines them with its own and sends
+      the whole batch's back.  Their moving statistics reach the workers as the parameters do.
     * The workers outlive a ``fit`` call (a fork costs ~0.1 s): the next step reuses them
       while ``matches`` holds, i.e. the network's layers, loss and their public settings
       are those the workers copied (``network_key``), the workers are alive and the split
@@ -53,33 +60,67 @@ class ForkedStep:
 
     kind = "processes"
 
-    def __init__(self, net, shards, xb=None, yb=None):
-        import multiprocessing
+    def __init__(self, net, shards, xb=None, yb=None, recipe=None):
         from threadpoolctl import ThreadpoolController
         self.shards = int(shards)
         self.key = identity.network_key(net)
         self.slots = identity.param_slots(net)
+        self.bslots = identity.buffer_slots(net)        # moving statistics, read in inference mode
+        self.synced = sync.has_synced(net.layers)       # BatchNorm: statistics exchanged (``sync.py``)
+        self.runner = sync.SplitRunner() if self.synced else None
         self.last_used = time.monotonic()
         size = 64 + sum(-(-math.prod(s) * d.itemsize // 64) * 64 + 64 for *_, s, d in self.slots)
+        bsize = sum(-(-math.prod(s) * d.itemsize // 64) * 64 + 64 for *_, s, d in self.bslots)
         # each worker's inbox holds a shard of twice the size the batch ``xb`` gives (larger: the pipe)
         self.inbox_bytes = 0
         if xb is not None and yb is not None:
             shard = -(-len(xb) // self.shards)
             self.inbox_bytes = memory.layout([((2 * shard,) + a.shape[1:], a.dtype) for a in (xb, yb)], 0)[1]
-        self.mem = mmap.mmap(-1, size * self.shards + self.inbox_bytes * (self.shards - 1))  # MAP_SHARED|ANONYMOUS
+        total = size * self.shards + bsize + self.inbox_bytes * (self.shards - 1)
+        #: how the workers start: forked from this process ("fork", only while it runs no other thread:
+        #: ``allowed.alone``) or by the clean fork server from a recipe of the network ("server")
+        self.launch = "fork" if recipe is None else "server"
+        self.server = server.get() if recipe is not None else None
+        memfd = None
+        if self.server is None:
+            self.mem = mmap.mmap(-1, total)             # MAP_SHARED|ANONYMOUS: shared across fork
+        else:                                           # a file the server's workers are handed
+            memfd = os.memfd_create("nn_from_scratch-split", os.MFD_CLOEXEC)
+            os.ftruncate(memfd, total)
+            self.mem = mmap.mmap(memfd, total)
         self.params, end = memory.views(self.mem, self.slots, 0)
-        self.grads = []
+        self.buffers_at = end
+        self.buffers, end = memory.views(self.mem, self.bslots, end)
+        self.grads, self.grad_starts = [], []
         for _ in range(1, self.shards):
+            self.grad_starts.append(end)
             views, end = memory.views(self.mem, self.slots, end)
             self.grads.append(views)
-        start = -(-end // 64) * 64
+        self.inbox_start = start = -(-end // 64) * 64
         self.inboxes = [memoryview(self.mem)[start + w * self.inbox_bytes:start + (w + 1) * self.inbox_bytes]
                         for w in range(self.shards - 1)]
         self.conns, self.pids = [], []
         self.owner = os.getpid()                        # the process whose workers these are
-        # registered first, on the lists filled below: a fork failing half-way still stops the others
-        self._finalizer = weakref.finalize(self, workers.shutdown, self.conns, self.pids, self.owner)
+        # registered first, on the lists filled below: a start failing half-way still stops the others
+        self._finalizer = weakref.finalize(self, workers.shutdown, self.conns, self.pids, self.owner, self.server)
         workers.LIVE.add(self)
+        try:
+            if self.server is None:
+                self._fork(net)
+            else:
+                self._serve(recipe, memfd, total)
+        except BaseException:
+            self._abort()
+            raise
+        finally:
+            if memfd is not None:
+                os.close(memfd)
+        self.blas = ThreadpoolController().select(user_api="blas")
+        self._messages = {}                             # (worker, shapes, ...) -> (inbox views, message)
+
+    def _fork(self, net):
+        """Fork the workers from this process (each inherits ``net`` and the shared memory)."""
+        import multiprocessing
         for w in range(1, self.shards):
             parent_end, child_end = multiprocessing.Pipe()
             with warnings.catch_warnings():             # Python 3.12+: fork of a threaded process
@@ -94,7 +135,7 @@ class ForkedStep:
                     for c in [c for step in list(workers.LIVE) for c in step.conns]:
                         c.close()
                     workers.worker_loop(child_end, net, self.slots, self.params, self.grads[w - 1],
-                                        self.inboxes[w - 1])
+                                        self.inboxes[w - 1], self.bslots, self.buffers)
                 except BaseException:                   # pragma: no cover - reported by the parent's EOF
                     code = 1
                 finally:
@@ -102,8 +143,31 @@ class ForkedStep:
             child_end.close()
             self.conns.append(parent_end)
             self.pids.append(pid)
-        self.blas = ThreadpoolController().select(user_api="blas")
-        self._messages = {}                             # (worker, shapes, ...) -> (inbox views, message)
+
+    def _serve(self, recipe, memfd, total):
+        """Have the fork server start the workers; each builds its layers from ``recipe`` (``rebuild.py``)
+        and maps the shared memory ``memfd``; wait until every one is ready."""
+        from multiprocessing.connection import Connection
+        from ..settings import SETTINGS
+        deadline = time.monotonic() + policy.WAIT_MIN_S
+        slots = [[k, name, list(shape), dtype.str] for k, name, shape, dtype in self.slots]
+        bslots = [[k, name, list(shape), dtype.str] for k, name, shape, dtype in self.bslots]
+        settings = {name: getattr(policy, name) for name in ("SPIN_S", "WORKER_IDLE_S")}
+        for w in range(1, self.shards):
+            pid, fd = self.server.start(memfd, deadline)
+            self.pids.append(pid)
+            conn = Connection(fd)
+            self.conns.append(conn)
+            wire.send(conn, wire.pack({"op": "build", "recipe": recipe, "slots": slots, "size": total,
+                                       "buffer_slots": bslots, "buffers_at": self.buffers_at,
+                                       "grads_at": self.grad_starts[w - 1], "policy": settings,
+                                       "settings": dict(SETTINGS),
+                                       "inbox": [self.inbox_start + (w - 1) * self.inbox_bytes, self.inbox_bytes]}),
+                      deadline)
+        for conn in self.conns:
+            header, _ = wire.unpack(wire.recv(conn, deadline))
+            if header.get("op") != "ready":
+                raise RuntimeError(f"a worker could not build its copy of the network: {header.get('message')}")
 
     def _disown(self):
         """In a process forked from the owner (``_after_fork_in_child``): let go of the parent's
@@ -172,24 +236,35 @@ class ForkedStep:
         self.last_used = start = time.monotonic()
         for (k, name, _, _), view in zip(self.slots, self.params):
             view[...] = net.layers[k].params[name]
+        for (k, name, _, _), view in zip(self.bslots, self.buffers):
+            view[...] = net.layers[k].buffers[name]
         try:
             for w, conn in enumerate(self.conns, start=1):
                 wire.send(conn, message(w), start + policy.WAIT_MIN_S)
         except BaseException:
             self._abort()
             raise
-        blas = [(lib, lib.get_num_threads()) for lib in self.blas.lib_controllers]
+        # one BLAS thread for this process's shard while the workers run; never while another thread
+        # could be inside BLAS (setting its thread count under a running call can hang: ``allowed.py``)
+        blas = [(lib, lib.get_num_threads()) for lib in self.blas.lib_controllers] if allowed.alone() else []
         error = None
         try:
             for lib, _ in blas:                         # one BLAS thread while the workers run
                 lib.set_num_threads(1)
-            mine = local()
+            if self.synced:                             # this shard combines the exchanged statistics
+                with sync.installed(net.layers, sync.ParentExchange(self.conns)):
+                    mine = local()
+            else:
+                mine = local()
         except BaseException as exc:                    # the workers' replies are read all the same
             error = exc
         finally:
             for lib, threads in blas:
                 if threads is not None:
                     lib.set_num_threads(threads)
+        if error is not None and self.synced:           # workers may wait on an exchange that never comes
+            self._abort()
+            raise error
         limit = max(policy.WAIT_MIN_S, policy.WAIT_FACTOR * (time.monotonic() - start))
         deadline = time.monotonic() + limit
         replies = []
@@ -214,7 +289,7 @@ class ForkedStep:
 
     def _abort(self):
         """Kill and reap every worker now (a hung one does not answer "quit"); the split is unusable."""
-        workers.kill(self.pids)
+        workers.kill(self.pids, self.server)
         self._finalizer.detach()                        # reaped already
         for conn in self.conns:
             try:
@@ -231,8 +306,8 @@ class ForkedStep:
         mine, replies = self._side_by_side(
             net, lambda w: self._shard_message(w, {"op": "step", "err": err, "weight": weights[w], "modes": modes,
                                               "random": states, "offset": bounds[w]}, parts[w]),
-            lambda: sharding.forward_backward(net.runner, net.layers, net.loss_fn, parts[0][0], parts[0][1],
-                                      weights[0]))
+            lambda: sharding.forward_backward(self.runner or net.runner, net.layers, net.loss_fn, parts[0][0],
+                                              parts[0][1], weights[0]))
         results = [mine] + [(arrays[0], arrays[1]) for arrays in replies]
         for i, (k, name, _, _) in enumerate(self.slots):
             layer = net.layers[k]
@@ -247,5 +322,5 @@ class ForkedStep:
         mine, replies = self._side_by_side(
             net, lambda w: self._shard_message(w, {"op": "forward", "err": err, "modes": modes},
                                                [xb[bounds[w]:bounds[w + 1]]]),
-            lambda: sharding.forward(net.runner, net.layers, xb[:bounds[1]]))
+            lambda: sharding.forward(self.runner or net.runner, net.layers, xb[:bounds[1]]))
         return np.concatenate([mine] + [arrays[0] for arrays in replies], axis=0)

@@ -8,7 +8,7 @@ the network, and what each message to the copies carries.
 """
 import numpy as np
 
-__all__ = ["config_key", "network_key", "param_slots", "modes", "set_modes", "random_states",
+__all__ = ["config_key", "network_key", "param_slots", "buffer_slots", "modes", "set_modes", "random_states",
            "set_random_states"]
 
 PLAIN = (bool, int, float, complex, str, bytes, type(None), np.generic, np.dtype)
@@ -71,7 +71,14 @@ def set_random_states(layers, states, offset):
 def network_key(net):
     """``config_key`` of every layer and of the loss, with the trainable parameters' slots."""
     return (tuple(config_key(layer) for layer in net.layers), config_key(net.loss_fn),
-            tuple((k, n, s, d.str) for k, n, s, d in param_slots(net)))
+            tuple((k, n, s, d.str) for k, n, s, d in param_slots(net) + buffer_slots(net)))
+
+
+def buffer_slots(net):
+    """``[(layer index, name, shape, dtype)]`` of every buffer (``BatchNorm``'s moving statistics), in
+    a fixed order: the split's copies read them (inference mode) from the network's layers."""
+    return [(k, name, tuple(b.shape), b.dtype) for k, layer in enumerate(net.layers)
+            for name, b in (getattr(layer, "buffers", None) or {}).items()]
 
 
 def param_slots(net):

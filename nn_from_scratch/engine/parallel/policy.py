@@ -2,7 +2,8 @@
 
 A batch is split on NumPy only (a GPU runs one batch as one), with the engine on, when every
 layer and the loss treat samples independently (their class declares ``per_sample = True``,
-``Node.per_sample``), every stochastic layer can hand out its random numbers per shard, splitting
+``Node.per_sample``) or couple them in a way the split reproduces (``BatchNorm``: ``sync.py``),
+every stochastic layer can hand out its random numbers per shard, splitting
 is allowed here and now (``allowed.split_allowed``), and into at most ``workers`` shards of at
 least ``MIN_SHARD_PROCESSES`` (processes) or ``MIN_SHARD`` (threads) samples.
 
@@ -15,9 +16,10 @@ import sys
 import numpy as np
 
 from ...backend import get_array_module
+from ...layers.normalization import BatchNorm
 from . import allowed
 
-__all__ = ["split_with", "min_shard", "usable_cores", "is_per_sample", "shard_count", "SETTINGS"]
+__all__ = ["split_with", "min_shard", "usable_cores", "is_per_sample", "synced", "shard_count", "SETTINGS"]
 
 #: how shards run: "processes" (forked workers, Linux) or "threads"; see ``split_with``
 SPLIT_WITH = "processes" if sys.platform.startswith("linux") and hasattr(os, "fork") else "threads"
@@ -77,14 +79,20 @@ def is_per_sample(node):
     return bool(vars(type(node)).get("per_sample", False))
 
 
+def synced(node):
+    """May a split run ``node`` although it couples the samples?  Yes for the exact classes whose
+    coupling the shards reproduce by exchanging partial results (``sync.py``: ``BatchNorm``)."""
+    return type(node) is BatchNorm
+
+
 def shard_count(net, n):
     """How many shards (threads or processes) a training step of ``n`` samples is split into (1: not split)."""
     workers = usable_cores() if net.workers == "auto" else int(net.workers)
     shards = min(workers, n // min_shard())
     if shards <= 1 or not net.engine or get_array_module(net.parameter_like()) is not np or not allowed.split_allowed():
         return 1
-    if not all(is_per_sample(node) for node in list(net.layers) + [net.loss_fn]):
-        return 1
+    if not all(is_per_sample(node) or synced(node) for node in list(net.layers) + [net.loss_fn]):
+        return 1            # a layer coupling the samples that the split cannot reproduce (``sync.py``)
     if any(getattr(node, "stochastic", False) and not hasattr(node, "set_random_state") for node in net.layers):
         return 1            # random draws the split cannot hand out per shard (see identity.random_states)
     return shards

@@ -5,6 +5,7 @@ Each thread runs its shard through a replica of the layers that shares the param
 operations, but between them the threads queue for it: shards below ``policy.MIN_SHARD`` (64)
 samples lose more than the second core gains.  BLAS is held to one thread per shard.
 """
+import contextlib
 import copy
 from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from ...backend import get_array_module
 from ..runner import Runner
-from . import identity, sharding
+from . import allowed, identity, sharding, sync
 
 __all__ = ["ShardedStep", "replica"]
 
@@ -26,6 +27,8 @@ def replica(node):
             memo[id(getattr(node, name))] = {}
     if isinstance(getattr(node, "_params", None), dict):
         memo[id(node._params)] = node._params
+    if isinstance(getattr(node, "_buffers", None), dict):   # moving statistics: the network's own
+        memo[id(node._buffers)] = node._buffers
     return copy.deepcopy(node, memo)
 
 
@@ -43,7 +46,11 @@ class ShardedStep:
         self.key = identity.network_key(net)
         self.replicas = [[replica(layer) for layer in net.layers] for _ in range(self.shards)]
         self.losses = [replica(net.loss_fn) for _ in range(self.shards)]
-        self.runners = [Runner() for _ in range(self.shards)]
+        self.synced = sync.has_synced(net.layers)       # BatchNorm: statistics exchanged (``sync.py``)
+        self.runners = [sync.SplitRunner() if self.synced else Runner() for _ in range(self.shards)]
+        self.exchange = sync.ThreadExchange(self.shards)
+        for w, layers in enumerate(self.replicas):      # shard 0 updates the (shared) moving statistics
+            sync.install(layers, self.exchange.member(w), owner=w == 0)
         self.pool = ThreadPoolExecutor(max_workers=self.shards - 1, thread_name_prefix="nn_shard")
         from threadpoolctl import ThreadpoolController
         self.blas = ThreadpoolController().select(user_api="blas")
@@ -72,9 +79,16 @@ class ShardedStep:
         err = np.geterr()
 
         def one(w):
-            with np.errstate(**err):                  # NumPy's error state is per thread
-                return work(w, slice(bounds[w], bounds[w + 1]))
-        with self.blas.limit(limits=1):
+            try:
+                with np.errstate(**err):              # NumPy's error state is per thread
+                    return work(w, slice(bounds[w], bounds[w + 1]))
+            except BaseException:
+                self.exchange.abort()                 # no other shard waits for this one's statistics
+                raise
+        self.exchange.reset()
+        # BLAS at one thread per shard, unless another thread could be inside BLAS (setting its
+        # thread count under a running call can hang: ``allowed.py``)
+        with self.blas.limit(limits=1) if allowed.alone() else contextlib.nullcontext():
             futures = [self.pool.submit(one, w) for w in range(1, self.shards)]
             try:
                 results = [one(0)]

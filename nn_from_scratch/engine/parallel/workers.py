@@ -15,23 +15,30 @@ import weakref
 import numpy as np
 
 from ..runner import Runner
-from . import allowed, identity, memory, policy, sharding, wire
+from . import allowed, identity, memory, policy, sharding, sync, wire
 
 __all__ = ["worker_loop", "LIVE", "shutdown", "kill", "reap", "ended", "after_fork_in_child"]
 
 
-def worker_loop(conn, net, slots, params, grads, inbox):
+def worker_loop(conn, net, slots, params, grads, inbox, bslots=(), buffers=()):
     """The loop of a forked worker: shards in (its shared ``inbox``, or the pipe when a shard
     does not fit), gradients (shared memory) and outputs (pipe) out.
 
     Messages: "step" (a shard's forward and backward), "forward" (a shard's output only: ``predict``
     and ``evaluate``), "rest" (between ``fit`` calls: drop the caches), "quit".
-    Without a message for ``policy.WORKER_IDLE_S`` seconds the worker ends by itself.
+    Without a message for ``policy.WORKER_IDLE_S`` seconds the worker ends by itself.  Layers that
+    couple the samples (``BatchNorm``) exchange their partial statistics with this process in the
+    middle of a step ("sync" messages, ``sync.py``); their moving statistics are the parent's
+    (``buffers``, shared memory), which only the parent updates.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is the parent's to handle
     runner = Runner()                                   # this worker's own scratch buffers
     for (k, name, _, _), view in zip(slots, params):    # this process's layers read the parent's
         net.layers[k]._params[name] = view              # parameters from the shared mirror
+    for (k, name, _, _), view in zip(bslots, buffers):
+        net.layers[k]._buffers[name] = view
+    if sync.install(net.layers, sync.WorkerExchange(conn), owner=False):
+        runner = sync.SplitRunner()
     from threadpoolctl import threadpool_limits
     with threadpool_limits(limits=1, user_api="blas"):
         while True:
@@ -79,8 +86,12 @@ def ended(pid):
     return done == pid
 
 
-def kill(pids):
-    """Kill workers ``pids`` (a stopped one too) and reap them."""
+def kill(pids, server=None):
+    """Kill workers ``pids`` (a stopped one too) and reap them (``server``: the fork server whose
+    workers they are does it)."""
+    if server is not None:
+        server.finish(list(pids), 0.0)
+        return
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -93,11 +104,12 @@ def kill(pids):
             pass
 
 
-def shutdown(conns, pids, owner):
+def shutdown(conns, pids, owner, server=None):
     """Tell the workers to stop and reap them, killing any that has not ended within
     ``policy.QUIT_GRACE_S`` (also run when the step is garbage-collected, and at exit).  Only in the
     process that forked them: a process forked from it (a user's ``multiprocessing``) must not
-    stop its parent's workers."""
+    stop its parent's workers.  ``server``: the fork server that started them, which waits, kills
+    and reaps in their stead (they are its children)."""
     if os.getpid() != owner:
         return
     for conn in conns:
@@ -109,6 +121,9 @@ def shutdown(conns, pids, owner):
             conn.close()
         except OSError:
             pass
+    if server is not None:
+        server.finish(list(pids), policy.QUIT_GRACE_S)
+        return
     end = time.monotonic() + policy.QUIT_GRACE_S
     left = [pid for pid in pids if not ended(pid)]
     while left and time.monotonic() < end:
@@ -122,7 +137,7 @@ def reap():
     are left for longer than until the next split step is made."""
     me = os.getpid()
     for step in list(LIVE):
-        if step.owner == me and step._finalizer.alive:      # a reaped pid leaves: it may be reused
+        if step.owner == me and step._finalizer.alive and step.server is None:   # a reaped pid leaves
             step.pids[:] = [pid for pid in step.pids if not ended(pid)]
 
 
