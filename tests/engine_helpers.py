@@ -37,7 +37,13 @@ class ThroughEngine:
 def record_processes(monkeypatch, unit_class, path):
     """Make ``unit_class.forward`` note, in the file ``path``, the id of every process that runs it
     (the split step's workers are forked: a file is what they share).  Returns a function giving
-    the set of process ids seen so far."""
+    the set of process ids seen so far.
+
+    The workers must be forked from this process to inherit the patch, so the split is told this
+    process is alone (``engine/parallel/allowed.py``: ``alone``) even where an earlier test left
+    idle helper threads here; otherwise they would come from the clean fork server, unpatched."""
+    from nn_from_scratch.engine.parallel import allowed
+    monkeypatch.setattr(allowed, "alone", lambda: True)
     forward = unit_class.forward
 
     def recording(self, x):
