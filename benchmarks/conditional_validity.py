@@ -189,6 +189,12 @@ def run_cell(path, R, one, log=print):
     return reps[:R]
 
 
+def run_t1_cell(out_dir, cell, R):
+    """One T1 cell in this process (a picklable target for ``--workers``)."""
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    return run_cell(os.path.join(out_dir, f"t1_{cell}.json"), R, lambda r: t1_replicate(cell, r), log)
+
+
 def band(R, rate=ALPHA, level=0.95):
     from scipy.stats import binom  # noqa: PLC0415
     return binom.ppf((1 - level) / 2, R, rate) / R, binom.ppf(1 - (1 - level) / 2, R, rate) / R
@@ -329,6 +335,8 @@ def main(argv=None):
     ap.add_argument("design", choices=["t0", "t1", "t2", "summary"])
     ap.add_argument("--replicates", type=int, default=200)
     ap.add_argument("--cells", nargs="*", default=["linear_rho0.8_n200"], help="T1 cells (t1_cells())")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="T1: cells run in this many processes at once (one process per cell; fits n_jobs=1)")
     ap.add_argument("--n", type=int, default=1500, help="T2: digits per replicate")
     ap.add_argument("--out", default="conditional_validity")
     ap.add_argument("--figures", default=os.path.join("benchmarks", "results"))
@@ -342,8 +350,16 @@ def main(argv=None):
         for cell in args.cells:
             if cell not in t1_cells():
                 ap.error(f"--cells: unknown cell {cell!r}; one of {sorted(t1_cells())}")
-            run_cell(os.path.join(args.out, f"t1_{cell}.json"), args.replicates,
-                     lambda r, c=cell: t1_replicate(c, r), log)
+        if args.workers < 1:
+            ap.error(f"--workers: expected an integer >= 1, received {args.workers}")
+        if args.workers == 1:
+            for cell in args.cells:
+                run_t1_cell(args.out, cell, args.replicates)
+        else:                                   # one process per cell, each fitting with n_jobs=1
+            from concurrent.futures import ProcessPoolExecutor  # noqa: PLC0415
+            with ProcessPoolExecutor(max_workers=args.workers) as ex:
+                for f in [ex.submit(run_t1_cell, args.out, c, args.replicates) for c in args.cells]:
+                    f.result()
     elif args.design == "t2":
         X_all = mnist_inputs()
         run_cell(os.path.join(args.out, "t2.json"), args.replicates, lambda r: t2_replicate(r, X_all, n=args.n), log)
