@@ -53,3 +53,11 @@ def test_correlated_null_calibrated_with_the_residual_sampler_and_the_check_catc
     R = 40
     p = np.array([correlated_null(r, "marginal") for r in range(R)])
     assert (p <= 1 / (B + 1) + 1e-12).sum() > bound(R), p        # the broken null fails the same check
+
+
+def test_simulation_command_line_refuses_a_bad_workers_count(tmp_path, capsys):
+    import pytest  # noqa: PLC0415
+    with pytest.raises(SystemExit):
+        cv.main(["t1", "--workers", "0", "--replicates", "1", "--out", str(tmp_path)])
+    assert "--workers: expected an integer >= 1, received 0" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())                     # refused before any replicate was written
