@@ -54,3 +54,10 @@ def failing_build_mlp(seed, p=3, hidden=8):
     if os.environ.get("PERM_FAIL_SEED") == str(seed):
         raise RuntimeError(f"build failed for seed {seed}")
     return build_mlp(seed, p, hidden)
+
+
+def assert_same(a, b):
+    """Two permutation-test results bitwise equal: statistic, null distribution, p-values."""
+    np.testing.assert_array_equal(a.statistic, b.statistic)
+    np.testing.assert_array_equal(a.null_distribution, b.null_distribution)
+    np.testing.assert_array_equal(a.p_values, b.p_values)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nn_from_scratch.analysis import permutation as pt
-from permutation_helpers import FIT, build_mlp, make_data, slow_build_mlp
+from permutation_helpers import FIT, assert_same, build_mlp, make_data, slow_build_mlp
 
 B = 6
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,12 +29,6 @@ def run(**kw):
 @pytest.fixture(scope="module")
 def reference():
     return run()
-
-
-def assert_same(a, b):
-    np.testing.assert_array_equal(a.statistic, b.statistic)
-    np.testing.assert_array_equal(a.null_distribution, b.null_distribution)
-    np.testing.assert_array_equal(a.p_values, b.p_values)
 
 
 def test_reference_is_a_real_test(reference):

@@ -25,8 +25,8 @@ from nn_from_scratch.callbacks import (CSVLogger, EarlyStopping, LambdaCallback,
                                        ModelCheckpoint, ReduceLROnPlateau, TerminateOnNaN)
 from nn_from_scratch.training.callbacks import Callback
 from nn_from_scratch.training.history import TrainingWarning
-from permutation_helpers import (FIT, build_mlp, diverging_build_mlp, failing_build_mlp, make_data, slow_build_mlp,
-                                stopping_build_mlp)
+from permutation_helpers import (FIT, assert_same, build_mlp, diverging_build_mlp, failing_build_mlp, make_data,
+                                slow_build_mlp, stopping_build_mlp)
 
 B = 6
 SEED = 11
@@ -44,12 +44,6 @@ def run(fit=FIT, **kw):
 @pytest.fixture(scope="module")
 def reference():
     return run()
-
-
-def assert_same(a, b):
-    np.testing.assert_array_equal(a.statistic, b.statistic)
-    np.testing.assert_array_equal(a.null_distribution, b.null_distribution)
-    np.testing.assert_array_equal(a.p_values, b.p_values)
 
 
 two_cores = pytest.mark.skipif(par.usable_cores() < 2, reason="n_jobs is capped at the usable cores: needs 2")
